@@ -1,0 +1,324 @@
+//! Exec probes: `sys_enter_execve` and `sys_enter_execveat` copy the filename, argv and envp
+//! of every exec into a per-CPU scratch area (string by string, long strings chunk by chunk,
+//! driven by `bpf_loop` so the verifier cost does not grow with the limits), then emit one
+//! ring-buffer record as long as the data. What does not fit is counted, never dropped
+//! silently. Before emitting, `enforce` may kill the task if it carries a frozen credential.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::{bpf_loop, bpf_probe_read_user_str, bpf_ringbuf_output},
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use leakwatch_common::*;
+
+use crate::{
+    enforce,
+    maps::{count, EVENTS, SCRATCH},
+    task,
+};
+
+const DATA_MASK: u64 = (EXEC_DATA_MAX - 1) as u64;
+
+/// Loop state of the `bpf_loop` callback. It lives in the per-CPU scratch map value, not on
+/// the stack: the verifier then treats it as unknown scalars and the callback's states
+/// converge at once (on the stack it tracks every field precisely and runs out of budget).
+#[repr(C)]
+pub struct Walk {
+    /// 0 = argv, 1 = envp, 2 = done.
+    pub phase: u32,
+    pub argv: u64,
+    pub envp: u64,
+    /// Index of the next pointer to read in the current array.
+    pub idx: u64,
+    /// Current string (0 = read the next pointer first) and how much of it is consumed.
+    pub cur: u64,
+    pub cur_off: u64,
+    /// Where the current string starts in `data`.
+    pub str_start: u64,
+    /// Write offset in `data`.
+    pub off: u64,
+    pub argc: u32,
+    pub envc: u32,
+    pub dropped: u32,
+    pub full: u32,
+    pub bytes_dropped: u64,
+    /// Set by `enforce` when a string matched a frozen credential.
+    pub hit: u64,
+}
+
+#[tracepoint]
+pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
+    // format: filename @16, argv @24, envp @32
+    let _ = handle(&ctx, 16, 24, 32, PROBE_EXECVE);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
+    // format: fd @16, filename @24, argv @32, envp @40, flags @48
+    let _ = handle(&ctx, 24, 32, 40, PROBE_EXECVEAT);
+    0
+}
+
+#[inline(always)]
+fn handle(
+    ctx: &TracePointContext,
+    f_off: usize,
+    a_off: usize,
+    e_off: usize,
+    probe: u32,
+) -> Option<()> {
+    // SAFETY: offsets come from the tracepoint format files; reads are checked by the helper.
+    let (filename, argv, envp) = unsafe {
+        (
+            ctx.read_at::<u64>(f_off).ok()?,
+            ctx.read_at::<u64>(a_off).ok()?,
+            ctx.read_at::<u64>(e_off).ok()?,
+        )
+    };
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let sp = SCRATCH.get_ptr_mut(cpu)?;
+    // SAFETY: `sp` is this CPU's map value; programs on one CPU do not nest for tracepoints.
+    let sc = unsafe { &mut *sp };
+    let s = &mut sc.ev;
+
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let h = &mut s.hdr;
+    h.kind = EVENT_EXEC;
+    h.flags = if probe == PROBE_EXECVEAT {
+        EXEC_F_EXECVEAT
+    } else {
+        0
+    };
+    h.pid = pid_tgid as u32;
+    h.tgid = (pid_tgid >> 32) as u32;
+    h.ppid = task::ppid();
+    h.uid = uid_gid as u32;
+    h.gid = (uid_gid >> 32) as u32;
+    // SAFETY: helpers without preconditions.
+    h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    h.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    h.probe = probe;
+
+    // Filename first, as one string of at most a chunk (PATH_MAX is 4096).
+    // SAFETY: destination is inside the map value (chunk < data length).
+    let n = unsafe {
+        bpf_probe_read_user_str(
+            s.data.as_mut_ptr() as *mut c_void,
+            EXEC_CHUNK as u32,
+            filename as *const c_void,
+        )
+    };
+    let mut off: u64 = if n > 0 { n as u64 } else { 0 };
+    if n <= 0 {
+        s.data[0] = 0;
+        off = 1;
+        s.hdr.flags |= EXEC_F_NO_FILENAME;
+    }
+
+    sc.walk = Walk {
+        phase: 0,
+        argv,
+        envp,
+        idx: 0,
+        cur: 0,
+        cur_off: 0,
+        str_start: 0,
+        off,
+        argc: 0,
+        envc: 0,
+        dropped: 0,
+        full: 0,
+        bytes_dropped: 0,
+        hit: 0,
+    };
+    let mut cpu_arg = cpu;
+    // SAFETY: callback is a static subprogram; ctx points to the CPU id on this stack.
+    unsafe {
+        bpf_loop(
+            EXEC_MAX_STEPS,
+            walk_step as *mut c_void,
+            &mut cpu_arg as *mut u32 as *mut c_void,
+            0,
+        );
+    }
+    // SAFETY: same map value as above.
+    let sc = unsafe { &mut *sp };
+    let w = &sc.walk;
+    let s = &mut sc.ev;
+
+    let h = &mut s.hdr;
+    if w.hit != 0 {
+        enforce::kill(probe, w.hit);
+        h.flags |= EXEC_F_KILLED;
+        aya_log_ebpf::warn!(
+            ctx,
+            "SIGKILL at exec: pid {} carried a frozen credential",
+            h.tgid
+        );
+    }
+    if w.phase < 2 {
+        h.flags |= EXEC_F_COUNT_INCOMPLETE;
+    }
+    h.argc = w.argc;
+    h.envc = w.envc;
+    h.strings_dropped = w.dropped;
+    h.bytes_dropped = w.bytes_dropped;
+    let used = if w.off > EXEC_DATA_MAX as u64 {
+        EXEC_DATA_MAX as u64
+    } else {
+        w.off
+    };
+    h.data_len = used as u32;
+    let size = core::mem::size_of::<ExecHeader>() as u64 + used;
+    // SAFETY: `size` is bounded by the scratch value size.
+    let ret = unsafe {
+        bpf_ringbuf_output(
+            &EVENTS as *const _ as *mut c_void,
+            s as *mut _ as *mut c_void,
+            size,
+            0,
+        )
+    };
+    if ret < 0 {
+        count(if probe == PROBE_EXECVEAT {
+            STAT_EXEC_LOST_EXECVEAT
+        } else {
+            STAT_EXEC_LOST_EXECVE
+        });
+    } else {
+        count(STAT_EXEC_EVENTS);
+    }
+    Some(())
+}
+
+/// One step of the walk: read the next pointer, or the next chunk of the current string.
+/// Returns 1 to stop the loop.
+#[inline(never)]
+unsafe extern "C" fn walk_step(_i: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given to it: the CPU id.
+    let cpu = unsafe { *(ctx as *const u32) };
+    let Some(sp) = SCRATCH.get_ptr_mut(cpu) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch value.
+    let sc = unsafe { &mut *sp };
+    let w = &mut sc.walk;
+    if w.phase >= 2 {
+        return 1;
+    }
+    if w.cur == 0 {
+        let arr = if w.phase == 0 { w.argv } else { w.envp };
+        let ptr = if arr == 0 {
+            0
+        } else {
+            // SAFETY: user pointer read, checked by the helper.
+            unsafe { bpf_probe_read_user((arr + w.idx * 8) as *const u64) }.unwrap_or(0)
+        };
+        if ptr == 0 {
+            w.phase += 1;
+            w.idx = 0;
+            return if w.phase >= 2 { 1 } else { 0 };
+        }
+        w.idx += 1;
+        w.cur = ptr;
+        w.cur_off = 0;
+        w.str_start = w.off;
+        return 0;
+    }
+    let data = &mut sc.ev.data;
+    let src = (w.cur + w.cur_off) as *const c_void;
+
+    if w.full != 0 || w.off >= EXEC_DATA_MAX as u64 {
+        // Out of room: read into the slack area only to count what is dropped.
+        // SAFETY: slack area is EXEC_CHUNK bytes past EXEC_DATA_MAX.
+        let n = unsafe {
+            bpf_probe_read_user_str(
+                data.as_mut_ptr().add(EXEC_DATA_MAX) as *mut c_void,
+                EXEC_CHUNK as u32,
+                src,
+            )
+        };
+        if n == EXEC_CHUNK as i64 {
+            w.bytes_dropped += (EXEC_CHUNK - 1) as u64;
+            w.cur_off += (EXEC_CHUNK - 1) as u64;
+            return 0;
+        }
+        if n > 1 {
+            w.bytes_dropped += (n - 1) as u64;
+        }
+        if w.cur_off == 0 {
+            w.dropped += 1;
+        }
+        w.cur = 0;
+        return 0;
+    }
+
+    // Always a full chunk at a masked offset: the verifier sees a constant size and a
+    // bounded offset; a string running past EXEC_DATA_MAX spills into the slack and is cut.
+    let at = w.off & DATA_MASK;
+    // SAFETY: at < EXEC_DATA_MAX and the value has EXEC_CHUNK bytes of slack after it.
+    let n = unsafe {
+        bpf_probe_read_user_str(
+            data.as_mut_ptr().add(at as usize) as *mut c_void,
+            EXEC_CHUNK as u32,
+            src,
+        )
+    };
+    if n <= 0 {
+        // Unreadable (page not present): keep what was read of it, count the string.
+        if w.cur_off == 0 {
+            w.dropped += 1;
+        } else {
+            data[(w.off & DATA_MASK) as usize] = 0;
+            w.off += 1;
+            finish_string(w, cpu);
+        }
+        w.cur = 0;
+        return 0;
+    }
+    let n = n as u64;
+    let more = n == EXEC_CHUNK as u64;
+    if more {
+        // Maybe longer than a chunk: continue over the NUL on the next step.
+        w.off += n - 1;
+        w.cur_off += n - 1;
+    } else {
+        w.off += n;
+    }
+    if w.off >= EXEC_DATA_MAX as u64 {
+        // Cut at the end of the data area: keep the head, count the rest as dropped.
+        w.bytes_dropped += w.off - EXEC_DATA_MAX as u64 + u64::from(more);
+        w.off = EXEC_DATA_MAX as u64;
+        data[EXEC_DATA_MAX - 1] = 0;
+        w.full = 1;
+        finish_string(w, cpu);
+        if !more {
+            w.cur = 0;
+        }
+        return 0;
+    }
+    if !more {
+        finish_string(w, cpu);
+        w.cur = 0;
+    }
+    0
+}
+
+#[inline(always)]
+fn finish_string(w: &mut Walk, cpu: u32) {
+    if w.phase == 0 {
+        w.argc += 1;
+    } else {
+        w.envc += 1;
+    }
+    enforce::check(w, cpu);
+}

@@ -1,0 +1,264 @@
+//! Client side of the operator commands: `freeze`, `unfreeze`, `status`. Reads the
+//! credential without it ever touching argv, sends it over the control socket and prints
+//! the daemon's report.
+use std::{
+    io::{IsTerminal, Read, Write},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use serde_json::Value;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::control::{call, Request};
+
+/// Longest credential accepted (a PEM key or service-account JSON fits easily).
+const MAX_SECRET: usize = 64 * 1024;
+
+pub struct FreezeArgs {
+    pub socket: PathBuf,
+    pub fingerprint: Option<String>,
+    pub from_file: Option<PathBuf>,
+    pub deep: bool,
+    pub json: bool,
+    /// Anything given as a positional argument: refused.
+    pub stray: Vec<String>,
+}
+
+pub fn freeze(mut a: FreezeArgs) -> Result<()> {
+    if !a.stray.is_empty() {
+        for s in a.stray.iter_mut() {
+            s.zeroize();
+        }
+        bail!("refusing a credential on the command line: argv is itself a leak path (readable in /proc by every user); pipe it on stdin, type it at the prompt, or use --from-file");
+    }
+    let mut req = Request::new("freeze");
+    req.deep = a.deep;
+    if let Some(fp) = a.fingerprint.take() {
+        req.fingerprint = Some(fp);
+    } else {
+        let secret = read_secret(a.from_file.as_deref())?;
+        req.secret_b64 = Some(base64::engine::general_purpose::STANDARD.encode(&secret[..]));
+    }
+    let v = call(&a.socket, &req)?;
+    if a.json {
+        println!("{v}");
+    } else {
+        print_report(&v);
+    }
+    Ok(())
+}
+
+fn trim_newline(v: &mut Zeroizing<Vec<u8>>) {
+    while matches!(v.last(), Some(b'\n') | Some(b'\r')) {
+        v.pop();
+    }
+}
+
+fn read_secret(from_file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::new());
+    if let Some(p) = from_file {
+        let mut f = std::fs::File::open(p).with_context(|| {
+            format!(
+                "cannot open {}; check the path given to --from-file",
+                p.display()
+            )
+        })?;
+        Read::by_ref(&mut f)
+            .take(MAX_SECRET as u64 + 1)
+            .read_to_end(&mut buf)?;
+    } else if std::io::stdin().is_terminal() {
+        eprint!("Credential to freeze (input hidden): ");
+        let _ = std::io::stderr().flush();
+        let _echo = EchoOff::new();
+        let mut line = Zeroizing::new(String::new());
+        std::io::stdin().read_line(&mut line)?;
+        eprintln!();
+        buf.extend_from_slice(line.as_bytes());
+    } else {
+        std::io::stdin()
+            .take(MAX_SECRET as u64 + 1)
+            .read_to_end(&mut buf)?;
+    }
+    trim_newline(&mut buf);
+    if buf.is_empty() {
+        bail!("no credential given: pipe it on stdin (e.g. `leakwatch freeze < keyfile`), type it at the prompt, or use --from-file or --fingerprint");
+    }
+    if buf.len() > MAX_SECRET {
+        bail!("the credential is longer than {MAX_SECRET} bytes; give the secret itself, not a whole file of them");
+    }
+    Ok(buf)
+}
+
+/// Turns terminal echo off for its lifetime.
+struct EchoOff(Option<libc::termios>);
+
+impl EchoOff {
+    fn new() -> EchoOff {
+        // SAFETY: termios is plain data; tcgetattr fills it for fd 0.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return EchoOff(None);
+            }
+            let old = t;
+            t.c_lflag &= !libc::ECHO;
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+            EchoOff(Some(old))
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if let Some(t) = self.0 {
+            // SAFETY: restores the attributes read in new().
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+        }
+    }
+}
+
+fn arr(v: &Value, k: &str) -> Vec<Value> {
+    v.get(k)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn str_of(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(o) => o.to_string(),
+    }
+}
+
+pub fn print_report(v: &Value) {
+    println!(
+        "froze {}{}",
+        str_of(v, "fingerprint"),
+        if v["already_frozen"] == true {
+            " (was already frozen)"
+        } else {
+            ""
+        }
+    );
+    if v["kernel_enforced"] == true {
+        println!("new execs carrying it are killed in the kernel before they run");
+    } else {
+        println!("frozen by fingerprint only: new execs carrying it are killed by the daemon right after they start");
+    }
+    let killed = arr(v, "killed");
+    println!("killed {} process(es):", killed.len());
+    for k in &killed {
+        println!(
+            "  pid {:<7} {:<16} {:<30} unit {:<24} ({}){}",
+            str_of(k, "pid"),
+            str_of(k, "comm"),
+            str_of(k, "exe"),
+            str_of(k, "unit"),
+            str_of(k, "reason"),
+            if k["confirmed"] == true {
+                ""
+            } else {
+                "  NOT CONFIRMED GONE"
+            }
+        );
+    }
+    let severed = arr(v, "severed");
+    println!("severed {} TCP connection(s):", severed.len());
+    for s in &severed {
+        println!(
+            "  pid {:<7} {} -> {}{}",
+            str_of(s, "pid"),
+            str_of(s, "local"),
+            str_of(s, "remote"),
+            match s.get("error") {
+                Some(Value::String(e)) => format!("  FAILED: {e}"),
+                _ => String::new(),
+            }
+        );
+    }
+    for p in arr(v, "protected") {
+        println!(
+            "  protected, NOT killed: pid {} {} ({})",
+            str_of(&p, "pid"),
+            str_of(&p, "comm"),
+            str_of(&p, "exe")
+        );
+    }
+    let units = arr(v, "units");
+    if !units.is_empty() {
+        println!(
+            "units that need the new credential before restart: {}",
+            units
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for e in arr(v, "errors") {
+        println!("error: {}", e.as_str().unwrap_or(""));
+    }
+    println!("done in {:.1} ms", v["elapsed_ms"].as_f64().unwrap_or(0.0));
+}
+
+pub fn unfreeze(socket: &Path, fingerprint: String) -> Result<()> {
+    let mut req = Request::new("unfreeze");
+    req.fingerprint = Some(fingerprint.clone());
+    let v = call(socket, &req)?;
+    if v["removed"] == true {
+        println!("unfroze {fingerprint}");
+        Ok(())
+    } else {
+        bail!("{fingerprint} is not frozen; `leakwatch status` lists what is")
+    }
+}
+
+pub fn status(socket: &Path, json: bool) -> Result<()> {
+    let v = call(socket, &Request::new("status"))?;
+    if json {
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "probes: {}",
+        arr(&v, "probes")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let k = &v["kernel"];
+    println!(
+        "kernel: {} exec events, lost execve {} execveat {}, {} kills at exec ({} reports lost)",
+        k["exec_events"],
+        k["lost_execve"],
+        k["lost_execveat"],
+        k["enforce_kills"],
+        k["enforce_lost"]
+    );
+    let u = &v["userspace"];
+    println!(
+        "daemon: {} truncated exec captures, {} malformed records, {} repeat findings suppressed",
+        u["exec_truncated"], u["decode_errors"], u["findings_suppressed"]
+    );
+    let frozen = arr(&v, "frozen");
+    println!("frozen: {}", frozen.len());
+    for f in frozen {
+        println!(
+            "  {}  since {}  kills {}{}",
+            str_of(&f, "fingerprint"),
+            str_of(&f, "frozen_at"),
+            str_of(&f, "kills"),
+            if f["kernel_enforced"] == true {
+                ""
+            } else {
+                "  (fingerprint only: userspace enforcement)"
+            }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! The control socket (`/run/leakwatch/control.sock`): root-only (mode 0600 and an
+//! SO_PEERCRED check), one JSON request line in, one JSON response line out. The same
+//! module holds the client side used by `freeze`, `unfreeze` and `status`.
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::Path,
+    sync::Arc,
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader},
+    net::{UnixListener, UnixStream},
+    sync::watch,
+    task::JoinHandle,
+};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::respond::{Context, FreezeRequest};
+
+/// Requests larger than this are refused (a credential is a few KiB at most).
+const MAX_REQUEST: usize = 1 << 20;
+
+#[derive(Serialize, Deserialize)]
+pub struct Request {
+    pub op: String,
+    /// Base64 of the credential (freeze). Zeroized after use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    #[serde(default)]
+    pub deep: bool,
+}
+
+impl Request {
+    pub fn new(op: &str) -> Request {
+        Request {
+            op: op.to_string(),
+            secret_b64: None,
+            fingerprint: None,
+            deep: false,
+        }
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        if let Some(s) = self.secret_b64.as_mut() {
+            s.zeroize();
+        }
+    }
+}
+
+/// Stops accepting when dropped.
+pub struct Server(JoinHandle<()>);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub async fn serve(
+    path: &Path,
+    ctx: Arc<Context>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Server> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}; pass another --socket", dir.display()))?;
+    }
+    if UnixStream::connect(path).await.is_ok() {
+        bail!(
+            "another leakwatch daemon is already listening on {}; stop it or pass another --socket",
+            path.display()
+        );
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = listener.accept() => {
+                    let Ok((sock, _)) = r else { continue };
+                    log::debug!("control: connection accepted");
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle(sock, ctx).await {
+                            log::warn!("control client: {e:#}");
+                        }
+                    });
+                }
+                _ = stop.changed() => break,
+            }
+        }
+    });
+    Ok(Server(task))
+}
+
+async fn handle(sock: UnixStream, ctx: Arc<Context>) -> Result<()> {
+    let cred = sock.peer_cred()?;
+    let (rd, mut wr) = sock.into_split();
+    if cred.uid() != 0 {
+        let msg =
+            json!({"ok": false, "error": "refused: the leakwatch control socket is root-only"});
+        wr.write_all(format!("{msg}\n").as_bytes()).await?;
+        bail!("refused a request from uid {}", cred.uid());
+    }
+    let mut line = Zeroizing::new(String::new());
+    let mut rd = TokioBufReader::new(rd).take(MAX_REQUEST as u64);
+    rd.read_line(&mut line).await?;
+    log::debug!("control: request read");
+    let resp = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => dispatch(req, &ctx, cred.pid().map(|p| p as u32)).await,
+        Err(e) => json!({"ok": false, "error": format!("malformed request: {e}")}),
+    };
+    wr.write_all(format!("{resp}\n").as_bytes()).await?;
+    log::debug!("control: response written");
+    Ok(())
+}
+
+async fn dispatch(mut req: Request, ctx: &Context, client: Option<u32>) -> Value {
+    let r: Result<Value> = match req.op.as_str() {
+        "status" => Ok(ctx.status()),
+        "unfreeze" => match req.fingerprint.as_deref() {
+            Some(fp) => ctx
+                .unfreeze(fp)
+                .map(|removed| json!({"removed": removed, "fingerprint": fp})),
+            None => Err(anyhow!("unfreeze needs a fingerprint")),
+        },
+        "freeze" => {
+            let secret = match req.secret_b64.take() {
+                Some(mut b) => {
+                    let d = base64::engine::general_purpose::STANDARD.decode(b.as_bytes());
+                    b.zeroize();
+                    match d {
+                        Ok(v) => Some(Zeroizing::new(v)),
+                        Err(_) => {
+                            return json!({"ok": false, "error": "the credential was not valid base64"})
+                        }
+                    }
+                }
+                None => None,
+            };
+            let fr = FreezeRequest {
+                secret,
+                fingerprint: req.fingerprint.take(),
+                deep: req.deep,
+                client_pid: client,
+            };
+            ctx.freeze(fr)
+                .await
+                .and_then(|r| Ok(serde_json::to_value(r)?))
+        }
+        op => Err(anyhow!("unknown operation `{op}`")),
+    };
+    match r {
+        Ok(mut v) => {
+            v["ok"] = json!(true);
+            v
+        }
+        Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
+    }
+}
+
+/// Client: sends one request, returns the response (an error if `ok` is false).
+pub fn call(path: &Path, req: &Request) -> Result<Value> {
+    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            anyhow!("permission denied on {}: the leakwatch control socket is root-only; run this as root", path.display())
+        }
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow!(
+            "no leakwatch daemon is listening on {} ({e}); start it (systemctl start leakwatch) or pass --socket",
+            path.display()
+        ),
+        _ => anyhow!("cannot connect to {}: {e}", path.display()),
+    })?;
+    let mut line = Zeroizing::new(serde_json::to_string(req)?);
+    line.push('\n');
+    s.write_all(line.as_bytes())?;
+    let mut resp = String::new();
+    BufReader::new(s).read_line(&mut resp)?;
+    let v: Value =
+        serde_json::from_str(&resp).with_context(|| "the daemon's reply was not JSON")?;
+    if v["ok"] != json!(true) {
+        bail!(
+            "{}",
+            v["error"]
+                .as_str()
+                .unwrap_or("the daemon refused the request")
+        );
+    }
+    Ok(v)
+}

@@ -1,0 +1,275 @@
+//! The scanning engine: keyword prefilter, windowed regex confirmation, checks, dedup.
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use anyhow::{anyhow, Context, Result};
+use regex::bytes::Regex;
+
+use super::redact::{fingerprint, redact};
+use super::rules::{RuleSet, RuleSpec};
+use super::validate;
+
+/// Bytes before a keyword hit that a rule's regex may start at (names of assignments).
+const BACK: usize = 128;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Validator {
+    None,
+    GithubCrc32,
+    Jwt,
+    Generic,
+}
+
+struct Rule {
+    id: String,
+    description: String,
+    regex: Regex,
+    group: usize,
+    entropy: f64,
+    validator: Validator,
+    span: usize,
+    /// May the match cross lines? Single-line rules look only at the hit's line.
+    multiline: bool,
+    allow: Vec<Regex>,
+}
+
+/// A compiled rule set. Cheap to share (`&Engine` is `Sync`).
+pub struct Engine {
+    rules: Vec<Rule>,
+    keywords: AhoCorasick,
+    /// Keyword pattern index -> rules that use it.
+    keyword_rules: Vec<Vec<usize>>,
+}
+
+/// One credential found in a byte slice. Holds no plaintext: offsets into the scanned
+/// bytes, the fingerprint and a redacted preview.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub rule: String,
+    /// Secret byte span in the scanned input.
+    pub start: usize,
+    pub end: usize,
+    /// 1-based line of `start`.
+    pub line: usize,
+    pub fingerprint: String,
+    pub redacted: String,
+}
+
+impl Engine {
+    /// The built-in rules.
+    pub fn builtin() -> Engine {
+        Engine::new(&RuleSet::builtin()).expect("built-in rules compile")
+    }
+
+    pub fn new(set: &RuleSet) -> Result<Engine> {
+        let mut rules = Vec::with_capacity(set.rules.len());
+        let mut patterns: Vec<String> = Vec::new();
+        let mut keyword_rules: Vec<Vec<usize>> = Vec::new();
+        for (i, spec) in set.rules.iter().enumerate() {
+            rules.push(compile(spec)?);
+            for k in &spec.keywords {
+                let k = k.to_ascii_lowercase();
+                match patterns.iter().position(|p| *p == k) {
+                    Some(j) => keyword_rules[j].push(i),
+                    None => {
+                        patterns.push(k);
+                        keyword_rules.push(vec![i]);
+                    }
+                }
+            }
+        }
+        let keywords = AhoCorasickBuilder::new()
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .build(&patterns)
+            .context("building the keyword prefilter")?;
+        Ok(Engine {
+            rules,
+            keywords,
+            keyword_rules,
+        })
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// (id, description) of every rule, in priority order.
+    pub fn rules(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.rules
+            .iter()
+            .map(|r| (r.id.as_str(), r.description.as_str()))
+    }
+
+    /// Longest reach of any rule: how much context a streaming scanner must keep.
+    pub fn max_span(&self) -> usize {
+        self.rules.iter().map(|r| r.span + BACK).max().unwrap_or(0)
+    }
+
+    /// Every credential in `hay`, ordered by position, overlapping findings resolved in
+    /// favour of the longer one (then the earlier rule).
+    pub fn scan(&self, hay: &[u8]) -> Vec<Finding> {
+        let mut windows: Vec<(usize, usize, usize)> = Vec::new();
+        for m in self.keywords.find_overlapping_iter(hay) {
+            for &r in &self.keyword_rules[m.pattern().as_usize()] {
+                let mut start = m.start().saturating_sub(BACK);
+                let mut end = (m.end() + self.rules[r].span).min(hay.len());
+                if !self.rules[r].multiline {
+                    // Most credentials sit on one line: keep the regex on the hit's line.
+                    if let Some(nl) = memchr::memrchr(b'\n', &hay[start..m.start()]) {
+                        start += nl + 1;
+                    }
+                    if let Some(nl) = memchr::memchr(b'\n', &hay[m.end()..end]) {
+                        end = m.end() + nl;
+                    }
+                }
+                windows.push((r, start, end));
+            }
+        }
+        if windows.is_empty() {
+            return Vec::new();
+        }
+        windows.sort_unstable();
+        let mut found: Vec<(usize, usize, usize)> = Vec::new(); // (start, end, rule)
+        let mut i = 0;
+        while i < windows.len() {
+            let (r, s, mut e) = windows[i];
+            i += 1;
+            while i < windows.len() && windows[i].0 == r && windows[i].1 <= e {
+                e = e.max(windows[i].2);
+                i += 1;
+            }
+            self.confirm(r, hay, s, e, &mut found);
+        }
+        resolve_overlaps(&mut found);
+        let mut line = 1;
+        let mut pos = 0;
+        found
+            .into_iter()
+            .map(|(s, e, r)| {
+                line += hay[pos..s].iter().filter(|&&b| b == b'\n').count();
+                pos = s;
+                Finding {
+                    rule: self.rules[r].id.clone(),
+                    start: s,
+                    end: e,
+                    line,
+                    fingerprint: fingerprint(&hay[s..e]),
+                    redacted: redact(&hay[s..e]),
+                }
+            })
+            .collect()
+    }
+
+    fn confirm(
+        &self,
+        r: usize,
+        hay: &[u8],
+        s: usize,
+        e: usize,
+        out: &mut Vec<(usize, usize, usize)>,
+    ) {
+        let rule = &self.rules[r];
+        let win = &hay[s..e];
+        let mut pos = 0;
+        let mut locs = rule.regex.capture_locations();
+        // A rejected candidate resumes the search at its secret, not after the whole match:
+        // `credential: "NAME_TOKEN=value"` must still be tried as `NAME_TOKEN=value`.
+        while pos < win.len() {
+            let Some(whole) = rule.regex.captures_read_at(&mut locs, win, pos) else {
+                break;
+            };
+            let Some((ms, me)) = locs.get(rule.group) else {
+                pos = whole.end().max(pos + 1);
+                continue;
+            };
+            let secret = &win[ms..me];
+            if self.accept(rule, secret) {
+                out.push((s + ms, s + me, r));
+                pos = whole.end().max(pos + 1);
+            } else {
+                pos = ms.max(whole.start() + 1).max(pos + 1);
+            }
+        }
+    }
+
+    fn accept(&self, rule: &Rule, secret: &[u8]) -> bool {
+        if !validate::entropy_ok(secret, rule.entropy) {
+            return false;
+        }
+        let valid = match rule.validator {
+            Validator::None => true,
+            Validator::GithubCrc32 => validate::github_crc32(secret),
+            Validator::Jwt => validate::jwt(secret),
+            Validator::Generic => validate::generic(secret),
+        };
+        valid && !validate::placeholder(secret) && !rule.allow.iter().any(|a| a.is_match(secret))
+    }
+}
+
+fn compile(spec: &RuleSpec) -> Result<Rule> {
+    let regex = Regex::new(&spec.regex)
+        .map_err(|e| anyhow!("rule `{}`: regex does not compile: {e}", spec.id))?;
+    let group = if regex.capture_names().any(|n| n == Some("secret")) {
+        regex
+            .capture_names()
+            .position(|n| n == Some("secret"))
+            .unwrap_or(0)
+    } else if regex.captures_len() > 1 {
+        1
+    } else {
+        0
+    };
+    let validator = match spec.validator.as_deref() {
+        None | Some("") => Validator::None,
+        Some("github-crc32") => Validator::GithubCrc32,
+        Some("jwt") => Validator::Jwt,
+        Some("generic") => Validator::Generic,
+        Some(v) => {
+            return Err(anyhow!(
+                "rule `{}`: unknown validator `{v}`; use github-crc32, jwt or generic",
+                spec.id
+            ))
+        }
+    };
+    if spec.keywords.is_empty() {
+        return Err(anyhow!(
+            "rule `{}` has no keywords; give it at least one literal to prefilter on",
+            spec.id
+        ));
+    }
+    let allow = spec
+        .allow
+        .iter()
+        .map(|a| {
+            Regex::new(a)
+                .map_err(|e| anyhow!("rule `{}`: allow pattern does not compile: {e}", spec.id))
+        })
+        .collect::<Result<_>>()?;
+    Ok(Rule {
+        id: spec.id.clone(),
+        description: spec.description.clone(),
+        regex,
+        group,
+        entropy: spec.entropy,
+        validator,
+        span: spec.span,
+        multiline: spec.multiline,
+        allow,
+    })
+}
+
+/// Sorts by start and drops findings contained in (or duplicating) a longer one.
+fn resolve_overlaps(found: &mut Vec<(usize, usize, usize)>) {
+    // Longest first at each start; then keep a finding only if it is not inside the last kept.
+    found.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+    let mut kept: Vec<(usize, usize, usize)> = Vec::with_capacity(found.len());
+    for f in found.drain(..) {
+        if let Some(last) = kept.last() {
+            if f.0 >= last.0 && f.1 <= last.1 {
+                continue;
+            }
+        }
+        kept.push(f);
+    }
+    *found = kept;
+}

@@ -1,0 +1,20 @@
+//! Credential detection: bytes in, findings out. Pure library (no I/O, no clock), shared by
+//! the daemon (argv, env, payloads) and `leakwatch scan`.
+//!
+//! One Aho-Corasick pass finds every rule keyword; each rule's regex runs only in a window
+//! around its keyword hits; candidates then pass entropy, validator and allowlist checks.
+mod bigrams;
+mod engine;
+pub mod frozen;
+pub mod redact;
+pub mod rules;
+pub mod samples;
+pub mod stream;
+mod validate;
+
+pub use engine::{Engine, Finding};
+pub use redact::{fingerprint, redact};
+pub use rules::{RuleSet, RuleSpec};
+
+#[cfg(test)]
+mod tests;

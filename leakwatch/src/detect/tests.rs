@@ -1,0 +1,199 @@
+//! Rule tests: every built-in rule finds its own generated secrets in the contexts agent
+//! hosts leak in, and stays quiet on hard negatives.
+use super::samples::{checksummed, pem, sample, Rng, ALNUM, HEX};
+use super::*;
+
+/// Wraps `text` in the shapes agent logs leak in.
+fn contexts(text: &str) -> Vec<String> {
+    vec![
+        text.to_string(),
+        format!("export SOME_VALUE=\"{text}\"\n"),
+        format!("{{\"config\": {{\"credential\": \"{text}\", \"retries\": 3}}}}"),
+        format!("Traceback (most recent call last):\n  File \"agent.py\", line 12, in <module>\nValueError: bad request to https://api.internal/v1?key={text}\n"),
+        format!("Environment Variables:\nPATH=/usr/bin:/bin\nAPP_CONFIG={text}\nSHELL=/bin/bash\n"),
+        format!("curl -s -H 'X-Auth: {text}' https://api.example.org/"),
+    ]
+}
+
+/// Fixed seed (override with LW_SEED): the generic rule misses about 1 random value in
+/// 3,000 (see below), which across 20 rounds would make a time-seeded run flake.
+#[test]
+fn every_rule_has_a_sample_and_finds_it_in_every_context() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::seeded(0x1eaf);
+    let mut missing = Vec::new();
+    for (id, _) in engine.rules() {
+        let Some(_) = sample(id, &mut rng) else {
+            missing.push(id.to_string());
+            continue;
+        };
+        for round in 0..20 {
+            let (secret, text) = sample(id, &mut rng).unwrap();
+            for ctx in contexts(&text) {
+                let found = engine.scan(ctx.as_bytes());
+                let want = fingerprint(secret.as_bytes());
+                assert!(
+                    found.iter().any(|f| f.fingerprint == want),
+                    "rule {id} round {round}: not found in {:?}; found {:?}",
+                    redact(ctx.as_bytes()),
+                    found.iter().map(|f| &f.rule).collect::<Vec<_>>()
+                );
+                let f = found.iter().find(|f| f.fingerprint == want).unwrap();
+                assert_eq!(f.rule, id, "secret attributed to the wrong rule");
+                assert_eq!(&ctx.as_bytes()[f.start..f.end], secret.as_bytes());
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "rules without a sample generator: {missing:?}"
+    );
+}
+
+#[test]
+fn github_tokens_with_a_wrong_checksum_are_not_reported() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    for prefix in ["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "npm_"] {
+        let good = checksummed(&mut rng, prefix);
+        assert_eq!(engine.scan(good.as_bytes()).len(), 1, "{prefix}");
+        let mut bad = good.into_bytes();
+        let i = bad.len() - 3;
+        bad[i] = if bad[i] == b'a' { b'b' } else { b'a' };
+        assert!(
+            engine.scan(&bad).is_empty(),
+            "{prefix} with a wrong checksum was reported"
+        );
+    }
+}
+
+#[test]
+fn hard_negatives_are_quiet() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    let sha1 = rng.string(HEX, 40);
+    let sha256 = rng.string(HEX, 64);
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        rng.string(HEX, 8),
+        rng.string(HEX, 4),
+        rng.string(HEX, 4),
+        rng.string(HEX, 4),
+        rng.string(HEX, 12)
+    );
+    let negatives = [
+        format!("commit {sha1}\nAuthor: dev <dev@example.org>"),
+        format!(
+            "\"integrity\": \"sha512-{}==\"",
+            rng.string(super::samples::B64, 86)
+        ),
+        format!("image: registry.local/app@sha256:{sha256}"),
+        format!("request_id={uuid} trace_id={uuid}"),
+        "OPENAI_API_KEY=your-api-key-here".into(),
+        "ANTHROPIC_API_KEY=${ANTHROPIC_API_KEY}".into(),
+        "api_key: <KEY>".into(),
+        "password = \"changeme\"".into(),
+        "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
+        "AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE".into(),
+        "token = self.next_token(); let key = map.get(&key_name2);".into(),
+        "const MAX_TOKEN_LEN: usize = 4096; let secret_len = secret.len();".into(),
+        pem(&mut rng, "PUBLIC KEY", 6),
+        pem(&mut rng, "CERTIFICATE", 12),
+        format!(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{} user@host",
+            rng.string(super::samples::B64, 43)
+        ),
+        format!("ghp_{}", rng.string(ALNUM, 36)),
+        format!("npm_{}", rng.string(ALNUM, 36)),
+        "function(a,b){var key=a[b];return key.token||tok3n}".into(),
+        "Authorization: Bearer <token>".into(),
+        format!("sha256sum: {sha256}  file.tar.gz"),
+        format!("api_key_hash = {sha256}"),
+    ];
+    for n in &negatives {
+        let found = engine.scan(n.as_bytes());
+        assert!(
+            found.is_empty(),
+            "false positive {:?} in {:?}",
+            found,
+            redact(n.as_bytes())
+        );
+    }
+}
+
+#[test]
+fn findings_carry_line_and_never_plaintext() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    let (secret, text) = sample("stripe-secret-key", &mut rng).unwrap();
+    let hay = format!("line one\nline two\nSTRIPE={text}\n");
+    let f = &engine.scan(hay.as_bytes())[0];
+    assert_eq!(f.line, 3);
+    assert!(!format!("{f:?}").contains(&secret));
+    assert!(f.redacted.len() < secret.len() / 2);
+}
+
+#[test]
+fn generic_rule_matches_named_env_values() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    for name in [
+        "MY_KEY",
+        "DEPLOY_TOKEN",
+        "db_password",
+        "CLIENT_SECRET",
+        "X_API_KEY",
+    ] {
+        let v = format!("{}{}", rng.string(ALNUM, 24), rng.below(900) + 100);
+        let f = engine.scan(format!("{name}={v}").as_bytes());
+        assert_eq!(f.len(), 1, "{name}");
+        assert_eq!(f[0].rule, "generic-secret");
+        assert_eq!(f[0].fingerprint, fingerprint(v.as_bytes()));
+    }
+    // Named like a secret but not secret-like.
+    for v in [
+        "MY_KEY=true",
+        "TOKEN_FILE=/run/secrets/token",
+        "SECRET_LEN=4096",
+    ] {
+        assert!(engine.scan(v.as_bytes()).is_empty(), "{v}");
+    }
+}
+
+#[test]
+fn pem_keys_with_escaped_newlines_in_json() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    for label in ["RSA PRIVATE KEY", "PRIVATE KEY", "OPENSSH PRIVATE KEY"] {
+        let escaped = pem(&mut rng, label, 12).replace('\n', "\\n");
+        let json = format!("{{\"ssh_key\": \"{escaped}\", \"user\": \"deploy\"}}");
+        let f = engine.scan(json.as_bytes());
+        assert_eq!(f.len(), 1, "{label}");
+        assert_eq!(f[0].fingerprint, fingerprint(escaped.as_bytes()), "{label}");
+    }
+}
+
+#[test]
+fn random_generic_values_are_found_nearly_always() {
+    // A fixed seed: this measures the generic rule's miss rate on random 24-byte values, so
+    // it must not flake.
+    let engine = Engine::builtin();
+    let mut rng = Rng::new(0x5eed);
+    let n = 20_000;
+    let missed = (0..n)
+        .filter(|_| {
+            let (secret, text) = sample("generic-secret", &mut rng).unwrap();
+            let want = fingerprint(secret.as_bytes());
+            !engine
+                .scan(text.as_bytes())
+                .iter()
+                .any(|f| f.fingerprint == want)
+        })
+        .count();
+    // Measured: 5-7 of 20,000 (entropy below 3.6, or still taken for an identifier); it
+    // was 64 before identifiers had to be made of word-like letter pairs.
+    assert!(
+        missed * 1_000 <= n,
+        "{missed} of {n} generic secrets missed"
+    );
+}

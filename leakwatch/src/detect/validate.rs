@@ -1,0 +1,336 @@
+//! Secondary checks on a candidate secret: entropy, checksums, structure, placeholders.
+use super::bigrams;
+use regex::bytes::{Regex, RegexSet};
+use std::sync::OnceLock;
+
+/// Shannon entropy in bits per byte.
+pub fn entropy(s: &[u8]) -> f64 {
+    if s.is_empty() {
+        return 0.0;
+    }
+    let mut counts = [0u32; 256];
+    for &b in s {
+        counts[b as usize] += 1;
+    }
+    let n = s.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// Entropy a random string of this length could reach is bounded by log2(len), so short
+/// secrets are held to a proportionally lower bar.
+pub fn entropy_ok(s: &[u8], min: f64) -> bool {
+    if min <= 0.0 {
+        return true;
+    }
+    let cap = 0.85 * (s.len() as f64).log2();
+    entropy(s) >= min.min(cap)
+}
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Base62 encoding of a u32, left-padded with '0' to 6 characters (GitHub/npm checksum form).
+pub fn base62_6(mut n: u32) -> [u8; 6] {
+    let mut out = [b'0'; 6];
+    let mut i = 6;
+    while n > 0 && i > 0 {
+        i -= 1;
+        out[i] = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    out
+}
+
+/// GitHub (ghp_/gho_/ghu_/ghs_/ghr_) and npm (npm_) tokens: the last 6 characters are the
+/// base62 CRC32 of the 30 random characters after the 4-byte prefix.
+pub fn github_crc32(token: &[u8]) -> bool {
+    if token.len() != 40 {
+        return false;
+    }
+    let body = &token[4..34];
+    base62_6(crc32fast::hash(body)) == token[34..40]
+}
+
+/// A JWT whose header is base64url JSON with an `alg`.
+pub fn jwt(token: &[u8]) -> bool {
+    use base64::Engine as _;
+    let Some(dot) = token.iter().position(|&b| b == b'.') else {
+        return false;
+    };
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    match engine.decode(&token[..dot]) {
+        Ok(h) => {
+            let h = String::from_utf8_lossy(&h);
+            h.trim_start().starts_with('{') && h.contains("\"alg\"")
+        }
+        Err(_) => false,
+    }
+}
+
+static FORMAT: OnceLock<Regex> = OnceLock::new();
+
+/// Values of generic `*KEY*=` assignments: must look like a credential, not code.
+pub fn generic(v: &[u8]) -> bool {
+    let digits = v.iter().filter(|b| b.is_ascii_digit()).count();
+    let letters = v.iter().filter(|b| b.is_ascii_alphabetic()).count();
+    if digits < 2 || letters < 4 {
+        return false;
+    }
+    // Dotted identifiers (`self._lib.X509_get_pubkey`), paths and constant names are code.
+    let ident = |p: &[u8]| {
+        !p.is_empty()
+            && (p[0].is_ascii_alphabetic() || p[0] == b'_')
+            && p.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    if v.contains(&b'.') && v.split(|&b| b == b'.').all(ident) {
+        return false;
+    }
+    if v.contains(&b'/') && v.split(|&b| b == b'/').filter(|p| !p.is_empty()).all(ident) {
+        return false;
+    }
+    // printf-style templates (`"VS%0.f0COMNTOOLS" % version`).
+    let format =
+        FORMAT.get_or_init(|| Regex::new(r"%[-+ #0]*[0-9]*(?:\.[0-9]*)?[sdfir]").expect("valid"));
+    if format.is_match(v) {
+        return false;
+    }
+    // A GitHub/npm-shaped token with a wrong checksum is not a token: the checksum rule has
+    // already judged it.
+    if v.len() == 40
+        && [b"ghp_", b"gho_", b"ghu_", b"ghs_", b"ghr_", b"npm_"]
+            .iter()
+            .any(|p| v.starts_with(*p))
+    {
+        return false;
+    }
+    if v.iter()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
+        && v.contains(&b'_')
+    {
+        return false;
+    }
+    if code_identifier(v) || keyboard_mash(v) {
+        return false;
+    }
+    // AWS documentation marks example ids and tokens with `XMPL` (`ACCAQFODXMPL4YFHP7DZE`).
+    if v.windows(4).any(|w| w.eq_ignore_ascii_case(b"xmpl")) {
+        return false;
+    }
+    // Hex digests (git SHAs, sha1/sha256/sha512) are hashes, not credentials, when the
+    // value is nothing but lowercase hex of a digest length.
+    let hex = v
+        .iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    if hex && matches!(v.len(), 32 | 40 | 56 | 64 | 96 | 128) {
+        return false;
+    }
+    true
+}
+
+/// Hand-typed filler from documentation (`qwe089234lkjsdf`, `kjfch2345sdf`): most letter pairs
+/// are neighbours on a QWERTY row. About 1 pair in 10 is, in random letters.
+pub fn keyboard_mash(v: &[u8]) -> bool {
+    const ROWS: [&[u8]; 3] = [b"qwertyuiop", b"asdfghjkl", b"zxcvbnm"];
+    let row_pos = |c: u8| {
+        ROWS.iter()
+            .enumerate()
+            .find_map(|(r, row)| row.iter().position(|&k| k == c).map(|i| (r, i)))
+    };
+    let (mut pairs, mut near) = (0, 0);
+    for w in v.windows(2) {
+        let (a, b) = (w[0].to_ascii_lowercase(), w[1].to_ascii_lowercase());
+        if let (Some((ra, ia)), Some((rb, ib))) = (row_pos(a), row_pos(b)) {
+            pairs += 1;
+            if ra == rb && ia.abs_diff(ib) == 1 {
+                near += 1;
+            }
+        }
+    }
+    pairs >= 4 && near * 2 >= pairs
+}
+
+/// Code identifiers (`X509KeyUsageFlags`, `_bindgen_ty_12`, `Crypto_SM4_2Vector_Intrinsic`)
+/// in `name: Type` and `ALIAS = other_name` lines. An identifier is built from words:
+/// snake_case parts, UPPER parts, digits, and CamelCase words of 3+ letters. Random tokens
+/// almost never decompose that way (a lowercase letter right after a digit, or a 2-letter
+/// `Xy` word, breaks it).
+pub fn code_identifier(v: &[u8]) -> bool {
+    if v.is_empty() || !(v[0].is_ascii_alphabetic() || v[0] == b'_') {
+        return false;
+    }
+    if !v.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_') {
+        return false;
+    }
+    let mut tokens = 0;
+    for part in v.split(|&b| b == b'_').filter(|p| !p.is_empty()) {
+        match word_tokens(part) {
+            Some(n) => tokens += n,
+            None => return false,
+        }
+    }
+    // Words are long; the rare random string that decomposes does so into 1-2 byte pieces.
+    let alnum = v.iter().filter(|b| b.is_ascii_alphanumeric()).count();
+    tokens > 0 && alnum as f64 / tokens as f64 >= 3.0 && bigrams::wordlike(v)
+}
+
+/// Splits one `_`-separated part into words (lowercase words with a digit suffix, UPPER
+/// acronyms, numbers, camel/Pascal case words of 3+ letters) and returns how many, or None
+/// when it does not decompose.
+fn word_tokens(p: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    let mut n = 0;
+    // camelCase may start lowercase.
+    if i < p.len() && p[i].is_ascii_lowercase() {
+        while i < p.len() && p[i].is_ascii_lowercase() {
+            i += 1;
+        }
+        n += 1;
+    }
+    while i < p.len() {
+        let c = p[i];
+        if c.is_ascii_digit() {
+            while i < p.len() && p[i].is_ascii_digit() {
+                i += 1;
+            }
+            n += 1;
+            if i < p.len() && p[i].is_ascii_lowercase() {
+                // A short lowercase tail after a number (`sm4ekey`) ends the part.
+                let start = i;
+                while i < p.len() && p[i].is_ascii_lowercase() {
+                    i += 1;
+                }
+                if i - start < 3 || i < p.len() {
+                    return None;
+                }
+                n += 1;
+            }
+        } else if c.is_ascii_uppercase() {
+            let start = i;
+            while i < p.len() && p[i].is_ascii_uppercase() {
+                i += 1;
+            }
+            let lower = p[i..].iter().take_while(|b| b.is_ascii_lowercase()).count();
+            if lower > 0 {
+                // The last capital starts a word: it needs 2+ lowercase letters after it.
+                if lower < 2 {
+                    return None;
+                }
+                i += lower;
+                n += if i - lower - start > 1 { 2 } else { 1 };
+            } else if i - start == 1 && i < p.len() && !p[i].is_ascii_digit() {
+                return None;
+            } else {
+                n += 1;
+            }
+        } else {
+            return None;
+        }
+    }
+    Some(n)
+}
+
+/// Placeholders and templates that are never real credentials, whatever the rule.
+pub fn placeholder(s: &[u8]) -> bool {
+    static SET: OnceLock<RegexSet> = OnceLock::new();
+    let set = SET.get_or_init(|| {
+        RegexSet::new([
+            r"(?i)^(?:x+|\*+|\.+|-+|_+|0+|#+)$",
+            r"(?i)(?:your|my)[-_]?(?:[a-z]+[-_])?(?:api[-_]?)?(?:key|token|secret|pass)",
+            r"(?i)(?:example|placeholder|changeme|change_me|redacted|dummy|insert[-_]?here|replace[-_]?me|xxxxx|\*\*\*\*|fake[-_]?(?:key|token))",
+            r"\$\{[^}]*\}|\$\([^)]*\)|^\$[A-Za-z_]+|\{\{[^}]*\}\}|%\([a-z_]+\)s|<[A-Za-z_ -]+>",
+            r"(?i)^(?:none|null|true|false|undefined|secret|password|token)$",
+            // Credentials published as examples in vendor docs and RFCs (Stripe's test key,
+            // RFC 6749 and RFC 5849 examples).
+            r"^(?:sk_test_4eC39HqLyjWDarjtT1zdp7dc|2YotnFZFEjr1zCsicMWpAA|tGzv3JOkF0XG5Qx2TlKWIA|h480djs93hd8|0685bd9184jfhq22|ad180jjd733klru7|wOJIO9A2W5mFwDgiDvZbTSMK%2FPY%3D|dj9rAiCE1SggwYcJcRI1BA)$",
+        ])
+        .expect("built-in placeholder patterns compile")
+    });
+    set.is_match(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entropy_bounds() {
+        assert_eq!(entropy(b"aaaa"), 0.0);
+        assert!((entropy(b"ab") - 1.0).abs() < 1e-9);
+        assert!(entropy(b"0123456789abcdef") > 3.9);
+    }
+
+    #[test]
+    fn github_checksum() {
+        let body = b"abcdefghijklmnopqrstuvwxyz0123";
+        let mut tok = b"ghp_".to_vec();
+        tok.extend_from_slice(body);
+        tok.extend_from_slice(&base62_6(crc32fast::hash(body)));
+        assert!(github_crc32(&tok));
+        let last = tok.len() - 1;
+        tok[last] = if tok[last] == b'A' { b'B' } else { b'A' };
+        assert!(!github_crc32(&tok));
+    }
+
+    #[test]
+    fn placeholders() {
+        for p in [
+            "your-api-key-here",
+            "${OPENAI_API_KEY}",
+            "<KEY>",
+            "xxxxxxxxxxxxxxxx",
+            "changeme",
+            "AKIAIOSFODNN7EXAMPLE",
+            "{{ secrets.TOKEN }}",
+        ] {
+            assert!(placeholder(p.as_bytes()), "{p}");
+        }
+        assert!(!placeholder(b"Zq8vJr2LkP0wXy7TbN4m"));
+    }
+
+    #[test]
+    fn random_tokens_are_rarely_taken_for_identifiers() {
+        let mut rng = crate::detect::samples::Rng::new(7);
+        let n = 20_000;
+        let taken = (0..n)
+            .filter(|_| {
+                let v = format!(
+                    "{}{}",
+                    rng.string(crate::detect::samples::ALNUM, 22),
+                    rng.below(90) + 10
+                );
+                code_identifier(v.as_bytes())
+            })
+            .count();
+        assert!(
+            taken * 250 < n,
+            "{taken} of {n} random tokens look like identifiers"
+        );
+    }
+
+    #[test]
+    fn generic_rejects_code() {
+        assert!(!generic(b"self.next_token2.value"));
+        assert!(!generic(b"MAX_TOKEN_LEN_32"));
+        assert!(!generic(b"da39a3ee5e6b4b0d3255bfef95601890afd80709"));
+        assert!(!generic(b"X509CertificateTemplatePrivateKeyFlag"));
+        assert!(!generic(b"_bindgen_ty_12"));
+        assert!(!generic(b"DBPROPENUM21"));
+        assert!(!generic(b"Pkcs10AllowedSignatureTypes"));
+        assert!(!generic(b"Crypto_SM4_2Vector_Intrinsic"));
+        assert!(!generic(b"bpf_attr__bindgen_ty_20"));
+        assert!(!generic(b"self._lib.X509_REQ_get_pubkey"));
+        assert!(!generic(b"VS%0.f0COMNTOOLS"));
+        assert!(!generic(b"qwe089234lkjsdf"));
+        assert!(!generic(b"kjfch2345sdf"));
+        assert!(!generic(b"ACCAQFODXMPL4YFHP7DZE"));
+        assert!(generic(b"Zq8vJr2LkP0wXy7TbN4m"));
+        assert!(generic(b"5CeVmFS0jDnutd00x9Xl"));
+        assert!(generic(b"3f9a0c1d2b4e5f60718293a4b5c6d7e8f9"));
+    }
+}

@@ -1,0 +1,16 @@
+//! leakwatch: find credentials leaking through command lines, environments, logs, dumps and
+//! sockets on a Linux host, and freeze a leaked one. The binary (`main.rs`) only wires these
+//! modules together.
+pub mod alerts;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod detect;
+pub mod events;
+pub mod metrics;
+pub mod monitor;
+pub mod probes;
+pub mod procs;
+pub mod respond;
+pub mod scan;

@@ -1,0 +1,265 @@
+//! leakwatch command line: parses arguments and hands off to the library.
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use leakwatch::daemon::{self, Overrides};
+
+const DEFAULT_SOCKET: &str = "/run/leakwatch/control.sock";
+
+#[derive(Parser)]
+#[command(
+    name = "leakwatch",
+    version,
+    about = "Watch a Linux host for credential leaks; freeze a leaked credential."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the monitor (root): load the eBPF probes and alert on credentials.
+    Daemon {
+        /// TOML config file (defaults are embedded; see README).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also append alerts (JSON lines) to this file.
+        #[arg(long)]
+        alerts: Option<PathBuf>,
+        /// Prometheus endpoint address, IP:PORT.
+        #[arg(long)]
+        metrics_addr: Option<String>,
+        /// Control socket path.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// State directory (frozen set, hash seed).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Freeze a leaked credential (read from stdin or a hidden prompt, never argv): kill
+    /// every process holding it, sever their TCP connections, keep it dead at exec.
+    Freeze {
+        /// Freeze by fingerprint (sha256:…) instead of the credential itself.
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Read the credential from this file (first line, newline stripped).
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+        /// Also search the memory of every process (finds keys set with setenv or read
+        /// from files; slower).
+        #[arg(long)]
+        deep: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Refused: a credential must not be passed in argv.
+        #[arg(hide = true)]
+        stray: Vec<String>,
+    },
+    /// Remove a credential from the frozen set.
+    Unfreeze {
+        fingerprint: String,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Frozen credentials (when, how many kills), probe health and loss counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Scan files, directories (recursively) and `-` (stdin) for credentials. Exit status:
+    /// 0 clean, 1 credentials found, 2 something could not be read.
+    Scan {
+        #[arg(default_value = ".")]
+        paths: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: leakwatch::scan::Format,
+        /// Also scan binary files (skipped by default).
+        #[arg(long)]
+        binary: bool,
+        /// Worker threads (default: every core).
+        #[arg(long, short = 'j')]
+        threads: Option<usize>,
+        /// Also report credentials frozen in this state dir or frozen.json.
+        #[arg(long)]
+        frozen: Option<PathBuf>,
+        /// Rules config (TOML with [[rule]] tables).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Colour and progress bar: always, never, or auto (on a terminal).
+        #[arg(long, default_value = "auto")]
+        color: String,
+    },
+    /// List the detection rules.
+    Rules {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!(
+                "{} leakwatch: {}: {}",
+                leakwatch::alerts::now_rfc3339(),
+                r.level().as_str().to_lowercase(),
+                r.args()
+            );
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn main() -> ExitCode {
+    let _ = log::set_logger(&StderrLog);
+    log::set_max_level(match std::env::var("LEAKWATCH_LOG").as_deref() {
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("warn") => log::LevelFilter::Warn,
+        _ => log::LevelFilter::Info,
+    });
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Daemon {
+            config,
+            alerts,
+            metrics_addr,
+            socket,
+            state_dir,
+        } => {
+            let o = Overrides {
+                config,
+                alerts,
+                metrics_addr,
+                socket,
+                state_dir,
+            };
+            match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(daemon::run(o)),
+                Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
+            }
+        }
+        Cmd::Freeze {
+            fingerprint,
+            from_file,
+            deep,
+            json,
+            socket,
+            stray,
+        } => leakwatch::cli::freeze(leakwatch::cli::FreezeArgs {
+            socket,
+            fingerprint,
+            from_file,
+            deep,
+            json,
+            stray,
+        }),
+        Cmd::Unfreeze {
+            fingerprint,
+            socket,
+        } => leakwatch::cli::unfreeze(&socket, fingerprint),
+        Cmd::Status { json, socket } => leakwatch::cli::status(&socket, json),
+        Cmd::Rules { config } => list_rules(config),
+        Cmd::Scan {
+            paths,
+            format,
+            binary,
+            threads,
+            frozen,
+            config,
+            color,
+        } => match scan(paths, format, binary, threads, frozen, config, &color) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("leakwatch: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn list_rules(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg = daemon::effective_config(&Overrides {
+        config,
+        ..Default::default()
+    })?;
+    let engine = leakwatch::detect::Engine::new(&cfg.rules()?)?;
+    for (id, desc) in engine.rules() {
+        println!("{id:32} {desc}");
+    }
+    Ok(())
+}
+
+fn scan(
+    paths: Vec<PathBuf>,
+    format: leakwatch::scan::Format,
+    binary: bool,
+    threads: Option<usize>,
+    frozen: Option<PathBuf>,
+    config: Option<PathBuf>,
+    color: &str,
+) -> anyhow::Result<u8> {
+    use std::io::IsTerminal;
+    let cfg = daemon::effective_config(&Overrides {
+        config,
+        ..Default::default()
+    })?;
+    let engine = leakwatch::detect::Engine::new(&cfg.rules()?)?;
+    let color = match color {
+        "always" => Some(true),
+        "never" => Some(false),
+        "auto" => None,
+        other => anyhow::bail!("--color must be always, never or auto, not `{other}`"),
+    };
+    let frozen = frozen
+        .map(|p| leakwatch::scan::load_frozen(&p))
+        .transpose()?;
+    let opts = leakwatch::scan::Options {
+        paths,
+        format,
+        binary,
+        threads,
+        frozen,
+        color,
+    };
+    let summary = leakwatch::scan::run(&engine, &opts)?;
+    let tty = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut out = std::io::stdout().lock();
+    leakwatch::scan::print(&engine, &summary, format, color.unwrap_or(tty), &mut out)?;
+    for e in &summary.errors {
+        eprintln!("leakwatch: cannot scan {e}");
+    }
+    if format == leakwatch::scan::Format::Human {
+        eprintln!(
+            "leakwatch: {} finding(s) in {} file(s), {:.1} MB scanned, {} binary file(s) skipped{}",
+            summary.hits.len(),
+            summary.files,
+            summary.bytes as f64 / 1e6,
+            summary.binary_skipped,
+            if summary.errors.is_empty() {
+                String::new()
+            } else {
+                format!(", {} error(s)", summary.errors.len())
+            }
+        );
+    }
+    Ok(summary.exit_code())
+}

@@ -1,0 +1,174 @@
+//! Prometheus metrics and the `/metrics` HTTP endpoint. Labels never carry secrets: rule
+//! ids, sources and probe names only. The endpoint is a minimal HTTP/1.1 responder (one
+//! path, no keep-alive) so the daemon does not need a web framework.
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::{Context, Result};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub events: IntCounterVec,
+    pub findings: IntCounterVec,
+    pub suppressed: IntCounter,
+    pub lost: IntCounterVec,
+    pub exec_truncated: IntCounter,
+    pub exec_strings_dropped: IntCounter,
+    pub exec_bytes_dropped: IntCounter,
+    pub decode_errors: IntCounter,
+    pub alerts: IntCounterVec,
+    pub kills: IntCounterVec,
+    pub severed: IntCounter,
+    pub frozen: IntGauge,
+    pub probes_attached: IntGauge,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        Metrics {
+            events: counter_vec(
+                &r,
+                "leakwatch_events_total",
+                "Kernel events received, by probe.",
+                &["probe"],
+            ),
+            findings: counter_vec(
+                &r,
+                "leakwatch_findings_total",
+                "Credentials found, by rule and source.",
+                &["rule", "source"],
+            ),
+            suppressed: counter(
+                &r,
+                "leakwatch_findings_suppressed_total",
+                "Repeat findings not alerted again within the dedupe window.",
+            ),
+            lost: counter_vec(
+                &r,
+                "leakwatch_lost_events_total",
+                "Events lost before userspace saw them, by probe (ring buffer full) or stage.",
+                &["probe"],
+            ),
+            exec_truncated: counter(
+                &r,
+                "leakwatch_exec_truncated_total",
+                "Execs whose argv/env did not fit the capture limits.",
+            ),
+            exec_strings_dropped: counter(
+                &r,
+                "leakwatch_exec_strings_dropped_total",
+                "argv/env strings not captured.",
+            ),
+            exec_bytes_dropped: counter(
+                &r,
+                "leakwatch_exec_bytes_dropped_total",
+                "argv/env bytes not captured.",
+            ),
+            decode_errors: counter(
+                &r,
+                "leakwatch_decode_errors_total",
+                "Malformed kernel records.",
+            ),
+            alerts: counter_vec(
+                &r,
+                "leakwatch_alerts_total",
+                "Alert lines written, by kind.",
+                &["kind"],
+            ),
+            kills: counter_vec(
+                &r,
+                "leakwatch_kills_total",
+                "Processes killed for holding a frozen credential, by where (kernel, sweep).",
+                &["by"],
+            ),
+            severed: counter(
+                &r,
+                "leakwatch_connections_severed_total",
+                "TCP connections destroyed by freeze.",
+            ),
+            frozen: gauge(
+                &r,
+                "leakwatch_frozen_credentials",
+                "Credentials currently frozen.",
+            ),
+            probes_attached: gauge(&r, "leakwatch_probes_attached", "Kernel probes attached."),
+            registry: r,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Binds the metrics listener (so a bad address fails at start, not later).
+pub async fn bind(addr: &str) -> Result<TcpListener> {
+    let sa: SocketAddr = addr.parse().with_context(|| {
+        format!("metrics address `{addr}` is not IP:PORT (e.g. 127.0.0.1:9477)")
+    })?;
+    TcpListener::bind(sa).await.with_context(|| {
+        format!("cannot listen on {addr} for metrics; pick a free port with --metrics-addr")
+    })
+}
+
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let resp = if req.starts_with("GET /metrics") {
+                let body = m.render();
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            };
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,164 @@
+//! Process details for alerts: exe, parent, uid, cgroup path and systemd unit, read from
+//! /proc while the process lives, or rebuilt from what the kernel event carried (cgroup id
+//! resolved by walking the cgroup2 tree) when it is already gone.
+use std::{collections::HashMap, fs, os::unix::fs::MetadataExt, path::PathBuf};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub cgroup: Option<String>,
+    pub unit: Option<String>,
+}
+
+pub struct Procs {
+    cgroup_root: Option<PathBuf>,
+    by_id: HashMap<u64, String>,
+}
+
+impl Default for Procs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Procs {
+    pub fn new() -> Procs {
+        Procs {
+            cgroup_root: cgroup2_mount(),
+            by_id: HashMap::new(),
+        }
+    }
+
+    /// Reads /proc/PID. None when the process is gone.
+    pub fn live(&self, pid: u32) -> Option<ProcInfo> {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        let ppid = field("PPid:")?.parse().ok()?;
+        let uid = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
+        let comm = field("Name:").unwrap_or_default();
+        let exe = fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|c| parse_cgroup_v2(&c));
+        let unit = cgroup.as_deref().and_then(unit_of);
+        Some(ProcInfo {
+            pid,
+            ppid,
+            uid,
+            comm,
+            exe,
+            cgroup,
+            unit,
+        })
+    }
+
+    /// Path of the cgroup with this id (the inode of its cgroup2 directory), cached.
+    pub fn cgroup_path(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.by_id.get(&id) {
+            return Some(p.clone());
+        }
+        let root = self.cgroup_root.clone()?;
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(md) = fs::metadata(&dir) else { continue };
+            if md.ino() == id {
+                let rel = dir.strip_prefix(&root).ok()?.to_string_lossy();
+                let path = format!("/{rel}");
+                self.by_id.insert(id, path.clone());
+                return Some(path);
+            }
+            if let Ok(rd) = fs::read_dir(&dir) {
+                stack.extend(
+                    rd.flatten()
+                        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        None
+    }
+}
+
+/// The `0::/path` line of /proc/PID/cgroup.
+pub fn parse_cgroup_v2(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+/// The systemd unit owning a cgroup path: its deepest `.service`/`.scope`/… component.
+pub fn unit_of(path: &str) -> Option<String> {
+    const KINDS: [&str; 6] = [".service", ".scope", ".socket", ".mount", ".swap", ".timer"];
+    path.split('/')
+        .rev()
+        .find(|c| KINDS.iter().any(|k| c.ends_with(k)))
+        .map(str::to_string)
+}
+
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        Some(PathBuf::from(pre.split_whitespace().nth(4)?))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_from_cgroup_paths() {
+        assert_eq!(
+            unit_of("/system.slice/agent.service").as_deref(),
+            Some("agent.service")
+        );
+        assert_eq!(
+            unit_of("/user.slice/user-1000.slice/user@1000.service/app.slice/worker.service")
+                .as_deref(),
+            Some("worker.service")
+        );
+        assert_eq!(
+            unit_of("/system.slice/agent.service/sub").as_deref(),
+            Some("agent.service")
+        );
+        assert_eq!(
+            unit_of("/user.slice/user-0.slice/session-3.scope").as_deref(),
+            Some("session-3.scope")
+        );
+        assert_eq!(unit_of("/"), None);
+        assert_eq!(unit_of("/leakwatch-test"), None);
+    }
+
+    #[test]
+    fn cgroup_line() {
+        assert_eq!(
+            parse_cgroup_v2("0::/system.slice/x.service\n").as_deref(),
+            Some("/system.slice/x.service")
+        );
+        assert_eq!(parse_cgroup_v2("1:name=systemd:/\n"), None);
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let p = Procs::new()
+            .live(std::process::id())
+            .expect("own /proc entry");
+        assert!(!p.exe.is_empty());
+        assert!(p.ppid > 0);
+    }
+}

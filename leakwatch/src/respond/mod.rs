@@ -1,0 +1,640 @@
+//! Emergency response. `freeze` persists a credential's fingerprint, loads it into the
+//! kernel map, then finds every holder (environ, cmdline, exec history, optionally memory)
+//! and its descendants, stops them, severs their TCP connections, kills them and confirms.
+//! Afterwards the kernel kills any exec carrying it; `on_enforce` reports those, once per
+//! unit. The frozen set survives restarts: `restore` reloads and sweeps again.
+pub mod procscan;
+pub mod sever;
+pub mod store;
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::{
+    alerts::{now_rfc3339, AlertSink},
+    config::Config,
+    detect::{frozen::FrozenKey, frozen::FrozenSet, redact},
+    events::{EnforceNotice, ExecEvent},
+    metrics::Metrics,
+    monitor::{base_alert, Monitor},
+    probes::Probes,
+    procs::{ProcInfo, Procs},
+};
+use procscan::Proc;
+use store::{kernel_hash, FrozenEntry, Store};
+
+/// Memory scanned per process by `--deep`.
+const DEEP_BUDGET: usize = 512 << 20;
+
+pub struct FreezeRequest {
+    pub secret: Option<Zeroizing<Vec<u8>>>,
+    pub fingerprint: Option<String>,
+    pub deep: bool,
+    /// The `leakwatch freeze` client: never killed, nor are its ancestors (the operator's shell).
+    pub client_pid: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcReport {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub unit: Option<String>,
+    /// Why it was selected: environ, cmdline, exec, memory, descendant.
+    pub reason: String,
+    /// Killed and confirmed gone (for killed entries).
+    pub confirmed: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SeveredReport {
+    pub pid: u32,
+    pub local: String,
+    pub remote: String,
+    pub netns: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub fingerprint: String,
+    pub already_frozen: bool,
+    /// The kernel kills new execs carrying it (false when frozen by fingerprint alone: then
+    /// userspace kills such execs right after they start).
+    pub kernel_enforced: bool,
+    pub killed: Vec<ProcReport>,
+    pub protected: Vec<ProcReport>,
+    pub severed: Vec<SeveredReport>,
+    pub units: Vec<String>,
+    pub errors: Vec<String>,
+    pub elapsed_ms: f64,
+}
+
+pub struct Context {
+    probes: Arc<Mutex<Probes>>,
+    sink: Arc<AlertSink>,
+    metrics: Arc<Metrics>,
+    seed: u64,
+    store: Mutex<Store>,
+    frozen: Arc<RwLock<FrozenSet>>,
+    history: Arc<RwLock<VecDeque<(u32, String)>>>,
+    protected: Vec<String>,
+    procs: Mutex<Procs>,
+    /// (kernel hash, unit or exe) already reported as dying at exec.
+    enforced_once: Mutex<HashSet<(u64, String)>>,
+    /// Freeze one credential at a time: two sweeps racing would report each other's kills.
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl Context {
+    pub fn new(
+        cfg: &Config,
+        seed: u64,
+        probes: Arc<Mutex<Probes>>,
+        sink: Arc<AlertSink>,
+        metrics: Arc<Metrics>,
+        monitor: &Monitor,
+    ) -> Result<Context> {
+        let store = Store::open(&cfg.state_dir)?;
+        Ok(Context {
+            probes,
+            sink,
+            metrics,
+            seed,
+            store: Mutex::new(store),
+            frozen: monitor.frozen.clone(),
+            history: monitor.history.clone(),
+            protected: cfg.protected.clone(),
+            procs: Mutex::new(Procs::new()),
+            enforced_once: Mutex::new(HashSet::new()),
+            busy: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Pushes the stored set to the kernel map and the userspace matcher.
+    fn publish(&self) -> Result<()> {
+        let store = self
+            .store
+            .lock()
+            .map_err(|_| anyhow::anyhow!("frozen store lock poisoned"))?;
+        self.probes
+            .lock()
+            .map_err(|_| anyhow::anyhow!("probes lock poisoned"))?
+            .set_frozen(&store.kernel_entries())
+            .context("loading the frozen set into the kernel map")?;
+        if let Ok(mut f) = self.frozen.write() {
+            *f = FrozenSet::new(store.keys());
+        }
+        self.metrics.frozen.set(store.frozen.len() as i64);
+        Ok(())
+    }
+
+    /// At start: reload the frozen set into the kernel and sweep live processes again.
+    pub async fn restore(&self) {
+        if let Err(e) = self.publish() {
+            log::error!("restoring the frozen set failed: {e:#}");
+            return;
+        }
+        let keys = self.store.lock().map(|s| s.keys()).unwrap_or_default();
+        if keys.is_empty() {
+            return;
+        }
+        let _guard = self.busy.lock().await;
+        let set = FrozenSet::new(keys.clone());
+        let fps: Vec<String> = keys.iter().map(FrozenKey::fingerprint).collect();
+        let r = tokio::task::block_in_place(|| self.sweep(&set, &fps, false, None));
+        log::info!(
+            "restored {} frozen credential(s); startup sweep killed {} process(es), severed {} connection(s)",
+            keys.len(),
+            r.killed.len(),
+            r.severed.len()
+        );
+    }
+
+    pub async fn freeze(&self, req: FreezeRequest) -> Result<Report> {
+        let t0 = Instant::now();
+        let _guard = self.busy.lock().await;
+        let (key, hash, redacted) = match (&req.secret, &req.fingerprint) {
+            (Some(s), None) => {
+                if s.len() < 8 {
+                    bail!("refusing to freeze a credential of {} bytes: at least 8 are needed to match it safely", s.len());
+                }
+                (
+                    FrozenKey::from_secret(s),
+                    Some(kernel_hash(self.seed, s)),
+                    Some(redact(s)),
+                )
+            }
+            (None, Some(fp)) => (
+                FrozenKey::from_fingerprint(fp).with_context(|| {
+                    format!("`{fp}` is not a fingerprint; give sha256: followed by 64 hex digits")
+                })?,
+                None,
+                None,
+            ),
+            _ => bail!("give either the credential (on stdin) or --fingerprint, not both"),
+        };
+        let fp = key.fingerprint();
+        let already = {
+            let mut store = self
+                .store
+                .lock()
+                .map_err(|_| anyhow::anyhow!("frozen store lock poisoned"))?;
+            match store.find(&fp) {
+                Some(i) => {
+                    // A fingerprint-only entry learns its length, prefix and kernel hash
+                    // when the credential itself is frozen later.
+                    let e = &mut store.frozen[i];
+                    if e.kernel_hash.is_none() && hash.is_some() {
+                        e.kernel_hash = hash;
+                        e.len = key.len;
+                        e.prefix = String::from_utf8_lossy(&key.prefix).into_owned();
+                        store.save()?;
+                    }
+                    true
+                }
+                None => {
+                    store.frozen.push(FrozenEntry {
+                        fingerprint: fp.clone(),
+                        len: key.len,
+                        prefix: String::from_utf8_lossy(&key.prefix).into_owned(),
+                        kernel_hash: hash,
+                        frozen_at: now_rfc3339(),
+                        kills: 0,
+                    });
+                    store.save().context("persisting the frozen set")?;
+                    false
+                }
+            }
+        };
+        self.publish()?;
+        let mut a = crate::alerts::Alert::new("freeze");
+        a.fingerprint = Some(fp.clone());
+        a.redacted = redacted;
+        a.comm = "leakwatch".into();
+        a.pid = std::process::id();
+        self.emit(
+            a.with("deep", req.deep)
+                .with("kernel_enforced", hash.is_some()),
+        );
+
+        let set = FrozenSet::new(vec![key]);
+        let mut report = tokio::task::block_in_place(|| {
+            self.sweep(&set, std::slice::from_ref(&fp), req.deep, req.client_pid)
+        });
+        report.fingerprint = fp;
+        report.already_frozen = already;
+        report.kernel_enforced = self
+            .store
+            .lock()
+            .ok()
+            .and_then(|s| {
+                s.find(&report.fingerprint)
+                    .map(|i| s.frozen[i].kernel_hash.is_some())
+            })
+            .unwrap_or(false);
+        report.elapsed_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        Ok(report)
+    }
+
+    pub fn unfreeze(&self, fp: &str) -> Result<bool> {
+        let removed = {
+            let mut store = self
+                .store
+                .lock()
+                .map_err(|_| anyhow::anyhow!("frozen store lock poisoned"))?;
+            match store.find(fp) {
+                Some(i) => {
+                    store.frozen.remove(i);
+                    store.save()?;
+                    true
+                }
+                None => false,
+            }
+        };
+        self.publish()?;
+        Ok(removed)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let store = self.store.lock().ok();
+        let frozen: Vec<_> = store.as_ref().map(|s| s.frozen.clone()).unwrap_or_default();
+        let stats = self
+            .probes
+            .lock()
+            .ok()
+            .and_then(|p| p.stats().ok())
+            .unwrap_or_default();
+        let attached = self
+            .probes
+            .lock()
+            .map(|p| p.attached.clone())
+            .unwrap_or_default();
+        serde_json::json!({
+            "frozen": frozen.iter().map(|e| serde_json::json!({
+                "fingerprint": e.fingerprint,
+                "frozen_at": e.frozen_at,
+                "kills": e.kills,
+                "kernel_enforced": e.kernel_hash.is_some(),
+                "len": e.len,
+            })).collect::<Vec<_>>(),
+            "probes": attached,
+            "kernel": {
+                "exec_events": stats.exec_events,
+                "lost_execve": stats.lost_execve,
+                "lost_execveat": stats.lost_execveat,
+                "enforce_kills": stats.enforce_kills,
+                "enforce_lost": stats.enforce_lost,
+            },
+            "userspace": {
+                "decode_errors": self.metrics.decode_errors.get(),
+                "exec_truncated": self.metrics.exec_truncated.get(),
+                "findings_suppressed": self.metrics.suppressed.get(),
+            },
+        })
+    }
+
+    fn emit(&self, a: crate::alerts::Alert) {
+        self.metrics.alerts.with_label_values(&[a.kind]).inc();
+        self.sink.emit(&a);
+    }
+
+    fn info(&self, pid: u32) -> ProcInfo {
+        self.procs
+            .lock()
+            .ok()
+            .and_then(|p| p.live(pid))
+            .unwrap_or(ProcInfo {
+                pid,
+                ..Default::default()
+            })
+    }
+
+    /// Finds holders of any key in `set`, then stops, severs, kills and confirms them.
+    fn sweep(&self, set: &FrozenSet, fps: &[String], deep: bool, client: Option<u32>) -> Report {
+        let me = std::process::id();
+        let t0 = Instant::now();
+        let procs = procscan::list();
+        let seen: HashSet<u32> = self
+            .history
+            .read()
+            .map(|h| {
+                h.iter()
+                    .filter(|(_, f)| fps.contains(f))
+                    .map(|(p, _)| *p)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut reasons: HashMap<u32, &'static str> = HashMap::new();
+        for p in &procs {
+            if p.pid == me {
+                continue;
+            }
+            let reason = if procscan::holds_in_proc(p.pid, set) {
+                Some("environ/cmdline")
+            } else if seen.contains(&p.pid) {
+                Some("exec")
+            } else if deep
+                && Some(p.pid) != client
+                && procscan::holds_in_memory(p.pid, set, DEEP_BUDGET)
+            {
+                Some("memory")
+            } else {
+                None
+            };
+            if let Some(r) = reason {
+                reasons.insert(p.pid, r);
+            }
+        }
+        let mut shield: HashSet<u32> = [1, me].into_iter().collect();
+        if let Some(c) = client {
+            shield.insert(c);
+            shield.extend(procscan::ancestors(&procs, c));
+        }
+        shield.extend(procscan::ancestors(&procs, me));
+        // What a holder spawned is swept too, but a protected holder (the operator's shell,
+        // the test runner) is no reason to kill everything it started.
+        let roots: Vec<u32> = reasons
+            .keys()
+            .copied()
+            .filter(|p| !shield.contains(p))
+            .collect();
+        for d in procscan::descendants(&procs, &roots) {
+            reasons.entry(d).or_insert("descendant");
+        }
+
+        let mut report = Report::default();
+        let mut targets: Vec<(Proc, ProcReport)> = Vec::new();
+        for p in procs.iter().filter(|p| reasons.contains_key(&p.pid)) {
+            let i = self.info(p.pid);
+            let pr = ProcReport {
+                pid: p.pid,
+                ppid: p.ppid,
+                comm: p.comm.clone(),
+                exe: i.exe.clone(),
+                unit: i.unit.clone(),
+                reason: reasons[&p.pid].to_string(),
+                confirmed: false,
+            };
+            let base = i.exe.rsplit('/').next().unwrap_or("");
+            if shield.contains(&p.pid)
+                || self
+                    .protected
+                    .iter()
+                    .any(|n| *n == p.comm || *n == base || *n == i.exe)
+            {
+                report.protected.push(pr);
+            } else {
+                targets.push((p.clone(), pr));
+            }
+        }
+        let t_find = t0.elapsed();
+        // Stop first, so no holder forks or reconnects between the cut and the kill.
+        for (p, _) in &targets {
+            signal_if_same(p, libc::SIGSTOP);
+        }
+        let t_stop = t0.elapsed();
+        self.sever_all(&targets, &mut report);
+        let t_sever = t0.elapsed();
+        for (p, _) in &targets {
+            signal_if_same(p, libc::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for (p, mut pr) in targets {
+            pr.confirmed = wait_gone(&p, deadline);
+            if !pr.confirmed {
+                report.errors.push(format!(
+                    "pid {} ({}) still present after SIGKILL",
+                    p.pid, p.comm
+                ));
+            }
+            report.killed.push(pr);
+        }
+        log::debug!(
+            "sweep: find {:?}, stop {:?}, sever {:?}, kill+confirm {:?} ({} processes)",
+            t_find,
+            t_stop - t_find,
+            t_sever - t_stop,
+            t0.elapsed() - t_sever,
+            report.killed.len()
+        );
+        let mut units: Vec<String> = report
+            .killed
+            .iter()
+            .filter_map(|k| k.unit.clone())
+            .collect();
+        units.sort();
+        units.dedup();
+        report.units = units;
+
+        let n = report.killed.len() as u64;
+        self.metrics.kills.with_label_values(&["freeze"]).inc_by(n);
+        self.metrics
+            .severed
+            .inc_by(report.severed.iter().filter(|s| s.error.is_none()).count() as u64);
+        if let Ok(mut store) = self.store.lock() {
+            for e in store
+                .frozen
+                .iter_mut()
+                .filter(|e| fps.contains(&e.fingerprint))
+            {
+                e.kills += n;
+            }
+            let _ = store.save();
+        }
+        let fp = fps.first().cloned();
+        for k in &report.killed {
+            let info = ProcInfo {
+                pid: k.pid,
+                ppid: k.ppid,
+                comm: k.comm.clone(),
+                exe: k.exe.clone(),
+                unit: k.unit.clone(),
+                ..Default::default()
+            };
+            let mut a = base_alert("kill", &info)
+                .with("by", "freeze")
+                .with("reason", k.reason.clone())
+                .with("confirmed", k.confirmed);
+            a.fingerprint = fp.clone();
+            self.emit(a);
+        }
+        for s in &report.severed {
+            let mut a = crate::alerts::Alert::new("sever");
+            a.pid = s.pid;
+            a.remote = Some(s.remote.clone());
+            a.fingerprint = fp.clone();
+            self.emit(
+                a.with("local", s.local.clone())
+                    .with("ok", s.error.is_none()),
+            );
+        }
+        report
+    }
+
+    /// Severs the TCP connections of every target, namespace by namespace.
+    fn sever_all(&self, targets: &[(Proc, ProcReport)], report: &mut Report) {
+        let own = procscan::netns(std::process::id());
+        let mut by_ns: HashMap<u64, Vec<(u32, Vec<u32>)>> = HashMap::new();
+        for (p, _) in targets {
+            let inodes = procscan::socket_inodes(p.pid);
+            if inodes.is_empty() {
+                continue;
+            }
+            let ns = procscan::netns(p.pid).unwrap_or(0);
+            by_ns.entry(ns).or_default().push((p.pid, inodes));
+        }
+        for (ns, holders) in by_ns {
+            let all: Vec<u32> = holders.iter().flat_map(|(_, i)| i.clone()).collect();
+            let result = if Some(ns) == own {
+                sever::sever_inodes(&all)
+            } else {
+                let pid = holders[0].0;
+                sever::in_netns(pid, move || sever::sever_inodes(&all))
+            };
+            match result {
+                Ok(cut) => {
+                    for (s, r) in cut {
+                        let pid = holders
+                            .iter()
+                            .find(|(_, i)| i.contains(&s.inode))
+                            .map(|(p, _)| *p)
+                            .unwrap_or(0);
+                        report.severed.push(SeveredReport {
+                            pid,
+                            local: s.local.to_string(),
+                            remote: s.remote.to_string(),
+                            netns: ns,
+                            error: r.err().map(|e| e.to_string()),
+                        });
+                    }
+                }
+                Err(e) => report.errors.push(format!(
+                    "listing sockets in network namespace {ns} failed: {e}"
+                )),
+            }
+        }
+    }
+
+    /// A fresh exec carrying a frozen credential that the kernel did not kill (frozen by
+    /// fingerprint only, or embedded in a longer argument): kill it from userspace now.
+    pub fn on_exec(&self, ev: &ExecEvent) {
+        if ev.killed() {
+            return;
+        }
+        let Ok(set) = self.frozen.read() else { return };
+        if set.is_empty() {
+            return;
+        }
+        let hit = ev
+            .argv
+            .iter()
+            .chain(ev.env.iter())
+            .find_map(|s| set.find(s).first().map(|h| set.keys()[h.key].fingerprint()));
+        drop(set);
+        let Some(fp) = hit else { return };
+        // SAFETY: kill(2); pid reuse within microseconds of exec is not a practical concern.
+        unsafe { libc::kill(ev.tgid as i32, libc::SIGKILL) };
+        self.metrics.kills.with_label_values(&["userspace"]).inc();
+        let info = self.info(ev.tgid);
+        let info = ProcInfo {
+            pid: ev.tgid,
+            ppid: ev.ppid,
+            comm: ev.new_comm(),
+            exe: ev.filename.clone(),
+            ..info
+        };
+        let mut a = base_alert("kill", &info)
+            .with("by", "userspace")
+            .with("reason", "exec with a frozen credential");
+        a.fingerprint = Some(fp);
+        self.emit(a);
+    }
+
+    /// The kernel killed an exec. Reported once per (credential, unit or program); repeats
+    /// (a unit restarting with the old key) only count.
+    pub fn on_enforce(&self, n: EnforceNotice, monitor: &mut Monitor) {
+        self.metrics.kills.with_label_values(&["kernel"]).inc();
+        let cgroup = monitor.procs.cgroup_path(n.cgroup_id);
+        let unit = cgroup.as_deref().and_then(crate::procs::unit_of);
+        let fp = {
+            let mut store = match self.store.lock() {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            let i = store
+                .frozen
+                .iter()
+                .position(|e| e.kernel_hash == Some(n.hash));
+            let fp = i.map(|i| {
+                store.frozen[i].kills += 1;
+                store.frozen[i].fingerprint.clone()
+            });
+            let _ = store.save();
+            fp
+        };
+        let who = unit.clone().unwrap_or_else(|| n.comm.clone());
+        let first = self
+            .enforced_once
+            .lock()
+            .map(|mut s| s.insert((n.hash, who)))
+            .unwrap_or(true);
+        if !first {
+            return;
+        }
+        let info = ProcInfo {
+            pid: n.tgid,
+            ppid: n.ppid,
+            uid: n.uid,
+            comm: n.comm.clone(),
+            exe: String::new(),
+            cgroup,
+            unit: unit.clone(),
+        };
+        let mut a = base_alert("kill", &info).with("by", "kernel").with(
+            "reason",
+            match &unit {
+                Some(u) => format!("exec with a frozen credential; unit {u} still starts with it and will keep dying until it gets the new credential (reported once)"),
+                None => "exec with a frozen credential (killed before its first instruction)".to_string(),
+            },
+        );
+        a.fingerprint = fp;
+        self.emit(a);
+    }
+}
+
+/// Signals `p` only if its pid still names the same process (start time unchanged).
+fn signal_if_same(p: &Proc, sig: i32) {
+    let same = std::fs::read_to_string(format!("/proc/{}/stat", p.pid))
+        .ok()
+        .and_then(|t| procscan::parse_stat(p.pid, &t))
+        .is_some_and(|(q, _)| q.start_time == p.start_time);
+    if same {
+        // SAFETY: kill(2) on a verified pid.
+        unsafe { libc::kill(p.pid as i32, sig) };
+    }
+}
+
+/// True once the process is gone or a zombie (killed, waiting for its parent to reap it).
+fn wait_gone(p: &Proc, deadline: Instant) -> bool {
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{}/stat", p.pid))
+            .ok()
+            .and_then(|t| procscan::parse_stat(p.pid, &t))
+            .filter(|(q, _)| q.start_time == p.start_time)
+            .map(|(q, _)| q.state);
+        match state {
+            None | Some('Z') | Some('X') => return true,
+            _ if Instant::now() > deadline => return false,
+            _ => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Finding the processes that hold a credential: /proc/PID/environ and cmdline of every
+//! process, the process tree for descendants, and (with `--deep`) their writable memory
+//! read with process_vm_readv, where a key set with setenv or read from a file lives.
+use std::{collections::HashMap, fs, os::unix::fs::MetadataExt};
+
+use crate::detect::frozen::FrozenSet;
+
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+#[derive(Clone, Debug, Default)]
+pub struct Proc {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub state: char,
+    pub start_time: u64,
+}
+
+/// Parses /proc/PID/stat (comm may hold spaces and parentheses: split at the last ')').
+pub fn parse_stat(pid: u32, text: &str) -> Option<(Proc, u64)> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = text.get(close + 2..)?.split_whitespace().collect();
+    let state = rest.first()?.chars().next()?;
+    let ppid = rest.get(1)?.parse().ok()?;
+    let flags: u64 = rest.get(6)?.parse().ok()?;
+    let start_time = rest.get(19)?.parse().ok()?;
+    Some((
+        Proc {
+            pid,
+            ppid,
+            comm,
+            state,
+            start_time,
+        },
+        flags,
+    ))
+}
+
+/// Every user-space process (kernel threads skipped).
+pub fn list() -> Vec<Proc> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (p, flags) = parse_stat(pid, &text)?;
+            (flags & PF_KTHREAD == 0).then_some(p)
+        })
+        .collect()
+}
+
+/// Does the environment or command line of `pid` contain a key of `set`?
+pub fn holds_in_proc(pid: u32, set: &FrozenSet) -> bool {
+    ["environ", "cmdline"].iter().any(|f| {
+        fs::read(format!("/proc/{pid}/{f}"))
+            .map(|mut b| {
+                let hit = !set.find(&b).is_empty();
+                zeroize::Zeroize::zeroize(&mut b);
+                hit
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// All descendants of `roots` (not including them), from the ppid links of `procs`.
+pub fn descendants(procs: &[Proc], roots: &[u32]) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for p in procs {
+        children.entry(p.ppid).or_default().push(p.pid);
+    }
+    let mut out = Vec::new();
+    let mut stack: Vec<u32> = roots.to_vec();
+    while let Some(p) = stack.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            if !roots.contains(&c) && !out.contains(&c) {
+                out.push(c);
+                stack.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Ancestors of `pid`, nearest first.
+pub fn ancestors(procs: &[Proc], pid: u32) -> Vec<u32> {
+    let parent: HashMap<u32, u32> = procs.iter().map(|p| (p.pid, p.ppid)).collect();
+    let mut out = Vec::new();
+    let mut cur = pid;
+    while let Some(&pp) = parent.get(&cur) {
+        if pp == 0 || out.contains(&pp) {
+            break;
+        }
+        out.push(pp);
+        cur = pp;
+    }
+    out
+}
+
+/// Network namespace inode of a process.
+pub fn netns(pid: u32) -> Option<u64> {
+    fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// Socket inodes among a process's open file descriptors.
+pub fn socket_inodes(pid: u32) -> Vec<u32> {
+    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let l = fs::read_link(e.path()).ok()?;
+            let s = l.to_str()?;
+            s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+/// Scans the private writable mappings (heap, stack, anonymous) of `pid` for a key of `set`,
+/// 1 MiB at a time with overlap, at most `budget` bytes in all.
+pub fn holds_in_memory(pid: u32, set: &FrozenSet, budget: usize) -> bool {
+    let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return false;
+    };
+    let overlap = set
+        .keys()
+        .iter()
+        .map(|k| k.len)
+        .max()
+        .unwrap_or(0)
+        .max(4096);
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK + overlap];
+    let mut scanned = 0usize;
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let path = f.nth(3).unwrap_or("");
+        if !perms.starts_with("rw") || !perms.ends_with('p') {
+            continue;
+        }
+        if !(path.is_empty() || path == "[heap]" || path == "[stack]") {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        else {
+            continue;
+        };
+        let mut at = start;
+        while at < end && scanned < budget {
+            let want = (end - at).min(CHUNK + overlap);
+            let n = read_remote(pid, at, &mut buf[..want]);
+            if n == 0 {
+                break;
+            }
+            scanned += n;
+            if !set.find(&buf[..n]).is_empty() {
+                zeroize::Zeroize::zeroize(&mut buf);
+                return true;
+            }
+            if n < want {
+                break;
+            }
+            at += CHUNK;
+        }
+    }
+    zeroize::Zeroize::zeroize(&mut buf);
+    false
+}
+
+fn read_remote(pid: u32, addr: usize, dst: &mut [u8]) -> usize {
+    let local = libc::iovec {
+        iov_base: dst.as_mut_ptr() as *mut libc::c_void,
+        iov_len: dst.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: dst.len(),
+    };
+    // SAFETY: `local` points to `dst`, valid for its length; the kernel checks `remote`.
+    let n = unsafe { libc::process_vm_readv(pid as i32, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        0
+    } else {
+        n as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_odd_comm() {
+        let t =
+            "1234 (a b) c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 50";
+        let (p, flags) = parse_stat(1234, t).unwrap();
+        assert_eq!(p.comm, "a b) c)");
+        assert_eq!(p.ppid, 1);
+        assert_eq!(p.state, 'S');
+        assert_eq!(flags, 4194560);
+        assert_eq!(p.start_time, 98765);
+    }
+
+    #[test]
+    fn tree_walks() {
+        let mk = |pid, ppid| Proc {
+            pid,
+            ppid,
+            ..Default::default()
+        };
+        let procs = vec![mk(1, 0), mk(10, 1), mk(11, 10), mk(12, 11), mk(20, 1)];
+        let mut d = descendants(&procs, &[10]);
+        d.sort();
+        assert_eq!(d, vec![11, 12]);
+        assert_eq!(ancestors(&procs, 12), vec![11, 10, 1]);
+    }
+
+    #[test]
+    fn lists_self_not_kernel_threads() {
+        let l = list();
+        assert!(l.iter().any(|p| p.pid == std::process::id()));
+        assert!(!l.iter().any(|p| p.pid == 2), "kthreadd listed");
+    }
+}

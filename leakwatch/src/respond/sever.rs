@@ -1,0 +1,319 @@
+//! Cutting TCP connections with netlink SOCK_DESTROY (what `ss -K` does): the peer gets a
+//! reset. Sockets are found by inode with a SOCK_DIAG_BY_FAMILY dump, IPv4 and IPv6, in the
+//! caller's network namespace; `in_netns` runs that on a thread that entered another one.
+//! Hand-written because no maintained crate offers inet_diag destroy.
+use std::{
+    io,
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+const NETLINK_SOCK_DIAG: i32 = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const SOCK_DESTROY: u16 = 21;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const TCP_LISTEN: u32 = 10;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct NlMsgHdr {
+    len: u32,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    pid: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct SockId {
+    sport: [u8; 2],
+    dport: [u8; 2],
+    src: [u8; 16],
+    dst: [u8; 16],
+    ifindex: u32,
+    cookie: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct ReqV2 {
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    id: SockId,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct DiagMsg {
+    family: u8,
+    state: u8,
+    timer: u8,
+    retrans: u8,
+    id: SockId,
+    expires: u32,
+    rqueue: u32,
+    wqueue: u32,
+    uid: u32,
+    inode: u32,
+}
+
+/// A TCP socket as the kernel lists it.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpSock {
+    pub family: u8,
+    pub state: u8,
+    pub inode: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    id: SockId,
+}
+
+fn addr(family: u8, a: &[u8; 16], port: [u8; 2]) -> SocketAddr {
+    let ip = if family == libc::AF_INET as u8 {
+        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*a))
+    };
+    SocketAddr::new(ip, u16::from_be_bytes(port))
+}
+
+fn socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the fd is owned on success.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Bounded waits: a missing reply must not hang a freeze.
+    let tv = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
+    // SAFETY: valid option pointer and length.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            size_of::<libc::timeval>() as u32,
+        )
+    };
+    Ok(fd)
+}
+
+fn send(fd: &OwnedFd, kind: u16, flags: u16, req: &ReqV2) -> io::Result<()> {
+    let mut buf = vec![0u8; size_of::<NlMsgHdr>() + size_of::<ReqV2>()];
+    let hdr = NlMsgHdr {
+        len: buf.len() as u32,
+        kind,
+        flags,
+        seq: 1,
+        pid: 0,
+    };
+    // SAFETY: buf is large enough for both PODs; unaligned writes.
+    unsafe {
+        std::ptr::write_unaligned(buf.as_mut_ptr() as *mut NlMsgHdr, hdr);
+        std::ptr::write_unaligned(
+            buf.as_mut_ptr().add(size_of::<NlMsgHdr>()) as *mut ReqV2,
+            *req,
+        );
+    }
+    // SAFETY: buf valid for its length.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            buf.as_ptr() as *const libc::c_void,
+            buf.len(),
+            0,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads netlink messages until DONE (dump) or the first ERROR/ACK; calls `f` per message body.
+fn recv_all(fd: &OwnedFd, mut f: impl FnMut(u16, &[u8])) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: buf valid for its length.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                0,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut off = 0usize;
+        let n = n as usize;
+        while off + size_of::<NlMsgHdr>() <= n {
+            // SAFETY: bounds checked above; unaligned read of a POD.
+            let h: NlMsgHdr =
+                unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off) as *const NlMsgHdr) };
+            let len = h.len as usize;
+            if len < size_of::<NlMsgHdr>() || off + len > n {
+                return Ok(());
+            }
+            let body = &buf[off + size_of::<NlMsgHdr>()..off + len];
+            match h.kind {
+                NLMSG_DONE => return Ok(()),
+                NLMSG_ERROR => {
+                    let errno = i32::from_ne_bytes(
+                        body.get(..4)
+                            .and_then(|b| b.try_into().ok())
+                            .unwrap_or([0; 4]),
+                    );
+                    return if errno == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::from_raw_os_error(-errno))
+                    };
+                }
+                k => f(k, body),
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
+
+/// Every TCP socket (all states but LISTEN) in the current network namespace.
+pub fn list_tcp() -> io::Result<Vec<TcpSock>> {
+    let fd = socket()?;
+    let mut out = Vec::new();
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        let req = ReqV2 {
+            family,
+            protocol: libc::IPPROTO_TCP as u8,
+            states: !(1 << TCP_LISTEN),
+            ..Default::default()
+        };
+        send(
+            &fd,
+            SOCK_DIAG_BY_FAMILY,
+            (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+            &req,
+        )?;
+        recv_all(&fd, |kind, body| {
+            if kind != SOCK_DIAG_BY_FAMILY || body.len() < size_of::<DiagMsg>() {
+                return;
+            }
+            // SAFETY: length checked; unaligned read of a POD.
+            let m: DiagMsg = unsafe { std::ptr::read_unaligned(body.as_ptr() as *const DiagMsg) };
+            out.push(TcpSock {
+                family: m.family,
+                state: m.state,
+                inode: m.inode,
+                local: addr(m.family, &m.id.src, m.id.sport),
+                remote: addr(m.family, &m.id.dst, m.id.dport),
+                id: m.id,
+            });
+        })?;
+    }
+    Ok(out)
+}
+
+/// Destroys one socket: local side gets ECONNABORTED, the peer a RST.
+pub fn destroy(s: &TcpSock) -> io::Result<()> {
+    let fd = socket()?;
+    let req = ReqV2 {
+        family: s.family,
+        protocol: libc::IPPROTO_TCP as u8,
+        states: u32::MAX,
+        id: s.id,
+        ..Default::default()
+    };
+    send(
+        &fd,
+        SOCK_DESTROY,
+        (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+        &req,
+    )?;
+    recv_all(&fd, |_, _| {})
+}
+
+/// Destroys every TCP socket whose inode is in `inodes`, in the current namespace. A dump
+/// that races with other socket changes can skip entries, so it lists again until a pass
+/// finds none of them left (at most three passes).
+pub fn sever_inodes(inodes: &[u32]) -> io::Result<Vec<(TcpSock, io::Result<()>)>> {
+    let mut out: Vec<(TcpSock, io::Result<()>)> = Vec::new();
+    for _ in 0..3 {
+        let todo: Vec<TcpSock> = list_tcp()?
+            .into_iter()
+            .filter(|s| s.inode != 0 && inodes.contains(&s.inode))
+            .filter(|s| !out.iter().any(|(d, _)| d.inode == s.inode))
+            .collect();
+        if todo.is_empty() {
+            break;
+        }
+        for s in todo {
+            let r = destroy(&s);
+            out.push((s, r));
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `f` on a new thread that first joins the network namespace of `pid` (setns only
+/// affects the calling thread, so the daemon's own threads stay where they are).
+pub fn in_netns<T: Send + 'static>(
+    pid: u32,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+        // SAFETY: valid fd of a network namespace file.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| io::Error::other("netns worker thread panicked"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_decode() {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(
+            addr(libc::AF_INET as u8, &a, 8080u16.to_be_bytes()).to_string(),
+            "127.0.0.1:8080"
+        );
+        let six = Ipv6Addr::LOCALHOST.octets();
+        assert_eq!(
+            addr(libc::AF_INET6 as u8, &six, 443u16.to_be_bytes()).to_string(),
+            "[::1]:443"
+        );
+    }
+
+    #[test]
+    fn struct_sizes_match_the_kernel_abi() {
+        assert_eq!(size_of::<SockId>(), 48);
+        assert_eq!(size_of::<ReqV2>(), 56);
+        assert_eq!(size_of::<DiagMsg>(), 72);
+        assert_eq!(size_of::<NlMsgHdr>(), 16);
+    }
+}

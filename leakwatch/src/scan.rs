@@ -1,0 +1,376 @@
+//! `leakwatch scan`: offline scan of files, directories (recursively) and stdin with the
+//! detection engine. Files are scanned in parallel on every core; big files are streamed in
+//! 1 MiB chunks, never read whole; binary files are skipped (and counted) unless asked.
+use std::{
+    fs::File,
+    io::{IsTerminal, Read, Write},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::detect::{frozen::FrozenSet, stream::StreamScanner, Engine};
+
+/// Files up to this size are read whole; larger ones are streamed.
+const WHOLE_MAX: u64 = 8 << 20;
+const CHUNK: usize = 1 << 20;
+/// Bytes looked at to decide whether a file is binary (a NUL byte in them).
+const SNIFF: usize = 8192;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+    Sarif,
+}
+
+pub struct Options {
+    pub paths: Vec<PathBuf>,
+    pub format: Format,
+    pub binary: bool,
+    pub threads: Option<usize>,
+    pub frozen: Option<FrozenSet>,
+    /// Colour and progress: None = only when stdout/stderr is a terminal.
+    pub color: Option<bool>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Hit {
+    pub path: String,
+    pub line: usize,
+    pub column: usize,
+    pub offset: u64,
+    pub rule: String,
+    pub fingerprint: String,
+    pub redacted: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub files: u64,
+    pub bytes: u64,
+    pub binary_skipped: u64,
+    pub errors: Vec<String>,
+    pub hits: Vec<Hit>,
+}
+
+impl Summary {
+    /// 0 clean, 1 credentials found, 2 something could not be scanned.
+    pub fn exit_code(&self) -> u8 {
+        if !self.errors.is_empty() {
+            2
+        } else if !self.hits.is_empty() {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+enum Input {
+    Stdin,
+    File(PathBuf, u64),
+}
+
+pub fn run(engine: &Engine, opts: &Options) -> Result<Summary> {
+    let mut summary = Summary::default();
+    let mut inputs = Vec::new();
+    for p in &opts.paths {
+        if p.as_os_str() == "-" {
+            inputs.push(Input::Stdin);
+            continue;
+        }
+        for e in walkdir::WalkDir::new(p).follow_links(false) {
+            match e {
+                Ok(e) if e.file_type().is_file() => {
+                    let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    inputs.push(Input::File(e.into_path(), len));
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    summary
+                        .errors
+                        .push(format!("{}: {}", err.path().unwrap_or(p).display(), err))
+                }
+            }
+        }
+    }
+    let total: u64 = inputs
+        .iter()
+        .map(|i| if let Input::File(_, l) = i { *l } else { 0 })
+        .sum();
+    let progress = progress_bar(total, opts.color);
+    let done = AtomicU64::new(0);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads.unwrap_or(0))
+        .build()?;
+    let results: Vec<FileResult> = pool.install(|| {
+        inputs
+            .par_iter()
+            .map(|i| {
+                let r = match i {
+                    Input::Stdin => scan_reader(engine, opts, "-", std::io::stdin().lock()),
+                    Input::File(p, len) => scan_file(engine, opts, p, *len),
+                };
+                if let (Some(pb), Input::File(_, len)) = (&progress, i) {
+                    pb.set_position(done.fetch_add(*len, Ordering::Relaxed) + len);
+                }
+                r
+            })
+            .collect()
+    });
+    if let Some(pb) = progress {
+        pb.finish_and_clear();
+    }
+    for r in results {
+        match r {
+            FileResult::Scanned { bytes, hits } => {
+                summary.files += 1;
+                summary.bytes += bytes;
+                summary.hits.extend(hits);
+            }
+            FileResult::Binary => summary.binary_skipped += 1,
+            FileResult::Error(e) => summary.errors.push(e),
+        }
+    }
+    summary
+        .hits
+        .sort_by(|a, b| a.path.cmp(&b.path).then(a.offset.cmp(&b.offset)));
+    Ok(summary)
+}
+
+enum FileResult {
+    Scanned { bytes: u64, hits: Vec<Hit> },
+    Binary,
+    Error(String),
+}
+
+fn scan_file(engine: &Engine, opts: &Options, path: &Path, len: u64) -> FileResult {
+    let name = path.display().to_string();
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => return FileResult::Error(format!("{name}: {e}")),
+    };
+    if len <= WHOLE_MAX {
+        let mut buf = Vec::with_capacity(len as usize);
+        if let Err(e) = f.read_to_end(&mut buf) {
+            return FileResult::Error(format!("{name}: {e}"));
+        }
+        if !opts.binary && is_binary(&buf) {
+            return FileResult::Binary;
+        }
+        let hits = hits_in(engine, opts, &name, &buf);
+        return FileResult::Scanned {
+            bytes: buf.len() as u64,
+            hits,
+        };
+    }
+    scan_reader(engine, opts, &name, f)
+}
+
+fn is_binary(head: &[u8]) -> bool {
+    head[..head.len().min(SNIFF)].contains(&0)
+}
+
+/// Whole-buffer scan: rule findings plus frozen credentials.
+fn hits_in(engine: &Engine, opts: &Options, name: &str, buf: &[u8]) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = engine
+        .scan(buf)
+        .into_iter()
+        .map(|f| Hit {
+            path: name.to_string(),
+            line: f.line,
+            column: column(buf, f.start),
+            offset: f.start as u64,
+            rule: f.rule,
+            fingerprint: f.fingerprint,
+            redacted: f.redacted,
+        })
+        .collect();
+    if let Some(set) = &opts.frozen {
+        for h in set.find(buf) {
+            let fp = set.keys()[h.key].fingerprint();
+            if hits
+                .iter()
+                .any(|x| x.offset == h.start as u64 && x.fingerprint == fp)
+            {
+                continue;
+            }
+            hits.push(Hit {
+                path: name.to_string(),
+                line: 1 + buf[..h.start].iter().filter(|&&b| b == b'\n').count(),
+                column: column(buf, h.start),
+                offset: h.start as u64,
+                rule: "frozen".into(),
+                fingerprint: fp,
+                redacted: crate::detect::redact(&buf[h.start..h.end]),
+            });
+        }
+    }
+    hits
+}
+
+fn column(buf: &[u8], at: usize) -> usize {
+    at - buf[..at]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1)
+        + 1
+}
+
+/// Streams a reader in 1 MiB chunks with a bounded tail, so a secret across a chunk edge
+/// is still found and memory stays flat whatever the size.
+fn scan_reader(engine: &Engine, opts: &Options, name: &str, mut r: impl Read) -> FileResult {
+    let mut s = StreamScanner::new(engine);
+    let mut buf = vec![0u8; CHUNK];
+    let mut hits = Vec::new();
+    let mut bytes = 0u64;
+    let mut first = true;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return FileResult::Error(format!("{name}: {e}")),
+        };
+        if first && !opts.binary && is_binary(&buf[..n]) {
+            return FileResult::Binary;
+        }
+        first = false;
+        bytes += n as u64;
+        for f in s.feed(&buf[..n]) {
+            hits.push(stream_hit(name, f));
+        }
+    }
+    for f in s.finish() {
+        hits.push(stream_hit(name, f));
+    }
+    FileResult::Scanned { bytes, hits }
+}
+
+fn stream_hit(name: &str, f: crate::detect::stream::StreamFinding) -> Hit {
+    Hit {
+        path: name.to_string(),
+        line: f.line,
+        column: 0,
+        offset: f.offset,
+        rule: f.finding.rule,
+        fingerprint: f.finding.fingerprint,
+        redacted: f.finding.redacted,
+    }
+}
+
+fn progress_bar(total: u64, color: Option<bool>) -> Option<indicatif::ProgressBar> {
+    let tty = std::io::stderr().is_terminal();
+    if !color.unwrap_or(tty) || !tty || total < (64 << 20) {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new(total);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(pb)
+}
+
+/// Writes the findings in the chosen format to `out`.
+pub fn print(
+    engine: &Engine,
+    s: &Summary,
+    format: Format,
+    color: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    match format {
+        Format::Human => {
+            let (p, r, d) = if color {
+                ("\x1b[35m", "\x1b[1;31m", "\x1b[0m")
+            } else {
+                ("", "", "")
+            };
+            for h in &s.hits {
+                let col = if h.column > 0 {
+                    format!(":{}", h.column)
+                } else {
+                    String::new()
+                };
+                writeln!(
+                    out,
+                    "{p}{}:{}{col}{d}: {r}{}{d} {} {}",
+                    h.path,
+                    h.line,
+                    h.rule,
+                    h.redacted,
+                    &h.fingerprint[..19]
+                )?;
+            }
+        }
+        Format::Json => {
+            for h in &s.hits {
+                writeln!(out, "{}", serde_json::to_string(h)?)?;
+            }
+        }
+        Format::Sarif => writeln!(out, "{}", serde_json::to_string_pretty(&sarif(engine, s))?)?,
+    }
+    Ok(())
+}
+
+/// SARIF 2.1.0 log of the findings (one run, one result per finding).
+pub fn sarif(engine: &Engine, s: &Summary) -> serde_json::Value {
+    let mut rules: Vec<serde_json::Value> = engine
+        .rules()
+        .map(|(id, desc)| json!({"id": id, "name": id, "shortDescription": {"text": desc}}))
+        .collect();
+    rules.push(json!({"id": "frozen", "name": "frozen", "shortDescription": {"text": "A frozen (known leaked) credential"}}));
+    let results: Vec<serde_json::Value> = s
+        .hits
+        .iter()
+        .map(|h| {
+            let mut region = json!({"startLine": h.line, "byteOffset": h.offset});
+            if h.column > 0 {
+                region["startColumn"] = json!(h.column);
+            }
+            json!({
+                "ruleId": h.rule,
+                "level": "error",
+                "message": {"text": format!("{} found: {}", h.rule, h.redacted)},
+                "locations": [{"physicalLocation": {
+                    "artifactLocation": {"uri": h.path},
+                    "region": region,
+                }}],
+                "partialFingerprints": {"secretSha256/v1": h.fingerprint},
+            })
+        })
+        .collect();
+    json!({
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {
+                "name": "leakwatch",
+                "version": env!("CARGO_PKG_VERSION"),
+                "informationUri": "https://github.com/leakwatch/leakwatch",
+                "rules": rules,
+            }},
+            "results": results,
+        }],
+    })
+}
+
+/// Reads the frozen set (`frozen.json` in a daemon's state dir) for `--frozen`.
+pub fn load_frozen(path: &Path) -> Result<FrozenSet> {
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent().map(Path::to_path_buf).unwrap_or_default()
+    };
+    let store = crate::respond::store::Store::open(&dir)
+        .with_context(|| format!("reading the frozen set from {}", path.display()))?;
+    Ok(FrozenSet::new(store.keys()))
+}

@@ -1,0 +1,80 @@
+//! Deployment files: the systemd unit passes `systemd-analyze verify` (pointed at the built
+//! binary, since /usr/local/bin may not hold one here) and the example config is accepted by
+//! the daemon's own parser through `leakwatch rules --config`.
+use std::process::Command;
+
+use leakwatch_tests::bin;
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(root().join("deploy/leakwatch.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/leakwatch daemon"));
+    let dir = std::env::temp_dir().join(format!("leakwatch-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("leakwatch.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/leakwatch", &bin().display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Only complaints about this unit count; the host's own units are not ours to verify.
+    let ours: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("leakwatch.service"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify: {err}"
+    );
+}
+
+#[test]
+fn example_config_is_accepted() {
+    let out = Command::new(bin())
+        .args(["rules", "--config"])
+        .arg(root().join("deploy/leakwatch.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("acme-internal-token"));
+    assert!(text.lines().count() >= 46);
+}
+
+#[test]
+fn bad_config_is_one_clear_error() {
+    let dir = std::env::temp_dir().join(format!("leakwatch-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("bad.toml");
+    std::fs::write(&p, "metrics_adr = 3\n").unwrap();
+    let out = Command::new(bin())
+        .args(["rules", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("unknown field"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+}

@@ -1,0 +1,179 @@
+//! Exec path, end to end: the real daemon with the real eBPF programs sees secrets in the
+//! argv and environment of real programs and reports each with rule, source, fingerprint,
+//! pid and comm. Every test ends by checking nothing leakwatch wrote holds the plaintext.
+use std::process::{Command, Stdio};
+
+use leakwatch_tests::*;
+
+#[test]
+fn secret_in_env_of_env_true() {
+    let mut d = Daemon::start("env");
+    let (secret, _) = secret("anthropic-api-key");
+    let fp = fingerprint(&secret);
+    let st = Command::new("env")
+        .arg(format!("ANTHROPIC_API_KEY={secret}"))
+        .arg("/bin/true")
+        .spawn()
+        .unwrap();
+    let pid = st.id() as u64;
+    let mut st = st;
+    assert!(st.wait().unwrap().success());
+    // `env` gets it as an argument, then /bin/true gets it in its environment.
+    let a = d.wait_alert("argv of env", |a| {
+        s(a, "fingerprint") == fp && s(a, "source") == "argv"
+    });
+    assert_eq!(s(&a, "rule"), "anthropic-api-key");
+    assert_eq!(n(&a, "pid"), pid);
+    assert_eq!(s(&a, "comm"), "env");
+    assert_eq!(s(&a, "kind"), "finding");
+    let e = d.wait_alert("env of true", |a| {
+        s(a, "fingerprint") == fp && s(a, "source") == "env"
+    });
+    assert_eq!(s(&e, "rule"), "anthropic-api-key");
+    assert_eq!(n(&e, "pid"), pid);
+    assert_eq!(s(&e, "comm"), "true");
+    assert_eq!(s(&e, "var"), "ANTHROPIC_API_KEY");
+    assert_eq!(n(&e, "ppid"), std::process::id() as u64);
+    assert!(s(&e, "redacted").len() < 16);
+    assert!(
+        e.get("unit").is_some(),
+        "unit must be present (null when none)"
+    );
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn bearer_token_in_curl_argv() {
+    let mut d = Daemon::start("curl");
+    let (secret, _) = secret("github-pat");
+    let fp = fingerprint(&secret);
+    let mut c = Command::new("curl")
+        .args(["-s", "-m", "2", "-H"])
+        .arg(format!("Authorization: Bearer {secret}"))
+        .arg("http://127.0.0.1:9/")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = c.id() as u64;
+    let _ = c.wait();
+    let a = d.wait_alert("curl argv", |a| s(a, "fingerprint") == fp);
+    assert_eq!(s(&a, "rule"), "github-pat");
+    assert_eq!(s(&a, "source"), "argv");
+    assert_eq!(n(&a, "pid"), pid);
+    assert_eq!(s(&a, "comm"), "curl");
+    assert_eq!(n(&a, "arg_index"), 5);
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn secret_in_the_200th_env_var() {
+    let mut d = Daemon::start("env200");
+    let (secret, _) = secret("openai-project-key");
+    let fp = fingerprint(&secret);
+    let mut cmd = Command::new("/bin/true");
+    cmd.env_clear();
+    let mut rng = Rng::from_time();
+    for i in 0..260 {
+        if i == 199 {
+            cmd.env("VAR_199_OPENAI", &secret);
+        } else {
+            cmd.env(format!("VAR_{i:03}"), rng.string(b"abcdefghij", 40));
+        }
+    }
+    let mut c = cmd.spawn().unwrap();
+    let pid = c.id() as u64;
+    let _ = c.wait();
+    let a = d.wait_alert("200th env var", |a| s(a, "fingerprint") == fp);
+    assert_eq!(s(&a, "rule"), "openai-project-key");
+    assert_eq!(s(&a, "source"), "env");
+    assert_eq!(s(&a, "var"), "VAR_199_OPENAI");
+    assert_eq!(n(&a, "pid"), pid);
+    assert_eq!(s(&a, "comm"), "true");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn pem_key_of_3_kib_in_env() {
+    let mut d = Daemon::start("pem");
+    let mut rng = Rng::from_time();
+    let pem = leakwatch::detect::samples::pem(&mut rng, "RSA PRIVATE KEY", 48);
+    assert!(pem.len() > 3 * 1024, "PEM is {} bytes", pem.len());
+    let fp = fingerprint(&pem);
+    let mut c = Command::new("/bin/true")
+        .env("TLS_KEY", &pem)
+        .spawn()
+        .unwrap();
+    let pid = c.id() as u64;
+    let _ = c.wait();
+    let a = d.wait_alert("PEM in env", |a| s(a, "fingerprint") == fp);
+    assert_eq!(s(&a, "rule"), "private-key");
+    assert_eq!(s(&a, "source"), "env");
+    assert_eq!(s(&a, "var"), "TLS_KEY");
+    assert_eq!(n(&a, "pid"), pid);
+    d.stop();
+    // Each base64 line alone would also be a leak of the key; check the longest ones.
+    let lines: Vec<&str> = pem.lines().filter(|l| l.len() == 64).collect();
+    let mut all = vec![pem.as_str()];
+    all.extend(lines);
+    d.assert_no_plaintext(&all);
+}
+
+#[test]
+fn grandchild_inherits_and_is_reported_with_lineage() {
+    let mut d = Daemon::start("lineage");
+    let (secret, _) = secret("stripe-secret-key");
+    let fp = fingerprint(&secret);
+    // Outer bash forks a bash, which forks /bin/true; `; exit 0` keeps bash from exec'ing
+    // its last command in place, so there are three processes.
+    let mut c = Command::new("bash")
+        .args(["-c", "bash -c '/bin/true; exit 0'; exit 0"])
+        .env("PAYMENTS_KEY", &secret)
+        .spawn()
+        .unwrap();
+    let top = c.id() as u64;
+    assert!(c.wait().unwrap().success());
+    let a = d.wait_alert("outer bash", |a| {
+        s(a, "fingerprint") == fp && n(a, "pid") == top
+    });
+    assert_eq!(s(&a, "comm"), "bash");
+    let b = d.wait_alert("child bash", |a| {
+        s(a, "fingerprint") == fp && n(a, "ppid") == top
+    });
+    assert_eq!(s(&b, "comm"), "bash");
+    let child = n(&b, "pid");
+    let g = d.wait_alert("grandchild", |a| {
+        s(a, "fingerprint") == fp && n(a, "ppid") == child
+    });
+    assert_eq!(s(&g, "comm"), "true");
+    assert_eq!(s(&g, "rule"), "stripe-secret-key");
+    assert_eq!(s(&g, "source"), "env");
+    assert_ne!(n(&g, "pid"), child);
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn oversized_exec_is_reported_as_truncated_not_dropped() {
+    let mut d = Daemon::start("trunc");
+    let mut rng = Rng::from_time();
+    let marker = format!("LWTRUNC{}", rng.string(b"ABCDEFGH", 12));
+    // 40 strings of 4 KiB = 160 KiB of env: more than one exec record carries (128 KiB).
+    let mut c = Command::new("/bin/true");
+    c.env(&marker, "1");
+    for i in 0..40 {
+        c.env(format!("BIG_{i}"), rng.string(b"abcdefghijklmnop", 4096));
+    }
+    let mut c = c.spawn().unwrap();
+    let pid = c.id() as u64;
+    let _ = c.wait();
+    let a = d.wait_alert("truncation", |a| {
+        s(a, "kind") == "lost" && n(a, "pid") == pid
+    });
+    assert_eq!(s(&a, "reason"), "exec_capture_truncated");
+    assert!(n(&a, "bytes_dropped") > 20_000, "{a}");
+    assert!(d.scrape().contains("leakwatch_exec_truncated_total"));
+    d.stop();
+}

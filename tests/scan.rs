@@ -1,0 +1,174 @@
+//! `leakwatch scan` as a user runs it: directories, stdin, formats, exit codes, binary
+//! skipping and big streamed files, with secrets generated here.
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+};
+
+use leakwatch_tests::*;
+
+fn tree(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("leakwatch-scan-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("sub/deeper")).unwrap();
+    d
+}
+
+#[test]
+fn finds_secrets_in_a_tree_with_lines_and_exit_code_1() {
+    let d = tree("tree");
+    let (gh, _) = secret("github-pat");
+    let (ak, _) = secret("anthropic-api-key");
+    std::fs::write(
+        d.join("sub/.env"),
+        format!("# config\nDEBUG=1\nGITHUB_TOKEN={gh}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("sub/deeper/app.log"),
+        format!("line1\nline2\nline3\nclient init key={ak}\n"),
+    )
+    .unwrap();
+    std::fs::write(d.join("clean.txt"), "nothing here\n").unwrap();
+    let out = Command::new(bin())
+        .args(["scan", "--format", "json"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let g = lines
+        .iter()
+        .find(|l| s(l, "rule") == "github-pat")
+        .expect("github finding");
+    assert!(s(g, "path").ends_with("sub/.env"));
+    assert_eq!(n(g, "line"), 3);
+    assert_eq!(n(g, "column"), 14);
+    assert_eq!(s(g, "fingerprint"), fingerprint(&gh));
+    let a = lines
+        .iter()
+        .find(|l| s(l, "rule") == "anthropic-api-key")
+        .expect("anthropic finding");
+    assert_eq!(n(a, "line"), 4);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains(&gh) && !text.contains(&ak),
+        "plaintext in scan output"
+    );
+}
+
+#[test]
+fn clean_is_0_unreadable_is_2() {
+    let d = tree("clean");
+    std::fs::write(d.join("a.txt"), "hello\n").unwrap();
+    let out = Command::new(bin()).arg("scan").arg(&d).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let out = Command::new(bin())
+        .arg("scan")
+        .arg(d.join("does-not-exist"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does-not-exist"));
+}
+
+#[test]
+fn stdin_and_sarif() {
+    let (k, _) = secret("stripe-secret-key");
+    let mut c = Command::new(bin())
+        .args(["scan", "--format", "sarif", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("a\nb\nSTRIPE={k}\n").as_bytes())
+        .unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("SARIF is JSON");
+    assert_eq!(v["version"], "2.1.0");
+    let r = &v["runs"][0]["results"][0];
+    assert_eq!(r["ruleId"], "stripe-secret-key");
+    assert_eq!(
+        r["locations"][0]["physicalLocation"]["region"]["startLine"],
+        3
+    );
+    assert_eq!(r["partialFingerprints"]["secretSha256/v1"], fingerprint(&k));
+    assert!(
+        v["runs"][0]["tool"]["driver"]["rules"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 45
+    );
+}
+
+#[test]
+fn binary_files_are_skipped_unless_asked() {
+    let d = tree("bin");
+    let (k, _) = secret("groq-api-key");
+    let mut b = vec![0u8, 1, 2, 3];
+    b.extend_from_slice(format!("GROQ={k}\n").as_bytes());
+    std::fs::write(d.join("blob.bin"), &b).unwrap();
+    let out = Command::new(bin()).args(["scan"]).arg(&d).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 binary file(s) skipped"));
+    let out = Command::new(bin())
+        .args(["scan", "--binary", "--format", "json"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn big_file_is_streamed_and_a_secret_on_a_chunk_edge_is_found_once() {
+    let d = tree("big");
+    let (k, _) = secret("openai-project-key");
+    let mut f = std::fs::File::create(d.join("big.log")).unwrap();
+    let line = "2026-11-23T08:00:00Z INFO agent step completed without incident\n";
+    let mut written = 0usize;
+    let mut lines = 0usize;
+    // Place the key across the 1 MiB boundary of the second chunk, deep in a 20 MB file.
+    let edge = 2 * (1 << 20) - k.len() / 2 - "OPENAI_API_KEY=".len();
+    while written + line.len() < edge {
+        f.write_all(line.as_bytes()).unwrap();
+        written += line.len();
+        lines += 1;
+    }
+    let pad = edge - written;
+    f.write_all(&vec![b'x'; pad]).unwrap();
+    f.write_all(format!(" OPENAI_API_KEY={k}\n").as_bytes())
+        .unwrap();
+    lines += 1;
+    while written < 20 << 20 {
+        f.write_all(line.as_bytes()).unwrap();
+        written += line.len();
+    }
+    drop(f);
+    let out = Command::new(bin())
+        .args(["scan", "--format", "json"])
+        .arg(d.join("big.log"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let hits: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    assert_eq!(s(&hits[0], "fingerprint"), fingerprint(&k));
+    assert_eq!(n(&hits[0], "line") as usize, lines);
+}
