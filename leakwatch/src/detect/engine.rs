@@ -1,8 +1,8 @@
 //! The scanning engine: keyword prefilter, windowed regex confirmation, checks, dedup.
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use anyhow::{anyhow, Context, Result};
 use regex::bytes::Regex;
 
+use super::keywords::Keywords;
 use super::redact::{fingerprint, redact};
 use super::rules::{RuleSet, RuleSpec};
 use super::validate;
@@ -34,7 +34,7 @@ struct Rule {
 /// A compiled rule set. Cheap to share (`&Engine` is `Sync`).
 pub struct Engine {
     rules: Vec<Rule>,
-    keywords: AhoCorasick,
+    keywords: Keywords,
     /// Keyword pattern index -> rules that use it.
     keyword_rules: Vec<Vec<usize>>,
 }
@@ -76,12 +76,7 @@ impl Engine {
                 }
             }
         }
-        let keywords = AhoCorasickBuilder::new()
-            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            .build(&patterns)
-            .context("building the keyword prefilter")?;
+        let keywords = Keywords::new(&patterns).context("building the keyword prefilter")?;
         Ok(Engine {
             rules,
             keywords,
@@ -109,22 +104,22 @@ impl Engine {
     /// favour of the longer one (then the earlier rule).
     pub fn scan(&self, hay: &[u8]) -> Vec<Finding> {
         let mut windows: Vec<(usize, usize, usize)> = Vec::new();
-        for m in self.keywords.find_overlapping_iter(hay) {
-            for &r in &self.keyword_rules[m.pattern().as_usize()] {
-                let mut start = m.start().saturating_sub(BACK);
-                let mut end = (m.end() + self.rules[r].span).min(hay.len());
+        self.keywords.each(hay, |pattern, ks, ke| {
+            for &r in &self.keyword_rules[pattern] {
+                let mut start = ks.saturating_sub(BACK);
+                let mut end = (ke + self.rules[r].span).min(hay.len());
                 if !self.rules[r].multiline {
                     // Most credentials sit on one line: keep the regex on the hit's line.
-                    if let Some(nl) = memchr::memrchr(b'\n', &hay[start..m.start()]) {
+                    if let Some(nl) = memchr::memrchr(b'\n', &hay[start..ks]) {
                         start += nl + 1;
                     }
-                    if let Some(nl) = memchr::memchr(b'\n', &hay[m.end()..end]) {
-                        end = m.end() + nl;
+                    if let Some(nl) = memchr::memchr(b'\n', &hay[ke..end]) {
+                        end = ke + nl;
                     }
                 }
                 windows.push((r, start, end));
             }
-        }
+        });
         if windows.is_empty() {
             return Vec::new();
         }

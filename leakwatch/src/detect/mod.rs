@@ -1,11 +1,12 @@
 //! Credential detection: bytes in, findings out. Pure library (no I/O, no clock), shared by
 //! the daemon (argv, env, payloads) and `leakwatch scan`.
 //!
-//! One Aho-Corasick pass finds every rule keyword; each rule's regex runs only in a window
+//! One keyword prefilter pass (SIMD on x86-64, see `keywords`) finds every rule keyword; each rule's regex runs only in a window
 //! around its keyword hits; candidates then pass entropy, validator and allowlist checks.
 mod bigrams;
 mod engine;
 pub mod frozen;
+mod keywords;
 pub mod redact;
 pub mod rules;
 pub mod samples;
