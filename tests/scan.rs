@@ -172,3 +172,91 @@ fn big_file_is_streamed_and_a_secret_on_a_chunk_edge_is_found_once() {
     assert_eq!(s(&hits[0], "fingerprint"), fingerprint(&k));
     assert_eq!(n(&hits[0], "line") as usize, lines);
 }
+
+#[test]
+fn baseline_ignore_files_and_inline_markers_suppress_known_findings() {
+    let d = tree("ignore");
+    let (old, _) = secret("openai-project-key");
+    let (marked, _) = secret("github-pat");
+    let (new, _) = secret("stripe-secret-key");
+    std::fs::write(d.join("a.env"), format!("OPENAI_API_KEY={old}\n")).unwrap();
+    std::fs::write(
+        d.join("sub/b.py"),
+        format!("TOKEN = \"{marked}\"  # leakwatch:allow test fixture\n"),
+    )
+    .unwrap();
+    let scan = |extra: &[&std::ffi::OsStr]| {
+        Command::new(bin())
+            .args(["scan", "--format", "json"])
+            .args(extra)
+            .arg(d.join("a.env"))
+            .arg(d.join("sub"))
+            .current_dir(&d)
+            .output()
+            .unwrap()
+    };
+    // The marked line is never reported; the old key is, until it is in a baseline.
+    let first = scan(&[]);
+    assert_eq!(first.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&first.stdout).to_string();
+    assert_eq!(report.lines().count(), 1, "{report}");
+    assert!(report.contains(&fingerprint(&old)));
+    let baseline = d.join("baseline.jsonl");
+    std::fs::write(&baseline, &report).unwrap();
+    let quiet = scan(&["--ignore".as_ref(), baseline.as_os_str()]);
+    assert_eq!(
+        quiet.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&quiet.stdout)
+    );
+    // A new secret still shows through the baseline, and a plain fingerprint list in
+    // `.leakwatchignore` is read without being named.
+    std::fs::write(d.join("sub/c.sh"), format!("export STRIPE_KEY={new}\n")).unwrap();
+    let again = scan(&["--ignore".as_ref(), baseline.as_os_str()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stdout).contains(&fingerprint(&new)));
+    std::fs::write(
+        d.join(".leakwatchignore"),
+        format!(
+            "# rotated 2026-11-23\n{}\n{}  stripe test key\n",
+            fingerprint(&old),
+            fingerprint(&new)
+        ),
+    )
+    .unwrap();
+    let human = Command::new(bin())
+        .arg("scan")
+        .arg(d.join("a.env"))
+        .arg(d.join("sub"))
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert_eq!(human.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&human.stderr).contains("3 suppressed"),
+        "{}",
+        String::from_utf8_lossy(&human.stderr)
+    );
+    // A malformed ignore file is one clear error, exit 2.
+    std::fs::write(d.join("bad"), "sha256:nothex\n").unwrap();
+    let bad = scan(&["--ignore".as_ref(), d.join("bad").as_os_str()]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("bad:1: not a fingerprint"), "{err}");
+    for out in [
+        &first.stdout,
+        &quiet.stdout,
+        &again.stdout,
+        &human.stdout,
+        &bad.stderr,
+    ] {
+        for secret in [&old, &marked, &new] {
+            assert!(
+                !contains(out, secret.as_bytes()),
+                "plaintext secret in scan output"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -74,32 +74,40 @@ enum Cmd {
     },
     /// Scan files, directories (recursively) and `-` (stdin) for credentials. Exit status:
     /// 0 clean, 1 credentials found, 2 something could not be read.
-    Scan {
-        #[arg(default_value = ".")]
-        paths: Vec<PathBuf>,
-        #[arg(long, value_enum, default_value = "human")]
-        format: leakwatch::scan::Format,
-        /// Also scan binary files (skipped by default).
-        #[arg(long)]
-        binary: bool,
-        /// Worker threads (default: every core).
-        #[arg(long, short = 'j')]
-        threads: Option<usize>,
-        /// Also report credentials frozen in this state dir or frozen.json.
-        #[arg(long)]
-        frozen: Option<PathBuf>,
-        /// Rules config (TOML with [[rule]] tables).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Colour and progress bar: always, never, or auto (on a terminal).
-        #[arg(long, default_value = "auto")]
-        color: String,
-    },
+    Scan(ScanArgs),
     /// List the detection rules.
     Rules {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct ScanArgs {
+    #[arg(default_value = ".")]
+    paths: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "human")]
+    format: leakwatch::scan::Format,
+    /// Also scan binary files (skipped by default).
+    #[arg(long)]
+    binary: bool,
+    /// Worker threads (default: every core).
+    #[arg(long, short = 'j')]
+    threads: Option<usize>,
+    /// Also report credentials frozen in this state dir or frozen.json.
+    #[arg(long)]
+    frozen: Option<PathBuf>,
+    /// Rules config (TOML with [[rule]] tables).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Colour and progress bar: always, never, or auto (on a terminal).
+    #[arg(long, default_value = "auto")]
+    color: String,
+    /// Do not report these fingerprints: a file of `sha256:…` lines, or an earlier
+    /// `--format json` report used as a baseline. Repeatable; `.leakwatchignore` in the
+    /// current directory is read too when present.
+    #[arg(long, value_name = "FILE")]
+    ignore: Vec<PathBuf>,
 }
 
 struct StderrLog;
@@ -174,15 +182,7 @@ fn main() -> ExitCode {
         } => leakwatch::cli::unfreeze(&socket, fingerprint),
         Cmd::Status { json, socket } => leakwatch::cli::status(&socket, json),
         Cmd::Rules { config } => list_rules(config),
-        Cmd::Scan {
-            paths,
-            format,
-            binary,
-            threads,
-            frozen,
-            config,
-            color,
-        } => match scan(paths, format, binary, threads, frozen, config, &color) {
+        Cmd::Scan(args) => match scan(args) {
             Ok(code) => return ExitCode::from(code),
             Err(e) => Err(e),
         },
@@ -208,37 +208,41 @@ fn list_rules(config: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn scan(
-    paths: Vec<PathBuf>,
-    format: leakwatch::scan::Format,
-    binary: bool,
-    threads: Option<usize>,
-    frozen: Option<PathBuf>,
-    config: Option<PathBuf>,
-    color: &str,
-) -> anyhow::Result<u8> {
+fn scan(a: ScanArgs) -> anyhow::Result<u8> {
     use std::io::IsTerminal;
     let cfg = daemon::effective_config(&Overrides {
-        config,
+        config: a.config,
         ..Default::default()
     })?;
     let engine = leakwatch::detect::Engine::new(&cfg.rules()?)?;
-    let color = match color {
+    let color = match a.color.as_str() {
         "always" => Some(true),
         "never" => Some(false),
         "auto" => None,
         other => anyhow::bail!("--color must be always, never or auto, not `{other}`"),
     };
-    let frozen = frozen
+    let frozen = a
+        .frozen
         .map(|p| leakwatch::scan::load_frozen(&p))
         .transpose()?;
+    let mut ignore_files = a.ignore;
+    let implicit = PathBuf::from(".leakwatchignore");
+    if implicit.is_file() && !ignore_files.contains(&implicit) {
+        ignore_files.push(implicit);
+    }
+    let mut ignore = std::collections::HashSet::new();
+    for f in &ignore_files {
+        leakwatch::scan::load_ignore(f, &mut ignore)?;
+    }
+    let format = a.format;
     let opts = leakwatch::scan::Options {
-        paths,
+        paths: a.paths,
         format,
-        binary,
-        threads,
+        binary: a.binary,
+        threads: a.threads,
         frozen,
         color,
+        ignore,
     };
     let summary = leakwatch::scan::run(&engine, &opts)?;
     let tty = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
@@ -249,11 +253,12 @@ fn scan(
     }
     if format == leakwatch::scan::Format::Human {
         eprintln!(
-            "leakwatch: {} finding(s) in {} file(s), {:.1} MB scanned, {} binary file(s) skipped{}",
+            "leakwatch: {} finding(s) in {} file(s), {:.1} MB scanned, {} binary file(s) skipped, {} suppressed{}",
             summary.hits.len(),
             summary.files,
             summary.bytes as f64 / 1e6,
             summary.binary_skipped,
+            summary.suppressed,
             if summary.errors.is_empty() {
                 String::new()
             } else {

@@ -1,7 +1,10 @@
 //! `leakwatch scan`: offline scan of files, directories (recursively) and stdin with the
 //! detection engine. Files are scanned in parallel on every core; big files are streamed in
 //! 1 MiB chunks, never read whole; binary files are skipped (and counted) unless asked.
+//! Known findings are suppressed (and counted) by fingerprint (`--ignore`, a baseline) or by
+//! a `leakwatch:allow` (or gitleaks' `gitleaks:allow`) marker on the finding's line.
 use std::{
+    collections::HashSet,
     fs::File,
     io::{IsTerminal, Read, Write},
     path::{Path, PathBuf},
@@ -36,6 +39,60 @@ pub struct Options {
     pub frozen: Option<FrozenSet>,
     /// Colour and progress: None = only when stdout/stderr is a terminal.
     pub color: Option<bool>,
+    /// Fingerprints not to report (see `load_ignore`).
+    pub ignore: HashSet<String>,
+}
+
+/// Markers that suppress a finding on their line, as `# leakwatch:allow`.
+const ALLOW_MARKERS: [&[u8]; 2] = [b"leakwatch:allow", b"gitleaks:allow"];
+
+/// Reads an ignore file: one fingerprint (`sha256:` + 64 hex) per line, `#` comments, or
+/// the JSON lines of an earlier `leakwatch scan --format json` (their `fingerprint`), so a
+/// previous report serves as a baseline.
+pub fn load_ignore(path: &Path, into: &mut HashSet<String>) -> Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the ignore file {}", path.display()))?;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fp = if line.starts_with('{') {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["fingerprint"].as_str().map(str::to_string))
+        } else {
+            line.split_whitespace().next().map(str::to_string)
+        };
+        // Stored in the canonical lower-case form findings carry.
+        match fp.and_then(|fp| crate::detect::frozen::FrozenKey::from_fingerprint(&fp)) {
+            Some(key) => {
+                into.insert(key.fingerprint());
+            }
+            _ => anyhow::bail!(
+                "{}:{}: not a fingerprint (sha256: and 64 hex digits) or a JSON finding; fix or remove the line",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Does the line of `buf` around `at` carry an allow marker?
+fn allowed_inline(buf: &[u8], at: usize) -> bool {
+    let start = buf[..at]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let end = buf[at..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(buf.len(), |p| at + p);
+    let line = &buf[start..end];
+    ALLOW_MARKERS
+        .iter()
+        .any(|m| memchr::memmem::find(line, m).is_some())
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -54,6 +111,8 @@ pub struct Summary {
     pub files: u64,
     pub bytes: u64,
     pub binary_skipped: u64,
+    /// Findings dropped by `--ignore` or an allow marker.
+    pub suppressed: u64,
     pub errors: Vec<String>,
     pub hits: Vec<Hit>,
 }
@@ -128,9 +187,14 @@ pub fn run(engine: &Engine, opts: &Options) -> Result<Summary> {
     }
     for r in results {
         match r {
-            FileResult::Scanned { bytes, hits } => {
+            FileResult::Scanned {
+                bytes,
+                hits,
+                suppressed,
+            } => {
                 summary.files += 1;
                 summary.bytes += bytes;
+                summary.suppressed += suppressed;
                 summary.hits.extend(hits);
             }
             FileResult::Binary => summary.binary_skipped += 1,
@@ -144,7 +208,11 @@ pub fn run(engine: &Engine, opts: &Options) -> Result<Summary> {
 }
 
 enum FileResult {
-    Scanned { bytes: u64, hits: Vec<Hit> },
+    Scanned {
+        bytes: u64,
+        hits: Vec<Hit>,
+        suppressed: u64,
+    },
     Binary,
     Error(String),
 }
@@ -163,9 +231,14 @@ fn scan_file(engine: &Engine, opts: &Options, path: &Path, len: u64) -> FileResu
         if !opts.binary && is_binary(&buf) {
             return FileResult::Binary;
         }
-        let hits = hits_in(engine, opts, &name, &buf);
+        let mut hits = hits_in(engine, opts, &name, &buf);
+        let before = hits.len();
+        hits.retain(|h| {
+            !opts.ignore.contains(&h.fingerprint) && !allowed_inline(&buf, h.offset as usize)
+        });
         return FileResult::Scanned {
             bytes: buf.len() as u64,
+            suppressed: (before - hits.len()) as u64,
             hits,
         };
     }
@@ -230,6 +303,22 @@ fn scan_reader(engine: &Engine, opts: &Options, name: &str, mut r: impl Read) ->
     let mut hits = Vec::new();
     let mut bytes = 0u64;
     let mut first = true;
+    let mut suppressed = 0;
+    // Keeps a finding unless ignored or marked; a marker is seen when the finding's line
+    // lies in the current chunk (always, except for lines across a 1 MiB chunk edge).
+    let mut keep = |f: crate::detect::stream::StreamFinding, chunk: &[u8], chunk_at: u64| {
+        let inline = f
+            .offset
+            .checked_sub(chunk_at)
+            .filter(|&o| o < chunk.len() as u64)
+            .is_some_and(|o| allowed_inline(chunk, o as usize));
+        if inline || opts.ignore.contains(&f.finding.fingerprint) {
+            suppressed += 1;
+            None
+        } else {
+            Some(stream_hit(name, f))
+        }
+    };
     loop {
         let n = match r.read(&mut buf) {
             Ok(0) => break,
@@ -241,15 +330,19 @@ fn scan_reader(engine: &Engine, opts: &Options, name: &str, mut r: impl Read) ->
             return FileResult::Binary;
         }
         first = false;
-        bytes += n as u64;
         for f in s.feed(&buf[..n]) {
-            hits.push(stream_hit(name, f));
+            hits.extend(keep(f, &buf[..n], bytes));
         }
+        bytes += n as u64;
     }
     for f in s.finish() {
-        hits.push(stream_hit(name, f));
+        hits.extend(keep(f, &[], bytes));
     }
-    FileResult::Scanned { bytes, hits }
+    FileResult::Scanned {
+        bytes,
+        hits,
+        suppressed,
+    }
 }
 
 fn stream_hit(name: &str, f: crate::detect::stream::StreamFinding) -> Hit {
