@@ -119,6 +119,18 @@ pub async fn run(o: Overrides) -> Result<()> {
         metrics.clone(),
         stop_rx.clone(),
     ));
+    let saver = {
+        let (ctx, mut stop) = (ctx.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => ctx.save_kill_counts(),
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    };
     if let Some(l) = kernel_log.take() {
         tokio::spawn(forward_kernel_log(l, stop_rx.clone()));
     }
@@ -150,6 +162,8 @@ pub async fn run(o: Overrides) -> Result<()> {
     stop_reader.store(true, Ordering::Relaxed);
     let _ = reader.join();
     let _ = poller.await;
+    let _ = saver.await;
+    ctx.save_kill_counts();
     drop(control);
     let _ = std::fs::remove_file(&cfg.socket);
     log::info!("stopped");
@@ -209,8 +223,12 @@ fn read_events(
         while let Some(item) = ring.next() {
             match decode(&item) {
                 Ok(Event::Exec(ev)) => {
-                    ctx.on_exec(&ev);
-                    monitor.on_exec(ev);
+                    // Frozen credentials first: the kill must not wait for the rule scan.
+                    let frozen = monitor.frozen_hits(&ev);
+                    if let Some(h) = frozen.first() {
+                        ctx.kill_exec(&ev, h.fingerprint.clone());
+                    }
+                    monitor.on_exec(ev, frozen);
                 }
                 Ok(Event::Enforce(n)) => ctx.on_enforce(n, &mut monitor),
                 Err(e) => {

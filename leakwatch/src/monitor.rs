@@ -33,10 +33,10 @@ pub struct Monitor {
 }
 
 /// One credential seen in an exec, before it becomes an alert.
-struct Hit {
+pub struct Hit {
     rule: String,
     source: &'static str,
-    fingerprint: String,
+    pub fingerprint: String,
     redacted: String,
     var: Option<String>,
     arg_index: Option<usize>,
@@ -91,9 +91,11 @@ impl Monitor {
         info
     }
 
-    pub fn on_exec(&mut self, ev: ExecEvent) {
+    /// Reports an exec: its rule findings plus `frozen`, the frozen credentials it carries
+    /// (from `frozen_hits`, which the caller ran first to kill the process without delay).
+    pub fn on_exec(&mut self, ev: ExecEvent, frozen: Vec<Hit>) {
         self.metrics.events.with_label_values(&["exec"]).inc();
-        let hits = self.scan(&ev);
+        let hits = self.scan(&ev, frozen);
         let truncated = ev.truncated();
         if hits.is_empty() && !truncated {
             return;
@@ -151,49 +153,53 @@ impl Monitor {
         }
     }
 
-    fn scan(&self, ev: &ExecEvent) -> Vec<Hit> {
+    /// Frozen credentials in the exec's argv and env values.
+    pub fn frozen_hits(&self, ev: &ExecEvent) -> Vec<Hit> {
         let mut hits = Vec::new();
-        let frozen = self.frozen.read().ok();
-        let mut add =
-            |bytes: &[u8], source: &'static str, var: Option<String>, arg_index: Option<usize>| {
-                for f in self.engine.scan(bytes) {
-                    hits.push(Hit {
-                        rule: f.rule,
-                        source,
-                        fingerprint: f.fingerprint,
-                        redacted: f.redacted,
-                        var: var.clone(),
-                        arg_index,
-                    });
-                }
-                if let Some(fz) = frozen.as_ref().filter(|f| !f.is_empty()) {
-                    for h in fz.find(bytes) {
-                        let fp = fz.keys()[h.key].fingerprint();
-                        if !hits
-                            .iter()
-                            .any(|x| x.fingerprint == fp && x.source == source)
-                        {
-                            hits.push(Hit {
-                                rule: "frozen".into(),
-                                source,
-                                fingerprint: fp,
-                                redacted: crate::detect::redact(&bytes[h.start..h.end]),
-                                var: var.clone(),
-                                arg_index,
-                            });
-                        }
-                    }
-                }
-            };
-        for (i, a) in ev.argv.iter().enumerate() {
-            add(a, "argv", None, Some(i));
+        let Ok(fz) = self.frozen.read() else {
+            return hits;
+        };
+        if fz.is_empty() {
+            return hits;
         }
-        for e in &ev.env {
-            let name = e
+        each_string(ev, |bytes, source, var, arg_index| {
+            for h in fz.find(bytes) {
+                hits.push(Hit {
+                    rule: "frozen".into(),
+                    source,
+                    fingerprint: fz.keys()[h.key].fingerprint(),
+                    redacted: crate::detect::redact(&bytes[h.start..h.end]),
+                    var: var.clone(),
+                    arg_index,
+                });
+            }
+        });
+        hits
+    }
+
+    /// Rule findings in argv and env values, then the frozen hits no rule already reported
+    /// from the same source.
+    fn scan(&self, ev: &ExecEvent, frozen: Vec<Hit>) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        each_string(ev, |bytes, source, var, arg_index| {
+            for f in self.engine.scan(bytes) {
+                hits.push(Hit {
+                    rule: f.rule,
+                    source,
+                    fingerprint: f.fingerprint,
+                    redacted: f.redacted,
+                    var: var.clone(),
+                    arg_index,
+                });
+            }
+        });
+        for h in frozen {
+            if !hits
                 .iter()
-                .position(|&b| b == b'=')
-                .map(|n| String::from_utf8_lossy(&e[..n]).into_owned());
-            add(e, "env", name, None);
+                .any(|x| x.fingerprint == h.fingerprint && x.source == h.source)
+            {
+                hits.push(h);
+            }
         }
         hits
     }
@@ -201,6 +207,23 @@ impl Monitor {
     pub fn emit(&self, a: Alert) {
         self.metrics.alerts.with_label_values(&[a.kind]).inc();
         self.sink.emit(&a);
+    }
+}
+
+/// Calls `f(bytes, source, env var name, argv index)` for every argv and env string.
+fn each_string(
+    ev: &ExecEvent,
+    mut f: impl FnMut(&[u8], &'static str, Option<String>, Option<usize>),
+) {
+    for (i, a) in ev.argv.iter().enumerate() {
+        f(a, "argv", None, Some(i));
+    }
+    for e in &ev.env {
+        let name = e
+            .iter()
+            .position(|&b| b == b'=')
+            .map(|n| String::from_utf8_lossy(&e[..n]).into_owned());
+        f(e, "env", name, None);
     }
 }
 

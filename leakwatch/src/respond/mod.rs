@@ -9,6 +9,7 @@ pub mod store;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
+    sync::atomic::{AtomicBool, Ordering},
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
@@ -90,6 +91,8 @@ pub struct Context {
     procs: Mutex<Procs>,
     /// (kernel hash, unit or exe) already reported as dying at exec.
     enforced_once: Mutex<HashSet<(u64, String)>>,
+    /// Kernel kill counts changed since the store was last written (see `on_enforce`).
+    kills_unsaved: AtomicBool,
     /// Freeze one credential at a time: two sweeps racing would report each other's kills.
     busy: tokio::sync::Mutex<()>,
 }
@@ -115,6 +118,7 @@ impl Context {
             protected: cfg.protected.clone(),
             procs: Mutex::new(Procs::new()),
             enforced_once: Mutex::new(HashSet::new()),
+            kills_unsaved: AtomicBool::new(false),
             busy: tokio::sync::Mutex::new(()),
         })
     }
@@ -524,23 +528,13 @@ impl Context {
         }
     }
 
-    /// A fresh exec carrying a frozen credential that the kernel did not kill (frozen by
-    /// fingerprint only, or embedded in a longer argument): kill it from userspace now.
-    pub fn on_exec(&self, ev: &ExecEvent) {
+    /// A fresh exec carrying the frozen credential `fp` that the kernel did not kill
+    /// (frozen by fingerprint only, or embedded in a longer argument): kill it from
+    /// userspace now.
+    pub fn kill_exec(&self, ev: &ExecEvent, fp: String) {
         if ev.killed() {
             return;
         }
-        let Ok(set) = self.frozen.read() else { return };
-        if set.is_empty() {
-            return;
-        }
-        let hit = ev
-            .argv
-            .iter()
-            .chain(ev.env.iter())
-            .find_map(|s| set.find(s).first().map(|h| set.keys()[h.key].fingerprint()));
-        drop(set);
-        let Some(fp) = hit else { return };
         // SAFETY: kill(2); pid reuse within microseconds of exec is not a practical concern.
         unsafe { libc::kill(ev.tgid as i32, libc::SIGKILL) };
         self.metrics.kills.with_label_values(&["userspace"]).inc();
@@ -559,12 +553,31 @@ impl Context {
         self.emit(a);
     }
 
+    /// Writes kernel kill counts that `on_enforce` kept in memory (called every few
+    /// seconds and at shutdown).
+    pub fn save_kill_counts(&self) {
+        if self.kills_unsaved.swap(false, Ordering::Relaxed) {
+            if let Ok(store) = self.store.lock() {
+                if let Err(e) = store.save() {
+                    log::warn!("saving kill counts: {e:#}");
+                    self.kills_unsaved.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
     /// The kernel killed an exec. Reported once per (credential, unit or program); repeats
     /// (a unit restarting with the old key) only count.
     pub fn on_enforce(&self, n: EnforceNotice, monitor: &mut Monitor) {
         self.metrics.kills.with_label_values(&["kernel"]).inc();
         let cgroup = monitor.procs.cgroup_path(n.cgroup_id);
         let unit = cgroup.as_deref().and_then(crate::procs::unit_of);
+        let who = unit.clone().unwrap_or_else(|| n.comm.clone());
+        let first = self
+            .enforced_once
+            .lock()
+            .map(|mut s| s.insert((n.hash, who)))
+            .unwrap_or(true);
         let fp = {
             let mut store = match self.store.lock() {
                 Ok(s) => s,
@@ -578,15 +591,16 @@ impl Context {
                 store.frozen[i].kills += 1;
                 store.frozen[i].fingerprint.clone()
             });
-            let _ = store.save();
+            // A unit restarting with the old key dies many times a minute: count every kill
+            // in memory (status shows it at once) but write the store, with its fsync, only
+            // for a new culprit; `save_kill_counts` writes the rest.
+            if first {
+                let _ = store.save();
+            } else {
+                self.kills_unsaved.store(true, Ordering::Relaxed);
+            }
             fp
         };
-        let who = unit.clone().unwrap_or_else(|| n.comm.clone());
-        let first = self
-            .enforced_once
-            .lock()
-            .map(|mut s| s.insert((n.hash, who)))
-            .unwrap_or(true);
         if !first {
             return;
         }
@@ -623,18 +637,15 @@ fn signal_if_same(p: &Proc, sig: i32) {
     }
 }
 
-/// True once the process is gone or a zombie (killed, waiting for its parent to reap it).
+/// Polls until `p` is gone (see `procscan::gone`) or the deadline.
 fn wait_gone(p: &Proc, deadline: Instant) -> bool {
     loop {
-        let state = std::fs::read_to_string(format!("/proc/{}/stat", p.pid))
-            .ok()
-            .and_then(|t| procscan::parse_stat(p.pid, &t))
-            .filter(|(q, _)| q.start_time == p.start_time)
-            .map(|(q, _)| q.state);
-        match state {
-            None | Some('Z') | Some('X') => return true,
-            _ if Instant::now() > deadline => return false,
-            _ => std::thread::sleep(Duration::from_millis(2)),
+        if procscan::gone(p) {
+            return true;
         }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
