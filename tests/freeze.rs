@@ -544,5 +544,16 @@ fn restarting_unit_keeps_dying_and_is_reported_once() {
         "the unit's restarts were not all killed: {kernel_kills}"
     );
     d.stop();
+    // Repeat kills are counted in memory and written every few seconds or at shutdown:
+    // after a clean stop the store has them all.
+    let store: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.state_dir().join("frozen.json")).unwrap()).unwrap();
+    let entry = store["frozen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| s(e, "fingerprint") == fp)
+        .expect("the frozen fingerprint is in the store");
+    assert!(n(entry, "kills") >= 5, "kill count not saved: {entry}");
     d.assert_no_plaintext(&[&secret]);
 }

@@ -38,6 +38,35 @@ pub fn parse_stat(pid: u32, text: &str) -> Option<(Proc, u64)> {
     ))
 }
 
+/// True once `p` is gone: reaped, replaced (pid reused), or every one of its threads a
+/// zombie (dead, waiting for its parent to reap it). Checking the leader alone is not
+/// enough: a leader that called pthread_exit is a zombie while its other threads run.
+pub fn gone(p: &Proc) -> bool {
+    let stat = |path: String| {
+        fs::read_to_string(path)
+            .ok()
+            .and_then(|t| parse_stat(p.pid, &t))
+    };
+    match stat(format!("/proc/{}/stat", p.pid)) {
+        None => return true,
+        Some((q, _)) if q.start_time != p.start_time => return true,
+        Some(_) => {}
+    }
+    let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", p.pid)) else {
+        return true;
+    };
+    tasks.flatten().all(|t| {
+        match stat(format!(
+            "/proc/{}/task/{}/stat",
+            p.pid,
+            t.file_name().to_string_lossy()
+        )) {
+            None => true,
+            Some((t, _)) => matches!(t.state, 'Z' | 'X'),
+        }
+    })
+}
+
 /// Every user-space process (kernel threads skipped).
 pub fn list() -> Vec<Proc> {
     let Ok(rd) = fs::read_dir("/proc") else {
@@ -210,6 +239,31 @@ mod tests {
         assert_eq!(p.state, 'S');
         assert_eq!(flags, 4194560);
         assert_eq!(p.start_time, 98765);
+    }
+
+    #[test]
+    fn a_killed_child_counts_as_gone_before_it_is_reaped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let me = list().into_iter().find(|p| p.pid == pid).unwrap();
+        assert!(!gone(&me), "a sleeping child is alive");
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let t = std::time::Instant::now();
+        while !gone(&me) {
+            assert!(
+                t.elapsed().as_secs() < 5,
+                "killed child never counted as gone"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // Not reaped yet: the pid still exists, as a zombie.
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        child.wait().unwrap();
+        assert!(gone(&me));
     }
 
     #[test]
