@@ -78,3 +78,48 @@ fn bad_config_is_one_clear_error() {
     );
     assert!(!err.contains("panicked"));
 }
+
+/// The Prometheus alert rules load and pass their promtool unit tests, and every metric
+/// they use is one the daemon registers and the README documents.
+#[test]
+fn prometheus_rules_pass_promtool_and_use_real_metrics() {
+    let promtool = std::env::var_os("LEAKWATCH_PROMTOOL")
+        .expect("LEAKWATCH_PROMTOOL is not set: run the tests with `cargo xtask test`");
+    let deploy = root().join("deploy");
+    for (verb, file) in [
+        ("check", "leakwatch.rules.yml"),
+        ("test", "leakwatch.rules.test.yml"),
+    ] {
+        let out = Command::new(&promtool)
+            .args([verb, "rules", file])
+            .current_dir(&deploy)
+            .output()
+            .expect("running promtool");
+        assert!(
+            out.status.success(),
+            "promtool {verb} rules {file}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(deploy.join("leakwatch.rules.yml")).unwrap();
+    let metrics_src = std::fs::read_to_string(root().join("leakwatch/src/metrics.rs")).unwrap();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut used: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("leakwatch_"))
+        .collect();
+    used.sort();
+    used.dedup();
+    assert!(used.len() >= 5, "{used:?}");
+    for m in used {
+        assert!(
+            metrics_src.contains(&format!("\"{m}\"")),
+            "{m} is not registered by the daemon"
+        );
+        assert!(
+            readme.contains(&format!("`{m}")),
+            "{m} is not documented in README.md"
+        );
+    }
+}

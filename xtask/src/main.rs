@@ -150,6 +150,7 @@ fn install() -> Result<()> {
             .args(&pkgs)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    install_promtool()?;
     if !bpf_linker_ok() {
         let path = format!(
             "/usr/lib/llvm-22/bin:{}",
@@ -167,6 +168,48 @@ fn install() -> Result<()> {
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("PATH", path))?;
     }
+    Ok(())
+}
+
+/// promtool (to test deploy/leakwatch.rules.yml), taken from Debian's prometheus package
+/// without installing it: installing would also set up and start a Prometheus server.
+fn promtool() -> PathBuf {
+    root().join("target/tools/promtool")
+}
+
+fn install_promtool() -> Result<()> {
+    if promtool().exists() {
+        return Ok(());
+    }
+    let dir = root().join("target/tools/prometheus-deb");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let download = || {
+        sh(Command::new("apt-get")
+            .current_dir(&dir)
+            .args(["download", "-qq", "prometheus"]))
+    };
+    if download().is_err() {
+        // Package lists may be missing or stale on a fresh machine.
+        sh(Command::new("apt-get").args(["update", "-qq"]))?;
+        download()?;
+    }
+    let deb = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "apt-get download prometheus left no .deb in {}",
+                dir.display()
+            )
+        })?;
+    sh(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(dir.join("x")))?;
+    std::fs::copy(dir.join("x/usr/bin/promtool"), promtool())?;
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -260,7 +303,8 @@ fn test(filter: Option<&str>) -> Result<()> {
         "--tests",
         "--",
     ])
-    .env("LEAKWATCH_BIN", root().join("target/release/leakwatch"));
+    .env("LEAKWATCH_BIN", root().join("target/release/leakwatch"))
+    .env("LEAKWATCH_PROMTOOL", promtool());
     if let Some(f) = filter {
         it.arg(f);
     }
