@@ -304,8 +304,9 @@ fn scan_reader(engine: &Engine, opts: &Options, name: &str, mut r: impl Read) ->
     let mut bytes = 0u64;
     let mut first = true;
     let mut suppressed = 0;
-    // Keeps a finding unless ignored or marked; a marker is seen when the finding's line
-    // lies in the current chunk (always, except for lines across a 1 MiB chunk edge).
+    // Keeps a finding unless ignored or marked. A marker is seen only when the finding and
+    // its line lie in the chunk being fed: one found later from the scanner's tail (near a
+    // chunk edge) is kept even if marked.
     let mut keep = |f: crate::detect::stream::StreamFinding, chunk: &[u8], chunk_at: u64| {
         let inline = f
             .offset

@@ -46,18 +46,11 @@ impl Keywords {
             .match_kind(MatchKind::Standard)
             .build(patterns)?;
         let mut table = vec![0u64; 1024].into_boxed_slice();
-        // Past its end a keyword stands for every continuation.
-        let any: Vec<u8> = (0..32).collect();
-        for p in patterns.iter().map(|p| p.as_bytes()) {
-            let byte = |i: usize| p.get(i).map_or(&any[..], std::slice::from_ref);
-            for &k0 in byte(0) {
-                for &k1 in byte(1) {
-                    for &k2 in byte(2) {
-                        table[pair(k1, k2)] |= 1 << code(k0);
-                        table[pair(k0, k1)] |= 1 << (32 + code(k2));
-                    }
-                }
-            }
+        for p in patterns {
+            first_three(p.as_bytes(), |k0, k1, k2| {
+                table[pair(k1, k2)] |= 1 << code(k0);
+                table[pair(k0, k1)] |= 1 << (32 + code(k2));
+            });
         }
         let (starts, groups) = start_groups(patterns);
         Ok(Keywords {
@@ -124,6 +117,20 @@ impl Keywords {
     }
 }
 
+/// Calls `f` with every first three bytes (as codes) `p` can start with: past its end a
+/// keyword stands for every continuation.
+fn first_three(p: &[u8], mut f: impl FnMut(u8, u8, u8)) {
+    let any: Vec<u8> = (0..32).collect();
+    let byte = |i: usize| p.get(i).map_or(&any[..], std::slice::from_ref);
+    for &b0 in byte(0) {
+        for &b1 in byte(1) {
+            for &b2 in byte(2) {
+                f(b0, b1, b2);
+            }
+        }
+    }
+}
+
 /// The index of three bytes' codes in `Keywords::starts`.
 fn triple(b0: u8, b1: u8, b2: u8) -> usize {
     code(b0) | code(b1) << 5 | code(b2) << 10
@@ -136,17 +143,10 @@ fn start_groups(patterns: &[String]) -> (Box<[u16]>, Vec<Vec<usize>>) {
     let mut lists: Vec<Vec<usize>> = vec![Vec::new(); 1 << 15];
     let mut by_len: Vec<usize> = (0..patterns.len()).collect();
     by_len.sort_by_key(|&k| patterns[k].len());
-    let any: Vec<u8> = (0..32).collect();
     for k in by_len {
-        let p = patterns[k].as_bytes();
-        let byte = |i: usize| p.get(i).map_or(&any[..], std::slice::from_ref);
-        for &b0 in byte(0) {
-            for &b1 in byte(1) {
-                for &b2 in byte(2) {
-                    lists[triple(b0, b1, b2)].push(k);
-                }
-            }
-        }
+        first_three(patterns[k].as_bytes(), |b0, b1, b2| {
+            lists[triple(b0, b1, b2)].push(k)
+        });
     }
     let mut groups: Vec<Vec<usize>> = vec![Vec::new()];
     let mut seen = std::collections::HashMap::new();
