@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use leakwatch::respond::procscan;
 use leakwatch_tests::{bin, secret, Daemon};
 
 const HOLDER: &str = "import socket,sys,time\nport=int(sys.argv[1])\ncs=[socket.create_connection(('127.0.0.1',port)) for _ in range(2)]\nprint('up',flush=True)\ntime.sleep(600)\n";
@@ -79,6 +80,12 @@ pub fn run() -> String {
         let mut floor = Vec::new();
         for _ in 0..5 {
             let mut holders = spawn_holders(&python, port, n, None);
+            let pids: Vec<u32> = holders.iter().map(|h| h.id()).collect();
+            let procs: Vec<_> = procscan::list()
+                .into_iter()
+                .filter(|p| pids.contains(&p.pid))
+                .collect();
+            assert_eq!(procs.len(), n);
             settle();
             for h in &holders {
                 // SAFETY: kill(2) on our own children.
@@ -89,8 +96,9 @@ pub fn run() -> String {
                 // SAFETY: as above.
                 unsafe { libc::kill(h.id() as i32, libc::SIGKILL) };
             }
-            for h in &holders {
-                while !zombie(h.id()) {
+            // The same test freeze applies: every thread of every holder a zombie.
+            for p in &procs {
+                while !procscan::gone(p) {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
@@ -151,16 +159,6 @@ fn spawn_holders(python: &str, port: u16, n: usize, key: Option<&str>) -> Vec<Ch
         h.stdout.as_mut().unwrap().read_exact(&mut b).unwrap();
     }
     holders
-}
-
-fn zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|t| {
-            t.rfind(')')
-                .and_then(|i| t.get(i + 2..i + 3).map(|s| s == "Z"))
-        })
-        .unwrap_or(true)
 }
 
 fn settle() {
