@@ -11,6 +11,7 @@ pub mod redact;
 pub mod rules;
 pub mod samples;
 pub mod stream;
+mod teddy;
 mod validate;
 
 pub use engine::{Engine, Finding};
