@@ -1,6 +1,7 @@
-//! Fuzzes the detection engine: arbitrary bytes must never panic, findings must lie inside
-//! the input with fingerprints of exactly those bytes, the streaming scanner must agree with
-//! the whole-buffer scan whatever the chunking, and frozen matching must find planted keys.
+//! Fuzzes the detection engine: arbitrary bytes must never panic, the SIMD keyword filter
+//! must agree with the portable one, findings must lie inside the input with fingerprints
+//! of exactly those bytes, the streaming scanner must agree with the whole-buffer scan
+//! whatever the chunking, and frozen matching must find planted keys.
 #![no_main]
 
 use leakwatch::detect::{
@@ -16,6 +17,9 @@ static ENGINE: OnceLock<Engine> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
     let engine = ENGINE.get_or_init(Engine::builtin);
+    // The SIMD keyword filter must miss nothing the portable automaton finds.
+    let [simd, portable] = engine.keyword_paths(data);
+    assert_eq!(simd, portable);
     let found = engine.scan(data);
     for f in &found {
         assert!(f.start < f.end && f.end <= data.len());

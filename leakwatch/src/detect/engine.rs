@@ -84,6 +84,13 @@ impl Engine {
         })
     }
 
+    /// The keyword prefilter's hits on both of its paths (SIMD and portable); they must be
+    /// equal. For the fuzz target, not for use.
+    #[doc(hidden)]
+    pub fn keyword_paths(&self, hay: &[u8]) -> [Vec<(usize, usize, usize)>; 2] {
+        self.keywords.both_paths(hay)
+    }
+
     pub fn rule_count(&self) -> usize {
         self.rules.len()
     }

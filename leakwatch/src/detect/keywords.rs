@@ -68,8 +68,22 @@ impl Keywords {
 
     /// Calls `f(pattern, start, end)` for every keyword occurrence, overlapping ones
     /// included, in order of start.
-    pub fn each(&self, hay: &[u8], mut f: impl FnMut(usize, usize, usize)) {
-        if !self.simd {
+    pub fn each(&self, hay: &[u8], f: impl FnMut(usize, usize, usize)) {
+        self.each_on(self.simd, hay, f)
+    }
+
+    /// Every occurrence as (start, pattern, end), by the SIMD path (when the CPU has it)
+    /// and by the portable one: for fuzzing the two against each other.
+    pub fn both_paths(&self, hay: &[u8]) -> [Vec<(usize, usize, usize)>; 2] {
+        [self.simd, false].map(|simd| {
+            let mut v = Vec::new();
+            self.each_on(simd, hay, |p, s, e| v.push((s, p, e)));
+            v
+        })
+    }
+
+    fn each_on(&self, simd: bool, hay: &[u8], mut f: impl FnMut(usize, usize, usize)) {
+        if !simd {
             let mut hits: Vec<(usize, usize, usize)> = self
                 .all
                 .find_overlapping_iter(hay)
