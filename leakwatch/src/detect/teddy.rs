@@ -91,7 +91,7 @@ impl Teddy {
         false
     }
 
-    /// `keywords` must be non-empty.
+    /// Keywords are lower-cased and non-empty (the rule loader rejects empty ones).
     pub fn new(keywords: &[Vec<u8>]) -> Teddy {
         let mut t = Teddy {
             lo: [[0; 32]; WIDTH],
@@ -191,8 +191,8 @@ impl Teddy {
 }
 
 /// Splits `keywords` into at most 16 buckets: keywords the filter cannot tell apart share
-/// one, then the two buckets whose merge adds least to the expected candidate rate are merged until
-/// 16 are left.
+/// one; then, until 16 are left, the two buckets whose merge adds least to the expected
+/// candidate rate are merged.
 fn buckets(keywords: &[Vec<u8>]) -> Vec<Masks> {
     let mut cl: Vec<Masks> = keywords.iter().map(|k| Masks::of(k)).collect();
     cl.sort_unstable_by_key(|m| (m.lo, m.hi));
