@@ -260,3 +260,185 @@ fn baseline_ignore_files_and_inline_markers_suppress_known_findings() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Runs git in `dir` with a fixed identity; returns its trimmed stdout.
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=leakwatch test",
+            "-c",
+            "user.email=test@example.invalid",
+        ])
+        .args([
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Writes `file`, commits it (with whatever else is staged) and returns the commit.
+fn commit(dir: &std::path::Path, file: &str, data: &[u8], message: &str) -> String {
+    std::fs::write(dir.join(file), data).unwrap();
+    git(dir, &["add", file]);
+    git(dir, &["commit", "-q", "-m", message]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn git_history_finds_deleted_and_branch_only_secrets_with_their_commit() {
+    let d = tree("git");
+    // Committed, then deleted; committed on a side branch only; never committed.
+    let (deleted, _) = secret("github-pat");
+    let (branch, _) = secret("anthropic-api-key");
+    let (uncommitted, _) = secret("openai-project-key");
+    let (streamed, _) = secret("slack-token");
+    git(&d, &["init", "-q"]);
+    // Blobs over 8 MiB are streamed from git's pipe: a text one with a secret in the
+    // middle, and a binary one that is skipped part-way; the blobs after them must still
+    // be read in step.
+    let mut big = "2026-11-23 worker: request ok\n".repeat(300_000);
+    big.insert_str(big.len() / 2, &format!("export SLACK_TOKEN={streamed}\n"));
+    let mut binary = vec![0u8; 9 << 20];
+    binary[100..110].copy_from_slice(b"not text!\n");
+    std::fs::write(d.join("big.bin"), &binary).unwrap();
+    git(&d, &["add", "big.bin"]);
+    let big_commit = commit(&d, "big.log", big.as_bytes(), "big files");
+    let config = format!("# ci\nGITHUB_TOKEN={deleted}\n");
+    let added = commit(&d, "config.env", config.as_bytes(), "add config");
+    git(&d, &["rm", "-q", "config.env"]);
+    git(&d, &["commit", "-q", "-m", "remove config"]);
+    // The same blob again in a later commit: still one finding, from the first commit.
+    commit(&d, "copy.env", config.as_bytes(), "copy");
+    git(&d, &["rm", "-q", "copy.env"]);
+    git(&d, &["commit", "-q", "-m", "remove copy"]);
+    git(&d, &["checkout", "-q", "-b", "side"]);
+    let log = format!("boot\nclient key={branch}\n");
+    let on_side = commit(&d, "sub/app.log", log.as_bytes(), "log");
+    git(&d, &["checkout", "-q", "main"]);
+    std::fs::write(d.join("wip.txt"), format!("OPENAI_API_KEY={uncommitted}\n")).unwrap();
+
+    let hist = Command::new(bin())
+        .args(["scan", "--git", "--format", "json"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert_eq!(
+        hist.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&hist.stderr)
+    );
+    let found = json_lines(&hist);
+    assert_eq!(found.len(), 3, "{found:#?}");
+    let b = found
+        .iter()
+        .find(|f| s(f, "rule") == "slack-token")
+        .expect("streamed secret");
+    assert_eq!(s(b, "fingerprint"), fingerprint(&streamed));
+    assert_eq!(s(b, "commit"), big_commit);
+    assert_eq!(n(b, "line"), 150_001);
+    let g = found
+        .iter()
+        .find(|f| s(f, "rule") == "github-pat")
+        .expect("deleted secret");
+    assert_eq!(s(g, "fingerprint"), fingerprint(&deleted));
+    assert_eq!(s(g, "commit"), added);
+    assert_eq!(n(g, "line"), 2);
+    assert!(s(g, "path").ends_with("config.env"), "{g}");
+    let a = found
+        .iter()
+        .find(|f| s(f, "rule") == "anthropic-api-key")
+        .expect("branch secret");
+    assert_eq!(s(a, "commit"), on_side);
+    assert!(s(a, "path").ends_with("sub/app.log"), "{a}");
+
+    let summary = String::from_utf8_lossy(&hist.stderr);
+    assert!(summary.is_empty(), "{summary}");
+
+    // The work tree holds the uncommitted one and big.log, not the deleted or branch ones
+    // (git's objects are compressed).
+    let work = Command::new(bin())
+        .args(["scan", "--format", "json"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    let mut found: Vec<String> = json_lines(&work)
+        .iter()
+        .map(|f| {
+            assert!(f.get("commit").is_none());
+            s(f, "fingerprint").to_string()
+        })
+        .collect();
+    found.sort();
+    let mut want = vec![fingerprint(&uncommitted), fingerprint(&streamed)];
+    want.sort();
+    assert_eq!(found, want);
+
+    // Human output names the commit; SARIF carries it as a property.
+    let human = Command::new(bin())
+        .args(["scan", "--git", "--color", "never"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains(&format!("(commit {})", &added[..12])),
+        "{text}"
+    );
+    let sarif = Command::new(bin())
+        .args(["scan", "--git", "--format", "sarif"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&sarif.stdout).unwrap();
+    let commits: Vec<&str> = v["runs"][0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["properties"]["commit"].as_str().unwrap())
+        .collect();
+    assert!(commits.contains(&added.as_str()) && commits.contains(&on_side.as_str()));
+
+    // Not a repository: one clear error, exit 2.
+    let plain = tree("git-plain");
+    let bad = Command::new(bin())
+        .args(["scan", "--git"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("not a Git repository"), "{err}");
+
+    for out in [&hist, &work, &human, &sarif] {
+        let all = [&out.stdout[..], &out.stderr[..]].concat();
+        for secret in [&deleted, &branch, &uncommitted, &streamed] {
+            assert!(
+                !contains(&all, secret.as_bytes()),
+                "plaintext in scan output"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&d);
+    let _ = std::fs::remove_dir_all(&plain);
+}

@@ -108,6 +108,10 @@ struct ScanArgs {
     /// current directory is read too when present.
     #[arg(long, value_name = "FILE")]
     ignore: Vec<PathBuf>,
+    /// The paths are Git repositories: scan every blob in their history (all refs, each
+    /// blob once) and report the commit that added it, instead of their files.
+    #[arg(long)]
+    git: bool,
 }
 
 struct StderrLog;
@@ -243,6 +247,7 @@ fn scan(a: ScanArgs) -> anyhow::Result<u8> {
         frozen,
         color,
         ignore,
+        git: a.git,
     };
     let summary = leakwatch::scan::run(&engine, &opts)?;
     let tty = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();

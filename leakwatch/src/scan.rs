@@ -2,7 +2,8 @@
 //! detection engine. Files are scanned in parallel on every core; big files are streamed in
 //! 1 MiB chunks, never read whole; binary files are skipped (and counted) unless asked.
 //! Known findings are suppressed (and counted) by fingerprint (`--ignore`, a baseline) or by
-//! a `leakwatch:allow` (or gitleaks' `gitleaks:allow`) marker on the finding's line.
+//! a `leakwatch:allow` (or gitleaks' `gitleaks:allow`) marker on the finding's line. With
+//! `--git` the paths are repositories and their history is scanned instead (`git`).
 use std::{
     collections::HashSet,
     fs::File,
@@ -17,6 +18,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::detect::{frozen::FrozenSet, stream::StreamScanner, Engine};
+
+mod git;
 
 /// Files up to this size are read whole; larger ones are streamed.
 const WHOLE_MAX: u64 = 8 << 20;
@@ -41,6 +44,8 @@ pub struct Options {
     pub color: Option<bool>,
     /// Fingerprints not to report (see `load_ignore`).
     pub ignore: HashSet<String>,
+    /// The paths are Git repositories: scan their history (see `git`), not their files.
+    pub git: bool,
 }
 
 /// Markers that suppress a finding on their line, as `# leakwatch:allow`.
@@ -104,6 +109,9 @@ pub struct Hit {
     pub rule: String,
     pub fingerprint: String,
     pub redacted: String,
+    /// With `--git`: the oldest commit that added the blob the finding is in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -179,7 +187,14 @@ pub fn run(engine: &Engine, opts: &Options) -> Result<Summary> {
         Input::File(p, _) => scan_file(engine, opts, p),
         Input::Unreadable(e) => FileResult::Error(e.clone()),
     };
-    let results: Vec<FileResult> = if progress_possible(opts.color) {
+    let results: Vec<FileResult> = if opts.git {
+        pool.install(|| {
+            opts.paths
+                .iter()
+                .flat_map(|repo| git::scan_repo(engine, opts, repo))
+                .collect()
+        })
+    } else if progress_possible(opts.color) {
         // The bar needs the total first: walk (and stat) everything, then scan.
         let all: Vec<Input> = inputs(&opts.paths, true).collect();
         let total = all
@@ -270,21 +285,25 @@ fn scan_file(engine: &Engine, opts: &Options, path: &Path) -> FileResult {
             Ok(n) => n,
             Err(e) => return err(e),
         };
-        let buf = &buf[..n];
-        if !opts.binary && is_binary(buf) {
-            return FileResult::Binary;
-        }
-        let mut hits = hits_in(engine, opts, path, buf);
-        let before = hits.len();
-        hits.retain(|h| {
-            !opts.ignore.contains(&h.fingerprint) && !allowed_inline(buf, h.offset as usize)
-        });
-        FileResult::Scanned {
-            bytes: n as u64,
-            suppressed: (before - hits.len()) as u64,
-            hits,
-        }
+        scan_buf(engine, opts, path, &buf[..n])
     })
+}
+
+/// Scans bytes read whole, as the file (or blob) at `path`.
+fn scan_buf(engine: &Engine, opts: &Options, path: &Path, buf: &[u8]) -> FileResult {
+    if !opts.binary && is_binary(buf) {
+        return FileResult::Binary;
+    }
+    let mut hits = hits_in(engine, opts, path, buf);
+    let before = hits.len();
+    hits.retain(|h| {
+        !opts.ignore.contains(&h.fingerprint) && !allowed_inline(buf, h.offset as usize)
+    });
+    FileResult::Scanned {
+        bytes: buf.len() as u64,
+        suppressed: (before - hits.len()) as u64,
+        hits,
+    }
 }
 
 /// Reads `f` to its end into `buf[..n]` and returns n, in one read plus the one that sees
@@ -325,6 +344,7 @@ fn hits_in(engine: &Engine, opts: &Options, path: &Path, buf: &[u8]) -> Vec<Hit>
             rule: f.rule,
             fingerprint: f.fingerprint,
             redacted: f.redacted,
+            commit: None,
         })
         .collect();
     if let Some(set) = &opts.frozen {
@@ -344,6 +364,7 @@ fn hits_in(engine: &Engine, opts: &Options, path: &Path, buf: &[u8]) -> Vec<Hit>
                 rule: "frozen".into(),
                 fingerprint: fp,
                 redacted: crate::detect::redact(&buf[h.start..h.end]),
+                commit: None,
             });
         }
     }
@@ -418,6 +439,7 @@ fn stream_hit(name: &str, f: crate::detect::stream::StreamFinding) -> Hit {
         rule: f.finding.rule,
         fingerprint: f.finding.fingerprint,
         redacted: f.finding.redacted,
+        commit: None,
     }
 }
 
@@ -461,9 +483,13 @@ pub fn print(
                 } else {
                     String::new()
                 };
+                let commit = match &h.commit {
+                    Some(c) => format!(" (commit {})", &c[..c.len().min(12)]),
+                    None => String::new(),
+                };
                 writeln!(
                     out,
-                    "{p}{}:{}{col}{d}: {r}{}{d} {} {}",
+                    "{p}{}:{}{col}{d}: {r}{}{d} {} {}{commit}",
                     h.path,
                     h.line,
                     h.rule,
@@ -497,7 +523,7 @@ pub fn sarif(engine: &Engine, s: &Summary) -> serde_json::Value {
             if h.column > 0 {
                 region["startColumn"] = json!(h.column);
             }
-            json!({
+            let mut result = json!({
                 "ruleId": h.rule,
                 "level": "error",
                 "message": {"text": format!("{} found: {}", h.rule, h.redacted)},
@@ -506,7 +532,11 @@ pub fn sarif(engine: &Engine, s: &Summary) -> serde_json::Value {
                     "region": region,
                 }}],
                 "partialFingerprints": {"secretSha256/v1": h.fingerprint},
-            })
+            });
+            if let Some(c) = &h.commit {
+                result["properties"] = json!({"commit": c});
+            }
+            result
         })
         .collect();
     json!({
