@@ -5,7 +5,7 @@
 //! Through the git CLI (`rev-list --objects`, one `cat-file --batch` stream): it is present
 //! wherever a repository is, and a Git library would be a large dependency for two pipes.
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io::{BufRead, BufReader, Read, Write},
     path::Path,
     process::{Command, Stdio},
@@ -130,15 +130,18 @@ fn scan_history(engine: &Engine, opts: &Options, repo: &Path) -> Result<Vec<File
     // may have met the blob first under a later name).
     let mut results = results;
     results.sort_by_key(|(i, _)| *i);
+    let wanted: HashSet<&str> = results
+        .iter()
+        .filter(|(_, r)| matches!(r, FileResult::Scanned { hits, .. } if !hits.is_empty()))
+        .map(|(i, _)| list[*i].0.as_str())
+        .collect();
+    let first = first_commits(repo, &wanted)?;
     for (i, r) in &mut results {
         if let FileResult::Scanned { hits, .. } = r {
-            if hits.is_empty() {
-                continue;
-            }
-            if let Some((commit, path)) = first_commit(repo, &list[*i].0) {
+            if let Some((commit, path)) = first.get(list[*i].0.as_str()) {
                 for h in hits {
                     h.commit = Some(commit.clone());
-                    h.path = repo.join(&path).display().to_string();
+                    h.path = repo.join(path).display().to_string();
                 }
             }
         }
@@ -192,26 +195,49 @@ fn next_blob(
     Ok(blob)
 }
 
-/// The oldest commit, on any ref, that added the blob `oid`, and the blob's path there.
-fn first_commit(repo: &Path, oid: &str) -> Option<(String, String)> {
-    let out = git(repo)
-        .args(["log", "--all", "--reverse", "--no-abbrev", "--raw"])
-        .args(["--format=commit %H", "--no-renames"])
-        .arg(format!("--find-object={oid}"))
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut commit = None;
-    for line in text.lines() {
+/// For each blob in `oids`: the oldest commit, on any ref, that added it, and its path
+/// there. One walk of the history, oldest first, stopped once every blob is placed.
+fn first_commits(repo: &Path, oids: &HashSet<&str>) -> Result<HashMap<String, (String, String)>> {
+    let mut found = HashMap::new();
+    if oids.is_empty() {
+        return Ok(found);
+    }
+    let mut child = git(repo)
+        .args([
+            "log",
+            "--all",
+            "--reverse",
+            "--no-abbrev",
+            "--raw",
+            "--no-renames",
+        ])
+        // A blob first made in a merge (a conflict resolved by hand) shows in its diff
+        // against the first parent.
+        .args(["--format=commit %H", "--diff-merges=first-parent"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running git log")?;
+    let out = BufReader::new(child.stdout.take().context("git log stdout")?);
+    let mut commit = String::new();
+    for line in out.split(b'\n') {
+        let line = line.context("reading git log output")?;
+        let line = String::from_utf8_lossy(&line);
         if let Some(c) = line.strip_prefix("commit ") {
-            commit = Some(c.to_string());
-        } else if let Some(raw) = line.strip_prefix(':') {
+            commit = c.to_string();
+        } else if let Some((meta, path)) = line.strip_prefix(':').and_then(|r| r.split_once('\t')) {
             // `:old-mode new-mode old-oid new-oid status<TAB>path`
-            let (meta, path) = raw.split_once('\t')?;
-            if meta.split(' ').nth(3) == Some(oid) {
-                return Some((commit?, path.to_string()));
+            if let Some(oid) = meta.split(' ').nth(3).filter(|o| oids.contains(o)) {
+                found
+                    .entry(oid.to_string())
+                    .or_insert_with(|| (commit.clone(), path.to_string()));
+                if found.len() == oids.len() {
+                    break;
+                }
             }
         }
     }
-    None
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(found)
 }
