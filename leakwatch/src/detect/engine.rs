@@ -28,6 +28,8 @@ struct Rule {
     span: usize,
     /// May the match cross lines? Single-line rules look only at the hit's line.
     multiline: bool,
+    /// One of these bytes must follow the keyword in the window (empty: no check).
+    after: Vec<u8>,
     allow: Vec<Regex>,
 }
 
@@ -123,6 +125,9 @@ impl Engine {
                     if let Some(nl) = memchr::memchr(b'\n', &hay[ke..end]) {
                         end = ke + nl;
                     }
+                }
+                if !follows(&self.rules[r].after, &hay[ke..end]) {
+                    continue;
                 }
                 windows.push((r, start, end));
             }
@@ -256,8 +261,20 @@ fn compile(spec: &RuleSpec) -> Result<Rule> {
         validator,
         span: spec.span,
         multiline: spec.multiline,
+        after: spec.after.as_bytes().to_vec(),
         allow,
     })
+}
+
+/// Does `hay` hold one of the bytes in `after`? (Yes when `after` is empty.)
+fn follows(after: &[u8], hay: &[u8]) -> bool {
+    match *after {
+        [] => true,
+        [a] => memchr::memchr(a, hay).is_some(),
+        [a, b] => memchr::memchr2(a, b, hay).is_some(),
+        [a, b, c] => memchr::memchr3(a, b, c, hay).is_some(),
+        _ => hay.iter().any(|x| after.contains(x)),
+    }
 }
 
 /// Sorts by start and drops findings contained in (or duplicating) a longer one.

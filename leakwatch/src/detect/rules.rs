@@ -26,6 +26,11 @@ pub struct RuleSpec {
     /// The match may span lines (PEM blocks); otherwise only the keyword's line is searched.
     #[serde(default)]
     pub multiline: bool,
+    /// Bytes of which one must follow the keyword within the window (its line, for
+    /// single-line rules) before the regex is tried, e.g. `=:` when the regex needs an
+    /// assignment after the keyword. A cheap necessary condition; empty: none.
+    #[serde(default)]
+    pub after: String,
     /// Regexes on the secret; a match suppresses the finding.
     #[serde(default)]
     pub allow: Vec<String>,

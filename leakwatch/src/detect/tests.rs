@@ -134,6 +134,31 @@ fn findings_carry_line_and_never_plaintext() {
 }
 
 #[test]
+fn a_rules_after_bytes_gate_its_regex_on_the_keyword_line() {
+    let rules = |after: &str| {
+        let mut set = RuleSet { rules: Vec::new() };
+        let text = format!(
+            "[[rule]]\nid = \"acme\"\nkeywords = [\"acme_\"]\nregex = '(?P<secret>acme_[a-z0-9]{{20}})'\nafter = \"{after}\"\n"
+        );
+        set.merge(RuleSet::parse(&text, "test").unwrap()).unwrap();
+        Engine::new(&set).unwrap()
+    };
+    let mut rng = Rng::from_time();
+    let token = format!(
+        "acme_{}",
+        rng.string(b"abcdefghijklmnopqrstuvwxyz0123456789", 20)
+    );
+    let bare = format!("id {token}\nlater = 1\n");
+    let assigned = format!("id {token} = 1\n");
+    // Without `after`, both are found; with it, only the line that has one of its bytes
+    // after the keyword (the `=` on the next line does not count).
+    assert_eq!(rules("").scan(bare.as_bytes()).len(), 1);
+    assert!(rules("=:").scan(bare.as_bytes()).is_empty());
+    assert_eq!(rules("=:").scan(assigned.as_bytes()).len(), 1);
+    assert_eq!(rules("xyz=").scan(assigned.as_bytes()).len(), 1);
+}
+
+#[test]
 fn generic_rule_matches_named_env_values() {
     let engine = Engine::builtin();
     let mut rng = Rng::from_time();
