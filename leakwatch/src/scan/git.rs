@@ -32,7 +32,8 @@ pub(super) fn scan_repo(engine: &Engine, opts: &Options, repo: &Path) -> Vec<Fil
 
 fn git(repo: &Path) -> Command {
     let mut c = Command::new("git");
-    c.arg("-C").arg(repo);
+    // Paths as they are, not octal-escaped, in `log --raw`.
+    c.arg("-C").arg(repo).args(["-c", "core.quotePath=false"]);
     c
 }
 
@@ -135,10 +136,23 @@ fn scan_history(engine: &Engine, opts: &Options, repo: &Path) -> Result<Vec<File
         .filter(|(_, r)| matches!(r, FileResult::Scanned { hits, .. } if !hits.is_empty()))
         .map(|(i, _)| list[*i].0.as_str())
         .collect();
-    let first = first_commits(repo, &wanted)?;
+    // Without commits the findings still count: report them, and say what is missing.
+    let first = first_commits(repo, &wanted).unwrap_or_else(|e| {
+        results.push((
+            usize::MAX,
+            FileResult::Error(format!(
+                "{}: {e:#}; findings are reported without their commit",
+                repo.display()
+            )),
+        ));
+        HashMap::new()
+    });
     for (i, r) in &mut results {
         if let FileResult::Scanned { hits, .. } = r {
-            if let Some((commit, path)) = first.get(list[*i].0.as_str()) {
+            let Some((oid, _)) = list.get(*i) else {
+                continue;
+            };
+            if let Some((commit, path)) = first.get(oid.as_str()) {
                 for h in hits {
                     h.commit = Some(commit.clone());
                     h.path = repo.join(path).display().to_string();
