@@ -14,6 +14,14 @@ fn tree(name: &str) -> std::path::PathBuf {
     d
 }
 
+/// One JSON value per line of a `--format json` run's stdout.
+fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn finds_secrets_in_a_tree_with_lines_and_exit_code_1() {
     let d = tree("tree");
@@ -41,10 +49,7 @@ fn finds_secrets_in_a_tree_with_lines_and_exit_code_1() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 2, "{lines:#?}");
     let g = lines
         .iter()
@@ -164,10 +169,7 @@ fn big_file_is_streamed_and_a_secret_on_a_chunk_edge_is_found_once() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let hits: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let hits = json_lines(&out);
     assert_eq!(hits.len(), 1, "{hits:#?}");
     assert_eq!(s(&hits[0], "fingerprint"), fingerprint(&k));
     assert_eq!(n(&hits[0], "line") as usize, lines);
@@ -295,13 +297,6 @@ fn commit(dir: &std::path::Path, file: &str, data: &[u8], message: &str) -> Stri
     git(dir, &["add", file]);
     git(dir, &["commit", "-q", "-m", message]);
     git(dir, &["rev-parse", "HEAD"])
-}
-
-fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]
