@@ -1,11 +1,96 @@
 //! Types shared by the kernel programs and the daemon: `#[repr(C)]` plain-old-data records
 //! that cross the ring buffer and the maps. No allocation, no std: both sides compile it.
+//!
+//! Every ring-buffer record starts with an [`EventHeader`] (filled by one kernel helper);
+//! its `kind` says which family payload follows.
 #![no_std]
 
-/// Event kinds, first `u32` of every ring-buffer record.
+/// Record kinds (`EventHeader::kind`).
 pub const EVENT_EXEC: u32 = 1;
 /// The kernel killed a process at exec because it carried a frozen credential.
 pub const EVENT_ENFORCE: u32 = 2;
+/// Bytes passed to a write-family syscall by a process in scope.
+pub const EVENT_WRITE: u32 = 3;
+/// A `connect` (every process, regardless of scope).
+pub const EVENT_CONNECT: u32 = 4;
+
+/// Probe ids: `EventHeader::probe`, index into the per-probe counters, and the `probe` label
+/// of the loss metrics. `PROBE_NAMES[id]` is the tracepoint (or pseudo-probe) name.
+pub const PROBE_EXECVE: u32 = 0;
+pub const PROBE_EXECVEAT: u32 = 1;
+/// Kernel kill notices sent by the exec probes.
+pub const PROBE_ENFORCE: u32 = 2;
+pub const PROBE_WRITE: u32 = 3;
+pub const PROBE_WRITEV: u32 = 4;
+pub const PROBE_PWRITE64: u32 = 5;
+pub const PROBE_PWRITEV: u32 = 6;
+pub const PROBE_PWRITEV2: u32 = 7;
+pub const PROBE_SENDTO: u32 = 8;
+pub const PROBE_SENDMSG: u32 = 9;
+pub const PROBE_SENDMMSG: u32 = 10;
+pub const PROBE_CONNECT: u32 = 11;
+pub const PROBE_COUNT: u32 = 12;
+
+pub const PROBE_NAMES: [&str; PROBE_COUNT as usize] = [
+    "sys_enter_execve",
+    "sys_enter_execveat",
+    "enforce",
+    "sys_enter_write",
+    "sys_enter_writev",
+    "sys_enter_pwrite64",
+    "sys_enter_pwritev",
+    "sys_enter_pwritev2",
+    "sys_enter_sendto",
+    "sys_enter_sendmsg",
+    "sys_enter_sendmmsg",
+    "sys_enter_connect",
+];
+
+/// Per-probe kernel counters: the `STATS` per-CPU array holds `STAT_KINDS` slots per probe,
+/// at `stat_slot(probe, STAT_*)`.
+/// Records written to the ring buffer.
+pub const STAT_EVENTS: u32 = 0;
+/// Records lost: the ring buffer had no room.
+pub const STAT_LOST: u32 = 1;
+/// Calls skipped because the process is out of scope (write family).
+pub const STAT_SKIPPED: u32 = 2;
+/// Calls whose payload was cut (capture limit, iovec limit or unreadable memory).
+pub const STAT_TRUNCATED: u32 = 3;
+/// Bytes not captured by those cut calls.
+pub const STAT_BYTES_DROPPED: u32 = 4;
+/// Processes killed in the kernel (`PROBE_ENFORCE` only).
+pub const STAT_KILLS: u32 = 5;
+pub const STAT_KINDS: u32 = 8;
+pub const STAT_COUNT: u32 = PROBE_COUNT * STAT_KINDS;
+
+#[inline(always)]
+pub const fn stat_slot(probe: u32, stat: u32) -> u32 {
+    probe * STAT_KINDS + stat
+}
+
+/// Common header of every record: who did it, filled by one kernel helper.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub probe: u32,
+    /// Thread id (kernel pid) of the caller.
+    pub pid: u32,
+    /// Process id (kernel tgid).
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Family-specific `*_F_*` bits.
+    pub flags: u32,
+    pub cgroup_id: u64,
+    pub ktime_ns: u64,
+    /// `comm` of the calling task.
+    pub comm: [u8; 16],
+}
+
+// ---------------------------------------------------------------------------------------
+// exec
 
 /// Bytes of argv/envp text one exec event can carry (power of two: offsets are masked).
 pub const EXEC_DATA_MAX: usize = 128 * 1024;
@@ -14,52 +99,30 @@ pub const EXEC_CHUNK: usize = 4096;
 /// Upper bound on loop iterations (chunks + pointer reads) per exec.
 pub const EXEC_MAX_STEPS: u32 = 8192;
 
-/// `ExecHeader::flags`: the event came from `execveat`.
+/// `EventHeader::flags` of exec records: the event came from `execveat`.
 pub const EXEC_F_EXECVEAT: u32 = 1;
-/// `ExecHeader::flags`: the loop budget ran out before the end of envp, so the dropped
-/// counters are lower bounds.
+/// The loop budget ran out before the end of envp, so the dropped counters are lower bounds.
 pub const EXEC_F_COUNT_INCOMPLETE: u32 = 2;
-/// `ExecHeader::flags`: the filename could not be read.
+/// The filename could not be read.
 pub const EXEC_F_NO_FILENAME: u32 = 4;
-/// `ExecHeader::flags`: the kernel sent SIGKILL because a string matched a frozen credential.
+/// The kernel sent SIGKILL because a string matched a frozen credential.
 pub const EXEC_F_KILLED: u32 = 8;
-
-/// Probe ids: index into the `LOST` counter map and label of `leakwatch_lost_events_total`.
-pub const PROBE_EXECVE: u32 = 0;
-pub const PROBE_EXECVEAT: u32 = 1;
-pub const PROBE_COUNT: u32 = 2;
-
-/// Kernel-side frozen credential match: 64-bit keyed hash of the exact bytes.
-pub const FROZEN_MAX: u32 = 4096;
 
 /// Header of an exec record; followed by `data_len` bytes: the filename, then `argc` argv
 /// strings, then `envc` environment strings, each NUL-terminated.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExecHeader {
-    pub kind: u32,
-    pub flags: u32,
-    /// Thread id (kernel pid) of the caller.
-    pub pid: u32,
-    /// Process id (kernel tgid).
-    pub tgid: u32,
-    pub ppid: u32,
-    pub uid: u32,
-    pub gid: u32,
+    pub hdr: EventHeader,
     /// Argv strings carried in `data`.
     pub argc: u32,
     /// Environment strings carried in `data`.
     pub envc: u32,
     /// Strings that did not fit (or could not be read) and are absent from `data`.
     pub strings_dropped: u32,
+    pub data_len: u32,
     /// Bytes of argv/envp text that are absent from `data` (including partial strings).
     pub bytes_dropped: u64,
-    pub cgroup_id: u64,
-    pub ktime_ns: u64,
-    pub data_len: u32,
-    pub probe: u32,
-    /// `comm` of the calling task (the image before this exec).
-    pub comm: [u8; 16],
 }
 
 /// Scratch space for one exec: header + data + one chunk of slack so masked writes stay
@@ -71,59 +134,174 @@ pub struct ExecScratch {
 }
 
 /// Sent when the kernel program killed a process at exec (best effort: the kill itself never
-/// depends on ring space).
+/// depends on ring space). `hdr.probe` is `PROBE_ENFORCE`; `exec_probe` the exec probe.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EnforceEvent {
-    pub kind: u32,
-    pub pid: u32,
-    pub tgid: u32,
-    pub ppid: u32,
-    pub uid: u32,
-    pub probe: u32,
+    pub hdr: EventHeader,
     pub hash: u64,
-    pub cgroup_id: u64,
-    pub comm: [u8; 16],
+    pub exec_probe: u32,
+    pub _pad: u32,
 }
 
-/// Counters kept by the kernel, one slot each in the `STATS` per-CPU array.
-pub const STAT_EXEC_EVENTS: u32 = 0;
-pub const STAT_EXEC_LOST_EXECVE: u32 = 1;
-pub const STAT_EXEC_LOST_EXECVEAT: u32 = 2;
-pub const STAT_ENFORCE_KILLS: u32 = 3;
-pub const STAT_ENFORCE_LOST: u32 = 4;
-pub const STAT_COUNT: u32 = 8;
+/// Kernel-side frozen credential match: 64-bit keyed hash of the exact bytes.
+pub const FROZEN_MAX: u32 = 4096;
+
+// ---------------------------------------------------------------------------------------
+// sockets
+
+pub const AF_UNIX: u16 = 1;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// A socket's remote end (or a `sendto`/`sendmsg` destination). `family` 0: unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    pub family: u16,
+    /// Remote port, host byte order.
+    pub port: u16,
+    /// Local port, host byte order (0 when unknown).
+    pub lport: u16,
+    pub _pad: u16,
+    /// IPv4 in the first 4 bytes (network order), or IPv6.
+    pub addr: [u8; 16],
+}
+
+/// A `connect(fd, addr)` as the process asked for it (at syscall entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectEvent {
+    pub hdr: EventHeader,
+    pub fd: i32,
+    pub _pad: u32,
+    pub peer: Peer,
+}
+
+// ---------------------------------------------------------------------------------------
+// write family
+
+/// Largest payload the kernel copies per call (power of two: offsets are masked). The
+/// configured cap (`ScopeConfig::capture_max`) is clamped to it.
+pub const WRITE_DATA_MAX: usize = 64 * 1024;
+/// Default per-call capture cap.
+pub const WRITE_CAPTURE_DEFAULT: u32 = 16 * 1024;
+/// iovecs walked per call (writev, pwritev, sendmsg); more are counted in `iov_dropped`.
+pub const WRITE_IOV_MAX: u32 = 64;
+/// Messages walked per `sendmmsg`.
+pub const WRITE_MMSG_MAX: u32 = 16;
+/// Bytes of path components a write record may carry.
+pub const WRITE_PATH_MAX: usize = 1024;
+/// Path components walked (dentry parents, across mounts).
+pub const WRITE_PATH_DEPTH: u32 = 24;
+
+/// `EventHeader::flags` of write records: payload cut (cap, iovec limit, unreadable page).
+pub const WRITE_F_TRUNCATED: u32 = 1;
+/// The fd names a different open file than the last record for this (tgid, fd) did (or it
+/// is the first): `path_len` bytes of path follow the header.
+pub const WRITE_F_NEW_FILE: u32 = 2;
+/// `peer` is valid.
+pub const WRITE_F_PEER: u32 = 4;
+/// The path walk stopped at its depth or byte limit: the path is a suffix.
+pub const WRITE_F_PATH_PARTIAL: u32 = 8;
+/// The fd could not be resolved to a file (`file` is zero).
+pub const WRITE_F_NO_FILE: u32 = 16;
+
+/// What the fd of a write refers to, read from `task->files` at the call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileId {
+    /// Address of the `struct file`: identity of the open file description.
+    pub file: u64,
+    pub ino: u64,
+    /// `inode->i_sb->s_dev` (0 when not read).
+    pub dev: u32,
+    /// `inode->i_mode` (S_IFREG, S_IFSOCK, S_IFIFO, S_IFCHR…).
+    pub mode: u32,
+}
+
+/// Header of a write record; followed by `path_len` bytes of path (only with
+/// `WRITE_F_NEW_FILE`: NUL-terminated components, leaf first, e.g. `app.log\0log\0var\0`),
+/// then `data_len` bytes of payload, in the order the call would write them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteHeader {
+    pub hdr: EventHeader,
+    pub fd: i32,
+    pub data_len: u32,
+    pub path_len: u32,
+    /// iovecs (or messages) not walked.
+    pub iov_dropped: u32,
+    /// Bytes the call passed (count, or the sum of iovec lengths walked and not walked when
+    /// known).
+    pub total: u64,
+    /// Bytes of `total` not in `data`.
+    pub bytes_dropped: u64,
+    /// pwrite offset, or -1.
+    pub offset: i64,
+    pub file: FileId,
+    pub peer: Peer,
+}
+
+// ---------------------------------------------------------------------------------------
+// scope
+
+/// Slot 0 of the `SCOPE_CFG` array: which lists the kernel consults to decide whose write
+/// payloads are copied. A process is in scope when it matches any enabled list; with no
+/// list enabled every process is (except the daemon itself).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScopeConfig {
+    /// Non-zero: match the caller's cgroup and its ancestors against `SCOPE_CGROUPS`.
+    pub cgroups: u32,
+    /// Non-zero: match the caller's uid against `SCOPE_UIDS`.
+    pub uids: u32,
+    /// Non-zero: match the caller's comm against `SCOPE_COMMS`.
+    pub comms: u32,
+    /// Per-call capture cap in bytes (clamped to `WRITE_DATA_MAX`; 0 = default).
+    pub capture_max: u32,
+}
+
+/// Cgroup levels walked upwards when matching `SCOPE_CGROUPS`.
+pub const SCOPE_CGROUP_DEPTH: u32 = 16;
 
 #[cfg(feature = "user")]
 mod user {
     //! Userspace views of the records (aya's `Pod` is implemented by the daemon).
     use super::*;
 
-    impl ExecHeader {
-        pub const SIZE: usize = core::mem::size_of::<ExecHeader>();
-
-        /// Reads a header from the start of a ring-buffer record, if it is long enough.
-        pub fn read(bytes: &[u8]) -> Option<ExecHeader> {
-            if bytes.len() < Self::SIZE {
-                return None;
-            }
-            // SAFETY: length checked; ExecHeader is POD with no invalid bit patterns and
-            // read_unaligned does not require alignment.
-            Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr() as *const ExecHeader) })
+    /// Reads a POD record from the start of `bytes`, if it is long enough.
+    ///
+    /// # Safety
+    /// `T` must be a `#[repr(C)]` type made only of integers and arrays of integers.
+    unsafe fn read_pod<T: Copy>(bytes: &[u8]) -> Option<T> {
+        if bytes.len() < core::mem::size_of::<T>() {
+            return None;
         }
+        // SAFETY: length checked; read_unaligned does not require alignment; the caller
+        // guarantees every bit pattern is valid.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr() as *const T) })
     }
 
-    impl EnforceEvent {
-        pub const SIZE: usize = core::mem::size_of::<EnforceEvent>();
-
-        pub fn read(bytes: &[u8]) -> Option<EnforceEvent> {
-            if bytes.len() < Self::SIZE {
-                return None;
+    macro_rules! pod_read {
+        ($($t:ty),*) => {$(
+            impl $t {
+                pub const SIZE: usize = core::mem::size_of::<$t>();
+                /// Reads the record from the start of a ring-buffer item, if long enough.
+                pub fn read(bytes: &[u8]) -> Option<$t> {
+                    // SAFETY: integers and integer arrays only.
+                    unsafe { read_pod(bytes) }
+                }
             }
-            // SAFETY: as above.
-            Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr() as *const EnforceEvent) })
-        }
+        )*};
     }
+    pod_read!(
+        EventHeader,
+        ExecHeader,
+        EnforceEvent,
+        ConnectEvent,
+        WriteHeader
+    );
 }
 
 /// 64-bit FNV-1a, seeded: the kernel and the daemon hash candidate strings the same way so

@@ -2,25 +2,22 @@
 //! of every exec into a per-CPU scratch area (string by string, long strings chunk by chunk,
 //! driven by `bpf_loop` so the verifier cost does not grow with the limits), then emit one
 //! ring-buffer record as long as the data. What does not fit is counted, never dropped
-//! silently. Before emitting, `enforce` may kill the task if it carries a frozen credential.
+//! silently. Each finished string is checked against `frozen`; a hit kills the task before
+//! its new image runs.
 use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_loop, bpf_probe_read_user_str, bpf_ringbuf_output},
+        bpf_get_smp_processor_id, bpf_probe_read_user,
+        generated::{bpf_loop, bpf_probe_read_user_str},
     },
-    macros::tracepoint,
+    macros::{map, tracepoint},
+    maps::Array,
     programs::TracePointContext,
 };
 use leakwatch_common::*;
 
-use crate::{
-    enforce,
-    maps::{count, EVENTS, SCRATCH},
-    task,
-};
+use crate::{frozen, header, maps};
 
 const DATA_MASK: u64 = (EXEC_DATA_MAX - 1) as u64;
 
@@ -47,9 +44,21 @@ pub struct Walk {
     pub dropped: u32,
     pub full: u32,
     pub bytes_dropped: u64,
-    /// Set by `enforce` when a string matched a frozen credential.
+    /// Set when a string matched a frozen credential.
     pub hit: u64,
 }
+
+/// Per-CPU working memory: loop state and the record being built.
+#[repr(C)]
+pub struct Scratch {
+    walk: Walk,
+    ev: ExecScratch,
+}
+
+/// One scratch area per CPU (`PerCpuArray` values cap at 32 KiB, so a plain array indexed
+/// by `bpf_get_smp_processor_id()`; the loader sizes it to the CPU count).
+#[map]
+static EXEC_SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
 
 #[tracepoint]
 pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
@@ -83,30 +92,15 @@ fn handle(
     };
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let sp = SCRATCH.get_ptr_mut(cpu)?;
+    let sp = EXEC_SCRATCH.get_ptr_mut(cpu)?;
     // SAFETY: `sp` is this CPU's map value; programs on one CPU do not nest for tracepoints.
     let sc = unsafe { &mut *sp };
     let s = &mut sc.ev;
 
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
-    let h = &mut s.hdr;
-    h.kind = EVENT_EXEC;
-    h.flags = if probe == PROBE_EXECVEAT {
-        EXEC_F_EXECVEAT
-    } else {
-        0
-    };
-    h.pid = pid_tgid as u32;
-    h.tgid = (pid_tgid >> 32) as u32;
-    h.ppid = task::ppid();
-    h.uid = uid_gid as u32;
-    h.gid = (uid_gid >> 32) as u32;
-    // SAFETY: helpers without preconditions.
-    h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    h.ktime_ns = unsafe { bpf_ktime_get_ns() };
-    h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    h.probe = probe;
+    header::fill(&mut s.hdr.hdr, EVENT_EXEC, probe);
+    if probe == PROBE_EXECVEAT {
+        s.hdr.hdr.flags = EXEC_F_EXECVEAT;
+    }
 
     // Filename first, as one string of at most a chunk (PATH_MAX is 4096).
     // SAFETY: destination is inside the map value (chunk < data length).
@@ -121,7 +115,7 @@ fn handle(
     if n <= 0 {
         s.data[0] = 0;
         off = 1;
-        s.hdr.flags |= EXEC_F_NO_FILENAME;
+        s.hdr.hdr.flags |= EXEC_F_NO_FILENAME;
     }
 
     sc.walk = Walk {
@@ -157,16 +151,16 @@ fn handle(
 
     let h = &mut s.hdr;
     if w.hit != 0 {
-        enforce::kill(probe, w.hit);
-        h.flags |= EXEC_F_KILLED;
+        frozen::kill(probe, w.hit);
+        h.hdr.flags |= EXEC_F_KILLED;
         aya_log_ebpf::warn!(
             ctx,
             "SIGKILL at exec: pid {} carried a frozen credential",
-            h.tgid
+            h.hdr.tgid
         );
     }
     if w.phase < 2 {
-        h.flags |= EXEC_F_COUNT_INCOMPLETE;
+        h.hdr.flags |= EXEC_F_COUNT_INCOMPLETE;
     }
     h.argc = w.argc;
     h.envc = w.envc;
@@ -179,24 +173,7 @@ fn handle(
     };
     h.data_len = used as u32;
     let size = core::mem::size_of::<ExecHeader>() as u64 + used;
-    // SAFETY: `size` is bounded by the scratch value size.
-    let ret = unsafe {
-        bpf_ringbuf_output(
-            &EVENTS as *const _ as *mut c_void,
-            s as *mut _ as *mut c_void,
-            size,
-            0,
-        )
-    };
-    if ret < 0 {
-        count(if probe == PROBE_EXECVEAT {
-            STAT_EXEC_LOST_EXECVEAT
-        } else {
-            STAT_EXEC_LOST_EXECVE
-        });
-    } else {
-        count(STAT_EXEC_EVENTS);
-    }
+    maps::emit(probe, s as *const _ as *const u8, size);
     Some(())
 }
 
@@ -206,7 +183,7 @@ fn handle(
 unsafe extern "C" fn walk_step(_i: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer given to it: the CPU id.
     let cpu = unsafe { *(ctx as *const u32) };
-    let Some(sp) = SCRATCH.get_ptr_mut(cpu) else {
+    let Some(sp) = EXEC_SCRATCH.get_ptr_mut(cpu) else {
         return 1;
     };
     // SAFETY: this CPU's scratch value.
@@ -320,5 +297,32 @@ fn finish_string(w: &mut Walk, cpu: u32) {
     } else {
         w.envc += 1;
     }
-    enforce::check(w, cpu);
+    check(w, cpu);
+}
+
+/// Shortest credential the kernel matches (shorter values are never frozen).
+const MIN_LEN: u64 = 8;
+
+/// Checks the string just finished at `w.str_start..w.off - 1`; records a hit in `w.hit`.
+/// argv: the whole argument or what follows its first '='; env: the value only.
+/// Not inlined: the hash callback is then verified once, not at each of the three callers.
+#[inline(never)]
+fn check(w: &mut Walk, cpu: u32) {
+    if w.hit != 0 || !frozen::enabled() || w.off < w.str_start + MIN_LEN + 1 {
+        return;
+    }
+    let Some(sp) = EXEC_SCRATCH.get_ptr(cpu) else {
+        return;
+    };
+    // SAFETY: address arithmetic only; the hash reads it with bpf_probe_read_kernel.
+    let base = unsafe { (*sp).ev.data.as_ptr() } as u64;
+    let start = w.str_start & DATA_MASK;
+    let Some(h) = frozen::hash_span(base + start, w.off - 1 - w.str_start) else {
+        return;
+    };
+    if w.phase == 0 && frozen::is_frozen(h.whole) {
+        w.hit = h.whole;
+    } else if h.has_eq && frozen::is_frozen(h.value) {
+        w.hit = h.value;
+    }
 }

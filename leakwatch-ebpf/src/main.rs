@@ -1,12 +1,23 @@
-//! leakwatch kernel programs. One module per hook family; maps shared between them live in
-//! `maps`. Built for `bpfel-unknown-none` by `cargo xtask build-ebpf`.
+//! leakwatch kernel programs, one module per hook family (exec, write with its `payload`
+//! copy, connect, floor) over shared pieces: `header` (who made the call), `maps` (ring +
+//! per-probe counters), `frozen` (credential hash + kill), `scope` (whose writes are
+//! copied), `task`/`fdinfo`/`sockaddr` (kernel and user structs; kernel offsets come from
+//! BTF via loader-set globals). Built for `bpfel-unknown-none` by `cargo xtask build-ebpf`.
 #![no_std]
 #![no_main]
 
-mod enforce;
+mod connect;
 mod exec;
+mod fdinfo;
+mod floor;
+mod frozen;
+mod header;
 mod maps;
+mod payload;
+mod scope;
+mod sockaddr;
 mod task;
+mod write;
 
 #[cfg(not(test))]
 #[panic_handler]

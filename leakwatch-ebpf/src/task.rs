@@ -6,22 +6,69 @@ use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 static OFF_TASK_REAL_PARENT: u64 = 0;
 #[unsafe(no_mangle)]
 static OFF_TASK_TGID: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_TASK_GROUP_LEADER: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_TASK_COMM: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_TASK_FILES: u64 = 0;
+
+/// Reads a loader-set global (volatile: the compiler must not fold the 0 initialiser).
+#[inline(always)]
+pub fn global(g: &'static u64) -> u64 {
+    // SAFETY: plain integer global.
+    unsafe { core::ptr::read_volatile(g) }
+}
+
+/// Reads a `T` at a kernel address; 0 / default on failure.
+#[inline(always)]
+pub fn kread<T: Copy + Default>(addr: u64) -> T {
+    // SAFETY: the helper checks the address.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.unwrap_or_default()
+}
+
+#[inline(always)]
+fn current() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_get_current_task() }
+}
 
 /// Thread-group id of the current task's parent, or 0 when the offsets are unknown.
 #[inline(always)]
 pub fn ppid() -> u32 {
-    // SAFETY: globals are plain integers set at load time; reads are checked by the helper.
-    unsafe {
-        let off_parent = core::ptr::read_volatile(&OFF_TASK_REAL_PARENT);
-        let off_tgid = core::ptr::read_volatile(&OFF_TASK_TGID);
-        if off_parent == 0 || off_tgid == 0 {
-            return 0;
-        }
-        let task = bpf_get_current_task();
-        let parent: u64 = match bpf_probe_read_kernel((task + off_parent) as *const u64) {
-            Ok(p) => p,
-            Err(_) => return 0,
-        };
-        bpf_probe_read_kernel((parent + off_tgid) as *const u32).unwrap_or(0)
+    let (off_parent, off_tgid) = (global(&OFF_TASK_REAL_PARENT), global(&OFF_TASK_TGID));
+    if off_parent == 0 || off_tgid == 0 {
+        return 0;
     }
+    let parent: u64 = kread(current() + off_parent);
+    if parent == 0 {
+        return 0;
+    }
+    kread(parent + off_tgid)
+}
+
+/// `comm` of the thread-group leader (threads rename themselves; the process name is the
+/// leader's). `None` when the offsets are unknown.
+#[inline(always)]
+pub fn leader_comm() -> Option<[u8; 16]> {
+    let (off_leader, off_comm) = (global(&OFF_TASK_GROUP_LEADER), global(&OFF_TASK_COMM));
+    if off_leader == 0 || off_comm == 0 {
+        return None;
+    }
+    let leader: u64 = kread(current() + off_leader);
+    if leader == 0 {
+        return None;
+    }
+    // SAFETY: the helper checks the address.
+    unsafe { bpf_probe_read_kernel((leader + off_comm) as *const [u8; 16]) }.ok()
+}
+
+/// `current->files`, or 0.
+#[inline(always)]
+pub fn files() -> u64 {
+    let off = global(&OFF_TASK_FILES);
+    if off == 0 {
+        return 0;
+    }
+    kread(current() + off)
 }

@@ -1,20 +1,16 @@
 //! Struct member offsets from kernel BTF (/sys/kernel/btf/vmlinux). The kernel programs are
-//! Rust without CO-RE relocations, so the loader looks up the few `task_struct` offsets they
-//! need and passes them in as globals. Hand-written because aya-obj keeps its BTF type
-//! accessors crate-private; the format walk is ~60 lines.
+//! Rust without CO-RE relocations, so the loader looks up the offsets they need and passes
+//! them in as globals. Hand-written because aya-obj keeps its BTF type accessors
+//! crate-private; the format walk is short.
 use anyhow::{bail, Context, Result};
 
 const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
 
-/// Byte offset of `member` in struct `name`, searching anonymous struct/union members too.
-pub fn member_offset(btf: &[u8], name: &str, member: &str) -> Result<u32> {
-    let types = parse(btf)?;
-    let sid = types
-        .iter()
-        .position(|t| t.kind == 4 && t.name == name)
-        .with_context(|| format!("struct {name} not found in kernel BTF"))?;
-    find_member(&types, sid, member, 0)
-        .with_context(|| format!("member {name}.{member} not found in kernel BTF"))
+/// Parsed type table of one BTF blob.
+pub struct Btf {
+    types: Vec<Type>,
 }
 
 struct Type {
@@ -22,29 +18,69 @@ struct Type {
     name: String,
     /// (name, type id, bit offset) for struct/union members.
     members: Vec<(String, u32, u32)>,
-    /// Referenced type for typedef/const/volatile.
+    /// Referenced type for typedef/const/volatile/restrict/type_tag.
     refers: u32,
 }
 
-fn find_member(types: &[Type], idx: usize, member: &str, base_bits: u32) -> Option<u32> {
-    for (mname, tid, bits) in &types[idx].members {
-        if mname == member {
-            return Some((base_bits + bits) / 8);
-        }
-        if mname.is_empty() {
-            // Anonymous struct/union: look inside (type ids are 1-based; index 0 is void).
-            let mut t = *tid as usize;
-            while t > 0 && t <= types.len() && matches!(types[t - 1].kind, 8..=11) {
-                t = types[t - 1].refers as usize;
+impl Btf {
+    pub fn parse(b: &[u8]) -> Result<Btf> {
+        Ok(Btf { types: parse(b)? })
+    }
+
+    /// Byte offset of a member path (`"f_path.dentry"`, `"__sk_common.skc_dport"`) in struct
+    /// `name`, looking through anonymous struct/union members.
+    pub fn offset(&self, name: &str, path: &str) -> Result<u64> {
+        let mut idx = self
+            .types
+            .iter()
+            .position(|t| t.kind == KIND_STRUCT && t.name == name && !t.members.is_empty())
+            .with_context(|| format!("struct {name} not found in kernel BTF"))?;
+        let mut total = 0u64;
+        let mut parts = path.split('.').peekable();
+        while let Some(member) = parts.next() {
+            let (bits, tid) = self
+                .find_member(idx, member, 0)
+                .with_context(|| format!("member {name}.{path} not found in kernel BTF"))?;
+            total += u64::from(bits / 8);
+            if parts.peek().is_some() {
+                idx = self
+                    .composite(tid)
+                    .with_context(|| format!("{name}.{path}: {member} is not a struct"))?;
             }
-            if t > 0 && t <= types.len() && matches!(types[t - 1].kind, 4 | 5) {
-                if let Some(off) = find_member(types, t - 1, member, base_bits + bits) {
-                    return Some(off);
+        }
+        Ok(total)
+    }
+
+    /// Index of the struct/union a type id names, through typedefs and qualifiers.
+    fn composite(&self, mut tid: u32) -> Option<usize> {
+        // Type ids are 1-based; index 0 is void.
+        while tid > 0 && (tid as usize) <= self.types.len() {
+            let t = &self.types[tid as usize - 1];
+            match t.kind {
+                KIND_STRUCT | KIND_UNION => return Some(tid as usize - 1),
+                8..=11 | 18 => tid = t.refers,
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// (bit offset, type id) of `member`, searching anonymous members recursively.
+    fn find_member(&self, idx: usize, member: &str, base_bits: u32) -> Option<(u32, u32)> {
+        for (mname, tid, bits) in &self.types[idx].members {
+            if mname == member {
+                return Some((base_bits + bits, *tid));
+            }
+            if mname.is_empty() {
+                if let Some(inner) = self.composite(*tid) {
+                    if let Some(hit) = self.find_member(inner, member, base_bits + bits) {
+                        return Some(hit);
+                    }
                 }
             }
         }
+        None
     }
-    None
 }
 
 fn parse(b: &[u8]) -> Result<Vec<Type>> {
@@ -62,7 +98,7 @@ fn parse(b: &[u8]) -> Result<Vec<Type>> {
     let types_start = hdr_len + type_off;
     let strs = hdr_len + str_off;
     let name_at = |off: u32| -> String {
-        let s = strs + off as usize;
+        let s = (strs + off as usize).min(b.len());
         let e = b[s..]
             .iter()
             .position(|&c| c == 0)
@@ -79,14 +115,15 @@ fn parse(b: &[u8]) -> Result<Vec<Type>> {
         p += 12;
         let mut t = Type {
             kind,
-            name: name_at(name_off),
+            name: String::new(),
             members: Vec::new(),
             refers: size_type,
         };
         p += match kind {
             1 | 14 | 17 => 4, // int, var, decl_tag
             3 => 12,          // array
-            4 | 5 => {
+            KIND_STRUCT | KIND_UNION => {
+                t.name = name_at(name_off);
                 for i in 0..vlen {
                     let m = p + i * 12;
                     let off = u32_at(m + 8)?;
@@ -108,9 +145,6 @@ fn parse(b: &[u8]) -> Result<Vec<Type>> {
 mod tests {
     #[test]
     fn rejects_non_btf() {
-        assert!(
-            super::member_offset(b"definitely not btf data here....", "task_struct", "tgid")
-                .is_err()
-        );
+        assert!(super::Btf::parse(b"definitely not btf data here....").is_err());
     }
 }

@@ -15,25 +15,155 @@ use leakwatch_common::*;
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakwatch.bpf.o"));
 
-/// (program, tracepoint category, tracepoint name)
-const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("sys_enter_execve", "syscalls", "sys_enter_execve"),
-    ("sys_enter_execveat", "syscalls", "sys_enter_execveat"),
+/// (program, tracepoint category, tracepoint name, what it is for)
+const TRACEPOINTS: &[(&str, &str, &str, &str)] = &[
+    ("sys_enter_execve", "syscalls", "sys_enter_execve", "execs"),
+    (
+        "sys_enter_execveat",
+        "syscalls",
+        "sys_enter_execveat",
+        "execs",
+    ),
+    ("sys_enter_write", "syscalls", "sys_enter_write", "writes"),
+    ("sys_enter_writev", "syscalls", "sys_enter_writev", "writes"),
+    (
+        "sys_enter_pwrite64",
+        "syscalls",
+        "sys_enter_pwrite64",
+        "writes",
+    ),
+    (
+        "sys_enter_pwritev",
+        "syscalls",
+        "sys_enter_pwritev",
+        "writes",
+    ),
+    (
+        "sys_enter_pwritev2",
+        "syscalls",
+        "sys_enter_pwritev2",
+        "writes",
+    ),
+    (
+        "sys_enter_sendto",
+        "syscalls",
+        "sys_enter_sendto",
+        "socket sends",
+    ),
+    (
+        "sys_enter_sendmsg",
+        "syscalls",
+        "sys_enter_sendmsg",
+        "socket sends",
+    ),
+    (
+        "sys_enter_sendmmsg",
+        "syscalls",
+        "sys_enter_sendmmsg",
+        "socket sends",
+    ),
+    (
+        "sys_enter_connect",
+        "syscalls",
+        "sys_enter_connect",
+        "connects",
+    ),
+    (
+        "sched_process_exec",
+        "sched",
+        "sched_process_exec",
+        "the write scope",
+    ),
+    (
+        "sched_process_exit",
+        "sched",
+        "sched_process_exit",
+        "the write scope",
+    ),
 ];
+
+/// (global, struct, member path, required): the kernel struct offsets the programs use.
+/// Optional ones stay 0 (the feature degrades: e.g. no IPv6 peer address).
+const OFFSETS: &[(&str, &str, &str, bool)] = &[
+    ("OFF_TASK_REAL_PARENT", "task_struct", "real_parent", true),
+    ("OFF_TASK_TGID", "task_struct", "tgid", true),
+    ("OFF_TASK_GROUP_LEADER", "task_struct", "group_leader", true),
+    ("OFF_TASK_COMM", "task_struct", "comm", true),
+    ("OFF_TASK_FILES", "task_struct", "files", true),
+    ("OFF_FILES_FDT", "files_struct", "fdt", true),
+    ("OFF_FDT_MAX_FDS", "fdtable", "max_fds", true),
+    ("OFF_FDT_FD", "fdtable", "fd", true),
+    ("OFF_FILE_INODE", "file", "f_inode", true),
+    ("OFF_FILE_DENTRY", "file", "f_path.dentry", true),
+    ("OFF_FILE_MNT", "file", "f_path.mnt", true),
+    ("OFF_FILE_PRIVATE", "file", "private_data", true),
+    ("OFF_INODE_INO", "inode", "i_ino", true),
+    ("OFF_INODE_MODE", "inode", "i_mode", true),
+    ("OFF_INODE_SB", "inode", "i_sb", true),
+    ("OFF_SB_DEV", "super_block", "s_dev", true),
+    ("OFF_DENTRY_PARENT", "dentry", "d_parent", true),
+    ("OFF_DENTRY_NAME", "dentry", "d_name.name", true),
+    ("OFF_DENTRY_NAME_LEN", "dentry", "d_name.len", true),
+    ("OFF_MOUNT_MNT", "mount", "mnt", true),
+    ("OFF_MOUNT_PARENT", "mount", "mnt_parent", true),
+    ("OFF_MOUNT_MOUNTPOINT", "mount", "mnt_mountpoint", true),
+    ("OFF_VFSMOUNT_ROOT", "vfsmount", "mnt_root", true),
+    ("OFF_SOCKET_SK", "socket", "sk", true),
+    ("OFF_SK_FAMILY", "sock", "__sk_common.skc_family", true),
+    ("OFF_SK_DADDR", "sock", "__sk_common.skc_daddr", true),
+    ("OFF_SK_DPORT", "sock", "__sk_common.skc_dport", true),
+    ("OFF_SK_NUM", "sock", "__sk_common.skc_num", true),
+    ("OFF_SK_V6_DADDR", "sock", "__sk_common.skc_v6_daddr", false),
+];
+
+/// Per-CPU scratch arrays (indexed by CPU id): sized to the number of possible CPUs.
+const PER_CPU_ARRAYS: &[&str] = &["EXEC_SCRATCH", "WRITE_SCRATCH"];
+
+pub struct LoadOptions {
+    /// Seed of the frozen-credential hash (the daemon hashes with the same seed).
+    pub hash_seed: u64,
+    /// The daemon's own tgid: never captured (its writes would feed back).
+    pub own_tgid: u32,
+}
+
+/// Whose write payloads the kernel copies. A process is in scope if it matches any enabled
+/// list; with none enabled, every process but the daemon is.
+#[derive(Clone, Debug, Default)]
+pub struct KernelScope {
+    /// cgroup v2 ids (inode numbers of the cgroup directories); ancestors match too.
+    pub cgroup_ids: Vec<u64>,
+    pub uids: Vec<u32>,
+    /// Process names (`comm` of the thread-group leader, at most 15 bytes).
+    pub comms: Vec<String>,
+    pub use_cgroups: bool,
+    pub use_uids: bool,
+    pub use_comms: bool,
+    /// Per-call capture cap in bytes (0 = `WRITE_CAPTURE_DEFAULT`; clamped to
+    /// `WRITE_DATA_MAX`).
+    pub capture_max: u32,
+}
+
+/// Kernel counters of one probe, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeStats {
+    pub events: u64,
+    pub lost: u64,
+    pub skipped: u64,
+    pub truncated: u64,
+    pub bytes_dropped: u64,
+    pub kills: u64,
+}
+
+/// Counters of every probe, indexed by `PROBE_*`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    pub per: [ProbeStats; PROBE_COUNT as usize],
+}
 
 pub struct Probes {
     ebpf: Ebpf,
+    /// `category:name` of every attached tracepoint.
     pub attached: Vec<String>,
-}
-
-/// Kernel counters summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelStats {
-    pub exec_events: u64,
-    pub lost_execve: u64,
-    pub lost_execveat: u64,
-    pub enforce_kills: u64,
-    pub enforce_lost: u64,
 }
 
 /// Checks what loading needs before trying, so the error names the real cause.
@@ -45,21 +175,25 @@ pub fn preflight() -> Result<()> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         bail!("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing); leakwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y");
     }
-    if tracefs_root().is_none() {
-        mount_tracefs();
-    }
-    let tracefs = tracefs_root().ok_or_else(|| {
-        anyhow!("tracefs is not mounted; mount it with `mount -t tracefs nodev /sys/kernel/tracing` and start leakwatch again")
-    })?;
-    for (_, cat, name) in TRACEPOINTS {
+    let tracefs = tracefs()?;
+    for (_, cat, name, what) in TRACEPOINTS {
         if !tracefs.join("events").join(cat).join(name).exists() {
-            bail!("tracepoint {cat}:{name} is missing from this kernel (needs CONFIG_FTRACE_SYSCALLS=y); leakwatch cannot watch execs without it");
+            bail!("tracepoint {cat}:{name} is missing from this kernel (needs CONFIG_FTRACE_SYSCALLS=y); leakwatch cannot watch {what} without it");
         }
     }
     Ok(())
 }
 
-/// Tracepoint ids are read from tracefs; mount it where systemd would, if nobody has.
+/// tracefs root, mounting it where systemd would if nobody has (tracepoint ids live there).
+fn tracefs() -> Result<&'static Path> {
+    if tracefs_root().is_none() {
+        mount_tracefs();
+    }
+    tracefs_root().ok_or_else(|| {
+        anyhow!("tracefs is not mounted; mount it with `mount -t tracefs nodev /sys/kernel/tracing` and start leakwatch again")
+    })
+}
+
 fn mount_tracefs() {
     let target = c"/sys/kernel/tracing";
     // SAFETY: constant NUL-terminated strings; mount(2) has no memory preconditions.
@@ -84,68 +218,96 @@ fn tracefs_root() -> Option<&'static Path> {
         .find(|p| p.join("events").exists())
 }
 
+fn nr_cpus() -> Result<u32> {
+    Ok(aya::util::nr_cpus().map_err(|(what, e)| anyhow!("reading {what}: {e}"))? as u32)
+}
+
 impl Probes {
-    /// Loads the object with this host's `task_struct` offsets and hash seed, and attaches
-    /// every tracepoint.
-    pub fn load(hash_seed: u64) -> Result<Probes> {
+    /// Loads the object with this host's kernel struct offsets, hash seed and own tgid, and
+    /// attaches every tracepoint.
+    pub fn load(o: &LoadOptions) -> Result<Probes> {
         let vmlinux =
             std::fs::read("/sys/kernel/btf/vmlinux").context("reading /sys/kernel/btf/vmlinux")?;
-        let off_parent = btf::member_offset(&vmlinux, "task_struct", "real_parent")? as u64;
-        let off_tgid = btf::member_offset(&vmlinux, "task_struct", "tgid")? as u64;
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("reading {what}: {e}"))? as u32;
-        let mut ebpf = EbpfLoader::new()
-            .override_global("OFF_TASK_REAL_PARENT", &off_parent, true)
-            .override_global("OFF_TASK_TGID", &off_tgid, true)
-            .override_global("HASH_SEED", &hash_seed, true)
-            .map_max_entries("SCRATCH", cpus)
-            .load(OBJECT)
-            .map_err(explain_load)?;
+        let btf = btf::Btf::parse(&vmlinux).context("parsing /sys/kernel/btf/vmlinux")?;
+        let mut offsets = Vec::with_capacity(OFFSETS.len());
+        for (global, st, path, required) in OFFSETS {
+            match btf.offset(st, path) {
+                Ok(v) => offsets.push((*global, v)),
+                Err(e) if *required => {
+                    return Err(e.context(format!(
+                        "this kernel's BTF lacks a struct member leakwatch reads ({st}.{path})"
+                    )))
+                }
+                Err(e) => {
+                    log::info!("{e:#}; that detail will be missing from records");
+                    offsets.push((*global, 0));
+                }
+            }
+        }
+        let cpus = nr_cpus()?;
+        let mut loader = EbpfLoader::new();
+        for (global, v) in &offsets {
+            loader.override_global(global, v, true);
+        }
+        loader
+            .override_global("HASH_SEED", &o.hash_seed, true)
+            .override_global("OWN_TGID", &o.own_tgid, true);
+        for m in PER_CPU_ARRAYS {
+            loader.map_max_entries(m, cpus);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(explain_load)?;
         let mut attached = Vec::new();
-        for (prog, cat, name) in TRACEPOINTS {
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .with_context(|| format!("program {prog} missing from the embedded object; rebuild with `cargo xtask build`"))?
-                .try_into()?;
-            p.load().map_err(|e| explain_prog(prog, e))?;
-            p.attach(cat, name).map_err(|e| {
-                anyhow!("attaching {prog} to tracepoint {cat}:{name} failed: {e}; check that tracefs is mounted and the tracepoint exists")
-            })?;
+        for (prog, cat, name, _) in TRACEPOINTS {
+            attach(&mut ebpf, prog, cat, name)?;
             attached.push(format!("{cat}:{name}"));
         }
         Ok(Probes { ebpf, attached })
     }
 
-    /// The event ring buffer (taken once, by the reader task).
+    /// The event ring buffer: exec, kill notices, connects (taken once, by the reader).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The write-family ring buffer (taken once, by the reader).
+    pub fn take_writes(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("WRITES").context("WRITES map missing")?;
         Ok(RingBuf::try_from(map)?)
     }
 
     pub fn stats(&self) -> Result<KernelStats> {
         let map =
             PerCpuArray::<_, u64>::try_from(self.ebpf.map("STATS").context("STATS map missing")?)?;
-        let sum = |slot: u32| -> Result<u64> { Ok(map.get(&slot, 0)?.iter().sum()) };
-        Ok(KernelStats {
-            exec_events: sum(STAT_EXEC_EVENTS)?,
-            lost_execve: sum(STAT_EXEC_LOST_EXECVE)?,
-            lost_execveat: sum(STAT_EXEC_LOST_EXECVEAT)?,
-            enforce_kills: sum(STAT_ENFORCE_KILLS)?,
-            enforce_lost: sum(STAT_ENFORCE_LOST)?,
-        })
+        let sum =
+            |p: u32, s: u32| -> Result<u64> { Ok(map.get(&stat_slot(p, s), 0)?.iter().sum()) };
+        let mut out = KernelStats::default();
+        for (p, st) in out.per.iter_mut().enumerate() {
+            let p = p as u32;
+            *st = ProbeStats {
+                events: sum(p, STAT_EVENTS)?,
+                lost: sum(p, STAT_LOST)?,
+                skipped: sum(p, STAT_SKIPPED)?,
+                truncated: sum(p, STAT_TRUNCATED)?,
+                bytes_dropped: sum(p, STAT_BYTES_DROPPED)?,
+                kills: sum(p, STAT_KILLS)?,
+            };
+        }
+        Ok(out)
     }
 
     /// Replaces the kernel's frozen set with these (hash, length) pairs.
     pub fn set_frozen(&mut self, entries: &[(u64, u32)]) -> Result<()> {
         let mut map: HashMap<_, u64, u32> =
             HashMap::try_from(self.ebpf.map_mut("FROZEN").context("FROZEN map missing")?)?;
+        for (h, len) in entries {
+            map.insert(h, len, 0)?;
+        }
         let old: Vec<u64> = map.keys().filter_map(|k| k.ok()).collect();
         for k in old {
             if !entries.iter().any(|(h, _)| *h == k) {
                 map.remove(&k)?;
             }
-        }
-        for (h, len) in entries {
-            map.insert(h, len, 0)?;
         }
         let mut on: Array<_, u32> = Array::try_from(
             self.ebpf
@@ -154,6 +316,159 @@ impl Probes {
         )?;
         on.set(0, u32::from(!entries.is_empty()), 0)?;
         Ok(())
+    }
+
+    /// Replaces the scope lists and config, then drops every cached verdict. New entries go
+    /// in before stale ones leave, so a process in both the old and new scope never drops out.
+    /// Blocks ~2 ms (see below).
+    pub fn set_scope(&mut self, s: &KernelScope) -> Result<()> {
+        let comms: Vec<[u8; 16]> = s.comms.iter().map(|c| comm_key(c)).collect();
+        replace_set::<u64>(&mut self.ebpf, "SCOPE_CGROUPS", &s.cgroup_ids)?;
+        replace_set::<u32>(&mut self.ebpf, "SCOPE_UIDS", &s.uids)?;
+        replace_set::<[u8; 16]>(&mut self.ebpf, "SCOPE_COMMS", &comms)?;
+        let cfg = ScopeConfig {
+            cgroups: u32::from(s.use_cgroups),
+            uids: u32::from(s.use_uids),
+            comms: u32::from(s.use_comms),
+            capture_max: s.capture_max.min(WRITE_DATA_MAX as u32),
+        };
+        let mut map: Array<_, PodScope> = Array::try_from(
+            self.ebpf
+                .map_mut("SCOPE_CFG")
+                .context("SCOPE_CFG map missing")?,
+        )?;
+        map.set(0, PodScope(cfg), 0)?;
+        // A program that read the old lists may still be about to cache its verdict; they
+        // run for microseconds, so clear after they are done.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let mut verdicts: HashMap<_, u32, u8> = HashMap::try_from(
+            self.ebpf
+                .map_mut("SCOPE_VERDICT")
+                .context("SCOPE_VERDICT map missing")?,
+        )?;
+        let keys: Vec<u32> = verdicts.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            // Already gone (the process exited) is fine.
+            let _ = verdicts.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// For aya-log, which reads the kernel programs' log map.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// (program, instructions the verifier processed) for every loaded program.
+    pub fn verifier_counts(&self) -> Vec<(String, u32)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let n = p.info().ok()?.verified_instruction_count()?;
+                Some((name.to_string(), n))
+            })
+            .collect()
+    }
+}
+
+/// `ScopeConfig` as an aya `Pod` (the common crate stays free of aya).
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct PodScope(ScopeConfig);
+// SAFETY: #[repr(C)] struct of u32s.
+unsafe impl aya::Pod for PodScope {}
+
+/// `comm` as the kernel stores it: at most 15 bytes, NUL-padded.
+fn comm_key(c: &str) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    let b = c.as_bytes();
+    let n = b.len().min(15);
+    k[..n].copy_from_slice(&b[..n]);
+    k
+}
+
+/// Makes the hash map `name` hold exactly `keys` (value 1).
+fn replace_set<K: aya::Pod + PartialEq>(ebpf: &mut Ebpf, name: &str, keys: &[K]) -> Result<()> {
+    let mut map: HashMap<_, K, u8> = HashMap::try_from(
+        ebpf.map_mut(name)
+            .with_context(|| format!("{name} map missing"))?,
+    )?;
+    for k in keys {
+        map.insert(k, 1, 0)
+            .with_context(|| format!("adding to {name} (is the list longer than the map?)"))?;
+    }
+    let old: Vec<K> = map.keys().filter_map(|k| k.ok()).collect();
+    for k in old {
+        if !keys.contains(&k) {
+            map.remove(&k)?;
+        }
+    }
+    Ok(())
+}
+
+fn attach(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Result<()> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| {
+            format!(
+                "program {prog} missing from the embedded object; rebuild with `cargo xtask build`"
+            )
+        })?
+        .try_into()?;
+    p.load().map_err(|e| explain_prog(prog, e))?;
+    attach_loaded(p, prog, cat, name)
+}
+
+fn attach_loaded(p: &mut TracePoint, prog: &str, cat: &str, name: &str) -> Result<()> {
+    p.attach(cat, name).map_err(|e| {
+        anyhow!("attaching {prog} to tracepoint {cat}:{name} failed: {e}; check that tracefs is mounted and the tracepoint exists")
+    })?;
+    Ok(())
+}
+
+/// Bare counter programs on `syscalls:<name>` tracepoints: the cheapest possible probe, for
+/// benchmarks. Detached when dropped.
+pub struct Floor {
+    ebpf: Ebpf,
+}
+
+/// Loads the object's `floor` program (with minimal maps) and attaches it to each
+/// `syscalls:<name>` tracepoint.
+pub fn load_floor(tracepoints: &[&str]) -> Result<Floor> {
+    tracefs()?;
+    // A page-sized ring: the floor never emits, and its maps should cost nothing.
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries("EVENTS", 4096)
+        .map_max_entries("WRITES", 4096)
+        .load(OBJECT)
+        .map_err(explain_load)?;
+    let p: &mut TracePoint = ebpf
+        .program_mut("floor")
+        .context(
+            "program floor missing from the embedded object; rebuild with `cargo xtask build`",
+        )?
+        .try_into()?;
+    p.load().map_err(|e| explain_prog("floor", e))?;
+    for name in tracepoints {
+        attach_loaded(p, "floor", "syscalls", name)?;
+    }
+    Ok(Floor { ebpf })
+}
+
+impl Floor {
+    /// Calls counted so far, over all CPUs and tracepoints.
+    pub fn calls(&self) -> Result<u64> {
+        let map = PerCpuArray::<_, u64>::try_from(
+            self.ebpf
+                .map("FLOOR_CALLS")
+                .context("FLOOR_CALLS map missing")?,
+        )?;
+        Ok(map.get(&0, 0)?.iter().sum())
+    }
+
+    /// The loaded object (program info, for run-time statistics).
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
     }
 }
 
@@ -189,11 +504,4 @@ fn explain_prog(prog: &str, e: aya::programs::ProgramError) -> anyhow::Error {
         );
     }
     anyhow!("loading the {prog} eBPF program failed: {e}")
-}
-
-impl Probes {
-    /// For aya-log, which reads the kernel programs' log map.
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
 }

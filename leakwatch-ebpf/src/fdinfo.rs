@@ -1,0 +1,244 @@
+//! What an fd of the current task refers to: `files->fdt->fd[fd]` -> `struct file` ->
+//! identity (`FileId`), path (dentry walk across mounts, leaf first) and, for sockets, the
+//! remote end. Offsets come from kernel BTF through loader-set globals; 0 = unknown.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::generated::{bpf_loop, bpf_probe_read_kernel_str},
+    macros::map,
+    maps::PerCpuArray,
+};
+use leakwatch_common::*;
+
+use crate::task::{self, global, kread};
+
+macro_rules! offsets {
+    ($($name:ident),*) => {$(
+        #[unsafe(no_mangle)]
+        static $name: u64 = 0;
+    )*};
+}
+offsets!(
+    OFF_FILES_FDT,
+    OFF_FDT_MAX_FDS,
+    OFF_FDT_FD,
+    OFF_FILE_INODE,
+    OFF_FILE_DENTRY,
+    OFF_FILE_MNT,
+    OFF_FILE_PRIVATE,
+    OFF_INODE_INO,
+    OFF_INODE_MODE,
+    OFF_INODE_SB,
+    OFF_SB_DEV,
+    OFF_DENTRY_PARENT,
+    OFF_DENTRY_NAME,
+    OFF_DENTRY_NAME_LEN,
+    OFF_MOUNT_MNT,
+    OFF_MOUNT_PARENT,
+    OFF_MOUNT_MOUNTPOINT,
+    OFF_VFSMOUNT_ROOT,
+    OFF_SOCKET_SK,
+    OFF_SK_FAMILY,
+    OFF_SK_DADDR,
+    OFF_SK_DPORT,
+    OFF_SK_NUM,
+    OFF_SK_V6_DADDR
+);
+
+pub const S_IFMT: u32 = 0o170000;
+pub const S_IFSOCK: u32 = 0o140000;
+
+/// An open file as the write probes need it.
+pub struct Open {
+    pub id: FileId,
+    pub dentry: u64,
+    /// `struct vfsmount *` of the file's path.
+    pub mnt: u64,
+    pub private_data: u64,
+}
+
+/// Resolves `fd` of the current task; `None` if it is not open or offsets are unknown.
+#[inline(always)]
+pub fn resolve(fd: u32) -> Option<Open> {
+    let files = task::files();
+    if files == 0 || global(&OFF_FILE_INODE) == 0 {
+        return None;
+    }
+    let fdt: u64 = kread(files + global(&OFF_FILES_FDT));
+    if fdt == 0 {
+        return None;
+    }
+    let max: u32 = kread(fdt + global(&OFF_FDT_MAX_FDS));
+    if fd >= max {
+        return None;
+    }
+    let arr: u64 = kread(fdt + global(&OFF_FDT_FD));
+    let file: u64 = if arr == 0 {
+        0
+    } else {
+        kread(arr + fd as u64 * 8)
+    };
+    if file == 0 {
+        return None;
+    }
+    let inode: u64 = kread(file + global(&OFF_FILE_INODE));
+    let mut id = FileId {
+        file,
+        ..Default::default()
+    };
+    if inode != 0 {
+        id.ino = kread(inode + global(&OFF_INODE_INO));
+        id.mode = kread::<u16>(inode + global(&OFF_INODE_MODE)) as u32;
+        let sb: u64 = kread(inode + global(&OFF_INODE_SB));
+        if sb != 0 {
+            id.dev = kread(sb + global(&OFF_SB_DEV));
+        }
+    }
+    Some(Open {
+        id,
+        dentry: kread(file + global(&OFF_FILE_DENTRY)),
+        mnt: kread(file + global(&OFF_FILE_MNT)),
+        private_data: kread(file + global(&OFF_FILE_PRIVATE)),
+    })
+}
+
+/// Remote end of a socket file (`private_data` is its `struct socket`).
+#[inline(always)]
+pub fn sock_peer(private_data: u64) -> Option<Peer> {
+    if private_data == 0 || global(&OFF_SOCKET_SK) == 0 {
+        return None;
+    }
+    let sk: u64 = kread(private_data + global(&OFF_SOCKET_SK));
+    if sk == 0 {
+        return None;
+    }
+    let mut p = Peer {
+        family: kread(sk + global(&OFF_SK_FAMILY)),
+        ..Default::default()
+    };
+    match p.family {
+        AF_INET | AF_INET6 => {
+            p.port = u16::from_be(kread(sk + global(&OFF_SK_DPORT)));
+            p.lport = kread(sk + global(&OFF_SK_NUM));
+            if p.family == AF_INET {
+                let a: [u8; 4] = kread(sk + global(&OFF_SK_DADDR));
+                p.addr[..4].copy_from_slice(&a);
+            } else if global(&OFF_SK_V6_DADDR) != 0 {
+                p.addr = kread(sk + global(&OFF_SK_V6_DADDR));
+            }
+        }
+        AF_UNIX => {}
+        _ => return None,
+    }
+    Some(p)
+}
+
+/// Path walk: state + the components, leaf first. Per-CPU; `PATH_SLACK` lets each component
+/// read use a constant size at a bounded offset.
+#[repr(C)]
+pub struct PathBuf {
+    dentry: u64,
+    /// `struct mount *` (not vfsmount).
+    mount: u64,
+    off: u64,
+    depth: u64,
+    done: u64,
+    partial: u64,
+    pub buf: [u8; WRITE_PATH_MAX + PATH_SLACK],
+}
+
+const PATH_SLACK: usize = 256;
+
+#[map]
+static PATH: PerCpuArray<PathBuf> = PerCpuArray::with_max_entries(1, 0);
+
+/// Walks `dentry`'s names up to the root of the task's mount tree. Returns the buffer and
+/// its length and whether it was cut (depth or byte limit).
+#[inline(always)]
+pub fn path(o: &Open) -> Option<(*const u8, u32, bool)> {
+    let p = PATH.get_ptr_mut(0)?;
+    let off_mnt = global(&OFF_MOUNT_MNT);
+    if o.dentry == 0 || o.mnt == 0 || global(&OFF_DENTRY_PARENT) == 0 {
+        return None;
+    }
+    // SAFETY: this CPU's value.
+    let s = unsafe { &mut *p };
+    s.dentry = o.dentry;
+    // vfsmount is embedded in struct mount: container_of.
+    s.mount = o.mnt - off_mnt;
+    s.off = 0;
+    s.depth = 0;
+    s.done = 0;
+    s.partial = 0;
+    // Crossing a mount takes a step without a component: allow twice the depth.
+    // SAFETY: static callback that ignores its context.
+    unsafe {
+        bpf_loop(
+            WRITE_PATH_DEPTH * 2,
+            path_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    // SAFETY: as above.
+    let s = unsafe { &*p };
+    let len = if s.off > WRITE_PATH_MAX as u64 {
+        WRITE_PATH_MAX as u64
+    } else {
+        s.off
+    };
+    Some((s.buf.as_ptr(), len as u32, s.done == 0 || s.partial != 0))
+}
+
+#[inline(never)]
+unsafe extern "C" fn path_step(_i: u32, _ctx: *mut c_void) -> i64 {
+    let Some(p) = PATH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's value.
+    let s = unsafe { &mut *p };
+    let vfs = s.mount + global(&OFF_MOUNT_MNT);
+    let root: u64 = kread(vfs + global(&OFF_VFSMOUNT_ROOT));
+    let parent: u64 = kread(s.dentry + global(&OFF_DENTRY_PARENT));
+    if s.dentry == root || s.dentry == parent || parent == 0 {
+        let up: u64 = kread(s.mount + global(&OFF_MOUNT_PARENT));
+        if up == s.mount || up == 0 {
+            s.done = 1;
+            return 1;
+        }
+        // Continue from the mountpoint, in the parent mount.
+        s.dentry = kread(s.mount + global(&OFF_MOUNT_MOUNTPOINT));
+        s.mount = up;
+        return 0;
+    }
+    if s.depth >= WRITE_PATH_DEPTH as u64 {
+        s.partial = 1;
+        return 1;
+    }
+    let name: u64 = kread(s.dentry + global(&OFF_DENTRY_NAME));
+    let len: u32 = kread(s.dentry + global(&OFF_DENTRY_NAME_LEN));
+    if s.off + len as u64 + 1 > WRITE_PATH_MAX as u64 {
+        s.partial = 1;
+        return 1;
+    }
+    let at = s.off;
+    if at >= WRITE_PATH_MAX as u64 {
+        return 1;
+    }
+    // SAFETY: at < WRITE_PATH_MAX and the buffer has PATH_SLACK bytes after it.
+    let n = unsafe {
+        bpf_probe_read_kernel_str(
+            s.buf.as_mut_ptr().add(at as usize) as *mut c_void,
+            PATH_SLACK as u32,
+            name as *const c_void,
+        )
+    };
+    if n <= 0 {
+        s.partial = 1;
+        return 1;
+    }
+    s.off += n as u64;
+    s.depth += 1;
+    s.dentry = parent;
+    0
+}

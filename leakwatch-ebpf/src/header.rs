@@ -1,0 +1,27 @@
+//! The common header of every record: who made the call. One helper for every family.
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+    bpf_get_current_uid_gid, bpf_ktime_get_ns,
+};
+use leakwatch_common::EventHeader;
+
+use crate::task;
+
+/// Fills `h` for the current task; `flags` starts at 0.
+#[inline(always)]
+pub fn fill(h: &mut EventHeader, kind: u32, probe: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    h.kind = kind;
+    h.probe = probe;
+    h.pid = pid_tgid as u32;
+    h.tgid = (pid_tgid >> 32) as u32;
+    h.ppid = task::ppid();
+    h.uid = uid_gid as u32;
+    h.gid = (uid_gid >> 32) as u32;
+    h.flags = 0;
+    // SAFETY: helpers without preconditions.
+    h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    h.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}

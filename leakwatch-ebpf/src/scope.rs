@@ -1,0 +1,123 @@
+//! Whose write payloads are copied. A verdict per tgid is cached in an LRU map, so the
+//! steady-state cost for a process out of scope is one lookup; exec (comm changes) and
+//! exit (tgid reuse) drop it. The daemon's own tgid is never in scope (feedback loop).
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, generated::bpf_get_current_ancestor_cgroup_id,
+    },
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, LruHashMap},
+    programs::TracePointContext,
+};
+use leakwatch_common::{ScopeConfig, SCOPE_CGROUP_DEPTH};
+
+use crate::task;
+
+/// The daemon's tgid, set by the loader.
+#[unsafe(no_mangle)]
+static OWN_TGID: u32 = 0;
+
+#[map]
+pub static SCOPE_CFG: Array<ScopeConfig> = Array::with_max_entries(1, 0);
+#[map]
+static SCOPE_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+#[map]
+static SCOPE_UIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+#[map]
+static SCOPE_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(1024, 0);
+/// tgid -> IN or OUT.
+#[map]
+static SCOPE_VERDICT: LruHashMap<u32, u8> = LruHashMap::with_max_entries(32768, 0);
+
+const IN: u8 = 1;
+const OUT: u8 = 2;
+
+#[inline(always)]
+pub fn own(tgid: u32) -> bool {
+    // SAFETY: plain global set at load time.
+    tgid == unsafe { core::ptr::read_volatile(&OWN_TGID) }
+}
+
+#[inline(always)]
+pub fn in_scope(tgid: u32) -> bool {
+    if let Some(v) = SCOPE_VERDICT.get_ptr(&tgid) {
+        // SAFETY: map value pointer returned by the lookup.
+        return unsafe { *v } == IN;
+    }
+    let v = verdict();
+    let _ = SCOPE_VERDICT.insert(&tgid, &v, 0);
+    v == IN
+}
+
+#[inline(always)]
+fn verdict() -> u8 {
+    let Some(cfg) = SCOPE_CFG.get(0) else {
+        return IN;
+    };
+    if cfg.cgroups == 0 && cfg.uids == 0 && cfg.comms == 0 {
+        return IN;
+    }
+    if cfg.uids != 0
+        && SCOPE_UIDS
+            .get_ptr(&(bpf_get_current_uid_gid() as u32))
+            .is_some()
+    {
+        return IN;
+    }
+    if cfg.comms != 0 {
+        let comm = task::leader_comm().unwrap_or_else(|| bpf_get_current_comm().unwrap_or([0; 16]));
+        if SCOPE_COMMS.get_ptr(&comm).is_some() {
+            return IN;
+        }
+    }
+    if cfg.cgroups != 0 && cgroup_listed() {
+        return IN;
+    }
+    OUT
+}
+
+/// The caller's cgroup or one of its ancestors (cgroup v2) is in `SCOPE_CGROUPS`.
+#[inline(always)]
+fn cgroup_listed() -> bool {
+    // SAFETY: helper without preconditions.
+    let own = unsafe { bpf_get_current_cgroup_id() };
+    if SCOPE_CGROUPS.get_ptr(&own).is_some() {
+        return true;
+    }
+    // Level 0 is the root; the helper returns 0 past the caller's own level.
+    for level in 0..SCOPE_CGROUP_DEPTH as i32 {
+        // SAFETY: helper without preconditions.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 || id == own {
+            break;
+        }
+        if SCOPE_CGROUPS.get_ptr(&id).is_some() {
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn forget_current() {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let _ = SCOPE_VERDICT.remove(&tgid);
+}
+
+/// The process changed image (and comm): decide again at its next write.
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    forget_current();
+    0
+}
+
+/// format: group_dead @32. The tgid may be reused: drop its verdict with its last thread.
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from the tracepoint format file.
+    if unsafe { ctx.read_at::<u8>(32) }.unwrap_or(1) != 0 {
+        forget_current();
+    }
+    0
+}

@@ -1,0 +1,328 @@
+//! Write-family probes (write, writev, pwrite64, pwritev, pwritev2, sendto, sendmsg,
+//! sendmmsg): for processes in scope, one record per call with the bytes as passed
+//! (iovecs concatenated, capped), what the fd refers to, and its path when the fd names a
+//! different file than the last record for that (tgid, fd). Everything cut is counted.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, generated::bpf_probe_read_kernel,
+    },
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
+use leakwatch_common::*;
+
+use crate::{
+    fdinfo, header, maps,
+    payload::{copy_seg, read_msghdr, walk, Scratch, Walk, WRITE_SCRATCH},
+    scope, sockaddr,
+};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FdKey {
+    tgid: u32,
+    fd: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Sent {
+    file: u64,
+    ino: u64,
+}
+
+/// (tgid, fd) -> the open file the last record for it named.
+#[map]
+static LAST_FILE: LruHashMap<FdKey, Sent> = LruHashMap::with_max_entries(65536, 0);
+
+/// How the payload is passed.
+enum Src {
+    Buf { ptr: u64, len: u64 },
+    Iov { iov: u64, vlen: u64 },
+    Msg { msg: u64 },
+    Mmsg { mmsg: u64, vlen: u64 },
+}
+
+// Field offsets from /sys/kernel/tracing/events/syscalls/sys_enter_*/format: fd @16 always.
+
+#[tracepoint]
+pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+    let src = Src::Buf {
+        ptr: arg(&ctx, 24),
+        len: arg(&ctx, 32),
+    };
+    handle(&ctx, PROBE_WRITE, src, -1, 0, 0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_pwrite64(ctx: TracePointContext) -> u32 {
+    let src = Src::Buf {
+        ptr: arg(&ctx, 24),
+        len: arg(&ctx, 32),
+    };
+    handle(&ctx, PROBE_PWRITE64, src, arg(&ctx, 40) as i64, 0, 0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
+    let src = Src::Iov {
+        iov: arg(&ctx, 24),
+        vlen: arg(&ctx, 32),
+    };
+    handle(&ctx, PROBE_WRITEV, src, -1, 0, 0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_pwritev(ctx: TracePointContext) -> u32 {
+    let src = Src::Iov {
+        iov: arg(&ctx, 24),
+        vlen: arg(&ctx, 32),
+    };
+    handle(&ctx, PROBE_PWRITEV, src, arg(&ctx, 40) as i64, 0, 0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_pwritev2(ctx: TracePointContext) -> u32 {
+    let src = Src::Iov {
+        iov: arg(&ctx, 24),
+        vlen: arg(&ctx, 32),
+    };
+    // pos -1: the file position, as for writev.
+    handle(&ctx, PROBE_PWRITEV2, src, arg(&ctx, 40) as i64, 0, 0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    let src = Src::Buf {
+        ptr: arg(&ctx, 24),
+        len: arg(&ctx, 32),
+    };
+    // addr @48, addr_len @56 (UDP destination).
+    handle(&ctx, PROBE_SENDTO, src, -1, arg(&ctx, 48), arg(&ctx, 56));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    let src = Src::Msg { msg: arg(&ctx, 24) };
+    handle(&ctx, PROBE_SENDMSG, src, -1, 0, 0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
+    let src = Src::Mmsg {
+        mmsg: arg(&ctx, 24),
+        vlen: arg(&ctx, 32) as u32 as u64,
+    };
+    handle(&ctx, PROBE_SENDMMSG, src, -1, 0, 0);
+    0
+}
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, off: usize) -> u64 {
+    // SAFETY: offsets from the format files; the read is checked by the helper.
+    unsafe { ctx.read_at::<u64>(off) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn handle(
+    ctx: &TracePointContext,
+    probe: u32,
+    src: Src,
+    offset: i64,
+    mut dest: u64,
+    mut dest_len: u64,
+) -> Option<()> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if scope::own(tgid) {
+        return None;
+    }
+    // Zero-length calls carry nothing.
+    match src {
+        Src::Buf { len: 0, .. } | Src::Iov { vlen: 0, .. } | Src::Mmsg { vlen: 0, .. } => {
+            return None
+        }
+        _ => {}
+    }
+    if !scope::in_scope(tgid) {
+        maps::count(probe, STAT_SKIPPED);
+        return None;
+    }
+    // SAFETY: `fd` is an int in a u64 slot.
+    let fd = unsafe { ctx.read_at::<u64>(16) }.ok()? as u32;
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let sp = WRITE_SCRATCH.get_ptr_mut(cpu)?;
+    // SAFETY: this CPU's scratch value; tracepoint programs do not nest on one CPU.
+    let sc = unsafe { &mut *sp };
+
+    let r = &mut sc.rec;
+    header::fill(&mut r.hdr, EVENT_WRITE, probe);
+    r.fd = fd as i32;
+    r.offset = offset;
+    r.path_len = 0;
+    r.peer = Peer::default();
+    r.file = FileId::default();
+
+    // What the fd is; its path only when it changed since the last record.
+    let mut new_file = false;
+    let key = FdKey { tgid, fd };
+    match fdinfo::resolve(fd) {
+        Some(o) => {
+            r.file = o.id;
+            let same = match LAST_FILE.get_ptr(&key) {
+                // SAFETY: map value pointer returned by the lookup.
+                Some(s) => unsafe { (*s).file == o.id.file && (*s).ino == o.id.ino },
+                None => false,
+            };
+            let is_sock = o.id.mode & fdinfo::S_IFMT == fdinfo::S_IFSOCK;
+            if !same {
+                new_file = true;
+                r.hdr.flags |= WRITE_F_NEW_FILE;
+                if !is_sock {
+                    copy_path(sc, &o);
+                }
+            }
+            if is_sock {
+                if let Some(p) = fdinfo::sock_peer(o.private_data) {
+                    sc.rec.peer = p;
+                    sc.rec.hdr.flags |= WRITE_F_PEER;
+                }
+            }
+        }
+        None => sc.rec.hdr.flags |= WRITE_F_NO_FILE,
+    }
+
+    let cap = match scope::SCOPE_CFG.get(0) {
+        Some(c) if c.capture_max != 0 => c.capture_max as u64,
+        _ => WRITE_CAPTURE_DEFAULT as u64,
+    };
+    sc.walk = Walk {
+        iov: 0,
+        iovlen: 0,
+        idx: 0,
+        mmsg: 0,
+        msgs: 0,
+        msg_idx: 0,
+        walked: 0,
+        off: 0,
+        cap: if cap > WRITE_DATA_MAX as u64 {
+            WRITE_DATA_MAX as u64
+        } else {
+            cap
+        },
+        base: sc.rec.path_len as u64,
+        total: 0,
+        dropped: 0,
+        iov_dropped: 0,
+        truncated: 0,
+    };
+    match src {
+        Src::Buf { ptr, len } => copy_seg(sc, ptr, len),
+        Src::Iov { iov, vlen } => walk(sc, cpu, iov, vlen, 0, 0),
+        Src::Msg { msg } => {
+            if let Some(m) = read_msghdr(msg) {
+                dest = m.name;
+                dest_len = m.namelen;
+                walk(sc, cpu, m.iov, m.iovlen, 0, 0);
+            }
+        }
+        Src::Mmsg { mmsg, vlen } => {
+            if let Some(m) = read_msghdr(mmsg) {
+                dest = m.name;
+                dest_len = m.namelen;
+                let msgs = if vlen > WRITE_MMSG_MAX as u64 {
+                    sc.walk.iov_dropped += vlen - WRITE_MMSG_MAX as u64;
+                    sc.walk.truncated = 1;
+                    WRITE_MMSG_MAX as u64
+                } else {
+                    vlen
+                };
+                walk(sc, cpu, m.iov, m.iovlen, mmsg, msgs);
+            }
+        }
+    }
+    // SAFETY: same value; `walk` may have re-borrowed it inside the callback.
+    let sc = unsafe { &mut *sp };
+    if dest != 0 {
+        // An explicit destination (UDP) names the peer better than the socket does.
+        let p = sockaddr::read_user(dest, dest_len);
+        if p.family == AF_INET || p.family == AF_INET6 {
+            let lport = sc.rec.peer.lport;
+            sc.rec.peer = p;
+            sc.rec.peer.lport = lport;
+            sc.rec.hdr.flags |= WRITE_F_PEER;
+        }
+    }
+    let w = &sc.walk;
+    if w.total == 0 {
+        return None;
+    }
+    let r = &mut sc.rec;
+    r.total = w.total;
+    r.bytes_dropped = w.dropped;
+    r.iov_dropped = w.iov_dropped as u32;
+    let data_len = if w.off > WRITE_DATA_MAX as u64 {
+        WRITE_DATA_MAX as u64
+    } else {
+        w.off
+    };
+    r.data_len = data_len as u32;
+    if w.truncated != 0 {
+        r.hdr.flags |= WRITE_F_TRUNCATED;
+        maps::count(probe, STAT_TRUNCATED);
+        maps::add(probe, STAT_BYTES_DROPPED, w.dropped);
+    }
+    let mut size = r.path_len as u64 + data_len;
+    if size > (WRITE_PATH_MAX + WRITE_DATA_MAX) as u64 {
+        size = (WRITE_PATH_MAX + WRITE_DATA_MAX) as u64;
+    }
+    size += core::mem::size_of::<WriteHeader>() as u64;
+    let file = r.file;
+    if maps::emit_write(probe, r as *const _ as *const u8, size) && new_file {
+        // Remember only what reached the ring: a lost record must not hide the next path.
+        let _ = LAST_FILE.insert(
+            &key,
+            &Sent {
+                file: file.file,
+                ino: file.ino,
+            },
+            0,
+        );
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn copy_path(sc: &mut Scratch, o: &fdinfo::Open) {
+    let Some((src, len, partial)) = fdinfo::path(o) else {
+        sc.rec.hdr.flags |= WRITE_F_PATH_PARTIAL;
+        return;
+    };
+    if partial {
+        sc.rec.hdr.flags |= WRITE_F_PATH_PARTIAL;
+    }
+    if len == 0 || len > WRITE_PATH_MAX as u32 {
+        return;
+    }
+    // SAFETY: len <= WRITE_PATH_MAX <= buf; source is the per-CPU path buffer.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            sc.buf.as_mut_ptr() as *mut c_void,
+            len,
+            src as *const c_void,
+        )
+    };
+    if ret == 0 {
+        sc.rec.path_len = len;
+    }
+}
