@@ -1,24 +1,18 @@
-//! Alert lines (the JSON contract of DESIGN.md) and where they go: stdout and the alert
-//! file. Nothing here ever receives plaintext: findings arrive as fingerprint + preview.
-use std::{
-    fs::{File, OpenOptions},
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
-    path::Path,
-    sync::Mutex,
-    time::SystemTime,
-};
+//! The alert record (the JSON contract of DESIGN.md); `sinks` writes them. Nothing here
+//! ever receives plaintext: findings arrive as fingerprint + preview.
+use std::time::SystemTime;
 
-use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+use crate::source::Source;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Alert {
     pub ts: String,
     pub kind: &'static str,
     pub rule: Option<String>,
-    pub source: Option<&'static str>,
+    pub source: Option<Source>,
     pub fingerprint: Option<String>,
     pub redacted: Option<String>,
     pub pid: u32,
@@ -55,60 +49,6 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-/// Writes each alert as one JSON line to stdout and, if configured, to an append-only file
-/// created with mode 0600.
-pub struct AlertSink {
-    file: Option<Mutex<File>>,
-    stdout: bool,
-}
-
-impl AlertSink {
-    pub fn new(path: Option<&Path>, stdout: bool) -> Result<AlertSink> {
-        let file = match path {
-            Some(p) => {
-                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).with_context(|| {
-                        format!("creating the directory of the alert file {}", p.display())
-                    })?;
-                }
-                let f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(p)
-                    .with_context(|| {
-                        format!(
-                            "opening the alert file {}; check the path and permissions",
-                            p.display()
-                        )
-                    })?;
-                Some(Mutex::new(f))
-            }
-            None => None,
-        };
-        Ok(AlertSink { file, stdout })
-    }
-
-    pub fn emit(&self, alert: &Alert) {
-        let Ok(mut line) = serde_json::to_string(alert) else {
-            return;
-        };
-        line.push('\n');
-        if self.stdout {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(line.as_bytes());
-            let _ = out.flush();
-        }
-        if let Some(f) = &self.file {
-            if let Ok(mut f) = f.lock() {
-                if let Err(e) = f.write_all(line.as_bytes()) {
-                    log::error!("writing the alert file failed: {e}; alerts still go to stdout");
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,7 +57,7 @@ mod tests {
     fn contract_fields_are_present() {
         let a = Alert {
             rule: Some("r".into()),
-            source: Some("env"),
+            source: Some(Source::Env),
             ..Alert::new("finding")
         }
         .with("var", "X_KEY");

@@ -231,19 +231,32 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let k = &v["kernel"];
     println!(
-        "kernel: {} exec events, lost execve {} execveat {}, {} kills at exec ({} reports lost)",
-        k["exec_events"],
-        k["lost_execve"],
-        k["lost_execveat"],
-        k["enforce_kills"],
-        k["enforce_lost"]
+        "kernel, per probe (events, lost, out of scope, cut calls, bytes not captured, kills):"
     );
+    if let Some(k) = v["kernel"].as_object() {
+        for (probe, c) in k {
+            println!(
+                "  {probe:<20} {} {} {} {} {} {}",
+                c["events"],
+                c["lost"],
+                c["skipped"],
+                c["truncated"],
+                c["bytes_dropped"],
+                c["kills"]
+            );
+        }
+    }
     let u = &v["userspace"];
     println!(
-        "daemon: {} truncated exec captures, {} malformed records, {} repeat findings suppressed",
-        u["exec_truncated"], u["decode_errors"], u["findings_suppressed"]
+        "daemon: {} truncated exec captures, {} malformed records, {} repeat findings suppressed, {} events and {} alerts dropped by full queues, {} write streams ({} evicted)",
+        u["exec_truncated"],
+        u["decode_errors"],
+        u["findings_suppressed"],
+        u["events_queue_dropped"],
+        u["alerts_queue_dropped"],
+        u["streams"],
+        u["streams_evicted"]
     );
     let frozen = arr(&v, "frozen");
     println!("frozen: {}", frozen.len());

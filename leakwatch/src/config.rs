@@ -2,7 +2,7 @@
 //! Command-line flags override the file. Every field is documented in README.md.
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::detect::{RuleSet, RuleSpec};
@@ -27,6 +27,46 @@ pub struct Config {
     pub protected: Vec<String>,
     /// Extra or overriding detection rules (`[[rule]]` tables).
     pub rule: Vec<RuleSpec>,
+    /// Whose write payloads the kernel copies.
+    pub scope: Scope,
+    pub capture: Capture,
+}
+
+/// A process is in scope when it matches any list; all empty: every process.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Scope {
+    /// systemd units: every cgroup so named, and its sub-cgroups.
+    pub units: Vec<String>,
+    /// cgroup2 paths relative to the cgroup2 mount (`/system.slice/x.service`), with subtrees.
+    pub cgroups: Vec<String>,
+    pub uids: Vec<u32>,
+    /// Process names (the kernel's 15-byte comm).
+    pub comms: Vec<String>,
+}
+
+impl Scope {
+    pub fn is_everyone(&self) -> bool {
+        self.units.is_empty()
+            && self.cgroups.is_empty()
+            && self.uids.is_empty()
+            && self.comms.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Capture {
+    /// Payload bytes copied per write-family call (1..=65536).
+    pub max_bytes: u32,
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Capture {
+            max_bytes: leakwatch_common::WRITE_CAPTURE_DEFAULT,
+        }
+    }
 }
 
 impl Default for Config {
@@ -40,6 +80,8 @@ impl Default for Config {
             dedupe_seconds: 60,
             protected: vec!["systemd".into(), "sshd".into(), "systemd-journald".into()],
             rule: Vec::new(),
+            scope: Scope::default(),
+            capture: Capture::default(),
         }
     }
 }
@@ -56,7 +98,49 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config> {
-        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message()))
+        let c: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| {
+                1 + text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+            });
+            match line {
+                Some(l) => anyhow::anyhow!("line {l}: {}", e.message()),
+                None => anyhow::anyhow!("{}", e.message()),
+            }
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks what TOML types cannot: ranges and shapes of values.
+    fn validate(&self) -> Result<()> {
+        let max = leakwatch_common::WRITE_DATA_MAX as u32;
+        if self.capture.max_bytes == 0 || self.capture.max_bytes > max {
+            bail!(
+                "[capture] max_bytes = {} is out of range; give 1..={max} bytes per call",
+                self.capture.max_bytes
+            );
+        }
+        for c in &self.scope.comms {
+            if c.is_empty() || c.len() > 15 {
+                bail!("[scope] comms entry `{c}` is not a process name; the kernel's comm is 1 to 15 bytes (the first 15 of the program's file name)");
+            }
+        }
+        for u in &self.scope.units {
+            if u.is_empty() || u.contains('/') {
+                bail!(
+                    "[scope] units entry `{u}` is not a unit name; give names like `agent.service`"
+                );
+            }
+        }
+        for g in &self.scope.cgroups {
+            if !g.starts_with('/') {
+                bail!("[scope] cgroups entry `{g}` is not a cgroup path; give it relative to the cgroup2 mount, starting with `/` (e.g. `/system.slice/agent.service`)");
+            }
+        }
+        Ok(())
     }
 
     /// Built-in rules with this config's rules applied.
@@ -82,6 +166,30 @@ mod tests {
     fn example_config_parses() {
         let c = Config::parse(include_str!("../../deploy/leakwatch.toml")).unwrap();
         assert!(c.rules().is_ok());
+    }
+
+    #[test]
+    fn scope_and_capture_parse_and_are_checked() {
+        let c = Config::parse("[scope]\nunits = [\"a.service\"]\ncomms = [\"python3\"]\nuids = [0]\n[capture]\nmax_bytes = 4096\n").unwrap();
+        assert_eq!(c.scope.units, vec!["a.service"]);
+        assert_eq!(c.capture.max_bytes, 4096);
+        assert!(!c.scope.is_everyone());
+        assert!(Config::parse("").unwrap().scope.is_everyone());
+        for bad in [
+            "[capture]\nmax_bytes = 0",
+            "[capture]\nmax_bytes = 70000",
+            "[scope]\ncomms = [\"a-name-longer-than-15\"]",
+            "[scope]\nunits = [\"a/b\"]",
+            "[scope]\ncgroups = [\"relative\"]",
+        ] {
+            let e = Config::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("[capture]") || e.contains("[scope]"),
+                "{bad}: {e}"
+            );
+        }
+        let e = Config::parse("dedupe_seconds = 1\n[scope]\nnames = []").unwrap_err();
+        assert!(e.to_string().starts_with("line 3:"), "{e}");
     }
 
     #[test]

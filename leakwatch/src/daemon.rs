@@ -1,6 +1,7 @@
-//! `leakwatch daemon`: checks the host, loads the probes, and runs the tasks — ring-buffer
-//! reader (exec pipeline), kernel-counter poller (loss alerts), metrics endpoint and control
-//! socket — until SIGINT or SIGTERM.
+//! `leakwatch daemon`: checks the host, loads the probes, and runs the tasks — the event
+//! pipeline (reader and worker threads), the sink thread, the kernel-counter poller (loss
+//! alerts), the scope refresher, the metrics endpoint and the control socket — until SIGINT
+//! or SIGTERM.
 use std::{
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
@@ -15,13 +16,14 @@ use anyhow::{Context, Result};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
 
 use crate::{
-    alerts::{Alert, AlertSink},
+    alerts::Alert,
     config::Config,
     detect::Engine,
-    events::{decode, Event},
+    events::probe_name,
     metrics::{self, Metrics},
-    monitor::Monitor,
-    probes::{self, KernelStats, Probes},
+    pipeline::{Pipeline, Reporter, Shared},
+    probes::{self, KernelStats, LoadOptions, Probes},
+    sinks::{Alerts, JsonLines},
 };
 
 /// Command-line overrides of the config file.
@@ -70,31 +72,41 @@ pub async fn run(o: Overrides) -> Result<()> {
         })?;
     let seed = hash_seed(&cfg.state_dir)?;
 
-    let sink = Arc::new(AlertSink::new(cfg.alerts.as_deref(), cfg.alerts_stdout)?);
     let metrics = Arc::new(Metrics::new());
+    let json = JsonLines::new(cfg.alerts.as_deref(), cfg.alerts_stdout)?;
+    let (alerts, sink_thread) = Alerts::start(vec![Box::new(json)], metrics.clone())?;
     let listener = if cfg.metrics_addr.is_empty() {
         None
     } else {
         Some(metrics::bind(&cfg.metrics_addr).await?)
     };
 
-    let mut probes = Probes::load(seed)?;
+    let mut probes = Probes::load(&LoadOptions {
+        hash_seed: seed,
+        own_tgid: std::process::id(),
+    })?;
+    probes
+        .set_scope(&crate::scope::resolve(&cfg.scope, cfg.capture.max_bytes))
+        .context("loading the [scope] lists into the kernel")?;
     metrics.probes_attached.set(probes.attached.len() as i64);
     let events = probes.take_events()?;
+    let writes = probes.take_writes()?;
     let mut kernel_log = aya_log::EbpfLogger::init(probes.ebpf_mut()).ok();
     let probes = Arc::new(Mutex::new(probes));
 
-    let monitor = Monitor::new(engine, sink.clone(), metrics.clone(), cfg.dedupe_seconds);
+    let shared = Shared::default();
     let ctx = crate::respond::Context::new(
         &cfg,
         seed,
         probes.clone(),
-        sink.clone(),
+        alerts.clone(),
         metrics.clone(),
-        &monitor,
+        &shared,
     )?;
     let ctx = Arc::new(ctx);
     ctx.restore().await;
+    let report = Reporter::new(alerts.clone(), metrics.clone(), cfg.dedupe_seconds);
+    let pipeline = Pipeline::new(engine, shared, report, ctx.clone(), metrics.clone());
 
     let metrics_at = match &listener {
         Some(l) => format!("http://{}/metrics", l.local_addr()?),
@@ -106,19 +118,21 @@ pub async fn run(o: Overrides) -> Result<()> {
     }
     let control = crate::control::serve(&cfg.socket, ctx.clone(), stop_rx.clone()).await?;
     let stop_reader = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (ctx, metrics, stop) = (ctx.clone(), metrics.clone(), stop_reader.clone());
-        std::thread::Builder::new()
-            .name("lw-events".into())
-            .spawn(move || read_events(events, monitor, ctx, metrics, stop))
-            .context("starting the event reader thread")?
-    };
+    let (reader, worker) = crate::pipeline::start(events, writes, pipeline, stop_reader.clone())?;
     let poller = tokio::spawn(poll_stats(
         probes.clone(),
-        sink.clone(),
+        alerts.clone(),
         metrics.clone(),
         stop_rx.clone(),
     ));
+    if crate::scope::needs_refresh(&cfg.scope) {
+        tokio::spawn(refresh_scope(
+            probes.clone(),
+            cfg.scope.clone(),
+            cfg.capture.max_bytes,
+            stop_rx.clone(),
+        ));
+    }
     let saver = {
         let (ctx, mut stop) = (ctx.clone(), stop_rx.clone());
         tokio::spawn(async move {
@@ -161,9 +175,15 @@ pub async fn run(o: Overrides) -> Result<()> {
     let _ = stop_tx.send(true);
     stop_reader.store(true, Ordering::Relaxed);
     let _ = reader.join();
+    // The reader's end of the queue is gone: the worker drains what is queued and stops.
+    let _ = worker.join();
     let _ = poller.await;
     let _ = saver.await;
     ctx.save_kill_counts();
+    alerts.flush();
+    drop(alerts);
+    drop(ctx);
+    let _ = sink_thread;
     drop(control);
     let _ = std::fs::remove_file(&cfg.socket);
     log::info!("stopped");
@@ -194,60 +214,16 @@ fn hash_seed(dir: &Path) -> Result<u64> {
     Ok(u64::from_le_bytes(b))
 }
 
-/// The event reader runs on its own OS thread: a burst of execs must never delay the
-/// control socket (a freeze at 3 a.m. during an exec storm) or the metrics endpoint.
-fn read_events(
-    mut ring: aya::maps::RingBuf<aya::maps::MapData>,
-    mut monitor: Monitor,
-    ctx: Arc<crate::respond::Context>,
-    metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
-) {
-    use std::os::fd::AsRawFd;
-    let fd = ring.as_raw_fd();
-    while !stop.load(Ordering::Relaxed) {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd; the ring (and its fd) outlives this call.
-        let n = unsafe { libc::poll(&mut pfd, 1, 200) };
-        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            log::error!(
-                "polling the event ring buffer failed: {}; no more events will be read",
-                std::io::Error::last_os_error()
-            );
-            return;
-        }
-        while let Some(item) = ring.next() {
-            match decode(&item) {
-                Ok(Event::Exec(ev)) => {
-                    // Frozen credentials first: the kill must not wait for the rule scan.
-                    let frozen = monitor.frozen_hits(&ev);
-                    if let Some(h) = frozen.first() {
-                        ctx.kill_exec(&ev, h.fingerprint.clone());
-                    }
-                    monitor.on_exec(ev, frozen);
-                }
-                Ok(Event::Enforce(n)) => ctx.on_enforce(n, &mut monitor),
-                Err(e) => {
-                    metrics.decode_errors.inc();
-                    log::warn!("dropped a malformed kernel record: {e}");
-                }
-            }
-        }
-    }
-}
-
-/// Every second: turn increases of the kernel's loss counters into `lost` alerts.
+/// Every second: kernel counters become metrics, and ring-buffer loss (and events the
+/// pipeline queue could not take) becomes `lost` alerts.
 async fn poll_stats(
     probes: Arc<Mutex<Probes>>,
-    sink: Arc<AlertSink>,
+    alerts: Alerts,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last = KernelStats::default();
+    let mut last_queue = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -261,24 +237,76 @@ async fn poll_stats(
         else {
             continue;
         };
-        for (probe, before, after) in [
-            ("sys_enter_execve", last.lost_execve, now.lost_execve),
-            ("sys_enter_execveat", last.lost_execveat, now.lost_execveat),
-            ("enforce", last.enforce_lost, now.enforce_lost),
-        ] {
-            if after > before {
-                let n = after - before;
+        for (i, (before, after)) in last.per.iter().zip(now.per.iter()).enumerate() {
+            let probe = probe_name(i as u32);
+            let inc = |c: &prometheus::IntCounterVec, b: u64, a: u64| {
+                if a > b {
+                    c.with_label_values(&[probe]).inc_by(a - b);
+                }
+            };
+            inc(&metrics.kernel_skipped, before.skipped, after.skipped);
+            inc(
+                &metrics.capture_truncated,
+                before.truncated,
+                after.truncated,
+            );
+            inc(
+                &metrics.capture_bytes_dropped,
+                before.bytes_dropped,
+                after.bytes_dropped,
+            );
+            if after.lost > before.lost {
+                let n = after.lost - before.lost;
                 metrics.lost.with_label_values(&[probe]).inc_by(n);
-                metrics.alerts.with_label_values(&["lost"]).inc();
-                sink.emit(
-                    &Alert::new("lost")
+                alerts.emit(
+                    Alert::new("lost")
                         .with("probe", probe)
                         .with("count", n)
                         .with("reason", "ring_buffer_full"),
                 );
             }
         }
+        let queue = metrics.queue_dropped.with_label_values(&["events"]).get();
+        if queue > last_queue {
+            alerts.emit(
+                Alert::new("lost")
+                    .with("probe", "pipeline")
+                    .with("count", queue - last_queue)
+                    .with("reason", "pipeline_queue_full"),
+            );
+            last_queue = queue;
+        }
         last = now;
+    }
+}
+
+/// Units started after the daemon get their cgroups later: resolve `[scope]` again every
+/// few seconds and reload the kernel lists when they changed.
+async fn refresh_scope(
+    probes: Arc<Mutex<Probes>>,
+    scope: crate::config::Scope,
+    capture_max: u32,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last = crate::scope::resolve(&scope, capture_max).cgroup_ids;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let k = crate::scope::resolve(&scope, capture_max);
+        if k.cgroup_ids == last {
+            continue;
+        }
+        match probes.lock().map(|mut p| p.set_scope(&k)) {
+            Ok(Ok(())) => {
+                log::info!("scope: {} cgroup(s) now match [scope]", k.cgroup_ids.len());
+                last = k.cgroup_ids;
+            }
+            Ok(Err(e)) => log::warn!("reloading the scope lists failed: {e:#}"),
+            Err(_) => return,
+        }
     }
 }
 

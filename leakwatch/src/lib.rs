@@ -2,6 +2,7 @@
 //! sockets on a Linux host, and freeze a leaked one. The binary (`main.rs`) only wires these
 //! modules together.
 pub mod alerts;
+pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -9,8 +10,11 @@ pub mod daemon;
 pub mod detect;
 pub mod events;
 pub mod metrics;
-pub mod monitor;
+pub mod pipeline;
 pub mod probes;
 pub mod procs;
 pub mod respond;
 pub mod scan;
+pub mod scope;
+pub mod sinks;
+pub mod source;

@@ -25,6 +25,14 @@ pub struct Metrics {
     pub severed: IntCounter,
     pub frozen: IntGauge,
     pub probes_attached: IntGauge,
+    pub queue_dropped: IntCounterVec,
+    pub kernel_skipped: IntCounterVec,
+    pub capture_truncated: IntCounterVec,
+    pub capture_bytes_dropped: IntCounterVec,
+    pub captured_bytes: IntCounterVec,
+    pub streams: IntGauge,
+    pub streams_evicted: IntCounter,
+    pub fds_unresolved: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -121,6 +129,51 @@ impl Metrics {
                 "Credentials currently frozen.",
             ),
             probes_attached: gauge(&r, "leakwatch_probes_attached", "Kernel probes attached."),
+            queue_dropped: counter_vec(
+                &r,
+                "leakwatch_queue_dropped_total",
+                "Items dropped because a pipeline queue was full, by queue (events, alerts).",
+                &["queue"],
+            ),
+            kernel_skipped: counter_vec(
+                &r,
+                "leakwatch_kernel_skipped_total",
+                "Write-family calls the kernel did not copy because the process is out of scope.",
+                &["probe"],
+            ),
+            capture_truncated: counter_vec(
+                &r,
+                "leakwatch_capture_truncated_total",
+                "Write-family calls whose payload was cut (capture cap, iovec limit, unreadable page).",
+                &["probe"],
+            ),
+            capture_bytes_dropped: counter_vec(
+                &r,
+                "leakwatch_capture_bytes_dropped_total",
+                "Payload bytes not captured by cut calls.",
+                &["probe"],
+            ),
+            captured_bytes: counter_vec(
+                &r,
+                "leakwatch_captured_bytes_total",
+                "Payload bytes received from the kernel and scanned.",
+                &["probe"],
+            ),
+            streams: gauge(
+                &r,
+                "leakwatch_streams",
+                "Write streams (process, fd) being reassembled.",
+            ),
+            streams_evicted: counter(
+                &r,
+                "leakwatch_streams_evicted_total",
+                "Idle write streams dropped to bound memory (their tail is no longer joined).",
+            ),
+            fds_unresolved: counter(
+                &r,
+                "leakwatch_fds_unresolved_total",
+                "Writes whose fd could not be named (no path or peer).",
+            ),
             registry: r,
         }
     }

@@ -106,7 +106,8 @@ pub fn unit_of(path: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn cgroup2_mount() -> Option<PathBuf> {
+/// Where cgroup2 is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
+pub fn cgroup2_mount() -> Option<PathBuf> {
     let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
     mounts.lines().find_map(|l| {
         let (pre, post) = l.split_once(" - ")?;

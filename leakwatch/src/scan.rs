@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::detect::{frozen::FrozenSet, stream::StreamScanner, Engine};
+use crate::detect::{frozen::FrozenSet, stream::StreamScanner, Detector, Engine};
 
 mod git;
 
@@ -331,13 +331,12 @@ fn is_binary(head: &[u8]) -> bool {
 
 /// Whole-buffer scan: rule findings plus frozen credentials.
 fn hits_in(engine: &Engine, opts: &Options, path: &Path, buf: &[u8]) -> Vec<Hit> {
-    // Built per hit: most files have none.
-    let name = || path.display().to_string();
-    let mut hits: Vec<Hit> = engine
+    Detector::new(engine, opts.frozen.as_ref())
         .scan(buf)
         .into_iter()
         .map(|f| Hit {
-            path: name(),
+            // Built per hit: most files have none.
+            path: path.display().to_string(),
             line: f.line,
             column: column(buf, f.start),
             offset: f.start as u64,
@@ -346,29 +345,7 @@ fn hits_in(engine: &Engine, opts: &Options, path: &Path, buf: &[u8]) -> Vec<Hit>
             redacted: f.redacted,
             commit: None,
         })
-        .collect();
-    if let Some(set) = &opts.frozen {
-        for h in set.find(buf) {
-            let fp = set.keys()[h.key].fingerprint();
-            if hits
-                .iter()
-                .any(|x| x.offset == h.start as u64 && x.fingerprint == fp)
-            {
-                continue;
-            }
-            hits.push(Hit {
-                path: name(),
-                line: 1 + buf[..h.start].iter().filter(|&&b| b == b'\n').count(),
-                column: column(buf, h.start),
-                offset: h.start as u64,
-                rule: "frozen".into(),
-                fingerprint: fp,
-                redacted: crate::detect::redact(&buf[h.start..h.end]),
-                commit: None,
-            });
-        }
-    }
-    hits
+        .collect()
 }
 
 fn column(buf: &[u8], at: usize) -> usize {
@@ -382,6 +359,7 @@ fn column(buf: &[u8], at: usize) -> usize {
 /// Streams a reader in 1 MiB chunks with a bounded tail, so a secret across a chunk edge
 /// is still found and memory stays flat whatever the size.
 fn scan_reader(engine: &Engine, opts: &Options, name: &str, mut r: impl Read) -> FileResult {
+    let d = Detector::new(engine, opts.frozen.as_ref());
     let mut s = StreamScanner::new(engine);
     let mut buf = vec![0u8; CHUNK];
     let mut hits = Vec::new();
@@ -415,12 +393,12 @@ fn scan_reader(engine: &Engine, opts: &Options, name: &str, mut r: impl Read) ->
             return FileResult::Binary;
         }
         first = false;
-        for f in s.feed(&buf[..n]) {
+        for f in s.feed(&d, &buf[..n]) {
             hits.extend(keep(f, &buf[..n], bytes));
         }
         bytes += n as u64;
     }
-    for f in s.finish() {
+    for f in s.finish(&d) {
         hits.extend(keep(f, &[], bytes));
     }
     FileResult::Scanned {

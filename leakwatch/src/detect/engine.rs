@@ -39,6 +39,8 @@ pub struct Engine {
     keywords: Keywords,
     /// Keyword pattern index -> rules that use it.
     keyword_rules: Vec<Vec<usize>>,
+    /// Bytes of the longest keyword.
+    max_keyword: usize,
 }
 
 /// One credential found in a byte slice. Holds no plaintext: offsets into the scanned
@@ -83,6 +85,7 @@ impl Engine {
             rules,
             keywords,
             keyword_rules,
+            max_keyword: patterns.iter().map(|p| p.len()).max().unwrap_or(0),
         })
     }
 
@@ -109,14 +112,33 @@ impl Engine {
         self.rules.iter().map(|r| r.span + BACK).max().unwrap_or(0)
     }
 
+    /// Bytes before new data that a window reaching into it may start at, when its
+    /// keyword ends in the new data: the longest keyword plus the context before it.
+    pub fn context_before(&self) -> usize {
+        BACK + self.max_keyword
+    }
+
     /// Every credential in `hay`, ordered by position, overlapping findings resolved in
     /// favour of the longer one (then the earlier rule).
     pub fn scan(&self, hay: &[u8]) -> Vec<Finding> {
+        self.scan_inner(hay, None)
+    }
+
+    /// `scan`, also pushing to `open` the (start, reach) of every keyword window that the
+    /// end of `hay` cut short: more bytes appended later may complete a credential there,
+    /// so a stream scanner must rescan from `start` until its data passes `reach`.
+    pub fn scan_open(&self, hay: &[u8], open: &mut Vec<(usize, usize)>) -> Vec<Finding> {
+        self.scan_inner(hay, Some(open))
+    }
+
+    fn scan_inner(&self, hay: &[u8], mut open: Option<&mut Vec<(usize, usize)>>) -> Vec<Finding> {
         let mut windows: Vec<(usize, usize, usize)> = Vec::new();
         self.keywords.each(hay, |pattern, ks, ke| {
             for &r in &self.keyword_rules[pattern] {
                 let mut start = ks.saturating_sub(BACK);
-                let mut end = (ke + self.rules[r].span).min(hay.len());
+                let reach = ke + self.rules[r].span;
+                let mut end = reach.min(hay.len());
+                let mut closed = false;
                 if !self.rules[r].multiline {
                     // Most credentials sit on one line: keep the regex on the hit's line.
                     if let Some(nl) = memchr::memrchr(b'\n', &hay[start..ks]) {
@@ -124,6 +146,12 @@ impl Engine {
                     }
                     if let Some(nl) = memchr::memchr(b'\n', &hay[ke..end]) {
                         end = ke + nl;
+                        closed = true;
+                    }
+                }
+                if let Some(o) = open.as_deref_mut() {
+                    if !closed && reach > hay.len() {
+                        o.push((start, reach));
                     }
                 }
                 if !follows(&self.rules[r].after, &hay[ke..end]) {

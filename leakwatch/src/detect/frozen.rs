@@ -7,6 +7,8 @@ use sha2::{Digest, Sha256};
 /// Bytes of prefix kept for a frozen credential (public key prefixes like `sk-ant-` make up
 /// most of it; never more than a quarter of the secret).
 pub const PREFIX_MAX: usize = 4;
+/// Longest token hashed for keys frozen by fingerprint alone.
+const TOKEN_MAX: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrozenKey {
@@ -70,6 +72,12 @@ pub struct FrozenSet {
     tokens_only: Vec<usize>,
 }
 
+impl Default for FrozenSet {
+    fn default() -> Self {
+        FrozenSet::new(Vec::new())
+    }
+}
+
 impl FrozenSet {
     pub fn new(keys: Vec<FrozenKey>) -> FrozenSet {
         let mut pats: Vec<Vec<u8>> = Vec::new();
@@ -101,6 +109,17 @@ impl FrozenSet {
             prefixes,
             by_prefix,
             tokens_only,
+        }
+    }
+
+    /// The longest span `find` can report: a key's length, or a token's limit for keys
+    /// known by fingerprint alone.
+    pub fn max_len(&self) -> usize {
+        let known = self.keys.iter().map(|k| k.len).max().unwrap_or(0);
+        if self.tokens_only.is_empty() {
+            known
+        } else {
+            known.max(TOKEN_MAX)
         }
     }
 
@@ -153,7 +172,7 @@ impl FrozenSet {
                 i += 1;
             }
             let tok = &hay[s..i];
-            if (8..=4096).contains(&tok.len()) {
+            if (8..=TOKEN_MAX).contains(&tok.len()) {
                 let d: [u8; 32] = Sha256::digest(tok).into();
                 for &k in &self.tokens_only {
                     if self.keys[k].sha256 == d {

@@ -1,9 +1,11 @@
 //! Credential detection: bytes in, findings out. Pure library (no I/O, no clock), shared by
-//! the daemon (argv, env, payloads) and `leakwatch scan`.
+//! the daemon (argv, env, payloads) and `leakwatch scan`; `Detector` adds frozen credentials
+//! to the rule findings, `StreamScanner` reassembles a stream of writes.
 //!
 //! One keyword prefilter pass (SIMD on x86-64, see `keywords`) finds every rule keyword; each rule's regex runs only in a window
 //! around its keyword hits; candidates then pass entropy, validator and allowlist checks.
 mod bigrams;
+pub mod detector;
 mod engine;
 pub mod frozen;
 mod keywords;
@@ -14,6 +16,7 @@ pub mod stream;
 mod teddy;
 mod validate;
 
+pub use detector::Detector;
 pub use engine::{Engine, Finding};
 pub use redact::{fingerprint, redact};
 pub use rules::{RuleSet, RuleSpec};

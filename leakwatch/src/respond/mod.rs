@@ -19,14 +19,16 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::{
-    alerts::{now_rfc3339, AlertSink},
+    alerts::now_rfc3339,
     config::Config,
     detect::{frozen::FrozenKey, frozen::FrozenSet, redact},
     events::{EnforceNotice, ExecEvent},
     metrics::Metrics,
-    monitor::{base_alert, Monitor},
+    pipeline::{base_alert, Shared},
     probes::Probes,
     procs::{ProcInfo, Procs},
+    sinks::Alerts,
+    source::Source,
 };
 use procscan::Proc;
 use store::{kernel_hash, FrozenEntry, Store};
@@ -81,7 +83,7 @@ pub struct Report {
 
 pub struct Context {
     probes: Arc<Mutex<Probes>>,
-    sink: Arc<AlertSink>,
+    alerts: Alerts,
     metrics: Arc<Metrics>,
     seed: u64,
     store: Mutex<Store>,
@@ -95,31 +97,37 @@ pub struct Context {
     kills_unsaved: AtomicBool,
     /// Freeze one credential at a time: two sweeps racing would report each other's kills.
     busy: tokio::sync::Mutex<()>,
+    /// Holders seen writing a frozen credential that are being killed right now.
+    killing: Mutex<HashSet<u32>>,
 }
+
+/// Why a process is to be killed, and for which frozen credential.
+type Reasons = HashMap<u32, (&'static str, String)>;
 
 impl Context {
     pub fn new(
         cfg: &Config,
         seed: u64,
         probes: Arc<Mutex<Probes>>,
-        sink: Arc<AlertSink>,
+        alerts: Alerts,
         metrics: Arc<Metrics>,
-        monitor: &Monitor,
+        shared: &Shared,
     ) -> Result<Context> {
         let store = Store::open(&cfg.state_dir)?;
         Ok(Context {
             probes,
-            sink,
+            alerts,
             metrics,
             seed,
             store: Mutex::new(store),
-            frozen: monitor.frozen.clone(),
-            history: monitor.history.clone(),
+            frozen: shared.frozen.clone(),
+            history: shared.history.clone(),
             protected: cfg.protected.clone(),
             procs: Mutex::new(Procs::new()),
             enforced_once: Mutex::new(HashSet::new()),
             kills_unsaved: AtomicBool::new(false),
             busy: tokio::sync::Mutex::new(()),
+            killing: Mutex::new(HashSet::new()),
         })
     }
 
@@ -282,6 +290,22 @@ impl Context {
             .lock()
             .map(|p| p.attached.clone())
             .unwrap_or_default();
+        let mut kernel = serde_json::Map::new();
+        for (i, st) in stats.per.iter().enumerate() {
+            if *st != crate::probes::ProbeStats::default() {
+                kernel.insert(
+                    crate::events::probe_name(i as u32).into(),
+                    serde_json::json!({
+                        "events": st.events,
+                        "lost": st.lost,
+                        "skipped": st.skipped,
+                        "truncated": st.truncated,
+                        "bytes_dropped": st.bytes_dropped,
+                        "kills": st.kills,
+                    }),
+                );
+            }
+        }
         serde_json::json!({
             "frozen": frozen.iter().map(|e| serde_json::json!({
                 "fingerprint": e.fingerprint,
@@ -291,24 +315,21 @@ impl Context {
                 "len": e.len,
             })).collect::<Vec<_>>(),
             "probes": attached,
-            "kernel": {
-                "exec_events": stats.exec_events,
-                "lost_execve": stats.lost_execve,
-                "lost_execveat": stats.lost_execveat,
-                "enforce_kills": stats.enforce_kills,
-                "enforce_lost": stats.enforce_lost,
-            },
+            "kernel": kernel,
             "userspace": {
                 "decode_errors": self.metrics.decode_errors.get(),
                 "exec_truncated": self.metrics.exec_truncated.get(),
                 "findings_suppressed": self.metrics.suppressed.get(),
+                "events_queue_dropped": self.metrics.queue_dropped.with_label_values(&["events"]).get(),
+                "alerts_queue_dropped": self.metrics.queue_dropped.with_label_values(&["alerts"]).get(),
+                "streams": self.metrics.streams.get(),
+                "streams_evicted": self.metrics.streams_evicted.get(),
             },
         })
     }
 
     fn emit(&self, a: crate::alerts::Alert) {
-        self.metrics.alerts.with_label_values(&[a.kind]).inc();
-        self.sink.emit(&a);
+        self.alerts.emit(a);
     }
 
     fn info(&self, pid: u32) -> ProcInfo {
@@ -325,32 +346,29 @@ impl Context {
     /// Finds holders of any key in `set`, then stops, severs, kills and confirms them.
     fn sweep(&self, set: &FrozenSet, fps: &[String], deep: bool, client: Option<u32>) -> Report {
         let me = std::process::id();
-        let t0 = Instant::now();
         let procs = procscan::list();
-        let seen: HashSet<u32> = self
+        let seen: HashMap<u32, String> = self
             .history
             .read()
             .map(|h| {
                 h.iter()
                     .filter(|(_, f)| fps.contains(f))
-                    .map(|(p, _)| *p)
+                    .map(|(p, f)| (*p, f.clone()))
                     .collect()
             })
             .unwrap_or_default();
-        let mut reasons: HashMap<u32, &'static str> = HashMap::new();
+        let fp_of = |k: usize| set.keys()[k].fingerprint();
+        let mut reasons: Reasons = HashMap::new();
         for p in &procs {
             if p.pid == me {
                 continue;
             }
-            let reason = if procscan::holds_in_proc(p.pid, set) {
-                Some("environ/cmdline")
-            } else if seen.contains(&p.pid) {
-                Some("exec")
-            } else if deep
-                && Some(p.pid) != client
-                && procscan::holds_in_memory(p.pid, set, DEEP_BUDGET)
-            {
-                Some("memory")
+            let reason = if let Some(k) = procscan::holds_in_proc(p.pid, set) {
+                Some(("environ/cmdline", fp_of(k)))
+            } else if let Some(f) = seen.get(&p.pid) {
+                Some(("exec", f.clone()))
+            } else if deep && Some(p.pid) != client {
+                procscan::holds_in_memory(p.pid, set, DEEP_BUDGET).map(|k| ("memory", fp_of(k)))
             } else {
                 None
             };
@@ -358,6 +376,21 @@ impl Context {
                 reasons.insert(p.pid, r);
             }
         }
+        self.act(procs, reasons, client, "freeze")
+    }
+
+    /// Stops, severs, kills and confirms the processes in `reasons` and what they spawned
+    /// (never pid 1, the daemon, the client and its ancestors, or a protected program), and
+    /// reports each kill under the credential that made it a holder.
+    fn act(
+        &self,
+        procs: Vec<Proc>,
+        mut reasons: Reasons,
+        client: Option<u32>,
+        by: &'static str,
+    ) -> Report {
+        let me = std::process::id();
+        let t0 = Instant::now();
         let mut shield: HashSet<u32> = [1, me].into_iter().collect();
         if let Some(c) = client {
             shield.insert(c);
@@ -371,21 +404,37 @@ impl Context {
             .copied()
             .filter(|p| !shield.contains(p))
             .collect();
+        let parent: HashMap<u32, u32> = procs.iter().map(|p| (p.pid, p.ppid)).collect();
         for d in procscan::descendants(&procs, &roots) {
-            reasons.entry(d).or_insert("descendant");
+            if reasons.contains_key(&d) {
+                continue;
+            }
+            // The credential of the nearest holder above it.
+            let mut up = parent.get(&d).copied();
+            while let Some(a) = up {
+                if let Some((_, fp)) = reasons.get(&a) {
+                    let fp = fp.clone();
+                    reasons.insert(d, ("descendant", fp));
+                    break;
+                }
+                up = parent.get(&a).copied().filter(|&pp| pp != a);
+            }
         }
 
         let mut report = Report::default();
         let mut targets: Vec<(Proc, ProcReport)> = Vec::new();
+        let mut fp_of_pid: HashMap<u32, String> = HashMap::new();
         for p in procs.iter().filter(|p| reasons.contains_key(&p.pid)) {
             let i = self.info(p.pid);
+            let (why, fp) = &reasons[&p.pid];
+            fp_of_pid.insert(p.pid, fp.clone());
             let pr = ProcReport {
                 pid: p.pid,
                 ppid: p.ppid,
                 comm: p.comm.clone(),
                 exe: i.exe.clone(),
                 unit: i.unit.clone(),
-                reason: reasons[&p.pid].to_string(),
+                reason: why.to_string(),
                 confirmed: false,
             };
             let base = i.exe.rsplit('/').next().unwrap_or("");
@@ -439,22 +488,27 @@ impl Context {
         units.dedup();
         report.units = units;
 
-        let n = report.killed.len() as u64;
-        self.metrics.kills.with_label_values(&["freeze"]).inc_by(n);
+        self.metrics
+            .kills
+            .with_label_values(&[by])
+            .inc_by(report.killed.len() as u64);
         self.metrics
             .severed
             .inc_by(report.severed.iter().filter(|s| s.error.is_none()).count() as u64);
-        if let Ok(mut store) = self.store.lock() {
-            for e in store
-                .frozen
-                .iter_mut()
-                .filter(|e| fps.contains(&e.fingerprint))
-            {
-                e.kills += n;
+        if !report.killed.is_empty() {
+            if let Ok(mut store) = self.store.lock() {
+                for k in &report.killed {
+                    if let Some(e) = store
+                        .frozen
+                        .iter_mut()
+                        .find(|e| Some(&e.fingerprint) == fp_of_pid.get(&k.pid))
+                    {
+                        e.kills += 1;
+                    }
+                }
+                let _ = store.save();
             }
-            let _ = store.save();
         }
-        let fp = fps.first().cloned();
         for k in &report.killed {
             let info = ProcInfo {
                 pid: k.pid,
@@ -465,23 +519,70 @@ impl Context {
                 ..Default::default()
             };
             let mut a = base_alert("kill", &info)
-                .with("by", "freeze")
+                .with("by", by)
                 .with("reason", k.reason.clone())
                 .with("confirmed", k.confirmed);
-            a.fingerprint = fp.clone();
+            a.fingerprint = fp_of_pid.get(&k.pid).cloned();
             self.emit(a);
         }
         for s in &report.severed {
             let mut a = crate::alerts::Alert::new("sever");
             a.pid = s.pid;
             a.remote = Some(s.remote.clone());
-            a.fingerprint = fp.clone();
+            a.fingerprint = fp_of_pid.get(&s.pid).cloned();
             self.emit(
                 a.with("local", s.local.clone())
                     .with("ok", s.error.is_none()),
             );
         }
         report
+    }
+
+    /// A process was seen writing or sending the frozen credential `fp`: it is a holder.
+    /// Stop it, sever its connections, kill it and what it spawned, as freeze does — on a
+    /// thread of its own, so the pipeline goes on reading events meanwhile.
+    pub fn kill_holder(self: &Arc<Self>, tgid: u32, fp: &str, source: Source, place: Option<&str>) {
+        if tgid == std::process::id() {
+            return;
+        }
+        let fresh = self
+            .killing
+            .lock()
+            .map(|mut k| k.insert(tgid))
+            .unwrap_or(false);
+        if !fresh {
+            return;
+        }
+        log::warn!(
+            "pid {tgid} {} a frozen credential ({fp}){}; killing it",
+            if source == Source::Socket {
+                "sent"
+            } else {
+                "wrote"
+            },
+            place.map(|p| format!(" to {p}")).unwrap_or_default()
+        );
+        let (me, fp) = (self.clone(), fp.to_string());
+        let run = move || {
+            let procs = procscan::list();
+            let why = if source == Source::Socket {
+                "sent"
+            } else {
+                "wrote"
+            };
+            let reasons: Reasons = [(tgid, (why, fp))].into_iter().collect();
+            me.act(procs, reasons, None, "write");
+            if let Ok(mut k) = me.killing.lock() {
+                k.remove(&tgid);
+            }
+        };
+        if std::thread::Builder::new()
+            .name("lw-kill".into())
+            .spawn(run)
+            .is_err()
+        {
+            log::error!("could not start a thread to kill pid {tgid}");
+        }
     }
 
     /// Severs the TCP connections of every target, namespace by namespace.
@@ -536,12 +637,12 @@ impl Context {
             return;
         }
         // SAFETY: kill(2); pid reuse within microseconds of exec is not a practical concern.
-        unsafe { libc::kill(ev.tgid as i32, libc::SIGKILL) };
+        unsafe { libc::kill(ev.task.tgid as i32, libc::SIGKILL) };
         self.metrics.kills.with_label_values(&["userspace"]).inc();
-        let info = self.info(ev.tgid);
+        let info = self.info(ev.task.tgid);
         let info = ProcInfo {
-            pid: ev.tgid,
-            ppid: ev.ppid,
+            pid: ev.task.tgid,
+            ppid: ev.task.ppid,
             comm: ev.new_comm(),
             exe: ev.filename.clone(),
             ..info
@@ -568,11 +669,11 @@ impl Context {
 
     /// The kernel killed an exec. Reported once per (credential, unit or program); repeats
     /// (a unit restarting with the old key) only count.
-    pub fn on_enforce(&self, n: EnforceNotice, monitor: &mut Monitor) {
+    pub fn on_enforce(&self, n: EnforceNotice, procs: &mut Procs) {
         self.metrics.kills.with_label_values(&["kernel"]).inc();
-        let cgroup = monitor.procs.cgroup_path(n.cgroup_id);
+        let cgroup = procs.cgroup_path(n.task.cgroup_id);
         let unit = cgroup.as_deref().and_then(crate::procs::unit_of);
-        let who = unit.clone().unwrap_or_else(|| n.comm.clone());
+        let who = unit.clone().unwrap_or_else(|| n.task.comm.clone());
         let first = self
             .enforced_once
             .lock()
@@ -605,10 +706,10 @@ impl Context {
             return;
         }
         let info = ProcInfo {
-            pid: n.tgid,
-            ppid: n.ppid,
-            uid: n.uid,
-            comm: n.comm.clone(),
+            pid: n.task.tgid,
+            ppid: n.task.ppid,
+            uid: n.task.uid,
+            comm: n.task.comm.clone(),
             exe: String::new(),
             cgroup,
             unit: unit.clone(),

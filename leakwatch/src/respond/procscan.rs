@@ -82,16 +82,14 @@ pub fn list() -> Vec<Proc> {
         .collect()
 }
 
-/// Does the environment or command line of `pid` contain a key of `set`?
-pub fn holds_in_proc(pid: u32, set: &FrozenSet) -> bool {
-    ["environ", "cmdline"].iter().any(|f| {
-        fs::read(format!("/proc/{pid}/{f}"))
-            .map(|mut b| {
-                let hit = !set.find(&b).is_empty();
-                zeroize::Zeroize::zeroize(&mut b);
-                hit
-            })
-            .unwrap_or(false)
+/// The first key of `set` (its index) that the environment or command line of `pid` holds.
+pub fn holds_in_proc(pid: u32, set: &FrozenSet) -> Option<usize> {
+    ["environ", "cmdline"].iter().find_map(|f| {
+        fs::read(format!("/proc/{pid}/{f}")).ok().and_then(|mut b| {
+            let hit = set.find(&b).first().map(|h| h.key);
+            zeroize::Zeroize::zeroize(&mut b);
+            hit
+        })
     })
 }
 
@@ -151,10 +149,10 @@ pub fn socket_inodes(pid: u32) -> Vec<u32> {
 }
 
 /// Scans the private writable mappings (heap, stack, anonymous) of `pid` for a key of `set`,
-/// 1 MiB at a time with overlap, at most `budget` bytes in all.
-pub fn holds_in_memory(pid: u32, set: &FrozenSet, budget: usize) -> bool {
+/// 1 MiB at a time with overlap, at most `budget` bytes in all; the first key found.
+pub fn holds_in_memory(pid: u32, set: &FrozenSet, budget: usize) -> Option<usize> {
     let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
-        return false;
+        return None;
     };
     let overlap = set
         .keys()
@@ -193,9 +191,9 @@ pub fn holds_in_memory(pid: u32, set: &FrozenSet, budget: usize) -> bool {
                 break;
             }
             scanned += n;
-            if !set.find(&buf[..n]).is_empty() {
+            if let Some(h) = set.find(&buf[..n]).first() {
                 zeroize::Zeroize::zeroize(&mut buf);
-                return true;
+                return Some(h.key);
             }
             if n < want {
                 break;
@@ -204,7 +202,7 @@ pub fn holds_in_memory(pid: u32, set: &FrozenSet, budget: usize) -> bool {
         }
     }
     zeroize::Zeroize::zeroize(&mut buf);
-    false
+    None
 }
 
 fn read_remote(pid: u32, addr: usize, dst: &mut [u8]) -> usize {

@@ -1,0 +1,279 @@
+//! What a write went to. The kernel sends, with every write, the identity of the open file
+//! behind the fd (its `struct file`, inode and mode) and, when that identity is new for the
+//! (process, fd), the path it walked; sockets come with their peer. This table remembers the
+//! name per (process, fd) so later writes need no path, and so a `dup2` or a reopen (a new
+//! identity) renames the fd at once. Entries are bounded; a miss falls back to /proc.
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    events::{format_peer, ConnectEvent, FileKind, WriteEvent},
+    source::Source,
+};
+
+/// (process, fd) entries kept before the least recently used are dropped.
+const MAX_FDS: usize = 65_536;
+/// Connect destinations kept (fallback for sockets the kernel could not read a peer from).
+const MAX_CONNECTS: usize = 65_536;
+
+/// Where a write went, as alerts name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    File(Option<String>),
+    Socket(Option<String>),
+    Pipe(String),
+    Tty(String),
+    /// A device that is not a terminal (/dev/null…): nothing is stored, nothing scanned.
+    Device(String),
+}
+
+impl Target {
+    /// The finding's source; None for writes that go nowhere a secret could be read back.
+    pub fn source(&self) -> Option<Source> {
+        match self {
+            Target::File(_) => Some(Source::File),
+            Target::Socket(_) => Some(Source::Socket),
+            Target::Pipe(_) => Some(Source::Pipe),
+            Target::Tty(_) => Some(Source::Tty),
+            Target::Device(_) => None,
+        }
+    }
+
+    /// `path` of the alert (files, pipes, terminals).
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            Target::File(p) => p.as_deref(),
+            Target::Pipe(p) | Target::Tty(p) | Target::Device(p) => Some(p),
+            Target::Socket(_) => None,
+        }
+    }
+
+    /// `remote` of the alert (sockets).
+    pub fn remote(&self) -> Option<&str> {
+        match self {
+            Target::Socket(r) => r.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn named(&self) -> bool {
+        match self {
+            Target::File(p) | Target::Socket(p) => p.is_some(),
+            _ => true,
+        }
+    }
+}
+
+struct Entry {
+    file: u64,
+    ino: u64,
+    target: Target,
+    used: Instant,
+}
+
+#[derive(Default)]
+pub struct FdTable {
+    fds: HashMap<(u32, i32), Entry>,
+    connects: HashMap<(u32, i32), String>,
+}
+
+impl FdTable {
+    pub fn new() -> FdTable {
+        FdTable::default()
+    }
+
+    pub fn on_connect(&mut self, c: &ConnectEvent) {
+        if self.connects.len() >= MAX_CONNECTS {
+            self.connects.clear();
+        }
+        if let Some(r) = format_peer(&c.peer) {
+            self.connects.insert((c.task.tgid, c.fd), r);
+        }
+    }
+
+    /// Names the target of `w`; the bool says whether it could be named (path or peer).
+    pub fn classify(&mut self, w: &WriteEvent) -> (Target, bool) {
+        let key = (w.task.tgid, w.fd);
+        let now = Instant::now();
+        let peer = w.peer.as_ref().and_then(format_peer);
+        if !w.new_file() {
+            if let Some(e) = self.fds.get_mut(&key) {
+                if e.file == w.file.file && e.ino == w.file.ino {
+                    e.used = now;
+                    if let (Target::Socket(r), Some(p)) = (&mut e.target, &peer) {
+                        // Datagram destinations change per call; keep the latest.
+                        if r.as_deref() != Some(p) {
+                            *r = Some(p.clone());
+                        }
+                    }
+                    let t = e.target.clone();
+                    let named = t.named();
+                    return (t, named);
+                }
+            }
+        }
+        let name = w.path.clone().or_else(|| proc_fd_link(w.task.tgid, w.fd));
+        let target = match w.kind() {
+            FileKind::Socket => Target::Socket(peer.or_else(|| self.connects.get(&key).cloned())),
+            FileKind::Pipe => Target::Pipe(format!("pipe:[{}]", w.file.ino)),
+            FileKind::Char => {
+                let p = name.unwrap_or_default();
+                if is_tty(&p) {
+                    Target::Tty(p)
+                } else {
+                    Target::Device(p)
+                }
+            }
+            FileKind::Unknown => match name {
+                // The kernel could not read the fd: /proc may still say what it is.
+                Some(n) if n.starts_with("socket:") => {
+                    Target::Socket(self.connects.get(&key).cloned())
+                }
+                Some(n) if n.starts_with("pipe:") => Target::Pipe(n),
+                Some(n) if is_tty(&n) => Target::Tty(n),
+                n => Target::File(n),
+            },
+            FileKind::File | FileKind::Other => Target::File(name),
+        };
+        if self.fds.len() >= MAX_FDS {
+            self.evict(now);
+        }
+        self.fds.insert(
+            key,
+            Entry {
+                file: w.file.file,
+                ino: w.file.ino,
+                target: target.clone(),
+                used: now,
+            },
+        );
+        let named = target.named();
+        (target, named)
+    }
+
+    /// Drops the least recently used eighth of the table.
+    fn evict(&mut self, now: Instant) {
+        let mut ages: Vec<Duration> = self.fds.values().map(|e| now - e.used).collect();
+        ages.sort_unstable();
+        let cut = ages[ages.len() - ages.len() / 8 - 1];
+        self.fds.retain(|_, e| now - e.used < cut);
+    }
+
+    pub fn len(&self) -> usize {
+        self.fds.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+}
+
+fn is_tty(p: &str) -> bool {
+    p.starts_with("/dev/pts/") || p.starts_with("/dev/tty") || p == "/dev/console"
+}
+
+/// What /proc says the fd is (`/var/log/x`, `pipe:[123]`, `socket:[456]`), while it lives.
+fn proc_fd_link(tgid: u32, fd: i32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{tgid}/fd/{fd}"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use leakwatch_common::{FileId, Peer, AF_INET, PROBE_WRITE, WRITE_F_NEW_FILE, WRITE_F_PEER};
+
+    use super::*;
+    use crate::events::Task;
+
+    fn write(tgid: u32, fd: i32, file: u64, mode: u32, path: Option<&str>) -> WriteEvent {
+        let mut w = WriteEvent::default();
+        w.task = Task {
+            tgid,
+            flags: if path.is_some() { WRITE_F_NEW_FILE } else { 0 },
+            probe: PROBE_WRITE,
+            ..Default::default()
+        };
+        w.fd = fd;
+        w.file = FileId {
+            file,
+            ino: file + 1,
+            dev: 0,
+            mode,
+        };
+        w.path = path.map(str::to_string);
+        w
+    }
+
+    // Far above any real pid, so the /proc fallback finds nothing.
+    const PID: u32 = 4_000_000_001;
+
+    #[test]
+    fn remembers_a_path_and_renames_on_a_new_identity() {
+        let mut t = FdTable::new();
+        let (a, named) = t.classify(&write(PID, 2, 10, 0o100644, Some("/var/log/a.log")));
+        assert_eq!(a, Target::File(Some("/var/log/a.log".into())));
+        assert!(named);
+        // Same identity, no path sent: the table names it.
+        let (a2, _) = t.classify(&write(PID, 2, 10, 0o100644, None));
+        assert_eq!(a2, a);
+        // dup2 onto fd 2: a new identity with its path.
+        let (b, _) = t.classify(&write(PID, 2, 20, 0o100644, Some("/tmp/b")));
+        assert_eq!(b.path(), Some("/tmp/b"));
+        // A different identity without a path (table out of step): unnamed, never the old name.
+        let (c, named) = t.classify(&write(PID, 2, 30, 0o100644, None));
+        assert_eq!(c, Target::File(None));
+        assert!(!named);
+    }
+
+    #[test]
+    fn kinds_map_to_sources() {
+        let mut t = FdTable::new();
+        let (p, _) = t.classify(&write(PID, 1, 40, 0o010600, None));
+        assert_eq!(p, Target::Pipe("pipe:[41]".into()));
+        assert_eq!(p.source(), Some(Source::Pipe));
+        let (tty, _) = t.classify(&write(PID, 3, 50, 0o020620, Some("/dev/pts/4")));
+        assert_eq!(tty.source(), Some(Source::Tty));
+        let (null, _) = t.classify(&write(PID, 4, 60, 0o020666, Some("/dev/null")));
+        assert_eq!(null.source(), None);
+    }
+
+    #[test]
+    fn sockets_take_the_kernel_peer_or_the_connect() {
+        let mut t = FdTable::new();
+        let mut w = write(PID, 5, 70, 0o140777, None);
+        w.task.flags |= WRITE_F_PEER;
+        let mut peer = Peer {
+            family: AF_INET,
+            port: 8443,
+            ..Default::default()
+        };
+        peer.addr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        w.peer = Some(peer);
+        let (s, _) = t.classify(&w);
+        assert_eq!(s.remote(), Some("10.1.2.3:8443"));
+        let c = ConnectEvent {
+            task: Task {
+                tgid: PID,
+                ..Default::default()
+            },
+            fd: 6,
+            peer,
+        };
+        t.on_connect(&c);
+        let (s2, named) = t.classify(&write(PID, 6, 80, 0o140777, None));
+        assert_eq!(s2.remote(), Some("10.1.2.3:8443"));
+        assert!(named);
+    }
+
+    #[test]
+    fn the_table_stays_bounded() {
+        let mut t = FdTable::new();
+        for i in 0..(MAX_FDS as u64 + 10) {
+            t.classify(&write(PID, i as i32, 1000 + i, 0o100644, Some("/x")));
+        }
+        assert!(t.len() <= MAX_FDS);
+    }
+}

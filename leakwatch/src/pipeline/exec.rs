@@ -1,0 +1,120 @@
+//! The exec stage: an exec's argv strings and env values are scanned (frozen credentials
+//! first, so a kill never waits for the rule scan), the holders remembered for `freeze`, and
+//! a capture the kernel had to cut is reported as `lost`.
+use leakwatch_common::EXEC_F_COUNT_INCOMPLETE;
+
+use super::{report::Hit, Pipeline, HISTORY};
+use crate::{
+    detect::Detector,
+    events::ExecEvent,
+    procs::{ProcInfo, Procs},
+    source::Source,
+};
+
+/// Who exec'd: live /proc data when the exec has completed, else the event's.
+pub fn describe(procs: &mut Procs, ev: &ExecEvent) -> ProcInfo {
+    let comm = ev.new_comm();
+    let mut info = ProcInfo {
+        pid: ev.task.tgid,
+        ppid: ev.task.ppid,
+        uid: ev.task.uid,
+        comm: comm.clone(),
+        exe: ev.filename.clone(),
+        cgroup: None,
+        unit: None,
+    };
+    if let Some(l) = procs.live(ev.task.tgid) {
+        if l.ppid != 0 {
+            info.ppid = l.ppid;
+        }
+        if l.comm == comm {
+            info.exe = l.exe;
+        }
+        info.cgroup = l.cgroup;
+        info.unit = l.unit;
+    }
+    if info.cgroup.is_none() {
+        info.cgroup = procs.cgroup_path(ev.task.cgroup_id);
+        info.unit = info.cgroup.as_deref().and_then(crate::procs::unit_of);
+    }
+    info
+}
+
+pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
+    p.metrics
+        .events
+        .with_label_values(&[ev.task.probe_name()])
+        .inc();
+    let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
+    let fz = frozen.read().ok();
+    let d = Detector::new(&engine, fz.as_deref());
+    // Frozen credentials first: the kill must not wait for the rule scan.
+    let mut first_frozen = None;
+    each_string(&ev, |bytes, _, _| {
+        if first_frozen.is_none() {
+            first_frozen = d.frozen_only(bytes).into_iter().next();
+        }
+    });
+    if let Some(f) = first_frozen {
+        p.ctx.kill_exec(&ev, f.fingerprint);
+    }
+    let mut hits = Vec::new();
+    each_string(&ev, |bytes, source, at| {
+        for f in d.scan(bytes) {
+            hits.push(at(Hit::new(source, f)));
+        }
+    });
+    drop(fz);
+    let truncated = ev.truncated();
+    if hits.is_empty() && !truncated {
+        return;
+    }
+    let info = describe(&mut p.procs, &ev);
+    if truncated {
+        p.metrics.exec_truncated.inc();
+        p.metrics
+            .exec_strings_dropped
+            .inc_by(ev.strings_dropped as u64);
+        p.metrics.exec_bytes_dropped.inc_by(ev.bytes_dropped);
+        let a = super::report::base_alert("lost", &info)
+            .with("reason", "exec_capture_truncated")
+            .with("strings_dropped", ev.strings_dropped)
+            .with("bytes_dropped", ev.bytes_dropped)
+            .with("lower_bound", ev.task.flags & EXEC_F_COUNT_INCOMPLETE != 0);
+        p.report.alerts().emit(a);
+    }
+    if let Ok(mut hist) = p.shared.history.write() {
+        for h in &hits {
+            if hist.len() >= HISTORY {
+                hist.pop_front();
+            }
+            hist.push_back((ev.task.tgid, h.fingerprint.clone()));
+        }
+    }
+    let hits = hits
+        .into_iter()
+        .map(|h| {
+            h.with("filename", ev.filename.clone())
+                .with("tid", ev.task.pid)
+        })
+        .collect();
+    p.report.report(&info, hits);
+}
+
+/// Calls `f(bytes, source, annotate)` for every argv string and env value; `annotate` adds
+/// the string's `arg_index` or `var` to a hit.
+fn each_string(ev: &ExecEvent, mut f: impl FnMut(&[u8], Source, &dyn Fn(Hit) -> Hit)) {
+    for (i, a) in ev.argv.iter().enumerate() {
+        f(a, Source::Argv, &|h: Hit| h.with("arg_index", i));
+    }
+    for e in &ev.env {
+        let name = e
+            .iter()
+            .position(|&b| b == b'=')
+            .map(|n| String::from_utf8_lossy(&e[..n]).into_owned());
+        f(e, Source::Env, &|h: Hit| match &name {
+            Some(n) => h.with("var", n.clone()),
+            None => h,
+        });
+    }
+}

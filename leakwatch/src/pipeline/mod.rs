@@ -1,0 +1,228 @@
+//! The daemon's event pipeline, one stage per module, data flowing one way:
+//!
+//! ring buffers (`EVENTS`: exec, kills, connects; `WRITES`: write family) → `reader`
+//! (decode by family) → bounded queue → `worker`:
+//! enrich (`procs`) → classify (`classify`, writes) → detect (`detect`) → respond
+//! (`respond`, frozen credentials) → report (`report`: dedupe, metrics) → `sinks`.
+//!
+//! The reader only drains the rings and decodes, so a slow scan never stalls the kernel
+//! side. Write records the queue cannot take are dropped and counted
+//! (`leakwatch_queue_dropped_total{queue="events"}`, reported by the loss poller); exec,
+//! kill and connect records are rare and matter for freeze, so the reader waits for room. A new probe family adds a decoder in `events` and a
+//! stage module here, and one arm in `Pipeline::handle`.
+mod exec;
+pub mod report;
+mod write;
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        Arc, RwLock,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+pub use exec::describe as describe_exec;
+pub use report::{base_alert, Hit, Reporter};
+pub use write::MAX_STREAMS;
+
+use crate::{
+    classify::FdTable,
+    detect::{frozen::FrozenSet, Engine},
+    events::{decode, Event},
+    metrics::Metrics,
+    procs::Procs,
+    respond,
+};
+
+/// How many recent (tgid, fingerprint) pairs seen at exec are remembered for `freeze`.
+pub const HISTORY: usize = 65_536;
+/// Decoded events waiting for the worker.
+const QUEUE: usize = 16_384;
+/// Payload bytes waiting for the worker (the queue's real bound: one record can be 64 KiB).
+const QUEUE_BYTES: usize = 64 << 20;
+
+/// State the pipeline shares with `respond` (freeze reads and updates it).
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub frozen: Arc<RwLock<FrozenSet>>,
+    /// Recent (tgid, fingerprint) pairs seen at exec, oldest first.
+    pub history: Arc<RwLock<VecDeque<(u32, String)>>>,
+}
+
+pub struct Pipeline {
+    engine: Arc<Engine>,
+    shared: Shared,
+    procs: Procs,
+    fds: FdTable,
+    streams: write::Streams,
+    report: Reporter,
+    ctx: Arc<respond::Context>,
+    metrics: Arc<Metrics>,
+}
+
+impl Pipeline {
+    pub fn new(
+        engine: Engine,
+        shared: Shared,
+        report: Reporter,
+        ctx: Arc<respond::Context>,
+        metrics: Arc<Metrics>,
+    ) -> Pipeline {
+        Pipeline {
+            engine: Arc::new(engine),
+            shared,
+            procs: Procs::new(),
+            fds: FdTable::new(),
+            streams: write::Streams::default(),
+            report,
+            ctx,
+            metrics,
+        }
+    }
+
+    pub fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Exec(e) => exec::on_exec(self, e),
+            Event::Enforce(n) => {
+                self.metrics.events.with_label_values(&["enforce"]).inc();
+                self.ctx.on_enforce(n, &mut self.procs)
+            }
+            Event::Write(w) => write::on_write(self, w),
+            Event::Connect(c) => {
+                self.metrics
+                    .events
+                    .with_label_values(&[c.task.probe_name()])
+                    .inc();
+                self.fds.on_connect(&c);
+            }
+        }
+    }
+
+    /// Periodic work: flush paused streams, drop idle ones.
+    pub fn tick(&mut self) {
+        write::tick(self);
+    }
+}
+
+struct Queued {
+    ev: Event,
+    bytes: usize,
+}
+
+type Ring = aya::maps::RingBuf<aya::maps::MapData>;
+
+/// Starts the reader (rings → decode → queue) and the worker (queue → stages) threads.
+pub fn start(
+    events: Ring,
+    writes: Ring,
+    mut pipeline: Pipeline,
+    stop: Arc<AtomicBool>,
+) -> Result<(JoinHandle<()>, JoinHandle<()>)> {
+    let (tx, rx) = mpsc::sync_channel::<Queued>(QUEUE);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let metrics = pipeline.metrics.clone();
+    let reader = {
+        let (stop, queued) = (stop.clone(), queued.clone());
+        std::thread::Builder::new()
+            .name("lw-events".into())
+            .spawn(move || read([events, writes], &tx, &queued, &metrics, &stop))
+            .context("starting the event reader thread")?
+    };
+    let worker = std::thread::Builder::new()
+        .name("lw-pipeline".into())
+        .spawn(move || work(&mut pipeline, rx, &queued))
+        .context("starting the pipeline thread")?;
+    Ok((reader, worker))
+}
+
+/// The reader runs on its own OS thread: a burst of events must never delay the control
+/// socket (a freeze at 3 a.m. during an exec storm) or the metrics endpoint.
+fn read(
+    mut rings: [Ring; 2],
+    tx: &SyncSender<Queued>,
+    queued: &AtomicUsize,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+) {
+    use std::os::fd::AsRawFd;
+    let mut pfds = rings.each_ref().map(|r| libc::pollfd {
+        fd: r.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: two valid pollfds; the rings (and their fds) outlive this call.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, 200) };
+        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            log::error!(
+                "polling the event ring buffers failed: {}; no more events will be read",
+                std::io::Error::last_os_error()
+            );
+            return;
+        }
+        for ring in rings.iter_mut() {
+            // Bounded per turn, so a flood on one ring never starves the other.
+            for _ in 0..4096 {
+                let Some(item) = ring.next() else { break };
+                let ev = match decode(&item) {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        metrics.decode_errors.inc();
+                        log::warn!("dropped a malformed kernel record: {e}");
+                        continue;
+                    }
+                };
+                let bytes = item.len();
+                drop(item);
+                enqueue(Queued { ev, bytes }, tx, queued, metrics);
+            }
+        }
+    }
+}
+
+fn enqueue(q: Queued, tx: &SyncSender<Queued>, queued: &AtomicUsize, metrics: &Metrics) {
+    let must_keep = !matches!(q.ev, Event::Write(_));
+    if !must_keep && queued.load(Ordering::Relaxed) + q.bytes > QUEUE_BYTES {
+        metrics.queue_dropped.with_label_values(&["events"]).inc();
+        return;
+    }
+    queued.fetch_add(q.bytes, Ordering::Relaxed);
+    let bytes = q.bytes;
+    let sent = if must_keep {
+        tx.send(q).is_ok()
+    } else {
+        match tx.try_send(q) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+        }
+    };
+    if !sent {
+        queued.fetch_sub(bytes, Ordering::Relaxed);
+        metrics.queue_dropped.with_label_values(&["events"]).inc();
+    }
+}
+
+fn work(p: &mut Pipeline, rx: Receiver<Queued>, queued: &AtomicUsize) {
+    let period = Duration::from_millis(250);
+    let mut last_tick = Instant::now();
+    loop {
+        match rx.recv_timeout(period) {
+            Ok(q) => {
+                queued.fetch_sub(q.bytes, Ordering::Relaxed);
+                p.handle(q.ev);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if last_tick.elapsed() >= period {
+            p.tick();
+            last_tick = Instant::now();
+        }
+    }
+}

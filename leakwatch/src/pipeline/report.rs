@@ -1,0 +1,136 @@
+//! The last pipeline stage before the sinks: a credential seen somewhere becomes a metric
+//! and, unless it repeats inside the dedupe window, a `finding` alert with the process
+//! fields of the contract.
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Map, Value};
+
+use crate::{alerts::Alert, metrics::Metrics, procs::ProcInfo, sinks::Alerts, source::Source};
+
+/// One credential seen, before it becomes an alert.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub rule: String,
+    pub source: Source,
+    pub fingerprint: String,
+    pub redacted: String,
+    pub path: Option<String>,
+    pub remote: Option<String>,
+    /// Source-specific alert fields (`var`, `arg_index`, `fd`, `bytes`…).
+    pub extra: Map<String, Value>,
+}
+
+impl Hit {
+    pub fn new(source: Source, f: crate::detect::Finding) -> Hit {
+        Hit {
+            rule: f.rule,
+            source,
+            fingerprint: f.fingerprint,
+            redacted: f.redacted,
+            path: None,
+            remote: None,
+            extra: Map::new(),
+        }
+    }
+
+    pub fn with(mut self, k: &str, v: impl Into<Value>) -> Hit {
+        self.extra.insert(k.into(), v.into());
+        self
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    fingerprint: String,
+    source: Source,
+    exe: String,
+    ppid: u32,
+    place: Option<String>,
+}
+
+pub struct Reporter {
+    alerts: Alerts,
+    metrics: Arc<Metrics>,
+    seen: HashMap<Key, Instant>,
+    window: Duration,
+    swept: Instant,
+}
+
+impl Reporter {
+    pub fn new(alerts: Alerts, metrics: Arc<Metrics>, dedupe_seconds: u64) -> Reporter {
+        Reporter {
+            alerts,
+            metrics,
+            seen: HashMap::new(),
+            window: Duration::from_secs(dedupe_seconds),
+            swept: Instant::now(),
+        }
+    }
+
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
+    }
+
+    /// Counts every hit and alerts the ones not seen inside the window.
+    pub fn report(&mut self, p: &ProcInfo, hits: Vec<Hit>) {
+        let now = Instant::now();
+        // Swept at most once a second, not per finding: a burst of distinct keys must not
+        // make every finding pay for the whole map.
+        if now.duration_since(self.swept) >= Duration::from_secs(1) {
+            let w = self.window;
+            self.seen.retain(|_, t| now.duration_since(*t) < w);
+            self.swept = now;
+        }
+        for h in hits {
+            self.metrics
+                .findings
+                .with_label_values(&[&h.rule, h.source.as_str()])
+                .inc();
+            let key = Key {
+                fingerprint: h.fingerprint.clone(),
+                source: h.source,
+                exe: p.exe.clone(),
+                ppid: p.ppid,
+                place: h.path.clone().or_else(|| h.remote.clone()),
+            };
+            if !self.window.is_zero() {
+                match self.seen.get(&key) {
+                    Some(t) if now.duration_since(*t) < self.window => {
+                        self.metrics.suppressed.inc();
+                        continue;
+                    }
+                    _ => {}
+                }
+                self.seen.insert(key, now);
+            }
+            let mut a = base_alert("finding", p);
+            a.rule = Some(h.rule);
+            a.source = Some(h.source);
+            a.fingerprint = Some(h.fingerprint);
+            a.redacted = Some(h.redacted);
+            a.path = h.path;
+            a.remote = h.remote;
+            a.extra.extend(h.extra);
+            self.alerts.emit(a);
+        }
+    }
+}
+
+/// An alert of `kind` filled with the process fields of the contract.
+pub fn base_alert(kind: &'static str, p: &ProcInfo) -> Alert {
+    let mut a = Alert::new(kind);
+    a.pid = p.pid;
+    a.ppid = p.ppid;
+    a.uid = p.uid;
+    a.comm = p.comm.clone();
+    a.exe = p.exe.clone();
+    a.unit = p.unit.clone();
+    if let Some(c) = &p.cgroup {
+        a.extra.insert("cgroup".into(), json!(c));
+    }
+    a
+}

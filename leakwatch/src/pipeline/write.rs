@@ -1,0 +1,255 @@
+//! The write stage: each write-family payload is named (`classify`), appended to its
+//! (process, fd) stream and scanned with the stream's tail, so a key split across writes —
+//! a JVM error log writes `NAME`, `=` and the value separately — is found once. A stream
+//! that pauses reports what it held back; idle streams are dropped to bound memory (counted).
+//! A process seen writing a frozen credential is handed to `respond` as a holder.
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use super::{report::Hit, Pipeline};
+use crate::{
+    classify::Target,
+    detect::{stream::StreamFinding, stream::StreamScanner, Detector},
+    events::{Task, WriteEvent},
+    procs::{ProcInfo, Procs},
+    source::Source,
+};
+
+/// Streams reassembled at once; beyond this the least recently written are dropped.
+pub const MAX_STREAMS: usize = 4096;
+/// A pause after which a stream reports the finding it held back at its end.
+const FLUSH_AFTER: Duration = Duration::from_millis(1000);
+/// A stream unwritten this long is dropped (its tail is zeroized).
+const IDLE_AFTER: Duration = Duration::from_secs(120);
+
+struct Stream {
+    scanner: StreamScanner,
+    file: u64,
+    target: Target,
+    task: Task,
+    fd: i32,
+    used: Instant,
+    /// Held-back findings were reported since the last write.
+    flushed: bool,
+}
+
+#[derive(Default)]
+pub struct Streams {
+    map: HashMap<(u32, i32), Stream>,
+    /// (tgid, fd) whose cut capture was last reported, for the `lost` alert window.
+    truncations: HashMap<(u32, i32), Instant>,
+}
+
+/// Who wrote: /proc while the process lives, else what the event carried.
+pub fn describe(procs: &mut Procs, t: &Task) -> ProcInfo {
+    if let Some(l) = procs.live(t.tgid) {
+        return l;
+    }
+    let cgroup = procs.cgroup_path(t.cgroup_id);
+    ProcInfo {
+        pid: t.tgid,
+        ppid: t.ppid,
+        uid: t.uid,
+        comm: t.comm.clone(),
+        exe: String::new(),
+        unit: cgroup.as_deref().and_then(crate::procs::unit_of),
+        cgroup,
+    }
+}
+
+pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
+    let probe = w.task.probe_name();
+    p.metrics.events.with_label_values(&[probe]).inc();
+    p.metrics
+        .captured_bytes
+        .with_label_values(&[probe])
+        .inc_by(w.data.len() as u64);
+    let (target, named) = p.fds.classify(&w);
+    if !named {
+        p.metrics.fds_unresolved.inc();
+    }
+    let Some(source) = target.source() else {
+        return; // /dev/null and other devices: nothing can be read back
+    };
+    let key = (w.task.tgid, w.fd);
+    let now = Instant::now();
+    let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
+    let fz = frozen.read().ok();
+    let d = Detector::new(&engine, fz.as_deref());
+    let mut found = Vec::new();
+    // A new open file behind the fd ends the old stream.
+    if p.streams
+        .map
+        .get(&key)
+        .is_some_and(|s| s.file != w.file.file)
+    {
+        if let Some(mut old) = p.streams.map.remove(&key) {
+            let f = old.scanner.finish(&d);
+            report(p, &d, &old, f);
+        }
+    }
+    if !p.streams.map.contains_key(&key) && p.streams.map.len() >= MAX_STREAMS {
+        evict_oldest(p, &d);
+    }
+    let s = p.streams.map.entry(key).or_insert_with(|| Stream {
+        scanner: StreamScanner::new(&p.engine),
+        file: w.file.file,
+        target: target.clone(),
+        task: w.task.clone(),
+        fd: w.fd,
+        used: now,
+        flushed: false,
+    });
+    s.target = target;
+    s.task = w.task.clone();
+    s.used = now;
+    s.flushed = false;
+    found.extend(s.scanner.feed(&d, &w.data));
+    if w.truncated() {
+        // Bytes are missing after this chunk: do not join across the gap.
+        found.extend(s.scanner.finish(&d));
+        s.scanner = StreamScanner::new(&p.engine);
+    }
+    let bytes = w.total;
+    if !found.is_empty() {
+        let (stream_task, stream_target, fd) = (s.task.clone(), s.target.clone(), s.fd);
+        emit(
+            p,
+            &d,
+            source,
+            &stream_task,
+            &stream_target,
+            fd,
+            found,
+            bytes,
+        );
+    }
+    drop(fz);
+    if w.truncated() {
+        lost(p, &w, key, now);
+    }
+    p.metrics.streams.set(p.streams.map.len() as i64);
+}
+
+/// Turns stream findings into hits; a frozen one makes the writer a holder.
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    p: &mut Pipeline,
+    d: &Detector,
+    source: Source,
+    task: &Task,
+    target: &Target,
+    fd: i32,
+    found: Vec<StreamFinding>,
+    bytes: u64,
+) {
+    if let Some(f) = found.iter().find(|f| d.is_frozen(&f.finding)) {
+        p.ctx.kill_holder(
+            task.tgid,
+            &f.finding.fingerprint,
+            source,
+            target.path().or(target.remote()),
+        );
+    }
+    let hits: Vec<Hit> = found
+        .into_iter()
+        .map(|f| {
+            let mut h = Hit::new(source, f.finding)
+                .with("fd", fd)
+                .with("bytes", bytes)
+                .with("probe", task.probe_name())
+                .with("tid", task.pid)
+                .with("offset", f.offset);
+            h.path = target.path().map(str::to_string);
+            h.remote = target.remote().map(str::to_string);
+            h
+        })
+        .collect();
+    let info = describe(&mut p.procs, task);
+    p.report.report(&info, hits);
+}
+
+fn report(p: &mut Pipeline, d: &Detector, s: &Stream, found: Vec<StreamFinding>) {
+    if found.is_empty() {
+        return;
+    }
+    if let Some(source) = s.target.source() {
+        emit(p, d, source, &s.task, &s.target, s.fd, found, 0);
+    }
+}
+
+fn evict_oldest(p: &mut Pipeline, d: &Detector) {
+    let Some(key) = p
+        .streams
+        .map
+        .iter()
+        .min_by_key(|(_, s)| s.used)
+        .map(|(k, _)| *k)
+    else {
+        return;
+    };
+    if let Some(mut s) = p.streams.map.remove(&key) {
+        let f = s.scanner.finish(d);
+        report(p, d, &s, f);
+        p.metrics.streams_evicted.inc();
+    }
+}
+
+/// Periodic: paused streams report what they held back; idle ones are dropped.
+pub(super) fn tick(p: &mut Pipeline) {
+    let now = Instant::now();
+    let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
+    let fz = frozen.read().ok();
+    let d = Detector::new(&engine, fz.as_deref());
+    let pausing: Vec<(u32, i32)> = p
+        .streams
+        .map
+        .iter()
+        .filter(|(_, s)| !s.flushed && now.duration_since(s.used) >= FLUSH_AFTER)
+        .map(|(k, _)| *k)
+        .collect();
+    for k in pausing {
+        let Some(mut s) = p.streams.map.remove(&k) else {
+            continue;
+        };
+        let f = s.scanner.finish(&d);
+        s.flushed = true;
+        report(p, &d, &s, f);
+        if now.duration_since(s.used) < IDLE_AFTER {
+            p.streams.map.insert(k, s);
+        }
+    }
+    p.streams
+        .map
+        .retain(|_, s| now.duration_since(s.used) < IDLE_AFTER);
+    p.streams
+        .truncations
+        .retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
+    p.metrics.streams.set(p.streams.map.len() as i64);
+}
+
+/// A cut capture is a `lost` alert, once per (process, fd) a minute; metrics count all.
+fn lost(p: &mut Pipeline, w: &WriteEvent, key: (u32, i32), now: Instant) {
+    if p.streams
+        .truncations
+        .get(&key)
+        .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
+    {
+        return;
+    }
+    p.streams.truncations.insert(key, now);
+    let (target, _) = p.fds.classify(w);
+    let info = describe(&mut p.procs, &w.task);
+    let mut a = super::report::base_alert("lost", &info)
+        .with("reason", "write_capture_truncated")
+        .with("probe", w.task.probe_name())
+        .with("fd", w.fd)
+        .with("bytes", w.total)
+        .with("bytes_dropped", w.bytes_dropped)
+        .with("iov_dropped", w.iov_dropped);
+    a.path = target.path().map(str::to_string);
+    a.remote = target.remote().map(str::to_string);
+    p.report.alerts().emit(a);
+}

@@ -1,0 +1,46 @@
+//! Where a secret was seen: the typed `source` of every finding (alert field, metric label).
+use serde::{Serialize, Serializer};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// An exec's command line.
+    Argv,
+    /// An exec's environment.
+    Env,
+    /// Bytes written to a regular file.
+    File,
+    /// A core dump or diagnostic report.
+    CrashDump,
+    /// Bytes sent on a socket.
+    Socket,
+    /// Bytes written to a pipe or FIFO.
+    Pipe,
+    /// Bytes written to a terminal.
+    Tty,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Argv => "argv",
+            Source::Env => "env",
+            Source::File => "file",
+            Source::CrashDump => "crash_dump",
+            Source::Socket => "socket",
+            Source::Pipe => "pipe",
+            Source::Tty => "tty",
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Source {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
