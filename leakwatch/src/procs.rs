@@ -17,7 +17,13 @@ pub struct ProcInfo {
 pub struct Procs {
     cgroup_root: Option<PathBuf>,
     by_id: HashMap<u64, String>,
+    /// tgid -> the image it was last seen exec'ing, for processes gone before their
+    /// writes are reported.
+    execs: HashMap<u32, (String, String)>,
 }
+
+/// Exec images remembered (cleared when full: a bounded cache, not a history).
+const EXECS_MAX: usize = 65_536;
 
 impl Default for Procs {
     fn default() -> Self {
@@ -30,7 +36,32 @@ impl Procs {
         Procs {
             cgroup_root: cgroup2_mount(),
             by_id: HashMap::new(),
+            execs: HashMap::new(),
         }
+    }
+
+    /// Remembers the image `tgid` exec'd (absolute filenames resolved through symlinks) and
+    /// the comm the kernel gives it.
+    pub fn saw_exec(&mut self, tgid: u32, filename: &str, comm: &str) {
+        if self.execs.len() >= EXECS_MAX {
+            self.execs.clear();
+        }
+        let exe = if filename.starts_with('/') {
+            fs::canonicalize(filename)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| filename.to_string())
+        } else {
+            filename.to_string()
+        };
+        self.execs.insert(tgid, (comm.to_string(), exe));
+    }
+
+    /// The image `tgid` was last seen exec'ing, if the kernel named that image `comm`.
+    pub fn exe_seen(&self, tgid: u32, comm: &str) -> Option<String> {
+        self.execs
+            .get(&tgid)
+            .filter(|(c, _)| c == comm)
+            .map(|(_, e)| e.clone())
     }
 
     /// Reads /proc/PID. None when the process is gone.

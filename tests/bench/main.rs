@@ -1,16 +1,24 @@
-//! `cargo xtask bench`: measures what BENCHMARKS.md reports and rewrites it.
+//! `cargo xtask bench [--only freeze|write|scan]`: measures what BENCHMARKS.md reports and
+//! rewrites it.
 //! - freeze latency, command to report, for 1, 10 and 100 holder processes, each holding
 //!   two TCP connections (real daemon, real eBPF programs);
+//! - the write path's cost to a writing program and the daemon's accounting under load
+//!   (see `write_bench`);
 //! - the detection engine's throughput, recall and false positives (see `scan_bench`).
+//!
+//! With `--only PART` only that part runs and only its sections of BENCHMARKS.md are
+//! replaced; the others are kept from the previous run.
 mod freeze_bench;
 mod scan_bench;
+mod write_bench;
 
 use std::fmt::Write as _;
 
+/// Parts in the order their sections appear in BENCHMARKS.md.
+const PARTS: [&str; 3] = ["freeze", "write", "scan"];
+
 fn main() {
-    let out = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "BENCHMARKS.md".into());
+    let (out, only) = args();
     let mut md = String::new();
     writeln!(md, "# leakwatch benchmarks\n").unwrap();
     writeln!(
@@ -21,12 +29,79 @@ fn main() {
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
     )
     .unwrap();
-    if std::env::var_os("LW_BENCH_SKIP_FREEZE").is_none() {
-        md.push_str(&freeze_bench::run());
+    if let Some(p) = &only {
+        writeln!(
+            md,
+            "The last run was `cargo xtask bench --only {p}`: the other sections are from an earlier run.\n"
+        )
+        .unwrap();
     }
-    md.push_str(&scan_bench::run());
+    let old = only
+        .as_ref()
+        .map(|_| std::fs::read_to_string(&out).unwrap_or_default())
+        .unwrap_or_default();
+    for part in PARTS {
+        if only.as_deref().is_some_and(|p| p != part) {
+            md.push_str(&sections_of(&old, part));
+            continue;
+        }
+        match part {
+            "freeze" if std::env::var_os("LW_BENCH_SKIP_FREEZE").is_some() => {
+                md.push_str(&sections_of(&old, part))
+            }
+            "freeze" => md.push_str(&freeze_bench::run()),
+            "write" => md.push_str(&write_bench::run()),
+            _ => md.push_str(&scan_bench::run()),
+        }
+    }
     std::fs::write(&out, md).expect("writing BENCHMARKS.md");
     eprintln!("wrote {out}");
+}
+
+/// (output file, part given with `--only`).
+fn args() -> (String, Option<String>) {
+    let mut out = "BENCHMARKS.md".to_string();
+    let mut only = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--only" {
+            let p = it.next().unwrap_or_default();
+            if !PARTS.contains(&p.as_str()) {
+                eprintln!("bench: --only takes one of {}", PARTS.join(", "));
+                std::process::exit(2);
+            }
+            only = Some(p);
+        } else {
+            out = a;
+        }
+    }
+    (out, only)
+}
+
+/// Which part wrote a `## ` section.
+fn part_of(title: &str) -> &'static str {
+    match title {
+        "Freeze latency" => "freeze",
+        t if t == write_bench::TITLE => "write",
+        _ => "scan",
+    }
+}
+
+/// The `## ` sections of `md` (each up to the next one) that `part` wrote.
+fn sections_of(md: &str, part: &str) -> String {
+    let mut out = String::new();
+    let mut keep = false;
+    for line in md.split_inclusive('\n') {
+        if let Some(title) = line.strip_prefix("## ") {
+            keep = part_of(title.trim()) == part;
+        } else if line.starts_with("# ") {
+            keep = false;
+        }
+        if keep {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 fn hostname() -> String {

@@ -251,3 +251,320 @@ pub fn s<'a>(a: &'a Value, k: &str) -> &'a str {
 pub fn n(a: &Value, k: &str) -> u64 {
     a.get(k).and_then(Value::as_u64).unwrap_or(0)
 }
+
+// ---------------------------------------------------------------------------------------
+// Helpers for the write/connect path tests (tests/write.rs).
+
+/// The daemon directory `Daemon::start(name)` would use, created empty.
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("leakwatch-it-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    let _ = fs::remove_dir_all(dir.with_extension("scratch"));
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Daemon {
+    /// Starts the daemon with `--config` pointing at a file holding `toml` (kept in the
+    /// scratch directory: it is the test's input, not something leakwatch wrote).
+    pub fn start_with_config(name: &str, toml: &str) -> Daemon {
+        let dir = fresh_dir(name);
+        let scratch = dir.with_extension("scratch");
+        fs::create_dir_all(&scratch).unwrap();
+        let cfg = scratch.join("leakwatch.toml");
+        fs::write(&cfg, toml).unwrap();
+        Daemon::start_in(dir, &["--config", cfg.to_str().unwrap()])
+    }
+
+    /// Every `finding` alert for this fingerprint so far.
+    pub fn findings(&self, fp: &str) -> Vec<Value> {
+        self.alerts()
+            .into_iter()
+            .filter(|a| s(a, "kind") == "finding" && s(a, "fingerprint") == fp)
+            .collect()
+    }
+
+    /// `metric(self.scrape(), …)`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.scrape(), name, labels)
+    }
+
+    /// Polls the metrics endpoint up to 15 s until `pred(value)` holds; returns the value.
+    pub fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        what: &str,
+        pred: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let v = self.metric(name, labels);
+            if pred(v) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let text = self.scrape();
+                let related: Vec<&str> = text.lines().filter(|l| l.contains(name)).collect();
+                panic!("{what}: {name}{labels:?} is {v} after 15 s; its series:\n{related:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Sum of the samples of `name` whose labels include every `labels` pair, in Prometheus
+/// text (the HTTP headers of a scrape are skipped). 0.0 when there is none: counters with
+/// labels only appear once something counted.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, rest) = match line.find('{') {
+            Some(i) => match line.rfind('}') {
+                Some(j) if j > i => ((&line[..i], &line[i + 1..j]), &line[j + 1..]),
+                _ => continue,
+            },
+            None => match line.split_once(' ') {
+                Some((n, r)) => ((n, ""), r),
+                None => continue,
+            },
+        };
+        if series.0 != name {
+            continue;
+        }
+        let have = parse_labels(series.1);
+        if !labels
+            .iter()
+            .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
+        {
+            continue;
+        }
+        if let Some(v) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            sum += v;
+        }
+    }
+    sum
+}
+
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = text.trim();
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq].trim().trim_start_matches(',').trim().to_string();
+        let after = &rest[eq + 1..];
+        let Some(body) = after.strip_prefix('"') else {
+            break;
+        };
+        let mut val = String::new();
+        let mut chars = body.char_indices();
+        let mut end = body.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, e)) = chars.next() {
+                        val.push(if e == 'n' { '\n' } else { e });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => val.push(c),
+            }
+        }
+        out.push((key, val));
+        rest = &body[end..];
+    }
+    out
+}
+
+/// Polls `f` every 20 ms for up to `secs` seconds.
+pub fn wait_until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits up to `secs` for a child to exit (kills it and fails if it does not).
+pub fn wait_exit(c: &mut Child, secs: u64, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("{what} (pid {}) still running after {secs} s", c.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The system Python (`/usr/bin/python3`, comm `python3`) when present: no pyenv shim
+/// scripts in front of it, so the spawned pid is python's from its first exec.
+pub fn python() -> Command {
+    if Path::new("/usr/bin/python3").exists() {
+        Command::new("/usr/bin/python3")
+    } else {
+        Command::new("python3")
+    }
+}
+
+/// A local HTTP/1.1 server on 127.0.0.1 (port chosen by the kernel) that reads each
+/// request (Content-Length or chunked body), keeps its raw bytes, and answers `200 ok`.
+pub struct HttpSink {
+    pub port: u16,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl HttpSink {
+    pub fn start() -> HttpSink {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the HTTP sink");
+        let port = l.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let r = requests.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let r = r.clone();
+                std::thread::spawn(move || serve_http(c, &r));
+            }
+        });
+        HttpSink { port, requests }
+    }
+
+    /// `127.0.0.1:PORT`, as the daemon reports a socket's `remote`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    /// Waits up to 15 s for a request whose raw bytes satisfy `pred`.
+    pub fn wait_request(&self, what: &str, pred: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        wait_until(15, what, || {
+            self.requests
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|r| pred(r))
+                .cloned()
+        })
+    }
+}
+
+fn serve_http(mut c: std::net::TcpStream, out: &std::sync::Mutex<Vec<Vec<u8>>>) {
+    use std::io::Write;
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    loop {
+        if let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..h]).to_ascii_lowercase();
+            let body = &buf[h + 4..];
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let done = match len {
+                Some(n) => body.len() >= n,
+                None if head.contains("transfer-encoding: chunked") => body.ends_with(b"0\r\n\r\n"),
+                None => true,
+            };
+            if done {
+                break;
+            }
+        }
+        match c.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+    out.lock().unwrap().push(buf);
+    let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+}
+
+/// How the far end of a TCP connection ended, as the server side saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerEnd {
+    /// `recv` failed with ECONNRESET: the peer (or leakwatch on its behalf) sent a RST.
+    Reset,
+    /// `recv` returned 0: an orderly FIN.
+    Eof,
+    /// Nothing happened within the read timeout.
+    Timeout,
+    Other(String),
+}
+
+/// A plain TCP server on 127.0.0.1 that reads each connection to its end and reports
+/// what it received and how it ended.
+pub struct TcpPeer {
+    pub port: u16,
+    ended: std::sync::mpsc::Receiver<(Vec<u8>, PeerEnd)>,
+}
+
+impl TcpPeer {
+    pub fn start() -> TcpPeer {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the TCP peer");
+        let port = l.local_addr().unwrap().port();
+        let (tx, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut data = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let end = loop {
+                        match c.read(&mut chunk) {
+                            Ok(0) => break PeerEnd::Eof,
+                            Ok(k) => data.extend_from_slice(&chunk[..k]),
+                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                                break PeerEnd::Reset
+                            }
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) =>
+                            {
+                                break PeerEnd::Timeout
+                            }
+                            Err(e) => break PeerEnd::Other(e.to_string()),
+                        }
+                    };
+                    let _ = tx.send((data, end));
+                });
+            }
+        });
+        TcpPeer { port, ended }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The next connection to end (waits up to `secs`): what it sent, how it ended.
+    pub fn next_end(&self, secs: u64) -> (Vec<u8>, PeerEnd) {
+        self.ended
+            .recv_timeout(Duration::from_secs(secs))
+            .unwrap_or_else(|_| panic!("no connection to the TCP peer ended within {secs} s"))
+    }
+}

@@ -51,7 +51,11 @@ enum Cmd {
         filter: Option<String>,
     },
     /// Run the benchmarks and rewrite BENCHMARKS.md.
-    Bench,
+    Bench {
+        /// Run only this part and replace only its sections of BENCHMARKS.md.
+        #[arg(long, value_parser = ["freeze", "write", "scan"])]
+        only: Option<String>,
+    },
     /// Fuzz the detection engine with cargo fuzz (libFuzzer) for this many seconds.
     Fuzz {
         #[arg(default_value_t = 300)]
@@ -67,7 +71,9 @@ fn main() -> ExitCode {
         Cmd::Build => install().and_then(|_| build()),
         Cmd::Run { args } => install().and_then(|_| build()).and_then(|_| run(&args)),
         Cmd::Test { filter } => test(filter.as_deref()),
-        Cmd::Bench => install().and_then(|_| build()).and_then(|_| bench()),
+        Cmd::Bench { only } => install()
+            .and_then(|_| build())
+            .and_then(|_| bench(only.as_deref())),
         Cmd::Fuzz { seconds } => install()
             .and_then(|_| build_ebpf())
             .and_then(|_| fuzz(seconds)),
@@ -302,6 +308,10 @@ fn test(filter: Option<&str>) -> Result<()> {
         "leakwatch-tests",
         "--tests",
         "--",
+        // Every daemon sees the whole host (default scope: every process), so each test's
+        // writes are scanned by every other test's daemon: two at a time keeps the 2-core
+        // machine from falling behind its own 15 s alert deadlines.
+        "--test-threads=2",
     ])
     .env("LEAKWATCH_BIN", root().join("target/release/leakwatch"))
     .env("LEAKWATCH_PROMTOOL", promtool());
@@ -329,20 +339,27 @@ fn install_peers() -> Result<()> {
     Ok(())
 }
 
-fn bench() -> Result<()> {
-    install_peers()?;
-    sh(cargo()
-        .args([
-            "run",
-            "--release",
-            "-p",
-            "leakwatch-tests",
-            "--bin",
-            "bench",
-            "--",
-        ])
-        .arg(root().join("BENCHMARKS.md"))
-        .env("LEAKWATCH_BIN", root().join("target/release/leakwatch")))
+/// Every part, or only `only` (freeze, write, scan): the peers are needed by scan alone.
+fn bench(only: Option<&str>) -> Result<()> {
+    if only.is_none_or(|p| p == "scan") {
+        install_peers()?;
+    }
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "-p",
+        "leakwatch-tests",
+        "--bin",
+        "bench",
+        "--",
+    ])
+    .arg(root().join("BENCHMARKS.md"))
+    .env("LEAKWATCH_BIN", root().join("target/release/leakwatch"));
+    if let Some(p) = only {
+        c.args(["--only", p]);
+    }
+    sh(&mut c)
 }
 
 /// cargo fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them

@@ -67,6 +67,18 @@ pub enum Event {
     Connect(ConnectEvent),
 }
 
+impl Event {
+    /// When the kernel saw it (CLOCK_MONOTONIC ns): orders records from different rings.
+    pub fn ktime(&self) -> u64 {
+        match self {
+            Event::Exec(e) => e.task.ktime_ns,
+            Event::Enforce(n) => n.task.ktime_ns,
+            Event::Write(w) => w.task.ktime_ns,
+            Event::Connect(c) => c.task.ktime_ns,
+        }
+    }
+}
+
 pub fn comm_str(c: &[u8; 16]) -> String {
     let n = c.iter().position(|&b| b == 0).unwrap_or(16);
     String::from_utf8_lossy(&c[..n]).into_owned()

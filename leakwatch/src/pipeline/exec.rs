@@ -45,6 +45,9 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
         .events
         .with_label_values(&[ev.task.probe_name()])
         .inc();
+    if !ev.killed() {
+        p.procs.saw_exec(ev.task.tgid, &ev.filename, &ev.new_comm());
+    }
     let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
     let fz = frozen.read().ok();
     let d = Detector::new(&engine, fz.as_deref());

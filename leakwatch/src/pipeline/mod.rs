@@ -166,22 +166,28 @@ fn read(
             );
             return;
         }
+        // One batch from both rings, in kernel time order: a short-lived process's exec
+        // (EVENTS) must reach the stages before its writes (WRITES) do.
+        let mut batch: Vec<Queued> = Vec::new();
         for ring in rings.iter_mut() {
             // Bounded per turn, so a flood on one ring never starves the other.
             for _ in 0..4096 {
                 let Some(item) = ring.next() else { break };
-                let ev = match decode(&item) {
-                    Ok(ev) => ev,
+                match decode(&item) {
+                    Ok(ev) => batch.push(Queued {
+                        ev,
+                        bytes: item.len(),
+                    }),
                     Err(e) => {
                         metrics.decode_errors.inc();
                         log::warn!("dropped a malformed kernel record: {e}");
-                        continue;
                     }
-                };
-                let bytes = item.len();
-                drop(item);
-                enqueue(Queued { ev, bytes }, tx, queued, metrics);
+                }
             }
+        }
+        batch.sort_by_key(|q| q.ev.ktime());
+        for q in batch {
+            enqueue(q, tx, queued, metrics);
         }
     }
 }

@@ -26,10 +26,14 @@ const IDLE_AFTER: Duration = Duration::from_secs(120);
 
 struct Stream {
     scanner: StreamScanner,
-    file: u64,
+    /// The open file's identity: `struct file` address and inode (an address alone can be
+    /// reused at once by the next open of the same fd number).
+    file: (u64, u64),
     target: Target,
     task: Task,
     fd: i32,
+    /// Length of the last call, reported with findings held back until a pause.
+    last_bytes: u64,
     used: Instant,
     /// Held-back findings were reported since the last write.
     flushed: bool,
@@ -42,21 +46,40 @@ pub struct Streams {
     truncations: HashMap<(u32, i32), Instant>,
 }
 
-/// Who wrote: /proc while the process lives, else what the event carried.
+/// Who wrote, as it was at the write: /proc while the process lives and still runs the
+/// image it wrote from (the kernel's comm says which), else the image it was seen exec'ing
+/// or, for a child that never exec'd (a shell's subshell), its parent's.
 pub fn describe(procs: &mut Procs, t: &Task) -> ProcInfo {
-    if let Some(l) = procs.live(t.tgid) {
-        return l;
+    let live = procs.live(t.tgid);
+    if let Some(l) = &live {
+        if l.comm == t.comm {
+            return l.clone();
+        }
     }
-    let cgroup = procs.cgroup_path(t.cgroup_id);
-    ProcInfo {
-        pid: t.tgid,
-        ppid: t.ppid,
-        uid: t.uid,
-        comm: t.comm.clone(),
-        exe: String::new(),
-        unit: cgroup.as_deref().and_then(crate::procs::unit_of),
-        cgroup,
-    }
+    let exe = procs
+        .exe_seen(t.tgid, &t.comm)
+        .or_else(|| procs.exe_seen(t.ppid, &t.comm))
+        .or_else(|| {
+            procs
+                .live(t.ppid)
+                .filter(|p| p.comm == t.comm)
+                .map(|p| p.exe)
+        })
+        .unwrap_or_default();
+    let mut info = live.unwrap_or_else(|| {
+        let cgroup = procs.cgroup_path(t.cgroup_id);
+        ProcInfo {
+            pid: t.tgid,
+            ppid: t.ppid,
+            uid: t.uid,
+            unit: cgroup.as_deref().and_then(crate::procs::unit_of),
+            cgroup,
+            ..Default::default()
+        }
+    });
+    info.comm = t.comm.clone();
+    info.exe = exe;
+    info
 }
 
 pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
@@ -80,11 +103,8 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
     let d = Detector::new(&engine, fz.as_deref());
     let mut found = Vec::new();
     // A new open file behind the fd ends the old stream.
-    if p.streams
-        .map
-        .get(&key)
-        .is_some_and(|s| s.file != w.file.file)
-    {
+    let ident = (w.file.file, w.file.ino);
+    if p.streams.map.get(&key).is_some_and(|s| s.file != ident) {
         if let Some(mut old) = p.streams.map.remove(&key) {
             let f = old.scanner.finish(&d);
             report(p, &d, &old, f);
@@ -95,16 +115,18 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
     }
     let s = p.streams.map.entry(key).or_insert_with(|| Stream {
         scanner: StreamScanner::new(&p.engine),
-        file: w.file.file,
+        file: ident,
         target: target.clone(),
         task: w.task.clone(),
         fd: w.fd,
+        last_bytes: w.total,
         used: now,
         flushed: false,
     });
     s.target = target;
     s.task = w.task.clone();
     s.used = now;
+    s.last_bytes = w.total;
     s.flushed = false;
     found.extend(s.scanner.feed(&d, &w.data));
     if w.truncated() {
@@ -176,7 +198,7 @@ fn report(p: &mut Pipeline, d: &Detector, s: &Stream, found: Vec<StreamFinding>)
         return;
     }
     if let Some(source) = s.target.source() {
-        emit(p, d, source, &s.task, &s.target, s.fd, found, 0);
+        emit(p, d, source, &s.task, &s.target, s.fd, found, s.last_bytes);
     }
 }
 
