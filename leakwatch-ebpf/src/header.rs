@@ -23,5 +23,9 @@ pub fn fill(h: &mut EventHeader, kind: u32, probe: u32) {
     // SAFETY: helpers without preconditions.
     h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     h.ktime_ns = unsafe { bpf_ktime_get_ns() };
-    h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // The process's name (the leader's), as /proc/PID/comm shows it: a thread that renamed
+    // itself (`lw-worker`, `HttpClient-1-Wo`) is still that process.
+    h.comm = task::leader_comm()
+        .or_else(|| bpf_get_current_comm().ok())
+        .unwrap_or([0; 16]);
 }
