@@ -89,6 +89,7 @@ pub async fn run(o: Overrides) -> Result<()> {
         .set_scope(&crate::scope::resolve(&cfg.scope, cfg.capture.max_bytes))
         .context("loading the [scope] lists into the kernel")?;
     metrics.probes_attached.set(probes.attached.len() as i64);
+    metrics.probes_expected.set(probes::TRACEPOINT_COUNT as i64);
     let events = probes.take_events()?;
     let writes = probes.take_writes()?;
     let mut kernel_log = aya_log::EbpfLogger::init(probes.ebpf_mut()).ok();

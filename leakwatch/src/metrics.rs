@@ -25,6 +25,7 @@ pub struct Metrics {
     pub severed: IntCounter,
     pub frozen: IntGauge,
     pub probes_attached: IntGauge,
+    pub probes_expected: IntGauge,
     pub queue_dropped: IntCounterVec,
     pub kernel_skipped: IntCounterVec,
     pub capture_truncated: IntCounterVec,
@@ -129,6 +130,11 @@ impl Metrics {
                 "Credentials currently frozen.",
             ),
             probes_attached: gauge(&r, "leakwatch_probes_attached", "Kernel probes attached."),
+            probes_expected: gauge(
+                &r,
+                "leakwatch_probes_expected",
+                "Kernel probes this build attaches.",
+            ),
             queue_dropped: counter_vec(
                 &r,
                 "leakwatch_queue_dropped_total",

@@ -16,6 +16,9 @@ use leakwatch_common::*;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakwatch.bpf.o"));
 
 /// (program, tracepoint category, tracepoint name, what it is for)
+/// How many tracepoints `Probes::load` attaches (the `leakwatch_probes_expected` gauge).
+pub const TRACEPOINT_COUNT: usize = TRACEPOINTS.len();
+
 const TRACEPOINTS: &[(&str, &str, &str, &str)] = &[
     ("sys_enter_execve", "syscalls", "sys_enter_execve", "execs"),
     (
