@@ -6,7 +6,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, generated::bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        generated::{bpf_probe_read_kernel, bpf_probe_read_user},
     },
     macros::{map, tracepoint},
     maps::LruHashMap,
@@ -227,7 +228,14 @@ fn handle(
         truncated: 0,
     };
     match src {
-        Src::Buf { ptr, len } => copy_seg(sc, ptr, len),
+        Src::Buf { ptr, len } => {
+            if sc.rec.path_len == 0 {
+                // One buffer and no path: straight into a ring reservation.
+                apply_dest(sc, dest, dest_len);
+                return direct(sc, probe, ptr, len, sc.walk.cap, &key, new_file);
+            }
+            copy_seg(sc, ptr, len)
+        }
         Src::Iov { iov, vlen } => walk(sc, cpu, iov, vlen, 0, 0),
         Src::Msg { msg } => {
             if let Some(m) = read_msghdr(msg) {
@@ -253,16 +261,7 @@ fn handle(
     }
     // SAFETY: same value; `walk` may have re-borrowed it inside the callback.
     let sc = unsafe { &mut *sp };
-    if dest != 0 {
-        // An explicit destination (UDP) names the peer better than the socket does.
-        let p = sockaddr::read_user(dest, dest_len);
-        if p.family == AF_INET || p.family == AF_INET6 {
-            let lport = sc.rec.peer.lport;
-            sc.rec.peer = p;
-            sc.rec.peer.lport = lport;
-            sc.rec.hdr.flags |= WRITE_F_PEER;
-        }
-    }
+    apply_dest(sc, dest, dest_len);
     let w = &sc.walk;
     if w.total == 0 {
         return None;
@@ -288,7 +287,8 @@ fn handle(
     }
     size += core::mem::size_of::<WriteHeader>() as u64;
     let file = r.file;
-    if maps::emit_write(probe, r as *const _ as *const u8, size) && new_file {
+    let wake = maps::write_wakeup(r.hdr.ktime_ns);
+    if maps::emit_write(probe, r as *const _ as *const u8, size, wake) && new_file {
         // Remember only what reached the ring: a lost record must not hide the next path.
         let _ = LAST_FILE.insert(
             &key,
@@ -300,6 +300,100 @@ fn handle(
         );
     }
     Some(())
+}
+
+/// An explicit destination (UDP) names the peer better than the socket does.
+#[inline(always)]
+fn apply_dest(sc: &mut Scratch, dest: u64, dest_len: u64) {
+    if dest == 0 {
+        return;
+    }
+    let p = sockaddr::read_user(dest, dest_len);
+    if p.family == AF_INET || p.family == AF_INET6 {
+        let lport = sc.rec.peer.lport;
+        sc.rec.peer = p;
+        sc.rec.peer.lport = lport;
+        sc.rec.hdr.flags |= WRITE_F_PEER;
+    }
+}
+
+const HDR: usize = core::mem::size_of::<WriteHeader>();
+
+/// A single user buffer with no path: reserve a size class and copy the bytes straight
+/// into it (one copy instead of scratch + `bpf_ringbuf_output`). The record is longer than
+/// header + data by the class slack; the reader goes by `data_len`.
+#[inline(always)]
+fn direct(
+    sc: &mut Scratch,
+    probe: u32,
+    ptr: u64,
+    len: u64,
+    cap: u64,
+    key: &FdKey,
+    new_file: bool,
+) -> Option<()> {
+    let n = if len < cap { len } else { cap };
+    let r = &mut sc.rec;
+    r.total = len;
+    r.bytes_dropped = len - n;
+    r.iov_dropped = 0;
+    r.data_len = 0;
+    let wake = maps::write_wakeup(r.hdr.ktime_ns);
+    let sent = if n <= 256 {
+        class::<{ HDR + 256 }>(sc, probe, ptr, n, wake)
+    } else if n <= 1024 {
+        class::<{ HDR + 1024 }>(sc, probe, ptr, n, wake)
+    } else if n <= 4096 {
+        class::<{ HDR + 4096 }>(sc, probe, ptr, n, wake)
+    } else if n <= 16384 {
+        class::<{ HDR + 16384 }>(sc, probe, ptr, n, wake)
+    } else {
+        class::<{ HDR + WRITE_DATA_MAX }>(sc, probe, ptr, n, wake)
+    };
+    if sent && new_file {
+        let file = sc.rec.file;
+        let _ = LAST_FILE.insert(
+            key,
+            &Sent {
+                file: file.file,
+                ino: file.ino,
+            },
+            0,
+        );
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn class<const N: usize>(sc: &mut Scratch, probe: u32, ptr: u64, n: u64, wake: u64) -> bool {
+    let Some(p) = maps::reserve_write::<N>(probe) else {
+        return false;
+    };
+    // The class was chosen so that n fits; the bound is for the verifier.
+    let n = if n > (N - HDR) as u64 {
+        (N - HDR) as u64
+    } else {
+        n
+    };
+    // SAFETY: HDR + n <= N bytes of the reservation; the helper checks the source.
+    let ret =
+        unsafe { bpf_probe_read_user(p.add(HDR) as *mut c_void, n as u32, ptr as *const c_void) };
+    let r = &mut sc.rec;
+    if ret < 0 {
+        // Unreadable (page not present): the bytes are lost, not silently.
+        r.bytes_dropped += n;
+    } else {
+        r.data_len = n as u32;
+    }
+    if r.bytes_dropped != 0 {
+        r.hdr.flags |= WRITE_F_TRUNCATED;
+        maps::count(probe, STAT_TRUNCATED);
+        maps::add(probe, STAT_BYTES_DROPPED, r.bytes_dropped);
+    }
+    // SAFETY: the first HDR bytes of the reservation; `r` is the per-CPU scratch header.
+    unsafe { core::ptr::copy_nonoverlapping(r as *const WriteHeader as *const u8, p, HDR) };
+    maps::submit_write(probe, p, wake);
+    true
 }
 
 #[inline(always)]

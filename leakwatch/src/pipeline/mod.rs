@@ -156,9 +156,15 @@ fn read(
         events: libc::POLLIN,
         revents: 0,
     });
+    // The kernel wakes this thread at most about once a millisecond per CPU for write
+    // records (a wakeup is costly in the probe), so after a turn that read something, look
+    // again soon rather than wait for the next wakeup: the tail of a burst is not announced.
+    let mut busy = false;
     while !stop.load(Ordering::Relaxed) {
+        let timeout = if busy { 2 } else { 200 };
+        busy = false;
         // SAFETY: two valid pollfds; the rings (and their fds) outlive this call.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, 200) };
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout) };
         if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             log::error!(
                 "polling the event ring buffers failed: {}; no more events will be read",
@@ -173,6 +179,7 @@ fn read(
             // Bounded per turn, so a flood on one ring never starves the other.
             for _ in 0..4096 {
                 let Some(item) = ring.next() else { break };
+                busy = true;
                 match decode(&item) {
                     Ok(ev) => batch.push(Queued {
                         ev,
