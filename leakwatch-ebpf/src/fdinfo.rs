@@ -51,15 +51,60 @@ pub const S_IFSOCK: u32 = 0o140000;
 /// An open file as the write probes need it.
 pub struct Open {
     pub id: FileId,
+    pub inode: u64,
     pub dentry: u64,
     /// `struct vfsmount *` of the file's path.
     pub mnt: u64,
     pub private_data: u64,
 }
 
-/// Resolves `fd` of the current task; `None` if it is not open or offsets are unknown.
+/// What stays fixed for an open file, as cached by the write probes per (tgid, fd).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Known {
+    pub file: u64,
+    pub inode: u64,
+    pub ino: u64,
+    pub private_data: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// `fd` of the current task as `known` describes it, checked with the fewest reads:
+/// the same `struct file`, inode and inode number (as `resolve` would compare them); the
+/// mode is read again (chmod). `None` on any difference: resolve it in full.
 #[inline(always)]
-pub fn resolve(fd: u32) -> Option<Open> {
+pub fn known(fd: u32, known: &Known) -> Option<Open> {
+    let file = file(fd)?;
+    if file != known.file {
+        return None;
+    }
+    let inode: u64 = kread(file + global(&OFF_FILE_INODE));
+    if inode == 0 || inode != known.inode {
+        return None;
+    }
+    let ino: u64 = kread(inode + global(&OFF_INODE_INO));
+    if ino != known.ino {
+        return None;
+    }
+    Some(Open {
+        id: FileId {
+            file,
+            ino,
+            dev: known.dev,
+            mode: kread::<u16>(inode + global(&OFF_INODE_MODE)) as u32,
+            ..Default::default()
+        },
+        inode,
+        dentry: 0,
+        mnt: 0,
+        private_data: known.private_data,
+    })
+}
+
+/// `files->fdt->fd[fd]` of the current task, or `None`.
+#[inline(always)]
+fn file(fd: u32) -> Option<u64> {
     let files = task::files();
     if files == 0 || global(&OFF_FILE_INODE) == 0 {
         return None;
@@ -81,6 +126,13 @@ pub fn resolve(fd: u32) -> Option<Open> {
     if file == 0 {
         return None;
     }
+    Some(file)
+}
+
+/// Resolves `fd` of the current task; `None` if it is not open or offsets are unknown.
+#[inline(always)]
+pub fn resolve(fd: u32) -> Option<Open> {
+    let file = file(fd)?;
     let inode: u64 = kread(file + global(&OFF_FILE_INODE));
     let mut id = FileId {
         file,
@@ -96,6 +148,7 @@ pub fn resolve(fd: u32) -> Option<Open> {
     }
     Some(Open {
         id,
+        inode,
         dentry: kread(file + global(&OFF_FILE_DENTRY)),
         mnt: kread(file + global(&OFF_FILE_MNT)),
         private_data: kread(file + global(&OFF_FILE_PRIVATE)),

@@ -28,16 +28,10 @@ struct FdKey {
     fd: u32,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Sent {
-    file: u64,
-    ino: u64,
-}
-
-/// (tgid, fd) -> the open file the last record for it named.
+/// (tgid, fd) -> the open file the last record for it named (and what stays fixed for it,
+/// so a matching fd skips most reads).
 #[map]
-static LAST_FILE: LruHashMap<FdKey, Sent> = LruHashMap::with_max_entries(65536, 0);
+static LAST_FILE: LruHashMap<FdKey, fdinfo::Known> = LruHashMap::with_max_entries(65536, 0);
 
 /// How the payload is passed.
 enum Src {
@@ -177,13 +171,34 @@ fn handle(
     // What the fd is; its path only when it changed since the last record.
     let mut new_file = false;
     let key = FdKey { tgid, fd };
-    match fdinfo::resolve(fd) {
+    let cached = match LAST_FILE.get_ptr(&key) {
+        // SAFETY: map value pointer returned by the lookup.
+        Some(s) => fdinfo::known(fd, unsafe { &*s }),
+        None => None,
+    };
+    let same = cached.is_some();
+    let o = match cached {
+        Some(o) => Some(o),
+        None => fdinfo::resolve(fd),
+    };
+    let mut known = fdinfo::Known {
+        file: 0,
+        inode: 0,
+        ino: 0,
+        dev: 0,
+        private_data: 0,
+        _pad: 0,
+    };
+    match o {
         Some(o) => {
             r.file = o.id;
-            let same = match LAST_FILE.get_ptr(&key) {
-                // SAFETY: map value pointer returned by the lookup.
-                Some(s) => unsafe { (*s).file == o.id.file && (*s).ino == o.id.ino },
-                None => false,
+            known = fdinfo::Known {
+                file: o.id.file,
+                inode: o.inode,
+                ino: o.id.ino,
+                dev: o.id.dev,
+                private_data: o.private_data,
+                _pad: 0,
             };
             let is_sock = o.id.mode & fdinfo::S_IFMT == fdinfo::S_IFSOCK;
             if !same {
@@ -232,7 +247,7 @@ fn handle(
             if sc.rec.path_len == 0 {
                 // One buffer and no path: straight into a ring reservation.
                 apply_dest(sc, dest, dest_len);
-                return direct(sc, probe, ptr, len, sc.walk.cap, &key, new_file);
+                return direct(sc, probe, ptr, len, sc.walk.cap, &key, new_file, &known);
             }
             copy_seg(sc, ptr, len)
         }
@@ -286,18 +301,10 @@ fn handle(
         size = (WRITE_PATH_MAX + WRITE_DATA_MAX) as u64;
     }
     size += core::mem::size_of::<WriteHeader>() as u64;
-    let file = r.file;
     let wake = maps::write_wakeup(r.hdr.ktime_ns);
     if maps::emit_write(probe, r as *const _ as *const u8, size, wake) && new_file {
         // Remember only what reached the ring: a lost record must not hide the next path.
-        let _ = LAST_FILE.insert(
-            &key,
-            &Sent {
-                file: file.file,
-                ino: file.ino,
-            },
-            0,
-        );
+        let _ = LAST_FILE.insert(&key, &known, 0);
     }
     Some(())
 }
@@ -331,6 +338,7 @@ fn direct(
     cap: u64,
     key: &FdKey,
     new_file: bool,
+    known: &fdinfo::Known,
 ) -> Option<()> {
     let n = if len < cap { len } else { cap };
     let r = &mut sc.rec;
@@ -351,15 +359,7 @@ fn direct(
         class::<{ HDR + WRITE_DATA_MAX }>(sc, probe, ptr, n, wake)
     };
     if sent && new_file {
-        let file = sc.rec.file;
-        let _ = LAST_FILE.insert(
-            key,
-            &Sent {
-                file: file.file,
-                ino: file.ino,
-            },
-            0,
-        );
+        let _ = LAST_FILE.insert(key, known, 0);
     }
     Some(())
 }
