@@ -607,16 +607,9 @@ public class Post {
     d.assert_no_plaintext(&[&secret]);
 }
 
-#[test]
-fn write_from_a_named_thread_is_the_process_with_its_exe() {
-    let mut d = Daemon::start("w-thread");
-    let (secret, text) = secret("anthropic-api-key");
-    let fp = fingerprint(&secret);
-    let scratch = d.scratch();
-    let key = keyfile(&scratch, "key", &text);
-    let (out, tid_file) = (scratch.join("thread.log"), scratch.join("tid"));
-    // A worker thread that names itself (as JVM, node and Go runtimes name theirs) writes.
-    let script = r#"
+/// python: a worker thread renames itself `lw-worker`, writes its tid to argv[3] and
+/// `token: KEY` (KEY read from argv[1]) to the file argv[2].
+const NAMED_THREAD_WRITER: &str = r#"
 import ctypes, os, sys, threading
 def work():
     ctypes.CDLL(None).prctl(15, b"lw-worker", 0, 0, 0)  # PR_SET_NAME
@@ -627,9 +620,19 @@ t = threading.Thread(target=work)
 t.start()
 t.join()
 "#;
+
+#[test]
+fn write_from_a_named_thread_is_the_process_with_its_exe() {
+    let mut d = Daemon::start("w-thread");
+    let (secret, text) = secret("anthropic-api-key");
+    let fp = fingerprint(&secret);
+    let scratch = d.scratch();
+    let key = keyfile(&scratch, "key", &text);
+    let (out, tid_file) = (scratch.join("thread.log"), scratch.join("tid"));
+    // A worker thread that names itself (as JVM, node and Go runtimes name theirs) writes.
     let mut c = python()
         .arg("-c")
-        .arg(script)
+        .arg(NAMED_THREAD_WRITER)
         .arg(&key)
         .arg(&out)
         .arg(&tid_file)
@@ -824,6 +827,39 @@ fn write_in_scope_by_comm_only() {
     );
     d.stop();
     d.assert_no_plaintext(&[&secret, &other]);
+}
+
+#[test]
+fn write_renamed_thread_of_an_in_scope_process_is_in_scope() {
+    // `comms` names processes: a worker thread that renamed itself (java's
+    // "HttpClient-1-Wo", node's libuv workers) is still the listed process.
+    let mut d = Daemon::start_with_config("w-commthr", "[scope]\ncomms = [\"python3\"]\n");
+    let (secret, text) = secret("slack-token");
+    let scratch = d.scratch();
+    let key = keyfile(&scratch, "key", &text);
+    let (out, tid_file) = (scratch.join("thread.log"), scratch.join("tid"));
+    let mut c = python()
+        .arg("-c")
+        .arg(NAMED_THREAD_WRITER)
+        .arg(&key)
+        .arg(&out)
+        .arg(&tid_file)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "python").success());
+    let tid: u64 = fs::read_to_string(&tid_file).unwrap().parse().unwrap();
+    let a = wait_finding(
+        &d,
+        &fingerprint(&secret),
+        "file",
+        "the renamed thread of python3",
+        |a| n(a, "pid") == pid as u64,
+    );
+    assert_eq!(n(&a, "tid"), tid, "{a:#}");
+    assert_eq!(s(&a, "path"), real(&out), "{a:#}");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
 }
 
 /// A cgroup2 directory for the test, removed (after its processes exit) on drop.

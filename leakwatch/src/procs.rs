@@ -17,9 +17,9 @@ pub struct ProcInfo {
 pub struct Procs {
     cgroup_root: Option<PathBuf>,
     by_id: HashMap<u64, String>,
-    /// tgid -> the image it was last seen exec'ing, for processes gone before their
-    /// writes are reported.
-    execs: HashMap<u32, (String, String)>,
+    /// tgid -> the last images it was seen exec'ing (comm, exe), newest last, for
+    /// processes gone (or exec'd again) before their writes are reported.
+    execs: HashMap<u32, Vec<(String, String)>>,
 }
 
 /// Exec images remembered (cleared when full: a bounded cache, not a history).
@@ -53,14 +53,20 @@ impl Procs {
         } else {
             filename.to_string()
         };
-        self.execs.insert(tgid, (comm.to_string(), exe));
+        let seen = self.execs.entry(tgid).or_default();
+        if seen.len() >= 4 {
+            seen.remove(0);
+        }
+        seen.push((comm.to_string(), exe));
     }
 
-    /// The image `tgid` was last seen exec'ing, if the kernel named that image `comm`.
+    /// The latest image `tgid` was seen exec'ing that the kernel named `comm`.
     pub fn exe_seen(&self, tgid: u32, comm: &str) -> Option<String> {
         self.execs
-            .get(&tgid)
-            .filter(|(c, _)| c == comm)
+            .get(&tgid)?
+            .iter()
+            .rev()
+            .find(|(c, _)| c == comm)
             .map(|(_, e)| e.clone())
     }
 
@@ -183,6 +189,23 @@ mod tests {
             Some("/system.slice/x.service")
         );
         assert_eq!(parse_cgroup_v2("1:name=systemd:/\n"), None);
+    }
+
+    #[test]
+    fn remembers_each_image_a_process_ran_by_its_comm() {
+        let mut p = Procs::new();
+        p.saw_exec(7, "/bin/sh", "sh");
+        p.saw_exec(7, "relative/curl", "curl");
+        // The shell wrote before it exec'd curl: its write is still the shell's.
+        assert_eq!(
+            p.exe_seen(7, "sh"),
+            std::fs::canonicalize("/bin/sh")
+                .ok()
+                .map(|x| x.to_string_lossy().into_owned())
+        );
+        assert_eq!(p.exe_seen(7, "curl").as_deref(), Some("relative/curl"));
+        assert_eq!(p.exe_seen(7, "python3"), None);
+        assert_eq!(p.exe_seen(8, "sh"), None);
     }
 
     #[test]

@@ -26,19 +26,9 @@ pub const TITLE: &str = "Write path cost";
 
 /// What the daemon attaches for the write family, plus connect and exec: the floor gets the
 /// same set, so floor and daemon differ only in what the programs do.
-const FLOOR_TRACEPOINTS: &[&str] = &[
-    "sys_enter_write",
-    "sys_enter_writev",
-    "sys_enter_pwrite64",
-    "sys_enter_pwritev",
-    "sys_enter_pwritev2",
-    "sys_enter_sendto",
-    "sys_enter_sendmsg",
-    "sys_enter_sendmmsg",
-    "sys_enter_connect",
-    "sys_enter_execve",
-    "sys_enter_execveat",
-];
+fn floor_tracepoints() -> Vec<&'static str> {
+    leakwatch::probes::syscall_tracepoints()
+}
 
 const SIZES: [u64; 2] = [512, 4096];
 /// dd runs under this name (a symlink to it), so `[scope] comms` matches this bench's dd
@@ -195,7 +185,7 @@ fn turn(conf: Conf, round: usize, targets: &[&Target], dir: &Path, res: &mut Res
             }
         }
         Conf::Floor => {
-            let floor = leakwatch::probes::load_floor(FLOOR_TRACEPOINTS)
+            let floor = leakwatch::probes::load_floor(&floor_tracepoints())
                 .unwrap_or_else(|e| panic!("loading the floor counters failed: {e:#}"));
             for t in targets {
                 before_run(None, res);
@@ -571,7 +561,7 @@ fn program_costs(dir: &Path, targets: &[Target]) -> String {
         let mut daemon = None;
         let pid = if conf == Conf::Floor {
             floor = Some(
-                leakwatch::probes::load_floor(FLOOR_TRACEPOINTS)
+                leakwatch::probes::load_floor(&floor_tracepoints())
                     .expect("loading the floor counters"),
             );
             std::process::id()
@@ -654,7 +644,7 @@ fn report(res: &Results, targets: &[Target], out: &Outrun, rounds: usize) -> Str
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     )
     .unwrap();
-    writeln!(md, "- **floor**: `leakwatch::probes::load_floor`: a bare per-CPU counter on each of `syscalls:{}`, the tracepoints leakwatch attaches for the write family, connect and exec. No monitor can cost less.", FLOOR_TRACEPOINTS.join("`, `")).unwrap();
+    writeln!(md, "- **floor**: `leakwatch::probes::load_floor`: a bare per-CPU counter on each of `syscalls:{}`, the tracepoints leakwatch attaches for the write family, connect and exec. No monitor can cost less.", floor_tracepoints().join("`, `")).unwrap();
     writeln!(md, "- **out of scope**: `[scope] comms = [\"lw-bench-none\"]`, so dd is not watched; **in scope**: `[scope] comms = [\"lw-bench-dd\"]` (dd runs through a symlink of that name, so no other dd on the host is in scope), default `[capture]` (max_bytes 16384: every 4 KiB write copied whole).\n").unwrap();
     if res.foreign.is_empty() {
         writeln!(md, "No other tracer (a process holding an eBPF program and a bpf link or perf event) was running before or after any of the {} timed runs.\n", res.timed).unwrap();

@@ -20,22 +20,16 @@ impl<'a> Detector<'a> {
 
     /// Rule findings, then the frozen credentials no rule reported at the same place.
     pub fn scan(&self, hay: &[u8]) -> Vec<Finding> {
-        let mut out = self.engine.scan(hay);
-        for f in self.frozen_only(hay) {
-            if !out
-                .iter()
-                .any(|x| x.start == f.start && x.fingerprint == f.fingerprint)
-            {
-                out.push(f);
-            }
-        }
-        out
+        self.add_frozen(hay, self.engine.scan(hay))
     }
 
     /// `scan`, also collecting the keyword windows the end of `hay` left open (see
     /// `Engine::scan_open`).
     pub fn scan_open(&self, hay: &[u8], open: &mut Vec<(usize, usize)>) -> Vec<Finding> {
-        let mut out = self.engine.scan_open(hay, open);
+        self.add_frozen(hay, self.engine.scan_open(hay, open))
+    }
+
+    fn add_frozen(&self, hay: &[u8], mut out: Vec<Finding>) -> Vec<Finding> {
         for f in self.frozen_only(hay) {
             if !out
                 .iter()

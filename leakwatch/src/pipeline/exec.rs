@@ -27,7 +27,7 @@ pub fn describe(procs: &mut Procs, ev: &ExecEvent) -> ProcInfo {
         if l.ppid != 0 {
             info.ppid = l.ppid;
         }
-        if l.comm == comm {
+        if l.comm == comm && !l.exe.is_empty() {
             info.exe = l.exe;
         }
         info.cgroup = l.cgroup;

@@ -46,18 +46,19 @@ pub struct Streams {
     truncations: HashMap<(u32, i32), Instant>,
 }
 
-/// Who wrote, as it was at the write: /proc while the process lives and still runs the
-/// image it wrote from (the kernel's comm says which), else the image it was seen exec'ing
-/// or, for a child that never exec'd (a shell's subshell), its parent's.
+/// Who wrote, as it was at the write. The kernel's comm says which image wrote: the
+/// image this process was seen exec'ing under that name; else /proc, if the process still
+/// runs that image (an exiting or zombie process has no /proc exe); else, for a child that
+/// never exec'd (a shell's subshell), its parent's image.
 pub fn describe(procs: &mut Procs, t: &Task) -> ProcInfo {
     let live = procs.live(t.tgid);
-    if let Some(l) = &live {
-        if l.comm == t.comm {
-            return l.clone();
-        }
-    }
     let exe = procs
         .exe_seen(t.tgid, &t.comm)
+        .or_else(|| {
+            live.as_ref()
+                .filter(|l| l.comm == t.comm && !l.exe.is_empty())
+                .map(|l| l.exe.clone())
+        })
         .or_else(|| procs.exe_seen(t.ppid, &t.comm))
         .or_else(|| {
             procs

@@ -16,6 +16,15 @@ use leakwatch_common::*;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakwatch.bpf.o"));
 
 /// (program, tracepoint category, tracepoint name, what it is for)
+/// The `syscalls:` tracepoints `Probes::load` attaches (the floor bench attaches the same).
+pub fn syscall_tracepoints() -> Vec<&'static str> {
+    TRACEPOINTS
+        .iter()
+        .filter(|(_, cat, _, _)| *cat == "syscalls")
+        .map(|(_, _, name, _)| *name)
+        .collect()
+}
+
 /// How many tracepoints `Probes::load` attaches (the `leakwatch_probes_expected` gauge).
 pub const TRACEPOINT_COUNT: usize = TRACEPOINTS.len();
 
