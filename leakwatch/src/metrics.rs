@@ -27,6 +27,7 @@ pub struct Metrics {
     pub probes_attached: IntGauge,
     pub probes_expected: IntGauge,
     pub queue_dropped: IntCounterVec,
+    pub pipeline_dropped: IntCounterVec,
     pub kernel_skipped: IntCounterVec,
     pub capture_truncated: IntCounterVec,
     pub capture_bytes_dropped: IntCounterVec,
@@ -140,6 +141,14 @@ impl Metrics {
                 "leakwatch_queue_dropped_total",
                 "Items dropped because a pipeline queue was full, by queue (events, alerts).",
                 &["queue"],
+            ),
+            pipeline_dropped: counter_vec(
+                &r,
+                "leakwatch_pipeline_dropped_total",
+                "Kernel records dropped by the full events queue, by probe (with \
+                 leakwatch_events_total and leakwatch_lost_events_total: every record the kernel \
+                 made is counted once).",
+                &["probe"],
             ),
             kernel_skipped: counter_vec(
                 &r,

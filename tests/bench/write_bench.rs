@@ -303,8 +303,8 @@ fn start_daemon(dir: &Path, conf: Conf, round: usize) -> Daemon {
     d
 }
 
-/// (events processed, kernel ring loss) for dd's write probe, drops at the userspace event
-/// queue (all kinds: the queue has no per-probe label), and events of other probes processed.
+/// (events processed, kernel ring loss, drops at the userspace event queue) for dd's write
+/// probe, and events of other probes processed.
 type Counters = (u64, u64, u64, u64);
 
 fn counters(d: &Daemon) -> Counters {
@@ -314,7 +314,7 @@ fn counters(d: &Daemon) -> Counters {
     (
         write,
         get("leakwatch_lost_events_total", &[PROBE]),
-        get("leakwatch_queue_dropped_total", &[("queue", "events")]),
+        get("leakwatch_pipeline_dropped_total", &[PROBE]),
         get("leakwatch_events_total", &[]) - write,
     )
 }
@@ -702,7 +702,7 @@ fn report(res: &Results, targets: &[Target], out: &Outrun, rounds: usize) -> Str
 
 fn accounting_table(acct: &[Accounting]) -> String {
     let mut md = String::from("### Daemon CPU and accounting, in scope, 4 KiB\n\n");
-    md.push_str("Per round: dd's writes, the daemon's `leakwatch_events_total{probe=\"sys_enter_write\"}`, `leakwatch_lost_events_total{probe=\"sys_enter_write\"}` (ring buffer full) and `leakwatch_queue_dropped_total{queue=\"events\"}` (userspace queue, events of every kind) deltas, read once the daemon went idle after dd finished (\"caught up\": how long after dd that took) and its once-a-second loss poll had run, and the daemon's utime+stime (`/proc/PID/stat`, all threads) over the same span. The queue's drop counter has no probe label: it also counts connects and execs of any process dropped meanwhile, so a sum above the writes is possible; one below them is silent loss. MB = 10^6 bytes of payload (writes x 4096).\n\n");
+    md.push_str("Per round: dd's writes, the daemon's `leakwatch_events_total{probe=\"sys_enter_write\"}`, `leakwatch_lost_events_total{probe=\"sys_enter_write\"}` (ring buffer full) and `leakwatch_pipeline_dropped_total{probe=\"sys_enter_write\"}` (userspace queue full) deltas, read once the daemon went idle after dd finished (\"caught up\": how long after dd that took) and its once-a-second loss poll had run, and the daemon's utime+stime (`/proc/PID/stat`, all threads) over the same span. A sum below the writes is silent loss; one above them would be double counting. MB = 10^6 bytes of payload (writes x 4096).\n\n");
     md.push_str("| round | writes | events | lost (ring) | dropped (queue) | accounted | daemon CPU | CPU per MB | caught up after |\n|---|---|---|---|---|---|---|---|---|\n");
     for (i, a) in acct.iter().enumerate() {
         writeln!(md, "{}", acct_row(&(i + 1).to_string(), a)).unwrap();
@@ -733,7 +733,7 @@ fn acct_row(name: &str, a: &Accounting) -> String {
         "exact".to_string()
     } else if sum > a.writes {
         format!(
-            "not exact: {} more than writes (the queue's drop counter has no probe label and also counts other events; {} others were processed meanwhile)",
+            "not exact: {} more than writes (counted twice? {} other events were processed meanwhile)",
             sum - a.writes,
             a.others
         )
@@ -775,7 +775,7 @@ fn outrun_section(o: &Outrun) -> String {
         } else if o.acct.short() {
             "**does not add up: writes are missing** (see the row above)"
         } else {
-            "**not exact**: more drops than writes can explain; the queue's drop counter has no probe label, so drops of other events (connects, execs of any process) are mixed in and a silent write loss of the same size cannot be ruled out"
+            "**not exact**: more events than writes (records counted twice?)"
         },
         lost,
         o.acct.writes,

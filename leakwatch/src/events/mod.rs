@@ -68,14 +68,18 @@ pub enum Event {
 }
 
 impl Event {
+    pub fn task(&self) -> &Task {
+        match self {
+            Event::Exec(e) => &e.task,
+            Event::Enforce(n) => &n.task,
+            Event::Write(w) => &w.task,
+            Event::Connect(c) => &c.task,
+        }
+    }
+
     /// When the kernel saw it (CLOCK_MONOTONIC ns): orders records from different rings.
     pub fn ktime(&self) -> u64 {
-        match self {
-            Event::Exec(e) => e.task.ktime_ns,
-            Event::Enforce(n) => n.task.ktime_ns,
-            Event::Write(w) => w.task.ktime_ns,
-            Event::Connect(c) => c.task.ktime_ns,
-        }
+        self.task().ktime_ns
     }
 }
 

@@ -201,8 +201,13 @@ fn read(
 
 fn enqueue(q: Queued, tx: &SyncSender<Queued>, queued: &AtomicUsize, metrics: &Metrics) {
     let must_keep = !matches!(q.ev, Event::Write(_));
-    if !must_keep && queued.load(Ordering::Relaxed) + q.bytes > QUEUE_BYTES {
+    let probe = q.ev.task().probe_name();
+    let dropped = || {
         metrics.queue_dropped.with_label_values(&["events"]).inc();
+        metrics.pipeline_dropped.with_label_values(&[probe]).inc();
+    };
+    if !must_keep && queued.load(Ordering::Relaxed) + q.bytes > QUEUE_BYTES {
+        dropped();
         return;
     }
     queued.fetch_add(q.bytes, Ordering::Relaxed);
@@ -217,7 +222,7 @@ fn enqueue(q: Queued, tx: &SyncSender<Queued>, queued: &AtomicUsize, metrics: &M
     };
     if !sent {
         queued.fetch_sub(bytes, Ordering::Relaxed);
-        metrics.queue_dropped.with_label_values(&["events"]).inc();
+        dropped();
     }
 }
 
