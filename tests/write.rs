@@ -426,6 +426,63 @@ os.write(fd, ("export ANTHROPIC_API_KEY=" + open(sys.argv[1]).read()).encode())
     d.assert_no_plaintext(&[&secret]);
 }
 
+#[test]
+fn write_dedupe_is_per_destination() {
+    // Default 60 s window, keyed by (fingerprint, source, exe, ppid, path/remote): the same
+    // key written twice to one file is one finding (and one suppressed repeat); to a
+    // second file it is a new finding.
+    let mut d = Daemon::start("w-dedupe");
+    let (secret, text) = secret("gitlab-pat");
+    let fp = fingerprint(&secret);
+    let scratch = d.scratch();
+    let key = keyfile(&scratch, "key", &text);
+    let (a_out, b_out) = (scratch.join("a.log"), scratch.join("b.log"));
+    let script = r#"
+import os, sys, time
+key = open(sys.argv[1]).read()
+a = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+os.write(a, ("token=" + key + "\n").encode())
+time.sleep(0.2)
+os.write(a, ("again token=" + key + "\n").encode())
+b = os.open(sys.argv[3], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+os.write(b, ("token=" + key + "\n").encode())
+"#;
+    let suppressed = "leakwatch_findings_suppressed_total";
+    let before = d.metric(suppressed, &[]);
+    let mut c = python()
+        .arg("-c")
+        .arg(script)
+        .arg(&key)
+        .arg(&a_out)
+        .arg(&b_out)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "python").success());
+    let b = wait_finding(&d, &fp, "file", "the key in the second file", |a| {
+        n(a, "pid") == pid as u64 && s(a, "path") == real(&b_out)
+    });
+    check(&b, &secret, "gitlab-pat", "file", pid, "python3");
+    d.wait_metric(
+        suppressed,
+        &[],
+        "the repeat in the first file suppressed",
+        |v| v >= before + 1.0,
+    );
+    let in_a: Vec<Value> = d
+        .findings(&fp)
+        .into_iter()
+        .filter(|a| n(a, "pid") == pid as u64 && s(a, "path") == real(&a_out))
+        .collect();
+    assert_eq!(
+        in_a.len(),
+        1,
+        "one finding for two writes to one file: {in_a:#?}"
+    );
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
 // ---------------------------------------------------------------------------------------
 // sockets
 
@@ -769,6 +826,41 @@ fn write_out_of_scope_process_is_skipped_in_the_kernel() {
     );
     d.stop();
     d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn write_scope_is_in_force_from_the_first_record() {
+    // A busy out-of-scope writer runs while the daemon starts: probes attached before the
+    // [scope] lists are loaded would copy its payloads in that window.
+    let mut busy = python()
+        .arg("-c")
+        .arg("import os\nfd = os.open('/dev/null', os.O_WRONLY)\nfor _ in range(100_000_000):\n    os.write(fd, b'x')\n")
+        .spawn()
+        .unwrap();
+    let mut d =
+        Daemon::start_with_config("w-scopestart", "[scope]\ncomms = [\"lw-nonexistent\"]\n");
+    let w = [("probe", "sys_enter_write")];
+    d.wait_metric(
+        "leakwatch_kernel_skipped_total",
+        &w,
+        "the busy writer's calls skipped",
+        |v| v > 1000.0,
+    );
+    let _ = busy.kill();
+    let _ = busy.wait();
+    // Nothing on the host matches the scope at any time: not one write record may ever
+    // be processed. Watch for 3 s while anything queued at start drains.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let events = d.metric("leakwatch_events_total", &w);
+        assert_eq!(
+            events, 0.0,
+            "{events} write records were processed although no process was ever in scope \
+             (captured before [scope] was loaded?)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.stop();
 }
 
 #[test]
@@ -1218,7 +1310,23 @@ time.sleep(600)
         .spawn()
         .unwrap();
     let pid = h.id();
-    let st = wait_exit(&mut h, 15, "the process that sent the frozen key");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let st = loop {
+        if let Some(st) = h.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = h.kill();
+            let _ = h.wait();
+            let lost = d.metric("leakwatch_lost_events_total", &[]);
+            panic!(
+                "the process that sent the frozen key (pid {pid}) still ran after 15 s; \
+                 ring records lost by this daemon: {lost}; alerts with its fingerprint: {:#?}",
+                about(&d, &fp)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(st.signal(), Some(9), "not SIGKILLed: {st}");
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
     let (data, end) = peer.next_end(15);
@@ -1253,6 +1361,98 @@ time.sleep(600)
     if end == PeerEnd::Eof {
         eprintln!("NOTE: a sever alert was emitted but the peer saw EOF, not a reset: {sv:#}");
     }
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn write_freeze_client_request_is_not_a_finding() {
+    // `leakwatch freeze` hands the credential (base64) to the daemon over its control
+    // socket: that is the response to a leak, not a leak; alerting on it would page the
+    // operator (LeakwatchCredentialLeaked) for every freeze.
+    let mut d = Daemon::start("w-freezecli");
+    let (secret, text) = secret("openai-project-key");
+    let fp = fingerprint(&secret);
+    let key = keyfile(&d.scratch(), "key", &text);
+    let client = Command::new(bin())
+        .args(["freeze", "--json", "--socket"])
+        .arg(d.socket())
+        .arg("--from-file")
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cpid = client.id() as u64;
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "freeze failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.wait_alert("freeze alert", |a| {
+        s(a, "kind") == "freeze" && s(a, "fingerprint") == fp
+    });
+    // The client's send was made before the freeze alert; give its record time to be
+    // scanned.
+    std::thread::sleep(Duration::from_secs(2));
+    let by_client: Vec<Value> = d
+        .alerts()
+        .into_iter()
+        .filter(|a| s(a, "kind") == "finding" && n(a, "pid") == cpid)
+        .collect();
+    assert_eq!(
+        by_client,
+        Vec::<Value>::new(),
+        "the freeze client's own request was reported as a leak"
+    );
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn write_responder_piping_the_key_into_freeze_is_not_killed() {
+    // The operator's tool (here python, standing in for a shell) pipes the key into
+    // `leakwatch freeze`, as `leakwatch freeze < key` or `... | leakwatch freeze` do. Its
+    // write happened before the key was frozen, and it is the freeze client's parent:
+    // "the freeze client and its ancestors (your shell) are never killed".
+    let mut d = Daemon::start("w-responder");
+    let (secret, text) = secret("anthropic-api-key");
+    let fp = fingerprint(&secret);
+    let scratch = d.scratch();
+    let key = keyfile(&scratch, "key", &text);
+    let script = r#"
+import subprocess, sys, time
+key = open(sys.argv[1]).read()
+c = subprocess.Popen([sys.argv[2], "freeze", "--json", "--socket", sys.argv[3]],
+                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+c.stdin.write(key.encode())  # no newline, as `printf %s "$KEY" |` would
+c.stdin.close()
+assert c.wait() == 0
+time.sleep(3)
+"#;
+    let mut r = python()
+        .arg("-c")
+        .arg(script)
+        .arg(&key)
+        .arg(bin())
+        .arg(d.socket())
+        .spawn()
+        .unwrap();
+    let pid = r.id();
+    let st = wait_exit(&mut r, 30, "the responder");
+    d.wait_alert("freeze alert", |a| {
+        s(a, "kind") == "freeze" && s(a, "fingerprint") == fp
+    });
+    let kills: Vec<Value> = d
+        .alerts()
+        .into_iter()
+        .filter(|a| s(a, "kind") == "kill" && n(a, "pid") == pid as u64)
+        .collect();
+    assert!(
+        st.success() && kills.is_empty(),
+        "the responder that piped the key into freeze was killed ({st}): {kills:#?}"
+    );
     d.stop();
     d.assert_no_plaintext(&[&secret]);
 }

@@ -84,10 +84,8 @@ pub async fn run(o: Overrides) -> Result<()> {
     let mut probes = Probes::load(&LoadOptions {
         hash_seed: seed,
         own_tgid: std::process::id(),
+        scope: crate::scope::resolve(&cfg.scope, cfg.capture.max_bytes),
     })?;
-    probes
-        .set_scope(&crate::scope::resolve(&cfg.scope, cfg.capture.max_bytes))
-        .context("loading the [scope] lists into the kernel")?;
     metrics.probes_attached.set(probes.attached.len() as i64);
     metrics.probes_expected.set(probes::TRACEPOINT_COUNT as i64);
     let events = probes.take_events()?;

@@ -47,6 +47,7 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
         .inc();
     if !ev.killed() {
         p.procs.saw_exec(ev.task.tgid, &ev.filename, &ev.new_comm());
+        p.ours.remove(&ev.task.tgid);
     }
     let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
     let fz = frozen.read().ok();

@@ -15,7 +15,7 @@ pub mod report;
 mod write;
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
@@ -64,6 +64,9 @@ pub struct Pipeline {
     report: Reporter,
     ctx: Arc<respond::Context>,
     metrics: Arc<Metrics>,
+    /// This program's executable, and which processes run it (its CLI: freeze, scan).
+    own_exe: Option<String>,
+    ours: HashMap<u32, bool>,
 }
 
 impl Pipeline {
@@ -83,7 +86,32 @@ impl Pipeline {
             report,
             ctx,
             metrics,
+            own_exe: std::fs::read_link("/proc/self/exe")
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned()),
+            ours: HashMap::new(),
         }
+    }
+
+    /// Does `t` run leakwatch itself (the `freeze` client sends the key it freezes over the
+    /// control socket; `scan` prints previews)? Only processes named so are looked up.
+    fn is_leakwatch(&mut self, t: &crate::events::Task) -> bool {
+        if t.comm != "leakwatch" || self.own_exe.is_none() {
+            return false;
+        }
+        if let Some(&v) = self.ours.get(&t.tgid) {
+            return v;
+        }
+        let exe = std::fs::read_link(format!("/proc/{}/exe", t.tgid))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+            .or_else(|| self.procs.exe_seen(t.tgid, &t.comm));
+        let v = exe.is_some() && exe == self.own_exe;
+        if self.ours.len() >= 4096 {
+            self.ours.clear();
+        }
+        self.ours.insert(t.tgid, v);
+        v
     }
 
     pub fn handle(&mut self, ev: Event) {

@@ -97,6 +97,9 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
     let Some(source) = target.source() else {
         return; // /dev/null and other devices: nothing can be read back
     };
+    if p.is_leakwatch(&w.task) {
+        return; // `leakwatch freeze` sends the key to the daemon: that is no leak
+    }
     let key = (w.task.tgid, w.fd);
     let now = Instant::now();
     let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());

@@ -136,6 +136,9 @@ pub struct LoadOptions {
     pub hash_seed: u64,
     /// The daemon's own tgid: never captured (its writes would feed back).
     pub own_tgid: u32,
+    /// Scope and capture cap, in force before the first program is attached (otherwise
+    /// every process would be captured at the default cap until `set_scope`).
+    pub scope: KernelScope,
 }
 
 /// Whose write payloads the kernel copies. A process is in scope if it matches any enabled
@@ -267,13 +270,18 @@ impl Probes {
         for m in PER_CPU_ARRAYS {
             loader.map_max_entries(m, cpus);
         }
-        let mut ebpf = loader.load(OBJECT).map_err(explain_load)?;
-        let mut attached = Vec::new();
+        let ebpf = loader.load(OBJECT).map_err(explain_load)?;
+        let mut p = Probes {
+            ebpf,
+            attached: Vec::new(),
+        };
+        p.set_scope(&o.scope)
+            .context("loading the [scope] lists into the kernel")?;
         for (prog, cat, name, _) in TRACEPOINTS {
-            attach(&mut ebpf, prog, cat, name)?;
-            attached.push(format!("{cat}:{name}"));
+            attach(&mut p.ebpf, prog, cat, name)?;
+            p.attached.push(format!("{cat}:{name}"));
         }
-        Ok(Probes { ebpf, attached })
+        Ok(p)
     }
 
     /// The event ring buffer: exec, kill notices, connects (taken once, by the reader).

@@ -99,7 +99,13 @@ pub struct Context {
     busy: tokio::sync::Mutex<()>,
     /// Holders seen writing a frozen credential that are being killed right now.
     killing: Mutex<HashSet<u32>>,
+    /// Recent `freeze` clients and their ancestors (the responder's shell, a script piping
+    /// the key in): they wrote the key on its way to freeze, which makes them no holders.
+    clients: Mutex<Vec<(Instant, Vec<u32>)>>,
 }
+
+/// How long a freeze client's ancestors stay shielded from write-time kills.
+const CLIENT_SHIELD: Duration = Duration::from_secs(60);
 
 /// Why a process is to be killed, and for which frozen credential.
 type Reasons = HashMap<u32, (&'static str, String)>;
@@ -128,6 +134,7 @@ impl Context {
             kills_unsaved: AtomicBool::new(false),
             busy: tokio::sync::Mutex::new(()),
             killing: Mutex::new(HashSet::new()),
+            clients: Mutex::new(Vec::new()),
         })
     }
 
@@ -393,8 +400,20 @@ impl Context {
         let t0 = Instant::now();
         let mut shield: HashSet<u32> = [1, me].into_iter().collect();
         if let Some(c) = client {
-            shield.insert(c);
-            shield.extend(procscan::ancestors(&procs, c));
+            let mut chain = procscan::ancestors(&procs, c);
+            chain.push(c);
+            shield.extend(chain.iter().copied());
+            if let Ok(mut cl) = self.clients.lock() {
+                cl.retain(|(t, _)| t.elapsed() < CLIENT_SHIELD);
+                cl.push((Instant::now(), chain));
+            }
+        }
+        if let Ok(cl) = self.clients.lock() {
+            for (t, chain) in cl.iter() {
+                if t.elapsed() < CLIENT_SHIELD {
+                    shield.extend(chain.iter().copied());
+                }
+            }
         }
         shield.extend(procscan::ancestors(&procs, me));
         // What a holder spawned is swept too, but a protected holder (the operator's shell,
