@@ -36,7 +36,7 @@ pub fn freeze(mut a: FreezeArgs) -> Result<()> {
     let mut req = Request::new("freeze");
     req.deep = a.deep;
     if let Some(fp) = a.fingerprint.take() {
-        req.fingerprint = Some(fp);
+        req.fingerprint = Some(checked_fingerprint(fp)?);
     } else {
         let secret = read_secret(a.from_file.as_deref())?;
         req.secret_b64 = Some(base64::engine::general_purpose::STANDARD.encode(&secret[..]));
@@ -205,7 +205,18 @@ pub fn print_report(v: &Value) {
     println!("done in {:.1} ms", v["elapsed_ms"].as_f64().unwrap_or(0.0));
 }
 
+/// A fingerprint argument, refused without being echoed (or sent anywhere) when it is not
+/// one: people paste the secret where the fingerprint goes.
+fn checked_fingerprint(mut fp: String) -> Result<String> {
+    if crate::detect::frozen::FrozenKey::from_fingerprint(&fp).is_some() {
+        return Ok(fp);
+    }
+    fp.zeroize();
+    bail!("that is not a fingerprint (not shown: it may be the secret itself); give sha256: followed by 64 hex digits, as alerts and `leakwatch status` print them, or freeze the credential itself on stdin")
+}
+
 pub fn unfreeze(socket: &Path, fingerprint: String) -> Result<()> {
+    let fingerprint = checked_fingerprint(fingerprint)?;
     let mut req = Request::new("unfreeze");
     req.fingerprint = Some(fingerprint.clone());
     let v = call(socket, &req)?;

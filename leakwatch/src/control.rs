@@ -173,6 +173,28 @@ async fn dispatch(mut req: Request, ctx: &Context, client: Option<u32>) -> Value
     }
 }
 
+/// The uid of the process at the other end of `s`.
+fn peer_uid(s: &std::os::unix::net::UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (r == 0).then_some(cred.uid)
+}
+
 /// Client: sends one request, returns the response (an error if `ok` is false).
 pub fn call(path: &Path, req: &Request) -> Result<Value> {
     let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
@@ -185,6 +207,18 @@ pub fn call(path: &Path, req: &Request) -> Result<Value> {
         ),
         _ => anyhow!("cannot connect to {}: {e}", path.display()),
     })?;
+    // Whoever owns the socket path gets what is sent: a credential must go to root only.
+    match peer_uid(&s) {
+        Some(0) => {}
+        Some(uid) => bail!(
+            "{} is served by uid {uid}, not root: that is not the leakwatch daemon, and nothing was sent to it; check who created it (ls -l) and remove it",
+            path.display()
+        ),
+        None => bail!(
+            "cannot tell who serves {} (SO_PEERCRED failed), so nothing was sent to it",
+            path.display()
+        ),
+    }
     let mut line = Zeroizing::new(serde_json::to_string(req)?);
     line.push('\n');
     s.write_all(line.as_bytes())?;

@@ -141,6 +141,13 @@ fn main() -> ExitCode {
         _ => log::LevelFilter::Info,
     });
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Daemon { .. } | Cmd::Scan(_)) {
+        // A closed pipe (`leakwatch status | head -1`) ends a command quietly, as it ends
+        // any Unix tool, instead of a panic in println!. The daemon keeps it ignored; scan
+        // handles EPIPE itself (it still owes its exit status).
+        // SAFETY: restoring the default disposition of one signal, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.cmd {
         Cmd::Daemon {
             config,

@@ -194,7 +194,8 @@ impl Context {
             }
             (None, Some(fp)) => (
                 FrozenKey::from_fingerprint(fp).with_context(|| {
-                    format!("`{fp}` is not a fingerprint; give sha256: followed by 64 hex digits")
+                    // Not echoed: a mistyped value may be the secret itself.
+                    "the value given as a fingerprint is not one (not shown: it may be the secret itself); give sha256: followed by 64 hex digits".to_string()
                 })?,
                 None,
                 None,
