@@ -94,6 +94,21 @@ pub fn generic(v: &[u8]) -> bool {
     if v.contains(&b'/') && v.split(|&b| b == b'/').filter(|p| !p.is_empty()).all(ident) {
         return false;
     }
+    // Absolute or home paths (`OLDPWD=/tmp/tmp.InJ96FOqFp/main`: `pwd` is a keyword, and
+    // mktemp names look random): two or more components of file-name bytes.
+    let name = |p: &[u8]| {
+        !p.is_empty()
+            && p.iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    if (v.starts_with(b"/") || v.starts_with(b"~/"))
+        && v.split(|&b| b == b'/').filter(|p| !p.is_empty()).count() >= 2
+        && v.split(|&b| b == b'/')
+            .skip(1)
+            .all(|p| p.is_empty() || name(p))
+    {
+        return false;
+    }
     // printf-style templates (`"VS%0.f0COMNTOOLS" % version`).
     let format =
         FORMAT.get_or_init(|| Regex::new(r"%[-+ #0]*[0-9]*(?:\.[0-9]*)?[sdfir]").expect("valid"));
@@ -329,6 +344,8 @@ mod tests {
         assert!(!generic(b"qwe089234lkjsdf"));
         assert!(!generic(b"kjfch2345sdf"));
         assert!(!generic(b"ACCAQFODXMPL4YFHP7DZE"));
+        assert!(!generic(b"/tmp/tmp.InJ96FOqFp/main"));
+        assert!(!generic(b"~/.cache/build-7Qx2k9/out"));
         assert!(generic(b"Zq8vJr2LkP0wXy7TbN4m"));
         assert!(generic(b"5CeVmFS0jDnutd00x9Xl"));
         assert!(generic(b"3f9a0c1d2b4e5f60718293a4b5c6d7e8f9"));
