@@ -557,3 +557,123 @@ fn restarting_unit_keeps_dying_and_is_reported_once() {
     assert!(n(entry, "kills") >= 5, "kill count not saved: {entry}");
     d.assert_no_plaintext(&[&secret]);
 }
+
+/// Runs `/bin/sh -c ': > MARKER' sh ARGS...` with exactly `env`. The redirection is the
+/// shell's own first action (no child exec), so the marker exists iff the new image ran.
+fn exec_marked(dir: &Path, tag: &str, args: &[String], env: &[(String, String)]) -> (i32, bool) {
+    use std::os::unix::process::ExitStatusExt;
+    let marker = dir.join(format!("ran-{tag}"));
+    let _ = std::fs::remove_file(&marker);
+    let st = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(": > {}", marker.display()))
+        .arg("sh")
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    (st.signal().unwrap_or(0), marker.exists())
+}
+
+/// ~150 KiB of padding strings: past the 128 KiB the exec probe captures at syscall entry.
+fn padding() -> Vec<String> {
+    (0..5)
+        .map(|i| format!("{i}{}", "x".repeat(30 * 1024)))
+        .collect()
+}
+
+/// Freezes a fresh key in a fresh daemon: (daemon, key, fingerprint).
+fn frozen_daemon(name: &str, rule: &str) -> (Daemon, String, String) {
+    let d = Daemon::start(name);
+    let (secret, _) = secret(rule);
+    let fp = fingerprint(&secret);
+    let r = report(&freeze(&d, &secret, &[]));
+    assert_eq!(r["kernel_enforced"], true, "{r:#}");
+    (d, secret, fp)
+}
+
+fn assert_killed_before_running(d: &Daemon, fp: &str, (sig, ran): (i32, bool), what: &str) {
+    assert_eq!(sig, 9, "{what}: exec with the frozen key was not SIGKILLed");
+    assert!(!ran, "{what}: the new image ran its first command");
+    d.wait_alert("kernel kill", |a| {
+        s(a, "kind") == "kill" && s(a, "by") == "kernel" && s(a, "fingerprint") == fp
+    });
+}
+
+#[test]
+fn freeze_exec_kill_past_argv_padding() {
+    let (mut d, secret, fp) = frozen_daemon("execpad", "anthropic-api-key");
+    let mut args = padding();
+    args.push(secret.clone());
+    let r = exec_marked(&d.scratch(), "argv", &args, &[]);
+    assert_killed_before_running(&d, &fp, r, "key after 150 KiB of argv");
+    // After the first '=' of an argument too.
+    let mut args = padding();
+    args.push(format!("--api-key={secret}"));
+    let r = exec_marked(&d.scratch(), "argv-eq", &args, &[]);
+    assert_killed_before_running(&d, &fp, r, "--api-key=KEY after 150 KiB of argv");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn freeze_exec_kill_past_env_padding() {
+    let (mut d, secret, fp) = frozen_daemon("execenv", "openai-project-key");
+    // Command sorts the environment by name: the padding comes first.
+    let mut env: Vec<(String, String)> = padding()
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (format!("A_PAD{i}"), v))
+        .collect();
+    env.push(("Z_API_KEY".into(), secret.clone()));
+    let r = exec_marked(&d.scratch(), "env", &[], &env);
+    assert_killed_before_running(&d, &fp, r, "key as env value after 150 KiB of env");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn freeze_exec_kill_past_many_arguments() {
+    let (mut d, secret, fp) = frozen_daemon("execmany", "github-fine-grained-pat");
+    // 9,000 arguments: past the syscall-entry walk's step budget (EXEC_MAX_STEPS).
+    let mut args: Vec<String> = (0..9000).map(|i| (i % 10).to_string()).collect();
+    args.push(secret.clone());
+    let r = exec_marked(&d.scratch(), "many", &args, &[]);
+    assert_killed_before_running(&d, &fp, r, "key after 9,000 arguments");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn freeze_exec_without_key_still_runs() {
+    let (mut d, secret, _) = frozen_daemon("execok", "slack-token");
+    // Padding, many arguments and a long value that is no frozen key: nothing is killed.
+    let mut args = padding();
+    args.extend((0..9000).map(|i| (i % 10).to_string()));
+    args.push(format!("--token={}", "y".repeat(secret.len())));
+    let env = vec![
+        ("A_PAD".to_string(), "z".repeat(30 * 1024)),
+        (
+            "Z_API_KEY".to_string(),
+            "not-the-frozen-key-at-all".to_string(),
+        ),
+    ];
+    let (sig, ran) = exec_marked(&d.scratch(), "ok", &args, &env);
+    assert_eq!(sig, 0, "an exec without the key was killed");
+    assert!(ran, "an exec without the key did not run");
+    let (sig, ran) = exec_marked(&d.scratch(), "plain", &[], &[]);
+    assert!(sig == 0 && ran, "a plain exec did not run");
+    let st = Command::new(bin())
+        .args(["status", "--json", "--socket"])
+        .arg(d.socket())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(n(&v["kernel"]["sched_process_exec"], "unchecked"), 0, "{v}");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}

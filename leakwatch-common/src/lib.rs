@@ -29,7 +29,11 @@ pub const PROBE_SENDTO: u32 = 8;
 pub const PROBE_SENDMSG: u32 = 9;
 pub const PROBE_SENDMMSG: u32 = 10;
 pub const PROBE_CONNECT: u32 = 11;
-pub const PROBE_COUNT: u32 = 12;
+/// `sched_process_exec`: the frozen check over the new image's whole argument and
+/// environment area (closes the gaps of the `sys_enter_execve` check: capture limits, pages
+/// not yet faulted in, strings changed by another thread after the syscall read them).
+pub const PROBE_EXEC_IMAGE: u32 = 12;
+pub const PROBE_COUNT: u32 = 13;
 
 pub const PROBE_NAMES: [&str; PROBE_COUNT as usize] = [
     "sys_enter_execve",
@@ -44,6 +48,7 @@ pub const PROBE_NAMES: [&str; PROBE_COUNT as usize] = [
     "sys_enter_sendmsg",
     "sys_enter_sendmmsg",
     "sys_enter_connect",
+    "sched_process_exec",
 ];
 
 /// Per-probe kernel counters: the `STATS` per-CPU array holds `STAT_KINDS` slots per probe,
@@ -60,6 +65,9 @@ pub const STAT_TRUNCATED: u32 = 3;
 pub const STAT_BYTES_DROPPED: u32 = 4;
 /// Processes killed in the kernel (`PROBE_ENFORCE` only).
 pub const STAT_KILLS: u32 = 5;
+/// Execs killed because the argument area could not be checked to its end while a
+/// credential was frozen (fail closed: loop budget or unreadable memory; `PROBE_EXEC_IMAGE`).
+pub const STAT_UNCHECKED: u32 = 6;
 pub const STAT_KINDS: u32 = 8;
 pub const STAT_COUNT: u32 = PROBE_COUNT * STAT_KINDS;
 
@@ -98,6 +106,14 @@ pub const EXEC_DATA_MAX: usize = 128 * 1024;
 pub const EXEC_CHUNK: usize = 4096;
 /// Upper bound on loop iterations (chunks + pointer reads) per exec.
 pub const EXEC_MAX_STEPS: u32 = 8192;
+
+/// Bytes of the new image's argument area read per helper call at `sched_process_exec`.
+pub const EXEC_IMAGE_CHUNK: usize = 16 * 1024;
+/// `bpf_loop` budget of that walk: the kernel's maximum (`BPF_MAX_LOOPS`). One step per
+/// 64 bytes, per string end and per chunk read; an exec is at most 6 MiB of strings
+/// (`_STK_LIM / 4 * 3`, `bprm_stack_limits`) of at most ~700k strings (each costs a byte
+/// plus an 8-byte pointer), so any exec the kernel accepts needs < 900k steps.
+pub const EXEC_IMAGE_MAX_STEPS: u32 = 1 << 23;
 
 /// `EventHeader::flags` of exec records: the event came from `execveat`.
 pub const EXEC_F_EXECVEAT: u32 = 1;

@@ -3,7 +3,9 @@
 //! driven by `bpf_loop` so the verifier cost does not grow with the limits), then emit one
 //! ring-buffer record as long as the data. What does not fit is counted, never dropped
 //! silently. Each finished string is checked against `frozen`; a hit kills the task before
-//! its new image runs.
+//! its new image is even loaded. What this walk cannot see (strings past `EXEC_DATA_MAX` or
+//! `EXEC_MAX_STEPS`, pages not faulted in yet, strings rewritten after it read them) is
+//! checked again by `exec_image` once the kernel has copied them into the new image.
 use core::ffi::c_void;
 
 use aya_ebpf::{

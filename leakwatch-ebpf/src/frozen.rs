@@ -27,6 +27,13 @@ pub static FROZEN_ON: Array<u32> = Array::with_max_entries(1, 0);
 #[unsafe(no_mangle)]
 static HASH_SEED: u64 = 0;
 
+/// The candidate hash's seed (the FNV-1a start value of every string).
+#[inline(always)]
+pub fn seed() -> u64 {
+    // SAFETY: HASH_SEED is a plain global set at load time.
+    unsafe { core::ptr::read_volatile(&HASH_SEED) }
+}
+
 /// Loop state of `hash_span`: in a map value so the verifier sees unknown scalars and the
 /// callback's states converge at once.
 #[repr(C)]

@@ -1,5 +1,5 @@
-//! leakwatch kernel programs, one module per hook family (exec, write with its `payload`
-//! copy, connect, floor) over shared pieces: `header` (who made the call), `maps` (ring +
+//! leakwatch kernel programs, one module per hook family (exec with its post-load
+//! `exec_image` check, write with its `payload` copy, connect, floor) over shared pieces: `header` (who made the call), `maps` (ring +
 //! per-probe counters), `frozen` (credential hash + kill), `scope` (whose writes are
 //! copied), `task`/`fdinfo`/`sockaddr` (kernel and user structs; kernel offsets come from
 //! BTF via loader-set globals). Built for `bpfel-unknown-none` by `cargo xtask build-ebpf`.
@@ -8,6 +8,7 @@
 
 mod connect;
 mod exec;
+mod exec_image;
 mod fdinfo;
 mod floor;
 mod frozen;

@@ -12,6 +12,16 @@ static OFF_TASK_GROUP_LEADER: u64 = 0;
 static OFF_TASK_COMM: u64 = 0;
 #[unsafe(no_mangle)]
 static OFF_TASK_FILES: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_TASK_MM: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_MM_ARG_START: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_MM_ARG_END: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_MM_ENV_START: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_MM_ENV_END: u64 = 0;
 
 /// Reads a loader-set global (volatile: the compiler must not fold the 0 initialiser).
 #[inline(always)]
@@ -71,4 +81,31 @@ pub fn files() -> u64 {
         return 0;
     }
     kread(current() + off)
+}
+
+/// The current task's argument and environment areas in its address space,
+/// `[arg_start, arg_end, env_start, env_end]` from `current->mm`; `None` when the task has
+/// no mm or the offsets are unknown.
+#[inline(always)]
+pub fn arg_env_areas() -> Option<[u64; 4]> {
+    let off_mm = global(&OFF_TASK_MM);
+    let offs = [
+        global(&OFF_MM_ARG_START),
+        global(&OFF_MM_ARG_END),
+        global(&OFF_MM_ENV_START),
+        global(&OFF_MM_ENV_END),
+    ];
+    if off_mm == 0 || offs.contains(&0) {
+        return None;
+    }
+    let mm: u64 = kread(current() + off_mm);
+    if mm == 0 {
+        return None;
+    }
+    Some([
+        kread(mm + offs[0]),
+        kread(mm + offs[1]),
+        kread(mm + offs[2]),
+        kread(mm + offs[3]),
+    ])
 }

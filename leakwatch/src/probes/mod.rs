@@ -87,6 +87,12 @@ const TRACEPOINTS: &[(&str, &str, &str, &str)] = &[
         "the write scope",
     ),
     (
+        "exec_image",
+        "sched",
+        "sched_process_exec",
+        "frozen credentials past the exec capture limit",
+    ),
+    (
         "sched_process_exit",
         "sched",
         "sched_process_exit",
@@ -102,6 +108,11 @@ const OFFSETS: &[(&str, &str, &str, bool)] = &[
     ("OFF_TASK_GROUP_LEADER", "task_struct", "group_leader", true),
     ("OFF_TASK_COMM", "task_struct", "comm", true),
     ("OFF_TASK_FILES", "task_struct", "files", true),
+    ("OFF_TASK_MM", "task_struct", "mm", true),
+    ("OFF_MM_ARG_START", "mm_struct", "arg_start", true),
+    ("OFF_MM_ARG_END", "mm_struct", "arg_end", true),
+    ("OFF_MM_ENV_START", "mm_struct", "env_start", true),
+    ("OFF_MM_ENV_END", "mm_struct", "env_end", true),
     ("OFF_FILES_FDT", "files_struct", "fdt", true),
     ("OFF_FDT_MAX_FDS", "fdtable", "max_fds", true),
     ("OFF_FDT_FD", "fdtable", "fd", true),
@@ -167,6 +178,8 @@ pub struct ProbeStats {
     pub truncated: u64,
     pub bytes_dropped: u64,
     pub kills: u64,
+    /// Execs killed because their arguments could not be checked to the end (fail closed).
+    pub unchecked: u64,
 }
 
 /// Counters of every probe, indexed by `PROBE_*`.
@@ -311,6 +324,7 @@ impl Probes {
                 truncated: sum(p, STAT_TRUNCATED)?,
                 bytes_dropped: sum(p, STAT_BYTES_DROPPED)?,
                 kills: sum(p, STAT_KILLS)?,
+                unchecked: sum(p, STAT_UNCHECKED)?,
             };
         }
         Ok(out)

@@ -310,6 +310,7 @@ impl Context {
                         "truncated": st.truncated,
                         "bytes_dropped": st.bytes_dropped,
                         "kills": st.kills,
+                        "unchecked": st.unchecked,
                     }),
                 );
             }
@@ -737,6 +738,8 @@ impl Context {
         let mut a = base_alert("kill", &info).with("by", "kernel").with(
             "reason",
             match &unit {
+                // Hash 0: the argument area could not be checked to its end (fail closed).
+                _ if n.hash == 0 => "exec whose arguments could not be checked completely while a credential is frozen (killed, fail closed)".to_string(),
                 Some(u) => format!("exec with a frozen credential; unit {u} still starts with it and will keep dying until it gets the new credential (reported once)"),
                 None => "exec with a frozen credential (killed before its first instruction)".to_string(),
             },
