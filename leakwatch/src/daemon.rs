@@ -244,6 +244,11 @@ async fn poll_stats(
                 }
             };
             inc(&metrics.kernel_skipped, before.skipped, after.skipped);
+            if after.unchecked > before.unchecked {
+                metrics
+                    .exec_unchecked
+                    .inc_by(after.unchecked - before.unchecked);
+            }
             inc(
                 &metrics.capture_truncated,
                 before.truncated,

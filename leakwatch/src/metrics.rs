@@ -35,6 +35,7 @@ pub struct Metrics {
     pub streams: IntGauge,
     pub streams_evicted: IntCounter,
     pub fds_unresolved: IntCounter,
+    pub exec_unchecked: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -183,6 +184,11 @@ impl Metrics {
                 &r,
                 "leakwatch_streams_evicted_total",
                 "Idle write streams dropped to bound memory (their tail is no longer joined).",
+            ),
+            exec_unchecked: counter(
+                &r,
+                "leakwatch_exec_unchecked_total",
+                "Execs killed because their argument area could not be fully checked while a credential is frozen.",
             ),
             fds_unresolved: counter(
                 &r,
