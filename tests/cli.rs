@@ -162,3 +162,28 @@ fn a_closed_stdout_is_no_panic() {
     d.stop();
     d.assert_no_plaintext(&[&secret]);
 }
+
+/// The control socket answers what it cannot parse (bytes that are not UTF-8) and closes a
+/// connection that sends nothing, instead of holding it forever.
+#[test]
+fn control_socket_answers_garbage_and_drops_idle_clients() {
+    use std::io::{BufRead, BufReader};
+    let mut d = Daemon::start("cli-control");
+    let mut c = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    c.write_all(b"\xff\xfe{\"op\":\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(&c).read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("malformed"), "{v}");
+    let idle = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut line = String::new();
+    BufReader::new(&idle).read_line(&mut line).unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    assert!(line.contains("no request within"), "{line}");
+    d.stop();
+    d.assert_no_plaintext(&[]);
+}

@@ -57,6 +57,9 @@ impl Drop for Request {
 }
 
 /// Stops accepting when dropped.
+/// How long a client may take to send its request line.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Server(JoinHandle<()>);
 
 impl Drop for Server {
@@ -116,11 +119,22 @@ async fn handle(sock: UnixStream, ctx: Arc<Context>) -> Result<()> {
         wr.write_all(format!("{msg}\n").as_bytes()).await?;
         bail!("refused a request from uid {}", cred.uid());
     }
-    let mut line = Zeroizing::new(String::new());
+    let mut line = Zeroizing::new(Vec::new());
     let mut rd = TokioBufReader::new(rd).take(MAX_REQUEST as u64);
-    rd.read_line(&mut line).await?;
+    // A client that connects and says nothing must not hold a task forever.
+    match tokio::time::timeout(REQUEST_TIMEOUT, rd.read_until(b'\n', &mut line)).await {
+        Ok(r) => {
+            r?;
+        }
+        Err(_) => {
+            let msg = json!({"ok": false, "error": format!("no request within {} s", REQUEST_TIMEOUT.as_secs())});
+            let _ = wr.write_all(format!("{msg}\n").as_bytes()).await;
+            bail!("closed an idle control connection");
+        }
+    }
     log::debug!("control: request read");
-    let resp = match serde_json::from_str::<Request>(&line) {
+    // Bytes, not a String: a request that is not UTF-8 still gets an answer.
+    let resp = match serde_json::from_slice::<Request>(&line) {
         Ok(req) => dispatch(req, &ctx, cred.pid().map(|p| p as u32)).await,
         Err(e) => json!({"ok": false, "error": format!("malformed request: {e}")}),
     };

@@ -64,6 +64,24 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        let m = Metrics::unlabelled();
+        // Every per-probe series exists from the start at 0, so a rule or a dashboard sees
+        // "no loss yet" rather than no series (an absent series never fires `increase`).
+        for probe in leakwatch_common::PROBE_NAMES {
+            for c in [&m.lost, &m.pipeline_dropped] {
+                c.with_label_values(&[probe]);
+            }
+        }
+        for q in ["events", "alerts"] {
+            m.queue_dropped.with_label_values(&[q]);
+        }
+        for by in ["freeze", "kernel", "userspace", "write"] {
+            m.kills.with_label_values(&[by]);
+        }
+        m
+    }
+
+    fn unlabelled() -> Metrics {
         let r = Registry::new();
         Metrics {
             events: counter_vec(
@@ -118,7 +136,7 @@ impl Metrics {
             kills: counter_vec(
                 &r,
                 "leakwatch_kills_total",
-                "Processes killed for holding a frozen credential, by where (kernel, sweep).",
+                "Processes killed for holding a frozen credential, by who: freeze (the sweep), kernel and userspace (at exec), write (seen writing or sending it).",
                 &["by"],
             ),
             severed: counter(

@@ -547,7 +547,21 @@ impl Context {
             self.emit(a);
         }
         for s in &report.severed {
-            let mut a = crate::alerts::Alert::new("sever");
+            // The process fields of the holder whose connection this was.
+            let mut a = match report.killed.iter().find(|k| k.pid == s.pid) {
+                Some(k) => base_alert(
+                    "sever",
+                    &ProcInfo {
+                        pid: k.pid,
+                        ppid: k.ppid,
+                        comm: k.comm.clone(),
+                        exe: k.exe.clone(),
+                        unit: k.unit.clone(),
+                        ..Default::default()
+                    },
+                ),
+                None => crate::alerts::Alert::new("sever"),
+            };
             a.pid = s.pid;
             a.remote = Some(s.remote.clone());
             a.fingerprint = fp_of_pid.get(&s.pid).cloned();
