@@ -177,3 +177,45 @@ fn oversized_exec_is_reported_as_truncated_not_dropped() {
     assert!(d.scrape().contains("leakwatch_exec_truncated_total"));
     d.stop();
 }
+
+/// `execvp` tries each PATH entry: the attempts that found no program are not findings;
+/// the exec that ran is, once.
+#[test]
+fn failed_path_search_attempts_are_not_reported() {
+    let mut d = Daemon::start("execvp");
+    let (secret, _) = secret("anthropic-api-key");
+    let fp = fingerprint(&secret);
+    let tag = std::process::id();
+    let path = format!("/lw-nonexist-{tag}-a:/lw-nonexist-{tag}-b:/usr/bin:/bin");
+    let mut c = Command::new("/usr/bin/env")
+        .env("LW_AGENT_KEY", &secret)
+        .arg(format!("PATH={path}"))
+        .arg("true")
+        .spawn()
+        .unwrap();
+    let pid = c.id() as u64;
+    assert!(c.wait().unwrap().success());
+    let ran = d.wait_alert("the exec that ran", |a| {
+        s(a, "fingerprint") == fp && n(a, "pid") == pid && s(a, "filename") == "/usr/bin/true"
+    });
+    assert_eq!(s(&ran, "source"), "env");
+    // Held attempts are reported after 200 ms unless replaced: wait past that.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let attempts: Vec<String> = d
+        .alerts()
+        .into_iter()
+        .filter(|a| s(a, "fingerprint") == fp && n(a, "pid") == pid)
+        .map(|a| s(&a, "filename").to_string())
+        .collect();
+    assert!(
+        attempts.iter().all(|f| !f.contains("lw-nonexist")),
+        "failed attempts reported: {attempts:?}"
+    );
+    assert_eq!(
+        attempts.iter().filter(|f| *f == "/usr/bin/true").count(),
+        1,
+        "{attempts:?}"
+    );
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}

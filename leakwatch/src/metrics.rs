@@ -36,6 +36,7 @@ pub struct Metrics {
     pub streams_evicted: IntCounter,
     pub fds_unresolved: IntCounter,
     pub exec_unchecked: IntCounter,
+    pub exec_attempts_failed: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -207,6 +208,11 @@ impl Metrics {
                 &r,
                 "leakwatch_exec_unchecked_total",
                 "Execs killed because their argument area could not be fully checked while a credential is frozen.",
+            ),
+            exec_attempts_failed: counter(
+                &r,
+                "leakwatch_exec_attempts_failed_total",
+                "Exec attempts with findings that failed (a PATH entry without the program) and were not reported: the same process's next exec was.",
             ),
             fds_unresolved: counter(
                 &r,

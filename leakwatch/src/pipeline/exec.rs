@@ -49,6 +49,10 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
         p.procs.saw_exec(ev.task.tgid, &ev.filename, &ev.new_comm());
         p.ours.remove(&ev.task.tgid);
     }
+    // A later exec of the same process: the attempt held before it failed.
+    if p.pending_execs.remove(&ev.task.tgid).is_some() {
+        p.metrics.exec_attempts_failed.inc();
+    }
     let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
     let fz = frozen.read().ok();
     let d = Detector::new(&engine, fz.as_deref());
@@ -95,14 +99,68 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
             hist.push_back((ev.task.tgid, h.fingerprint.clone()));
         }
     }
-    let hits = hits
+    let hits: Vec<Hit> = hits
         .into_iter()
         .map(|h| {
             h.with("filename", ev.filename.clone())
                 .with("tid", ev.task.pid)
         })
         .collect();
+    if hits.is_empty() {
+        return;
+    }
+    if maybe_failed(&ev) {
+        // One execvp tries every PATH entry: hold this attempt; the next exec of the same
+        // process (the attempt that ran) replaces it, else `tick` reports it.
+        p.pending_execs
+            .insert(ev.task.tgid, (std::time::Instant::now(), info, hits));
+        return;
+    }
     p.report.report(&info, hits);
+}
+
+/// Reports held exec attempts that no later exec of their process replaced.
+pub(super) fn tick(p: &mut Pipeline) {
+    let due: Vec<u32> = p
+        .pending_execs
+        .iter()
+        .filter(|(_, (t, _, _))| t.elapsed() >= PENDING_FOR)
+        .map(|(k, _)| *k)
+        .collect();
+    for k in due {
+        if let Some((_, info, hits)) = p.pending_execs.remove(&k) {
+            p.report.report(&info, hits);
+        }
+    }
+}
+
+/// How long an exec attempt that may have failed waits for its process's next exec.
+const PENDING_FOR: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// May this exec attempt have failed (an `execvp` trying a PATH entry without the
+/// program)? Its filename does not exist and the process does not run it (a binary
+/// deleted right after it started still runs it: `/proc/PID/exe` says so).
+fn maybe_failed(ev: &ExecEvent) -> bool {
+    let tgid = ev.task.tgid;
+    let path = if ev.filename.starts_with('/') {
+        std::path::PathBuf::from(&ev.filename)
+    } else {
+        match std::fs::read_link(format!("/proc/{tgid}/cwd")) {
+            Ok(cwd) => cwd.join(&ev.filename),
+            Err(_) => return false,
+        }
+    };
+    if ev.filename.is_empty() || path.exists() {
+        return false;
+    }
+    match std::fs::read_link(format!("/proc/{tgid}/exe")) {
+        Ok(exe) => {
+            let exe = exe.to_string_lossy();
+            exe.trim_end_matches(" (deleted)") != path.to_string_lossy()
+        }
+        // Gone: held all the same; reported if no later exec replaces it.
+        Err(_) => true,
+    }
 }
 
 /// Calls `f(bytes, source, annotate)` for every argv string and env value; `annotate` adds

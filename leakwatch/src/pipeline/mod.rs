@@ -67,6 +67,9 @@ pub struct Pipeline {
     /// This program's executable, and which processes run it (its CLI: freeze, scan).
     own_exe: Option<String>,
     ours: HashMap<u32, bool>,
+    /// Exec attempts with findings whose program did not exist: reported unless the same
+    /// process execs again soon (see `exec::tick`).
+    pending_execs: HashMap<u32, (std::time::Instant, crate::procs::ProcInfo, Vec<Hit>)>,
 }
 
 impl Pipeline {
@@ -90,6 +93,7 @@ impl Pipeline {
                 .ok()
                 .map(|p| p.to_string_lossy().into_owned()),
             ours: HashMap::new(),
+            pending_execs: HashMap::new(),
         }
     }
 
@@ -132,9 +136,10 @@ impl Pipeline {
         }
     }
 
-    /// Periodic work: flush paused streams, drop idle ones.
+    /// Periodic work: flush paused streams, drop idle ones, report held exec attempts.
     pub fn tick(&mut self) {
         write::tick(self);
+        exec::tick(self);
     }
 }
 
