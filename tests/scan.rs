@@ -437,3 +437,64 @@ fn git_history_finds_deleted_and_branch_only_secrets_with_their_commit() {
     let _ = std::fs::remove_dir_all(&d);
     let _ = std::fs::remove_dir_all(&plain);
 }
+
+/// Named on the command line, a FIFO or a process substitution is read (it is not "0
+/// files, clean"); met in a walk, a FIFO is skipped and counted, never blocked on.
+#[test]
+fn fifos_and_process_substitutions_are_read_when_named() {
+    let d = tree("fifo");
+    let (k, _) = secret("anthropic-api-key");
+    let fp = fingerprint(&k);
+    let keyfile = d.join("key.txt");
+    std::fs::write(&keyfile, format!("ANTHROPIC_API_KEY={k}\n")).unwrap();
+    // A process substitution: bash gives the scanner /dev/fd/N, a pipe.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{} scan --format json <(cat {})",
+            bin().display(),
+            keyfile.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(json_lines(&out)
+        .iter()
+        .any(|f| f["fingerprint"] == fp.as_str()));
+    // A named FIFO, given by name, with a writer.
+    let fifo = d.join("sub/pipe");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let writer = Command::new("sh")
+        .arg("-c")
+        .arg(format!("cat {} > {}", keyfile.display(), fifo.display()))
+        .spawn()
+        .unwrap();
+    let out = Command::new(bin())
+        .args(["scan", "--format", "json"])
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(json_lines(&out)
+        .iter()
+        .any(|f| f["fingerprint"] == fp.as_str()));
+    drop(writer);
+    // In a walk the FIFO (now without a writer) is skipped and counted; the walk ends.
+    std::fs::remove_file(&keyfile).unwrap();
+    let out = Command::new(bin()).args(["scan"]).arg(&d).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 FIFO(s)/device(s) skipped"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -265,11 +265,12 @@ fn scan(a: ScanArgs) -> anyhow::Result<u8> {
     }
     if format == leakwatch::scan::Format::Human {
         eprintln!(
-            "leakwatch: {} finding(s) in {} file(s), {:.1} MB scanned, {} binary file(s) skipped, {} suppressed{}",
+            "leakwatch: {} finding(s) in {} file(s), {:.1} MB scanned, {} binary file(s) skipped, {} FIFO(s)/device(s) skipped, {} suppressed{}",
             summary.hits.len(),
             summary.files,
             summary.bytes as f64 / 1e6,
             summary.binary_skipped,
+            summary.special_skipped,
             summary.suppressed,
             if summary.errors.is_empty() {
                 String::new()

@@ -119,6 +119,8 @@ pub struct Summary {
     pub files: u64,
     pub bytes: u64,
     pub binary_skipped: u64,
+    /// FIFOs, sockets and devices met in a walk (never read: they may never end).
+    pub special_skipped: u64,
     /// Findings dropped by `--ignore` or an allow marker.
     pub suppressed: u64,
     pub errors: Vec<String>,
@@ -142,9 +144,17 @@ enum Input {
     Stdin,
     /// A file and, when a progress bar needs it, its size.
     File(PathBuf, u64),
+    /// A FIFO, a process substitution (`<(…)`) or a device named on the command line:
+    /// read as a stream, at most `SPECIAL_MAX` bytes.
+    Special(PathBuf),
+    /// One met in a walk: skipped and counted.
+    SkippedSpecial,
     /// A path the walk could not read.
     Unreadable(String),
 }
+
+/// Bytes read from a FIFO or device named on the command line (`/dev/zero` never ends).
+const SPECIAL_MAX: u64 = 1 << 30;
 
 /// Every input the paths name, in walk order. Sizes are looked up only when `sized`:
 /// otherwise each worker learns its file's size from the open file, in parallel.
@@ -154,6 +164,12 @@ fn inputs(paths: &[PathBuf], sized: bool) -> impl Iterator<Item = Input> + Send 
         .flat_map(move |p| -> Box<dyn Iterator<Item = Input> + Send> {
             if p.as_os_str() == "-" {
                 return Box::new(std::iter::once(Input::Stdin));
+            }
+            // Named explicitly (followed: `<(…)` is a /dev/fd symlink to a pipe): read it.
+            if let Ok(md) = std::fs::metadata(p) {
+                if !md.is_dir() && !md.is_file() {
+                    return Box::new(std::iter::once(Input::Special(p.clone())));
+                }
             }
             Box::new(
                 walkdir::WalkDir::new(p)
@@ -167,7 +183,8 @@ fn inputs(paths: &[PathBuf], sized: bool) -> impl Iterator<Item = Input> + Send 
                             };
                             Some(Input::File(e.into_path(), len))
                         }
-                        Ok(_) => None,
+                        Ok(e) if e.file_type().is_dir() || e.file_type().is_symlink() => None,
+                        Ok(_) => Some(Input::SkippedSpecial),
                         Err(err) => Some(Input::Unreadable(format!(
                             "{}: {}",
                             err.path().unwrap_or(p).display(),
@@ -185,6 +202,8 @@ pub fn run(engine: &Engine, opts: &Options) -> Result<Summary> {
     let scan = |i: &Input| match i {
         Input::Stdin => scan_reader(engine, opts, "-", std::io::stdin().lock()),
         Input::File(p, _) => scan_file(engine, opts, p),
+        Input::Special(p) => scan_special(engine, opts, p),
+        Input::SkippedSpecial => FileResult::Special,
         Input::Unreadable(e) => FileResult::Error(e.clone()),
     };
     let results: Vec<FileResult> = if opts.git {
@@ -242,6 +261,7 @@ pub fn run(engine: &Engine, opts: &Options) -> Result<Summary> {
                 summary.hits.extend(hits);
             }
             FileResult::Binary => summary.binary_skipped += 1,
+            FileResult::Special => summary.special_skipped += 1,
             FileResult::Error(e) => summary.errors.push(e),
         }
     }
@@ -259,7 +279,27 @@ enum FileResult {
         suppressed: u64,
     },
     Binary,
+    Special,
     Error(String),
+}
+
+/// A FIFO or device given by name, streamed; past `SPECIAL_MAX` bytes it is an error
+/// (what was read is still reported).
+fn scan_special(engine: &Engine, opts: &Options, path: &Path) -> FileResult {
+    let name = path.display().to_string();
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => return FileResult::Error(format!("{name}: {e}")),
+    };
+    match scan_reader(engine, opts, &name, f.take(SPECIAL_MAX)) {
+        FileResult::Scanned { bytes, hits, .. } if bytes >= SPECIAL_MAX && hits.is_empty() => {
+            FileResult::Error(format!(
+                "{name}: stopped after {} GiB (it does not end like a file)",
+                SPECIAL_MAX >> 30
+            ))
+        }
+        r => r,
+    }
 }
 
 fn scan_file(engine: &Engine, opts: &Options, path: &Path) -> FileResult {
