@@ -70,6 +70,8 @@ pub async fn run(o: Overrides) -> Result<()> {
                 cfg.state_dir.display()
             )
         })?;
+    // Before anything is loaded: a second daemon on this state dir stops here.
+    let _state_lock = crate::respond::store::lock(&cfg.state_dir)?;
     let seed = hash_seed(&cfg.state_dir)?;
 
     let metrics = Arc::new(Metrics::new());

@@ -120,6 +120,10 @@ impl Context {
         shared: &Shared,
     ) -> Result<Context> {
         let store = Store::open(&cfg.state_dir)?;
+        for problem in &store.problems {
+            log::error!("{problem}");
+            alerts.emit(crate::alerts::Alert::new("state").with("problem", problem.clone()));
+        }
         Ok(Context {
             probes,
             alerts,
