@@ -140,3 +140,42 @@ fn a_tampered_state_file_is_repaired_and_still_enforced() {
     // what matters is that leakwatch's files no longer hold it, checked here.
     d.assert_no_plaintext(&[&k]);
 }
+
+/// A wrong kernel hash in the state file (it cannot be checked against a fingerprint):
+/// the first exec carrying the key is killed from userspace, the hash is recomputed from
+/// it, and the kernel blocks the next one itself.
+#[test]
+fn a_wrong_kernel_hash_is_repaired_by_the_first_exec_it_misses() {
+    let mut d = Daemon::start("state-hash");
+    let (k, _) = secret("anthropic-api-key");
+    freeze(&d, &k);
+    d.stop();
+    let path = d.state_dir().join("frozen.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let right = v["frozen"][0]["kernel_hash"].as_u64().unwrap();
+    v["frozen"][0]["kernel_hash"] = serde_json::json!(right ^ 1);
+    std::fs::write(&path, v.to_string()).unwrap();
+    d.restart();
+    let run = || {
+        Command::new("/bin/sh")
+            .args(["-c", "exit 0"])
+            .env("ANTHROPIC_API_KEY", &k)
+            .status()
+            .unwrap()
+    };
+    let _ = run(); // may run briefly: userspace kills it right after exec
+    d.wait_alert("the repaired hash", |a| {
+        s(a, "kind") == "state" && s(a, "problem").contains("kernel hash was wrong")
+    });
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(v["frozen"][0]["kernel_hash"].as_u64(), Some(right));
+    let st = run();
+    assert!(!st.success(), "the second exec ran");
+    d.wait_alert("a kernel kill", |a| {
+        s(a, "kind") == "kill" && s(a, "by") == "kernel"
+    });
+    d.stop();
+    d.assert_no_plaintext(&[&k]);
+}

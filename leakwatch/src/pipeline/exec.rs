@@ -58,9 +58,18 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
     let d = Detector::new(&engine, fz.as_deref());
     // Frozen credentials first: the kill must not wait for the rule scan.
     let mut first_frozen = None;
+    // A frozen key that is a whole value the kernel matches (an argument, or what follows
+    // the first `=`) in an exec the kernel let run: its kernel hash must be wrong.
+    let mut missed: Option<(String, Vec<u8>)> = None;
     each_string(&ev, |bytes, _, _| {
-        if first_frozen.is_none() {
-            first_frozen = d.frozen_only(bytes).into_iter().next();
+        for f in d.frozen_only(bytes) {
+            let value_at = bytes.iter().position(|&b| b == b'=').map_or(0, |i| i + 1);
+            if f.end == bytes.len() && (f.start == 0 || f.start == value_at) && missed.is_none() {
+                missed = Some((f.fingerprint.clone(), bytes[f.start..f.end].to_vec()));
+            }
+            if first_frozen.is_none() {
+                first_frozen = Some(f);
+            }
         }
     });
     if let Some(f) = first_frozen {
@@ -73,6 +82,13 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
         }
     });
     drop(fz);
+    // After the read guard is gone: the repair reloads the frozen set.
+    if let Some((fp, mut plain)) = missed {
+        if !ev.killed() {
+            p.ctx.check_kernel_hash(&fp, &plain);
+        }
+        zeroize::Zeroize::zeroize(&mut plain);
+    }
     let truncated = ev.truncated();
     if hits.is_empty() && !truncated {
         return;

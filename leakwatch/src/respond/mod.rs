@@ -693,6 +693,38 @@ impl Context {
         self.emit(a);
     }
 
+    /// An exec carried the frozen credential `fp` (its exact bytes: `plain`) where the
+    /// kernel matches, yet the kernel let it run: the stored kernel hash is wrong (a
+    /// tampered or damaged state file) or missing. Recompute it from the bytes, reload the
+    /// kernel map and say so.
+    pub fn check_kernel_hash(&self, fp: &str, plain: &[u8]) {
+        let want = kernel_hash(self.seed, plain);
+        let fixed = match self.store.lock() {
+            Ok(mut store) => match store.find(fp) {
+                Some(i) if store.frozen[i].kernel_hash != Some(want) => {
+                    let e = &mut store.frozen[i];
+                    let had = e.kernel_hash;
+                    e.kernel_hash = Some(want);
+                    e.len = plain.len();
+                    let _ = store.save();
+                    Some(had)
+                }
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        let Some(had) = fixed else { return };
+        if let Err(e) = self.publish() {
+            log::error!("reloading the kernel frozen map: {e:#}");
+        }
+        let problem = format!(
+            "the kernel did not block an exec carrying frozen credential {fp}: its stored kernel hash was {}; recomputed from the exec and reloaded, so the kernel blocks it again",
+            if had.is_some() { "wrong" } else { "missing" }
+        );
+        log::error!("{problem}");
+        self.emit(crate::alerts::Alert::new("state").with("problem", problem));
+    }
+
     /// Writes kernel kill counts that `on_enforce` kept in memory (called every few
     /// seconds and at shutdown).
     pub fn save_kill_counts(&self) {
