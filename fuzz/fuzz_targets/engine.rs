@@ -8,7 +8,7 @@ use leakwatch::detect::{
     fingerprint,
     frozen::{FrozenKey, FrozenSet},
     stream::StreamScanner,
-    Engine,
+    Detector, Engine,
 };
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
@@ -27,15 +27,18 @@ fuzz_target!(|data: &[u8]| {
     }
     // Chunk size from the first byte: the stream must report each whole-buffer finding.
     let chunk = 1 + data.first().copied().unwrap_or(0) as usize * 7;
+    let d = Detector::new(engine, None);
     let mut s = StreamScanner::new(engine);
     let mut streamed = Vec::new();
     for c in data.chunks(chunk) {
-        streamed.extend(s.feed(c));
+        streamed.extend(s.feed(&d, c));
     }
-    streamed.extend(s.finish());
+    streamed.extend(s.finish(&d));
     for f in &found {
         assert!(
-            streamed.iter().any(|x| x.finding.fingerprint == f.fingerprint && x.offset == f.start as u64),
+            streamed
+                .iter()
+                .any(|x| x.finding.fingerprint == f.fingerprint && x.offset == f.start as u64),
             "stream missed {} at {}",
             f.rule,
             f.start

@@ -134,13 +134,18 @@ async fn handle(sock: UnixStream, ctx: Arc<Context>) -> Result<()> {
     }
     log::debug!("control: request read");
     // Bytes, not a String: a request that is not UTF-8 still gets an answer.
-    let resp = match serde_json::from_slice::<Request>(&line) {
+    let resp = match parse_request(&line) {
         Ok(req) => dispatch(req, &ctx, cred.pid().map(|p| p as u32)).await,
         Err(e) => json!({"ok": false, "error": format!("malformed request: {e}")}),
     };
     wr.write_all(format!("{resp}\n").as_bytes()).await?;
     log::debug!("control: response written");
     Ok(())
+}
+
+/// One request line as the daemon reads it (the fuzz target's entry point too).
+pub fn parse_request(line: &[u8]) -> serde_json::Result<Request> {
+    serde_json::from_slice(line)
 }
 
 async fn dispatch(mut req: Request, ctx: &Context, client: Option<u32>) -> Value {

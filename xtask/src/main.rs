@@ -56,10 +56,13 @@ enum Cmd {
         #[arg(long, value_parser = ["freeze", "write", "scan"])]
         only: Option<String>,
     },
-    /// Fuzz the detection engine with cargo fuzz (libFuzzer) for this many seconds.
+    /// Fuzz with cargo fuzz (libFuzzer) for this many seconds: the detection engine, or
+    /// with --target the ring-record decoder (`decode`) or the control parser (`control`).
     Fuzz {
         #[arg(default_value_t = 300)]
         seconds: u64,
+        #[arg(long, default_value = "engine", value_parser = ["engine", "decode", "control"])]
+        target: String,
     },
 }
 
@@ -74,9 +77,9 @@ fn main() -> ExitCode {
         Cmd::Bench { only } => install()
             .and_then(|_| build())
             .and_then(|_| bench(only.as_deref())),
-        Cmd::Fuzz { seconds } => install()
+        Cmd::Fuzz { seconds, target } => install()
             .and_then(|_| build_ebpf())
-            .and_then(|_| fuzz(seconds)),
+            .and_then(|_| fuzz(&target, seconds)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -364,7 +367,7 @@ fn bench(only: Option<&str>) -> Result<()> {
 
 /// cargo fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them
 /// (no sanitizer: the stable toolchain here ships no ASan runtime).
-fn fuzz(seconds: u64) -> Result<()> {
+fn fuzz(target: &str, seconds: u64) -> Result<()> {
     if !have("cargo-fuzz") {
         sh(Command::new(cargo_bin().join("cargo")).args(["install", "--locked", "cargo-fuzz"]))?;
     }
@@ -374,7 +377,7 @@ fn fuzz(seconds: u64) -> Result<()> {
         .current_dir(root().join("fuzz"))
         .env("RUSTC_BOOTSTRAP", "1")
         .env("LEAKWATCH_BPF_OBJECT", ebpf_object())
-        .args(["fuzz", "run", "--sanitizer", "none", "engine", "--"])
+        .args(["fuzz", "run", "--sanitizer", "none", target, "--"])
         .arg(format!("-max_total_time={seconds}"))
         .arg(format!("-dict={}", dict.display())))
 }

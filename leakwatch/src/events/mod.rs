@@ -11,6 +11,7 @@ use leakwatch_common::*;
 
 pub use connect::{format_peer, ConnectEvent};
 pub use exec::{EnforceNotice, ExecEvent};
+pub use leakwatch_common::PROBE_COUNT;
 pub use write::{FileKind, WriteEvent};
 
 /// Who did it: the common header, decoded.
