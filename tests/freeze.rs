@@ -3,7 +3,6 @@
 //! a new exec with the key dies before running, also after a daemon restart; a holder in
 //! another network namespace is cut too; argv and non-root callers are refused.
 use std::{
-    io::Write,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -166,21 +165,7 @@ fn alive(pid: u32) -> bool {
 }
 
 fn freeze(d: &Daemon, secret: &str, extra: &[&str]) -> Output {
-    let mut c = Command::new(bin())
-        .args(["freeze", "--json", "--socket"])
-        .arg(d.socket())
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(secret.as_bytes())
-        .unwrap();
-    c.wait_with_output().unwrap()
+    freeze_with(d, secret, extra)
 }
 
 fn report(out: &Output) -> serde_json::Value {

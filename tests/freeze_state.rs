@@ -2,28 +2,14 @@
 //! startup sweep's kill of a process holding the second carries the second's fingerprint,
 //! and only the second entry counts the kill.
 use std::{
-    io::Write,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use leakwatch_tests::*;
 
 fn freeze(d: &Daemon, secret: &str) {
-    let mut c = Command::new(bin())
-        .args(["freeze", "--json", "--socket"])
-        .arg(d.socket())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(secret.as_bytes())
-        .unwrap();
-    let out = c.wait_with_output().unwrap();
+    let out = freeze_with(d, secret, &[]);
     assert!(
         out.status.success(),
         "freeze failed: {}",

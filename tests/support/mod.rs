@@ -568,3 +568,23 @@ impl TcpPeer {
             .unwrap_or_else(|_| panic!("no connection to the TCP peer ended within {secs} s"))
     }
 }
+
+/// `leakwatch freeze --json` against `d` with `secret` on stdin (and `extra` flags).
+pub fn freeze_with(d: &Daemon, secret: &str, extra: &[&str]) -> std::process::Output {
+    use std::io::Write;
+    let mut c = Command::new(bin())
+        .args(["freeze", "--json", "--socket"])
+        .arg(d.socket())
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(secret.as_bytes())
+        .unwrap();
+    c.wait_with_output().unwrap()
+}

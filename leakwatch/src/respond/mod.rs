@@ -57,6 +57,20 @@ pub struct ProcReport {
     pub confirmed: bool,
 }
 
+impl ProcReport {
+    /// The process fields of its alerts.
+    fn info(&self) -> ProcInfo {
+        ProcInfo {
+            pid: self.pid,
+            ppid: self.ppid,
+            comm: self.comm.clone(),
+            exe: self.exe.clone(),
+            unit: self.unit.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct SeveredReport {
     pub pid: u32,
@@ -535,15 +549,7 @@ impl Context {
             }
         }
         for k in &report.killed {
-            let info = ProcInfo {
-                pid: k.pid,
-                ppid: k.ppid,
-                comm: k.comm.clone(),
-                exe: k.exe.clone(),
-                unit: k.unit.clone(),
-                ..Default::default()
-            };
-            let mut a = base_alert("kill", &info)
+            let mut a = base_alert("kill", &k.info())
                 .with("by", by)
                 .with("reason", k.reason.clone())
                 .with("confirmed", k.confirmed);
@@ -553,17 +559,7 @@ impl Context {
         for s in &report.severed {
             // The process fields of the holder whose connection this was.
             let mut a = match report.killed.iter().find(|k| k.pid == s.pid) {
-                Some(k) => base_alert(
-                    "sever",
-                    &ProcInfo {
-                        pid: k.pid,
-                        ppid: k.ppid,
-                        comm: k.comm.clone(),
-                        exe: k.exe.clone(),
-                        unit: k.unit.clone(),
-                        ..Default::default()
-                    },
-                ),
+                Some(k) => base_alert("sever", &k.info()),
                 None => crate::alerts::Alert::new("sever"),
             };
             a.pid = s.pid;
