@@ -75,6 +75,15 @@ pub(super) fn decode_exec(rec: &[u8]) -> Result<ExecEvent> {
         );
     }
     let data = &data[..h.data_len as usize];
+    // Every string carried takes at least its NUL: counts beyond that are a bad record
+    // (the fuzzer found that a huge argc made the decoder allocate until OOM).
+    if u64::from(h.argc) + u64::from(h.envc) > data.len() as u64 + 1 {
+        bail!(
+            "exec record claims {} strings in {} bytes",
+            u64::from(h.argc) + u64::from(h.envc),
+            data.len()
+        );
+    }
     let mut parts = data.split(|&b| b == 0);
     let filename = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
     let mut argv = Vec::with_capacity(h.argc.min(4096) as usize);
@@ -142,6 +151,13 @@ mod tests {
     #[test]
     fn rejects_a_record_shorter_than_it_claims() {
         assert!(decode(&record(header(0, 0, 100), b"short")).is_err());
+    }
+
+    #[test]
+    fn more_strings_than_bytes_is_a_bad_record() {
+        // Found by `cargo xtask fuzz --target decode`: argc 0xffffffff allocated until OOM.
+        assert!(decode(&record(header(u32::MAX, 0, 4), b"/x\0a")).is_err());
+        assert!(decode(&record(header(3, 3, 4), b"/x\0a")).is_err());
     }
 
     #[test]
