@@ -219,3 +219,26 @@ fn failed_path_search_attempts_are_not_reported() {
     d.stop();
     d.assert_no_plaintext(&[&secret]);
 }
+
+/// 9,000 arguments run the kernel's walk out of steps before it can count them: the
+/// `lost` alert still gives a real count of what was not captured, not a lower bound of 0.
+#[test]
+fn nine_thousand_arguments_are_counted() {
+    let mut d = Daemon::start("argc9000");
+    let mut c = Command::new("/bin/sleep");
+    c.arg("0.7");
+    for _ in 0..9000 {
+        c.arg("0");
+    }
+    let mut child = c.spawn().unwrap();
+    let pid = child.id() as u64;
+    let a = d.wait_alert("the truncated exec", |a| {
+        s(a, "kind") == "lost" && n(a, "pid") == pid
+    });
+    assert!(child.wait().unwrap().success());
+    assert_eq!(s(&a, "reason"), "exec_capture_truncated", "{a:#}");
+    assert_eq!(a["lower_bound"], false, "{a:#}");
+    assert!(n(&a, "strings_dropped") > 1000, "{a:#}");
+    d.stop();
+    d.assert_no_plaintext(&[]);
+}

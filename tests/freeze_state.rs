@@ -34,6 +34,17 @@ fn kills(d: &Daemon, fp: &str) -> u64 {
         .unwrap()
 }
 
+/// `kernel_hash_verified` of the first frozen entry in `status`.
+fn verified(d: &Daemon) -> Option<bool> {
+    let out = Command::new(bin())
+        .args(["status", "--json", "--socket"])
+        .arg(d.socket())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["frozen"][0]["kernel_hash_verified"].as_bool()
+}
+
 #[test]
 fn startup_sweep_kill_names_the_credential_that_matched() {
     let mut d = Daemon::start("state-blame");
@@ -143,6 +154,11 @@ fn a_wrong_kernel_hash_is_repaired_by_the_first_exec_it_misses() {
     v["frozen"][0]["kernel_hash"] = serde_json::json!(right ^ 1);
     std::fs::write(&path, v.to_string()).unwrap();
     d.restart();
+    assert_eq!(
+        verified(&d),
+        Some(false),
+        "a hash read from disk is only a claim"
+    );
     let run = || {
         Command::new("/bin/sh")
             .args(["-c", "exit 0"])
@@ -157,6 +173,7 @@ fn a_wrong_kernel_hash_is_repaired_by_the_first_exec_it_misses() {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(v["frozen"][0]["kernel_hash"].as_u64(), Some(right));
+    assert_eq!(verified(&d), Some(true));
     let st = run();
     assert!(!st.success(), "the second exec ran");
     d.wait_alert("a kernel kill", |a| {

@@ -277,10 +277,12 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
             str_of(&f, "fingerprint"),
             str_of(&f, "frozen_at"),
             str_of(&f, "kills"),
-            if f["kernel_enforced"] == true {
-                ""
-            } else {
+            if f["kernel_enforced"] != true {
                 "  (fingerprint only: userspace enforcement)"
+            } else if f["kernel_hash_verified"] != true {
+                "  (kernel hash from the state file, not yet seen to work)"
+            } else {
+                ""
             }
         );
     }

@@ -100,12 +100,22 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
             .exec_strings_dropped
             .inc_by(ev.strings_dropped as u64);
         p.metrics.exec_bytes_dropped.inc_by(ev.bytes_dropped);
-        let a = super::report::base_alert("lost", &info)
-            .with("reason", "exec_capture_truncated")
-            .with("strings_dropped", ev.strings_dropped)
-            .with("bytes_dropped", ev.bytes_dropped)
-            .with("lower_bound", ev.task.flags & EXEC_F_COUNT_INCOMPLETE != 0);
-        p.report.alerts().emit(a);
+        let lost = Truncated {
+            since: std::time::Instant::now(),
+            info: info.clone(),
+            comm: ev.new_comm(),
+            captured: (ev.argv.len() + ev.env.len()) as u64,
+            strings_dropped: u64::from(ev.strings_dropped),
+            bytes_dropped: ev.bytes_dropped,
+            counted: ev.task.flags & EXEC_F_COUNT_INCOMPLETE == 0,
+        };
+        if lost.counted || p.pending_lost.len() >= 4096 {
+            p.report.alerts().emit(lost.alert());
+        } else {
+            // The kernel's walk ran out of steps before it could count everything (9,000
+            // arguments): once the new image runs, its /proc entries have the real count.
+            p.pending_lost.push(lost);
+        }
     }
     if let Ok(mut hist) = p.shared.history.write() {
         for h in &hits {
@@ -135,8 +145,61 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
     p.report.report(&info, hits);
 }
 
-/// Reports held exec attempts that no later exec of their process replaced.
+/// A cut exec capture, reported as `lost`.
+pub(super) struct Truncated {
+    since: std::time::Instant,
+    info: crate::procs::ProcInfo,
+    comm: String,
+    captured: u64,
+    strings_dropped: u64,
+    bytes_dropped: u64,
+    /// The kernel counted every string (else `strings_dropped` is a lower bound).
+    counted: bool,
+}
+
+impl Truncated {
+    fn alert(&self) -> crate::alerts::Alert {
+        super::report::base_alert("lost", &self.info)
+            .with("reason", "exec_capture_truncated")
+            .with("strings_dropped", self.strings_dropped)
+            .with("bytes_dropped", self.bytes_dropped)
+            .with("lower_bound", !self.counted)
+    }
+
+    /// Counts from /proc once the new image runs there (its comm is the exec's).
+    fn recount(&mut self) {
+        let pid = self.info.pid;
+        let runs = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim_end() == self.comm);
+        if let (true, Some(n)) = (runs, proc_strings(pid)) {
+            self.strings_dropped = n.saturating_sub(self.captured).max(self.strings_dropped);
+            self.counted = true;
+        }
+    }
+}
+
+/// Strings in a process's command line and environment (NUL-terminated each).
+fn proc_strings(tgid: u32) -> Option<u64> {
+    let mut n = 0;
+    for f in ["cmdline", "environ"] {
+        let mut b = std::fs::read(format!("/proc/{tgid}/{f}")).ok()?;
+        n += memchr::memchr_iter(0, &b).count() as u64;
+        zeroize::Zeroize::zeroize(&mut b);
+    }
+    Some(n)
+}
+
+/// Reports held exec attempts that no later exec of their process replaced, and cut
+/// captures whose count waited for the new image.
 pub(super) fn tick(p: &mut Pipeline) {
+    let (due, wait): (Vec<Truncated>, Vec<Truncated>) = std::mem::take(&mut p.pending_lost)
+        .into_iter()
+        .partition(|t| t.since.elapsed() >= PENDING_FOR);
+    p.pending_lost = wait;
+    for mut t in due {
+        t.recount();
+        p.report.alerts().emit(t.alert());
+    }
     let due: Vec<u32> = p
         .pending_execs
         .iter()

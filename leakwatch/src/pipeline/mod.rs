@@ -70,6 +70,8 @@ pub struct Pipeline {
     /// Exec attempts with findings whose program did not exist: reported unless the same
     /// process execs again soon (see `exec::tick`).
     pending_execs: HashMap<u32, (std::time::Instant, crate::procs::ProcInfo, Vec<Hit>)>,
+    /// Cut exec captures waiting (briefly) for a real string count.
+    pending_lost: Vec<exec::Truncated>,
 }
 
 impl Pipeline {
@@ -94,6 +96,7 @@ impl Pipeline {
                 .map(|p| p.to_string_lossy().into_owned()),
             ours: HashMap::new(),
             pending_execs: HashMap::new(),
+            pending_lost: Vec::new(),
         }
     }
 

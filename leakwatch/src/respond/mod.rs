@@ -113,6 +113,10 @@ pub struct Context {
     busy: tokio::sync::Mutex<()>,
     /// Holders seen writing a frozen credential that are being killed right now.
     killing: Mutex<HashSet<u32>>,
+    /// Fingerprints whose kernel hash is known right: computed from the plaintext in this
+    /// run (a freeze, a repair) or confirmed by a kernel kill. A hash read from disk is
+    /// only a claim until then (it cannot be checked against a fingerprint).
+    verified: Mutex<HashSet<String>>,
     /// Recent `freeze` clients and their ancestors (the responder's shell, a script piping
     /// the key in): they wrote the key on its way to freeze, which makes them no holders.
     clients: Mutex<Vec<(Instant, Vec<u32>)>>,
@@ -153,6 +157,7 @@ impl Context {
             busy: tokio::sync::Mutex::new(()),
             killing: Mutex::new(HashSet::new()),
             clients: Mutex::new(Vec::new()),
+            verified: Mutex::new(HashSet::new()),
         })
     }
 
@@ -254,6 +259,11 @@ impl Context {
             }
         };
         self.publish()?;
+        if hash.is_some() {
+            if let Ok(mut v) = self.verified.lock() {
+                v.insert(fp.clone());
+            }
+        }
         let mut a = crate::alerts::Alert::new("freeze");
         a.fingerprint = Some(fp.clone());
         a.redacted = redacted;
@@ -305,6 +315,8 @@ impl Context {
     pub fn status(&self) -> serde_json::Value {
         let store = self.store.lock().ok();
         let frozen: Vec<_> = store.as_ref().map(|s| s.frozen.clone()).unwrap_or_default();
+        drop(store);
+        let verified = self.verified.lock().map(|v| v.clone()).unwrap_or_default();
         let stats = self
             .probes
             .lock()
@@ -339,6 +351,8 @@ impl Context {
                 "frozen_at": e.frozen_at,
                 "kills": e.kills,
                 "kernel_enforced": e.kernel_hash.is_some(),
+                // Read from disk and not yet seen to work: a claim, not a fact.
+                "kernel_hash_verified": e.kernel_hash.is_some() && verified.contains(&e.fingerprint),
                 "len": e.len,
             })).collect::<Vec<_>>(),
             "probes": attached,
@@ -709,6 +723,9 @@ impl Context {
             },
             Err(_) => None,
         };
+        if let Ok(mut v) = self.verified.lock() {
+            v.insert(fp.to_string());
+        }
         let Some(had) = fixed else { return };
         if let Err(e) = self.publish() {
             log::error!("reloading the kernel frozen map: {e:#}");
@@ -759,6 +776,9 @@ impl Context {
                 store.frozen[i].kills += 1;
                 store.frozen[i].fingerprint.clone()
             });
+            if let (Some(fp), Ok(mut v)) = (&fp, self.verified.lock()) {
+                v.insert(fp.clone());
+            }
             // A unit restarting with the old key dies many times a minute: count every kill
             // in memory (status shows it at once) but write the store, with its fsync, only
             // for a new culprit; `save_kill_counts` writes the rest.
