@@ -83,10 +83,12 @@ pub async fn run(o: Overrides) -> Result<()> {
         Some(metrics::bind(&cfg.metrics_addr).await?)
     };
 
+    let store = crate::respond::store::Store::open(&cfg.state_dir)?;
     let mut probes = Probes::load(&LoadOptions {
         hash_seed: seed,
         own_tgid: std::process::id(),
         scope: crate::scope::resolve(&cfg.scope, cfg.capture.max_bytes),
+        frozen: store.kernel_entries(),
     })?;
     metrics.probes_attached.set(probes.attached.len() as i64);
     metrics.probes_expected.set(probes::TRACEPOINT_COUNT as i64);
@@ -103,6 +105,7 @@ pub async fn run(o: Overrides) -> Result<()> {
         alerts.clone(),
         metrics.clone(),
         &shared,
+        store,
     )?;
     let ctx = Arc::new(ctx);
     ctx.restore().await;

@@ -150,6 +150,9 @@ pub struct LoadOptions {
     /// Scope and capture cap, in force before the first program is attached (otherwise
     /// every process would be captured at the default cap until `set_scope`).
     pub scope: KernelScope,
+    /// Frozen credentials' (kernel hash, length), in the kernel map before the exec probes
+    /// are attached: no exec slips through between load and the daemon's first publish.
+    pub frozen: Vec<(u64, u32)>,
 }
 
 /// Whose write payloads the kernel copies. A process is in scope if it matches any enabled
@@ -290,6 +293,8 @@ impl Probes {
         };
         p.set_scope(&o.scope)
             .context("loading the [scope] lists into the kernel")?;
+        p.set_frozen(&o.frozen)
+            .context("loading the frozen set into the kernel map")?;
         for (prog, cat, name, _) in TRACEPOINTS {
             attach(&mut p.ebpf, prog, cat, name)?;
             p.attached.push(format!("{cat}:{name}"));

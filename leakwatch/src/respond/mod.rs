@@ -136,8 +136,8 @@ impl Context {
         alerts: Alerts,
         metrics: Arc<Metrics>,
         shared: &Shared,
+        store: Store,
     ) -> Result<Context> {
-        let store = Store::open(&cfg.state_dir)?;
         for problem in &store.problems {
             log::error!("{problem}");
             alerts.emit(crate::alerts::Alert::new("state").with("problem", problem.clone()));
