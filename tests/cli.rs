@@ -125,13 +125,26 @@ open({got:?}, "wb").write(data)
 #[test]
 fn a_closed_stdout_is_no_panic() {
     let mut d = Daemon::start("cli-epipe");
+    let (other, _) = secret("anthropic-api-key");
     let (secret, _) = secret("github-pat");
     let sock = d.socket();
     let s = sock.to_str().unwrap();
+    // One frozen already, to be unfrozen; and a file with a key for scan to print.
+    let other_fp = fingerprint(&other);
+    assert!(freeze_with(&d, &other, &[]).status.success());
+    let dir = d.scratch().join("epipe-scan");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("app.env"), format!("ANTHROPIC_API_KEY={other}\n")).unwrap();
+    let dir_s = dir.to_str().unwrap().to_string();
     for (args, stdin) in [
         (vec!["rules"], Vec::new()),
         (vec!["status", "--socket", s], Vec::new()),
         (vec!["freeze", "--socket", s], secret.clone().into_bytes()),
+        (
+            vec!["unfreeze", other_fp.as_str(), "--socket", s],
+            Vec::new(),
+        ),
+        (vec!["scan", dir_s.as_str()], Vec::new()),
     ] {
         let (r, w) = std::io::pipe().unwrap();
         drop(r);
@@ -150,6 +163,14 @@ fn a_closed_stdout_is_no_panic() {
     }
     let st = run(&["status", "--json", "--socket", s], b"");
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert!(
+        v["frozen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["fingerprint"] != other_fp.as_str()),
+        "the unfreeze whose output could not be printed did not take effect: {v}"
+    );
     let fp = fingerprint(&secret);
     assert!(
         v["frozen"]
@@ -160,7 +181,7 @@ fn a_closed_stdout_is_no_panic() {
         "the freeze whose report could not be printed did not take effect: {v}"
     );
     d.stop();
-    d.assert_no_plaintext(&[&secret]);
+    d.assert_no_plaintext(&[&secret, &other]);
 }
 
 /// The control socket answers what it cannot parse (bytes that are not UTF-8) and closes a
