@@ -37,6 +37,7 @@ pub struct Metrics {
     pub fds_unresolved: IntCounter,
     pub exec_unchecked: IntCounter,
     pub exec_attempts_failed: IntCounter,
+    pub exec_recovered: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -213,6 +214,11 @@ impl Metrics {
                 &r,
                 "leakwatch_exec_attempts_failed_total",
                 "Exec attempts with findings that failed (a PATH entry without the program) and were not reported: the same process's next exec was.",
+            ),
+            exec_recovered: counter(
+                &r,
+                "leakwatch_exec_recovered_total",
+                "Execs whose argv/env the kernel could not copy in full, read and scanned from the new image's /proc entries instead.",
             ),
             fds_unresolved: counter(
                 &r,

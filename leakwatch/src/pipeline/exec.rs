@@ -104,16 +104,19 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
             since: std::time::Instant::now(),
             info: info.clone(),
             comm: ev.new_comm(),
+            old_comm: ev.task.comm.clone(),
             captured: (ev.argv.len() + ev.env.len()) as u64,
             strings_dropped: u64::from(ev.strings_dropped),
             bytes_dropped: ev.bytes_dropped,
             counted: ev.task.flags & EXEC_F_COUNT_INCOMPLETE == 0,
+            seen: hits.iter().map(|h| h.fingerprint.clone()).collect(),
         };
-        if lost.counted || p.pending_lost.len() >= 4096 {
+        if p.pending_lost.len() >= 4096 {
             p.report.alerts().emit(lost.alert());
         } else {
-            // The kernel's walk ran out of steps before it could count everything (9,000
-            // arguments): once the new image runs, its /proc entries have the real count.
+            // What the kernel could not copy (past 128 KiB, 9,000 arguments, pages the
+            // caller had not touched) is in the new image's /proc entries once it runs:
+            // `tick` reads and scans them there, or reports the loss.
             p.pending_lost.push(lost);
         }
     }
@@ -145,16 +148,21 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
     p.report.report(&info, hits);
 }
 
-/// A cut exec capture, reported as `lost`.
+/// A cut exec capture: recovered from /proc, or reported as `lost`.
 pub(super) struct Truncated {
     since: std::time::Instant,
     info: crate::procs::ProcInfo,
+    /// The new image's comm (empty when the kernel could not read the filename).
     comm: String,
+    /// The caller's comm before the exec.
+    old_comm: String,
     captured: u64,
     strings_dropped: u64,
     bytes_dropped: u64,
     /// The kernel counted every string (else `strings_dropped` is a lower bound).
     counted: bool,
+    /// Fingerprints already reported from the captured part.
+    seen: Vec<String>,
 }
 
 impl Truncated {
@@ -166,27 +174,81 @@ impl Truncated {
             .with("lower_bound", !self.counted)
     }
 
-    /// Counts from /proc once the new image runs there (its comm is the exec's).
-    fn recount(&mut self) {
+    /// Does the process run the exec's image now? Its comm says so (or, when the kernel
+    /// could not read the filename, that it is no longer the caller's).
+    fn runs(&self) -> bool {
         let pid = self.info.pid;
-        let runs = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|c| c.trim_end() == self.comm);
-        if let (true, Some(n)) = (runs, proc_strings(pid)) {
-            self.strings_dropped = n.saturating_sub(self.captured).max(self.strings_dropped);
-            self.counted = true;
-        }
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| {
+            let c = c.trim_end();
+            if self.comm.is_empty() {
+                c != self.old_comm
+            } else {
+                c == self.comm
+            }
+        })
     }
 }
 
-/// Strings in a process's command line and environment (NUL-terminated each).
-fn proc_strings(tgid: u32) -> Option<u64> {
-    let mut n = 0;
-    for f in ["cmdline", "environ"] {
-        let mut b = std::fs::read(format!("/proc/{tgid}/{f}")).ok()?;
-        n += memchr::memchr_iter(0, &b).count() as u64;
-        zeroize::Zeroize::zeroize(&mut b);
+/// The new image's argv and environment as /proc has them (complete: the kernel copied
+/// them), scanned like an exec's; what the capture already reported is not repeated.
+/// False when the process is gone or does not run the image.
+fn recover(p: &mut Pipeline, t: &mut Truncated) -> bool {
+    let pid = t.info.pid;
+    if !t.runs() {
+        return false;
     }
-    Some(n)
+    let read = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).ok();
+    let (Some(mut argv), Some(mut env)) = (read("cmdline"), read("environ")) else {
+        return false;
+    };
+    let n = (memchr::memchr_iter(0, &argv).count() + memchr::memchr_iter(0, &env).count()) as u64;
+    t.strings_dropped = n.saturating_sub(t.captured).max(t.strings_dropped);
+    t.counted = true;
+    let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
+    let fz = frozen.read().ok();
+    let d = Detector::new(&engine, fz.as_deref());
+    let mut hits = Vec::new();
+    for (i, a) in argv.split(|&b| b == 0).enumerate() {
+        for f in d.scan(a) {
+            hits.push(Hit::new(Source::Argv, f).with("arg_index", i));
+        }
+    }
+    for e in env.split(|&b| b == 0) {
+        let var = e
+            .iter()
+            .position(|&b| b == b'=')
+            .map(|n| String::from_utf8_lossy(&e[..n]).into_owned());
+        for f in d.scan(e) {
+            let h = Hit::new(Source::Env, f);
+            hits.push(match &var {
+                Some(v) => h.with("var", v.clone()),
+                None => h,
+            });
+        }
+    }
+    drop(fz);
+    zeroize::Zeroize::zeroize(&mut argv);
+    zeroize::Zeroize::zeroize(&mut env);
+    hits.retain(|h| !t.seen.contains(&h.fingerprint));
+    p.metrics.exec_recovered.inc();
+    if hits.is_empty() {
+        return true;
+    }
+    let info = p.procs.live(pid).unwrap_or_else(|| t.info.clone());
+    if let Ok(mut hist) = p.shared.history.write() {
+        for h in &hits {
+            if hist.len() >= HISTORY {
+                hist.pop_front();
+            }
+            hist.push_back((pid, h.fingerprint.clone()));
+        }
+    }
+    let hits = hits
+        .into_iter()
+        .map(|h| h.with("filename", info.exe.clone()).with("from", "proc"))
+        .collect();
+    p.report.report(&info, hits);
+    true
 }
 
 /// Reports held exec attempts that no later exec of their process replaced, and cut
@@ -197,8 +259,10 @@ pub(super) fn tick(p: &mut Pipeline) {
         .partition(|t| t.since.elapsed() >= PENDING_FOR);
     p.pending_lost = wait;
     for mut t in due {
-        t.recount();
-        p.report.alerts().emit(t.alert());
+        // Recovered from /proc: nothing was lost after all (counted, not alerted).
+        if !recover(p, &mut t) {
+            p.report.alerts().emit(t.alert());
+        }
     }
     let due: Vec<u32> = p
         .pending_execs
