@@ -161,8 +161,7 @@ fn a_closed_stdout_is_no_panic() {
         assert_ne!(out.status.code(), Some(101), "{args:?} panicked: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
-    let st = run(&["status", "--json", "--socket", s], b"");
-    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let v = d.status();
     assert!(
         v["frozen"]
             .as_array()

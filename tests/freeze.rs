@@ -276,12 +276,7 @@ fn freeze_kills_holders_resets_connections_and_keeps_it_dead() {
     // Restart-safe: reloaded into the kernel from the state dir.
     d.restart();
     assert_exec_dies("ANTHROPIC_API_KEY", &secret, &d.scratch(), "2");
-    let status = Command::new(bin())
-        .args(["status", "--json", "--socket"])
-        .arg(d.socket())
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let v = d.status();
     assert_eq!(v["frozen"][0]["fingerprint"], fp);
     assert!(n(&v["frozen"][0], "kills") >= 4, "{v}");
 
@@ -409,12 +404,7 @@ fn argv_and_non_root_callers_are_refused() {
         "{err}"
     );
     assert!(!err.contains(&secret));
-    let st = Command::new(bin())
-        .args(["status", "--json", "--socket"])
-        .arg(d.socket())
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let v = d.status();
     assert_eq!(
         v["frozen"].as_array().unwrap().len(),
         0,
@@ -652,12 +642,7 @@ fn freeze_exec_without_key_still_runs() {
     assert!(ran, "an exec without the key did not run");
     let (sig, ran) = exec_marked(&d.scratch(), "plain", &[], &[]);
     assert!(sig == 0 && ran, "a plain exec did not run");
-    let st = Command::new(bin())
-        .args(["status", "--json", "--socket"])
-        .arg(d.socket())
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let v = d.status();
     assert_eq!(n(&v["kernel"]["sched_process_exec"], "unchecked"), 0, "{v}");
     d.stop();
     d.assert_no_plaintext(&[&secret]);

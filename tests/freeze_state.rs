@@ -18,12 +18,7 @@ fn freeze(d: &Daemon, secret: &str) {
 }
 
 fn kills(d: &Daemon, fp: &str) -> u64 {
-    let out = Command::new(bin())
-        .args(["status", "--json", "--socket"])
-        .arg(d.socket())
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = d.status();
     v["frozen"]
         .as_array()
         .unwrap()
@@ -36,12 +31,7 @@ fn kills(d: &Daemon, fp: &str) -> u64 {
 
 /// `kernel_hash_verified` of the first frozen entry in `status`.
 fn verified(d: &Daemon) -> Option<bool> {
-    let out = Command::new(bin())
-        .args(["status", "--json", "--socket"])
-        .arg(d.socket())
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = d.status();
     v["frozen"][0]["kernel_hash_verified"].as_bool()
 }
 

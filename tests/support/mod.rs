@@ -178,6 +178,21 @@ impl Daemon {
         }
     }
 
+    /// `leakwatch status --json` against this daemon.
+    pub fn status(&self) -> Value {
+        let out = Command::new(bin())
+            .args(["status", "--json", "--socket"])
+            .arg(self.socket())
+            .output()
+            .expect("running leakwatch status");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status --json is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
     /// Prometheus text from the daemon's endpoint.
     pub fn scrape(&self) -> String {
         use std::io::Write;
