@@ -61,7 +61,7 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
     // A frozen key that is a whole value the kernel matches (an argument, or what follows
     // the first `=`) in an exec the kernel let run: its kernel hash must be wrong.
     let mut missed: Option<(String, Vec<u8>)> = None;
-    each_string(&ev, |bytes, _, _| {
+    exec_strings(&ev, |bytes, _, _| {
         for f in d.frozen_only(bytes) {
             let value_at = bytes.iter().position(|&b| b == b'=').map_or(0, |i| i + 1);
             if f.end == bytes.len() && (f.start == 0 || f.start == value_at) && missed.is_none() {
@@ -76,7 +76,7 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
         p.ctx.kill_exec(&ev, f.fingerprint);
     }
     let mut hits = Vec::new();
-    each_string(&ev, |bytes, source, at| {
+    exec_strings(&ev, |bytes, source, at| {
         for f in d.scan(bytes) {
             hits.push(at(Hit::new(source, f)));
         }
@@ -120,14 +120,7 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
             p.pending_lost.push(lost);
         }
     }
-    if let Ok(mut hist) = p.shared.history.write() {
-        for h in &hits {
-            if hist.len() >= HISTORY {
-                hist.pop_front();
-            }
-            hist.push_back((ev.task.tgid, h.fingerprint.clone()));
-        }
-    }
+    remember(p, ev.task.tgid, &hits);
     let hits: Vec<Hit> = hits
         .into_iter()
         .map(|h| {
@@ -208,24 +201,15 @@ fn recover(p: &mut Pipeline, t: &mut Truncated) -> bool {
     let fz = frozen.read().ok();
     let d = Detector::new(&engine, fz.as_deref());
     let mut hits = Vec::new();
-    for (i, a) in argv.split(|&b| b == 0).enumerate() {
-        for f in d.scan(a) {
-            hits.push(Hit::new(Source::Argv, f).with("arg_index", i));
-        }
-    }
-    for e in env.split(|&b| b == 0) {
-        let var = e
-            .iter()
-            .position(|&b| b == b'=')
-            .map(|n| String::from_utf8_lossy(&e[..n]).into_owned());
-        for f in d.scan(e) {
-            let h = Hit::new(Source::Env, f);
-            hits.push(match &var {
-                Some(v) => h.with("var", v.clone()),
-                None => h,
-            });
-        }
-    }
+    each_string(
+        argv.split(|&b| b == 0),
+        env.split(|&b| b == 0),
+        |bytes, source, at| {
+            for f in d.scan(bytes) {
+                hits.push(at(Hit::new(source, f)));
+            }
+        },
+    );
     drop(fz);
     zeroize::Zeroize::zeroize(&mut argv);
     zeroize::Zeroize::zeroize(&mut env);
@@ -235,14 +219,7 @@ fn recover(p: &mut Pipeline, t: &mut Truncated) -> bool {
         return true;
     }
     let info = p.procs.live(pid).unwrap_or_else(|| t.info.clone());
-    if let Ok(mut hist) = p.shared.history.write() {
-        for h in &hits {
-            if hist.len() >= HISTORY {
-                hist.pop_front();
-            }
-            hist.push_back((pid, h.fingerprint.clone()));
-        }
-    }
+    remember(p, pid, &hits);
     let hits = hits
         .into_iter()
         .map(|h| h.with("filename", info.exe.clone()).with("from", "proc"))
@@ -306,13 +283,41 @@ fn maybe_failed(ev: &ExecEvent) -> bool {
     }
 }
 
+/// Remembers that `tgid` carried these credentials, for `freeze` to find it.
+fn remember(p: &Pipeline, tgid: u32, hits: &[Hit]) {
+    if let Ok(mut hist) = p.shared.history.write() {
+        for h in hits {
+            if hist.len() >= HISTORY {
+                hist.pop_front();
+            }
+            hist.push_back((tgid, h.fingerprint.clone()));
+        }
+    }
+}
+
+type Annotate<'x> = &'x dyn Fn(Hit) -> Hit;
+
+/// `each_string` over an exec event's captured strings.
+fn exec_strings(ev: &ExecEvent, f: impl FnMut(&[u8], Source, Annotate)) {
+    each_string(
+        ev.argv.iter().map(Vec::as_slice),
+        ev.env.iter().map(Vec::as_slice),
+        f,
+    );
+}
+
 /// Calls `f(bytes, source, annotate)` for every argv string and env value; `annotate` adds
-/// the string's `arg_index` or `var` to a hit.
-fn each_string(ev: &ExecEvent, mut f: impl FnMut(&[u8], Source, &dyn Fn(Hit) -> Hit)) {
-    for (i, a) in ev.argv.iter().enumerate() {
+/// the string's `arg_index` or `var` to a hit. Serves the captured strings and the ones
+/// recovered from /proc alike.
+fn each_string<'a>(
+    argv: impl IntoIterator<Item = &'a [u8]>,
+    env: impl IntoIterator<Item = &'a [u8]>,
+    mut f: impl FnMut(&[u8], Source, Annotate),
+) {
+    for (i, a) in argv.into_iter().enumerate() {
         f(a, Source::Argv, &|h: Hit| h.with("arg_index", i));
     }
-    for e in &ev.env {
+    for e in env {
         let name = e
             .iter()
             .position(|&b| b == b'=')

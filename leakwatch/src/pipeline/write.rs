@@ -154,7 +154,10 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
     }
     drop(fz);
     if w.truncated() {
-        lost(p, &w, key, now);
+        // Named already (the stream holds the target): no second classify.
+        if let Some(target) = p.streams.map.get(&key).map(|s| s.target.clone()) {
+            lost(p, &w, &target, key, now);
+        }
     }
     p.metrics.streams.set(p.streams.map.len() as i64);
 }
@@ -257,7 +260,7 @@ pub(super) fn tick(p: &mut Pipeline) {
 }
 
 /// A cut capture is a `lost` alert, once per (process, fd) a minute; metrics count all.
-fn lost(p: &mut Pipeline, w: &WriteEvent, key: (u32, i32), now: Instant) {
+fn lost(p: &mut Pipeline, w: &WriteEvent, target: &Target, key: (u32, i32), now: Instant) {
     if p.streams
         .truncations
         .get(&key)
@@ -266,7 +269,6 @@ fn lost(p: &mut Pipeline, w: &WriteEvent, key: (u32, i32), now: Instant) {
         return;
     }
     p.streams.truncations.insert(key, now);
-    let (target, _) = p.fds.classify(w);
     let info = describe(&mut p.procs, &w.task);
     let mut a = super::report::base_alert("lost", &info)
         .with("reason", "write_capture_truncated")

@@ -602,23 +602,18 @@ impl Context {
         if !fresh {
             return;
         }
+        let why = if source == Source::Socket {
+            "sent"
+        } else {
+            "wrote"
+        };
         log::warn!(
-            "pid {tgid} {} a frozen credential ({fp}){}; killing it",
-            if source == Source::Socket {
-                "sent"
-            } else {
-                "wrote"
-            },
+            "pid {tgid} {why} a frozen credential ({fp}){}; killing it",
             place.map(|p| format!(" to {p}")).unwrap_or_default()
         );
         let (me, fp) = (self.clone(), fp.to_string());
         let run = move || {
             let procs = procscan::list();
-            let why = if source == Source::Socket {
-                "sent"
-            } else {
-                "wrote"
-            };
             let reasons: Reasons = [(tgid, (why, fp))].into_iter().collect();
             me.act(procs, reasons, None, "write");
             if let Ok(mut k) = me.killing.lock() {
