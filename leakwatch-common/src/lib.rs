@@ -222,6 +222,14 @@ pub const WRITE_F_PEER: u32 = 4;
 pub const WRITE_F_PATH_PARTIAL: u32 = 8;
 /// The fd could not be resolved to a file (`file` is zero).
 pub const WRITE_F_NO_FILE: u32 = 16;
+/// By reference: the bytes are in a regular file the daemon holds open (`HELD`), so the
+/// record carries no payload; `offset` is where they land and `total` how many there are.
+pub const WRITE_F_BY_REF: u32 = 32;
+/// With `WRITE_F_BY_REF`: the fd has O_APPEND, so `offset` is the end of the file at the
+/// call, and a writer racing on the same file may have moved it on by then.
+pub const WRITE_F_APPEND: u32 = 64;
+/// Regular files the daemon holds open for by-reference capture, at most.
+pub const HELD_MAX: u32 = 1024;
 
 /// What the fd of a write refers to, read from `task->files` at the call.
 #[repr(C)]
@@ -253,10 +261,12 @@ pub struct WriteHeader {
     pub total: u64,
     /// Bytes of `total` not in `data`.
     pub bytes_dropped: u64,
-    /// pwrite offset, or -1.
+    /// pwrite offset, or -1; with `WRITE_F_BY_REF`, the file position the bytes land at.
     pub offset: i64,
     pub file: FileId,
     pub peer: Peer,
+    /// Address of the fd's `struct inode` (0 when unresolved): the key of `HELD`.
+    pub inode: u64,
 }
 
 // ---------------------------------------------------------------------------------------

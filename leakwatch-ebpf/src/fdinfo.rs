@@ -26,9 +26,12 @@ offsets!(
     OFF_FILE_DENTRY,
     OFF_FILE_MNT,
     OFF_FILE_PRIVATE,
+    OFF_FILE_POS,
+    OFF_FILE_FLAGS,
     OFF_INODE_INO,
     OFF_INODE_MODE,
     OFF_INODE_SB,
+    OFF_INODE_SIZE,
     OFF_SB_DEV,
     OFF_DENTRY_PARENT,
     OFF_DENTRY_NAME,
@@ -46,6 +49,8 @@ offsets!(
 );
 
 pub const S_IFMT: u32 = 0o170000;
+pub const S_IFREG: u32 = 0o100000;
+const O_APPEND: u32 = 0o2000;
 pub const S_IFSOCK: u32 = 0o140000;
 
 /// An open file as the write probes need it.
@@ -152,6 +157,28 @@ pub fn resolve(fd: u32) -> Option<Open> {
         dentry: kread(file + global(&OFF_FILE_DENTRY)),
         mnt: kread(file + global(&OFF_FILE_MNT)),
         private_data: kread(file + global(&OFF_FILE_PRIVATE)),
+    })
+}
+
+/// Where a `write` on `file` lands: the end of the file with O_APPEND, else the file
+/// position. Read at entry, so writers racing on one file may be off by the other's length
+/// (the daemon reads across such gaps). With whether it appends; `None` when the offsets
+/// are unknown.
+#[inline(always)]
+pub fn write_pos(file: u64, inode: u64) -> Option<(i64, bool)> {
+    let (pos, flags, size) = (
+        global(&OFF_FILE_POS),
+        global(&OFF_FILE_FLAGS),
+        global(&OFF_INODE_SIZE),
+    );
+    if pos == 0 || flags == 0 || size == 0 {
+        return None;
+    }
+    let f: u32 = kread(file + flags);
+    Some(if f & O_APPEND != 0 {
+        (kread(inode + size), true)
+    } else {
+        (kread(file + pos), false)
     })
 }
 

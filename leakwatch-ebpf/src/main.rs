@@ -14,6 +14,7 @@ mod floor;
 mod frozen;
 mod header;
 mod maps;
+mod mem;
 mod payload;
 mod scope;
 mod sockaddr;

@@ -33,12 +33,25 @@ pub struct Walk {
     pub truncated: u64,
 }
 
+impl Walk {
+    /// Starts a walk: nothing copied, `cap` bytes allowed, payload at `base` in `buf`.
+    /// Cleared word by word (see `mem`): a struct literal here costs a byte-wise memset.
+    #[inline(always)]
+    pub fn reset(&mut self, cap: u64, base: u64) {
+        crate::mem::zero(self as *mut Walk);
+        self.cap = cap;
+        self.base = base;
+    }
+}
+
 const BUF: usize = WRITE_PATH_MAX + 2 * WRITE_DATA_MAX;
 
 /// Per-CPU working memory; `rec` and `buf` are contiguous, so the record is emitted from
 /// `rec` with one `bpf_ringbuf_output` of header + path + data bytes.
 #[repr(C)]
 pub struct Scratch {
+    /// What `LAST_FILE` is to remember for the fd of the current call, when it is new.
+    pub known: crate::fdinfo::Known,
     pub walk: Walk,
     pub rec: WriteHeader,
     /// Path, then payload. Sized for a payload starting anywhere up to WRITE_PATH_MAX +

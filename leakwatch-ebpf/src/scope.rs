@@ -66,7 +66,10 @@ fn verdict() -> u8 {
         return IN;
     }
     if cfg.comms != 0 {
-        let comm = task::leader_comm().unwrap_or_else(|| bpf_get_current_comm().unwrap_or([0; 16]));
+        let mut comm = [0u8; 16];
+        if !task::leader_comm(&mut comm) {
+            comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        }
         if SCOPE_COMMS.get_ptr(&comm).is_some() {
             return IN;
         }

@@ -57,20 +57,16 @@ pub fn ppid() -> u32 {
     kread(parent + off_tgid)
 }
 
-/// `comm` of the thread-group leader (threads rename themselves; the process name is the
-/// leader's). `None` when the offsets are unknown.
+/// Reads the thread-group leader's `comm` into `dst` (threads rename themselves; the
+/// process name is the leader's). False when the offsets are unknown or the read failed.
 #[inline(always)]
-pub fn leader_comm() -> Option<[u8; 16]> {
+pub fn leader_comm(dst: &mut [u8; 16]) -> bool {
     let (off_leader, off_comm) = (global(&OFF_TASK_GROUP_LEADER), global(&OFF_TASK_COMM));
     if off_leader == 0 || off_comm == 0 {
-        return None;
+        return false;
     }
     let leader: u64 = kread(current() + off_leader);
-    if leader == 0 {
-        return None;
-    }
-    // SAFETY: the helper checks the address.
-    unsafe { bpf_probe_read_kernel((leader + off_comm) as *const [u8; 16]) }.ok()
+    leader != 0 && crate::mem::copy(dst.as_mut_ptr(), (leader + off_comm) as *const u8, 16)
 }
 
 /// `current->files`, or 0.

@@ -10,14 +10,14 @@ use aya_ebpf::{
         generated::{bpf_probe_read_kernel, bpf_probe_read_user},
     },
     macros::{map, tracepoint},
-    maps::LruHashMap,
+    maps::{HashMap, LruHashMap},
     programs::TracePointContext,
 };
 use leakwatch_common::*;
 
 use crate::{
-    fdinfo, header, maps,
-    payload::{copy_seg, read_msghdr, walk, Scratch, Walk, WRITE_SCRATCH},
+    fdinfo, header, maps, mem,
+    payload::{copy_seg, read_msghdr, walk, Scratch, WRITE_SCRATCH},
     scope, sockaddr,
 };
 
@@ -32,6 +32,13 @@ struct FdKey {
 /// so a matching fd skips most reads).
 #[map]
 static LAST_FILE: LruHashMap<FdKey, fdinfo::Known> = LruHashMap::with_max_entries(65536, 0);
+
+/// Inodes (`struct inode` addresses) of regular files the daemon holds open: writes to
+/// them with one buffer are sent by reference (position and length, no bytes), and the
+/// daemon reads the bytes back from the page cache. Its open file pins the inode, so the
+/// address cannot be reused while it is listed; the daemon unlists before it closes.
+#[map]
+static HELD: HashMap<u64, u8> = HashMap::with_max_entries(HELD_MAX, 0);
 
 /// How the payload is passed.
 enum Src {
@@ -165,8 +172,9 @@ fn handle(
     r.fd = fd as i32;
     r.offset = offset;
     r.path_len = 0;
-    r.peer = Peer::default();
-    r.file = FileId::default();
+    r.inode = 0;
+    mem::zero(&mut r.peer as *mut Peer);
+    mem::zero(&mut r.file as *mut FileId);
 
     // What the fd is; its path only when it changed since the last record.
     let mut new_file = false;
@@ -181,29 +189,22 @@ fn handle(
         Some(o) => Some(o),
         None => fdinfo::resolve(fd),
     };
-    let mut known = fdinfo::Known {
-        file: 0,
-        inode: 0,
-        ino: 0,
-        dev: 0,
-        private_data: 0,
-        _pad: 0,
-    };
     match o {
         Some(o) => {
-            r.file = o.id;
-            known = fdinfo::Known {
-                file: o.id.file,
-                inode: o.inode,
-                ino: o.id.ino,
-                dev: o.id.dev,
-                private_data: o.private_data,
-                _pad: 0,
-            };
+            sc.rec.file = o.id;
+            sc.rec.inode = o.inode;
             let is_sock = o.id.mode & fdinfo::S_IFMT == fdinfo::S_IFSOCK;
             if !same {
                 new_file = true;
-                r.hdr.flags |= WRITE_F_NEW_FILE;
+                // What LAST_FILE remembers once a record naming it reached the ring.
+                let k = &mut sc.known;
+                k.file = o.id.file;
+                k.inode = o.inode;
+                k.ino = o.id.ino;
+                k.dev = o.id.dev;
+                k.private_data = o.private_data;
+                k._pad = 0;
+                sc.rec.hdr.flags |= WRITE_F_NEW_FILE;
                 if !is_sock {
                     copy_path(sc, &o);
                 }
@@ -222,32 +223,21 @@ fn handle(
         Some(c) if c.capture_max != 0 => c.capture_max as u64,
         _ => WRITE_CAPTURE_DEFAULT as u64,
     };
-    sc.walk = Walk {
-        iov: 0,
-        iovlen: 0,
-        idx: 0,
-        mmsg: 0,
-        msgs: 0,
-        msg_idx: 0,
-        walked: 0,
-        off: 0,
-        cap: if cap > WRITE_DATA_MAX as u64 {
+    sc.walk.reset(
+        if cap > WRITE_DATA_MAX as u64 {
             WRITE_DATA_MAX as u64
         } else {
             cap
         },
-        base: sc.rec.path_len as u64,
-        total: 0,
-        dropped: 0,
-        iov_dropped: 0,
-        truncated: 0,
-    };
+        sc.rec.path_len as u64,
+    );
     match src {
+        Src::Buf { len, .. } if by_ref(sc, offset) => sc.walk.total = len,
         Src::Buf { ptr, len } => {
             if sc.rec.path_len == 0 {
                 // One buffer and no path: straight into a ring reservation.
                 apply_dest(sc, dest, dest_len);
-                return direct(sc, probe, ptr, len, sc.walk.cap, &key, new_file, &known);
+                return direct(sc, probe, ptr, len, sc.walk.cap, &key, new_file);
             }
             copy_seg(sc, ptr, len)
         }
@@ -304,9 +294,37 @@ fn handle(
     let wake = maps::write_wakeup(r.hdr.ktime_ns);
     if maps::emit_write(probe, r as *const _ as *const u8, size, wake) && new_file {
         // Remember only what reached the ring: a lost record must not hide the next path.
-        let _ = LAST_FILE.insert(&key, &known, 0);
+        let _ = LAST_FILE.insert(&key, &sc.known, 0);
     }
     Some(())
+}
+
+/// The fd is a regular file the daemon holds (see `HELD`) and where the bytes land is
+/// known: the record goes by reference (position in `offset`, no bytes).
+#[inline(always)]
+fn by_ref(sc: &mut Scratch, offset: i64) -> bool {
+    let r = &mut sc.rec;
+    if r.inode == 0
+        || r.file.mode & fdinfo::S_IFMT != fdinfo::S_IFREG
+        || HELD.get_ptr(&r.inode).is_none()
+    {
+        return false;
+    }
+    let pos = if offset >= 0 {
+        Some((offset, false))
+    } else {
+        fdinfo::write_pos(r.file.file, r.inode)
+    };
+    let Some((pos, append)) = pos else {
+        return false;
+    };
+    r.offset = pos;
+    r.hdr.flags |= if append {
+        WRITE_F_BY_REF | WRITE_F_APPEND
+    } else {
+        WRITE_F_BY_REF
+    };
+    true
 }
 
 /// An explicit destination (UDP) names the peer better than the socket does.
@@ -338,7 +356,6 @@ fn direct(
     cap: u64,
     key: &FdKey,
     new_file: bool,
-    known: &fdinfo::Known,
 ) -> Option<()> {
     let n = if len < cap { len } else { cap };
     let r = &mut sc.rec;
@@ -359,7 +376,7 @@ fn direct(
         class::<{ HDR + WRITE_DATA_MAX }>(sc, probe, ptr, n, wake)
     };
     if sent && new_file {
-        let _ = LAST_FILE.insert(key, known, 0);
+        let _ = LAST_FILE.insert(key, &sc.known, 0);
     }
     Some(())
 }
@@ -390,8 +407,8 @@ fn class<const N: usize>(sc: &mut Scratch, probe: u32, ptr: u64, n: u64, wake: u
         maps::count(probe, STAT_TRUNCATED);
         maps::add(probe, STAT_BYTES_DROPPED, r.bytes_dropped);
     }
-    // SAFETY: the first HDR bytes of the reservation; `r` is the per-CPU scratch header.
-    unsafe { core::ptr::copy_nonoverlapping(r as *const WriteHeader as *const u8, p, HDR) };
+    // The first HDR bytes of the reservation, from the per-CPU scratch header.
+    mem::copy(p, r as *const WriteHeader as *const u8, HDR as u32);
     maps::submit_write(probe, p, wake);
     true
 }

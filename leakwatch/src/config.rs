@@ -59,12 +59,16 @@ impl Scope {
 pub struct Capture {
     /// Payload bytes copied per write-family call (1..=65536).
     pub max_bytes: u32,
+    /// Busy regular files are read back from the page cache instead of copied at each
+    /// write (see `pipeline::held`).
+    pub by_reference: bool,
 }
 
 impl Default for Capture {
     fn default() -> Self {
         Capture {
             max_bytes: leakwatch_common::WRITE_CAPTURE_DEFAULT,
+            by_reference: true,
         }
     }
 }

@@ -94,6 +94,10 @@ pub async fn run(o: Overrides) -> Result<()> {
     metrics.probes_expected.set(probes::TRACEPOINT_COUNT as i64);
     let events = probes.take_events()?;
     let writes = probes.take_writes()?;
+    let held = match cfg.capture.by_reference {
+        true => Some(probes.take_held()?),
+        false => None,
+    };
     let mut kernel_log = aya_log::EbpfLogger::init(probes.ebpf_mut()).ok();
     let probes = Arc::new(Mutex::new(probes));
 
@@ -110,7 +114,10 @@ pub async fn run(o: Overrides) -> Result<()> {
     let ctx = Arc::new(ctx);
     ctx.restore().await;
     let report = Reporter::new(alerts.clone(), metrics.clone(), cfg.dedupe_seconds);
-    let pipeline = Pipeline::new(engine, shared, report, ctx.clone(), metrics.clone());
+    let mut pipeline = Pipeline::new(engine, shared, report, ctx.clone(), metrics.clone());
+    if let Some(map) = held {
+        pipeline.hold_files(map);
+    }
 
     let metrics_at = match &listener {
         Some(l) => format!("http://{}/metrics", l.local_addr()?),

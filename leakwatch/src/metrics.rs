@@ -34,6 +34,8 @@ pub struct Metrics {
     pub captured_bytes: IntCounterVec,
     pub streams: IntGauge,
     pub streams_evicted: IntCounter,
+    pub files_held: IntGauge,
+    pub held_bytes_unread: IntCounter,
     pub fds_unresolved: IntCounter,
     pub exec_unchecked: IntCounter,
     pub exec_attempts_failed: IntCounter,
@@ -204,6 +206,16 @@ impl Metrics {
                 &r,
                 "leakwatch_streams_evicted_total",
                 "Idle write streams dropped to bound memory (their tail is no longer joined).",
+            ),
+            files_held: gauge(
+                &r,
+                "leakwatch_files_held",
+                "Regular files the daemon holds open to read writes to them by reference.",
+            ),
+            held_bytes_unread: counter(
+                &r,
+                "leakwatch_held_bytes_unread_total",
+                "Bytes written by reference that could not be read back (file truncated first, or no longer held).",
             ),
             exec_unchecked: counter(
                 &r,

@@ -43,9 +43,11 @@ pub struct WriteEvent {
     /// Bytes of `total` the kernel did not copy (capture cap, iovec limit, unreadable page).
     pub bytes_dropped: u64,
     pub iov_dropped: u32,
-    /// pwrite offset, or -1.
+    /// pwrite offset, or -1; by reference, where the bytes landed in the file.
     pub offset: i64,
     pub file: FileId,
+    /// Kernel address of the fd's inode (0 when unresolved): how `HELD` names the file.
+    pub inode: u64,
     /// Set when the fd named a new open file: its absolute path as the kernel walked it.
     pub path: Option<String>,
     pub path_partial: bool,
@@ -69,6 +71,11 @@ impl WriteEvent {
 
     pub fn new_file(&self) -> bool {
         self.task.flags & WRITE_F_NEW_FILE != 0
+    }
+
+    /// No payload: `total` bytes at file position `offset` of a file the daemon holds.
+    pub fn by_ref(&self) -> bool {
+        self.task.flags & WRITE_F_BY_REF != 0
     }
 }
 
@@ -118,6 +125,7 @@ pub(super) fn decode(rec: &[u8]) -> Result<WriteEvent> {
         iov_dropped: h.iov_dropped,
         offset: h.offset,
         file: h.file,
+        inode: h.inode,
         path,
         path_partial: h.hdr.flags & WRITE_F_PATH_PARTIAL != 0,
         peer,

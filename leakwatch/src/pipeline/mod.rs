@@ -11,6 +11,7 @@
 //! kill and connect records are rare and matter for freeze, so the reader waits for room. A new probe family adds a decoder in `events` and a
 //! stage module here, and one arm in `Pipeline::handle`.
 mod exec;
+mod held;
 pub mod report;
 mod write;
 
@@ -61,6 +62,7 @@ pub struct Pipeline {
     procs: Procs,
     fds: FdTable,
     streams: write::Streams,
+    held: held::Held,
     report: Reporter,
     ctx: Arc<respond::Context>,
     metrics: Arc<Metrics>,
@@ -88,6 +90,7 @@ impl Pipeline {
             procs: Procs::new(),
             fds: FdTable::new(),
             streams: write::Streams::default(),
+            held: held::Held::default(),
             report,
             ctx,
             metrics,
@@ -98,6 +101,12 @@ impl Pipeline {
             pending_execs: HashMap::new(),
             pending_lost: Vec::new(),
         }
+    }
+
+    /// Reads writes to busy regular files back from the files (see `held`), listing the
+    /// files it holds in the kernel's `HELD` map.
+    pub fn hold_files(&mut self, map: aya::maps::HashMap<aya::maps::MapData, u64, u8>) {
+        self.held = held::Held::new(map);
     }
 
     /// Does `t` run leakwatch itself (the `freeze` client sends the key it freezes over the
@@ -142,6 +151,7 @@ impl Pipeline {
     /// Periodic work: flush paused streams, drop idle ones, report held exec attempts.
     pub fn tick(&mut self) {
         write::tick(self);
+        held::tick(self);
         exec::tick(self);
     }
 }
@@ -266,13 +276,28 @@ fn work(p: &mut Pipeline, rx: Receiver<Queued>, queued: &AtomicUsize) {
     let period = Duration::from_millis(250);
     let mut last_tick = Instant::now();
     loop {
-        match rx.recv_timeout(period) {
+        // Writes by reference wait to settle: look again soon while some are pending.
+        let wait = if held::waiting(p) {
+            held::SETTLE
+        } else {
+            period
+        };
+        match rx.recv_timeout(wait) {
             Ok(q) => {
                 queued.fetch_sub(q.bytes, Ordering::Relaxed);
                 p.handle(q.ev);
+                // Drain what is queued, then read the held files' settled writes at once.
+                while let Ok(q) = rx.try_recv() {
+                    queued.fetch_sub(q.bytes, Ordering::Relaxed);
+                    p.handle(q.ev);
+                }
+                held::read_all(p);
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => held::read_all(p),
+            Err(RecvTimeoutError::Disconnected) => {
+                held::release_all(p);
+                return;
+            }
         }
         if last_tick.elapsed() >= period {
             p.tick();

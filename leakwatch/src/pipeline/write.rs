@@ -37,6 +37,8 @@ struct Stream {
     used: Instant,
     /// Held-back findings were reported since the last write.
     flushed: bool,
+    /// Calls copied so far (a busy regular file is then held: see `held`).
+    calls: u32,
 }
 
 #[derive(Default)]
@@ -100,6 +102,9 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
     if p.is_leakwatch(&w.task) {
         return; // `leakwatch freeze` sends the key to the daemon: that is no leak
     }
+    if w.by_ref() {
+        return super::held::on_ref(p, &w, target);
+    }
     let key = (w.task.tgid, w.fd);
     let now = Instant::now();
     let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
@@ -126,7 +131,10 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
         last_bytes: w.total,
         used: now,
         flushed: false,
+        calls: 0,
     });
+    s.calls = s.calls.saturating_add(1);
+    let calls = s.calls;
     s.target = target;
     s.task = w.task.clone();
     s.used = now;
@@ -150,9 +158,11 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
             fd,
             found,
             bytes,
+            false,
         );
     }
     drop(fz);
+    super::held::consider(p, &w, calls);
     if w.truncated() {
         // Named already (the stream holds the target): no second classify.
         if let Some(target) = p.streams.map.get(&key).map(|s| s.target.clone()) {
@@ -164,7 +174,7 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
 
 /// Turns stream findings into hits; a frozen one makes the writer a holder.
 #[allow(clippy::too_many_arguments)]
-fn emit(
+pub(super) fn emit(
     p: &mut Pipeline,
     d: &Detector,
     source: Source,
@@ -173,6 +183,7 @@ fn emit(
     fd: i32,
     found: Vec<StreamFinding>,
     bytes: u64,
+    by_ref: bool,
 ) {
     if let Some(f) = found.iter().find(|f| d.is_frozen(&f.finding)) {
         p.ctx.kill_holder(
@@ -190,7 +201,8 @@ fn emit(
                 .with("bytes", bytes)
                 .with("probe", task.probe_name())
                 .with("tid", task.pid)
-                .with("offset", f.offset);
+                .with("offset", f.offset)
+                .with("by_reference", by_ref);
             h.path = target.path().map(str::to_string);
             h.remote = target.remote().map(str::to_string);
             h
@@ -205,7 +217,17 @@ fn report(p: &mut Pipeline, d: &Detector, s: &Stream, found: Vec<StreamFinding>)
         return;
     }
     if let Some(source) = s.target.source() {
-        emit(p, d, source, &s.task, &s.target, s.fd, found, s.last_bytes);
+        emit(
+            p,
+            d,
+            source,
+            &s.task,
+            &s.target,
+            s.fd,
+            found,
+            s.last_bytes,
+            false,
+        );
     }
 }
 

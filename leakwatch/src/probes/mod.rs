@@ -120,9 +120,12 @@ const OFFSETS: &[(&str, &str, &str, bool)] = &[
     ("OFF_FILE_DENTRY", "file", "f_path.dentry", true),
     ("OFF_FILE_MNT", "file", "f_path.mnt", true),
     ("OFF_FILE_PRIVATE", "file", "private_data", true),
+    ("OFF_FILE_POS", "file", "f_pos", false),
+    ("OFF_FILE_FLAGS", "file", "f_flags", false),
     ("OFF_INODE_INO", "inode", "i_ino", true),
     ("OFF_INODE_MODE", "inode", "i_mode", true),
     ("OFF_INODE_SB", "inode", "i_sb", true),
+    ("OFF_INODE_SIZE", "inode", "i_size", false),
     ("OFF_SB_DEV", "super_block", "s_dev", true),
     ("OFF_DENTRY_PARENT", "dentry", "d_parent", true),
     ("OFF_DENTRY_NAME", "dentry", "d_name.name", true),
@@ -306,6 +309,13 @@ impl Probes {
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The kernel's list of files held for by-reference capture (taken once, by the
+    /// pipeline).
+    pub fn take_held(&mut self) -> Result<aya::maps::HashMap<MapData, u64, u8>> {
+        let map = self.ebpf.take_map("HELD").context("HELD map missing")?;
+        Ok(aya::maps::HashMap::try_from(map)?)
     }
 
     /// The write-family ring buffer (taken once, by the reader).

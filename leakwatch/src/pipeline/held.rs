@@ -1,0 +1,503 @@
+//! By-reference capture of regular files. Once a (process, fd) has written
+//! `HOLD_AFTER_CALLS` times to a regular file, the daemon opens that file itself (through
+//! `/proc/PID/fd/N`, checked to be the same inode) and lists its inode in the kernel's
+//! `HELD` map. From then on the kernel sends where each write lands instead of its bytes,
+//! and this stage reads them back from the page cache and scans the file in order, joined
+//! across writes like any stream. The writer pays no copy, and a daemon that falls behind
+//! loses nothing that is still in the file.
+//!
+//! The kernel reports a write at syscall entry, before its bytes are in the file, so a range
+//! is read only once it is settled: its thread has made a later write, or `SETTLE` has
+//! passed; and after a pause the last write of each file is read once more.
+//! What it cannot see: bytes overwritten or truncated away before it reads them (a short
+//! read is counted in `leakwatch_held_bytes_unread_total`).
+//! Writers racing on one file are read across: with O_APPEND the read runs on to the end of
+//! the file, so every appended byte is scanned, and findings go to the writer whose range
+//! holds them.
+use std::{
+    collections::{HashMap, VecDeque},
+    fs::File,
+    os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+
+use super::{write, Pipeline};
+use crate::{
+    classify::Target,
+    detect::{stream::StreamScanner, Detector},
+    events::{Task, WriteEvent},
+};
+
+/// CLOCK_MONOTONIC in ns: the clock of the kernel's `ktime_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Held files have writes not read yet (the worker looks again within `SETTLE`).
+pub(super) fn waiting(p: &Pipeline) -> bool {
+    p.held
+        .files
+        .values()
+        .any(|h| h.cursor.is_some_and(|c| h.until > c) || !h.inflight.is_empty())
+}
+
+/// Builds `$d`, a `Detector` over the pipeline's engine and frozen set (borrowing clones
+/// of them, so `$p` stays free to change).
+macro_rules! detector {
+    ($p:expr, $d:ident) => {
+        let (engine, frozen) = ($p.engine.clone(), $p.shared.frozen.clone());
+        let fz = frozen.read().ok();
+        let $d = Detector::new(&engine, fz.as_deref());
+    };
+}
+
+/// Copied calls on one (process, fd) before its file is held.
+pub const HOLD_AFTER_CALLS: u32 = 16;
+/// Files held at once (each is an open fd of the daemon); the least recently written go.
+const MAX_HELD: usize = 256;
+/// A held file unwritten this long is let go (its inode unlisted, then closed).
+const IDLE_CLOSE: Duration = Duration::from_secs(10);
+/// A pause after which held-back findings are reported, as for streams.
+const FLUSH_AFTER: Duration = Duration::from_millis(1000);
+/// Pending bytes that make a read happen before the batch ends.
+const READ_AT: u64 = 1 << 20;
+/// A write this far past the scanned end still continues the stream (the bytes between are
+/// read too: a racing writer's); farther is a jump.
+const GAP: u64 = 1 << 20;
+/// Bytes per read.
+const CHUNK: usize = 256 << 10;
+/// Bytes before the first write by reference read again, so a key split across the switch
+/// from copied to held is joined (repeats are deduplicated).
+const BACKFILL: u64 = 8 << 10;
+/// Writers remembered per file for attributing findings.
+const WRITERS: usize = 32;
+/// A write whose thread has made no later write is read this long after its entry.
+pub const SETTLE: Duration = Duration::from_millis(5);
+/// Writes in flight tracked per file (beyond, the oldest is taken as settled).
+const INFLIGHT: usize = 16;
+/// Bytes of a file's last write read again after a pause.
+const REREAD: u64 = 64 << 10;
+
+struct Writer {
+    task: Task,
+    fd: i32,
+    target: Target,
+    start: u64,
+    end: u64,
+    last_bytes: u64,
+}
+
+struct HeldFile {
+    file: File,
+    scanner: StreamScanner,
+    /// File offset of the scanner's position 0.
+    base: u64,
+    /// Scanned up to here (file offset); `None` until the first write by reference.
+    cursor: Option<u64>,
+    /// Read up to here at the next read.
+    until: u64,
+    /// Some pending write appended (read on to the end of the file).
+    append: bool,
+    writers: VecDeque<Writer>,
+    /// (thread, position, kernel time) of writes maybe still in flight, oldest first.
+    inflight: VecDeque<(u32, u64, u64)>,
+    /// The last write: position and end, to read again after a pause.
+    last: (u64, u64),
+    used: Instant,
+    flushed: bool,
+}
+
+#[derive(Default)]
+pub struct Held {
+    map: Option<BpfHashMap<MapData, u64, u8>>,
+    files: HashMap<u64, HeldFile>,
+    /// (tgid, fd, struct file) that could not be held: not tried again.
+    refused: HashMap<(u32, i32, u64), Instant>,
+    buf: Vec<u8>,
+}
+
+impl Held {
+    /// Enables holding with the kernel's `HELD` map.
+    pub fn new(map: BpfHashMap<MapData, u64, u8>) -> Held {
+        Held {
+            map: Some(map),
+            ..Default::default()
+        }
+    }
+}
+
+/// After a copied write: hold its file once its stream has written enough.
+pub(super) fn consider(p: &mut Pipeline, w: &WriteEvent, calls: u32) {
+    if calls < HOLD_AFTER_CALLS
+        || p.held.map.is_none()
+        || w.inode == 0
+        || w.kind() != crate::events::FileKind::File
+        || p.held.files.contains_key(&w.inode)
+    {
+        return;
+    }
+    let key = (w.task.tgid, w.fd, w.file.file);
+    if p.held.refused.contains_key(&key) {
+        return;
+    }
+    if p.held.files.len() >= MAX_HELD {
+        detector!(p, d);
+        let oldest = p
+            .held
+            .files
+            .iter()
+            .min_by_key(|(_, f)| f.used)
+            .map(|(k, _)| *k);
+        if let Some(k) = oldest {
+            release(p, &d, k);
+        }
+    }
+    match open_same(w) {
+        Some(file) => {
+            let Some(map) = p.held.map.as_mut() else {
+                return;
+            };
+            if let Err(e) = map.insert(w.inode, 1, 0) {
+                log::warn!("listing a held file in the kernel failed: {e}; its writes stay copied");
+                p.held.refused.insert(key, Instant::now());
+                return;
+            }
+            p.held.files.insert(
+                w.inode,
+                HeldFile {
+                    file,
+                    scanner: StreamScanner::new(&p.engine),
+                    base: 0,
+                    cursor: None,
+                    until: 0,
+                    append: false,
+                    writers: VecDeque::new(),
+                    inflight: VecDeque::new(),
+                    last: (0, 0),
+                    used: Instant::now(),
+                    flushed: false,
+                },
+            );
+            p.metrics.files_held.set(p.held.files.len() as i64);
+        }
+        None => {
+            if p.held.refused.len() >= 4096 {
+                p.held.refused.clear();
+            }
+            p.held.refused.insert(key, Instant::now());
+        }
+    }
+}
+
+/// Opens the file behind the writer's fd read-only and checks it is the record's inode.
+fn open_same(w: &WriteEvent) -> Option<File> {
+    let path = format!("/proc/{}/fd/{}", w.task.tgid, w.fd);
+    let open = |flags: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+    };
+    // O_NOATIME: reading a log must not touch it; refused on files of other owners
+    // without CAP_FOWNER, so fall back.
+    let file = open(libc::O_NOATIME).or_else(|_| open(0)).ok()?;
+    let m = file.metadata().ok()?;
+    let kdev = w.file.dev;
+    let same_dev = kdev == 0
+        || (libc::major(m.dev()) == kdev >> 20 && libc::minor(m.dev()) == kdev & 0xf_ffff);
+    (m.file_type().is_file() && m.ino() == w.file.ino && same_dev).then_some(file)
+}
+
+/// A write by reference: `total` bytes at `offset` of a held file.
+pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
+    detector!(p, d);
+    let pos = w.offset.max(0) as u64;
+    let end = pos + w.total;
+    let Some(h) = p.held.files.get_mut(&w.inode) else {
+        // Unlisted while the record was on its way: the bytes are in the file, but this
+        // daemon no longer has it open.
+        p.metrics.held_bytes_unread.inc_by(w.total);
+        return;
+    };
+    h.used = Instant::now();
+    h.flushed = false;
+    h.last = (pos, end);
+    // This thread's earlier write has returned: it is no longer in flight.
+    h.inflight.retain(|&(tid, _, _)| tid != w.task.pid);
+    if h.inflight.len() >= INFLIGHT {
+        h.inflight.pop_front();
+    }
+    h.inflight.push_back((w.task.pid, pos, w.task.ktime_ns));
+    match h.writers.back_mut() {
+        Some(l) if l.task.tgid == w.task.tgid && l.fd == w.fd && pos >= l.start && pos <= l.end => {
+            l.end = l.end.max(end);
+            l.last_bytes = w.total;
+            l.task = w.task.clone();
+        }
+        _ => {
+            if h.writers.len() >= WRITERS {
+                h.writers.pop_front();
+            }
+            h.writers.push_back(Writer {
+                task: w.task.clone(),
+                fd: w.fd,
+                target,
+                start: pos,
+                end,
+                last_bytes: w.total,
+            });
+        }
+    }
+    let append = w.task.flags & leakwatch_common::WRITE_F_APPEND != 0;
+    let cursor = match h.cursor {
+        Some(c) => c,
+        None => {
+            let c = pos.saturating_sub(BACKFILL);
+            h.base = c;
+            h.cursor = Some(c);
+            h.until = c;
+            c
+        }
+    };
+    let frontier = h.until.max(cursor);
+    if pos >= cursor && pos <= frontier + GAP {
+        h.until = h.until.max(end);
+        h.append |= append;
+        let pending = h.until - cursor;
+        if pending >= READ_AT {
+            read(p, &d, w.inode);
+        }
+    } else {
+        // Behind what was scanned (a rewrite, or a racing writer's stale position) or far
+        // ahead (a seek): read what is pending, then start a new stream there.
+        read(p, &d, w.inode);
+        let Some(h) = p.held.files.get_mut(&w.inode) else {
+            return;
+        };
+        let found = h.scanner.finish(&d);
+        report(p, &d, w.inode, found);
+        let Some(h) = p.held.files.get_mut(&w.inode) else {
+            return;
+        };
+        h.scanner = StreamScanner::new(&p.engine);
+        h.base = pos;
+        h.cursor = Some(pos);
+        h.until = end;
+        h.append = append;
+    }
+}
+
+/// The worker's queue ran dry (or a tick): read everything pending.
+pub(super) fn read_all(p: &mut Pipeline) {
+    detector!(p, d);
+    let pending: Vec<u64> = p
+        .held
+        .files
+        .iter()
+        .filter(|(_, h)| {
+            h.cursor
+                .is_some_and(|c| h.until > c || h.append || !h.inflight.is_empty())
+        })
+        .map(|(k, _)| *k)
+        .collect();
+    for k in pending {
+        read(p, &d, k);
+    }
+}
+
+/// Reads and scans a held file from its cursor to `until` (with O_APPEND, to its end, at
+/// most `GAP` further).
+fn read(p: &mut Pipeline, d: &Detector, inode: u64) {
+    let Some(h) = p.held.files.get_mut(&inode) else {
+        return;
+    };
+    let Some(mut at) = h.cursor else { return };
+    // Only what settled writes put there: stop at the first write that may be in flight.
+    let now = monotonic_ns();
+    let settle = SETTLE.as_nanos() as u64;
+    h.inflight
+        .retain(|&(_, _, t)| now.saturating_sub(t) < settle);
+    let limit = h.inflight.iter().map(|&(_, pos, _)| pos).min();
+    let mut until = h.until;
+    if h.append && limit.is_none() {
+        if let Ok(m) = h.file.metadata() {
+            until = until.max(m.len().min(until + GAP));
+        }
+        h.append = false;
+    }
+    if let Some(l) = limit {
+        until = until.min(l.max(at));
+    }
+    let mut buf = std::mem::take(&mut p.held.buf);
+    buf.resize(CHUNK, 0);
+    let mut found = Vec::new();
+    let mut read = 0u64;
+    while at < until {
+        let want = ((until - at) as usize).min(CHUNK);
+        match h.file.read_at(&mut buf[..want], at) {
+            Ok(0) => break,
+            Ok(n) => {
+                found.extend(h.scanner.feed(d, &buf[..n]));
+                at += n as u64;
+                read += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    use zeroize::Zeroize;
+    buf.zeroize();
+    p.held.buf = buf;
+    let unread = until.saturating_sub(at);
+    h.cursor = Some(at);
+    if unread > 0 {
+        // Truncated (or unreadable) before it was read: the bytes are gone.
+        h.cursor = Some(until);
+        h.scanner = StreamScanner::new(&p.engine);
+        h.base = until;
+        p.metrics.held_bytes_unread.inc_by(unread);
+    }
+    h.until = h.until.max(until);
+    let probe = h
+        .writers
+        .back()
+        .map(|w| w.task.probe_name())
+        .unwrap_or("sys_enter_write");
+    p.metrics
+        .captured_bytes
+        .with_label_values(&[probe])
+        .inc_by(read);
+    report(p, d, inode, found);
+}
+
+/// Findings go to the writer whose range holds them (else the latest before them).
+fn report(
+    p: &mut Pipeline,
+    d: &Detector,
+    inode: u64,
+    found: Vec<crate::detect::stream::StreamFinding>,
+) {
+    if found.is_empty() {
+        return;
+    }
+    let Some(h) = p.held.files.get(&inode) else {
+        return;
+    };
+    let mut by_writer: Vec<(usize, Vec<crate::detect::stream::StreamFinding>)> = Vec::new();
+    for mut f in found {
+        let at = h.base + f.offset;
+        f.offset = at;
+        let i = h
+            .writers
+            .iter()
+            .rposition(|w| w.start <= at && at < w.end)
+            .or_else(|| h.writers.iter().rposition(|w| w.start <= at))
+            .unwrap_or(h.writers.len().saturating_sub(1));
+        match by_writer.iter_mut().find(|(j, _)| *j == i) {
+            Some((_, v)) => v.push(f),
+            None => by_writer.push((i, vec![f])),
+        }
+    }
+    let hits: Vec<_> = by_writer
+        .into_iter()
+        .filter_map(|(i, v)| {
+            h.writers
+                .get(i)
+                .map(|w| (w.task.clone(), w.target.clone(), w.fd, w.last_bytes, v))
+        })
+        .collect();
+    for (task, target, fd, bytes, v) in hits {
+        if let Some(source) = target.source() {
+            write::emit(p, d, source, &task, &target, fd, v, bytes, true);
+        }
+    }
+}
+
+/// Lets a file go: unlisted in the kernel first (later writes are copied again), then what
+/// is pending is read, held-back findings reported, and the file closed.
+fn release(p: &mut Pipeline, d: &Detector, inode: u64) {
+    if let Some(map) = p.held.map.as_mut() {
+        let _ = map.remove(&inode);
+    }
+    read(p, d, inode);
+    if let Some(mut h) = p.held.files.remove(&inode) {
+        let found = h.scanner.finish(d);
+        p.held.files.insert(inode, h);
+        report(p, d, inode, found);
+        p.held.files.remove(&inode);
+    }
+    p.metrics.files_held.set(p.held.files.len() as i64);
+}
+
+/// Periodic: paused files report what they held back; idle ones are let go.
+pub(super) fn tick(p: &mut Pipeline) {
+    read_all(p);
+    let now = Instant::now();
+    detector!(p, d);
+    let idle: Vec<u64> = p
+        .held
+        .files
+        .iter()
+        .filter(|(_, h)| now.duration_since(h.used) >= IDLE_CLOSE)
+        .map(|(k, _)| *k)
+        .collect();
+    for k in idle {
+        release(p, &d, k);
+    }
+    let pausing: Vec<u64> = p
+        .held
+        .files
+        .iter()
+        .filter(|(_, h)| !h.flushed && now.duration_since(h.used) >= FLUSH_AFTER)
+        .map(|(k, _)| *k)
+        .collect();
+    for k in pausing {
+        let Some(h) = p.held.files.get_mut(&k) else {
+            continue;
+        };
+        h.flushed = true;
+        let mut found = h.scanner.finish(&d);
+        // The last write again, alone: read at entry + SETTLE it may have been incomplete.
+        let (pos, end) = h.last;
+        let from = pos.max(end.saturating_sub(REREAD));
+        let mut again = vec![0u8; (end - from) as usize];
+        if let Ok(n) = h.file.read_at(&mut again, from) {
+            let mut sc = StreamScanner::new(&p.engine);
+            let mut f = sc.feed(&d, &again[..n]);
+            f.extend(sc.finish(&d));
+            for mut x in f {
+                // `report` adds `base`: express the offset relative to it.
+                x.offset = (from + x.offset).saturating_sub(h.base);
+                if !found
+                    .iter()
+                    .any(|y| y.finding.fingerprint == x.finding.fingerprint)
+                {
+                    found.push(x);
+                }
+            }
+        }
+        use zeroize::Zeroize;
+        again.zeroize();
+        report(p, &d, k, found);
+    }
+    p.held
+        .refused
+        .retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
+}
+
+/// Unlists every held file (daemon stop): writes are not left by reference to nobody.
+pub(super) fn release_all(p: &mut Pipeline) {
+    detector!(p, d);
+    let all: Vec<u64> = p.held.files.keys().copied().collect();
+    for k in all {
+        release(p, &d, k);
+    }
+}

@@ -1,0 +1,267 @@
+//! By-reference capture, end to end: once a process has written enough to a regular file,
+//! the daemon holds the file and the kernel sends where each write lands instead of its
+//! bytes; the daemon reads them back from the page cache. Real python writers, a fresh key
+//! each; every finding asserted here carries `by_reference: true`, so it came that way.
+//!
+//! Every daemon sees the whole host: alerts are matched only on this test's fingerprints.
+//! Keys reach the programs through files, never argv or the environment.
+use std::{
+    fs,
+    os::unix::process::ExitStatusExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use leakwatch_tests::*;
+use serde_json::Value;
+
+/// Lines written before the key: far more than the copied calls after which a file is held.
+const WARMUP: usize = 300;
+
+fn keyfile(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("key");
+    fs::write(&p, text).unwrap();
+    p
+}
+
+fn real(p: &Path) -> String {
+    fs::canonicalize(p).unwrap().to_str().unwrap().to_string()
+}
+
+/// Waits up to 15 s for a finding of `fp` by `pid`.
+fn wait_finding(d: &Daemon, fp: &str, pid: u32, what: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(a) = d
+            .findings(fp)
+            .into_iter()
+            .find(|a| n(a, "pid") == pid as u64)
+        {
+            return a;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "no finding for {what} within 15 s; files held: {}, bytes unread: {}; alerts \
+                 with this fingerprint: {:#?}",
+                d.metric("leakwatch_files_held", &[]),
+                d.metric("leakwatch_held_bytes_unread_total", &[]),
+                d.alerts()
+                    .into_iter()
+                    .filter(|a| s(a, "fingerprint") == fp)
+                    .collect::<Vec<_>>()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a python `script` with argv [key file, out file] to completion; returns its pid.
+fn run(script: &str, key: &Path, out: &Path) -> u32 {
+    let mut c = python()
+        .arg("-c")
+        .arg(script)
+        .arg(key)
+        .arg(out)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 60, "python writer").success());
+    pid
+}
+
+fn check(a: &Value, secret: &str, rule: &str, pid: u32, out: &Path) {
+    assert_eq!(s(a, "kind"), "finding", "{a:#}");
+    assert_eq!(s(a, "source"), "file", "{a:#}");
+    assert_eq!(s(a, "rule"), rule, "{a:#}");
+    assert_eq!(s(a, "fingerprint"), fingerprint(secret), "{a:#}");
+    assert_eq!(n(a, "pid"), pid as u64, "{a:#}");
+    assert_eq!(s(a, "comm"), "python3", "{a:#}");
+    assert_eq!(s(a, "path"), real(out), "{a:#}");
+    assert_eq!(s(a, "probe"), "sys_enter_write", "{a:#}");
+    assert_eq!(
+        a.get("by_reference"),
+        Some(&Value::Bool(true)),
+        "the key was written after the file was held, so it must come by reference: {a:#}"
+    );
+    // The offset is where the key starts in the file.
+    let body = fs::read(out).unwrap();
+    let at = body
+        .windows(secret.len())
+        .position(|w| w == secret.as_bytes())
+        .expect("key in the file");
+    assert_eq!(
+        n(a, "offset"),
+        at as u64,
+        "offset of the key in the file: {a:#}"
+    );
+}
+
+#[test]
+fn held_log_file_key_is_read_back_and_attributed() {
+    let mut d = Daemon::start("h-log");
+    let (secret, text) = secret("anthropic-api-key");
+    let key = keyfile(&d.scratch(), &text);
+    let out = d.scratch().join("agent.log");
+    // Line-buffered append: one write per line, as logging does.
+    let script = format!(
+        r#"
+import sys, time
+key = open(sys.argv[1]).read()
+f = open(sys.argv[2], "a", buffering=1)
+for i in range({WARMUP}):
+    f.write("INFO request %d served in 3 ms\n" % i)
+time.sleep(0.5)
+f.write("DEBUG headers {{'x-api-key': '" + key + "'}}\n")
+for i in range(50):
+    f.write("INFO request %d served in 2 ms\n" % i)
+"#
+    );
+    let pid = run(&script, &key, &out);
+    let a = wait_finding(&d, &fingerprint(&secret), pid, "the key in a held log");
+    check(&a, &secret, "anthropic-api-key", pid, &out);
+    assert!(d.metric("leakwatch_captured_bytes_total", &[]) > 0.0);
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn held_key_in_two_halves_is_found_once() {
+    let mut d = Daemon::start_with_config("h-halves", "dedupe_seconds = 0\n");
+    let (secret, text) = secret("openai-project-key");
+    let key = keyfile(&d.scratch(), &text);
+    let out = d.scratch().join("halves.log");
+    let script = format!(
+        r#"
+import sys, time
+key = open(sys.argv[1]).read()
+cut = len(key) // 2 - 5
+f = open(sys.argv[2], "w", buffering=1)
+for i in range({WARMUP}):
+    f.write("step %d ok\n" % i)
+time.sleep(0.5)
+f.write("OPENAI_API_KEY=" + key[:cut]); f.flush()
+time.sleep(0.2)
+f.write(key[cut:] + "\n"); f.flush()
+time.sleep(1.5)
+"#
+    );
+    let pid = run(&script, &key, &out);
+    let a = wait_finding(
+        &d,
+        &fingerprint(&secret),
+        pid,
+        "a key split across held writes",
+    );
+    check(&a, &secret, "openai-project-key", pid, &out);
+    std::thread::sleep(Duration::from_millis(1500));
+    let found: Vec<Value> = d
+        .findings(&fingerprint(&secret))
+        .into_iter()
+        .filter(|a| n(a, "pid") == pid as u64)
+        .collect();
+    assert_eq!(found.len(), 1, "found exactly once: {found:#?}");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn held_last_write_before_exit_is_read() {
+    // The key is the writer's very last write and it exits at once: the range is read once
+    // it settles, from the daemon's own open file.
+    let mut d = Daemon::start("h-exit");
+    let (secret, text) = secret("github-pat");
+    let key = keyfile(&d.scratch(), &text);
+    let out = d.scratch().join("last.txt");
+    let script = format!(
+        r#"
+import os, sys, time
+key = open(sys.argv[1]).read()
+fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+for i in range({WARMUP}):
+    os.write(fd, b"line %d\n" % i)
+time.sleep(0.5)
+os.write(fd, ("token=" + key + "\n").encode())
+os._exit(0)
+"#
+    );
+    let pid = run(&script, &key, &out);
+    let a = wait_finding(&d, &fingerprint(&secret), pid, "the last write before exit");
+    check(&a, &secret, "github-pat", pid, &out);
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn held_rewrite_in_place_is_scanned_again() {
+    // Bytes rewritten behind what was already scanned are new bytes: read them again.
+    let mut d = Daemon::start("h-rewrite");
+    let (secret, text) = secret("stripe-secret-key");
+    let key = keyfile(&d.scratch(), &text);
+    let out = d.scratch().join("state.txt");
+    let script = format!(
+        r#"
+import os, sys, time
+key = open(sys.argv[1]).read()
+fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+for i in range({WARMUP}):
+    os.write(fd, b"%08d........................\n" % i)
+time.sleep(0.5)
+os.pwrite(fd, b"x" * 64, 1024)
+os.lseek(fd, 4096, os.SEEK_SET)
+os.write(fd, ("STRIPE_KEY=" + key + "\n").encode())
+time.sleep(0.5)
+"#
+    );
+    let pid = run(&script, &key, &out);
+    let a = wait_finding(&d, &fingerprint(&secret), pid, "a key rewritten in place");
+    check(&a, &secret, "stripe-secret-key", pid, &out);
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn held_writer_of_a_frozen_key_is_killed() {
+    let mut d = Daemon::start("h-frozen");
+    let (secret, text) = secret("anthropic-api-key");
+    let fp = fingerprint(&secret);
+    let key = keyfile(&d.scratch(), &text);
+    let out = d.scratch().join("frozen.log");
+    let r = std::process::Command::new(bin())
+        .args(["freeze", "--json", "--socket"])
+        .arg(d.socket())
+        .arg("--from-file")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let script = format!(
+        r#"
+import sys, time
+key = open(sys.argv[1]).read()
+f = open(sys.argv[2], "a", buffering=1)
+for i in range({WARMUP}):
+    f.write("tick %d\n" % i)
+time.sleep(0.5)
+f.write("key " + key + "\n")
+time.sleep(600)
+"#
+    );
+    let mut h = python()
+        .arg("-c")
+        .arg(&script)
+        .arg(&key)
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    let pid = h.id();
+    let st = wait_exit(&mut h, 20, "the writer of a frozen key");
+    assert_eq!(st.signal(), Some(9), "not SIGKILLed: {st}");
+    let k = d.wait_alert("kill of the writer", |a| {
+        s(a, "kind") == "kill" && n(a, "pid") == pid as u64
+    });
+    assert_eq!(s(&k, "fingerprint"), fp, "{k:#}");
+    let f = wait_finding(&d, &fp, pid, "the frozen key in a held file");
+    assert_eq!(f.get("by_reference"), Some(&Value::Bool(true)), "{f:#}");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
