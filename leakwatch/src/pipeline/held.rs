@@ -295,16 +295,26 @@ pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
     }
 }
 
-/// The worker's queue ran dry (or a tick): read everything pending.
+/// The worker's queue ran dry (or its timer): read what writers left behind when they
+/// paused. A file still being written is read in `READ_AT` steps instead (from `on_ref`):
+/// large reads cost the daemon less, and reading well behind the writer keeps it off the
+/// pages (and their cache lines) the writer is still working on.
 pub(super) fn read_all(p: &mut Pipeline) {
     detector!(p, d);
+    let now = monotonic_ns();
+    let settle = SETTLE.as_nanos() as u64;
     let pending: Vec<u64> = p
         .held
         .files
         .iter()
         .filter(|(_, h)| {
-            h.cursor
-                .is_some_and(|c| h.until > c || h.append || !h.inflight.is_empty())
+            let paused = h
+                .inflight
+                .iter()
+                .all(|&(_, _, t)| now.saturating_sub(t) >= settle);
+            paused
+                && h.cursor
+                    .is_some_and(|c| h.until > c || h.append || !h.inflight.is_empty())
         })
         .map(|(k, _)| *k)
         .collect();
