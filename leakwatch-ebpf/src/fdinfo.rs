@@ -72,12 +72,14 @@ pub struct Known {
     pub ino: u64,
     pub private_data: u64,
     pub dev: u32,
-    pub _pad: u32,
+    /// `i_mode` when cached: the file type of an inode never changes.
+    pub mode: u32,
 }
 
 /// `fd` of the current task as `known` describes it, checked with the fewest reads:
 /// the same `struct file`, inode and inode number (as `resolve` would compare them); the
-/// mode is read again (chmod). `None` on any difference: resolve it in full.
+/// cached mode stands (only its type is used, and that never changes). `None` on any
+/// difference: resolve it in full.
 #[inline(always)]
 pub fn known(fd: u32, known: &Known) -> Option<Open> {
     let file = file(fd)?;
@@ -97,8 +99,7 @@ pub fn known(fd: u32, known: &Known) -> Option<Open> {
             file,
             ino,
             dev: known.dev,
-            mode: kread::<u16>(inode + global(&OFF_INODE_MODE)) as u32,
-            ..Default::default()
+            mode: known.mode,
         },
         inode,
         dentry: 0,

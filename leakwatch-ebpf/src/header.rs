@@ -7,7 +7,44 @@ use aya_ebpf::helpers::{
 };
 use leakwatch_common::EventHeader;
 
-use crate::task;
+use crate::{
+    scope::{Who, WHO_REFRESH_NS},
+    task,
+};
+
+/// Fills `h` like `fill`, with the parent and name from `who` (re-read into it when older
+/// than `WHO_REFRESH_NS`).
+#[inline(always)]
+pub fn fill_cached(h: &mut EventHeader, kind: u32, probe: u32, who: *mut Who) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    h.kind = kind;
+    h.probe = probe;
+    h.pid = pid_tgid as u32;
+    h.tgid = (pid_tgid >> 32) as u32;
+    h.uid = uid_gid as u32;
+    h.gid = (uid_gid >> 32) as u32;
+    h.flags = 0;
+    // SAFETY: helpers without preconditions.
+    h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let now = unsafe { bpf_ktime_get_ns() };
+    h.ktime_ns = now;
+    // SAFETY: `who` is this process's map value (see `scope::in_scope`).
+    let w = unsafe { &mut *who };
+    if w.at == 0 || now.wrapping_sub(w.at) > WHO_REFRESH_NS {
+        w.ppid = task::ppid();
+        comm(&mut w.comm);
+        w.at = now;
+    }
+    h.ppid = w.ppid;
+    // Two words, not a (byte-wise) memcpy: both arrays sit at 8-byte offsets.
+    let (src, dst) = (w.comm.as_ptr() as *const u64, h.comm.as_mut_ptr() as *mut u64);
+    // SAFETY: 16 bytes each, 8-byte aligned.
+    unsafe {
+        *dst = *src;
+        *dst.add(1) = *src.add(1);
+    }
+}
 
 /// Fills `h` for the current task; `flags` starts at 0.
 #[inline(always)]
@@ -25,14 +62,19 @@ pub fn fill(h: &mut EventHeader, kind: u32, probe: u32) {
     // SAFETY: helpers without preconditions.
     h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     h.ktime_ns = unsafe { bpf_ktime_get_ns() };
-    // The process's name (the leader's), as /proc/PID/comm shows it: a thread that renamed
-    // itself (`lw-worker`, `HttpClient-1-Wo`) is still that process. Read in place: a
-    // `[u8; 16]` returned by value costs a byte-wise memset and memcpy.
-    if !task::leader_comm(&mut h.comm) {
+    comm(&mut h.comm);
+}
+
+/// The process's name (the leader's), as /proc/PID/comm shows it: a thread that renamed
+/// itself (`lw-worker`, `HttpClient-1-Wo`) is still that process. Read in place: a
+/// `[u8; 16]` returned by value costs a byte-wise memset and memcpy.
+#[inline(always)]
+fn comm(dst: &mut [u8; 16]) {
+    if !task::leader_comm(dst) {
         // SAFETY: 16 writable bytes.
-        let ret = unsafe { bpf_get_current_comm(h.comm.as_mut_ptr() as *mut c_void, 16) };
+        let ret = unsafe { bpf_get_current_comm(dst.as_mut_ptr() as *mut c_void, 16) };
         if ret < 0 {
-            crate::mem::zero(&mut h.comm as *mut [u8; 16]);
+            crate::mem::zero(dst as *mut [u8; 16]);
         }
     }
 }

@@ -26,12 +26,26 @@ static SCOPE_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 static SCOPE_UIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static SCOPE_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(1024, 0);
-/// tgid -> IN or OUT.
+/// Per process: the verdict and, for one in scope, the parent and name its write records
+/// carry, re-read at most every `WHO_REFRESH_NS` (four kernel reads fewer per call).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Who {
+    pub verdict: u32,
+    pub ppid: u32,
+    /// ktime of the last read of `ppid` and `comm` (0: never).
+    pub at: u64,
+    pub comm: [u8; 16],
+}
+
+/// tgid -> Who.
 #[map]
-static SCOPE_VERDICT: LruHashMap<u32, u8> = LruHashMap::with_max_entries(32768, 0);
+static SCOPE_VERDICT: LruHashMap<u32, Who> = LruHashMap::with_max_entries(32768, 0);
 
 const IN: u8 = 1;
 const OUT: u8 = 2;
+/// How stale a cached parent or name may get (reparenting, `prctl(PR_SET_NAME)`).
+pub const WHO_REFRESH_NS: u64 = 100_000_000;
 
 #[inline(always)]
 pub fn own(tgid: u32) -> bool {
@@ -39,15 +53,23 @@ pub fn own(tgid: u32) -> bool {
     tgid == unsafe { core::ptr::read_volatile(&OWN_TGID) }
 }
 
+/// The process's `Who` when it is in scope, `None` when it is not.
 #[inline(always)]
-pub fn in_scope(tgid: u32) -> bool {
-    if let Some(v) = SCOPE_VERDICT.get_ptr(&tgid) {
+pub fn in_scope(tgid: u32) -> Option<*mut Who> {
+    if let Some(v) = SCOPE_VERDICT.get_ptr_mut(&tgid) {
         // SAFETY: map value pointer returned by the lookup.
-        return unsafe { *v } == IN;
+        return (unsafe { (*v).verdict } == IN as u32).then_some(v);
     }
-    let v = verdict();
-    let _ = SCOPE_VERDICT.insert(&tgid, &v, 0);
-    v == IN
+    let mut w = core::mem::MaybeUninit::<Who>::uninit();
+    crate::mem::zero(w.as_mut_ptr());
+    // SAFETY: all-zero is a valid Who.
+    let mut w = unsafe { w.assume_init() };
+    w.verdict = verdict() as u32;
+    let _ = SCOPE_VERDICT.insert(&tgid, &w, 0);
+    if w.verdict != IN as u32 {
+        return None;
+    }
+    SCOPE_VERDICT.get_ptr_mut(&tgid)
 }
 
 #[inline(always)]

@@ -155,10 +155,10 @@ fn handle(
         }
         _ => {}
     }
-    if !scope::in_scope(tgid) {
+    let Some(who) = scope::in_scope(tgid) else {
         maps::count(probe, STAT_SKIPPED);
         return None;
-    }
+    };
     // SAFETY: `fd` is an int in a u64 slot.
     let fd = unsafe { ctx.read_at::<u64>(16) }.ok()? as u32;
     // SAFETY: helper without preconditions.
@@ -168,7 +168,7 @@ fn handle(
     let sc = unsafe { &mut *sp };
 
     let r = &mut sc.rec;
-    header::fill(&mut r.hdr, EVENT_WRITE, probe);
+    header::fill_cached(&mut r.hdr, EVENT_WRITE, probe, who);
     r.fd = fd as i32;
     r.offset = offset;
     r.path_len = 0;
@@ -203,7 +203,7 @@ fn handle(
                 k.ino = o.id.ino;
                 k.dev = o.id.dev;
                 k.private_data = o.private_data;
-                k._pad = 0;
+                k.mode = o.id.mode;
                 sc.rec.hdr.flags |= WRITE_F_NEW_FILE;
                 if !is_sock {
                     copy_path(sc, &o);

@@ -346,15 +346,21 @@ fn read(p: &mut Pipeline, d: &Detector, inode: u64) {
     if let Some(l) = limit {
         until = until.min(l.max(at));
     }
+    // One buffer for all reads, allocated (zeroed) once; after use only the bytes that
+    // held plaintext are cleared, not the whole buffer each time.
     let mut buf = std::mem::take(&mut p.held.buf);
-    buf.resize(CHUNK, 0);
+    if buf.len() < CHUNK {
+        buf.resize(CHUNK, 0);
+    }
     let mut found = Vec::new();
     let mut read = 0u64;
+    let mut dirty = 0;
     while at < until {
         let want = ((until - at) as usize).min(CHUNK);
         match h.file.read_at(&mut buf[..want], at) {
             Ok(0) => break,
             Ok(n) => {
+                dirty = dirty.max(n);
                 found.extend(h.scanner.feed(d, &buf[..n]));
                 at += n as u64;
                 read += n as u64;
@@ -364,7 +370,7 @@ fn read(p: &mut Pipeline, d: &Detector, inode: u64) {
         }
     }
     use zeroize::Zeroize;
-    buf.zeroize();
+    buf[..dirty].zeroize();
     p.held.buf = buf;
     let unread = until.saturating_sub(at);
     h.cursor = Some(at);
