@@ -120,6 +120,11 @@ for i in range(50):
     let a = wait_finding(&d, &fingerprint(&secret), pid, "the key in a held log");
     check(&a, &secret, "anthropic-api-key", pid, &out);
     assert!(d.metric("leakwatch_captured_bytes_total", &[]) > 0.0);
+    let st = d.status();
+    assert!(
+        st["userspace"]["files_held"].as_u64().unwrap_or(0) >= 1,
+        "status shows the held file: {st:#}"
+    );
     d.stop();
     d.assert_no_plaintext(&[&secret]);
 }
@@ -262,6 +267,40 @@ time.sleep(600)
     assert_eq!(s(&k, "fingerprint"), fp, "{k:#}");
     let f = wait_finding(&d, &fp, pid, "the frozen key in a held file");
     assert_eq!(f.get("by_reference"), Some(&Value::Bool(true)), "{f:#}");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn held_bytes_truncated_away_before_the_read_are_counted() {
+    // The key is written and the file truncated at once, before the write settles: the
+    // bytes are gone when the daemon reads, and that loss is counted, not silent.
+    let mut d = Daemon::start("h-trunc");
+    let (secret, text) = secret("github-pat");
+    let key = keyfile(&d.scratch(), &text);
+    let out = d.scratch().join("gone.txt");
+    let before = d.metric("leakwatch_held_bytes_unread_total", &[]);
+    let script = format!(
+        r#"
+import os, sys, time
+key = open(sys.argv[1]).read()
+fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+for i in range({WARMUP}):
+    os.write(fd, b"line %d\n" % i)
+time.sleep(0.5)
+line = ("token=" + key + "\n").encode()
+os.write(fd, line)
+os.ftruncate(fd, 0)
+time.sleep(0.5)
+"#
+    );
+    run(&script, &key, &out);
+    let len = (text.len() + 7) as f64;
+    let unread = wait_until(15, "the truncated bytes counted as unread", || {
+        let v = d.metric("leakwatch_held_bytes_unread_total", &[]) - before;
+        (v >= len).then_some(v)
+    });
+    assert!(unread >= len, "{unread}");
     d.stop();
     d.assert_no_plaintext(&[&secret]);
 }

@@ -38,7 +38,10 @@ pub fn fill_cached(h: &mut EventHeader, kind: u32, probe: u32, who: *mut Who) {
     }
     h.ppid = w.ppid;
     // Two words, not a (byte-wise) memcpy: both arrays sit at 8-byte offsets.
-    let (src, dst) = (w.comm.as_ptr() as *const u64, h.comm.as_mut_ptr() as *mut u64);
+    let (src, dst) = (
+        w.comm.as_ptr() as *const u64,
+        h.comm.as_mut_ptr() as *mut u64,
+    );
     // SAFETY: 16 bytes each, 8-byte aligned.
     unsafe {
         *dst = *src;

@@ -260,14 +260,16 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
     }
     let u = &v["userspace"];
     println!(
-        "daemon: {} truncated exec captures, {} malformed records, {} repeat findings suppressed, {} events and {} alerts dropped by full queues, {} write streams ({} evicted)",
+        "daemon: {} truncated exec captures, {} malformed records, {} repeat findings suppressed, {} events and {} alerts dropped by full queues, {} write streams ({} evicted), {} files held ({} bytes unread)",
         u["exec_truncated"],
         u["decode_errors"],
         u["findings_suppressed"],
         u["events_queue_dropped"],
         u["alerts_queue_dropped"],
         u["streams"],
-        u["streams_evicted"]
+        u["streams_evicted"],
+        u["files_held"],
+        u["held_bytes_unread"]
     );
     let frozen = arr(&v, "frozen");
     println!("frozen: {}", frozen.len());

@@ -45,9 +45,16 @@ enum Conf {
     Floor,
     OutOfScope,
     InScope,
+    Copied,
 }
 
-const CONFS: [Conf; 4] = [Conf::None, Conf::Floor, Conf::OutOfScope, Conf::InScope];
+const CONFS: [Conf; 5] = [
+    Conf::None,
+    Conf::Floor,
+    Conf::OutOfScope,
+    Conf::InScope,
+    Conf::Copied,
+];
 
 impl Conf {
     fn label(self) -> &'static str {
@@ -55,13 +62,15 @@ impl Conf {
             Conf::None => "no monitor",
             Conf::Floor => "floor: bare counters on the same 11 tracepoints",
             Conf::OutOfScope => "leakwatch, dd out of scope",
-            Conf::InScope => "leakwatch, dd in scope, payload captured",
+            Conf::InScope => "leakwatch, dd in scope, payload captured (default)",
+            Conf::Copied => "leakwatch, dd in scope, every write copied (by_reference = false)",
         }
     }
 
     fn config(self) -> &'static str {
         match self {
             Conf::OutOfScope => "[scope]\ncomms = [\"lw-bench-none\"]\n",
+            Conf::Copied => "[scope]\ncomms = [\"lw-bench-dd\"]\n[capture]\nby_reference = false\n",
             _ => "[scope]\ncomms = [\"lw-bench-dd\"]\n",
         }
     }
@@ -197,7 +206,7 @@ fn turn(conf: Conf, round: usize, targets: &[&Target], dir: &Path, res: &mut Res
             }
             // `floor` goes out of scope here: its programs are detached before the next turn.
         }
-        Conf::OutOfScope | Conf::InScope => {
+        Conf::OutOfScope | Conf::InScope | Conf::Copied => {
             let mut d = start_daemon(dir, conf, round);
             let ours = d.child.as_ref().map(|c| c.id());
             for t in targets {
@@ -555,7 +564,7 @@ fn program_costs(dir: &Path, targets: &[Target]) -> String {
         return md;
     }
     md.push_str("`run_time_ns / run_cnt` of the program on `syscalls:sys_enter_write` (the one that ran most), from kernel bpf_stats, switched on only for these extra runs (one per configuration and size, after the rounds above; stats add a clock read per call, so no rate above was taken with them on). Compare with the per-write time budget: 1 / (no-monitor rate).\n\n| configuration | 512 B: ns per call | calls | 4 KiB: ns per call | calls |\n|---|---|---|---|---|\n");
-    for conf in [Conf::Floor, Conf::OutOfScope, Conf::InScope] {
+    for conf in [Conf::Floor, Conf::OutOfScope, Conf::InScope, Conf::Copied] {
         let mut row = format!("| {} |", conf.label());
         let floor;
         let mut daemon = None;
@@ -645,7 +654,7 @@ fn report(res: &Results, targets: &[Target], out: &Outrun, rounds: usize) -> Str
     )
     .unwrap();
     writeln!(md, "- **floor**: `leakwatch::probes::load_floor`: a bare per-CPU counter on each of `syscalls:{}`, the tracepoints leakwatch attaches for the write family, connect and exec. No monitor can cost less.", floor_tracepoints().join("`, `")).unwrap();
-    writeln!(md, "- **out of scope**: `[scope] comms = [\"lw-bench-none\"]`, so dd is not watched; **in scope**: `[scope] comms = [\"lw-bench-dd\"]` (dd runs through a symlink of that name, so no other dd on the host is in scope), default `[capture]` (max_bytes 16384: every 4 KiB write copied whole).\n").unwrap();
+    writeln!(md, "- **out of scope**: `[scope] comms = [\"lw-bench-none\"]`, so dd is not watched; **in scope**: `[scope] comms = [\"lw-bench-dd\"]` (dd runs through a symlink of that name, so no other dd on the host is in scope), default `[capture]`: max_bytes 16384, and `by_reference = true`, so after dd's first 16 writes (copied whole into the ring) the daemon holds the file and every later write is sent by reference (position and length) and read back by the daemon from the page cache; **every write copied**: the same with `by_reference = false`, each 4 KiB write copied whole into the ring (what sockets, pipes and vectored writes always get).\n").unwrap();
     if res.foreign.is_empty() {
         writeln!(md, "No other tracer (a process holding an eBPF program and a bpf link or perf event) was running before or after any of the {} timed runs.\n", res.timed).unwrap();
     } else {
@@ -657,7 +666,7 @@ fn report(res: &Results, targets: &[Target], out: &Outrun, rounds: usize) -> Str
         for bs in SIZES {
             let v = rates.of(c, bs);
             let (lo, hi) = min_max(&v);
-            let vs_floor = if matches!(c, Conf::OutOfScope | Conf::InScope) {
+            let vs_floor = if matches!(c, Conf::OutOfScope | Conf::InScope | Conf::Copied) {
                 format!("{:.3}", rates.ratio(c, Conf::Floor, bs))
             } else {
                 String::new()
@@ -685,6 +694,12 @@ fn report(res: &Results, targets: &[Target], out: &Outrun, rounds: usize) -> Str
         rates.ratio(Conf::OutOfScope, Conf::Floor, 4096),
         super::scan_bench::met(out_ok),
         super::scan_bench::met(in4 >= 0.8),
+    )
+    .unwrap();
+    writeln!(
+        md,
+        "With every write copied (`by_reference = false`), 4 KiB: {:.3} of the floor.\n",
+        rates.ratio(Conf::Copied, Conf::Floor, 4096)
     )
     .unwrap();
     let floor_saw_all = res.floor_calls.iter().all(|(w, c)| c >= w);

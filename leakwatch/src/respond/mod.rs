@@ -365,6 +365,8 @@ impl Context {
                 "alerts_queue_dropped": self.metrics.queue_dropped.with_label_values(&["alerts"]).get(),
                 "streams": self.metrics.streams.get(),
                 "streams_evicted": self.metrics.streams_evicted.get(),
+                "files_held": self.metrics.files_held.get(),
+                "held_bytes_unread": self.metrics.held_bytes_unread.get(),
             },
         })
     }
