@@ -54,6 +54,8 @@ pub struct WriteEvent {
     /// The socket's remote end (or the datagram's destination).
     pub peer: Option<Peer>,
     pub data: Vec<u8>,
+    /// Calls this event stands for: 1, or more for merged by-reference writes.
+    pub calls: u32,
 }
 
 impl WriteEvent {
@@ -130,6 +132,7 @@ pub(super) fn decode(rec: &[u8]) -> Result<WriteEvent> {
         path_partial: h.hdr.flags & WRITE_F_PATH_PARTIAL != 0,
         peer,
         data: rest[plen..plen + dlen].to_vec(),
+        calls: 1,
     })
 }
 

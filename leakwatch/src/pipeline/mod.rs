@@ -239,18 +239,67 @@ fn read(
             }
         }
         batch.sort_by_key(|q| q.ev.ktime());
-        for q in batch {
+        for q in merge_refs(batch) {
             enqueue(q, tx, queued, metrics);
         }
     }
 }
 
+/// Joins runs of by-reference writes that continue each other (same thread, fd and file,
+/// each starting where the last ended) into one, counting the calls: a busy writer's batch
+/// becomes one queue entry instead of thousands.
+fn merge_refs(batch: Vec<Queued>) -> Vec<Queued> {
+    let mut out: Vec<Queued> = Vec::with_capacity(batch.len());
+    for q in batch {
+        if let (
+            Some(Queued {
+                ev: Event::Write(last),
+                ..
+            }),
+            Event::Write(w),
+        ) = (out.last_mut(), &q.ev)
+        {
+            if last.by_ref()
+                && w.by_ref()
+                && !w.new_file()
+                && last.task.pid == w.task.pid
+                && last.fd == w.fd
+                && last.inode == w.inode
+                && last.offset.checked_add(last.total as i64) == Some(w.offset)
+            {
+                last.total += w.total;
+                last.calls += w.calls;
+                last.task.ktime_ns = w.task.ktime_ns;
+                last.task.flags |= w.task.flags;
+                continue;
+            }
+        }
+        out.push(q);
+    }
+    out
+}
+
 fn enqueue(q: Queued, tx: &SyncSender<Queued>, queued: &AtomicUsize, metrics: &Metrics) {
-    let must_keep = !matches!(q.ev, Event::Write(_));
+    // By-reference writes are tiny once merged and stand for bytes still in the file: wait
+    // for room rather than drop them.
+    let must_keep = match &q.ev {
+        Event::Write(w) => w.by_ref(),
+        _ => true,
+    };
     let probe = q.ev.task().probe_name();
+    let calls = match &q.ev {
+        Event::Write(w) => w.calls as u64,
+        _ => 1,
+    };
     let dropped = || {
-        metrics.queue_dropped.with_label_values(&["events"]).inc();
-        metrics.pipeline_dropped.with_label_values(&[probe]).inc();
+        metrics
+            .queue_dropped
+            .with_label_values(&["events"])
+            .inc_by(calls);
+        metrics
+            .pipeline_dropped
+            .with_label_values(&[probe])
+            .inc_by(calls);
     };
     if !must_keep && queued.load(Ordering::Relaxed) + q.bytes > QUEUE_BYTES {
         dropped();
@@ -303,5 +352,68 @@ fn work(p: &mut Pipeline, rx: Receiver<Queued>, queued: &AtomicUsize) {
             p.tick();
             last_tick = Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::WriteEvent;
+    use leakwatch_common::{WRITE_F_APPEND, WRITE_F_BY_REF};
+
+    fn by_ref(pid: u32, fd: i32, offset: i64, total: u64, flags: u32) -> Queued {
+        let mut w = WriteEvent::default();
+        (w.fd, w.offset, w.total, w.inode, w.calls) = (fd, offset, total, 7, 1);
+        w.task.pid = pid;
+        w.task.flags = WRITE_F_BY_REF | flags;
+        Queued {
+            ev: Event::Write(w),
+            bytes: 160,
+        }
+    }
+
+    fn ranges(v: &[Queued]) -> Vec<(i64, u64, u32)> {
+        v.iter()
+            .map(|q| match &q.ev {
+                Event::Write(w) => (w.offset, w.total, w.calls),
+                _ => panic!("not a write"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn contiguous_by_reference_writes_merge_and_count_their_calls() {
+        let batch = vec![
+            by_ref(1, 3, 0, 4096, 0),
+            by_ref(1, 3, 4096, 4096, WRITE_F_APPEND),
+            by_ref(1, 3, 8192, 100, 0),
+            // A gap, another thread, another fd: each starts a new entry.
+            by_ref(1, 3, 9000, 10, 0),
+            by_ref(2, 3, 9010, 10, 0),
+            by_ref(2, 4, 9020, 10, 0),
+        ];
+        let out = merge_refs(batch);
+        assert_eq!(
+            ranges(&out),
+            vec![(0, 8292, 3), (9000, 10, 1), (9010, 10, 1), (9020, 10, 1)]
+        );
+        let Event::Write(w) = &out[0].ev else {
+            panic!()
+        };
+        assert_ne!(
+            w.task.flags & WRITE_F_APPEND,
+            0,
+            "flags of merged calls kept"
+        );
+    }
+
+    #[test]
+    fn copied_writes_are_never_merged() {
+        let mut a = by_ref(1, 3, 0, 10, 0);
+        if let Event::Write(w) = &mut a.ev {
+            w.task.flags = 0;
+        }
+        let b = by_ref(1, 3, 10, 10, 0);
+        assert_eq!(merge_refs(vec![a, b]).len(), 2);
     }
 }

@@ -87,7 +87,10 @@ pub fn describe(procs: &mut Procs, t: &Task) -> ProcInfo {
 
 pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
     let probe = w.task.probe_name();
-    p.metrics.events.with_label_values(&[probe]).inc();
+    p.metrics
+        .events
+        .with_label_values(&[probe])
+        .inc_by(w.calls as u64);
     p.metrics
         .captured_bytes
         .with_label_values(&[probe])
