@@ -61,6 +61,9 @@ pub struct Open {
     /// `struct vfsmount *` of the file's path.
     pub mnt: u64,
     pub private_data: u64,
+    /// The fd table it was found in and that table's fd array.
+    pub fdt: u64,
+    pub arr: u64,
 }
 
 /// What stays fixed for an open file, as cached by the write probes per (tgid, fd).
@@ -74,6 +77,10 @@ pub struct Known {
     pub dev: u32,
     /// `i_mode` when cached: the file type of an inode never changes.
     pub mode: u32,
+    /// `files->fdt` and its `fd` array when cached: while the task's table is still that
+    /// one, the slot is read straight from the array (its bound was checked then).
+    pub fdt: u64,
+    pub arr: u64,
 }
 
 /// `fd` of the current task as `known` describes it, checked with the fewest reads:
@@ -82,7 +89,7 @@ pub struct Known {
 /// difference: resolve it in full.
 #[inline(always)]
 pub fn known(fd: u32, known: &Known) -> Option<Open> {
-    let file = file(fd)?;
+    let (fdt, arr, file) = slot(fd, known)?;
     if file != known.file {
         return None;
     }
@@ -105,12 +112,29 @@ pub fn known(fd: u32, known: &Known) -> Option<Open> {
         dentry: 0,
         mnt: 0,
         private_data: known.private_data,
+        fdt,
+        arr,
     })
 }
 
-/// `files->fdt->fd[fd]` of the current task, or `None`.
+/// `file(fd)`, two reads shorter while the task's fd table is the cached one.
 #[inline(always)]
-fn file(fd: u32) -> Option<u64> {
+fn slot(fd: u32, known: &Known) -> Option<(u64, u64, u64)> {
+    let files = task::files();
+    if files == 0 || global(&OFF_FILE_INODE) == 0 {
+        return None;
+    }
+    let fdt: u64 = kread(files + global(&OFF_FILES_FDT));
+    if fdt == 0 || fdt != known.fdt || known.arr == 0 {
+        return file(fd);
+    }
+    let file: u64 = kread(known.arr + fd as u64 * 8);
+    (file != 0).then_some((fdt, known.arr, file))
+}
+
+/// `files->fdt->fd[fd]` of the current task with the table and its array, or `None`.
+#[inline(always)]
+fn file(fd: u32) -> Option<(u64, u64, u64)> {
     let files = task::files();
     if files == 0 || global(&OFF_FILE_INODE) == 0 {
         return None;
@@ -132,13 +156,13 @@ fn file(fd: u32) -> Option<u64> {
     if file == 0 {
         return None;
     }
-    Some(file)
+    Some((fdt, arr, file))
 }
 
 /// Resolves `fd` of the current task; `None` if it is not open or offsets are unknown.
 #[inline(always)]
 pub fn resolve(fd: u32) -> Option<Open> {
-    let file = file(fd)?;
+    let (fdt, arr, file) = file(fd)?;
     let inode: u64 = kread(file + global(&OFF_FILE_INODE));
     let mut id = FileId {
         file,
@@ -158,6 +182,8 @@ pub fn resolve(fd: u32) -> Option<Open> {
         dentry: kread(file + global(&OFF_FILE_DENTRY)),
         mnt: kread(file + global(&OFF_FILE_MNT)),
         private_data: kread(file + global(&OFF_FILE_PRIVATE)),
+        fdt,
+        arr,
     })
 }
 

@@ -5,7 +5,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::generated::{bpf_ringbuf_output, bpf_ringbuf_reserve, bpf_ringbuf_submit},
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
 };
 use leakwatch_common::{stat_slot, STAT_COUNT, STAT_EVENTS, STAT_LOST};
 
@@ -51,18 +51,34 @@ pub fn emit_write(probe: u32, rec: *const u8, size: u64, flags: u64) -> bool {
 #[map]
 static WRITE_WOKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// At most one wakeup per CPU per this many ns for write records.
-const WAKE_EVERY_NS: u64 = 1_000_000;
+/// Slot 0 non-zero: the write-ring reader has gone to sleep and wants a wakeup with the
+/// next record (set by the reader, cleared by the record that wakes it).
+#[map]
+pub static READER_ASLEEP: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Without a request, still wake at most this often per CPU (a record committed while the
+/// reader was going to sleep waits no longer).
+const WAKE_EVERY_NS: u64 = 100_000_000;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
-/// Submit flags for a write record at `now`: waking the reader costs an irq_work (a
-/// self-IPI, ~0.5-0.8 us inside the program on this VM) and the ring's adaptive rule wakes
-/// on nearly every record when the reader keeps up. So wake (forced: earlier records may
-/// have been left unannounced) at most every `WAKE_EVERY_NS` per CPU; the reader polls
-/// again soon after a busy turn, so nothing waits longer than that for it.
+/// Submit flags for a write record at `now`. Waking the reader costs an irq_work (a
+/// self-IPI: a VM exit here, ~0.5-0.8 us inside the program), and the ring's adaptive rule
+/// wakes on nearly every record when the reader keeps up. So records wake the reader only
+/// when it asked to be woken (`READER_ASLEEP`: it found the ring empty and is about to
+/// sleep); while it is busy it polls, and a busy writer makes no wakeups at all. Forced:
+/// records before it may have gone unannounced.
 #[inline(always)]
 pub fn write_wakeup(now: u64) -> u64 {
+    if let Some(a) = READER_ASLEEP.get_ptr_mut(0) {
+        // SAFETY: map value; a racing CPU clearing it too costs one extra wakeup.
+        unsafe {
+            if core::ptr::read_volatile(a) != 0 {
+                core::ptr::write_volatile(a, 0);
+                return BPF_RB_FORCE_WAKEUP;
+            }
+        }
+    }
     let Some(p) = WRITE_WOKE.get_ptr_mut(0) else {
         return 0;
     };

@@ -179,9 +179,20 @@ fn handle(
     // What the fd is; its path only when it changed since the last record.
     let mut new_file = false;
     let key = FdKey { tgid, fd };
-    let cached = match LAST_FILE.get_ptr(&key) {
-        // SAFETY: map value pointer returned by the lookup.
-        Some(s) => fdinfo::known(fd, unsafe { &*s }),
+    let cached = match LAST_FILE.get_ptr_mut(&key) {
+        Some(s) => {
+            // SAFETY: map value pointer returned by the lookup.
+            let k = unsafe { &mut *s };
+            let o = fdinfo::known(fd, k);
+            if let Some(o) = &o {
+                // The table grew since: remember the new one for the short path.
+                if o.fdt != k.fdt {
+                    k.fdt = o.fdt;
+                    k.arr = o.arr;
+                }
+            }
+            o
+        }
         None => None,
     };
     let same = cached.is_some();
@@ -204,6 +215,8 @@ fn handle(
                 k.dev = o.id.dev;
                 k.private_data = o.private_data;
                 k.mode = o.id.mode;
+                k.fdt = o.fdt;
+                k.arr = o.arr;
                 sc.rec.hdr.flags |= WRITE_F_NEW_FILE;
                 if !is_sock {
                     copy_path(sc, &o);

@@ -94,6 +94,7 @@ pub async fn run(o: Overrides) -> Result<()> {
     metrics.probes_expected.set(probes::TRACEPOINT_COUNT as i64);
     let events = probes.take_events()?;
     let writes = probes.take_writes()?;
+    let asleep = probes.take_reader_asleep()?;
     let held = match cfg.capture.by_reference {
         true => Some(probes.take_held()?),
         false => None,
@@ -129,7 +130,8 @@ pub async fn run(o: Overrides) -> Result<()> {
     }
     let control = crate::control::serve(&cfg.socket, ctx.clone(), stop_rx.clone()).await?;
     let stop_reader = Arc::new(AtomicBool::new(false));
-    let (reader, worker) = crate::pipeline::start(events, writes, pipeline, stop_reader.clone())?;
+    let (reader, worker) =
+        crate::pipeline::start(events, writes, asleep, pipeline, stop_reader.clone())?;
     let poller = tokio::spawn(poll_stats(
         probes.clone(),
         alerts.clone(),

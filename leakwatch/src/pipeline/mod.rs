@@ -167,6 +167,7 @@ type Ring = aya::maps::RingBuf<aya::maps::MapData>;
 pub fn start(
     events: Ring,
     writes: Ring,
+    asleep: aya::maps::Array<aya::maps::MapData, u32>,
     mut pipeline: Pipeline,
     stop: Arc<AtomicBool>,
 ) -> Result<(JoinHandle<()>, JoinHandle<()>)> {
@@ -177,7 +178,7 @@ pub fn start(
         let (stop, queued) = (stop.clone(), queued.clone());
         std::thread::Builder::new()
             .name("lw-events".into())
-            .spawn(move || read([events, writes], &tx, &queued, &metrics, &stop))
+            .spawn(move || read([events, writes], asleep, &tx, &queued, &metrics, &stop))
             .context("starting the event reader thread")?
     };
     let worker = std::thread::Builder::new()
@@ -191,6 +192,7 @@ pub fn start(
 /// socket (a freeze at 3 a.m. during an exec storm) or the metrics endpoint.
 fn read(
     mut rings: [Ring; 2],
+    mut asleep: aya::maps::Array<aya::maps::MapData, u32>,
     tx: &SyncSender<Queued>,
     queued: &AtomicUsize,
     metrics: &Metrics,
@@ -202,12 +204,19 @@ fn read(
         events: libc::POLLIN,
         revents: 0,
     });
-    // The kernel wakes this thread at most about once a millisecond per CPU for write
-    // records (a wakeup is costly in the probe), so after a turn that read something, look
-    // again soon rather than wait for the next wakeup: the tail of a burst is not announced.
+    // Write records wake this thread only when it asked (a wakeup is costly in the probe):
+    // after a turn that read something it looks again in 2 ms; after an empty one it asks
+    // the next write record to wake it and sleeps. poll() sees records already in the ring,
+    // so one committed before the request was seen is not missed.
     let mut busy = false;
+    let mut held_back: Vec<Queued> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let timeout = if busy { 2 } else { 200 };
+        if !busy {
+            if let Err(e) = asleep.set(0, 1, 0) {
+                log::warn!("asking the write probes for a wakeup failed: {e}");
+            }
+        }
         busy = false;
         // SAFETY: two valid pollfds; the rings (and their fds) outlive this call.
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout) };
@@ -239,58 +248,73 @@ fn read(
             }
         }
         batch.sort_by_key(|q| q.ev.ktime());
-        for q in merge_refs(batch) {
-            enqueue(q, tx, queued, metrics);
+        // Writes by reference held back from a full queue go first, merged with their
+        // continuation.
+        let mut all = std::mem::take(&mut held_back);
+        all.extend(batch);
+        for q in merge_refs(all) {
+            if let Some(q) = enqueue(q, tx, queued, metrics) {
+                held_back.push(q);
+            }
         }
+        busy |= !held_back.is_empty();
     }
 }
 
-/// Joins runs of by-reference writes that continue each other (same thread, fd and file,
-/// each starting where the last ended) into one, counting the calls: a busy writer's batch
-/// becomes one queue entry instead of thousands.
+/// Joins by-reference writes that continue each other (same thread, fd and file, each
+/// starting where that stream's last one ended, other streams' records in between allowed)
+/// into one, counting the calls: a busy writer's batch becomes one queue entry instead of
+/// thousands. Any other record of the same (thread, fd) ends its run.
 fn merge_refs(batch: Vec<Queued>) -> Vec<Queued> {
     let mut out: Vec<Queued> = Vec::with_capacity(batch.len());
+    // (thread, fd) -> index in `out` of its run's entry.
+    let mut runs: HashMap<(u32, i32), usize> = HashMap::new();
     for q in batch {
-        if let (
-            Some(Queued {
-                ev: Event::Write(last),
-                ..
-            }),
-            Event::Write(w),
-        ) = (out.last_mut(), &q.ev)
-        {
-            if last.by_ref()
-                && w.by_ref()
-                && !w.new_file()
-                && last.task.pid == w.task.pid
-                && last.fd == w.fd
-                && last.inode == w.inode
-                && last.offset.checked_add(last.total as i64) == Some(w.offset)
-            {
-                last.total += w.total;
-                last.calls += w.calls;
-                last.task.ktime_ns = w.task.ktime_ns;
-                last.task.flags |= w.task.flags;
-                continue;
+        let Event::Write(w) = &q.ev else {
+            out.push(q);
+            continue;
+        };
+        let key = (w.task.pid, w.fd);
+        if !w.by_ref() || w.new_file() {
+            runs.remove(&key);
+            out.push(q);
+            continue;
+        }
+        if let Some(&i) = runs.get(&key) {
+            if let Event::Write(last) = &mut out[i].ev {
+                if last.inode == w.inode
+                    && last.offset.checked_add(last.total as i64) == Some(w.offset)
+                {
+                    last.total += w.total;
+                    last.calls += w.calls;
+                    last.task.ktime_ns = w.task.ktime_ns;
+                    last.task.flags |= w.task.flags;
+                    continue;
+                }
             }
         }
+        runs.insert(key, out.len());
         out.push(q);
     }
     out
 }
 
-fn enqueue(q: Queued, tx: &SyncSender<Queued>, queued: &AtomicUsize, metrics: &Metrics) {
-    // By-reference writes are tiny once merged and stand for bytes still in the file: wait
-    // for room rather than drop them.
-    let must_keep = match &q.ev {
-        Event::Write(w) => w.by_ref(),
-        _ => true,
+/// Queues `q`. A write by reference that finds the queue full comes back to the caller,
+/// to be held and merged with what follows: it is tiny and stands for bytes still in the
+/// file, so it is never dropped, and holding it keeps the reader draining the ring. Other
+/// writes are dropped when full (counted); exec, kill and connect records wait for room.
+fn enqueue(
+    q: Queued,
+    tx: &SyncSender<Queued>,
+    queued: &AtomicUsize,
+    metrics: &Metrics,
+) -> Option<Queued> {
+    let (by_ref, calls) = match &q.ev {
+        Event::Write(w) => (w.by_ref(), w.calls as u64),
+        _ => (false, 1),
     };
+    let must_keep = !matches!(q.ev, Event::Write(_));
     let probe = q.ev.task().probe_name();
-    let calls = match &q.ev {
-        Event::Write(w) => w.calls as u64,
-        _ => 1,
-    };
     let dropped = || {
         metrics
             .queue_dropped
@@ -302,23 +326,29 @@ fn enqueue(q: Queued, tx: &SyncSender<Queued>, queued: &AtomicUsize, metrics: &M
             .inc_by(calls);
     };
     if !must_keep && queued.load(Ordering::Relaxed) + q.bytes > QUEUE_BYTES {
+        if by_ref {
+            return Some(q);
+        }
         dropped();
-        return;
+        return None;
     }
     queued.fetch_add(q.bytes, Ordering::Relaxed);
     let bytes = q.bytes;
-    let sent = if must_keep {
-        tx.send(q).is_ok()
+    let back = if must_keep {
+        tx.send(q).err().map(|e| e.0)
     } else {
         match tx.try_send(q) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+            Ok(()) => None,
+            Err(TrySendError::Full(q)) | Err(TrySendError::Disconnected(q)) => Some(q),
         }
     };
-    if !sent {
-        queued.fetch_sub(bytes, Ordering::Relaxed);
-        dropped();
+    let q = back?;
+    queued.fetch_sub(bytes, Ordering::Relaxed);
+    if by_ref {
+        return Some(q);
     }
+    dropped();
+    None
 }
 
 fn work(p: &mut Pipeline, rx: Receiver<Queued>, queued: &AtomicUsize) {
@@ -405,6 +435,17 @@ mod tests {
             0,
             "flags of merged calls kept"
         );
+    }
+
+    #[test]
+    fn interleaved_streams_each_merge() {
+        let batch = vec![
+            by_ref(1, 3, 0, 10, 0),
+            by_ref(2, 3, 100, 10, 0),
+            by_ref(1, 3, 10, 10, 0),
+            by_ref(2, 3, 110, 10, 0),
+        ];
+        assert_eq!(ranges(&merge_refs(batch)), vec![(0, 20, 2), (100, 20, 2)]);
     }
 
     #[test]

@@ -318,6 +318,16 @@ impl Probes {
         Ok(aya::maps::HashMap::try_from(map)?)
     }
 
+    /// The write ring reader's wakeup request (see `maps::write_wakeup` in the kernel crate;
+    /// taken once, by the reader).
+    pub fn take_reader_asleep(&mut self) -> Result<aya::maps::Array<MapData, u32>> {
+        let map = self
+            .ebpf
+            .take_map("READER_ASLEEP")
+            .context("READER_ASLEEP map missing")?;
+        Ok(aya::maps::Array::try_from(map)?)
+    }
+
     /// The write-family ring buffer (taken once, by the reader).
     pub fn take_writes(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map("WRITES").context("WRITES map missing")?;
