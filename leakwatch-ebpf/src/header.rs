@@ -15,18 +15,13 @@ use crate::{
 /// Fills `h` like `fill`, with the parent and name from `who` (re-read into it when older
 /// than `WHO_REFRESH_NS`).
 #[inline(always)]
-pub fn fill_cached(h: &mut EventHeader, kind: u32, probe: u32, who: *mut Who) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
+pub fn fill_cached(h: &mut EventHeader, kind: u32, probe: u32, pid_tgid: u64, who: *mut Who) {
     h.kind = kind;
     h.probe = probe;
     h.pid = pid_tgid as u32;
     h.tgid = (pid_tgid >> 32) as u32;
-    h.uid = uid_gid as u32;
-    h.gid = (uid_gid >> 32) as u32;
     h.flags = 0;
-    // SAFETY: helpers without preconditions.
-    h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     h.ktime_ns = now;
     // SAFETY: `who` is this process's map value (see `scope::in_scope`).
@@ -34,9 +29,15 @@ pub fn fill_cached(h: &mut EventHeader, kind: u32, probe: u32, who: *mut Who) {
     if w.at == 0 || now.wrapping_sub(w.at) > WHO_REFRESH_NS {
         w.ppid = task::ppid();
         comm(&mut w.comm);
+        w.uid_gid = bpf_get_current_uid_gid();
+        // SAFETY: helper without preconditions.
+        w.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         w.at = now;
     }
     h.ppid = w.ppid;
+    h.uid = w.uid_gid as u32;
+    h.gid = (w.uid_gid >> 32) as u32;
+    h.cgroup_id = w.cgroup_id;
     // Two words, not a (byte-wise) memcpy: both arrays sit at 8-byte offsets.
     let (src, dst) = (
         w.comm.as_ptr() as *const u64,

@@ -26,8 +26,9 @@ static SCOPE_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 static SCOPE_UIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static SCOPE_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(1024, 0);
-/// Per process: the verdict and, for one in scope, the parent and name its write records
-/// carry, re-read at most every `WHO_REFRESH_NS` (four kernel reads fewer per call).
+/// Per process: the verdict and, for one in scope, the parent, name, uid/gid and cgroup its
+/// write records carry, re-read at most every `WHO_REFRESH_NS` (four kernel reads and two
+/// helper calls fewer per call).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Who {
@@ -36,6 +37,8 @@ pub struct Who {
     /// ktime of the last read of `ppid` and `comm` (0: never).
     pub at: u64,
     pub comm: [u8; 16],
+    pub uid_gid: u64,
+    pub cgroup_id: u64,
 }
 
 /// tgid -> Who.
@@ -44,7 +47,8 @@ static SCOPE_VERDICT: LruHashMap<u32, Who> = LruHashMap::with_max_entries(32768,
 
 const IN: u8 = 1;
 const OUT: u8 = 2;
-/// How stale a cached parent or name may get (reparenting, `prctl(PR_SET_NAME)`).
+/// How stale a cached parent, name, uid or cgroup may get (reparenting,
+/// `prctl(PR_SET_NAME)`, `setuid`, a move to another cgroup).
 pub const WHO_REFRESH_NS: u64 = 100_000_000;
 
 #[inline(always)]

@@ -144,7 +144,8 @@ fn handle(
     mut dest: u64,
     mut dest_len: u64,
 ) -> Option<()> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     if scope::own(tgid) {
         return None;
     }
@@ -168,7 +169,7 @@ fn handle(
     let sc = unsafe { &mut *sp };
 
     let r = &mut sc.rec;
-    header::fill_cached(&mut r.hdr, EVENT_WRITE, probe, who);
+    header::fill_cached(&mut r.hdr, EVENT_WRITE, probe, pid_tgid, who);
     r.fd = fd as i32;
     r.offset = offset;
     r.path_len = 0;

@@ -230,16 +230,35 @@ fn read(
         // One batch from both rings, in kernel time order: a short-lived process's exec
         // (EVENTS) must reach the stages before its writes (WRITES) do.
         let mut batch: Vec<Queued> = Vec::new();
+        // (thread, fd) -> index in `batch` of its latest by-reference write.
+        let mut runs: HashMap<(u32, i32), usize> = HashMap::new();
         for ring in rings.iter_mut() {
             // Bounded per turn, so a flood on one ring never starves the other.
             for _ in 0..4096 {
                 let Some(item) = ring.next() else { break };
                 busy = true;
+                // A by-reference write continuing its stream's last one is folded into it
+                // from its header alone: no decode, no allocation.
+                if let Some(h) = leakwatch_common::WriteHeader::read(&item) {
+                    if continues(&mut batch, &runs, &h) {
+                        continue;
+                    }
+                }
                 match decode(&item) {
-                    Ok(ev) => batch.push(Queued {
-                        ev,
-                        bytes: item.len(),
-                    }),
+                    Ok(ev) => {
+                        if let Event::Write(w) = &ev {
+                            let key = (w.task.pid, w.fd);
+                            if w.by_ref() {
+                                runs.insert(key, batch.len());
+                            } else {
+                                runs.remove(&key);
+                            }
+                        }
+                        batch.push(Queued {
+                            ev,
+                            bytes: item.len(),
+                        })
+                    }
                     Err(e) => {
                         metrics.decode_errors.inc();
                         log::warn!("dropped a malformed kernel record: {e}");
@@ -259,6 +278,46 @@ fn read(
         }
         busy |= !held_back.is_empty();
     }
+}
+
+/// `h` is a by-reference write that starts where its (thread, fd)'s latest one in `batch`
+/// ended, on the same file: fold it in (length, calls, time, flags).
+fn continues(
+    batch: &mut [Queued],
+    runs: &HashMap<(u32, i32), usize>,
+    h: &leakwatch_common::WriteHeader,
+) -> bool {
+    use leakwatch_common::{EVENT_WRITE, WRITE_F_BY_REF, WRITE_F_NEW_FILE};
+    if h.hdr.kind != EVENT_WRITE
+        || h.hdr.flags & WRITE_F_BY_REF == 0
+        || h.hdr.flags & WRITE_F_NEW_FILE != 0
+        || h.path_len != 0
+        || h.data_len != 0
+    {
+        return false;
+    }
+    let Some(&i) = runs.get(&(h.hdr.pid, h.fd)) else {
+        return false;
+    };
+    let Some(Queued {
+        ev: Event::Write(last),
+        ..
+    }) = batch.get_mut(i)
+    else {
+        return false;
+    };
+    if last.inode != h.inode
+        || last.task.tgid != h.hdr.tgid
+        || last.task.probe != h.hdr.probe
+        || last.offset.checked_add(last.total as i64) != Some(h.offset)
+    {
+        return false;
+    }
+    last.total += h.total;
+    last.calls += 1;
+    last.task.ktime_ns = h.hdr.ktime_ns;
+    last.task.flags |= h.hdr.flags;
+    true
 }
 
 /// Joins by-reference writes that continue each other (same thread, fd and file, each
@@ -283,6 +342,7 @@ fn merge_refs(batch: Vec<Queued>) -> Vec<Queued> {
         if let Some(&i) = runs.get(&key) {
             if let Event::Write(last) = &mut out[i].ev {
                 if last.inode == w.inode
+                    && last.task.probe == w.task.probe
                     && last.offset.checked_add(last.total as i64) == Some(w.offset)
                 {
                     last.total += w.total;
@@ -446,6 +506,33 @@ mod tests {
             by_ref(2, 3, 110, 10, 0),
         ];
         assert_eq!(ranges(&merge_refs(batch)), vec![(0, 20, 2), (100, 20, 2)]);
+    }
+
+    #[test]
+    fn a_continuing_record_is_folded_in_from_its_header() {
+        let mut batch = vec![by_ref(1, 3, 0, 4096, 0)];
+        let runs: HashMap<(u32, i32), usize> = [((1, 3), 0)].into_iter().collect();
+        let mut h = leakwatch_common::WriteHeader {
+            fd: 3,
+            offset: 4096,
+            total: 4096,
+            inode: 7,
+            ..Default::default()
+        };
+        h.hdr.kind = leakwatch_common::EVENT_WRITE;
+        h.hdr.pid = 1;
+        h.hdr.flags = WRITE_F_BY_REF;
+        assert!(continues(&mut batch, &runs, &h));
+        assert_eq!(ranges(&batch), vec![(0, 8192, 2)]);
+        // Not where the run ended, another file, or carrying bytes: decoded on its own.
+        h.offset = 100;
+        assert!(!continues(&mut batch, &runs, &h));
+        h.offset = 8192;
+        h.inode = 8;
+        assert!(!continues(&mut batch, &runs, &h));
+        h.inode = 7;
+        h.data_len = 1;
+        assert!(!continues(&mut batch, &runs, &h));
     }
 
     #[test]

@@ -400,7 +400,7 @@ impl Probes {
         // A program that read the old lists may still be about to cache its verdict; they
         // run for microseconds, so clear after they are done.
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let mut verdicts: HashMap<_, u32, [u8; 32]> = HashMap::try_from(
+        let mut verdicts: HashMap<_, u32, [u8; 48]> = HashMap::try_from(
             self.ebpf
                 .map_mut("SCOPE_VERDICT")
                 .context("SCOPE_VERDICT map missing")?,
