@@ -286,7 +286,13 @@ pub struct ScopeConfig {
     pub comms: u32,
     /// Per-call capture cap in bytes (clamped to `WRITE_DATA_MAX`; 0 = default).
     pub capture_max: u32,
+    /// Bumped by every update: verdicts cached under another generation are stale.
+    pub generation: u32,
+    pub _pad: u32,
 }
+
+/// Slots of the direct-mapped out-of-scope cache (`SCOPE_SEEN`, indexed by tgid).
+pub const SCOPE_SEEN_SLOTS: u32 = 1 << 16;
 
 /// Cgroup levels walked upwards when matching `SCOPE_CGROUPS`.
 pub const SCOPE_CGROUP_DEPTH: u32 = 16;

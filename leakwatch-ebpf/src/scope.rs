@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap},
     programs::TracePointContext,
 };
-use leakwatch_common::{ScopeConfig, SCOPE_CGROUP_DEPTH};
+use leakwatch_common::{ScopeConfig, SCOPE_CGROUP_DEPTH, SCOPE_SEEN_SLOTS};
 
 use crate::task;
 
@@ -33,7 +33,10 @@ static SCOPE_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(1024, 0);
 #[derive(Clone, Copy)]
 pub struct Who {
     pub verdict: u32,
+    /// `ScopeConfig::generation` the verdict was reached under; another one: decide again.
+    pub generation: u32,
     pub ppid: u32,
+    pub _pad: u32,
     /// ktime of the last read of `ppid` and `comm` (0: never).
     pub at: u64,
     pub comm: [u8; 16],
@@ -51,6 +54,24 @@ const OUT: u8 = 2;
 /// `prctl(PR_SET_NAME)`, `setuid`, a move to another cgroup).
 pub const WHO_REFRESH_NS: u64 = 100_000_000;
 
+/// Direct-mapped cache of out-of-scope processes in front of `SCOPE_VERDICT`: an array
+/// lookup is inlined by the verifier, a hash lookup is a helper call and a hash, and the
+/// out-of-scope path is what every unwatched process pays on every write.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Seen {
+    tgid: u32,
+    generation: u32,
+}
+
+#[map]
+static SCOPE_SEEN: Array<Seen> = Array::with_max_entries(SCOPE_SEEN_SLOTS, 0);
+
+#[inline(always)]
+fn generation() -> u32 {
+    SCOPE_CFG.get(0).map(|c| c.generation).unwrap_or(0)
+}
+
 #[inline(always)]
 pub fn own(tgid: u32) -> bool {
     // SAFETY: plain global set at load time.
@@ -60,17 +81,49 @@ pub fn own(tgid: u32) -> bool {
 /// The process's `Who` when it is in scope, `None` when it is not.
 #[inline(always)]
 pub fn in_scope(tgid: u32) -> Option<*mut Who> {
+    let generation = generation();
+    let seen = SCOPE_SEEN.get_ptr_mut(tgid & (SCOPE_SEEN_SLOTS - 1));
+    if let Some(s) = seen {
+        // SAFETY: array value pointer.
+        let s = unsafe { &*s };
+        if s.tgid == tgid && s.generation == generation && generation != 0 {
+            return None;
+        }
+    }
+    let out = |seen: Option<*mut Seen>| {
+        if let Some(s) = seen {
+            // SAFETY: array value pointer; a racing CPU writes the same or another tgid.
+            unsafe { *s = Seen { tgid, generation } };
+        }
+    };
     if let Some(v) = SCOPE_VERDICT.get_ptr_mut(&tgid) {
         // SAFETY: map value pointer returned by the lookup.
-        return (unsafe { (*v).verdict } == IN as u32).then_some(v);
+        let w = unsafe { &mut *v };
+        if w.generation == generation {
+            if w.verdict == IN as u32 {
+                return Some(v);
+            }
+            out(seen);
+            return None;
+        }
+        // Reached under other lists: decide again (the cached facts stay valid).
+        w.verdict = verdict() as u32;
+        w.generation = generation;
+        if w.verdict == IN as u32 {
+            return Some(v);
+        }
+        out(seen);
+        return None;
     }
     let mut w = core::mem::MaybeUninit::<Who>::uninit();
     crate::mem::zero(w.as_mut_ptr());
     // SAFETY: all-zero is a valid Who.
     let mut w = unsafe { w.assume_init() };
     w.verdict = verdict() as u32;
+    w.generation = generation;
     let _ = SCOPE_VERDICT.insert(&tgid, &w, 0);
     if w.verdict != IN as u32 {
+        out(seen);
         return None;
     }
     SCOPE_VERDICT.get_ptr_mut(&tgid)
@@ -132,6 +185,14 @@ fn cgroup_listed() -> bool {
 fn forget_current() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let _ = SCOPE_VERDICT.remove(&tgid);
+    if let Some(s) = SCOPE_SEEN.get_ptr_mut(tgid & (SCOPE_SEEN_SLOTS - 1)) {
+        // SAFETY: array value pointer.
+        unsafe {
+            if (*s).tgid == tgid {
+                (*s).tgid = 0;
+            }
+        }
+    }
 }
 
 /// The process changed image (and comm): decide again at its next write.

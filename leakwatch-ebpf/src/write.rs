@@ -12,6 +12,7 @@ use aya_ebpf::{
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap},
     programs::TracePointContext,
+    EbpfContext,
 };
 use leakwatch_common::*;
 
@@ -129,10 +130,14 @@ pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// A syscall argument, loaded straight from the tracepoint record: `read_at` would be a
+/// `bpf_probe_read` helper call, and every write on the host, watched or not, pays for
+/// the arguments read before the scope check.
 #[inline(always)]
 fn arg(ctx: &TracePointContext, off: usize) -> u64 {
-    // SAFETY: offsets from the format files; the read is checked by the helper.
-    unsafe { ctx.read_at::<u64>(off) }.unwrap_or(0)
+    // SAFETY: tracepoint programs may load from their context; offsets are constants from
+    // the format files, within the record (the verifier checks them).
+    unsafe { core::ptr::read(ctx.as_ptr().add(off) as *const u64) }
 }
 
 #[inline(always)]
@@ -160,8 +165,8 @@ fn handle(
         maps::count(probe, STAT_SKIPPED);
         return None;
     };
-    // SAFETY: `fd` is an int in a u64 slot.
-    let fd = unsafe { ctx.read_at::<u64>(16) }.ok()? as u32;
+    // `fd` is an int in a u64 slot.
+    let fd = arg(ctx, 16) as u32;
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let sp = WRITE_SCRATCH.get_ptr_mut(cpu)?;

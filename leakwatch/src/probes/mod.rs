@@ -198,6 +198,8 @@ pub struct Probes {
     ebpf: Ebpf,
     /// `category:name` of every attached tracepoint.
     pub attached: Vec<String>,
+    /// Generation of the scope last loaded (see `ScopeConfig::generation`).
+    scope_generation: u32,
 }
 
 /// Checks what loading needs before trying, so the error names the real cause.
@@ -293,6 +295,7 @@ impl Probes {
         let mut p = Probes {
             ebpf,
             attached: Vec::new(),
+            scope_generation: 0,
         };
         p.set_scope(&o.scope)
             .context("loading the [scope] lists into the kernel")?;
@@ -390,7 +393,10 @@ impl Probes {
             uids: u32::from(s.use_uids),
             comms: u32::from(s.use_comms),
             capture_max: s.capture_max.min(WRITE_DATA_MAX as u32),
+            generation: self.scope_generation.wrapping_add(1).max(1),
+            _pad: 0,
         };
+        self.scope_generation = cfg.generation;
         let mut map: Array<_, PodScope> = Array::try_from(
             self.ebpf
                 .map_mut("SCOPE_CFG")
@@ -400,7 +406,7 @@ impl Probes {
         // A program that read the old lists may still be about to cache its verdict; they
         // run for microseconds, so clear after they are done.
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let mut verdicts: HashMap<_, u32, [u8; 48]> = HashMap::try_from(
+        let mut verdicts: HashMap<_, u32, [u8; 56]> = HashMap::try_from(
             self.ebpf
                 .map_mut("SCOPE_VERDICT")
                 .context("SCOPE_VERDICT map missing")?,
