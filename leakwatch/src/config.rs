@@ -102,23 +102,17 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config> {
-        let c: Config = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| {
-                1 + text.as_bytes()[..s.start.min(text.len())]
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count()
-            });
-            match line {
-                Some(l) => anyhow::anyhow!("line {l}: {}", e.message()),
+        let c: Config =
+            toml::from_str(text).map_err(|e| match e.span().map(|s| line_col(text, s.start)) {
+                Some((l, c)) => anyhow::anyhow!("line {l}, column {c}: {}", e.message()),
                 None => anyhow::anyhow!("{}", e.message()),
-            }
-        })?;
+            })?;
         c.validate()?;
         Ok(c)
     }
 
     /// Checks what TOML types cannot: ranges and shapes of values.
+    /// (Named by their table and key: the values carry no position.)
     fn validate(&self) -> Result<()> {
         let max = leakwatch_common::WRITE_DATA_MAX as u32;
         if self.capture.max_bytes == 0 || self.capture.max_bytes > max {
@@ -153,6 +147,15 @@ impl Config {
         set.merge(self.rule.clone())?;
         Ok(set)
     }
+}
+
+/// 1-based line and column (in characters) of byte offset `at` of `text`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let at = at.min(text.len());
+    let before = text.get(..at).unwrap_or(text);
+    let line = 1 + before.matches('\n').count();
+    let col = 1 + before.rsplit('\n').next().map_or(0, |l| l.chars().count());
+    (line, col)
 }
 
 #[cfg(test)]
@@ -193,7 +196,13 @@ mod tests {
             );
         }
         let e = Config::parse("dedupe_seconds = 1\n[scope]\nnames = []").unwrap_err();
-        assert!(e.to_string().starts_with("line 3:"), "{e}");
+        assert!(e.to_string().starts_with("line 3, column 1:"), "{e}");
+        let e = Config::parse("dedupe_seconds = 1\nmetrics_addr = 9\n").unwrap_err();
+        assert!(e.to_string().starts_with("line 2, column 16:"), "{e}");
+        assert!(
+            e.to_string().contains("string"),
+            "says what was expected: {e}"
+        );
     }
 
     #[test]

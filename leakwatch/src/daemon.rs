@@ -103,6 +103,7 @@ pub async fn run(o: Overrides) -> Result<()> {
     let probes = Arc::new(Mutex::new(probes));
 
     let shared = Shared::default();
+    let shared_reload = shared.reload.clone();
     let ctx = crate::respond::Context::new(
         &cfg,
         seed,
@@ -138,14 +139,8 @@ pub async fn run(o: Overrides) -> Result<()> {
         metrics.clone(),
         stop_rx.clone(),
     ));
-    if crate::scope::needs_refresh(&cfg.scope) {
-        tokio::spawn(refresh_scope(
-            probes.clone(),
-            cfg.scope.clone(),
-            cfg.capture.max_bytes,
-            stop_rx.clone(),
-        ));
-    }
+    let (scope_tx, scope_rx) = watch::channel((cfg.scope.clone(), cfg.capture.max_bytes));
+    tokio::spawn(refresh_scope(probes.clone(), scope_rx, stop_rx.clone()));
     let saver = {
         let (ctx, mut stop) = (ctx.clone(), stop_rx.clone());
         tokio::spawn(async move {
@@ -181,9 +176,27 @@ pub async fn run(o: Overrides) -> Result<()> {
         .context("installing the SIGTERM handler")?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())
         .context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM received, stopping"),
-        _ = int.recv() => log::info!("SIGINT received, stopping"),
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let mut running = cfg.clone();
+    loop {
+        tokio::select! {
+            _ = term.recv() => { log::info!("SIGTERM received, stopping"); break }
+            _ = int.recv() => { log::info!("SIGINT received, stopping"); break }
+            _ = hup.recv() => {
+                alerts.reopen();
+                match reload(&o, &running, &shared_reload, &ctx, &scope_tx) {
+                    Ok(c) => {
+                        metrics.config_reloads.inc();
+                        running = c;
+                    }
+                    Err(e) => {
+                        metrics.config_reload_failures.inc();
+                        log::error!("SIGHUP: {e:#}; the running config stays in force");
+                    }
+                }
+            }
+        }
     }
     let _ = stop_tx.send(true);
     stop_reader.store(true, Ordering::Relaxed);
@@ -299,22 +312,33 @@ async fn poll_stats(
 }
 
 /// Units started after the daemon get their cgroups later: resolve `[scope]` again every
-/// few seconds and reload the kernel lists when they changed.
+/// few seconds and reload the kernel lists when they changed; a reloaded config's scope
+/// (SIGHUP) is loaded at once.
 async fn refresh_scope(
     probes: Arc<Mutex<Probes>>,
-    scope: crate::config::Scope,
-    capture_max: u32,
+    mut scope: watch::Receiver<(crate::config::Scope, u32)>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut last = crate::scope::resolve(&scope, capture_max).cgroup_ids;
+    let (mut current, mut capture_max) = scope.borrow().clone();
+    let mut last = crate::scope::resolve(&current, capture_max).cgroup_ids;
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let changed = tokio::select! {
+            _ = tick.tick() => false,
+            r = scope.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                (current, capture_max) = scope.borrow().clone();
+                true
+            }
             _ = stop.changed() => break,
+        };
+        if !changed && !crate::scope::needs_refresh(&current) {
+            continue;
         }
-        let k = crate::scope::resolve(&scope, capture_max);
-        if k.cgroup_ids == last {
+        let k = crate::scope::resolve(&current, capture_max);
+        if !changed && k.cgroup_ids == last {
             continue;
         }
         match probes.lock().map(|mut p| p.set_scope(&k)) {
@@ -326,6 +350,69 @@ async fn refresh_scope(
             Err(_) => return,
         }
     }
+}
+
+/// SIGHUP: reads the config again and, only if all of it is valid (rules compile), applies
+/// it: rules and `dedupe_seconds` to the pipeline (between two events), `protected` to
+/// freeze, `[scope]` and `[capture] max_bytes` to the kernel. What only a restart can
+/// change is named in a warning and left as it runs.
+fn reload(
+    o: &Overrides,
+    running: &Config,
+    pipeline: &Arc<std::sync::Mutex<Option<crate::pipeline::Reload>>>,
+    ctx: &crate::respond::Context,
+    scope: &watch::Sender<(crate::config::Scope, u32)>,
+) -> Result<Config> {
+    let c = effective_config(o)?;
+    let engine = Engine::new(&c.rules()?)?;
+    let fixed: Vec<&str> = [
+        ("socket", c.socket != running.socket),
+        ("state_dir", c.state_dir != running.state_dir),
+        ("metrics_addr", c.metrics_addr != running.metrics_addr),
+        ("alerts", c.alerts != running.alerts),
+        ("alerts_stdout", c.alerts_stdout != running.alerts_stdout),
+        (
+            "[capture] by_reference",
+            c.capture.by_reference != running.capture.by_reference,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(name, _)| name)
+    .collect();
+    if !fixed.is_empty() {
+        log::warn!(
+            "SIGHUP: {} changed; that takes a restart, so the running value stays",
+            fixed.join(", ")
+        );
+    }
+    let rules = engine.rule_count();
+    if let Ok(mut slot) = pipeline.lock() {
+        *slot = Some(crate::pipeline::Reload {
+            engine,
+            dedupe_seconds: c.dedupe_seconds,
+        });
+    }
+    ctx.set_protected(c.protected.clone());
+    let _ = scope.send((c.scope.clone(), c.capture.max_bytes));
+    log::info!(
+        "SIGHUP: config reloaded ({rules} rules, dedupe {} s, {} protected, scope {})",
+        c.dedupe_seconds,
+        c.protected.len(),
+        if c.scope.is_everyone() {
+            "every process".to_string()
+        } else {
+            "lists".to_string()
+        }
+    );
+    let mut kept = c;
+    kept.socket = running.socket.clone();
+    kept.state_dir = running.state_dir.clone();
+    kept.metrics_addr = running.metrics_addr.clone();
+    kept.alerts = running.alerts.clone();
+    kept.alerts_stdout = running.alerts_stdout;
+    kept.capture.by_reference = running.capture.by_reference;
+    Ok(kept)
 }
 
 async fn forward_kernel_log(

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub streams: IntGauge,
     pub streams_evicted: IntCounter,
     pub files_held: IntGauge,
+    pub config_reloads: IntCounter,
+    pub config_reload_failures: IntCounter,
     pub held_bytes_unread: IntCounter,
     pub fds_unresolved: IntCounter,
     pub exec_unchecked: IntCounter,
@@ -206,6 +208,16 @@ impl Metrics {
                 &r,
                 "leakwatch_streams_evicted_total",
                 "Idle write streams dropped to bound memory (their tail is no longer joined).",
+            ),
+            config_reloads: counter(
+                &r,
+                "leakwatch_config_reloads_total",
+                "Configs reloaded and applied on SIGHUP.",
+            ),
+            config_reload_failures: counter(
+                &r,
+                "leakwatch_config_reload_failures_total",
+                "SIGHUP reloads refused (invalid config): the running config stayed in force.",
             ),
             files_held: gauge(
                 &r,

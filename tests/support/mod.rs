@@ -45,6 +45,8 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub metrics: String,
     args: Vec<String>,
+    /// stderr of the running daemon (its log).
+    stderr: PathBuf,
 }
 
 impl Daemon {
@@ -62,9 +64,20 @@ impl Daemon {
             child: None,
             metrics: String::new(),
             args: extra.iter().map(|s| s.to_string()).collect(),
+            stderr: PathBuf::new(),
         };
         d.spawn();
         d
+    }
+
+    /// The running daemon's stderr (its log).
+    pub fn stderr_path(&self) -> PathBuf {
+        self.stderr.clone()
+    }
+
+    /// The alert file the daemon was given.
+    pub fn alerts_path(&self) -> PathBuf {
+        self.dir.join("alerts.jsonl")
     }
 
     /// A directory for the test's own files (fixtures, key files), outside what the
@@ -90,6 +103,7 @@ impl Daemon {
         ));
         let out = fs::File::create(run.with_extension("stdout")).unwrap();
         let err_path = run.with_extension("stderr");
+        self.stderr = err_path.clone();
         let err = fs::File::create(&err_path).unwrap();
         let child = Command::new(bin())
             .arg("daemon")

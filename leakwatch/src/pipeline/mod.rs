@@ -54,6 +54,15 @@ pub struct Shared {
     pub frozen: Arc<RwLock<FrozenSet>>,
     /// Recent (tgid, fingerprint) pairs seen at exec, oldest first.
     pub history: Arc<RwLock<VecDeque<(u32, String)>>>,
+    /// A reloaded config waiting for the worker (SIGHUP): taken between two events, so every
+    /// event is handled under one config or the other, never a mix.
+    pub reload: Arc<std::sync::Mutex<Option<Reload>>>,
+}
+
+/// What a reload changes in the pipeline.
+pub struct Reload {
+    pub engine: Engine,
+    pub dedupe_seconds: u64,
 }
 
 pub struct Pipeline {
@@ -128,6 +137,18 @@ impl Pipeline {
         }
         self.ours.insert(t.tgid, v);
         v
+    }
+
+    /// Applies a pending reload, if any (called by the worker between events).
+    fn take_reload(&mut self) {
+        let pending = match self.shared.reload.try_lock() {
+            Ok(mut g) => g.take(),
+            Err(_) => None,
+        };
+        if let Some(r) = pending {
+            self.engine = Arc::new(r.engine);
+            self.report.set_window(r.dedupe_seconds);
+        }
     }
 
     pub fn handle(&mut self, ev: Event) {
@@ -421,6 +442,7 @@ fn work(p: &mut Pipeline, rx: Receiver<Queued>, queued: &AtomicUsize) {
         } else {
             period
         };
+        p.take_reload();
         match rx.recv_timeout(wait) {
             Ok(q) => {
                 queued.fetch_sub(q.bytes, Ordering::Relaxed);

@@ -61,6 +61,11 @@ pub struct Reporter {
 }
 
 impl Reporter {
+    /// A reloaded config's `dedupe_seconds`.
+    pub fn set_window(&mut self, dedupe_seconds: u64) {
+        self.window = Duration::from_secs(dedupe_seconds);
+    }
+
     pub fn new(alerts: Alerts, metrics: Arc<Metrics>, dedupe_seconds: u64) -> Reporter {
         Reporter {
             alerts,

@@ -103,7 +103,7 @@ pub struct Context {
     store: Mutex<Store>,
     frozen: Arc<RwLock<FrozenSet>>,
     history: Arc<RwLock<VecDeque<(u32, String)>>>,
-    protected: Vec<String>,
+    protected: RwLock<Vec<String>>,
     procs: Mutex<Procs>,
     /// (kernel hash, unit or exe) already reported as dying at exec.
     enforced_once: Mutex<HashSet<(u64, String)>>,
@@ -120,6 +120,15 @@ pub struct Context {
     /// Recent `freeze` clients and their ancestors (the responder's shell, a script piping
     /// the key in): they wrote the key on its way to freeze, which makes them no holders.
     clients: Mutex<Vec<(Instant, Vec<u32>)>>,
+}
+
+impl Context {
+    /// A reloaded config's `protected` list (SIGHUP).
+    pub fn set_protected(&self, list: Vec<String>) {
+        if let Ok(mut l) = self.protected.write() {
+            *l = list;
+        }
+    }
 }
 
 /// How long a freeze client's ancestors stay shielded from write-time kills.
@@ -150,7 +159,7 @@ impl Context {
             store: Mutex::new(store),
             frozen: shared.frozen.clone(),
             history: shared.history.clone(),
-            protected: cfg.protected.clone(),
+            protected: RwLock::new(cfg.protected.clone()),
             procs: Mutex::new(Procs::new()),
             enforced_once: Mutex::new(HashSet::new()),
             kills_unsaved: AtomicBool::new(false),
@@ -496,8 +505,9 @@ impl Context {
             if shield.contains(&p.pid)
                 || self
                     .protected
-                    .iter()
-                    .any(|n| *n == p.comm || *n == base || *n == i.exe)
+                    .read()
+                    .map(|l| l.iter().any(|n| *n == p.comm || *n == base || *n == i.exe))
+                    .unwrap_or(true)
             {
                 report.protected.push(pr);
             } else {

@@ -13,6 +13,7 @@ use super::Sink;
 use crate::alerts::Alert;
 
 pub struct JsonLines {
+    path: Option<std::path::PathBuf>,
     file: Option<File>,
     stdout: bool,
     buf: Vec<u8>,
@@ -20,37 +21,43 @@ pub struct JsonLines {
 
 impl JsonLines {
     pub fn new(path: Option<&Path>, stdout: bool) -> Result<JsonLines> {
-        let file = match path {
-            Some(p) => {
-                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).with_context(|| {
-                        format!("creating the directory of the alert file {}", p.display())
-                    })?;
-                }
-                let f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(p)
-                    .with_context(|| {
-                        format!(
-                            "opening the alert file {}; check the path and permissions",
-                            p.display()
-                        )
-                    })?;
-                Some(f)
-            }
-            None => None,
-        };
         Ok(JsonLines {
-            file,
+            path: path.map(Path::to_path_buf),
+            file: path.map(open).transpose()?,
             stdout,
             buf: Vec::new(),
         })
     }
 }
 
+/// Opens (creating, mode 0600) the alert file for appending.
+fn open(p: &Path) -> Result<File> {
+    if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the directory of the alert file {}", p.display()))?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(p)
+        .with_context(|| {
+            format!(
+                "opening the alert file {}; check the path and permissions",
+                p.display()
+            )
+        })
+}
+
 impl Sink for JsonLines {
+    fn reopen(&mut self) {
+        let Some(p) = &self.path else { return };
+        match open(p) {
+            Ok(f) => self.file = Some(f),
+            Err(e) => log::error!("{e:#}; alerts go on to the file opened before"),
+        }
+    }
+
     fn write(&mut self, batch: &[Alert]) {
         self.buf.clear();
         for a in batch {

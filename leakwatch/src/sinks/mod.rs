@@ -26,11 +26,14 @@ const QUEUE: usize = 65_536;
 /// report (an alert file that cannot be written must not stop the journal copy).
 pub trait Sink: Send {
     fn write(&mut self, batch: &[Alert]);
+    /// Reopens files (SIGHUP, after logrotate moved them away).
+    fn reopen(&mut self) {}
 }
 
 enum Msg {
     Alert(Box<Alert>),
     Flush(SyncSender<()>),
+    Reopen,
 }
 
 /// Cheap to clone; every clone feeds the same sink thread.
@@ -67,6 +70,11 @@ impl Alerts {
         }
     }
 
+    /// Sinks reopen their files after what is queued now is written (SIGHUP).
+    pub fn reopen(&self) {
+        let _ = self.tx.send(Msg::Reopen);
+    }
+
     /// Waits until everything emitted so far is written (shutdown, tests).
     pub fn flush(&self) {
         let (tx, rx) = mpsc::sync_channel(1);
@@ -85,9 +93,11 @@ fn run(rx: Receiver<Msg>, mut sinks: Vec<Box<dyn Sink>>) {
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let mut flushes = Vec::new();
+        let mut reopen = false;
         let mut take = |m: Msg, batch: &mut Vec<Alert>| match m {
             Msg::Alert(a) => batch.push(*a),
             Msg::Flush(t) => flushes.push(t),
+            Msg::Reopen => reopen = true,
         };
         take(first, &mut batch);
         while batch.len() < 1024 {
@@ -101,6 +111,11 @@ fn run(rx: Receiver<Msg>, mut sinks: Vec<Box<dyn Sink>>) {
                 s.write(&batch);
             }
             batch.clear();
+        }
+        if reopen {
+            for s in sinks.iter_mut() {
+                s.reopen();
+            }
         }
         for f in flushes {
             let _ = f.send(());

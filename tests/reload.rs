@@ -1,0 +1,167 @@
+//! SIGHUP, end to end: `kill -HUP` (what `systemctl reload` sends) re-reads the config and
+//! applies a new `[[rule]]` to the running daemon; a bad config is refused with one error,
+//! counted, and the daemon goes on with the old one; the alert file is reopened (logrotate);
+//! a config error names its line and column. Each test has its own rule keyword, so no
+//! other test's process can match.
+use std::{
+    fs,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use leakwatch_tests::*;
+use rand::{distributions::Alphanumeric, Rng};
+use serde_json::Value;
+
+fn random(n: usize) -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(n)
+        .map(char::from)
+        .collect()
+}
+
+/// A rule for tokens `<prefix>` + 32 alphanumerics, and one such token.
+fn rule(id: &str, prefix: &str) -> String {
+    format!(
+        "[[rule]]\nid = \"{id}\"\ndescription = \"test token\"\nkeywords = [\"{prefix}\"]\nregex = '''(?P<secret>{prefix}[A-Za-z0-9]{{32}})'''\nentropy = 3.0\n"
+    )
+}
+
+fn hup(d: &Daemon) {
+    let pid = d.child.as_ref().expect("daemon running").id();
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+}
+
+/// A python process writes `line` to `out`; returns its pid.
+fn write_line(out: &Path, line: &str) -> u32 {
+    let mut c = python()
+        .args([
+            "-c",
+            "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')",
+        ])
+        .arg(out)
+        // In argv the exec path sees it too; this test looks at the file finding only.
+        .arg(line)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "python writer").success());
+    pid
+}
+
+fn wait_file_finding(d: &Daemon, fp: &str, pid: u32, what: &str) -> Value {
+    wait_until(15, what, || {
+        d.findings(fp)
+            .into_iter()
+            .find(|a| s(a, "source") == "file" && n(a, "pid") == pid as u64)
+    })
+}
+
+fn config_path(d: &Daemon) -> std::path::PathBuf {
+    d.scratch().join("leakwatch.toml")
+}
+
+#[test]
+fn reload_sighup_applies_a_new_rule_and_survives_a_bad_config() {
+    let prefix = format!("lwt{}_", random(6).to_lowercase());
+    let id = "reload-test-token";
+    let mut d = Daemon::start_with_config("r-rule", "dedupe_seconds = 0\n");
+    let cfg = config_path(&d);
+    fs::write(&cfg, format!("dedupe_seconds = 0\n{}", rule(id, &prefix))).unwrap();
+    hup(&d);
+    wait_until(15, "the reload to be applied", || {
+        (d.metric("leakwatch_config_reloads_total", &[]) >= 1.0).then_some(())
+    });
+    let tok = format!("{prefix}{}", random(32));
+    let out = d.scratch().join("out.txt");
+    let pid = write_line(&out, &tok);
+    let a = wait_file_finding(&d, &fingerprint(&tok), pid, "the new rule's finding");
+    assert_eq!(s(&a, "rule"), id, "{a:#}");
+
+    // A config that does not parse: refused, counted, and the daemon keeps the old one.
+    fs::write(
+        &cfg,
+        "dedupe_seconds = 0\n[[rule]]\nid = \"broken\nregex = 1\n",
+    )
+    .unwrap();
+    hup(&d);
+    wait_until(15, "the bad reload to be counted", || {
+        (d.metric("leakwatch_config_reload_failures_total", &[]) >= 1.0).then_some(())
+    });
+    assert!(
+        d.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the daemon died on a bad config"
+    );
+    assert_eq!(d.status()["frozen"], Value::Array(vec![]), "status answers");
+    let tok2 = format!("{prefix}{}", random(32));
+    let pid2 = write_line(&out, &tok2);
+    let a = wait_file_finding(&d, &fingerprint(&tok2), pid2, "the old rule still in force");
+    assert_eq!(s(&a, "rule"), id, "{a:#}");
+    let err = fs::read_to_string(d.stderr_path()).unwrap_or_default();
+    assert!(
+        err.contains("SIGHUP") && err.contains("line 3"),
+        "one clear error naming the line: {err}"
+    );
+    d.stop();
+    d.assert_no_plaintext(&[&tok, &tok2]);
+}
+
+#[test]
+fn reload_sighup_reopens_the_alert_file() {
+    let prefix = format!("lwt{}_", random(6).to_lowercase());
+    let mut d = Daemon::start_with_config("r-rotate", &rule("rotate-test-token", &prefix));
+    let alerts = d.alerts_path();
+    // Something in the file first, so the rename moves a real file.
+    let first = format!("{prefix}{}", random(32));
+    let out = d.scratch().join("out.txt");
+    let pid = write_line(&out, &first);
+    wait_file_finding(&d, &fingerprint(&first), pid, "the first finding");
+    let rotated = alerts.with_extension("jsonl.1");
+    fs::rename(&alerts, &rotated).unwrap();
+    hup(&d);
+    wait_until(15, "the reload", || {
+        (d.metric("leakwatch_config_reloads_total", &[]) >= 1.0).then_some(())
+    });
+    let second = format!("{prefix}{}", random(32));
+    let pid = write_line(&out, &second);
+    // `findings` reads the path the daemon was given: the reopened file.
+    let a = wait_file_finding(&d, &fingerprint(&second), pid, "a finding in the new file");
+    assert_eq!(s(&a, "rule"), "rotate-test-token");
+    let old = fs::read_to_string(&rotated).unwrap();
+    assert!(
+        !old.contains(&fingerprint(&second)),
+        "written to the old file after the reopen"
+    );
+    d.stop();
+    d.assert_no_plaintext(&[&first, &second]);
+}
+
+#[test]
+fn reload_config_error_at_start_names_file_line_and_column() {
+    let dir = fresh_dir("r-bad");
+    fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("bad.toml");
+    fs::write(&cfg, "dedupe_seconds = 5\nmetrics_addr = 9477\n").unwrap();
+    let t0 = Instant::now();
+    let out = Command::new(bin())
+        .args(["daemon", "--config"])
+        .arg(&cfg)
+        .args(["--state-dir"])
+        .arg(dir.join("state"))
+        .args(["--socket"])
+        .arg(dir.join("sock"))
+        .output()
+        .unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(cfg.to_str().unwrap()) && err.contains("line 2, column 16"),
+        "names the file, line and column: {err}"
+    );
+    assert!(err.contains("string"), "says what was expected: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+}
