@@ -165,3 +165,37 @@ fn reload_config_error_at_start_names_file_line_and_column() {
     assert!(err.contains("string"), "says what was expected: {err}");
     assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
 }
+
+#[test]
+fn reload_notifies_systemd_ready_reloading_and_stopping() {
+    // What systemd's Type=notify expects on $NOTIFY_SOCKET, received by the test itself.
+    use std::os::unix::net::UnixDatagram;
+    let dir = fresh_dir("r-notify-sock");
+    fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut d = Daemon::start_with_env("r-notify", &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = sock.recv(&mut buf).expect("a notify datagram");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    let pid = d.child.as_ref().unwrap().id();
+    assert!(
+        ready.lines().any(|l| l == format!("MAINPID={pid}")),
+        "{ready}"
+    );
+    hup(&d);
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert_eq!(next(), "READY=1");
+    d.stop();
+    assert_eq!(next(), "STOPPING=1");
+}

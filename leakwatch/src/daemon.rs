@@ -172,6 +172,11 @@ pub async fn run(o: Overrides) -> Result<()> {
         cfg.socket.display()
     );
 
+    crate::notify::send(&format!(
+        "READY=1\nSTATUS=watching: {} probes attached\nMAINPID={}",
+        metrics.probes_attached.get(),
+        std::process::id()
+    ));
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())
@@ -184,6 +189,10 @@ pub async fn run(o: Overrides) -> Result<()> {
             _ = term.recv() => { log::info!("SIGTERM received, stopping"); break }
             _ = int.recv() => { log::info!("SIGINT received, stopping"); break }
             _ = hup.recv() => {
+                crate::notify::send(&format!(
+                    "RELOADING=1\nMONOTONIC_USEC={}",
+                    crate::notify::monotonic_usec()
+                ));
                 alerts.reopen();
                 match reload(&o, &running, &shared_reload, &ctx, &scope_tx) {
                     Ok(c) => {
@@ -195,9 +204,11 @@ pub async fn run(o: Overrides) -> Result<()> {
                         log::error!("SIGHUP: {e:#}; the running config stays in force");
                     }
                 }
+                crate::notify::send("READY=1");
             }
         }
     }
+    crate::notify::send("STOPPING=1");
     let _ = stop_tx.send(true);
     stop_reader.store(true, Ordering::Relaxed);
     let _ = reader.join();

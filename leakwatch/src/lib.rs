@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod detect;
 pub mod events;
 pub mod metrics;
+pub mod notify;
 pub mod pipeline;
 pub mod probes;
 pub mod procs;

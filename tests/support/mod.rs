@@ -47,6 +47,8 @@ pub struct Daemon {
     args: Vec<String>,
     /// stderr of the running daemon (its log).
     stderr: PathBuf,
+    /// Extra environment for the daemon.
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -65,6 +67,25 @@ impl Daemon {
             metrics: String::new(),
             args: extra.iter().map(|s| s.to_string()).collect(),
             stderr: PathBuf::new(),
+            env: Vec::new(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts the daemon with extra environment variables.
+    pub fn start_with_env(name: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = fresh_dir(name);
+        let mut d = Daemon {
+            dir,
+            child: None,
+            metrics: String::new(),
+            args: Vec::new(),
+            stderr: PathBuf::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.spawn();
         d
@@ -115,6 +136,7 @@ impl Daemon {
             .arg(self.socket())
             .args(["--metrics-addr", "127.0.0.1:0"])
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(out)
             .stderr(err)
             .spawn()
