@@ -199,3 +199,58 @@ fn reload_notifies_systemd_ready_reloading_and_stopping() {
     d.stop();
     assert_eq!(next(), "STOPPING=1");
 }
+
+#[test]
+fn reload_alert_file_rotates_by_size_keeping_the_newest() {
+    let prefix = format!("lwt{}_", random(6).to_lowercase());
+    let toml = format!(
+        "dedupe_seconds = 0\nalerts_max_mb = 0.002\nalerts_keep = 2\n{}",
+        rule("rotate-size-token", &prefix)
+    );
+    let mut d = Daemon::start_with_config("r-size", &toml);
+    let toks: Vec<String> = (0..12).map(|_| format!("{prefix}{}", random(32))).collect();
+    let keys = d.scratch().join("keys");
+    fs::write(&keys, toks.join("\n")).unwrap();
+    let out = d.scratch().join("out.txt");
+    // One line per write, a pause between them so each alert is its own batch.
+    let mut c = python()
+        .args([
+            "-c",
+            "import sys, time\nf = open(sys.argv[2], 'a', buffering=1)\nfor k in open(sys.argv[1]).read().split():\n    f.write(k + '\\n'); time.sleep(0.05)",
+        ])
+        .arg(&keys)
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    assert!(wait_exit(&mut c, 30, "python writer").success());
+    let alerts = d.alerts_path();
+    let name = |i: u32| {
+        let mut s = alerts.clone().into_os_string();
+        s.push(format!(".{i}"));
+        std::path::PathBuf::from(s)
+    };
+    // The last key's finding lands in the newest file, or the one just rotated.
+    let last = fingerprint(toks.last().unwrap());
+    wait_until(15, "the last finding written", || {
+        [alerts.clone(), name(1)]
+            .iter()
+            .any(|p| fs::read_to_string(p).unwrap_or_default().contains(&last))
+            .then_some(())
+    });
+    assert!(
+        name(1).exists() && name(2).exists(),
+        "two rotated files kept"
+    );
+    assert!(!name(3).exists(), "no third one (alerts_keep = 2)");
+    for p in [alerts.clone(), name(1), name(2)] {
+        let len = fs::metadata(&p).map_or(0, |m| m.len());
+        assert!(
+            len < 4_000,
+            "{} is {len} bytes: not rotated at 2 KB",
+            p.display()
+        );
+    }
+    d.stop();
+    let refs: Vec<&str> = toks.iter().map(String::as_str).collect();
+    d.assert_no_plaintext(&refs);
+}

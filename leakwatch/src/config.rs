@@ -14,6 +14,10 @@ pub struct Config {
     pub alerts: Option<PathBuf>,
     /// Also write alerts to stdout (the journal, under systemd).
     pub alerts_stdout: bool,
+    /// Rotate the alert file at this size in MB (10^6 bytes; fractions allowed; 0: never).
+    pub alerts_max_mb: f64,
+    /// Rotated alert files kept (`alerts.jsonl.1` newest).
+    pub alerts_keep: u32,
     /// Prometheus endpoint, `IP:PORT`. Empty string disables it.
     pub metrics_addr: String,
     /// Control socket used by `freeze`, `unfreeze`, `status`.
@@ -78,6 +82,8 @@ impl Default for Config {
         Config {
             alerts: None,
             alerts_stdout: true,
+            alerts_max_mb: 100.0,
+            alerts_keep: 5,
             metrics_addr: "127.0.0.1:9477".into(),
             socket: PathBuf::from("/run/leakwatch/control.sock"),
             state_dir: PathBuf::from("/var/lib/leakwatch"),
@@ -114,6 +120,12 @@ impl Config {
     /// Checks what TOML types cannot: ranges and shapes of values.
     /// (Named by their table and key: the values carry no position.)
     fn validate(&self) -> Result<()> {
+        if !(self.alerts_max_mb >= 0.0 && self.alerts_max_mb.is_finite()) {
+            bail!(
+                "alerts_max_mb = {} is not a size; give megabytes, 0 for no rotation",
+                self.alerts_max_mb
+            );
+        }
         let max = leakwatch_common::WRITE_DATA_MAX as u32;
         if self.capture.max_bytes == 0 || self.capture.max_bytes > max {
             bail!(

@@ -75,7 +75,8 @@ pub async fn run(o: Overrides) -> Result<()> {
     let seed = hash_seed(&cfg.state_dir)?;
 
     let metrics = Arc::new(Metrics::new());
-    let json = JsonLines::new(cfg.alerts.as_deref(), cfg.alerts_stdout)?;
+    let json = JsonLines::new(cfg.alerts.as_deref(), cfg.alerts_stdout)?
+        .rotate_at((cfg.alerts_max_mb * 1e6) as u64, cfg.alerts_keep);
     let (alerts, sink_thread) = Alerts::start(vec![Box::new(json)], metrics.clone())?;
     let listener = if cfg.metrics_addr.is_empty() {
         None
@@ -383,6 +384,10 @@ fn reload(
         ("alerts", c.alerts != running.alerts),
         ("alerts_stdout", c.alerts_stdout != running.alerts_stdout),
         (
+            "alerts_max_mb/alerts_keep",
+            c.alerts_max_mb != running.alerts_max_mb || c.alerts_keep != running.alerts_keep,
+        ),
+        (
             "[capture] by_reference",
             c.capture.by_reference != running.capture.by_reference,
         ),
@@ -422,6 +427,8 @@ fn reload(
     kept.metrics_addr = running.metrics_addr.clone();
     kept.alerts = running.alerts.clone();
     kept.alerts_stdout = running.alerts_stdout;
+    kept.alerts_max_mb = running.alerts_max_mb;
+    kept.alerts_keep = running.alerts_keep;
     kept.capture.by_reference = running.capture.by_reference;
     Ok(kept)
 }
