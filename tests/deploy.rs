@@ -123,3 +123,25 @@ fn prometheus_rules_pass_promtool_and_use_real_metrics() {
         );
     }
 }
+
+#[test]
+fn systemd_unit_exposure_is_at_most_4_5() {
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(root().join("deploy/leakwatch.service"))
+        .output()
+        .expect("systemd-analyze");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure level in: {text}"));
+    eprintln!("systemd-analyze security --offline=true deploy/leakwatch.service: {line}");
+    let score: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the score in: {line}"));
+    assert!(score <= 4.5, "exposure {score} > 4.5: {line}");
+}

@@ -126,7 +126,19 @@ impl Daemon {
         let err_path = run.with_extension("stderr");
         self.stderr = err_path.clone();
         let err = fs::File::create(&err_path).unwrap();
-        let child = Command::new(bin())
+        // LEAKWATCH_DAEMON_WRAP: a command to run the daemon under (xtask: setpriv with the
+        // unit's capability bounding set and no_new_privs).
+        let wrap = std::env::var("LEAKWATCH_DAEMON_WRAP").unwrap_or_default();
+        let mut wrap = wrap.split_whitespace();
+        let mut cmd = match wrap.next() {
+            Some(w) => {
+                let mut c = Command::new(w);
+                c.args(wrap).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd
             .arg("daemon")
             .arg("--alerts")
             .arg(self.dir.join("alerts.jsonl"))
@@ -149,6 +161,9 @@ impl Daemon {
                 if let Some(m) = line.split("metrics http://").nth(1) {
                     self.metrics = m.split('/').next().unwrap_or("").to_string();
                 }
+                if std::env::var_os("LEAKWATCH_DAEMON_WRAP").is_some() {
+                    self.assert_confined();
+                }
                 return;
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -159,6 +174,42 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Under LEAKWATCH_DAEMON_WRAP the daemon must really run confined: no_new_privs set and
+    /// a bounding set short of every capability.
+    fn assert_confined(&self) {
+        let pid = self.child.as_ref().unwrap().id();
+        let st = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |k: &str| {
+            st.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            field("NoNewPrivs:"),
+            "1",
+            "daemon not under no_new_privs:\n{st}"
+        );
+        let bnd = u64::from_str_radix(&field("CapBnd:"), 16).unwrap();
+        let own = fs::read_to_string("/proc/self/status").unwrap();
+        let own = own
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap();
+        assert!(
+            bnd != 0 && bnd & !own == 0 && bnd != own,
+            "daemon bounding set {bnd:#x} is not narrower than the test's {own:#x}"
+        );
+        // The effective set is what the daemon actually has.
+        let eff = u64::from_str_radix(&field("CapEff:"), 16).unwrap();
+        assert_eq!(
+            eff & !bnd,
+            0,
+            "effective capabilities beyond the bounding set"
+        );
     }
 
     /// Stops with SIGTERM and asserts a clean exit.

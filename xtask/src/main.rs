@@ -321,7 +321,54 @@ fn test(filter: Option<&str>) -> Result<()> {
     if let Some(f) = filter {
         it.arg(f);
     }
-    sh(&mut it)
+    sh(&mut it)?;
+    if filter.is_none() {
+        unit_capabilities()?;
+    }
+    Ok(())
+}
+
+/// The exec, freeze (kill + sever), held and write tests again, every daemon run under exactly the
+/// unit's `CapabilityBoundingSet` with `NoNewPrivileges` (setpriv): proof the unit's
+/// capability set is enough, on a machine without systemd as PID 1.
+fn unit_capabilities() -> Result<()> {
+    let unit = std::fs::read_to_string(root().join("deploy/leakwatch.service"))?;
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .context("deploy/leakwatch.service has no CapabilityBoundingSet=")?
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    assert!(
+        unit.lines().any(|l| l == "NoNewPrivileges=yes"),
+        "the unit sets NoNewPrivileges=yes"
+    );
+    let wrap = format!(
+        "setpriv --bounding-set=-all,{} --inh-caps=-all --nnp",
+        caps.join(",")
+    );
+    eprintln!("xtask: exec, freeze, held and write tests under the unit's capabilities: {wrap}");
+    sh(cargo()
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "leakwatch-tests",
+            "--test",
+            "exec",
+            "--test",
+            "freeze",
+            "--test",
+            "held",
+            "--test",
+            "write",
+            "--",
+            "--test-threads=2",
+        ])
+        .env("LEAKWATCH_BIN", root().join("target/release/leakwatch"))
+        .env("LEAKWATCH_PROMTOOL", promtool())
+        .env("LEAKWATCH_DAEMON_WRAP", wrap))
 }
 
 /// Peers compared in BENCHMARKS.md, installed from the registries this machine reaches.
