@@ -120,6 +120,20 @@ for i in range(50):
     let a = wait_finding(&d, &fingerprint(&secret), pid, "the key in a held log");
     check(&a, &secret, "anthropic-api-key", pid, &out);
     assert!(d.metric("leakwatch_captured_bytes_total", &[]) > 0.0);
+    // The finding's latency (kernel write time -> alert written) is in the histogram.
+    let n = d.metric(
+        "leakwatch_detection_latency_seconds_count",
+        &[("source", "file")],
+    );
+    let sum = d.metric(
+        "leakwatch_detection_latency_seconds_sum",
+        &[("source", "file")],
+    );
+    assert!(
+        n >= 1.0 && sum > 0.0 && sum / n < 15.0,
+        "latency count {n}, sum {sum}"
+    );
+    assert_eq!(d.metric("leakwatch_build_info", &[]), 1.0);
     let st = d.status();
     assert!(
         st["userspace"]["files_held"].as_u64().unwrap_or(0) >= 1,

@@ -28,6 +28,10 @@ pub struct Alert {
     /// Kind-specific fields (env var name, argv index, counts…).
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// Kernel time of the event the alert is about (0: none): for the latency histogram,
+    /// not part of the record.
+    #[serde(skip)]
+    pub event_ktime_ns: u64,
 }
 
 impl Alert {

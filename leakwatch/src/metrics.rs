@@ -4,7 +4,10 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context, Result};
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -36,6 +39,8 @@ pub struct Metrics {
     pub streams_evicted: IntCounter,
     pub files_held: IntGauge,
     pub config_reloads: IntCounter,
+    pub detection_latency: HistogramVec,
+    pub build_info: IntGaugeVec,
     pub config_reload_failures: IntCounter,
     pub held_bytes_unread: IntCounter,
     pub fds_unresolved: IntCounter,
@@ -209,6 +214,32 @@ impl Metrics {
                 "leakwatch_streams_evicted_total",
                 "Idle write streams dropped to bound memory (their tail is no longer joined).",
             ),
+            detection_latency: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "leakwatch_detection_latency_seconds",
+                        "From the kernel event (exec, write) to its finding alert written by the sinks.",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                        2.5, 5.0, 10.0,
+                    ]),
+                    &["source"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            build_info: {
+                let g = IntGaugeVec::new(
+                    Opts::new("leakwatch_build_info", "Always 1: the running version."),
+                    &["version"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+                g
+            },
             config_reloads: counter(
                 &r,
                 "leakwatch_config_reloads_total",

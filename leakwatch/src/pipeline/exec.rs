@@ -138,7 +138,7 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
             .insert(ev.task.tgid, (std::time::Instant::now(), info, hits));
         return;
     }
-    p.report.report(&info, hits);
+    p.report.report_at(&info, hits, ev.task.ktime_ns);
 }
 
 /// A cut exec capture: recovered from /proc, or reported as `lost`.

@@ -82,6 +82,12 @@ impl Reporter {
 
     /// Counts every hit and alerts the ones not seen inside the window.
     pub fn report(&mut self, p: &ProcInfo, hits: Vec<Hit>) {
+        self.report_at(p, hits, 0)
+    }
+
+    /// The same, for findings in the event the kernel timed at `ktime_ns` (CLOCK_MONOTONIC;
+    /// 0: unknown): the sink measures event -> alert written from it.
+    pub fn report_at(&mut self, p: &ProcInfo, hits: Vec<Hit>, ktime_ns: u64) {
         let now = Instant::now();
         // Swept at most once a second, not per finding: a burst of distinct keys must not
         // make every finding pay for the whole map.
@@ -120,6 +126,7 @@ impl Reporter {
             a.path = h.path;
             a.remote = h.remote;
             a.extra.extend(h.extra);
+            a.event_ktime_ns = ktime_ns;
             self.alerts.emit(a);
         }
     }

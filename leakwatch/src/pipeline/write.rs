@@ -212,7 +212,7 @@ pub(super) fn emit(
         })
         .collect();
     let info = describe(&mut p.procs, task);
-    p.report.report(&info, hits);
+    p.report.report_at(&info, hits, task.ktime_ns);
 }
 
 fn report(p: &mut Pipeline, d: &Detector, s: &Stream, found: Vec<StreamFinding>) {

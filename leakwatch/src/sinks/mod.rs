@@ -52,7 +52,10 @@ impl Alerts {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let t = std::thread::Builder::new()
             .name("lw-sinks".into())
-            .spawn(move || run(rx, sinks))
+            .spawn({
+                let metrics = metrics.clone();
+                move || run(rx, sinks, &metrics)
+            })
             .context("starting the alert sink thread")?;
         Ok((Alerts { tx, metrics }, t))
     }
@@ -84,7 +87,7 @@ impl Alerts {
     }
 }
 
-fn run(rx: Receiver<Msg>, mut sinks: Vec<Box<dyn Sink>>) {
+fn run(rx: Receiver<Msg>, mut sinks: Vec<Box<dyn Sink>>, metrics: &Metrics) {
     let mut batch: Vec<Alert> = Vec::new();
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(500)) {
@@ -109,6 +112,14 @@ fn run(rx: Receiver<Msg>, mut sinks: Vec<Box<dyn Sink>>) {
         if !batch.is_empty() {
             for s in sinks.iter_mut() {
                 s.write(&batch);
+            }
+            let now = crate::notify::monotonic_usec() * 1000;
+            for a in batch.iter().filter(|a| a.event_ktime_ns != 0) {
+                let source = a.source.map_or("none", |s| s.as_str());
+                metrics
+                    .detection_latency
+                    .with_label_values(&[source])
+                    .observe(now.saturating_sub(a.event_ktime_ns) as f64 / 1e9);
             }
             batch.clear();
         }
