@@ -318,3 +318,39 @@ time.sleep(0.5)
     d.stop();
     d.assert_no_plaintext(&[&secret]);
 }
+
+#[test]
+fn held_pseudo_files_stay_copied() {
+    // /proc files are regular files whose reads are generated, not what was written: a
+    // busy writer of one is never held, so the key in its write is still seen.
+    let mut d = Daemon::start("h-proc");
+    let (secret, text) = secret("github-pat");
+    let key = keyfile(&d.scratch(), &text);
+    let script = format!(
+        r#"
+import os, sys, time
+key = open(sys.argv[1]).read()
+fd = os.open("/proc/self/comm", os.O_WRONLY)
+for i in range({WARMUP}):
+    os.write(fd, b"w%d" % i)
+time.sleep(0.5)
+os.write(fd, key.encode())
+"#
+    );
+    let out = d.scratch().join("unused");
+    let pid = run(&script, &key, &out);
+    let a = wait_finding(
+        &d,
+        &fingerprint(&secret),
+        pid,
+        "the key written to /proc/self/comm",
+    );
+    assert_eq!(s(&a, "source"), "file", "{a:#}");
+    assert_eq!(
+        a.get("by_reference"),
+        Some(&Value::Bool(false)),
+        "a /proc file must not be held: {a:#}"
+    );
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}

@@ -209,11 +209,37 @@ fn open_same(w: &WriteEvent) -> Option<File> {
     // O_NOATIME: reading a log must not touch it; refused on files of other owners
     // without CAP_FOWNER, so fall back.
     let file = open(libc::O_NOATIME).or_else(|_| open(0)).ok()?;
+    if !disk_like(&file) {
+        return None;
+    }
     let m = file.metadata().ok()?;
     let kdev = w.file.dev;
     let same_dev = kdev == 0
         || (libc::major(m.dev()) == kdev >> 20 && libc::minor(m.dev()) == kdev & 0xf_ffff);
     (m.file_type().is_file() && m.ino() == w.file.ino && same_dev).then_some(file)
+}
+
+/// Filesystems whose files read back what was written, without side effects or waits:
+/// not /proc, sysfs, cgroupfs, tracefs or debugfs (their regular files are generated, and
+/// some block or act on read), nor FUSE or network filesystems (a read could hang the
+/// pipeline). Writes to anything else stay copied.
+fn disk_like(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    const KINDS: [i64; 7] = [
+        0x0102_1994, // tmpfs
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x794C_7630, // overlayfs
+        0xF2F5_2010, // f2fs
+        0x2FC1_2FC1, // zfs
+    ];
+    // SAFETY: an fd we own and a zeroed out-struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    KINDS.contains(&(st.f_type as i64))
 }
 
 /// A write by reference: `total` bytes at `offset` of a held file.
