@@ -145,3 +145,95 @@ fn systemd_unit_exposure_is_at_most_4_5() {
         .unwrap_or_else(|| panic!("cannot read the score in: {line}"));
     assert!(score <= 4.5, "exposure {score} > 4.5: {line}");
 }
+
+#[test]
+fn install_into_a_root_verifies_is_idempotent_and_uninstall_keeps_the_config() {
+    let r = std::env::temp_dir().join(format!("leakwatch-root-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&r);
+    // The OS part the unit relies on (ExecReload's kill), and a Prometheus to feed rules.
+    std::fs::create_dir_all(r.join("bin")).unwrap();
+    std::fs::copy(
+        ["/usr/bin/kill", "/bin/kill"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("kill(1)"),
+        r.join("bin/kill"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(r.join("etc/prometheus")).unwrap();
+    let run = |cmd: &str| {
+        let out = Command::new(bin())
+            .args([cmd, "--root"])
+            .arg(&r)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = run("install");
+    for f in [
+        "usr/local/bin/leakwatch",
+        "etc/systemd/system/leakwatch.service",
+        "etc/leakwatch/leakwatch.toml",
+        "usr/local/share/leakwatch/leakwatch.rules.yml",
+        "etc/prometheus/rules.d/leakwatch.rules.yml",
+    ] {
+        assert!(r.join(f).is_file(), "{f} not installed:\n{first}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |f: &str| std::fs::metadata(r.join(f)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("usr/local/bin/leakwatch"), 0o755);
+    assert_eq!(mode("etc/leakwatch/leakwatch.toml"), 0o600);
+    assert_eq!(
+        std::fs::read(r.join("usr/local/bin/leakwatch")).unwrap(),
+        std::fs::read(bin()).unwrap(),
+        "the installed binary is this one"
+    );
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", r.display()))
+        .arg(r.join("etc/systemd/system/leakwatch.service"))
+        .output()
+        .expect("systemd-analyze");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let ours: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("leakwatch.service"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify --root: {err}"
+    );
+    // Again: nothing changes; an edited config is never overwritten.
+    std::fs::write(
+        r.join("etc/leakwatch/leakwatch.toml"),
+        "dedupe_seconds = 5\n",
+    )
+    .unwrap();
+    let second = run("install");
+    assert!(
+        !second.contains("installed:") && second.contains("unchanged: binary"),
+        "{second}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(r.join("etc/leakwatch/leakwatch.toml")).unwrap(),
+        "dedupe_seconds = 5\n"
+    );
+    let gone = run("uninstall");
+    assert!(!r.join("usr/local/bin/leakwatch").exists(), "{gone}");
+    assert!(!r.join("etc/systemd/system/leakwatch.service").exists());
+    assert!(!r
+        .join("etc/prometheus/rules.d/leakwatch.rules.yml")
+        .exists());
+    assert!(
+        r.join("etc/leakwatch/leakwatch.toml").exists(),
+        "config kept"
+    );
+    let again = run("uninstall");
+    assert!(again.contains("absent: binary"), "{again}");
+    let _ = std::fs::remove_dir_all(&r);
+}

@@ -9,6 +9,7 @@ pub mod control;
 pub mod daemon;
 pub mod detect;
 pub mod events;
+pub mod install;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;

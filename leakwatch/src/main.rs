@@ -80,6 +80,18 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Install this binary, the systemd unit, the example config (never overwriting one)
+    /// and the Prometheus rules. Idempotent.
+    Install {
+        /// Install under this directory instead of `/` (an image, a staging tree).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+    /// Remove what `install` put there; the config and the state (frozen set) stay.
+    Uninstall {
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -193,6 +205,8 @@ fn main() -> ExitCode {
         } => leakwatch::cli::unfreeze(&socket, fingerprint),
         Cmd::Status { json, socket } => leakwatch::cli::status(&socket, json),
         Cmd::Rules { config } => list_rules(config),
+        Cmd::Install { root } => leakwatch::install::install(&root),
+        Cmd::Uninstall { root } => leakwatch::install::uninstall(&root),
         Cmd::Scan(args) => match scan(args) {
             Ok(code) => return ExitCode::from(code),
             Err(e) => Err(e),
