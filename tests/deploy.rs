@@ -237,3 +237,91 @@ fn install_into_a_root_verifies_is_idempotent_and_uninstall_keeps_the_config() {
     assert!(again.contains("absent: binary"), "{again}");
     let _ = std::fs::remove_dir_all(&r);
 }
+
+/// GET `path` from `addr`; the body.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.to_string())
+}
+
+#[test]
+fn a_real_prometheus_fires_the_leak_alert_after_a_real_leak() {
+    use leakwatch_tests::*;
+    use std::time::{Duration, Instant};
+    let prom = std::env::var("LEAKWATCH_PROMETHEUS")
+        .expect("LEAKWATCH_PROMETHEUS: the Prometheus server xtask installs (cargo xtask test)");
+    let mut d = Daemon::start("d-prom");
+    let scratch = d.scratch();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let web = format!("127.0.0.1:{port}");
+    let cfg = scratch.join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: leakwatch\n    static_configs:\n      - targets: ['{}']\n",
+            root().join("deploy/leakwatch.rules.yml").display(),
+            d.metrics
+        ),
+    )
+    .unwrap();
+    let mut p = Command::new(&prom)
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            scratch.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(scratch.join("prometheus.log")).unwrap())
+        .spawn()
+        .expect("starting prometheus");
+    let up = wait_until(60, "prometheus scraping leakwatch", || {
+        http_get(&web, "/api/v1/query?query=up%7Bjob%3D%22leakwatch%22%7D")
+            .filter(|b| b.contains("\"value\"") && b.contains("\"1\""))
+    });
+    assert!(up.contains("leakwatch"), "{up}");
+    // Two scrapes with the series at 0 before the leak (they exist from the start).
+    std::thread::sleep(Duration::from_secs(3));
+    let (secret, text) = secret("openai-project-key");
+    let key = scratch.join("key");
+    std::fs::write(&key, &text).unwrap();
+    let out = scratch.join("app.log");
+    let mut c = python()
+        .args([
+            "-c",
+            "import sys; open(sys.argv[2], 'a').write('key=' + open(sys.argv[1]).read() + '\\n')",
+        ])
+        .arg(&key)
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    assert!(c.wait().unwrap().success());
+    let t0 = Instant::now();
+    let alerts = wait_until(60, "LeakwatchCredentialLeaked firing", || {
+        http_get(&web, "/api/v1/alerts").filter(|b| {
+            b.contains("\"alertname\":\"LeakwatchCredentialLeaked\"")
+                && b.contains("\"rule\":\"openai-project-key\"")
+                && b.contains("\"state\":\"firing\"")
+        })
+    });
+    eprintln!(
+        "prometheus: LeakwatchCredentialLeaked firing {:.1} s after the leak",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(alerts.contains("\"source\":\"file\""), "{alerts}");
+    let _ = p.kill();
+    let _ = p.wait();
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}

@@ -75,6 +75,7 @@ pub async fn run(o: Overrides) -> Result<()> {
     let seed = hash_seed(&cfg.state_dir)?;
 
     let metrics = Arc::new(Metrics::new());
+    metrics.init_findings(engine.rules().map(|(id, _)| id));
     let json = JsonLines::new(cfg.alerts.as_deref(), cfg.alerts_stdout)?
         .rotate_at((cfg.alerts_max_mb * 1e6) as u64, cfg.alerts_keep);
     let (alerts, sink_thread) = Alerts::start(vec![Box::new(json)], metrics.clone())?;
@@ -195,7 +196,7 @@ pub async fn run(o: Overrides) -> Result<()> {
                     crate::notify::monotonic_usec()
                 ));
                 alerts.reopen();
-                match reload(&o, &running, &shared_reload, &ctx, &scope_tx) {
+                match reload(&o, &metrics, &running, &shared_reload, &ctx, &scope_tx) {
                     Ok(c) => {
                         metrics.config_reloads.inc();
                         running = c;
@@ -370,6 +371,7 @@ async fn refresh_scope(
 /// change is named in a warning and left as it runs.
 fn reload(
     o: &Overrides,
+    metrics: &Metrics,
     running: &Config,
     pipeline: &Arc<std::sync::Mutex<Option<crate::pipeline::Reload>>>,
     ctx: &crate::respond::Context,
@@ -403,6 +405,7 @@ fn reload(
         );
     }
     let rules = engine.rule_count();
+    metrics.init_findings(engine.rules().map(|(id, _)| id));
     if let Ok(mut slot) = pipeline.lock() {
         *slot = Some(crate::pipeline::Reload {
             engine,

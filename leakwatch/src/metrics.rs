@@ -74,6 +74,19 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Creates every (rule, source) series of `leakwatch_findings_total` at 0. A counter
+    /// that first appears already at 1 has no increase to alert on: without this, the first
+    /// leak of each kind would never fire `LeakwatchCredentialLeaked`.
+    pub fn init_findings<'a>(&self, rules: impl Iterator<Item = &'a str>) {
+        for rule in rules.chain([crate::detect::detector::FROZEN_RULE]) {
+            for src in crate::source::Source::ALL {
+                let _ = self.findings.with_label_values(&[rule, src.as_str()]);
+            }
+        }
+    }
+}
+
+impl Metrics {
     pub fn new() -> Metrics {
         let m = Metrics::unlabelled();
         // Every per-probe series exists from the start at 0, so a rule or a dashboard sees

@@ -20,6 +20,16 @@ pub enum Source {
 }
 
 impl Source {
+    pub const ALL: [Source; 7] = [
+        Source::Argv,
+        Source::Env,
+        Source::File,
+        Source::CrashDump,
+        Source::Socket,
+        Source::Pipe,
+        Source::Tty,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Argv => "argv",

@@ -180,14 +180,19 @@ fn install() -> Result<()> {
     Ok(())
 }
 
-/// promtool (to test deploy/leakwatch.rules.yml), taken from Debian's prometheus package
-/// without installing it: installing would also set up and start a Prometheus server.
+/// promtool (to test deploy/leakwatch.rules.yml) and the Prometheus server (which the tests
+/// start on loopback, with its own data dir), taken from Debian's prometheus package
+/// without installing it: installing would also set up and start a system Prometheus.
 fn promtool() -> PathBuf {
     root().join("target/tools/promtool")
 }
 
+fn prometheus() -> PathBuf {
+    root().join("target/tools/prometheus")
+}
+
 fn install_promtool() -> Result<()> {
-    if promtool().exists() {
+    if promtool().exists() && prometheus().exists() {
         return Ok(());
     }
     let dir = root().join("target/tools/prometheus-deb");
@@ -218,6 +223,7 @@ fn install_promtool() -> Result<()> {
         .arg(&deb)
         .arg(dir.join("x")))?;
     std::fs::copy(dir.join("x/usr/bin/promtool"), promtool())?;
+    std::fs::copy(dir.join("x/usr/bin/prometheus"), prometheus())?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -317,7 +323,8 @@ fn test(filter: Option<&str>) -> Result<()> {
         "--test-threads=2",
     ])
     .env("LEAKWATCH_BIN", root().join("target/release/leakwatch"))
-    .env("LEAKWATCH_PROMTOOL", promtool());
+    .env("LEAKWATCH_PROMTOOL", promtool())
+    .env("LEAKWATCH_PROMETHEUS", prometheus());
     if let Some(f) = filter {
         it.arg(f);
     }
