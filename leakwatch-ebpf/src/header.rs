@@ -12,8 +12,9 @@ use crate::{
     task,
 };
 
-/// Fills `h` like `fill`, with the parent and name from `who` (re-read into it when older
-/// than `WHO_REFRESH_NS`).
+/// Fills `h` for the current task with the parent, name, uid/gid and cgroup from `who`,
+/// re-read into it first when never read or older than `WHO_REFRESH_NS`. `flags` starts
+/// at 0.
 #[inline(always)]
 pub fn fill_cached(h: &mut EventHeader, kind: u32, probe: u32, pid_tgid: u64, who: *mut Who) {
     h.kind = kind;
@@ -50,23 +51,13 @@ pub fn fill_cached(h: &mut EventHeader, kind: u32, probe: u32, pid_tgid: u64, wh
     }
 }
 
-/// Fills `h` for the current task; `flags` starts at 0.
+/// Fills `h` for the current task, every fact read now; `flags` starts at 0.
 #[inline(always)]
 pub fn fill(h: &mut EventHeader, kind: u32, probe: u32) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
-    h.kind = kind;
-    h.probe = probe;
-    h.pid = pid_tgid as u32;
-    h.tgid = (pid_tgid >> 32) as u32;
-    h.ppid = task::ppid();
-    h.uid = uid_gid as u32;
-    h.gid = (uid_gid >> 32) as u32;
-    h.flags = 0;
-    // SAFETY: helpers without preconditions.
-    h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    h.ktime_ns = unsafe { bpf_ktime_get_ns() };
-    comm(&mut h.comm);
+    let mut w = core::mem::MaybeUninit::<Who>::uninit();
+    crate::mem::zero(w.as_mut_ptr());
+    // A never-read `Who` (`at` 0): `fill_cached` reads everything into it.
+    fill_cached(h, kind, probe, bpf_get_current_pid_tgid(), w.as_mut_ptr());
 }
 
 /// The process's name (the leader's), as /proc/PID/comm shows it: a thread that renamed
