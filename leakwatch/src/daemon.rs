@@ -193,7 +193,7 @@ pub async fn run(o: Overrides) -> Result<()> {
             _ = hup.recv() => {
                 crate::notify::send(&format!(
                     "RELOADING=1\nMONOTONIC_USEC={}",
-                    crate::notify::monotonic_usec()
+                    crate::events::monotonic_ns() / 1000
                 ));
                 alerts.reopen();
                 match reload(&o, &metrics, &running, &shared_reload, &ctx, &scope_tx) {
@@ -377,27 +377,29 @@ fn reload(
     ctx: &crate::respond::Context,
     scope: &watch::Sender<(crate::config::Scope, u32)>,
 ) -> Result<Config> {
-    let c = effective_config(o)?;
+    let mut c = effective_config(o)?;
     let engine = Engine::new(&c.rules()?)?;
-    let fixed: Vec<&str> = [
-        ("socket", c.socket != running.socket),
-        ("state_dir", c.state_dir != running.state_dir),
-        ("metrics_addr", c.metrics_addr != running.metrics_addr),
-        ("alerts", c.alerts != running.alerts),
-        ("alerts_stdout", c.alerts_stdout != running.alerts_stdout),
-        (
-            "alerts_max_mb/alerts_keep",
-            c.alerts_max_mb != running.alerts_max_mb || c.alerts_keep != running.alerts_keep,
-        ),
-        (
-            "[capture] by_reference",
-            c.capture.by_reference != running.capture.by_reference,
-        ),
-    ]
-    .into_iter()
-    .filter(|(_, changed)| *changed)
-    .map(|(name, _)| name)
-    .collect();
+    // What only a restart can change: named when it differs, and the running value kept,
+    // so the config returned is the one actually in force.
+    let mut fixed: Vec<&str> = Vec::new();
+    macro_rules! restart_only {
+        ($($name:literal: $($f:ident).+;)*) => {$(
+            if c.$($f).+ != running.$($f).+ {
+                fixed.push($name);
+                c.$($f).+ = running.$($f).+.clone();
+            }
+        )*};
+    }
+    restart_only! {
+        "socket": socket;
+        "state_dir": state_dir;
+        "metrics_addr": metrics_addr;
+        "alerts": alerts;
+        "alerts_stdout": alerts_stdout;
+        "alerts_max_mb": alerts_max_mb;
+        "alerts_keep": alerts_keep;
+        "[capture] by_reference": capture.by_reference;
+    }
     if !fixed.is_empty() {
         log::warn!(
             "SIGHUP: {} changed; that takes a restart, so the running value stays",
@@ -424,16 +426,7 @@ fn reload(
             "lists".to_string()
         }
     );
-    let mut kept = c;
-    kept.socket = running.socket.clone();
-    kept.state_dir = running.state_dir.clone();
-    kept.metrics_addr = running.metrics_addr.clone();
-    kept.alerts = running.alerts.clone();
-    kept.alerts_stdout = running.alerts_stdout;
-    kept.alerts_max_mb = running.alerts_max_mb;
-    kept.alerts_keep = running.alerts_keep;
-    kept.capture.by_reference = running.capture.by_reference;
-    Ok(kept)
+    Ok(c)
 }
 
 async fn forward_kernel_log(

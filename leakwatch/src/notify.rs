@@ -35,14 +35,3 @@ fn abstract_send(sock: &UnixDatagram, name: &[u8], msg: &[u8]) -> std::io::Resul
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
     sock.send_to_addr(msg, &addr).map(|_| ())
 }
-
-/// `MONOTONIC_USEC=` for `RELOADING=1` (systemd matches it against its own clock).
-pub fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
-}

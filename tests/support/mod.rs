@@ -61,26 +61,15 @@ impl Daemon {
     }
 
     pub fn start_in(dir: PathBuf, extra: &[&str]) -> Daemon {
-        let mut d = Daemon {
-            dir,
-            child: None,
-            metrics: String::new(),
-            args: extra.iter().map(|s| s.to_string()).collect(),
-            stderr: PathBuf::new(),
-            env: Vec::new(),
-        };
-        d.spawn();
-        d
+        Daemon::spawned(dir, extra, &[])
     }
 
-    /// Starts the daemon with extra environment variables.
-    pub fn start_with_env(name: &str, env: &[(&str, &str)]) -> Daemon {
-        let dir = fresh_dir(name);
+    fn spawned(dir: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut d = Daemon {
             dir,
             child: None,
             metrics: String::new(),
-            args: Vec::new(),
+            args: args.iter().map(|s| s.to_string()).collect(),
             stderr: PathBuf::new(),
             env: env
                 .iter()
@@ -89,6 +78,11 @@ impl Daemon {
         };
         d.spawn();
         d
+    }
+
+    /// Starts the daemon with extra environment variables.
+    pub fn start_with_env(name: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawned(fresh_dir(name), &[], env)
     }
 
     /// The running daemon's stderr (its log).
@@ -282,13 +276,7 @@ impl Daemon {
 
     /// Prometheus text from the daemon's endpoint.
     pub fn scrape(&self) -> String {
-        use std::io::Write;
-        let mut s = std::net::TcpStream::connect(&self.metrics).expect("metrics endpoint");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        body
+        http_get(&self.metrics, "/metrics").expect("metrics endpoint")
     }
 
     /// Fails if any file the daemon wrote (stdout, stderr, alerts, state) contains any of
@@ -358,6 +346,20 @@ pub fn n(a: &Value, k: &str) -> u64 {
 // Helpers for the write/connect path tests (tests/write.rs).
 
 /// The daemon directory `Daemon::start(name)` would use, created empty.
+/// GET `path` from `addr` (HTTP/1.0: the server closes); the body, if the server answered.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    // One write: the daemon's endpoint reads the request with one read.
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.to_string())
+}
+
 pub fn fresh_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("leakwatch-it-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);

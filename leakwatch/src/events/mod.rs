@@ -84,6 +84,17 @@ impl Event {
     }
 }
 
+/// Now on the clock of the kernel's `ktime_ns` (CLOCK_MONOTONIC), in ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 pub fn comm_str(c: &[u8; 16]) -> String {
     let n = c.iter().position(|&b| b == 0).unwrap_or(16);
     String::from_utf8_lossy(&c[..n]).into_owned()

@@ -27,19 +27,8 @@ use super::{write, Pipeline};
 use crate::{
     classify::Target,
     detect::{stream::StreamScanner, Detector},
-    events::{Task, WriteEvent},
+    events::{monotonic_ns, Task, WriteEvent},
 };
-
-/// CLOCK_MONOTONIC in ns: the clock of the kernel's `ktime_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Held files have writes not read yet (the worker looks again within `SETTLE`).
 pub(super) fn waiting(p: &Pipeline) -> bool {
@@ -113,6 +102,16 @@ struct HeldFile {
     last: (u64, u64),
     used: Instant,
     flushed: bool,
+}
+
+impl HeldFile {
+    /// Forgets writes in flight that have had `SETTLE` to complete; true when none is left.
+    fn settle(&mut self, now: u64) -> bool {
+        let settle = SETTLE.as_nanos() as u64;
+        self.inflight
+            .retain(|&(_, _, t)| now.saturating_sub(t) < settle);
+        self.inflight.is_empty()
+    }
 }
 
 #[derive(Default)]
@@ -328,21 +327,14 @@ pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
 pub(super) fn read_all(p: &mut Pipeline) {
     detector!(p, d);
     let now = monotonic_ns();
-    let settle = SETTLE.as_nanos() as u64;
     let pending: Vec<u64> = p
         .held
         .files
-        .iter()
-        .filter(|(_, h)| {
-            let paused = h
-                .inflight
-                .iter()
-                .all(|&(_, _, t)| now.saturating_sub(t) >= settle);
-            paused
-                && h.cursor
-                    .is_some_and(|c| h.until > c || h.append || !h.inflight.is_empty())
+        .iter_mut()
+        .filter_map(|(k, h)| {
+            let paused = h.settle(now);
+            (paused && h.cursor.is_some_and(|c| h.until > c || h.append)).then_some(*k)
         })
-        .map(|(k, _)| *k)
         .collect();
     for k in pending {
         read(p, &d, k);
@@ -357,10 +349,7 @@ fn read(p: &mut Pipeline, d: &Detector, inode: u64) {
     };
     let Some(mut at) = h.cursor else { return };
     // Only what settled writes put there: stop at the first write that may be in flight.
-    let now = monotonic_ns();
-    let settle = SETTLE.as_nanos() as u64;
-    h.inflight
-        .retain(|&(_, _, t)| now.saturating_sub(t) < settle);
+    h.settle(monotonic_ns());
     let limit = h.inflight.iter().map(|&(_, pos, _)| pos).min();
     let mut until = h.until;
     if h.append && limit.is_none() {

@@ -301,8 +301,50 @@ fn read(
     }
 }
 
-/// `h` is a by-reference write that starts where its (thread, fd)'s latest one in `batch`
-/// ended, on the same file: fold it in (length, calls, time, flags).
+/// A by-reference write as the run it may continue sees it (from a raw header or a decoded
+/// event).
+struct RefWrite {
+    pid: u32,
+    tgid: u32,
+    fd: i32,
+    probe: u32,
+    inode: u64,
+    offset: i64,
+    total: u64,
+    calls: u32,
+    ktime_ns: u64,
+    flags: u32,
+}
+
+/// Folds `w` into its (thread, fd)'s run in `batch` (`runs`: index of each run's entry) when
+/// it starts where that run ended, on the same file, from the same probe.
+fn fold(batch: &mut [Queued], runs: &HashMap<(u32, i32), usize>, w: &RefWrite) -> bool {
+    let Some(&i) = runs.get(&(w.pid, w.fd)) else {
+        return false;
+    };
+    let Some(Queued {
+        ev: Event::Write(last),
+        ..
+    }) = batch.get_mut(i)
+    else {
+        return false;
+    };
+    if last.inode != w.inode
+        || last.task.tgid != w.tgid
+        || last.task.probe != w.probe
+        || last.offset.checked_add(last.total as i64) != Some(w.offset)
+    {
+        return false;
+    }
+    last.total += w.total;
+    last.calls += w.calls;
+    last.task.ktime_ns = w.ktime_ns;
+    last.task.flags |= w.flags;
+    true
+}
+
+/// `h` is a by-reference write continuing its (thread, fd)'s latest one in `batch`: folded
+/// in from its header alone, without decoding or allocating.
 fn continues(
     batch: &mut [Queued],
     runs: &HashMap<(u32, i32), usize>,
@@ -317,28 +359,19 @@ fn continues(
     {
         return false;
     }
-    let Some(&i) = runs.get(&(h.hdr.pid, h.fd)) else {
-        return false;
+    let w = RefWrite {
+        pid: h.hdr.pid,
+        tgid: h.hdr.tgid,
+        fd: h.fd,
+        probe: h.hdr.probe,
+        inode: h.inode,
+        offset: h.offset,
+        total: h.total,
+        calls: 1,
+        ktime_ns: h.hdr.ktime_ns,
+        flags: h.hdr.flags,
     };
-    let Some(Queued {
-        ev: Event::Write(last),
-        ..
-    }) = batch.get_mut(i)
-    else {
-        return false;
-    };
-    if last.inode != h.inode
-        || last.task.tgid != h.hdr.tgid
-        || last.task.probe != h.hdr.probe
-        || last.offset.checked_add(last.total as i64) != Some(h.offset)
-    {
-        return false;
-    }
-    last.total += h.total;
-    last.calls += 1;
-    last.task.ktime_ns = h.hdr.ktime_ns;
-    last.task.flags |= h.hdr.flags;
-    true
+    fold(batch, runs, &w)
 }
 
 /// Joins by-reference writes that continue each other (same thread, fd and file, each
@@ -360,19 +393,20 @@ fn merge_refs(batch: Vec<Queued>) -> Vec<Queued> {
             out.push(q);
             continue;
         }
-        if let Some(&i) = runs.get(&key) {
-            if let Event::Write(last) = &mut out[i].ev {
-                if last.inode == w.inode
-                    && last.task.probe == w.task.probe
-                    && last.offset.checked_add(last.total as i64) == Some(w.offset)
-                {
-                    last.total += w.total;
-                    last.calls += w.calls;
-                    last.task.ktime_ns = w.task.ktime_ns;
-                    last.task.flags |= w.task.flags;
-                    continue;
-                }
-            }
+        let r = RefWrite {
+            pid: w.task.pid,
+            tgid: w.task.tgid,
+            fd: w.fd,
+            probe: w.task.probe,
+            inode: w.inode,
+            offset: w.offset,
+            total: w.total,
+            calls: w.calls,
+            ktime_ns: w.task.ktime_ns,
+            flags: w.task.flags,
+        };
+        if fold(&mut out, &runs, &r) {
+            continue;
         }
         runs.insert(key, out.len());
         out.push(q);

@@ -113,7 +113,7 @@ fn run(rx: Receiver<Msg>, mut sinks: Vec<Box<dyn Sink>>, metrics: &Metrics) {
             for s in sinks.iter_mut() {
                 s.write(&batch);
             }
-            let now = crate::notify::monotonic_usec() * 1000;
+            let now = crate::events::monotonic_ns();
             for a in batch.iter().filter(|a| a.event_ktime_ns != 0) {
                 let source = a.source.map_or("none", |s| s.as_str());
                 metrics
