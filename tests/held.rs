@@ -55,6 +55,21 @@ fn wait_finding(d: &Daemon, fp: &str, pid: u32, what: &str) -> Value {
     }
 }
 
+/// A python writer of `out` (argv [key file, out file], `key` read, `f` the file opened
+/// line-buffered in `mode`) that logs its warm-up lines, so its file is held, then runs
+/// `rest`.
+fn log_writer(mode: &str, rest: &str) -> String {
+    format!(
+        r#"
+import sys, time
+key = open(sys.argv[1]).read()
+f = open(sys.argv[2], "{mode}", buffering=1)
+for i in range({WARMUP}):
+    f.write("INFO request %d served in 3 ms\n" % i)
+{rest}"#
+    )
+}
+
 /// Runs a python `script` with argv [key file, out file] to completion; returns its pid.
 fn run(script: &str, key: &Path, out: &Path) -> u32 {
     let mut c = python()
@@ -103,18 +118,13 @@ fn held_log_file_key_is_read_back_and_attributed() {
     let key = keyfile(&d.scratch(), &text);
     let out = d.scratch().join("agent.log");
     // Line-buffered append: one write per line, as logging does.
-    let script = format!(
-        r#"
-import sys, time
-key = open(sys.argv[1]).read()
-f = open(sys.argv[2], "a", buffering=1)
-for i in range({WARMUP}):
-    f.write("INFO request %d served in 3 ms\n" % i)
-time.sleep(0.5)
-f.write("DEBUG headers {{'x-api-key': '" + key + "'}}\n")
+    let script = log_writer(
+        "a",
+        r#"time.sleep(0.5)
+f.write("DEBUG headers {'x-api-key': '" + key + "'}\n")
 for i in range(50):
     f.write("INFO request %d served in 2 ms\n" % i)
-"#
+"#,
     );
     let pid = run(&script, &key, &out);
     let a = wait_finding(&d, &fingerprint(&secret), pid, "the key in a held log");
@@ -351,6 +361,43 @@ os.write(fd, key.encode())
         Some(&Value::Bool(false)),
         "a /proc file must not be held: {a:#}"
     );
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn held_key_from_a_writer_that_goes_quiet_is_found_while_it_runs() {
+    // The kernel joins a thread's writes to a held file into a run and sends it when the
+    // thread moves on; a writer that stops mid-run (a service that logged the key, then
+    // idles) sends nothing, so the daemon reads its run from the kernel map.
+    let mut d = Daemon::start("h-quiet");
+    let (secret, text) = secret("anthropic-api-key");
+    let key = keyfile(&d.scratch(), &text);
+    let out = d.scratch().join("service.log");
+    let script = log_writer(
+        "w",
+        r#"time.sleep(0.5)
+f.write("INFO connecting\n")
+f.write("DEBUG client key=" + key + " timeout=30\n")
+time.sleep(60)
+"#,
+    );
+    let mut c = python()
+        .arg("-c")
+        .arg(&script)
+        .arg(&key)
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    let a = wait_finding(&d, &fingerprint(&secret), pid, "the key of a quiet writer");
+    assert!(
+        c.try_wait().unwrap().is_none(),
+        "found only once the writer exited: the quiet run was not read"
+    );
+    check(&a, &secret, "anthropic-api-key", pid, &out);
+    c.kill().unwrap();
+    c.wait().unwrap();
     d.stop();
     d.assert_no_plaintext(&[&secret]);
 }

@@ -228,8 +228,44 @@ pub const WRITE_F_BY_REF: u32 = 32;
 /// With `WRITE_F_BY_REF`: the fd has O_APPEND, so `offset` is the end of the file at the
 /// call, and a writer racing on the same file may have moved it on by then.
 pub const WRITE_F_APPEND: u32 = 64;
+/// Every call the record stands for had returned when it was sent (a run of by-reference
+/// writes sent by its own thread's next call or exit): its bytes are in the file.
+pub const WRITE_F_SETTLED: u32 = 128;
 /// Regular files the daemon holds open for by-reference capture, at most.
 pub const HELD_MAX: u32 = 1024;
+
+/// A thread's by-reference writes that continue each other (same fd, file and probe, each
+/// starting where the last ended) are joined in the kernel into one pending run, sent as
+/// one record (`WriteHeader::calls` calls) when the thread's next write does not continue
+/// it, when the run reaches one of these bounds, or when the thread exits.
+pub const RUN_CALLS_MAX: u32 = 1024;
+pub const RUN_BYTES_MAX: u64 = 1 << 20;
+/// A run this many timer ticks old is sent at the thread's next write (a slow writer's
+/// records are not held back; 4-8 ms at HZ=250). Jiffies, because the fine clock costs a
+/// TSC read per call in a VM and the coarse one is not offered to tracepoint programs.
+/// The daemon reads runs still pending (`RefRun`) every tick of its own.
+pub const RUN_AGE_JIFFIES: u64 = 2;
+/// Threads with a pending run at once; beyond, writes are sent one record each.
+pub const RUNS_MAX: u32 = 8192;
+
+/// A thread's pending run (value of the kernel's `RUNS` map, keyed by thread id): the
+/// record it will be sent as, and what the daemon needs to read it early.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RefRun {
+    /// `hdr` as at the run's first call; `offset`, `total` and `calls` cover the run.
+    pub rec: WriteHeader,
+    /// Kernel time of the run's first call.
+    pub started_ns: u64,
+    /// `jiffies` at the run's first call (the age bound is checked at every call).
+    pub started_jiffies: u64,
+    /// Bytes of the run's last call (it may still be in flight).
+    pub last_len: u64,
+    /// The writer's fd table and its fd array at the first call: while the table is
+    /// unchanged, a call is checked against the run with three reads.
+    pub fdt: u64,
+    pub arr: u64,
+}
 
 /// What the fd of a write refers to, read from `task->files` at the call.
 #[repr(C)]
@@ -256,6 +292,9 @@ pub struct WriteHeader {
     pub path_len: u32,
     /// iovecs (or messages) not walked.
     pub iov_dropped: u32,
+    /// Calls the record stands for: 1, or a run's (`WRITE_F_BY_REF`, see `RUN_CALLS_MAX`).
+    pub calls: u32,
+    pub _pad: u32,
     /// Bytes the call passed (count, or the sum of iovec lengths walked and not walked when
     /// known).
     pub total: u64,
@@ -332,7 +371,8 @@ mod user {
         ExecHeader,
         EnforceEvent,
         ConnectEvent,
-        WriteHeader
+        WriteHeader,
+        RefRun
     );
 }
 

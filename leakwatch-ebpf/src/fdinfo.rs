@@ -159,6 +159,39 @@ fn file(fd: u32) -> Option<(u64, u64, u64)> {
     Some((fdt, arr, file))
 }
 
+/// `fd`'s `struct file` and its inode while the current task's fd table is still `fdt`
+/// (array `arr`, where `fd` was in bounds): three reads. `None` otherwise.
+#[inline(always)]
+pub fn cached_file(fd: u32, fdt: u64, arr: u64) -> Option<(u64, u64)> {
+    let files = task::files();
+    if files == 0 || arr == 0 || global(&OFF_FILE_INODE) == 0 {
+        return None;
+    }
+    let cur: u64 = kread(files + global(&OFF_FILES_FDT));
+    if cur == 0 || cur != fdt {
+        return None;
+    }
+    let file: u64 = kread(arr + fd as u64 * 8);
+    if file == 0 {
+        return None;
+    }
+    Some((file, kread(file + global(&OFF_FILE_INODE))))
+}
+
+/// `write_pos` when whether `file` appends is already known: one read.
+#[inline(always)]
+pub fn pos_of(file: u64, inode: u64, append: bool) -> Option<i64> {
+    let off = if append {
+        global(&OFF_INODE_SIZE)
+    } else {
+        global(&OFF_FILE_POS)
+    };
+    if off == 0 {
+        return None;
+    }
+    Some(kread(if append { inode } else { file } + off))
+}
+
 /// Resolves `fd` of the current task; `None` if it is not open or offsets are unknown.
 #[inline(always)]
 pub fn resolve(fd: u32) -> Option<Open> {

@@ -16,6 +16,7 @@ mod header;
 mod maps;
 mod mem;
 mod payload;
+mod runs;
 mod scope;
 mod sockaddr;
 mod task;

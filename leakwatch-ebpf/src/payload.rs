@@ -53,6 +53,9 @@ pub struct Scratch {
     /// What `LAST_FILE` is to remember for the fd of the current call, when it is new.
     pub known: crate::fdinfo::Known,
     pub walk: Walk,
+    /// Room to build a new `runs::RUNS` entry in.
+    pub run: RefRun,
+    /// The record: sent as `rec` and the first bytes of `buf` in one piece.
     pub rec: WriteHeader,
     /// Path, then payload. Sized for a payload starting anywhere up to WRITE_PATH_MAX +
     /// WRITE_DATA_MAX (the verifier cannot relate offset and length).

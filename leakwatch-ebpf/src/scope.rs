@@ -203,8 +203,10 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 }
 
 /// format: group_dead @32. The tgid may be reused: drop its verdict with its last thread.
+/// Every exiting thread sends its pending run of by-reference writes.
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    crate::runs::on_exit();
     // SAFETY: offset from the tracepoint format file.
     if unsafe { ctx.read_at::<u8>(32) }.unwrap_or(1) != 0 {
         forget_current();

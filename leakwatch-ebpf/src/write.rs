@@ -2,6 +2,7 @@
 //! sendmmsg): for processes in scope, one record per call with the bytes as passed
 //! (iovecs concatenated, capped), what the fd refers to, and its path when the fd names a
 //! different file than the last record for that (tgid, fd). Everything cut is counted.
+//! Writes to a file the daemon holds go by reference and are joined into runs (`runs`).
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -19,7 +20,7 @@ use leakwatch_common::*;
 use crate::{
     fdinfo, header, maps, mem,
     payload::{copy_seg, read_msghdr, walk, Scratch, WRITE_SCRATCH},
-    scope, sockaddr,
+    runs, scope, sockaddr,
 };
 
 #[repr(C)]
@@ -167,6 +168,11 @@ fn handle(
     };
     // `fd` is an int in a u64 slot.
     let fd = arg(ctx, 16) as u32;
+    if let Src::Buf { len, .. } = src {
+        if runs::extend(pid_tgid as u32, fd, probe, len, offset) {
+            return None;
+        }
+    }
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let sp = WRITE_SCRATCH.get_ptr_mut(cpu)?;
@@ -179,6 +185,7 @@ fn handle(
     r.offset = offset;
     r.path_len = 0;
     r.inode = 0;
+    r.calls = 1;
     mem::zero(&mut r.peer as *mut Peer);
     mem::zero(&mut r.file as *mut FileId);
 
@@ -206,8 +213,10 @@ fn handle(
         Some(o) => Some(o),
         None => fdinfo::resolve(fd),
     };
+    let (mut fdt, mut arr) = (0, 0);
     match o {
         Some(o) => {
+            (fdt, arr) = (o.fdt, o.arr);
             sc.rec.file = o.id;
             sc.rec.inode = o.inode;
             let is_sock = o.id.mode & fdinfo::S_IFMT == fdinfo::S_IFSOCK;
@@ -250,8 +259,22 @@ fn handle(
         },
         sc.rec.path_len as u64,
     );
+    let is_ref = matches!(src, Src::Buf { .. }) && by_ref(sc, offset);
+    if is_ref && !new_file {
+        if let Src::Buf { len, .. } = src {
+            // A run continued takes the fast path above; this call starts one.
+            let r = &mut sc.rec;
+            r.total = len;
+            r.bytes_dropped = 0;
+            r.iov_dropped = 0;
+            r.data_len = 0;
+            runs::start(r, &mut sc.run, fdt, arr);
+            return Some(());
+        }
+    }
+    runs::end_fd(pid_tgid as u32, fd as i32);
     match src {
-        Src::Buf { len, .. } if by_ref(sc, offset) => sc.walk.total = len,
+        Src::Buf { len, .. } if is_ref => sc.walk.total = len,
         Src::Buf { ptr, len } => {
             if sc.rec.path_len == 0 {
                 // One buffer and no path: straight into a ring reservation.

@@ -119,8 +119,8 @@ pub async fn run(o: Overrides) -> Result<()> {
     ctx.restore().await;
     let report = Reporter::new(alerts.clone(), metrics.clone(), cfg.dedupe_seconds);
     let mut pipeline = Pipeline::new(engine, shared, report, ctx.clone(), metrics.clone());
-    if let Some(map) = held {
-        pipeline.hold_files(map);
+    if let Some((held, runs)) = held {
+        pipeline.hold_files(held, runs);
     }
 
     let metrics_at = match &listener {

@@ -79,6 +79,11 @@ impl WriteEvent {
     pub fn by_ref(&self) -> bool {
         self.task.flags & WRITE_F_BY_REF != 0
     }
+
+    /// Every call the record stands for had returned when the kernel sent it.
+    pub fn settled(&self) -> bool {
+        self.task.flags & WRITE_F_SETTLED != 0
+    }
 }
 
 impl Drop for WriteEvent {
@@ -132,7 +137,7 @@ pub(super) fn decode(rec: &[u8]) -> Result<WriteEvent> {
         path_partial: h.hdr.flags & WRITE_F_PATH_PARTIAL != 0,
         peer,
         data: rest[plen..plen + dlen].to_vec(),
-        calls: 1,
+        calls: h.calls.max(1),
     })
 }
 

@@ -6,9 +6,15 @@
 //! across writes like any stream. The writer pays no copy, and a daemon that falls behind
 //! loses nothing that is still in the file.
 //!
-//! The kernel reports a write at syscall entry, before its bytes are in the file, so a range
-//! is read only once it is settled: its thread has made a later write, or `SETTLE` has
-//! passed; and after a pause the last write of each file is read once more.
+//! The kernel joins a thread's consecutive writes into runs and sends a run when the thread
+//! moves on (its next write does not continue it, a bound, its exit): such a record is
+//! settled, its bytes are in the file. Runs still pending are read from the kernel's
+//! `RUNS` map every tick (`peek`) as far as they have settled, so a writer that goes quiet
+//! mid-run, or writes slowly, is scanned within a tick or two; the record, when it comes,
+//! only counts its calls and scans what was not read yet.
+//! A record the kernel sent at syscall entry (a run of one, when `RUNS` is full) is read
+//! once settled: its thread has made a later write, or `SETTLE` has passed; and after a
+//! pause the last write of each file is read once more.
 //! What it cannot see: bytes overwritten or truncated away before it reads them (a short
 //! read is counted in `leakwatch_held_bytes_unread_total`).
 //! Writers racing on one file are read across: with O_APPEND the read runs on to the end of
@@ -21,13 +27,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
-
 use super::{write, Pipeline};
 use crate::{
     classify::Target,
     detect::{stream::StreamScanner, Detector},
     events::{monotonic_ns, Task, WriteEvent},
+    probes::{HeldMap, RunsMap},
 };
 
 /// Held files have writes not read yet (the worker looks again within `SETTLE`).
@@ -114,9 +119,26 @@ impl HeldFile {
     }
 }
 
+/// A run the kernel has not sent yet, as last seen in `RUNS`.
+struct Peek {
+    started_ns: u64,
+    seen: Instant,
+    inode: u64,
+    /// File offset of the run's first call.
+    start: u64,
+    calls: u32,
+    /// The run's end when last seen.
+    end: u64,
+    /// Read early up to here (`start` while nothing was).
+    read_to: u64,
+}
+
 #[derive(Default)]
 pub struct Held {
-    map: Option<BpfHashMap<MapData, u64, u8>>,
+    map: Option<HeldMap>,
+    runs: Option<RunsMap>,
+    /// Thread id -> its pending run.
+    peeks: HashMap<u32, Peek>,
     files: HashMap<u64, HeldFile>,
     /// (tgid, fd, struct file) that could not be held: not tried again.
     refused: HashMap<(u32, i32, u64), Instant>,
@@ -124,10 +146,11 @@ pub struct Held {
 }
 
 impl Held {
-    /// Enables holding with the kernel's `HELD` map.
-    pub fn new(map: BpfHashMap<MapData, u64, u8>) -> Held {
+    /// Enables holding with the kernel's `HELD` and `RUNS` maps.
+    pub fn new(map: HeldMap, runs: RunsMap) -> Held {
         Held {
             map: Some(map),
+            runs: Some(runs),
             ..Default::default()
         }
     }
@@ -241,28 +264,44 @@ fn disk_like(file: &File) -> bool {
     KINDS.contains(&(st.f_type as i64))
 }
 
-/// A write by reference: `total` bytes at `offset` of a held file.
+/// A write by reference: `total` bytes at `offset` of a held file (a record, or with
+/// `calls` 0 a run read early by `peek`).
 pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
     detector!(p, d);
-    let pos = w.offset.max(0) as u64;
-    let end = pos + w.total;
+    let from = w.offset.max(0) as u64;
+    let end = from + w.total;
+    // The record of a run read early: only what was not read then is new.
+    let mut pos = from;
+    let early = w.calls == 0;
+    if !early {
+        if let Some(k) = p.held.peeks.get(&w.task.pid) {
+            if k.inode == w.inode && from <= k.start && k.start <= end {
+                pos = k.read_to.clamp(from, end);
+                p.held.peeks.remove(&w.task.pid);
+            }
+        }
+    }
     let Some(h) = p.held.files.get_mut(&w.inode) else {
         // Unlisted while the record was on its way: the bytes are in the file, but this
         // daemon no longer has it open.
-        p.metrics.held_bytes_unread.inc_by(w.total);
+        p.metrics.held_bytes_unread.inc_by(end - pos);
         return;
     };
     h.used = Instant::now();
     h.flushed = false;
-    h.last = (pos, end);
+    h.last = (from, end);
     // This thread's earlier write has returned: it is no longer in flight.
     h.inflight.retain(|&(tid, _, _)| tid != w.task.pid);
-    if h.inflight.len() >= INFLIGHT {
-        h.inflight.pop_front();
+    if !w.settled() {
+        if h.inflight.len() >= INFLIGHT {
+            h.inflight.pop_front();
+        }
+        h.inflight.push_back((w.task.pid, pos, w.task.ktime_ns));
     }
-    h.inflight.push_back((w.task.pid, pos, w.task.ktime_ns));
     match h.writers.back_mut() {
-        Some(l) if l.task.tgid == w.task.tgid && l.fd == w.fd && pos >= l.start && pos <= l.end => {
+        Some(l)
+            if l.task.tgid == w.task.tgid && l.fd == w.fd && from >= l.start && from <= l.end =>
+        {
             l.end = l.end.max(end);
             l.last_bytes = w.total;
             l.task = w.task.clone();
@@ -275,7 +314,7 @@ pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
                 task: w.task.clone(),
                 fd: w.fd,
                 target,
-                start: pos,
+                start: from,
                 end,
                 last_bytes: w.total,
             });
@@ -292,6 +331,14 @@ pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
             c
         }
     };
+    // Appends land at the end, so one behind the cursor was read already (a read runs on to
+    // the end of the file) — unless the file was truncated since (logrotate's copytruncate).
+    if append && pos < cursor && h.file.metadata().is_ok_and(|m| m.len() >= cursor) {
+        pos = cursor.min(end);
+    }
+    if pos >= end {
+        return; // nothing in it that was not read
+    }
     let frontier = h.until.max(cursor);
     if pos >= cursor && pos <= frontier + GAP {
         h.until = h.until.max(end);
@@ -468,8 +515,79 @@ fn release(p: &mut Pipeline, d: &Detector, inode: u64) {
     p.metrics.files_held.set(p.held.files.len() as i64);
 }
 
+/// Reads pending runs from the kernel's `RUNS` map, since a run's record comes only when
+/// its thread moves on or exits (perhaps never): what has settled is scanned now — all of
+/// a run unchanged since the last tick, else up to where it ended then (its thread has
+/// made later calls, so those returned). It counts no calls: the record does.
+fn peek(p: &mut Pipeline) {
+    let Some(runs) = p.held.runs.as_ref() else {
+        return;
+    };
+    let now = Instant::now();
+    let mut ready = Vec::new();
+    for item in runs.iter() {
+        let Ok((tid, run)) = item else { continue };
+        let r = run.0;
+        if !p.held.files.contains_key(&r.rec.inode) {
+            continue;
+        }
+        let start = r.rec.offset.max(0) as u64;
+        let end = start + r.rec.total;
+        match p.held.peeks.get_mut(&tid) {
+            Some(k) if k.started_ns == r.started_ns && k.inode == r.rec.inode => {
+                k.seen = now;
+                let settled = if k.calls == r.rec.calls { end } else { k.end };
+                (k.calls, k.end) = (r.rec.calls, end);
+                if settled > k.read_to {
+                    ready.push((tid, r, settled));
+                }
+            }
+            _ => {
+                let k = Peek {
+                    started_ns: r.started_ns,
+                    seen: now,
+                    inode: r.rec.inode,
+                    start,
+                    calls: r.rec.calls,
+                    end,
+                    read_to: start,
+                };
+                p.held.peeks.insert(tid, k);
+            }
+        }
+    }
+    // A run read early waits for its record (which takes its peek); one gone from the map
+    // unread, or long gone, is forgotten.
+    p.held.peeks.retain(|_, k| {
+        let age = now.duration_since(k.seen);
+        age.is_zero() || (k.read_to > k.start && age < Duration::from_secs(60))
+    });
+    for (tid, r, settled) in ready {
+        // SAFETY: `WriteHeader` is #[repr(C)] integers and integer arrays.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                &r.rec as *const leakwatch_common::WriteHeader as *const u8,
+                leakwatch_common::WriteHeader::SIZE,
+            )
+        };
+        let Ok(crate::events::Event::Write(mut w)) = crate::events::decode(bytes) else {
+            continue;
+        };
+        let Some(k) = p.held.peeks.get_mut(&tid) else {
+            continue;
+        };
+        w.offset = k.read_to as i64;
+        w.total = settled - k.read_to;
+        k.read_to = settled;
+        w.calls = 0;
+        w.task.flags |= leakwatch_common::WRITE_F_SETTLED;
+        write::on_write(p, w);
+    }
+}
+
 /// Periodic: paused files report what they held back; idle ones are let go.
 pub(super) fn tick(p: &mut Pipeline) {
+    peek(p);
     read_all(p);
     let now = Instant::now();
     detector!(p, d);

@@ -114,8 +114,8 @@ impl Pipeline {
 
     /// Reads writes to busy regular files back from the files (see `held`), listing the
     /// files it holds in the kernel's `HELD` map.
-    pub fn hold_files(&mut self, map: aya::maps::HashMap<aya::maps::MapData, u64, u8>) {
-        self.held = held::Held::new(map);
+    pub fn hold_files(&mut self, map: crate::probes::HeldMap, runs: crate::probes::RunsMap) {
+        self.held = held::Held::new(map, runs);
     }
 
     /// Does `t` run leakwatch itself (the `freeze` client sends the key it freezes over the
@@ -339,7 +339,9 @@ fn fold(batch: &mut [Queued], runs: &HashMap<(u32, i32), usize>, w: &RefWrite) -
     last.total += w.total;
     last.calls += w.calls;
     last.task.ktime_ns = w.ktime_ns;
-    last.task.flags |= w.flags;
+    // Settled only if the later part is: its last call may still be in flight.
+    let settled = leakwatch_common::WRITE_F_SETTLED;
+    last.task.flags = (last.task.flags | w.flags) & !settled | w.flags & settled;
     true
 }
 
@@ -367,7 +369,7 @@ fn continues(
         inode: h.inode,
         offset: h.offset,
         total: h.total,
-        calls: 1,
+        calls: h.calls.max(1),
         ktime_ns: h.hdr.ktime_ns,
         flags: h.hdr.flags,
     };
@@ -589,6 +591,30 @@ mod tests {
         h.inode = 7;
         h.data_len = 1;
         assert!(!continues(&mut batch, &runs, &h));
+    }
+
+    #[test]
+    fn kernel_runs_fold_with_their_calls_and_settled_only_if_the_last_part_is() {
+        use leakwatch_common::WRITE_F_SETTLED;
+        // Two runs the kernel sent (1000 and 24 calls), then a lone unsettled call.
+        let mut a = by_ref(1, 3, 0, 4096, WRITE_F_SETTLED);
+        let mut b = by_ref(1, 3, 4096, 100, WRITE_F_SETTLED);
+        if let (Event::Write(x), Event::Write(y)) = (&mut a.ev, &mut b.ev) {
+            (x.calls, y.calls) = (1000, 24);
+        }
+        let out = merge_refs(vec![a, b]);
+        assert_eq!(ranges(&out), vec![(0, 4196, 1024)]);
+        let Event::Write(w) = &out[0].ev else {
+            panic!()
+        };
+        assert!(w.settled());
+        let c = by_ref(1, 3, 4196, 10, 0);
+        let out = merge_refs(out.into_iter().chain([c]).collect());
+        let Event::Write(w) = &out[0].ev else {
+            panic!()
+        };
+        assert_eq!((w.total, w.calls), (4206, 1025));
+        assert!(!w.settled(), "its last call may still be in flight");
     }
 
     #[test]

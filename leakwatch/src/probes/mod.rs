@@ -314,11 +314,15 @@ impl Probes {
         Ok(RingBuf::try_from(map)?)
     }
 
-    /// The kernel's list of files held for by-reference capture (taken once, by the
-    /// pipeline).
-    pub fn take_held(&mut self) -> Result<aya::maps::HashMap<MapData, u64, u8>> {
-        let map = self.ebpf.take_map("HELD").context("HELD map missing")?;
-        Ok(aya::maps::HashMap::try_from(map)?)
+    /// The kernel's list of files held for by-reference capture and its pending runs of
+    /// by-reference writes (taken once, by the pipeline).
+    pub fn take_held(&mut self) -> Result<(HeldMap, RunsMap)> {
+        let held = self.ebpf.take_map("HELD").context("HELD map missing")?;
+        let runs = self.ebpf.take_map("RUNS").context("RUNS map missing")?;
+        Ok((
+            aya::maps::HashMap::try_from(held)?,
+            aya::maps::HashMap::try_from(runs)?,
+        ))
     }
 
     /// The write ring reader's wakeup request (see `maps::write_wakeup` in the kernel crate;
@@ -442,6 +446,18 @@ impl Probes {
 struct PodScope(ScopeConfig);
 // SAFETY: #[repr(C)] struct of u32s.
 unsafe impl aya::Pod for PodScope {}
+
+/// A thread's pending run of by-reference writes (`RefRun`) as an aya `Pod`.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub struct PodRun(pub RefRun);
+// SAFETY: #[repr(C)] struct of integers and integer arrays.
+unsafe impl aya::Pod for PodRun {}
+
+/// Inodes of held files (see `pipeline::held`).
+pub type HeldMap = aya::maps::HashMap<MapData, u64, u8>;
+/// Thread id -> its pending run.
+pub type RunsMap = aya::maps::HashMap<MapData, u32, PodRun>;
 
 /// `comm` as the kernel stores it: at most 15 bytes, NUL-padded.
 fn comm_key(c: &str) -> [u8; 16] {

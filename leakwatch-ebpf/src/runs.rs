@@ -1,0 +1,162 @@
+//! Runs of by-reference writes. A thread's writes to a held file that continue each other
+//! (same fd, file and probe, each starting where the last ended) are joined here into one
+//! pending record in `RUNS`, keyed by thread id, and sent as one ring record: a busy
+//! writer pays a map lookup and four reads per call (`extend`) instead of resolving its
+//! fd and sending a ring record. Only the thread itself
+//! sends its run — at its next write that does not continue it, at a bound
+//! (`RUN_CALLS_MAX`, `RUN_BYTES_MAX`, `RUN_AGE_JIFFIES`), at a copied write to the same fd, or
+//! at its exit — so every call in a sent run has returned (`WRITE_F_SETTLED`), and no
+//! other CPU ever writes the entry. The daemon reads, never writes, the runs of threads
+//! that went quiet.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_jiffies64},
+    macros::map,
+    maps::HashMap,
+};
+use leakwatch_common::*;
+
+use crate::{fdinfo, maps, mem};
+
+#[map]
+pub static RUNS: HashMap<u32, RefRun> = HashMap::with_max_entries(RUNS_MAX, 0);
+
+const BPF_NOEXIST: u64 = 1;
+const HDR: u32 = core::mem::size_of::<WriteHeader>() as u32;
+
+/// The calling thread's one-buffer write of `len` bytes on `fd` (at `offset`, or -1: the
+/// file position) continues its pending run: extended in place, true. The fast path of
+/// every call after a run's first: no header, no fd resolution, no `HELD` lookup — one map
+/// lookup and four reads. The file stays held for the run's short life (at most
+/// `RUN_AGE_JIFFIES`); a run the daemon no longer holds the file for arrives counted as unread.
+#[inline(always)]
+pub fn extend(tid: u32, fd: u32, probe: u32, len: u64, offset: i64) -> bool {
+    let Some(p) = RUNS.get_ptr_mut(&tid) else {
+        return false;
+    };
+    // SAFETY: map value; only this thread writes its entry (see the module comment).
+    let run = unsafe { &mut *p };
+    let r = &run.rec;
+    if r.fd != fd as i32
+        || r.hdr.probe != probe
+        || r.calls >= RUN_CALLS_MAX
+        || r.total + len > RUN_BYTES_MAX
+    {
+        return false;
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_jiffies64() };
+    if now.wrapping_sub(run.started_jiffies) >= RUN_AGE_JIFFIES {
+        return false;
+    }
+    let Some((file, inode)) = fdinfo::cached_file(fd, run.fdt, run.arr) else {
+        return false;
+    };
+    if file != r.file.file || inode != r.inode {
+        return false;
+    }
+    let pos = if offset >= 0 {
+        offset
+    } else {
+        let append = r.hdr.flags & WRITE_F_APPEND != 0;
+        let Some(pos) = fdinfo::pos_of(file, inode, append) else {
+            return false;
+        };
+        pos
+    };
+    if (r.offset as u64).wrapping_add(r.total) != pos as u64 {
+        return false;
+    }
+    run.rec.total += len;
+    run.rec.calls += 1;
+    run.last_len = len;
+    true
+}
+
+/// `r` is a complete by-reference record (`offset`, `total`, one call) that did not
+/// continue the calling thread's run (`extend`): it starts the next one, and the run it
+/// ends is sent. `fdt`/`arr` are where its fd was found; `spare` is per-CPU room to build
+/// a new map entry in.
+#[inline(always)]
+pub fn start(r: &mut WriteHeader, spare: &mut RefRun, fdt: u64, arr: u64) {
+    let tid = r.hdr.pid;
+    let now = r.hdr.ktime_ns;
+    r.calls = 1;
+    // SAFETY: helper without preconditions.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let (run, fresh) = match RUNS.get_ptr_mut(&tid) {
+        Some(p) => {
+            // SAFETY: map value; only this thread writes its entry.
+            let run = unsafe { &mut *p };
+            send(run, now);
+            (run, false)
+        }
+        None => (spare, true),
+    };
+    mem::copy(
+        &mut run.rec as *mut WriteHeader as *mut u8,
+        r as *const WriteHeader as *const u8,
+        HDR,
+    );
+    run.started_ns = now;
+    run.started_jiffies = jiffies;
+    run.last_len = r.total;
+    run.fdt = fdt;
+    run.arr = arr;
+    if fresh && RUNS.insert(&tid, &*run, BPF_NOEXIST).is_err() {
+        // No room for another run: this call goes alone, as it would without runs.
+        let wake = maps::write_wakeup(now);
+        maps::emit_write(
+            r.hdr.probe,
+            r as *const WriteHeader as *const u8,
+            HDR as u64,
+            wake,
+        );
+    }
+}
+
+/// Sends `run` to the ring; a lost record counts every call in it as lost.
+#[inline(always)]
+fn send(run: &mut RefRun, now: u64) {
+    let rec = &mut run.rec;
+    rec.hdr.flags |= WRITE_F_SETTLED;
+    let wake = maps::write_wakeup(now);
+    let probe = rec.hdr.probe;
+    let calls = rec.calls as u64;
+    if !maps::emit_write(
+        probe,
+        rec as *const WriteHeader as *const u8,
+        HDR as u64,
+        wake,
+    ) && calls > 1
+    {
+        maps::add(probe, STAT_LOST, calls - 1);
+    }
+}
+
+/// The calling thread is about to send a copied record for `fd`: its run on `fd`, if any,
+/// goes first, so the daemon sees that fd's calls in order.
+#[inline(always)]
+pub fn end_fd(tid: u32, fd: i32) {
+    if let Some(p) = RUNS.get_ptr_mut(&tid) {
+        // SAFETY: map value; only this thread writes its entry.
+        let run = unsafe { &mut *p };
+        if run.rec.fd == fd {
+            // SAFETY: helper without preconditions.
+            send(run, unsafe { bpf_ktime_get_ns() });
+            let _ = RUNS.remove(&tid);
+        }
+    }
+}
+
+/// The calling thread exits: its run, if any, is sent.
+#[inline(always)]
+pub fn on_exit() {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(p) = RUNS.get_ptr_mut(&tid) {
+        // SAFETY: map value; only this thread writes its entry.
+        let run = unsafe { &mut *p };
+        // SAFETY: helper without preconditions.
+        send(run, unsafe { bpf_ktime_get_ns() });
+        let _ = RUNS.remove(&tid);
+    }
+}
