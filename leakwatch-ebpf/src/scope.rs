@@ -78,18 +78,24 @@ pub fn own(tgid: u32) -> bool {
     tgid == unsafe { core::ptr::read_volatile(&OWN_TGID) }
 }
 
-/// The process's `Who` when it is in scope, `None` when it is not.
+/// The process was found out of scope under the current lists (one inlined array
+/// lookup; false does not mean in scope).
+#[inline(always)]
+pub fn known_out(tgid: u32) -> bool {
+    let generation = generation();
+    match SCOPE_SEEN.get_ptr(tgid & (SCOPE_SEEN_SLOTS - 1)) {
+        // SAFETY: array value pointer.
+        Some(s) => unsafe { (*s).tgid == tgid && (*s).generation == generation && generation != 0 },
+        None => false,
+    }
+}
+
+/// The process's `Who` when it is in scope, `None` when it is not. Callers have checked
+/// `known_out`.
 #[inline(always)]
 pub fn in_scope(tgid: u32) -> Option<*mut Who> {
     let generation = generation();
     let seen = SCOPE_SEEN.get_ptr_mut(tgid & (SCOPE_SEEN_SLOTS - 1));
-    if let Some(s) = seen {
-        // SAFETY: array value pointer.
-        let s = unsafe { &*s };
-        if s.tgid == tgid && s.generation == generation && generation != 0 {
-            return None;
-        }
-    }
     let out = |seen: Option<*mut Seen>| {
         if let Some(s) = seen {
             // SAFETY: array value pointer; a racing CPU writes the same or another tgid.

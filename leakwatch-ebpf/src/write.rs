@@ -162,17 +162,23 @@ fn handle(
         }
         _ => {}
     }
-    let Some(who) = scope::in_scope(tgid) else {
+    if scope::known_out(tgid) {
         maps::count(probe, STAT_SKIPPED);
         return None;
-    };
+    }
     // `fd` is an int in a u64 slot.
     let fd = arg(ctx, 16) as u32;
+    // A call continuing its thread's run skips the rest, the scope verdict included: the
+    // run began in scope and lives a few ms at most.
     if let Src::Buf { len, .. } = src {
         if runs::extend(pid_tgid as u32, fd, probe, len, offset) {
             return None;
         }
     }
+    let Some(who) = scope::in_scope(tgid) else {
+        maps::count(probe, STAT_SKIPPED);
+        return None;
+    };
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let sp = WRITE_SCRATCH.get_ptr_mut(cpu)?;
