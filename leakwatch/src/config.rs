@@ -34,6 +34,38 @@ pub struct Config {
     /// Whose write payloads the kernel copies.
     pub scope: Scope,
     pub capture: Capture,
+    /// The action log (`STATE_DIR/actions.db`).
+    pub actions: Actions,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Actions {
+    pub enabled: bool,
+    /// Bound on the log's data in MB (10^6 bytes); the oldest rows go first. 0: no bound.
+    pub max_mb: f64,
+    /// Rows older than this go (`30d`, `12h`…).
+    pub max_age: String,
+    /// `redacted`: exec rows keep argv with detected credentials as previews; `none`: no argv.
+    pub argv: String,
+}
+
+impl Default for Actions {
+    fn default() -> Self {
+        Actions {
+            enabled: true,
+            max_mb: 256.0,
+            max_age: "30d".into(),
+            argv: "redacted".into(),
+        }
+    }
+}
+
+impl Actions {
+    /// `max_age` in milliseconds (validated at load).
+    pub fn max_age_ms(&self) -> i64 {
+        humantime::parse_duration(&self.max_age).map_or(i64::MAX / 2, |d| d.as_millis() as i64)
+    }
 }
 
 /// A process is in scope when it matches any list; all empty: every process.
@@ -92,6 +124,7 @@ impl Default for Config {
             rule: Vec::new(),
             scope: Scope::default(),
             capture: Capture::default(),
+            actions: Actions::default(),
         }
     }
 }
@@ -124,6 +157,25 @@ impl Config {
             bail!(
                 "alerts_max_mb = {} is not a size; give megabytes, 0 for no rotation",
                 self.alerts_max_mb
+            );
+        }
+        let a = &self.actions;
+        if !(a.max_mb >= 0.0 && a.max_mb.is_finite()) {
+            bail!(
+                "[actions] max_mb = {} is not a size; give megabytes, 0 for no bound",
+                a.max_mb
+            );
+        }
+        if humantime::parse_duration(&a.max_age).is_err() {
+            bail!(
+                "[actions] max_age = \"{}\" is not a duration; give e.g. \"30d\" or \"12h\"",
+                a.max_age
+            );
+        }
+        if a.argv != "redacted" && a.argv != "none" {
+            bail!(
+                "[actions] argv = \"{}\" is not a choice; give \"redacted\" or \"none\"",
+                a.argv
             );
         }
         let max = leakwatch_common::WRITE_DATA_MAX as u32;

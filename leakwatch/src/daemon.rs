@@ -78,7 +78,17 @@ pub async fn run(o: Overrides) -> Result<()> {
     metrics.init_findings(engine.rules().map(|(id, _)| id));
     let json = JsonLines::new(cfg.alerts.as_deref(), cfg.alerts_stdout)?
         .rotate_at((cfg.alerts_max_mb * 1e6) as u64, cfg.alerts_keep);
-    let (alerts, sink_thread) = Alerts::start(vec![Box::new(json)], metrics.clone())?;
+    let actions = if cfg.actions.enabled {
+        let path = cfg.state_dir.join("actions.db");
+        crate::actions::ActionLog::start(path, cfg.actions.clone(), metrics.clone())?.0
+    } else {
+        crate::actions::ActionLog::disabled(metrics.clone())
+    };
+    let mut sinks: Vec<Box<dyn crate::sinks::Sink>> = vec![Box::new(json)];
+    if actions.enabled() {
+        sinks.push(Box::new(crate::actions::AlertRows(actions.clone())));
+    }
+    let (alerts, sink_thread) = Alerts::start(sinks, metrics.clone())?;
     let listener = if cfg.metrics_addr.is_empty() {
         None
     } else {
@@ -122,6 +132,7 @@ pub async fn run(o: Overrides) -> Result<()> {
     if let Some((held, runs)) = held {
         pipeline.hold_files(held, runs);
     }
+    pipeline.log_actions(actions.clone());
 
     let metrics_at = match &listener {
         Some(l) => format!("http://{}/metrics", l.local_addr()?),
@@ -220,6 +231,7 @@ pub async fn run(o: Overrides) -> Result<()> {
     let _ = saver.await;
     ctx.save_kill_counts();
     alerts.flush();
+    actions.flush();
     drop(alerts);
     drop(ctx);
     let _ = sink_thread;
@@ -399,6 +411,7 @@ fn reload(
         "alerts_max_mb": alerts_max_mb;
         "alerts_keep": alerts_keep;
         "[capture] by_reference": capture.by_reference;
+        "[actions]": actions;
     }
     if !fixed.is_empty() {
         log::warn!(

@@ -1,6 +1,7 @@
 //! leakwatch: find credentials leaking through command lines, environments, logs, dumps and
 //! sockets on a Linux host, and freeze a leaked one. The binary (`main.rs`) only wires these
 //! modules together.
+pub mod actions;
 pub mod alerts;
 pub mod classify;
 pub mod cli;

@@ -75,6 +75,40 @@ enum Cmd {
     /// Scan files, directories (recursively) and `-` (stdin) for credentials. Exit status:
     /// 0 clean, 1 credentials found, 2 something could not be read.
     Scan(ScanArgs),
+    /// What processes did (execs, connects, writes, findings, kills), from the action log
+    /// in the state dir; works while the daemon runs and after it stopped.
+    Actions {
+        /// From this long ago (48h, 30m, 7d) or this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to this long ago or this time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only rows of this systemd unit.
+        #[arg(long)]
+        unit: Option<String>,
+        /// This process (from its first sighting).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Every process that held or sent this credential (sha256:…).
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Also everything the selected processes spawned, transitively.
+        #[arg(long)]
+        tree: bool,
+        /// Only these kinds: exec, connect, write, finding, kill, sever, freeze
+        /// (repeatable or comma-separated).
+        #[arg(long)]
+        kind: Vec<String>,
+        /// Only the last N rows.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "/var/lib/leakwatch")]
+        state_dir: PathBuf,
+    },
     /// List the detection rules.
     Rules {
         #[arg(long)]
@@ -205,6 +239,32 @@ fn main() -> ExitCode {
         } => leakwatch::cli::unfreeze(&socket, fingerprint),
         Cmd::Status { json, socket } => leakwatch::cli::status(&socket, json),
         Cmd::Rules { config } => list_rules(config),
+        Cmd::Actions {
+            since,
+            until,
+            unit,
+            pid,
+            fingerprint,
+            tree,
+            kind,
+            limit,
+            json,
+            state_dir,
+        } => {
+            let q = leakwatch::actions::query::Query {
+                state_dir,
+                since,
+                until,
+                unit,
+                pid,
+                tree,
+                fingerprint,
+                kinds: kind,
+                json,
+                limit,
+            };
+            leakwatch::actions::query::run(&q, &mut std::io::stdout().lock()).map(|_| ())
+        }
         Cmd::Install { root } => leakwatch::install::install(&root),
         Cmd::Uninstall { root } => leakwatch::install::uninstall(&root),
         Cmd::Scan(args) => match scan(args) {

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub streams: IntGauge,
     pub streams_evicted: IntCounter,
     pub files_held: IntGauge,
+    pub actions_rows: IntCounterVec,
+    pub actions_pruned: IntCounter,
+    pub actions_errors: IntCounter,
     pub config_reloads: IntCounter,
     pub detection_latency: HistogramVec,
     pub build_info: IntGaugeVec,
@@ -182,7 +185,7 @@ impl Metrics {
             queue_dropped: counter_vec(
                 &r,
                 "leakwatch_queue_dropped_total",
-                "Items dropped because a pipeline queue was full, by queue (events, alerts).",
+                "Items dropped because a pipeline queue was full, by queue (events, alerts, actions).",
                 &["queue"],
             ),
             pipeline_dropped: counter_vec(
@@ -262,6 +265,22 @@ impl Metrics {
                 &r,
                 "leakwatch_config_reload_failures_total",
                 "SIGHUP reloads refused (invalid config): the running config stayed in force.",
+            ),
+            actions_rows: counter_vec(
+                &r,
+                "leakwatch_actions_rows_total",
+                "Rows written to the action log, by kind (exec, connect, write, finding, kill, sever, freeze).",
+                &["kind"],
+            ),
+            actions_pruned: counter(
+                &r,
+                "leakwatch_actions_pruned_total",
+                "Action log rows deleted by [actions] max_age or max_mb, oldest first.",
+            ),
+            actions_errors: counter(
+                &r,
+                "leakwatch_actions_errors_total",
+                "Action log failures (open, write, prune); rows of a failed write are lost.",
             ),
             files_held: gauge(
                 &r,

@@ -81,6 +81,10 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
             hits.push(at(Hit::new(source, f)));
         }
     });
+    if p.actions.enabled() {
+        let row = action_row(p, &ev, &d, &hits);
+        p.actions.record(row);
+    }
     drop(fz);
     // After the read guard is gone: the repair reloads the frozen set.
     if let Some((fp, mut plain)) = missed {
@@ -326,5 +330,104 @@ fn each_string<'a>(
             Some(n) => h.with("var", n.clone()),
             None => h,
         });
+    }
+}
+
+/// Bytes of argv an exec row keeps; the rest is cut (marked `…`).
+const ARGV_KEPT: usize = 8192;
+
+/// The exec as an action-log row: argv with every credential found in it replaced by its
+/// preview (or no argv, with `[actions] argv = "none"`). From the event alone: no /proc
+/// read on the exec path.
+fn action_row(p: &mut Pipeline, ev: &ExecEvent, d: &Detector, hits: &[Hit]) -> crate::actions::Row {
+    let cgroup = p.procs.cgroup_path(ev.task.cgroup_id);
+    let who = ProcInfo {
+        pid: ev.task.tgid,
+        ppid: ev.task.ppid,
+        uid: ev.task.uid,
+        comm: ev.new_comm(),
+        exe: ev.filename.clone(),
+        unit: cgroup.as_deref().and_then(crate::procs::unit_of),
+        cgroup,
+    };
+    let mut row = crate::actions::Row::new("exec", &who)
+        .with("filename", ev.filename.clone())
+        .with("tid", ev.task.pid);
+    if ev.killed() {
+        row = row.with("killed", true);
+    }
+    if !p.actions.argv {
+        return row.with("argv", "none");
+    }
+    let marked: std::collections::HashSet<u64> = hits
+        .iter()
+        .filter(|h| h.source == Source::Argv)
+        .filter_map(|h| h.extra.get("arg_index").and_then(|v| v.as_u64()))
+        .collect();
+    let mut kept = 0;
+    let mut argv = Vec::new();
+    for (i, a) in ev.argv.iter().enumerate() {
+        if kept >= ARGV_KEPT {
+            argv.push("…".to_string());
+            break;
+        }
+        let mut s = if marked.contains(&(i as u64)) {
+            redact(a, d)
+        } else {
+            String::from_utf8_lossy(a).into_owned()
+        };
+        if kept + s.len() > ARGV_KEPT {
+            let mut cut = ARGV_KEPT - kept;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s.truncate(cut);
+            s.push('…');
+        }
+        kept += s.len();
+        argv.push(s);
+    }
+    row.with("argv", argv)
+}
+
+/// `a` with every credential the detector finds in it replaced by its preview.
+fn redact(a: &[u8], d: &Detector) -> String {
+    let mut out = String::new();
+    let mut at = 0;
+    let mut found = d.scan(a);
+    found.sort_by_key(|f| f.start);
+    for f in found {
+        if f.start < at {
+            continue;
+        }
+        out.push_str(&String::from_utf8_lossy(&a[at..f.start]));
+        out.push_str(&f.redacted);
+        at = f.end;
+    }
+    out.push_str(&String::from_utf8_lossy(&a[at..]));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{samples, Engine};
+
+    #[test]
+    fn an_argument_keeps_its_credentials_only_as_previews() {
+        let engine = Engine::builtin();
+        let d = Detector::new(&engine, None);
+        let mut rng = samples::Rng::from_time();
+        let (key, _) = samples::sample("anthropic-api-key", &mut rng).unwrap();
+        let (gh, _) = samples::sample("github-pat", &mut rng).unwrap();
+        let arg = format!("--header=x-api-key: {key} --token {gh} --verbose");
+        let out = redact(arg.as_bytes(), &d);
+        assert!(!out.contains(&key) && !out.contains(&gh), "{out}");
+        assert!(out.starts_with("--header=x-api-key: sk-ant"), "{out}");
+        assert!(
+            out.ends_with(" --verbose") && out.contains(" --token ghp_"),
+            "{out}"
+        );
+        assert_eq!(redact(b"plain --flag", &d), "plain --flag");
     }
 }

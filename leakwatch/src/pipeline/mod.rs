@@ -75,6 +75,8 @@ pub struct Pipeline {
     report: Reporter,
     ctx: Arc<respond::Context>,
     metrics: Arc<Metrics>,
+    actions: crate::actions::ActionLog,
+    write_log: crate::actions::WriteLog,
     /// This program's executable, and which processes run it (its CLI: freeze, scan).
     own_exe: Option<String>,
     ours: HashMap<u32, bool>,
@@ -102,6 +104,8 @@ impl Pipeline {
             held: held::Held::default(),
             report,
             ctx,
+            actions: crate::actions::ActionLog::disabled(metrics.clone()),
+            write_log: Default::default(),
             metrics,
             own_exe: std::fs::read_link("/proc/self/exe")
                 .ok()
@@ -116,6 +120,12 @@ impl Pipeline {
     /// files it holds in the kernel's `HELD` map.
     pub fn hold_files(&mut self, map: crate::probes::HeldMap, runs: crate::probes::RunsMap) {
         self.held = held::Held::new(map, runs);
+    }
+
+    /// Records what processes do in the action log (`actions`).
+    pub fn log_actions(&mut self, log: crate::actions::ActionLog) {
+        self.report.log_actions(log.clone());
+        self.actions = log;
     }
 
     /// Does `t` run leakwatch itself (the `freeze` client sends the key it freezes over the
@@ -165,12 +175,21 @@ impl Pipeline {
                     .with_label_values(&[c.task.probe_name()])
                     .inc();
                 self.fds.on_connect(&c);
+                if self.actions.enabled() {
+                    let who = write::describe(&mut self.procs, &c.task);
+                    let remote = crate::events::format_peer(&c.peer).unwrap_or_default();
+                    let row = crate::actions::Row::new("connect", &who)
+                        .with("remote", remote)
+                        .with("fd", c.fd);
+                    self.actions.record(row);
+                }
             }
         }
     }
 
     /// Periodic work: flush paused streams, drop idle ones, report held exec attempts.
     pub fn tick(&mut self) {
+        self.write_log.tick(&self.actions, false);
         write::tick(self);
         held::tick(self);
         exec::tick(self);
@@ -492,6 +511,7 @@ fn work(p: &mut Pipeline, rx: Receiver<Queued>, queued: &AtomicUsize) {
             }
             Err(RecvTimeoutError::Timeout) => held::read_all(p),
             Err(RecvTimeoutError::Disconnected) => {
+                p.write_log.tick(&p.actions, true);
                 held::release_all(p);
                 return;
             }

@@ -54,6 +54,9 @@ struct Key {
 
 pub struct Reporter {
     alerts: Alerts,
+    actions: Option<crate::actions::ActionLog>,
+    /// (fingerprint, pid, source) already in the action log.
+    logged: std::collections::HashSet<(String, u32, Source)>,
     metrics: Arc<Metrics>,
     seen: HashMap<Key, Instant>,
     window: Duration,
@@ -69,6 +72,8 @@ impl Reporter {
     pub fn new(alerts: Alerts, metrics: Arc<Metrics>, dedupe_seconds: u64) -> Reporter {
         Reporter {
             alerts,
+            actions: None,
+            logged: Default::default(),
             metrics,
             seen: HashMap::new(),
             window: Duration::from_secs(dedupe_seconds),
@@ -78,6 +83,13 @@ impl Reporter {
 
     pub fn alerts(&self) -> &Alerts {
         &self.alerts
+    }
+
+    /// Every (credential, process, source) seen also becomes a `finding` row of the action
+    /// log, deduplicated per process rather than by the alert window, so a query by
+    /// fingerprint finds every process that held or sent it.
+    pub fn log_actions(&mut self, log: crate::actions::ActionLog) {
+        self.actions = Some(log);
     }
 
     /// Counts every hit and alerts the ones not seen inside the window.
@@ -101,6 +113,18 @@ impl Reporter {
                 .findings
                 .with_label_values(&[&h.rule, h.source.as_str()])
                 .inc();
+            if let Some(log) = &self.actions {
+                let k = (h.fingerprint.clone(), p.pid, h.source);
+                if !self.logged.contains(&k) {
+                    if self.logged.len() >= 65_536 {
+                        self.logged.clear();
+                    }
+                    let mut a = finding_alert(p, &h);
+                    a.ts = String::new();
+                    log.record(crate::actions::from_alert(&a));
+                    self.logged.insert(k);
+                }
+            }
             let key = Key {
                 fingerprint: h.fingerprint.clone(),
                 source: h.source,
@@ -118,18 +142,23 @@ impl Reporter {
                 }
                 self.seen.insert(key, now);
             }
-            let mut a = base_alert("finding", p);
-            a.rule = Some(h.rule);
-            a.source = Some(h.source);
-            a.fingerprint = Some(h.fingerprint);
-            a.redacted = Some(h.redacted);
-            a.path = h.path;
-            a.remote = h.remote;
-            a.extra.extend(h.extra);
+            let mut a = finding_alert(p, &h);
             a.event_ktime_ns = ktime_ns;
             self.alerts.emit(a);
         }
     }
+}
+
+fn finding_alert(p: &ProcInfo, h: &Hit) -> Alert {
+    let mut a = base_alert("finding", p);
+    a.rule = Some(h.rule.clone());
+    a.source = Some(h.source);
+    a.fingerprint = Some(h.fingerprint.clone());
+    a.redacted = Some(h.redacted.clone());
+    a.path = h.path.clone();
+    a.remote = h.remote.clone();
+    a.extra.extend(h.extra.clone());
+    a
 }
 
 /// An alert of `kind` filled with the process fields of the contract.

@@ -105,6 +105,14 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
     if p.is_leakwatch(&w.task) {
         return; // `leakwatch freeze` sends the key to the daemon: that is no leak
     }
+    // A run read early (`calls` 0) is summarized when its record comes.
+    if w.calls > 0 {
+        let (log, procs) = (&p.actions, &mut p.procs);
+        let key = (w.task.tgid, w.fd);
+        let who = || describe(procs, &w.task);
+        p.write_log
+            .note(log, key, &target, w.total, w.calls as u64, who);
+    }
     if w.by_ref() {
         return super::held::on_ref(p, &w, target);
     }

@@ -1,6 +1,6 @@
 //! Where alerts go. Producers (the pipeline, freeze, the loss poller) hand alerts to an
 //! `Alerts` handle, which never blocks: a bounded queue feeds one sink thread that writes
-//! them in batches to every `Sink` (JSON lines today; the action log and fleet sync plug in
+//! them in batches to every `Sink` (JSON lines, the action log's freeze/kill/sever rows; fleet sync plugs in
 //! here). An alert that does not fit the queue is counted, never dropped silently.
 mod json;
 

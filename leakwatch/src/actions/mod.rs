@@ -1,0 +1,286 @@
+//! The action log: what each process did — execs, connects, writes per (process, fd),
+//! findings, freezes, kills and severs — in SQLite at `STATE_DIR/actions.db`, so "what did
+//! the process holding the key do since the leak" is a query (`leakwatch actions`, which
+//! reads the file directly, also after the daemon died). The pipeline hands small rows to
+//! a bounded queue and never waits (a full queue drops and counts); one thread writes them
+//! in batched transactions and prunes by age and size. Never payloads, never plaintext:
+//! argv keeps detected credentials only as their previews.
+mod db;
+pub mod query;
+mod writes;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use serde_json::{Map, Value};
+
+pub use writes::WriteLog;
+
+use crate::{config::Actions as Limits, metrics::Metrics, procs::ProcInfo};
+
+/// Rows queued for the writer before new ones are dropped (and counted).
+const QUEUE: usize = 65_536;
+/// Rows written per transaction, at most.
+const BATCH: usize = 4096;
+/// How often the log is pruned by age and size.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// One action. `detail` holds the kind's own fields (`filename`, `argv`, `remote`, `path`,
+/// `bytes`, `rule`…).
+#[derive(Clone, Debug, Default)]
+pub struct Row {
+    /// Unix time in milliseconds.
+    pub ts_ms: i64,
+    pub kind: &'static str,
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub unit: Option<String>,
+    pub cgroup: Option<String>,
+    pub fingerprint: Option<String>,
+    pub detail: Map<String, Value>,
+}
+
+impl Row {
+    pub fn new(kind: &'static str, who: &ProcInfo) -> Row {
+        Row {
+            ts_ms: now_ms(),
+            kind,
+            pid: who.pid,
+            ppid: who.ppid,
+            uid: who.uid,
+            comm: who.comm.clone(),
+            exe: who.exe.clone(),
+            unit: who.unit.clone(),
+            cgroup: who.cgroup.clone(),
+            fingerprint: None,
+            detail: Map::new(),
+        }
+    }
+
+    pub fn with(mut self, k: &str, v: impl Into<Value>) -> Row {
+        self.detail.insert(k.into(), v.into());
+        self
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+enum Msg {
+    Row(Box<Row>),
+    Flush(SyncSender<()>),
+}
+
+/// Cheap to clone; every clone feeds the same writer thread. A disabled log takes rows and
+/// drops them without counting.
+#[derive(Clone)]
+pub struct ActionLog {
+    tx: Option<SyncSender<Msg>>,
+    metrics: Arc<Metrics>,
+    /// `[actions] argv = "none"`: exec rows carry no argv at all.
+    pub argv: bool,
+}
+
+impl ActionLog {
+    pub fn disabled(metrics: Arc<Metrics>) -> ActionLog {
+        ActionLog {
+            tx: None,
+            metrics,
+            argv: false,
+        }
+    }
+
+    /// Starts the writer thread on `STATE_DIR/actions.db`. A database that cannot be
+    /// opened is logged and counted, and the daemon runs on without the log.
+    pub fn start(
+        path: PathBuf,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<(ActionLog, JoinHandle<()>)> {
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let argv = limits.argv != "none";
+        let t = std::thread::Builder::new()
+            .name("lw-actions".into())
+            .spawn({
+                let metrics = metrics.clone();
+                move || run(rx, &path, &limits, &metrics)
+            })
+            .context("starting the action log thread")?;
+        Ok((
+            ActionLog {
+                tx: Some(tx),
+                metrics,
+                argv,
+            },
+            t,
+        ))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queues `row`; never blocks.
+    pub fn record(&self, row: Row) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(Msg::Row(Box::new(row))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.metrics
+                    .queue_dropped
+                    .with_label_values(&["actions"])
+                    .inc();
+            }
+        }
+    }
+
+    /// Waits until every row queued so far is written (shutdown, tests).
+    pub fn flush(&self) {
+        let Some(tx) = &self.tx else { return };
+        let (done, wait) = mpsc::sync_channel(1);
+        if tx.send(Msg::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(10));
+        }
+    }
+}
+
+fn run(rx: Receiver<Msg>, path: &std::path::Path, limits: &Limits, metrics: &Metrics) {
+    let mut db = match db::Db::open(path) {
+        Ok(db) => Some(db),
+        Err(e) => {
+            log::error!(
+                "the action log {} cannot be opened: {e:#}; actions are not recorded until \
+                 the daemon restarts (alerts are unaffected)",
+                path.display()
+            );
+            metrics.actions_errors.inc();
+            None
+        }
+    };
+    let mut last_prune: Option<Instant> = None;
+    let mut last_error: Option<Instant> = None;
+    let mut batch: Vec<Row> = Vec::new();
+    loop {
+        let first = match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut flushes = Vec::new();
+        let mut take = |m: Msg, batch: &mut Vec<Row>| match m {
+            Msg::Row(r) => batch.push(*r),
+            Msg::Flush(t) => flushes.push(t),
+        };
+        if let Some(m) = first {
+            take(m, &mut batch);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(m) => take(m, &mut batch),
+                    Err(_) => break,
+                }
+            }
+        }
+        if let Some(db) = db.as_mut() {
+            if !batch.is_empty() {
+                match db.insert(&batch) {
+                    Ok(()) => {
+                        for r in &batch {
+                            metrics.actions_rows.with_label_values(&[r.kind]).inc();
+                        }
+                    }
+                    Err(e) => {
+                        metrics.actions_errors.inc();
+                        if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                            log::error!(
+                                "writing {} rows to the action log {} failed: {e:#}",
+                                batch.len(),
+                                path.display()
+                            );
+                            last_error = Some(Instant::now());
+                        }
+                    }
+                }
+            }
+            if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                last_prune = Some(Instant::now());
+                let cutoff = now_ms() - limits.max_age_ms();
+                match db.prune(cutoff, (limits.max_mb * 1e6) as u64) {
+                    Ok(n) => metrics.actions_pruned.inc_by(n),
+                    Err(e) => {
+                        metrics.actions_errors.inc();
+                        log::warn!("pruning the action log failed: {e:#}");
+                    }
+                }
+            }
+        }
+        batch.clear();
+        for f in flushes {
+            let _ = f.send(());
+        }
+    }
+}
+
+/// The alert kinds the action log keeps from the alert stream (findings come from the
+/// pipeline, before deduplication).
+const FROM_ALERTS: [&str; 3] = ["freeze", "kill", "sever"];
+
+/// Freeze, kill and sever alerts as action rows (a `Sink`).
+pub struct AlertRows(pub ActionLog);
+
+impl crate::sinks::Sink for AlertRows {
+    fn write(&mut self, batch: &[crate::alerts::Alert]) {
+        for a in batch.iter().filter(|a| FROM_ALERTS.contains(&a.kind)) {
+            self.0.record(from_alert(a));
+        }
+    }
+}
+
+/// An alert as a row: its process fields, fingerprint, and the rest as detail.
+pub fn from_alert(a: &crate::alerts::Alert) -> Row {
+    let mut detail = a.extra.clone();
+    let cgroup = detail
+        .remove("cgroup")
+        .and_then(|v| v.as_str().map(str::to_string));
+    for (k, v) in [
+        ("rule", a.rule.clone()),
+        ("source", a.source.map(|s| s.as_str().to_string())),
+        ("redacted", a.redacted.clone()),
+        ("path", a.path.clone()),
+        ("remote", a.remote.clone()),
+    ] {
+        if let Some(v) = v {
+            detail.insert(k.into(), Value::String(v));
+        }
+    }
+    let ts_ms = humantime::parse_rfc3339(&a.ts)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or_else(now_ms, |d| d.as_millis() as i64);
+    Row {
+        ts_ms,
+        kind: a.kind,
+        pid: a.pid,
+        ppid: a.ppid,
+        uid: a.uid,
+        comm: a.comm.clone(),
+        exe: a.exe.clone(),
+        unit: a.unit.clone(),
+        cgroup,
+        fingerprint: a.fingerprint.clone(),
+        detail,
+    }
+}

@@ -1,0 +1,188 @@
+//! The action log with the real daemon and real programs: a holder of a fresh key and what
+//! it spawned are answered by fingerprint, by process tree, by kind and by time — also
+//! after the daemon was killed — and the log holds no plaintext.
+use std::{process::Command, time::Duration};
+
+use leakwatch_tests::*;
+use serde_json::Value;
+
+/// `leakwatch actions --json` over the daemon's state dir with `args`.
+fn actions(d: &Daemon, args: &[&str]) -> Vec<Value> {
+    let out = Command::new(bin())
+        .arg("actions")
+        .arg("--state-dir")
+        .arg(d.state_dir())
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "leakwatch actions {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn has(rows: &[Value], kind: &str, pid: u64, pred: impl Fn(&Value) -> bool) -> bool {
+    rows.iter()
+        .any(|r| s(r, "kind") == kind && n(r, "pid") == pid && pred(r))
+}
+
+#[test]
+fn actions_answer_by_fingerprint_tree_pid_kind_and_time() {
+    let mut d = Daemon::start("a-log");
+    let (secret, text) = secret("anthropic-api-key");
+    let fp = fingerprint(&secret);
+    let peer = TcpPeer::start();
+    let out = d.scratch().join("agent.log");
+    // A holder (the key in its environment and its argv) starts a child without the key,
+    // which connects out and writes a log: the child is found only through the tree.
+    let script = format!(
+        "import socket, sys, time\n\
+         s = socket.create_connection(('127.0.0.1', {}))\n\
+         s.sendall(b'hello')\n\
+         s.close()\n\
+         f = open(sys.argv[1], 'w')\n\
+         for i in range(20):\n    f.write('INFO step %d done\\n' % i); f.flush()\n",
+        peer.port
+    );
+    let mut holder = Command::new("bash")
+        .arg("-c")
+        .arg("unset AGENT_KEY; python3 -c \"$1\" \"$2\"; sleep 0.3")
+        .arg("lw-holder")
+        .arg(&script)
+        .arg(&out)
+        .arg(&text)
+        .env("AGENT_KEY", &text)
+        .spawn()
+        .unwrap();
+    let holder_pid = holder.id() as u64;
+    assert!(wait_exit(&mut holder, 60, "the holder").success());
+    // The child's write summary is recorded once its fd pauses (2 s), then batched.
+    let rows = wait_until(20, "the child's write row by --fingerprint --tree", || {
+        let rows = actions(&d, &["--fingerprint", &fp, "--tree"]);
+        rows.iter()
+            .any(|r| s(r, "kind") == "write" && s(r, "path").ends_with("agent.log"))
+            .then_some(rows)
+    });
+    assert!(
+        has(&rows, "finding", holder_pid, |r| s(r, "fingerprint") == fp
+            && s(r, "source") == "env"),
+        "the holder's finding: {rows:#?}"
+    );
+    let exec = rows
+        .iter()
+        .find(|r| s(r, "kind") == "exec" && n(r, "pid") == holder_pid && s(r, "comm") == "bash")
+        .unwrap_or_else(|| panic!("the holder's exec: {rows:#?}"));
+    let argv: Vec<&str> = exec["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(argv[0], "bash", "{exec:#}");
+    assert!(
+        argv.iter()
+            .any(|a| a.starts_with("sk-ant") && a.contains('…')),
+        "the key in argv is kept as its preview: {argv:?}"
+    );
+    let child = rows
+        .iter()
+        .find(|r| s(r, "kind") == "exec" && s(r, "comm") == "python3" && n(r, "ppid") == holder_pid)
+        .unwrap_or_else(|| panic!("the child's exec, a descendant of the holder: {rows:#?}"));
+    let child_pid = n(child, "pid");
+    let remote = format!("127.0.0.1:{}", peer.port);
+    assert!(
+        has(&rows, "connect", child_pid, |r| s(r, "remote") == remote),
+        "the child's connect: {rows:#?}"
+    );
+    let w = rows
+        .iter()
+        .find(|r| {
+            s(r, "kind") == "write"
+                && n(r, "pid") == child_pid
+                && s(r, "path").ends_with("agent.log")
+        })
+        .unwrap();
+    assert_eq!(s(w, "source"), "file", "{w:#}");
+    assert!(n(w, "bytes") >= 20 * 16 && n(w, "calls") >= 20, "{w:#}");
+    for r in &rows {
+        for k in ["ts", "kind", "pid", "ppid", "comm", "exe", "unit"] {
+            assert!(r.get(k).is_some(), "`{k}` missing: {r:#}");
+        }
+    }
+    // Without --tree only the processes that held it: the holder, not the child (bash
+    // unset the key before starting it).
+    let own = actions(&d, &["--fingerprint", &fp]);
+    assert!(own.iter().all(|r| n(r, "pid") != child_pid), "{own:#?}");
+    assert!(has(&own, "finding", holder_pid, |_| true));
+    // By process tree, and by kind.
+    let tree = actions(
+        &d,
+        &[
+            "--pid",
+            &holder_pid.to_string(),
+            "--tree",
+            "--kind",
+            "connect",
+        ],
+    );
+    assert!(
+        !tree.is_empty() && tree.iter().all(|r| s(r, "kind") == "connect"),
+        "{tree:#?}"
+    );
+    assert!(has(&tree, "connect", child_pid, |_| true));
+    // By time: nothing of it until an hour ago.
+    let old = actions(&d, &["--pid", &holder_pid.to_string(), "--until", "1h"]);
+    assert!(old.is_empty(), "{old:#?}");
+    // After the daemon died (SIGKILL), the log still answers.
+    let mut c = d.child.take().unwrap();
+    c.kill().unwrap();
+    c.wait().unwrap();
+    let after = actions(
+        &d,
+        &["--fingerprint", &fp, "--tree", "--kind", "write,exec"],
+    );
+    assert!(has(&after, "write", child_pid, |_| true), "{after:#?}");
+    std::thread::sleep(Duration::from_millis(100));
+    // The log is in the state dir, with no plaintext (nor in its WAL).
+    assert!(d.state_dir().join("actions.db").exists());
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn actions_refuses_bad_input_with_one_sentence() {
+    let dir = fresh_dir("a-cli");
+    let run = |args: &[&str]| {
+        let o = Command::new(bin())
+            .arg("actions")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let sd = dir.to_str().unwrap();
+    let (code, err) = run(&["--state-dir", sd]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("no action log") && err.contains("--state-dir"),
+        "{err}"
+    );
+    let (code, err) = run(&["--state-dir", sd, "--since", "yesterday"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--since `yesterday`"), "{err}");
+    let (code, err) = run(&["--state-dir", sd, "--kind", "exec,open"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--kind `open`"), "{err}");
+    let (code, err) = run(&["--state-dir", sd, "--fingerprint", "abc"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("not a fingerprint"), "{err}");
+}
