@@ -140,6 +140,11 @@ fn actions_answer_by_fingerprint_tree_pid_kind_and_time() {
     // By time: nothing of it until an hour ago.
     let old = actions(&d, &["--pid", &holder_pid.to_string(), "--until", "1h"]);
     assert!(old.is_empty(), "{old:#?}");
+    for kind in ["exec", "connect", "write", "finding"] {
+        let v = d.metric("leakwatch_actions_rows_total", &[("kind", kind)]);
+        assert!(v >= 1.0, "rows of kind {kind} counted: {v}");
+    }
+    assert!(d.metric("leakwatch_scanned_bytes_total", &[("source", "env")]) > 0.0);
     // After the daemon died (SIGKILL), the log still answers.
     let mut c = d.child.take().unwrap();
     c.kill().unwrap();

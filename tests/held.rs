@@ -130,6 +130,7 @@ for i in range(50):
     let a = wait_finding(&d, &fingerprint(&secret), pid, "the key in a held log");
     check(&a, &secret, "anthropic-api-key", pid, &out);
     assert!(d.metric("leakwatch_captured_bytes_total", &[]) > 0.0);
+    assert!(d.metric("leakwatch_scanned_bytes_total", &[("source", "file")]) > 0.0);
     // The finding's latency (kernel write time -> alert written) is in the histogram.
     let n = d.metric(
         "leakwatch_detection_latency_seconds_count",

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub capture_truncated: IntCounterVec,
     pub capture_bytes_dropped: IntCounterVec,
     pub captured_bytes: IntCounterVec,
+    pub scanned_bytes: IntCounterVec,
     pub streams: IntGauge,
     pub streams_evicted: IntCounter,
     pub files_held: IntGauge,
@@ -219,6 +220,12 @@ impl Metrics {
                 "leakwatch_captured_bytes_total",
                 "Payload bytes received from the kernel and scanned.",
                 &["probe"],
+            ),
+            scanned_bytes: counter_vec(
+                &r,
+                "leakwatch_scanned_bytes_total",
+                "Bytes handed to detection, by source (argv, env, file, socket, pipe, tty; held files read back count as file).",
+                &["source"],
             ),
             streams: gauge(
                 &r,

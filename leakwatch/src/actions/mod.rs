@@ -5,7 +5,7 @@
 //! a bounded queue and never waits (a full queue drops and counts); one thread writes them
 //! in batched transactions and prunes by age and size. Never payloads, never plaintext:
 //! argv keeps detected credentials only as their previews.
-mod db;
+pub mod db;
 pub mod query;
 mod writes;
 

@@ -76,11 +76,19 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
         p.ctx.kill_exec(&ev, f.fingerprint);
     }
     let mut hits = Vec::new();
+    let mut scanned = [0u64; 2];
     exec_strings(&ev, |bytes, source, at| {
+        scanned[usize::from(source == Source::Env)] += bytes.len() as u64;
         for f in d.scan(bytes) {
             hits.push(at(Hit::new(source, f)));
         }
     });
+    for (i, src) in [Source::Argv, Source::Env].into_iter().enumerate() {
+        p.metrics
+            .scanned_bytes
+            .with_label_values(&[src.as_str()])
+            .inc_by(scanned[i]);
+    }
     if p.actions.enabled() {
         let row = action_row(p, &ev, &d, &hits);
         p.actions.record(row);

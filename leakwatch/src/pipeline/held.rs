@@ -453,6 +453,10 @@ fn read(p: &mut Pipeline, d: &Detector, inode: u64) {
         .captured_bytes
         .with_label_values(&[probe])
         .inc_by(read);
+    p.metrics
+        .scanned_bytes
+        .with_label_values(&["file"])
+        .inc_by(read);
     report(p, d, inode, found);
 }
 

@@ -102,6 +102,10 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
     let Some(source) = target.source() else {
         return; // /dev/null and other devices: nothing can be read back
     };
+    p.metrics
+        .scanned_bytes
+        .with_label_values(&[source.as_str()])
+        .inc_by(w.data.len() as u64);
     if p.is_leakwatch(&w.task) {
         return; // `leakwatch freeze` sends the key to the daemon: that is no leak
     }
