@@ -191,3 +191,56 @@ fn actions_refuses_bad_input_with_one_sentence() {
     assert_eq!(code, Some(2));
     assert!(err.contains("not a fingerprint"), "{err}");
 }
+
+#[test]
+fn actions_record_freeze_kill_and_sever() {
+    let mut d = Daemon::start("a-freeze");
+    let (secret, _) = secret("openai-project-key");
+    let fp = fingerprint(&secret);
+    let peer = TcpPeer::start();
+    let script = format!(
+        "import socket, time\ns = socket.create_connection(('127.0.0.1', {}))\nprint('up', flush=True)\ntime.sleep(60)\n",
+        peer.port
+    );
+    let mut h = python()
+        .arg("-c")
+        .arg(&script)
+        .env("OPENAI_API_KEY", &secret)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = h.id() as u64;
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(h.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "up", "the holder connected");
+    }
+    d.wait_alert("the holder's finding", |a| {
+        s(a, "fingerprint") == fp && n(a, "pid") == pid
+    });
+    let out = freeze_with(&d, &secret, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_exit(&mut h, 10, "the frozen holder");
+    let remote = format!("127.0.0.1:{}", peer.port);
+    let rows = wait_until(10, "the kill and sever rows", || {
+        let r = actions(&d, &["--pid", &pid.to_string(), "--kind", "kill,sever"]);
+        (has(&r, "kill", pid, |k| s(k, "fingerprint") == fp)
+            && has(&r, "sever", pid, |v| s(v, "remote") == remote))
+        .then_some(r)
+    });
+    assert!(rows.iter().all(|r| s(r, "kind") != "finding"), "{rows:#?}");
+    let frozen = actions(&d, &["--fingerprint", &fp, "--kind", "freeze"]);
+    assert!(
+        frozen.iter().any(|r| s(r, "kind") == "freeze"),
+        "the freeze itself: {frozen:#?}"
+    );
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}

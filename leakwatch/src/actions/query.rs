@@ -86,9 +86,18 @@ pub fn run(q: &Query, out: &mut impl Write) -> Result<usize> {
         let mut st = conn.prepare(
             "SELECT pid, min(ts) FROM actions WHERE fingerprint = ?1 GROUP BY pid ORDER BY 2",
         )?;
-        let holders: Vec<(u32, i64)> = st
+        let mut holders: Vec<(u32, i64)> = st
             .query_map([fp], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
+        // Each from the exec that started the image that held it (its finding is recorded
+        // just after it).
+        let mut exec = conn.prepare(
+            "SELECT max(ts) FROM actions WHERE pid = ?1 AND kind = 'exec' AND ts <= ?2",
+        )?;
+        for (pid, from) in holders.iter_mut() {
+            let t: Option<i64> = exec.query_row((*pid, *from), |r| r.get(0))?;
+            *from = t.unwrap_or(*from);
+        }
         procs = Some(match procs {
             Some(p) => p
                 .into_iter()
