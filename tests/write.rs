@@ -1581,3 +1581,33 @@ fn write_invalid_scope_and_capture_config_exits_2_naming_the_field() {
         );
     }
 }
+
+#[test]
+fn write_ring_fill_is_reported_and_rises_under_a_flood() {
+    // Only the flood is in scope, so the other tests' daemons do not copy it too.
+    let d = Daemon::start_with_config("w-ringfill", "[scope]\ncomms = [\"lw-flood\"]\n");
+    for ring in ["events", "writes"] {
+        let r = d.metric("leakwatch_ring_fill_ratio", &[("ring", ring)]);
+        assert!((0.0..=1.0).contains(&r), "{ring}: {r}");
+    }
+    // A pipe flood: every write copied into the ring faster than the daemon can scan it.
+    let head = d.scratch().join("lw-flood");
+    std::os::unix::fs::symlink("/usr/bin/head", &head).unwrap();
+    let mut flood = Command::new(&head)
+        .args(["-c", "3000M", "/dev/zero"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut peak: f64 = 0.0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && flood.try_wait().unwrap().is_none() && peak < 0.05 {
+        std::thread::sleep(Duration::from_millis(300));
+        peak = peak.max(d.metric("leakwatch_ring_fill_ratio", &[("ring", "writes")]));
+    }
+    let _ = flood.kill();
+    let _ = flood.wait();
+    assert!(
+        peak >= 0.05,
+        "the writes ring never showed fill under a flood: {peak}"
+    );
+}

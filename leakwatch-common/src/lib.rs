@@ -231,6 +231,8 @@ pub const WRITE_F_APPEND: u32 = 64;
 /// Every call the record stands for had returned when it was sent (a run of by-reference
 /// writes sent by its own thread's next call or exit): its bytes are in the file.
 pub const WRITE_F_SETTLED: u32 = 128;
+/// Bytes of each ring buffer (`EVENTS`, `WRITES`).
+pub const RING_BYTES: u32 = 32 << 20;
 /// Regular files the daemon holds open for by-reference capture, at most.
 pub const HELD_MAX: u32 = 1024;
 

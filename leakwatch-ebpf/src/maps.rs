@@ -7,16 +7,16 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
 };
-use leakwatch_common::{stat_slot, STAT_COUNT, STAT_EVENTS, STAT_LOST};
+use leakwatch_common::{stat_slot, RING_BYTES, STAT_COUNT, STAT_EVENTS, STAT_LOST};
 
 /// Exec records (up to ~132 KiB), kill notices and connects.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(32 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 /// Write-family records (up to ~66 KiB), in a ring of their own: a process writing faster
 /// than the daemon reads must not crowd out exec records.
 #[map]
-pub static WRITES: RingBuf = RingBuf::with_byte_size(32 << 20, 0);
+pub static WRITES: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 /// Counters at `stat_slot(probe, STAT_*)`, summed over CPUs by the loader.
 #[map]

@@ -144,12 +144,31 @@ pub async fn run(o: Overrides) -> Result<()> {
     }
     let control = crate::control::serve(&cfg.socket, ctx.clone(), stop_rx.clone()).await?;
     let stop_reader = Arc::new(AtomicBool::new(false));
+    let fills = {
+        use crate::probes::ring_fill::RingFill;
+        use std::os::fd::AsRawFd;
+        let size = leakwatch_common::RING_BYTES as u64;
+        [
+            ("events", events.as_raw_fd()),
+            ("writes", writes.as_raw_fd()),
+        ]
+        .into_iter()
+        .filter_map(|(name, fd)| match RingFill::new(name, fd, size) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                log::warn!("{e}; leakwatch_ring_fill_ratio{{ring=\"{name}\"}} is not kept");
+                None
+            }
+        })
+        .collect::<Vec<_>>()
+    };
     let (reader, worker) =
         crate::pipeline::start(events, writes, asleep, pipeline, stop_reader.clone())?;
     let poller = tokio::spawn(poll_stats(
         probes.clone(),
         alerts.clone(),
         metrics.clone(),
+        fills,
         stop_rx.clone(),
     ));
     let (scope_tx, scope_rx) = watch::channel((cfg.scope.clone(), cfg.capture.max_bytes));
@@ -271,6 +290,7 @@ async fn poll_stats(
     probes: Arc<Mutex<Probes>>,
     alerts: Alerts,
     metrics: Arc<Metrics>,
+    fills: Vec<crate::probes::ring_fill::RingFill>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last = KernelStats::default();
@@ -280,6 +300,12 @@ async fn poll_stats(
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => break,
+        }
+        for f in &fills {
+            metrics
+                .ring_fill
+                .with_label_values(&[f.name])
+                .set(f.ratio());
         }
         let Ok(now) = probes
             .lock()

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub capture_bytes_dropped: IntCounterVec,
     pub captured_bytes: IntCounterVec,
     pub scanned_bytes: IntCounterVec,
+    pub ring_fill: prometheus::GaugeVec,
     pub streams: IntGauge,
     pub streams_evicted: IntCounter,
     pub files_held: IntGauge,
@@ -221,6 +222,18 @@ impl Metrics {
                 "Payload bytes received from the kernel and scanned.",
                 &["probe"],
             ),
+            ring_fill: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "leakwatch_ring_fill_ratio",
+                        "How full each kernel ring buffer is (events, writes), 0 to 1, sampled every second.",
+                    ),
+                    &["ring"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             scanned_bytes: counter_vec(
                 &r,
                 "leakwatch_scanned_bytes_total",

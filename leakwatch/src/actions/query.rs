@@ -91,9 +91,8 @@ pub fn run(q: &Query, out: &mut impl Write) -> Result<usize> {
             .collect::<rusqlite::Result<_>>()?;
         // Each from the exec that started the image that held it (its finding is recorded
         // just after it).
-        let mut exec = conn.prepare(
-            "SELECT max(ts) FROM actions WHERE pid = ?1 AND kind = 'exec' AND ts <= ?2",
-        )?;
+        let mut exec = conn
+            .prepare("SELECT max(ts) FROM actions WHERE pid = ?1 AND kind = 'exec' AND ts <= ?2")?;
         for (pid, from) in holders.iter_mut() {
             let t: Option<i64> = exec.query_row((*pid, *from), |r| r.get(0))?;
             *from = t.unwrap_or(*from);
