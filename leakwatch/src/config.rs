@@ -146,12 +146,18 @@ impl Config {
                 Some((l, c)) => anyhow::anyhow!("line {l}, column {c}: {}", e.message()),
                 None => anyhow::anyhow!("{}", e.message()),
             })?;
-        c.validate()?;
+        c.validate().map_err(|e| {
+            let msg = e.to_string();
+            match locate(text, &msg) {
+                Some((l, c)) => anyhow::anyhow!("line {l}, column {c}: {msg}"),
+                None => e,
+            }
+        })?;
         Ok(c)
     }
 
-    /// Checks what TOML types cannot: ranges and shapes of values.
-    /// (Named by their table and key: the values carry no position.)
+    /// Checks what TOML types cannot: ranges and shapes of values. Each message starts
+    /// with the key it is about (`key = …` or `[table] key …`): `parse` finds its line.
     fn validate(&self) -> Result<()> {
         if !(self.alerts_max_mb >= 0.0 && self.alerts_max_mb.is_finite()) {
             bail!(
@@ -213,6 +219,40 @@ impl Config {
     }
 }
 
+/// Where the key a validation message starts with (`key = …`, `[table] key …`) is set in
+/// `text`: its first line in that table (top level when none), as (line, column).
+fn locate(text: &str, msg: &str) -> Option<(usize, usize)> {
+    let (table, rest) = match msg.strip_prefix('[') {
+        Some(r) => {
+            let (t, rest) = r.split_once("] ")?;
+            (Some(t), rest)
+        }
+        None => (None, msg),
+    };
+    let key: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    if key.is_empty() {
+        return None;
+    }
+    let mut current: Option<&str> = None;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if let Some(h) = t.strip_prefix('[') {
+            current = h.split(']').next().map(str::trim);
+            continue;
+        }
+        let is_key = t
+            .strip_prefix(key.as_str())
+            .is_some_and(|r| r.trim_start().starts_with('='));
+        if is_key && current == table {
+            return Some((i + 1, 1 + line.len() - t.len()));
+        }
+    }
+    None
+}
+
 /// 1-based line and column (in characters) of byte offset `at` of `text`.
 fn line_col(text: &str, at: usize) -> (usize, usize) {
     let at = at.min(text.len());
@@ -225,6 +265,24 @@ fn line_col(text: &str, at: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_out_of_range_is_named_with_its_line() {
+        let text = "alerts_max_mb = 5\n\n[actions]\nenabled = true\n  max_age = \"soon\"\n";
+        let e = Config::parse(text).unwrap_err().to_string();
+        assert!(e.starts_with("line 5, column 3: [actions] max_age"), "{e}");
+        let e = Config::parse("[capture]\nmax_bytes = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("line 2, column 1: [capture] max_bytes"),
+            "{e}"
+        );
+        let e = Config::parse("alerts_max_mb = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("line 1, column 1: alerts_max_mb"), "{e}");
+    }
 
     #[test]
     fn empty_config_is_defaults() {
