@@ -498,7 +498,8 @@ fn report(
         .collect();
     for (task, target, fd, bytes, v) in hits {
         if let Some(source) = target.source() {
-            write::emit(p, d, source, &task, &target, fd, v, bytes, true);
+            let dump = write::dump_of(p, task.tgid, fd);
+            write::emit(p, d, source, &task, &target, fd, dump, v, bytes, true);
         }
     }
 }

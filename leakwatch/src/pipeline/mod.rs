@@ -10,6 +10,7 @@
 //! (`leakwatch_queue_dropped_total{queue="events"}`, reported by the loss poller); exec,
 //! kill and connect records are rare and matter for freeze, so the reader waits for room. A new probe family adds a decoder in `events` and a
 //! stage module here, and one arm in `Pipeline::handle`.
+mod dumps;
 mod exec;
 mod held;
 pub mod report;

@@ -39,6 +39,8 @@ struct Stream {
     flushed: bool,
     /// Calls copied so far (a busy regular file is then held: see `held`).
     calls: u32,
+    /// The stream is a crash dump or diagnostic report of this kind (see `dumps`).
+    dump: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -147,7 +149,12 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
         used: now,
         flushed: false,
         calls: 0,
+        dump: None,
     });
+    if s.dump.is_none() {
+        s.dump = super::dumps::by_content(&w.data)
+            .or_else(|| target.path().and_then(super::dumps::by_name));
+    }
     s.calls = s.calls.saturating_add(1);
     let calls = s.calls;
     s.target = target;
@@ -163,7 +170,8 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
     }
     let bytes = w.total;
     if !found.is_empty() {
-        let (stream_task, stream_target, fd) = (s.task.clone(), s.target.clone(), s.fd);
+        let (stream_task, stream_target, fd, dump) =
+            (s.task.clone(), s.target.clone(), s.fd, s.dump);
         emit(
             p,
             &d,
@@ -171,6 +179,7 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
             &stream_task,
             &stream_target,
             fd,
+            dump,
             found,
             bytes,
             false,
@@ -187,7 +196,13 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
     p.metrics.streams.set(p.streams.map.len() as i64);
 }
 
-/// Turns stream findings into hits; a frozen one makes the writer a holder.
+/// The kind of crash dump the (process, fd) stream was found to be, if any.
+pub(super) fn dump_of(p: &Pipeline, tgid: u32, fd: i32) -> Option<&'static str> {
+    p.streams.map.get(&(tgid, fd)).and_then(|s| s.dump)
+}
+
+/// Turns stream findings into hits; a frozen one makes the writer a holder. `dump`: the
+/// stream is a crash dump or diagnostic report of that kind (its name may say so too).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn emit(
     p: &mut Pipeline,
@@ -196,10 +211,19 @@ pub(super) fn emit(
     task: &Task,
     target: &Target,
     fd: i32,
+    dump: Option<&'static str>,
     found: Vec<StreamFinding>,
     bytes: u64,
     by_ref: bool,
 ) {
+    let dump = dump
+        .or_else(|| target.path().and_then(super::dumps::by_name))
+        .filter(|_| source != Source::Socket);
+    let source = if dump.is_some() {
+        Source::CrashDump
+    } else {
+        source
+    };
     if let Some(f) = found.iter().find(|f| d.is_frozen(&f.finding)) {
         p.ctx.kill_holder(
             task.tgid,
@@ -208,6 +232,7 @@ pub(super) fn emit(
             target.path().or(target.remote()),
         );
     }
+    let crashed = dump.map(|kind| (kind, super::dumps::at_exec(p, task.tgid)));
     let hits: Vec<Hit> = found
         .into_iter()
         .map(|f| {
@@ -218,6 +243,12 @@ pub(super) fn emit(
                 .with("tid", task.pid)
                 .with("offset", f.offset)
                 .with("by_reference", by_ref);
+            if let Some((kind, (creds, frozen))) = crashed {
+                h = h
+                    .with("dump", kind)
+                    .with("credentials_at_exec", creds)
+                    .with("frozen_at_exec", frozen);
+            }
             h.path = target.path().map(str::to_string);
             h.remote = target.remote().map(str::to_string);
             h
@@ -239,6 +270,7 @@ fn report(p: &mut Pipeline, d: &Detector, s: &Stream, found: Vec<StreamFinding>)
             &s.task,
             &s.target,
             s.fd,
+            s.dump,
             found,
             s.last_bytes,
             false,

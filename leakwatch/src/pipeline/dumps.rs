@@ -1,0 +1,120 @@
+//! Crash dumps and diagnostic reports among ordinary writes: a stream is one when its file
+//! is named like one (JVM `hs_err_pid*.log`, a Node report's default name, `core`,
+//! `core.PID`) or a write starts like one (a Node report's JSON header, the JVM's fatal
+//! error banner, Python's `Fatal Python error:`). Findings in it get the source
+//! `crash_dump`, the kind of dump, and whether the crashed process carried credentials
+//! at exec — the responder's first questions.
+use super::Pipeline;
+
+/// The kind of dump a file name says, if any.
+pub fn by_name(path: &str) -> Option<&'static str> {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if name.starts_with("hs_err_pid") && name.ends_with(".log") {
+        return Some("jvm-hs-err");
+    }
+    // report.20261203.061502.4242.0.001.json
+    if let Some(mid) = name
+        .strip_prefix("report.")
+        .and_then(|r| r.strip_suffix(".json"))
+    {
+        let parts: Vec<&str> = mid.split('.').collect();
+        if parts.len() == 5 && parts.iter().all(|p| digits(p)) {
+            return Some("node-report");
+        }
+    }
+    if name == "core" || name.strip_prefix("core.").is_some_and(digits) {
+        return Some("core");
+    }
+    None
+}
+
+/// The kind of dump a write's first bytes (after white space: Node starts its report
+/// with a newline) begin, if any.
+pub fn by_content(data: &[u8]) -> Option<&'static str> {
+    let start = data
+        .iter()
+        .take(16)
+        .take_while(|b| b.is_ascii_whitespace())
+        .count();
+    let data = &data[start..];
+    let head = &data[..data.len().min(256)];
+    let has = |s: &[u8]| memchr::memmem::find(head, s).is_some();
+    if head.starts_with(b"{") && has(b"\"header\"") && has(b"\"reportVersion\"") {
+        Some("node-report")
+    } else if head.starts_with(b"#") && has(b"A fatal error has been detected by the Java Runtime")
+    {
+        Some("jvm-hs-err")
+    } else if head.starts_with(b"Fatal Python error: ") {
+        Some("python-fatal-error")
+    } else {
+        None
+    }
+}
+
+/// What the crashed process carried at exec: (credentials seen in its argv or
+/// environment, whether one of them is frozen).
+pub fn at_exec(p: &Pipeline, tgid: u32) -> (usize, bool) {
+    let fps: Vec<String> = p
+        .shared
+        .history
+        .read()
+        .map(|h| {
+            h.iter()
+                .filter(|(t, _)| *t == tgid)
+                .map(|(_, f)| f.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let frozen = p.shared.frozen.read().is_ok_and(|f| {
+        f.keys()
+            .iter()
+            .any(|k| fps.iter().any(|fp| *fp == k.fingerprint()))
+    });
+    let mut uniq = fps;
+    uniq.sort();
+    uniq.dedup();
+    (uniq.len(), frozen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dumps_are_known_by_name() {
+        assert_eq!(by_name("/tmp/hs_err_pid4242.log"), Some("jvm-hs-err"));
+        assert_eq!(
+            by_name("/srv/app/report.20261203.061502.4242.0.001.json"),
+            Some("node-report")
+        );
+        assert_eq!(by_name("/var/crash/core.4242"), Some("core"));
+        assert_eq!(by_name("/var/crash/core"), Some("core"));
+        for no in [
+            "/tmp/report.json",
+            "/etc/core.conf",
+            "/tmp/hs_err.txt",
+            "/tmp/core.d",
+        ] {
+            assert_eq!(by_name(no), None, "{no}");
+        }
+    }
+
+    #[test]
+    fn dumps_are_known_by_their_first_bytes() {
+        let node =
+            b"{\n  \"header\": {\n    \"reportVersion\": 3,\n    \"event\": \"JavaScript API\"";
+        assert_eq!(by_content(node), Some("node-report"));
+        // Node 20 starts its report with a newline.
+        let node = [b"\n".as_slice(), node].concat();
+        assert_eq!(by_content(&node), Some("node-report"));
+        let jvm = b"#\n# A fatal error has been detected by the Java Runtime Environment:\n#";
+        assert_eq!(by_content(jvm), Some("jvm-hs-err"));
+        assert_eq!(
+            by_content(b"Fatal Python error: Aborted\n\nCurrent thread"),
+            Some("python-fatal-error")
+        );
+        assert_eq!(by_content(b"{\"level\":\"info\",\"msg\":\"header\"}"), None);
+        assert_eq!(by_content(b"# A comment about the Java Runtime"), None);
+    }
+}
