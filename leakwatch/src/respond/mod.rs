@@ -485,6 +485,9 @@ impl Context {
             }
         }
 
+        let own_exe = std::fs::read_link("/proc/self/exe")
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
         let mut report = Report::default();
         let mut targets: Vec<(Proc, ProcReport)> = Vec::new();
         let mut fp_of_pid: HashMap<u32, String> = HashMap::new();
@@ -502,7 +505,12 @@ impl Context {
                 confirmed: false,
             };
             let base = i.exe.rsplit('/').next().unwrap_or("");
+            // Another leakwatch holds credentials in memory because it scans what others
+            // write: that makes it no holder (its own argv or environment still would).
+            let scanner =
+                *why == "memory" && !i.exe.is_empty() && own_exe.as_deref() == Some(&i.exe);
             if shield.contains(&p.pid)
+                || scanner
                 || self
                     .protected
                     .read()
