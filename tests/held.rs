@@ -383,22 +383,23 @@ f.write("DEBUG client key=" + key + " timeout=30\n")
 time.sleep(60)
 "#,
     );
-    let mut c = python()
-        .arg("-c")
-        .arg(&script)
-        .arg(&key)
-        .arg(&out)
-        .spawn()
-        .unwrap();
-    let pid = c.id();
+    let mut c = Reaped(
+        python()
+            .arg("-c")
+            .arg(&script)
+            .arg(&key)
+            .arg(&out)
+            .spawn()
+            .unwrap(),
+    );
+    let pid = c.0.id();
     let a = wait_finding(&d, &fingerprint(&secret), pid, "the key of a quiet writer");
     assert!(
-        c.try_wait().unwrap().is_none(),
+        c.0.try_wait().unwrap().is_none(),
         "found only once the writer exited: the quiet run was not read"
     );
     check(&a, &secret, "anthropic-api-key", pid, &out);
-    c.kill().unwrap();
-    c.wait().unwrap();
+    drop(c);
     d.stop();
     d.assert_no_plaintext(&[&secret]);
 }

@@ -832,11 +832,13 @@ fn write_out_of_scope_process_is_skipped_in_the_kernel() {
 fn write_scope_is_in_force_from_the_first_record() {
     // A busy out-of-scope writer runs while the daemon starts: probes attached before the
     // [scope] lists are loaded would copy its payloads in that window.
-    let mut busy = python()
-        .arg("-c")
-        .arg("import os\nfd = os.open('/dev/null', os.O_WRONLY)\nfor _ in range(100_000_000):\n    os.write(fd, b'x')\n")
-        .spawn()
-        .unwrap();
+    let busy = Reaped(
+        python()
+            .arg("-c")
+            .arg("import os\nfd = os.open('/dev/null', os.O_WRONLY)\nfor _ in range(100_000_000):\n    os.write(fd, b'x')\n")
+            .spawn()
+            .unwrap(),
+    );
     let mut d =
         Daemon::start_with_config("w-scopestart", "[scope]\ncomms = [\"lw-nonexistent\"]\n");
     let w = [("probe", "sys_enter_write")];
@@ -846,8 +848,7 @@ fn write_scope_is_in_force_from_the_first_record() {
         "the busy writer's calls skipped",
         |v| v > 1000.0,
     );
-    let _ = busy.kill();
-    let _ = busy.wait();
+    drop(busy);
     // Nothing on the host matches the scope at any time: not one write record may ever
     // be processed. Watch for 3 s while anything queued at start drains.
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -1594,11 +1595,13 @@ fn write_ring_fill_is_reported_and_rises_under_a_flood() {
     // niced to 19 so the flood outruns them whatever else the machine runs.
     let head = d.scratch().join("lw-flood");
     std::os::unix::fs::symlink("/usr/bin/head", &head).unwrap();
-    let mut flood = Command::new(&head)
-        .args(["-c", "3000M", "/dev/zero"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut flood = Reaped(
+        Command::new(&head)
+            .args(["-c", "3000M", "/dev/zero"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let daemon = d.child.as_ref().unwrap().id();
     for t in fs::read_dir(format!("/proc/{daemon}/task"))
         .unwrap()
@@ -1610,12 +1613,11 @@ fn write_ring_fill_is_reported_and_rises_under_a_flood() {
     }
     let mut peak: f64 = 0.0;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && flood.try_wait().unwrap().is_none() && peak < 0.05 {
+    while Instant::now() < deadline && flood.0.try_wait().unwrap().is_none() && peak < 0.05 {
         std::thread::sleep(Duration::from_millis(300));
         peak = peak.max(d.metric("leakwatch_ring_fill_ratio", &[("ring", "writes")]));
     }
-    let _ = flood.kill();
-    let _ = flood.wait();
+    drop(flood);
     assert!(
         peak >= 0.05,
         "the writes ring never showed fill under a flood: {peak}"

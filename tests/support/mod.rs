@@ -692,3 +692,13 @@ pub fn freeze_with(d: &Daemon, secret: &str, extra: &[&str]) -> std::process::Ou
         .unwrap();
     c.wait_with_output().unwrap()
 }
+
+/// A child killed and reaped when dropped, so a test that fails leaves no load running.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
