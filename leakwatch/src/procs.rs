@@ -17,6 +17,9 @@ pub struct ProcInfo {
 pub struct Procs {
     cgroup_root: Option<PathBuf>,
     by_id: HashMap<u64, String>,
+    /// Cgroup ids not found by the last walk, and when: not walked again for a while (the
+    /// walk reads the whole cgroup tree; a cgroup removed already is never found).
+    missed: HashMap<u64, std::time::Instant>,
     /// tgid -> the last images it was seen exec'ing (comm, exe), newest last, for
     /// processes gone (or exec'd again) before their writes are reported.
     execs: HashMap<u32, Vec<(String, String)>>,
@@ -36,6 +39,7 @@ impl Procs {
         Procs {
             cgroup_root: cgroup2_mount(),
             by_id: HashMap::new(),
+            missed: HashMap::new(),
             execs: HashMap::new(),
         }
     }
@@ -61,6 +65,30 @@ impl Procs {
     }
 
     /// The latest image `tgid` was seen exec'ing that the kernel named `comm`.
+    /// Who made a call, from the event and what is cached (images seen at exec, cgroup
+    /// paths; a readlink for a process started before the daemon): for records made on
+    /// every connect or fd, where `describe`'s /proc reads would cost too much.
+    pub fn quick(&mut self, t: &crate::events::Task) -> ProcInfo {
+        let cgroup = self.cgroup_path(t.cgroup_id);
+        ProcInfo {
+            pid: t.tgid,
+            ppid: t.ppid,
+            uid: t.uid,
+            comm: t.comm.clone(),
+            exe: self
+                .exe_seen(t.tgid, &t.comm)
+                .or_else(|| {
+                    // Started before the daemon: one readlink.
+                    fs::read_link(format!("/proc/{}/exe", t.tgid))
+                        .ok()
+                        .map(|p| p.to_string_lossy().into_owned())
+                })
+                .unwrap_or_default(),
+            unit: cgroup.as_deref().and_then(unit_of),
+            cgroup,
+        }
+    }
+
     pub fn exe_seen(&self, tgid: u32, comm: &str) -> Option<String> {
         self.execs
             .get(&tgid)?
@@ -105,6 +133,17 @@ impl Procs {
         if let Some(p) = self.by_id.get(&id) {
             return Some(p.clone());
         }
+        if self
+            .missed
+            .get(&id)
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(10))
+        {
+            return None;
+        }
+        if self.missed.len() >= 4096 {
+            self.missed.clear();
+        }
+        self.missed.insert(id, std::time::Instant::now());
         let root = self.cgroup_root.clone()?;
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
@@ -112,6 +151,7 @@ impl Procs {
             if md.ino() == id {
                 let rel = dir.strip_prefix(&root).ok()?.to_string_lossy();
                 let path = format!("/{rel}");
+                self.missed.remove(&id);
                 self.by_id.insert(id, path.clone());
                 return Some(path);
             }

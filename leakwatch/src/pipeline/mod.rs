@@ -177,7 +177,7 @@ impl Pipeline {
                     .inc();
                 self.fds.on_connect(&c);
                 if self.actions.enabled() {
-                    let who = write::describe(&mut self.procs, &c.task);
+                    let who = self.procs.quick(&c.task);
                     let remote = crate::events::format_peer(&c.peer).unwrap_or_default();
                     let row = crate::actions::Row::new("connect", &who)
                         .with("remote", remote)

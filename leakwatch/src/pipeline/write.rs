@@ -115,7 +115,7 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
     if w.calls > 0 {
         let (log, procs) = (&p.actions, &mut p.procs);
         let key = (w.task.tgid, w.fd);
-        let who = || describe(procs, &w.task);
+        let who = || procs.quick(&w.task);
         p.write_log
             .note(log, key, &target, w.total, w.calls as u64, who);
     }
