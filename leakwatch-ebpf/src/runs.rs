@@ -137,26 +137,25 @@ fn send(run: &mut RefRun, now: u64) {
 /// goes first, so the daemon sees that fd's calls in order.
 #[inline(always)]
 pub fn end_fd(tid: u32, fd: i32) {
-    if let Some(p) = RUNS.get_ptr_mut(&tid) {
-        // SAFETY: map value; only this thread writes its entry.
-        let run = unsafe { &mut *p };
-        if run.rec.fd == fd {
-            // SAFETY: helper without preconditions.
-            send(run, unsafe { bpf_ktime_get_ns() });
-            let _ = RUNS.remove(&tid);
-        }
-    }
+    finish(tid, |run| run.rec.fd == fd);
 }
 
 /// The calling thread exits: its run, if any, is sent.
 #[inline(always)]
 pub fn on_exit() {
-    let tid = bpf_get_current_pid_tgid() as u32;
+    finish(bpf_get_current_pid_tgid() as u32, |_| true);
+}
+
+/// Sends and forgets the calling thread's run when `which` accepts it.
+#[inline(always)]
+fn finish(tid: u32, which: impl Fn(&RefRun) -> bool) {
     if let Some(p) = RUNS.get_ptr_mut(&tid) {
         // SAFETY: map value; only this thread writes its entry.
         let run = unsafe { &mut *p };
-        // SAFETY: helper without preconditions.
-        send(run, unsafe { bpf_ktime_get_ns() });
-        let _ = RUNS.remove(&tid);
+        if which(run) {
+            // SAFETY: helper without preconditions.
+            send(run, unsafe { bpf_ktime_get_ns() });
+            let _ = RUNS.remove(&tid);
+        }
     }
 }
