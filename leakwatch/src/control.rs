@@ -35,6 +35,9 @@ pub struct Request {
     pub fingerprint: Option<String>,
     #[serde(default)]
     pub deep: bool,
+    /// A scanned crash dump (`dump_report`, from the core-handler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump: Option<crate::crash::DumpReport>,
 }
 
 impl Request {
@@ -44,6 +47,7 @@ impl Request {
             secret_b64: None,
             fingerprint: None,
             deep: false,
+            dump: None,
         }
     }
 }
@@ -181,6 +185,10 @@ async fn dispatch(mut req: Request, ctx: &Context, client: Option<u32>) -> Value
                 .await
                 .and_then(|r| Ok(serde_json::to_value(r)?))
         }
+        "dump_report" => match req.dump.take() {
+            Some(d) => ctx.dump_report(d).map(|()| json!({})),
+            None => Err(anyhow!("dump_report needs a dump")),
+        },
         op => Err(anyhow!("unknown operation `{op}`")),
     };
     match r {

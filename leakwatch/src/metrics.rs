@@ -101,7 +101,7 @@ impl Metrics {
                 c.with_label_values(&[probe]);
             }
         }
-        for q in ["events", "alerts"] {
+        for q in ["events", "alerts", "actions", "dumps"] {
             m.queue_dropped.with_label_values(&[q]);
         }
         for by in ["freeze", "kernel", "userspace", "write"] {

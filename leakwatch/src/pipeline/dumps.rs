@@ -77,6 +77,62 @@ pub fn at_exec(p: &Pipeline, tgid: u32) -> (usize, bool) {
     (uniq.len(), frozen)
 }
 
+/// Reports a dump scanned outside the write path (a kernel core): `crash_dump` findings
+/// for the crashed process, with where the dump is kept.
+pub fn on_report(p: &mut Pipeline, r: crate::crash::DumpReport) {
+    use crate::{pipeline::Hit, source::Source};
+    p.metrics
+        .scanned_bytes
+        .with_label_values(&[Source::CrashDump.as_str()])
+        .inc_by(r.bytes);
+    for problem in &r.problems {
+        log::warn!("core dump of pid {} ({}): {problem}", r.pid, r.comm);
+    }
+    if r.hits.is_empty() {
+        return;
+    }
+    let (creds, frozen) = at_exec(p, r.pid);
+    let mut info = crate::procs::ProcInfo {
+        pid: r.pid,
+        ppid: r.ppid,
+        uid: r.uid,
+        comm: r.comm.clone(),
+        exe: r.exe.clone(),
+        unit: r.cgroup.as_deref().and_then(crate::procs::unit_of),
+        cgroup: r.cgroup.clone(),
+    };
+    if info.exe.is_empty() {
+        info.exe = p.procs.exe_seen(r.pid, &r.comm).unwrap_or_default();
+    }
+    let hits = r
+        .hits
+        .iter()
+        .map(|f| {
+            let mut h = Hit {
+                rule: f.rule.clone(),
+                source: Source::CrashDump,
+                fingerprint: f.fingerprint.clone(),
+                redacted: f.redacted.clone(),
+                path: r.path.clone(),
+                remote: None,
+                extra: Default::default(),
+            }
+            .with("dump", r.kind.as_str())
+            .with("dump_via", r.how.as_str())
+            .with("offset", f.offset)
+            .with("bytes", r.bytes)
+            .with("signal", r.signal)
+            .with("credentials_at_exec", creds)
+            .with("frozen_at_exec", frozen);
+            if r.tid != 0 {
+                h = h.with("tid", r.tid);
+            }
+            h
+        })
+        .collect();
+    p.report.report(&info, hits);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,6 +58,8 @@ pub struct Shared {
     /// A reloaded config waiting for the worker (SIGHUP): taken between two events, so every
     /// event is handled under one config or the other, never a mix.
     pub reload: Arc<std::sync::Mutex<Option<Reload>>>,
+    /// Crash dumps scanned outside the write path (core-handler, file core_pattern).
+    pub dumps: crate::crash::Inbox,
 }
 
 /// What a reload changes in the pipeline.
@@ -194,6 +196,13 @@ impl Pipeline {
         write::tick(self);
         held::tick(self);
         exec::tick(self);
+        let reports: Vec<_> = match self.shared.dumps.lock() {
+            Ok(mut q) => q.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        for r in reports {
+            dumps::on_report(self, r);
+        }
     }
 }
 

@@ -103,6 +103,7 @@ pub struct Context {
     store: Mutex<Store>,
     frozen: Arc<RwLock<FrozenSet>>,
     history: Arc<RwLock<VecDeque<(u32, String)>>>,
+    dumps: crate::crash::Inbox,
     protected: RwLock<Vec<String>>,
     procs: Mutex<Procs>,
     /// (kernel hash, unit or exe) already reported as dying at exec.
@@ -123,6 +124,22 @@ pub struct Context {
 }
 
 impl Context {
+    /// A crash dump scanned by someone else (the core-handler): queued for the pipeline,
+    /// which reports it as `crash_dump` findings.
+    pub fn dump_report(&self, r: crate::crash::DumpReport) -> Result<()> {
+        if r.pid == 0 || r.hits.len() > 4096 {
+            bail!("a dump report needs the crashed pid and at most 4096 findings");
+        }
+        if !crate::crash::push(&self.dumps, r) {
+            self.metrics
+                .queue_dropped
+                .with_label_values(&["dumps"])
+                .inc();
+            bail!("too many crash dump reports are waiting; this one was dropped and counted");
+        }
+        Ok(())
+    }
+
     /// A reloaded config's `protected` list (SIGHUP).
     pub fn set_protected(&self, list: Vec<String>) {
         if let Ok(mut l) = self.protected.write() {
@@ -159,6 +176,7 @@ impl Context {
             store: Mutex::new(store),
             frozen: shared.frozen.clone(),
             history: shared.history.clone(),
+            dumps: shared.dumps.clone(),
             protected: RwLock::new(cfg.protected.clone()),
             procs: Mutex::new(Procs::new()),
             enforced_once: Mutex::new(HashSet::new()),
