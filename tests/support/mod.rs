@@ -702,3 +702,41 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+/// `/proc/sys/kernel/core_pattern` set for one test: the pattern is host-wide, so tests
+/// that set it take a lock first (other test binaries run at the same time), and the
+/// pattern it had is put back when the guard drops, even when the test fails.
+pub struct CorePattern {
+    old: String,
+    _lock: std::fs::File,
+}
+
+impl CorePattern {
+    pub const PATH: &'static str = "/proc/sys/kernel/core_pattern";
+
+    pub fn set(pattern: &str) -> CorePattern {
+        use std::os::fd::AsRawFd;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/tmp/leakwatch-tests-core_pattern.lock")
+            .expect("opening the core_pattern lock");
+        // SAFETY: flock on an fd we own; blocks until the other test is done.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let old = std::fs::read_to_string(Self::PATH).expect("reading core_pattern");
+        let old = old.trim_end_matches('\n').to_string();
+        std::fs::write(Self::PATH, pattern).expect("writing core_pattern");
+        let now = std::fs::read_to_string(Self::PATH).unwrap_or_default();
+        assert_eq!(now.trim_end_matches('\n'), pattern, "core_pattern did not take");
+        CorePattern { old, _lock: lock }
+    }
+}
+
+impl Drop for CorePattern {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(Self::PATH, &self.old) {
+            eprintln!("could not restore core_pattern {:?}: {e}", self.old);
+        }
+    }
+}
