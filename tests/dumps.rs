@@ -97,3 +97,116 @@ fn dump_jvm_fatal_error_log_with_the_key_in_a_property() {
     d.stop();
     d.assert_no_plaintext(&[&secret]);
 }
+
+/// The kernel writes a core with no write syscall: the daemon notices the dumping exit,
+/// finds the file from a file `core_pattern` and scans it.
+#[test]
+fn dump_core_file_from_python_abort_with_the_key_in_its_environment() {
+    let mut d = Daemon::start("dump-core-file");
+    let (secret, text) = secret("stripe-secret-key");
+    let fp = fingerprint(&secret);
+    let cores = d.scratch().join("cores");
+    fs::create_dir_all(&cores).unwrap();
+    let _pattern = CorePattern::set(&format!("{}/core.%e.%p.%t", cores.display()));
+    let mut c = Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -c unlimited; exec python3 -c 'import os; os.abort()'")
+        .env("STRIPE_API_KEY", &text)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    let st = wait_exit(&mut c, 60, "python aborting");
+    assert!(!st.success(), "python was meant to abort");
+    let core = wait_until(10, "the core file", || {
+        fs::read_dir(&cores)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains(&format!(".{pid}.")))
+    });
+    let a = dump_finding(&d, &fp, pid, "the key in the core file");
+    assert_eq!(s(&a, "path"), core.to_str().unwrap(), "{a:#}");
+    assert_eq!(s(&a, "dump"), "core", "{a:#}");
+    assert_eq!(s(&a, "dump_via"), "file", "{a:#}");
+    assert_eq!(s(&a, "comm"), "python3", "{a:#}");
+    assert_eq!(n(&a, "signal"), 6, "SIGABRT: {a:#}");
+    assert!(n(&a, "credentials_at_exec") >= 1, "{a:#}");
+    assert!(d.metric("leakwatch_core_dumps_total", &[("outcome", "scanned")]) >= 1.0);
+    fs::remove_file(&core).unwrap();
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+/// `cp` copies with `copy_file_range`: the bytes never pass through user memory, so the
+/// daemon reads the copied range of the source and reports the key at the destination.
+#[test]
+fn copy_cp_of_a_file_holding_a_key_alerts_at_the_destination() {
+    let mut d = Daemon::start("copy-cp");
+    let (secret, text) = secret("github-pat");
+    let fp = fingerprint(&secret);
+    let dir = d.scratch();
+    let src = dir.join("creds.env");
+    let dst = dir.join("copy.env");
+    // Padding first, so the key sits past the start of the copied range.
+    let body = format!("{}\nGITHUB_TOKEN={text}\n", "# settings\n".repeat(500));
+    let at = body.find(&secret).unwrap() as u64;
+    fs::write(&src, body).unwrap();
+    let mut c = Command::new("cp").arg(&src).arg(&dst).spawn().unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 20, "cp").success());
+    let dst = fs::canonicalize(&dst).unwrap();
+    let a = wait_until(20, "the key copied by cp", || {
+        d.findings(&fp)
+            .into_iter()
+            .find(|a| n(a, "pid") == pid as u64 && s(a, "source") == "file")
+    });
+    assert_eq!(s(&a, "path"), dst.to_str().unwrap(), "{a:#}");
+    assert_eq!(s(&a, "comm"), "cp", "{a:#}");
+    assert_eq!(s(&a, "call"), "copy_file_range", "{a:#}");
+    let src = fs::canonicalize(&src).unwrap();
+    assert_eq!(s(&a, "copied_from"), src.to_str().unwrap(), "{a:#}");
+    assert_eq!(n(&a, "offset"), at, "the key's offset in the file: {a:#}");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+/// python `socket.sendfile` uses `sendfile`: the key reaches the socket from the file
+/// without a send syscall carrying it.
+#[test]
+fn copy_python_sendfile_of_a_file_holding_a_key_alerts_with_the_remote() {
+    let mut d = Daemon::start("copy-sendfile");
+    let (secret, text) = secret("anthropic-api-key");
+    let fp = fingerprint(&secret);
+    let src = d.scratch().join("payload.json");
+    fs::write(&src, format!("{{\"api_key\": \"{text}\"}}\n")).unwrap();
+    let peer = TcpPeer::start();
+    let mut c = python()
+        .arg("-c")
+        .arg(
+            "import socket, sys\n\
+             host, port = sys.argv[2].rsplit(':', 1)\n\
+             s = socket.create_connection((host, int(port)))\n\
+             with open(sys.argv[1], 'rb') as f: s.sendfile(f)\n\
+             s.close()\n",
+        )
+        .arg(&src)
+        .arg(peer.addr())
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 20, "python sendfile").success());
+    let (got, _) = peer.next_end(10);
+    assert!(contains(&got, secret.as_bytes()), "the peer got the file");
+    let a = wait_until(20, "the key sent with sendfile", || {
+        d.findings(&fp)
+            .into_iter()
+            .find(|a| n(a, "pid") == pid as u64 && s(a, "source") == "socket")
+    });
+    assert_eq!(s(&a, "remote"), peer.addr(), "{a:#}");
+    assert_eq!(s(&a, "call"), "sendfile", "{a:#}");
+    let src = fs::canonicalize(&src).unwrap();
+    assert_eq!(s(&a, "copied_from"), src.to_str().unwrap(), "{a:#}");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}

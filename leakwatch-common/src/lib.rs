@@ -13,6 +13,10 @@ pub const EVENT_ENFORCE: u32 = 2;
 pub const EVENT_WRITE: u32 = 3;
 /// A `connect` (every process, regardless of scope).
 pub const EVENT_CONNECT: u32 = 4;
+/// A process died after dumping core (every process).
+pub const EVENT_CORE: u32 = 5;
+/// An in-kernel copy (`copy_file_range`, `sendfile`, `splice`, `tee`) moved bytes.
+pub const EVENT_COPY: u32 = 6;
 
 /// Probe ids: `EventHeader::probe`, index into the per-probe counters, and the `probe` label
 /// of the loss metrics. `PROBE_NAMES[id]` is the tracepoint (or pseudo-probe) name.
@@ -33,7 +37,14 @@ pub const PROBE_CONNECT: u32 = 11;
 /// environment area (closes the gaps of the `sys_enter_execve` check: capture limits, pages
 /// not yet faulted in, strings changed by another thread after the syscall read them).
 pub const PROBE_EXEC_IMAGE: u32 = 12;
-pub const PROBE_COUNT: u32 = 13;
+/// `sched_process_exit` of a process that dumped core.
+pub const PROBE_CORE: u32 = 13;
+/// In-kernel copies, at syscall exit (the bytes really moved).
+pub const PROBE_COPY_FILE_RANGE: u32 = 14;
+pub const PROBE_SENDFILE: u32 = 15;
+pub const PROBE_SPLICE: u32 = 16;
+pub const PROBE_TEE: u32 = 17;
+pub const PROBE_COUNT: u32 = 18;
 
 pub const PROBE_NAMES: [&str; PROBE_COUNT as usize] = [
     "sys_enter_execve",
@@ -49,6 +60,11 @@ pub const PROBE_NAMES: [&str; PROBE_COUNT as usize] = [
     "sys_enter_sendmmsg",
     "sys_enter_connect",
     "sched_process_exec",
+    "sched_process_exit",
+    "sys_exit_copy_file_range",
+    "sys_exit_sendfile64",
+    "sys_exit_splice",
+    "sys_exit_tee",
 ];
 
 /// Per-probe kernel counters: the `STATS` per-CPU array holds `STAT_KINDS` slots per probe,
@@ -374,7 +390,9 @@ mod user {
         EnforceEvent,
         ConnectEvent,
         WriteHeader,
-        RefRun
+        RefRun,
+        CoreEvent,
+        CopyEvent
     );
 }
 
@@ -386,3 +404,55 @@ pub fn fnv1a_step(h: u64, b: u8) -> u64 {
 }
 
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+// ---------------------------------------------------------------------------------------
+// crash dumps and in-kernel copies
+
+/// A process whose last thread exited with the core-dumped bit (`exit_code & 0x80`): the
+/// kernel has written its core by then. `cwd` (leaf-first components, as in write records)
+/// is where a relative `core_pattern` put it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CoreEvent {
+    pub hdr: EventHeader,
+    pub exit_code: u32,
+    pub cwd_len: u32,
+    /// The cwd walk stopped at its depth or byte limit.
+    pub cwd_partial: u32,
+    pub _pad: u32,
+    pub cwd: [u8; WRITE_PATH_MAX],
+}
+
+/// One end of an in-kernel copy, read at syscall entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyEnd {
+    pub fd: i32,
+    /// `WRITE_F_PEER`, `WRITE_F_PATH_PARTIAL`, `WRITE_F_NO_FILE`.
+    pub flags: u32,
+    pub path_len: u32,
+    pub _pad: u32,
+    pub file: FileId,
+    pub peer: Peer,
+}
+
+/// Bytes of path each end of a copy record may carry.
+pub const COPY_PATH_MAX: usize = WRITE_PATH_MAX;
+
+/// An in-kernel copy that moved `bytes` (> 0) from `src` at `src_off` to `dst`: the
+/// bytes never pass through user memory, so the daemon reads the source range itself.
+/// `paths` holds the source path at 0 and the destination's at `COPY_PATH_MAX`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CopyEvent {
+    pub hdr: EventHeader,
+    /// Source offset at the call (`*off_in`, or the file position), -1 when unknown.
+    pub src_off: i64,
+    pub bytes: u64,
+    /// Non-zero: the caller is in scope (its copies are scanned, not only recorded).
+    pub in_scope: u32,
+    pub _pad: u32,
+    pub src: CopyEnd,
+    pub dst: CopyEnd,
+    pub paths: [u8; 2 * COPY_PATH_MAX],
+}

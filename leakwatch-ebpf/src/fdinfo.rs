@@ -52,6 +52,7 @@ pub const S_IFMT: u32 = 0o170000;
 pub const S_IFREG: u32 = 0o100000;
 const O_APPEND: u32 = 0o2000;
 pub const S_IFSOCK: u32 = 0o140000;
+pub const S_IFIFO: u32 = 0o010000;
 
 /// An open file as the write probes need it.
 pub struct Open {
@@ -292,20 +293,20 @@ const PATH_SLACK: usize = 256;
 #[map]
 static PATH: PerCpuArray<PathBuf> = PerCpuArray::with_max_entries(1, 0);
 
-/// Walks `dentry`'s names up to the root of the task's mount tree. Returns the buffer and
+/// Walks `dentry`'s names (of the path `dentry` on `mnt`, a `struct vfsmount *`) up to the root of the task's mount tree. Returns the buffer and
 /// its length and whether it was cut (depth or byte limit).
 #[inline(always)]
-pub fn path(o: &Open) -> Option<(*const u8, u32, bool)> {
+pub fn path(dentry: u64, mnt: u64) -> Option<(*const u8, u32, bool)> {
     let p = PATH.get_ptr_mut(0)?;
     let off_mnt = global(&OFF_MOUNT_MNT);
-    if o.dentry == 0 || o.mnt == 0 || global(&OFF_DENTRY_PARENT) == 0 {
+    if dentry == 0 || mnt == 0 || global(&OFF_DENTRY_PARENT) == 0 {
         return None;
     }
     // SAFETY: this CPU's value.
     let s = unsafe { &mut *p };
-    s.dentry = o.dentry;
+    s.dentry = dentry;
     // vfsmount is embedded in struct mount: container_of.
-    s.mount = o.mnt - off_mnt;
+    s.mount = mnt - off_mnt;
     s.off = 0;
     s.depth = 0;
     s.done = 0;

@@ -7,6 +7,8 @@
 #![no_main]
 
 mod connect;
+mod copies;
+mod coredump;
 mod exec;
 mod exec_image;
 mod fdinfo;

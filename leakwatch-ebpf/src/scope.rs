@@ -216,6 +216,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     // SAFETY: offset from the tracepoint format file.
     if unsafe { ctx.read_at::<u8>(32) }.unwrap_or(1) != 0 {
         forget_current();
+        crate::coredump::on_group_exit();
     }
     0
 }

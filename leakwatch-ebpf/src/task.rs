@@ -38,7 +38,7 @@ pub fn kread<T: Copy + Default>(addr: u64) -> T {
 }
 
 #[inline(always)]
-fn current() -> u64 {
+pub fn current() -> u64 {
     // SAFETY: helper without preconditions.
     unsafe { bpf_get_current_task() }
 }

@@ -463,7 +463,7 @@ fn class<const N: usize>(sc: &mut Scratch, probe: u32, ptr: u64, n: u64, wake: u
 
 #[inline(always)]
 fn copy_path(sc: &mut Scratch, o: &fdinfo::Open) {
-    let Some((src, len, partial)) = fdinfo::path(o) else {
+    let Some((src, len, partial)) = fdinfo::path(o.dentry, o.mnt) else {
         sc.rec.hdr.flags |= WRITE_F_PATH_PARTIAL;
         return;
     };

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub capture_bytes_dropped: IntCounterVec,
     pub captured_bytes: IntCounterVec,
     pub scanned_bytes: IntCounterVec,
+    pub core_dumps: IntCounterVec,
     pub ring_fill: prometheus::GaugeVec,
     pub streams: IntGauge,
     pub streams_evicted: IntCounter,
@@ -100,6 +101,15 @@ impl Metrics {
             for c in [&m.lost, &m.pipeline_dropped] {
                 c.with_label_values(&[probe]);
             }
+        }
+        for o in [
+            "scanned",
+            "handler",
+            "other_handler",
+            "not_found",
+            "skipped",
+        ] {
+            m.core_dumps.with_label_values(&[o]);
         }
         for q in ["events", "alerts", "actions", "dumps"] {
             m.queue_dropped.with_label_values(&[q]);
@@ -239,6 +249,12 @@ impl Metrics {
                 "leakwatch_scanned_bytes_total",
                 "Bytes handed to detection, by source (argv, env, file, socket, pipe, tty; held files read back count as file).",
                 &["source"],
+            ),
+            core_dumps: counter_vec(
+                &r,
+                "leakwatch_core_dumps_total",
+                "Processes that dumped core, by outcome: scanned (file core_pattern, read by the daemon), handler (leakwatch's core-handler scans it), other_handler (a pipe handler leakwatch cannot read), not_found (no file matched the pattern), skipped (scanner queue full).",
+                &["outcome"],
             ),
             streams: gauge(
                 &r,

@@ -728,7 +728,11 @@ impl CorePattern {
         let old = old.trim_end_matches('\n').to_string();
         std::fs::write(Self::PATH, pattern).expect("writing core_pattern");
         let now = std::fs::read_to_string(Self::PATH).unwrap_or_default();
-        assert_eq!(now.trim_end_matches('\n'), pattern, "core_pattern did not take");
+        assert_eq!(
+            now.trim_end_matches('\n'),
+            pattern,
+            "core_pattern did not take"
+        );
         CorePattern { old, _lock: lock }
     }
 }

@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 
 use super::now_ms;
 
-pub const KINDS: [&str; 7] = [
-    "exec", "connect", "write", "finding", "kill", "sever", "freeze",
+pub const KINDS: [&str; 9] = [
+    "exec", "connect", "write", "copy", "core", "finding", "kill", "sever", "freeze",
 ];
 /// Processes a `--tree` follows at most.
 const TREE_MAX: usize = 100_000;
@@ -276,6 +276,15 @@ fn line(r: &Out) -> String {
         ),
         "kill" => format!("{} ({})", s("reason"), s("by")),
         "sever" => format!("{} -> {}", s("local"), s("remote")),
+        "copy" => format!(
+            "{} {} -> {}{} {} B",
+            s("call"),
+            s("src"),
+            s("path"),
+            s("remote"),
+            n("bytes")
+        ),
+        "core" => format!("signal {} {} {}", n("signal"), s("outcome"), s("path")),
         _ => s("fingerprint").to_string(),
     };
     format!(

@@ -3,6 +3,7 @@
 //! Decoding never panics on malformed input: a short or inconsistent record is an error the
 //! daemon counts and survives.
 mod connect;
+mod copy;
 mod exec;
 mod write;
 
@@ -10,6 +11,7 @@ use anyhow::{bail, Result};
 use leakwatch_common::*;
 
 pub use connect::{format_peer, ConnectEvent};
+pub use copy::{CopyEnd, CopyEvent, CoreEvent};
 pub use exec::{EnforceNotice, ExecEvent};
 pub use leakwatch_common::PROBE_COUNT;
 pub use write::{FileKind, WriteEvent};
@@ -66,6 +68,8 @@ pub enum Event {
     Enforce(EnforceNotice),
     Write(WriteEvent),
     Connect(ConnectEvent),
+    Core(CoreEvent),
+    Copy(CopyEvent),
 }
 
 impl Event {
@@ -75,6 +79,8 @@ impl Event {
             Event::Enforce(n) => &n.task,
             Event::Write(w) => &w.task,
             Event::Connect(c) => &c.task,
+            Event::Core(c) => &c.task,
+            Event::Copy(c) => &c.task,
         }
     }
 
@@ -113,6 +119,8 @@ pub fn decode(rec: &[u8]) -> Result<Event> {
         EVENT_ENFORCE => exec::decode_enforce(rec).map(Event::Enforce),
         EVENT_WRITE => write::decode(rec).map(Event::Write),
         EVENT_CONNECT => connect::decode(rec).map(Event::Connect),
+        EVENT_CORE => copy::decode_core(rec).map(Event::Core),
+        EVENT_COPY => copy::decode_copy(rec).map(Event::Copy),
         k => bail!("unknown record kind {k}"),
     }
 }

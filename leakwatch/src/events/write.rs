@@ -8,7 +8,7 @@ use zeroize::Zeroize;
 use super::Task;
 
 /// What an fd refers to, from the inode's mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum FileKind {
     File,
     Socket,
@@ -17,6 +17,7 @@ pub enum FileKind {
     Char,
     Other,
     /// The kernel could not resolve the fd.
+    #[default]
     Unknown,
 }
 

@@ -10,6 +10,8 @@
 //! (`leakwatch_queue_dropped_total{queue="events"}`, reported by the loss poller); exec,
 //! kill and connect records are rare and matter for freeze, so the reader waits for room. A new probe family adds a decoder in `events` and a
 //! stage module here, and one arm in `Pipeline::handle`.
+mod copies;
+mod cores;
 mod dumps;
 mod exec;
 mod held;
@@ -75,6 +77,7 @@ pub struct Pipeline {
     fds: FdTable,
     streams: write::Streams,
     held: held::Held,
+    cores: cores::Scanner,
     report: Reporter,
     ctx: Arc<respond::Context>,
     metrics: Arc<Metrics>,
@@ -105,6 +108,7 @@ impl Pipeline {
             fds: FdTable::new(),
             streams: write::Streams::default(),
             held: held::Held::default(),
+            cores: cores::Scanner::default(),
             report,
             ctx,
             actions: crate::actions::ActionLog::disabled(metrics.clone()),
@@ -172,6 +176,8 @@ impl Pipeline {
                 self.ctx.on_enforce(n, &mut self.procs)
             }
             Event::Write(w) => write::on_write(self, w),
+            Event::Copy(c) => copies::on_copy(self, c),
+            Event::Core(c) => cores::on_core(self, c),
             Event::Connect(c) => {
                 self.metrics
                     .events

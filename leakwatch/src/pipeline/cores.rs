@@ -1,0 +1,374 @@
+//! Kernel core dumps written to a file (a `core_pattern` without a pipe). The kernel
+//! writes a core with no write syscall, so when a process ends after dumping (a
+//! `CoreEvent`, sent once the core is complete) the file is found from the pattern and
+//! scanned on a thread of its own — a core can be gigabytes and the pipeline must not
+//! wait — and its findings come back through the dump inbox, like the core-handler's.
+//! With a pipe pattern the handler is the one to scan: leakwatch's own reports itself;
+//! another handler's core is out of reach, so it is counted and logged.
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    sync::{mpsc, Arc, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use super::Pipeline;
+use crate::{
+    crash::{DumpHit, DumpReport, Inbox},
+    detect::{frozen::FrozenSet, stream::StreamScanner, Detector, Engine},
+    events::CoreEvent,
+};
+
+const CORE_PATTERN: &str = "/proc/sys/kernel/core_pattern";
+const CORE_USES_PID: &str = "/proc/sys/kernel/core_uses_pid";
+/// A core file older than this when its process ended is not the one it dumped.
+const FRESH: Duration = Duration::from_secs(120);
+/// Cores waiting for the scanner thread; more are counted and skipped.
+const WAITING: usize = 16;
+
+/// One core file to scan, and who dumped it.
+pub struct Job {
+    pub path: PathBuf,
+    pub report: DumpReport,
+}
+
+/// The scanner thread's input, started with the first file core.
+#[derive(Default)]
+pub struct Scanner {
+    tx: Option<mpsc::SyncSender<Job>>,
+}
+
+pub(super) fn on_core(p: &mut Pipeline, c: CoreEvent) {
+    p.metrics
+        .events
+        .with_label_values(&[c.task.probe_name()])
+        .inc();
+    let pattern = std::fs::read_to_string(CORE_PATTERN)
+        .map(|s| s.trim_end_matches('\n').to_string())
+        .unwrap_or_default();
+    let who = p.procs.quick(&c.task);
+    let mut report = DumpReport {
+        kind: "core".into(),
+        how: "file".into(),
+        pid: c.task.tgid,
+        tid: c.task.pid,
+        ppid: who.ppid,
+        uid: c.task.uid,
+        comm: who.comm.clone(),
+        exe: who.exe.clone(),
+        cgroup: who.cgroup.clone(),
+        signal: c.signal,
+        ..Default::default()
+    };
+    let outcome;
+    if let Some(handler) = pattern.strip_prefix('|') {
+        outcome = if handler.contains(" core-handler") {
+            "handler"
+        } else {
+            log::warn!(
+                "pid {} ({}) dumped core to the handler `{}`, which leakwatch cannot read; \
+                 install leakwatch's (`leakwatch install --core-handler`) to scan cores",
+                c.task.tgid,
+                who.comm,
+                handler
+            );
+            "other_handler"
+        };
+        report.path = Some(pattern.clone());
+    } else {
+        let uses_pid = std::fs::read_to_string(CORE_USES_PID).is_ok_and(|s| s.trim() == "1");
+        let host = hostname();
+        let known = Known {
+            pid: c.task.tgid,
+            uid: c.task.uid,
+            gid: c.task.gid,
+            signal: c.signal,
+            host: &host,
+            exe: &who.exe,
+        };
+        match find(&pattern, uses_pid, c.cwd.as_deref(), &known) {
+            Some(path) => {
+                report.path = Some(path.to_string_lossy().into_owned());
+                outcome = if p.cores.send(
+                    Job {
+                        path,
+                        report: report.clone(),
+                    },
+                    &p.engine,
+                    &p.shared.frozen,
+                    &p.shared.dumps,
+                ) {
+                    "scanned"
+                } else {
+                    "skipped"
+                };
+            }
+            None => {
+                log::warn!(
+                    "pid {} ({}) dumped core, but no fresh file matches core_pattern `{pattern}` \
+                     (cwd {:?}): not scanned",
+                    c.task.tgid,
+                    who.comm,
+                    c.cwd
+                );
+                outcome = "not_found";
+            }
+        }
+    }
+    p.metrics.core_dumps.with_label_values(&[outcome]).inc();
+    if p.actions.enabled() {
+        let mut row = crate::actions::Row::new("core", &who)
+            .with("signal", c.signal)
+            .with("outcome", outcome);
+        if let Some(path) = &report.path {
+            row = row.with("path", path.as_str());
+        }
+        p.actions.record(row);
+    }
+}
+
+impl Scanner {
+    /// Queues a core for the scanner thread (started on first use). False when the queue
+    /// is full or the thread cannot start.
+    fn send(
+        &mut self,
+        job: Job,
+        engine: &Arc<Engine>,
+        frozen: &Arc<RwLock<FrozenSet>>,
+        inbox: &Inbox,
+    ) -> bool {
+        if self.tx.is_none() {
+            let (tx, rx) = mpsc::sync_channel::<Job>(WAITING);
+            let (engine, frozen, inbox) = (engine.clone(), frozen.clone(), inbox.clone());
+            let started = std::thread::Builder::new()
+                .name("lw-cores".into())
+                .spawn(move || {
+                    for job in rx {
+                        let r = scan(job, &engine, &frozen);
+                        if !crate::crash::push(&inbox, r) {
+                            log::warn!("crash dump inbox full: a core's findings were dropped");
+                        }
+                    }
+                });
+            if let Err(e) = started {
+                log::error!("cannot start the core scanner thread: {e}");
+                return false;
+            }
+            self.tx = Some(tx);
+        }
+        self.tx.as_ref().is_some_and(|tx| tx.try_send(job).is_ok())
+    }
+}
+
+/// Reads the core once, streaming (memory bounded by the scanner's tail).
+fn scan(job: Job, engine: &Engine, frozen: &RwLock<FrozenSet>) -> DumpReport {
+    let mut r = job.report;
+    let mut f = match std::fs::File::open(&job.path) {
+        Ok(f) => f,
+        Err(e) => {
+            r.problems
+                .push(format!("cannot open {}: {e}", job.path.display()));
+            return r;
+        }
+    };
+    let mut sc = StreamScanner::new(engine);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                r.problems
+                    .push(format!("reading {} stopped: {e}", job.path.display()));
+                break;
+            }
+        };
+        r.bytes += n as u64;
+        let fz = frozen.read().ok();
+        let d = Detector::new(engine, fz.as_deref());
+        add(&mut r, sc.feed(&d, &buf[..n]));
+    }
+    let fz = frozen.read().ok();
+    let d = Detector::new(engine, fz.as_deref());
+    add(&mut r, sc.finish(&d));
+    r
+}
+
+fn add(r: &mut DumpReport, found: Vec<crate::detect::stream::StreamFinding>) {
+    for f in found {
+        if r.hits.len() >= 4096 {
+            return;
+        }
+        r.hits.push(DumpHit {
+            rule: f.finding.rule,
+            fingerprint: f.finding.fingerprint,
+            redacted: f.finding.redacted,
+            offset: f.offset,
+        });
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// What the daemon knows of a dump for `core_pattern`'s specifiers.
+pub struct Known<'a> {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub signal: i32,
+    pub host: &'a str,
+    pub exe: &'a str,
+}
+
+/// The newest fresh regular file that `pattern` (core(5)) names for this dump. Only the
+/// last component may hold specifiers the daemon cannot know exactly (%t time, %e the
+/// dumping thread's name, %i its id…): those match any run of characters there.
+pub fn find(pattern: &str, uses_pid: bool, cwd: Option<&str>, k: &Known) -> Option<PathBuf> {
+    let (dir, name) = match pattern.rfind('/') {
+        Some(i) => (&pattern[..i.max(1)], &pattern[i + 1..]),
+        None => (".", pattern),
+    };
+    let dir = exact(dir, k)?;
+    let dir = if dir.starts_with('/') {
+        PathBuf::from(dir)
+    } else {
+        Path::new(cwd?).join(dir)
+    };
+    let mut re = String::from("^");
+    re.push_str(&matcher(name, k));
+    if uses_pid && !pattern.contains("%p") {
+        re.push_str(&format!(r"\.{}", k.pid));
+    }
+    re.push('$');
+    let re = regex::Regex::new(&re).ok()?;
+    let now = SystemTime::now();
+    let mut best: Option<(SystemTime, PathBuf)> = None;
+    for e in std::fs::read_dir(&dir).ok()?.flatten() {
+        let name = e.file_name();
+        if !re.is_match(&name.to_string_lossy()) {
+            continue;
+        }
+        let Ok(m) = e.metadata() else { continue };
+        let Ok(t) = m.modified() else { continue };
+        let fresh = now.duration_since(t).map_or(true, |age| age <= FRESH);
+        if m.is_file() && fresh && best.as_ref().is_none_or(|(bt, _)| t > *bt) {
+            best = Some((t, e.path()));
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+/// `s` with its specifiers replaced by what is known exactly; None if one is not.
+fn exact(s: &str, k: &Known) -> Option<String> {
+    let mut out = String::new();
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match it.next() {
+            Some('%') => out.push('%'),
+            Some(spec) => out.push_str(&known(spec, k)?),
+            None => {}
+        }
+    }
+    Some(out)
+}
+
+/// A specifier's exact value, when the daemon knows it.
+fn known(spec: char, k: &Known) -> Option<String> {
+    Some(match spec {
+        'p' | 'P' => k.pid.to_string(),
+        'u' => k.uid.to_string(),
+        'g' => k.gid.to_string(),
+        's' => k.signal.to_string(),
+        'h' => k.host.to_string(),
+        'E' if !k.exe.is_empty() => k.exe.replace('/', "!"),
+        _ => return None,
+    })
+}
+
+/// A regex for one path component of the pattern.
+fn matcher(name: &str, k: &Known) -> String {
+    let mut re = String::new();
+    let mut it = name.chars();
+    while let Some(c) = it.next() {
+        if c != '%' {
+            re.push_str(&regex::escape(&c.to_string()));
+            continue;
+        }
+        match it.next() {
+            Some('%') => re.push('%'),
+            Some(spec) => match known(spec, k) {
+                Some(v) => re.push_str(&regex::escape(&v)),
+                None => re.push_str(".*"),
+            },
+            None => {}
+        }
+    }
+    re
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k() -> Known<'static> {
+        Known {
+            pid: 4242,
+            uid: 1000,
+            gid: 1000,
+            signal: 6,
+            host: "box",
+            exe: "/usr/bin/python3.11",
+        }
+    }
+
+    #[test]
+    fn patterns_name_the_fresh_core() {
+        let d = std::env::temp_dir().join(format!("lw-cores-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("1000")).unwrap();
+        for f in [
+            "core.python3.4242.1733212345",
+            "core.python3.4243.1",
+            "core.4242",
+        ] {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        std::fs::write(d.join("1000/core"), b"x").unwrap();
+        let dir = d.to_str().unwrap();
+        let pat = format!("{dir}/core.%e.%p.%t");
+        assert_eq!(
+            find(&pat, false, None, &k()),
+            Some(d.join("core.python3.4242.1733212345"))
+        );
+        // Relative, and core_uses_pid appends the pid when the pattern has none.
+        assert_eq!(
+            find("core", true, Some(dir), &k()),
+            Some(d.join("core.4242"))
+        );
+        assert_eq!(find("core", false, Some(dir), &k()), None);
+        // Known specifiers in the directory part.
+        assert_eq!(
+            find(&format!("{dir}/%u/core"), false, None, &k()),
+            Some(d.join("1000/core"))
+        );
+        // Unknown specifiers in the directory part cannot be searched.
+        assert_eq!(find(&format!("{dir}/%t/core"), false, None, &k()), None);
+        // A relative pattern without a cwd cannot be found.
+        assert_eq!(find("core", true, None, &k()), None);
+        // %E is the exe path with ! for /.
+        std::fs::write(d.join("!usr!bin!python3.11.core"), b"x").unwrap();
+        assert_eq!(
+            find(&format!("{dir}/%E.core"), false, None, &k()),
+            Some(d.join("!usr!bin!python3.11.core"))
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
