@@ -210,3 +210,45 @@ fn copy_python_sendfile_of_a_file_holding_a_key_alerts_with_the_remote() {
     d.stop();
     d.assert_no_plaintext(&[&secret]);
 }
+
+/// node (libuv) with `UV_USE_IO_URING=1` writes files through io_uring from its
+/// `iou-sqp` thread: no write syscall carries the key, the ring submission does.
+#[test]
+fn io_uring_node_file_write_is_captured() {
+    let mut d = Daemon::start("io-uring-node");
+    let (secret, text) = secret("openai-project-key");
+    let fp = fingerprint(&secret);
+    let out = d.scratch().join("uring.log");
+    let mut c = Command::new("node")
+        .arg("-e")
+        .arg(
+            "const fs = require('fs');\n\
+             fs.open(process.argv[1], 'w', (e, fd) => {\n\
+               if (e) throw e;\n\
+               fs.write(fd, 'OPENAI_API_KEY=' + process.argv[2] + '\\n', (e) => {\n\
+                 if (e) throw e; fs.close(fd, () => {}); });\n\
+             });",
+        )
+        .arg(&out)
+        .arg(&text)
+        .env("UV_USE_IO_URING", "1")
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 60, "node").success());
+    assert!(fs::read_to_string(&out).unwrap().contains(&secret));
+    let a = wait_until(20, "the key written through io_uring", || {
+        d.findings(&fp)
+            .into_iter()
+            .find(|a| n(a, "pid") == pid as u64 && s(a, "source") == "file")
+    });
+    assert_eq!(
+        s(&a, "path"),
+        fs::canonicalize(&out).unwrap().to_str().unwrap(),
+        "{a:#}"
+    );
+    assert_eq!(s(&a, "probe"), "io_uring_submit_req", "{a:#}");
+    assert_eq!(s(&a, "comm"), "node", "{a:#}");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}

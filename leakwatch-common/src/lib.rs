@@ -44,7 +44,9 @@ pub const PROBE_COPY_FILE_RANGE: u32 = 14;
 pub const PROBE_SENDFILE: u32 = 15;
 pub const PROBE_SPLICE: u32 = 16;
 pub const PROBE_TEE: u32 = 17;
-pub const PROBE_COUNT: u32 = 18;
+/// Writes and sends submitted through io_uring (no write syscall).
+pub const PROBE_IO_URING: u32 = 18;
+pub const PROBE_COUNT: u32 = 19;
 
 pub const PROBE_NAMES: [&str; PROBE_COUNT as usize] = [
     "sys_enter_execve",
@@ -65,6 +67,7 @@ pub const PROBE_NAMES: [&str; PROBE_COUNT as usize] = [
     "sys_exit_sendfile64",
     "sys_exit_splice",
     "sys_exit_tee",
+    "io_uring_submit_req",
 ];
 
 /// Per-probe kernel counters: the `STATS` per-CPU array holds `STAT_KINDS` slots per probe,

@@ -15,6 +15,7 @@ mod fdinfo;
 mod floor;
 mod frozen;
 mod header;
+mod iouring;
 mod maps;
 mod mem;
 mod payload;

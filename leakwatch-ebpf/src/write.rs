@@ -43,7 +43,7 @@ static LAST_FILE: LruHashMap<FdKey, fdinfo::Known> = LruHashMap::with_max_entrie
 static HELD: HashMap<u64, u8> = HashMap::with_max_entries(HELD_MAX, 0);
 
 /// How the payload is passed.
-enum Src {
+pub enum Src {
     Buf { ptr: u64, len: u64 },
     Iov { iov: u64, vlen: u64 },
     Msg { msg: u64 },
@@ -58,7 +58,7 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
         ptr: arg(&ctx, 24),
         len: arg(&ctx, 32),
     };
-    handle(&ctx, PROBE_WRITE, src, -1, 0, 0);
+    handle(PROBE_WRITE, arg(&ctx, 16) as u32, src, -1, 0, 0);
     0
 }
 
@@ -68,7 +68,14 @@ pub fn sys_enter_pwrite64(ctx: TracePointContext) -> u32 {
         ptr: arg(&ctx, 24),
         len: arg(&ctx, 32),
     };
-    handle(&ctx, PROBE_PWRITE64, src, arg(&ctx, 40) as i64, 0, 0);
+    handle(
+        PROBE_PWRITE64,
+        arg(&ctx, 16) as u32,
+        src,
+        arg(&ctx, 40) as i64,
+        0,
+        0,
+    );
     0
 }
 
@@ -78,7 +85,7 @@ pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
         iov: arg(&ctx, 24),
         vlen: arg(&ctx, 32),
     };
-    handle(&ctx, PROBE_WRITEV, src, -1, 0, 0);
+    handle(PROBE_WRITEV, arg(&ctx, 16) as u32, src, -1, 0, 0);
     0
 }
 
@@ -88,7 +95,14 @@ pub fn sys_enter_pwritev(ctx: TracePointContext) -> u32 {
         iov: arg(&ctx, 24),
         vlen: arg(&ctx, 32),
     };
-    handle(&ctx, PROBE_PWRITEV, src, arg(&ctx, 40) as i64, 0, 0);
+    handle(
+        PROBE_PWRITEV,
+        arg(&ctx, 16) as u32,
+        src,
+        arg(&ctx, 40) as i64,
+        0,
+        0,
+    );
     0
 }
 
@@ -99,7 +113,14 @@ pub fn sys_enter_pwritev2(ctx: TracePointContext) -> u32 {
         vlen: arg(&ctx, 32),
     };
     // pos -1: the file position, as for writev.
-    handle(&ctx, PROBE_PWRITEV2, src, arg(&ctx, 40) as i64, 0, 0);
+    handle(
+        PROBE_PWRITEV2,
+        arg(&ctx, 16) as u32,
+        src,
+        arg(&ctx, 40) as i64,
+        0,
+        0,
+    );
     0
 }
 
@@ -110,14 +131,21 @@ pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
         len: arg(&ctx, 32),
     };
     // addr @48, addr_len @56 (UDP destination).
-    handle(&ctx, PROBE_SENDTO, src, -1, arg(&ctx, 48), arg(&ctx, 56));
+    handle(
+        PROBE_SENDTO,
+        arg(&ctx, 16) as u32,
+        src,
+        -1,
+        arg(&ctx, 48),
+        arg(&ctx, 56),
+    );
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
     let src = Src::Msg { msg: arg(&ctx, 24) };
-    handle(&ctx, PROBE_SENDMSG, src, -1, 0, 0);
+    handle(PROBE_SENDMSG, arg(&ctx, 16) as u32, src, -1, 0, 0);
     0
 }
 
@@ -127,7 +155,7 @@ pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
         mmsg: arg(&ctx, 24),
         vlen: arg(&ctx, 32) as u32 as u64,
     };
-    handle(&ctx, PROBE_SENDMMSG, src, -1, 0, 0);
+    handle(PROBE_SENDMMSG, arg(&ctx, 16) as u32, src, -1, 0, 0);
     0
 }
 
@@ -141,10 +169,13 @@ fn arg(ctx: &TracePointContext, off: usize) -> u64 {
     unsafe { core::ptr::read(ctx.as_ptr().add(off) as *const u64) }
 }
 
+/// One write-family call by the current task: `fd` (the caller's), the payload, the
+/// position (-1: the file's own) and a datagram destination. io_uring submissions come
+/// here too (`PROBE_IO_URING`): they complete later, so they never go by reference.
 #[inline(always)]
-fn handle(
-    ctx: &TracePointContext,
+pub fn handle(
     probe: u32,
+    fd: u32,
     src: Src,
     offset: i64,
     mut dest: u64,
@@ -166,12 +197,11 @@ fn handle(
         maps::count(probe, STAT_SKIPPED);
         return None;
     }
-    // `fd` is an int in a u64 slot.
-    let fd = arg(ctx, 16) as u32;
+    let queued = probe == PROBE_IO_URING;
     // A call continuing its thread's run skips the rest, the scope verdict included: the
     // run began in scope and lives a few ms at most.
-    if let Src::Buf { len, .. } = src {
-        if runs::extend(pid_tgid as u32, fd, probe, len, offset) {
+    if let (Src::Buf { len, .. }, false) = (&src, queued) {
+        if runs::extend(pid_tgid as u32, fd, probe, *len, offset) {
             return None;
         }
     }
@@ -265,7 +295,7 @@ fn handle(
         },
         sc.rec.path_len as u64,
     );
-    let is_ref = matches!(src, Src::Buf { .. }) && by_ref(sc, offset);
+    let is_ref = !queued && matches!(src, Src::Buf { .. }) && by_ref(sc, offset);
     if is_ref && !new_file {
         if let Src::Buf { len, .. } = src {
             // A run continued takes the fast path above; this call starts one.

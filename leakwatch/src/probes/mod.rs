@@ -147,6 +147,12 @@ const TRACEPOINTS: &[(&str, &str, &str, &str)] = &[
         "sys_exit_tee",
         "in-kernel copies",
     ),
+    (
+        "io_uring_submit_req",
+        "io_uring",
+        "io_uring_submit_req",
+        "io_uring writes",
+    ),
 ];
 
 /// (global, struct, member path, required): the kernel struct offsets the programs use.
@@ -162,6 +168,13 @@ const OFFSETS: &[(&str, &str, &str, bool)] = &[
     ("OFF_TASK_FS", "task_struct", "fs", false),
     ("OFF_FS_PWD_MNT", "fs_struct", "pwd.mnt", false),
     ("OFF_FS_PWD_DENTRY", "fs_struct", "pwd.dentry", false),
+    ("OFF_REQ_CMD", "io_kiocb", "cmd", false),
+    ("OFF_REQ_CQE_FD", "io_kiocb", "cqe.fd", false),
+    ("OFF_RW_ADDR", "io_rw", "addr", false),
+    ("OFF_RW_LEN", "io_rw", "len", false),
+    ("OFF_RW_POS", "io_rw", "kiocb.ki_pos", false),
+    ("OFF_SR_BUF", "io_sr_msg", "buf", false),
+    ("OFF_SR_LEN", "io_sr_msg", "len", false),
     ("OFF_MM_ARG_START", "mm_struct", "arg_start", true),
     ("OFF_MM_ARG_END", "mm_struct", "arg_end", true),
     ("OFF_MM_ENV_START", "mm_struct", "env_start", true),
