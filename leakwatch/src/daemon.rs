@@ -133,6 +133,10 @@ pub async fn run(o: Overrides) -> Result<()> {
         pipeline.hold_files(held, runs);
     }
     pipeline.log_actions(actions.clone());
+    pipeline.watch_tls(crate::probes::tls::TlsWatch::start(
+        probes.clone(),
+        metrics.clone(),
+    ));
 
     let metrics_at = match &listener {
         Some(l) => format!("http://{}/metrics", l.local_addr()?),

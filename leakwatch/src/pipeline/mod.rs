@@ -16,6 +16,7 @@ mod dumps;
 mod exec;
 mod held;
 pub mod report;
+mod tls;
 mod write;
 
 use std::{
@@ -78,6 +79,8 @@ pub struct Pipeline {
     streams: write::Streams,
     held: held::Held,
     cores: cores::Scanner,
+    tls: crate::probes::tls::TlsWatch,
+    tls_wait: tls::Waiting,
     report: Reporter,
     ctx: Arc<respond::Context>,
     metrics: Arc<Metrics>,
@@ -109,6 +112,8 @@ impl Pipeline {
             streams: write::Streams::default(),
             held: held::Held::default(),
             cores: cores::Scanner::default(),
+            tls: Default::default(),
+            tls_wait: Default::default(),
             report,
             ctx,
             actions: crate::actions::ActionLog::disabled(metrics.clone()),
@@ -127,6 +132,11 @@ impl Pipeline {
     /// files it holds in the kernel's `HELD` map.
     pub fn hold_files(&mut self, map: crate::probes::HeldMap, runs: crate::probes::RunsMap) {
         self.held = held::Held::new(map, runs);
+    }
+
+    /// Checks exec'd programs for OpenSSL to attach the TLS plaintext probes to.
+    pub fn watch_tls(&mut self, tls: crate::probes::tls::TlsWatch) {
+        self.tls = tls;
     }
 
     /// Records what processes do in the action log (`actions`).
@@ -200,6 +210,7 @@ impl Pipeline {
     pub fn tick(&mut self) {
         self.write_log.tick(&self.actions, false);
         write::tick(self);
+        tls::tick(self);
         held::tick(self);
         exec::tick(self);
         let reports: Vec<_> = match self.shared.dumps.lock() {
