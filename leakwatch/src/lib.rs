@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod crash;
 pub mod daemon;
+pub mod dest;
 pub mod detect;
 pub mod events;
 pub mod install;

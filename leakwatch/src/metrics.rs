@@ -38,6 +38,7 @@ pub struct Metrics {
     pub scanned_bytes: IntCounterVec,
     pub core_dumps: IntCounterVec,
     pub tls_files: IntCounterVec,
+    pub expected_sends: IntCounterVec,
     pub ring_fill: prometheus::GaugeVec,
     pub streams: IntGauge,
     pub streams_evicted: IntCounter,
@@ -265,6 +266,12 @@ impl Metrics {
                 "leakwatch_tls_files_total",
                 "Files found to define OpenSSL's SSL_write/SSL_write_ex (the system libssl, executables that carry OpenSSL), by outcome of attaching the TLS plaintext probes to them: attached, failed.",
                 &["outcome"],
+            ),
+            expected_sends: counter_vec(
+                &r,
+                "leakwatch_expected_sends_total",
+                "Credentials sent to one of their rule's expected destinations (its provider's hosts, or [[destination]]): recorded in the action log, not alerted.",
+                &["rule"],
             ),
             streams: gauge(
                 &r,

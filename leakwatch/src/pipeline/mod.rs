@@ -68,11 +68,14 @@ pub struct Shared {
 /// What a reload changes in the pipeline.
 pub struct Reload {
     pub engine: Engine,
+    pub dests: crate::dest::Destinations,
     pub dedupe_seconds: u64,
 }
 
 pub struct Pipeline {
     engine: Arc<Engine>,
+    /// Where each rule's credential is expected to go (`dest`).
+    dests: crate::dest::Destinations,
     shared: Shared,
     procs: Procs,
     fds: FdTable,
@@ -106,6 +109,7 @@ impl Pipeline {
     ) -> Pipeline {
         Pipeline {
             engine: Arc::new(engine),
+            dests: Default::default(),
             shared,
             procs: Procs::new(),
             fds: FdTable::new(),
@@ -132,6 +136,10 @@ impl Pipeline {
     /// files it holds in the kernel's `HELD` map.
     pub fn hold_files(&mut self, map: crate::probes::HeldMap, runs: crate::probes::RunsMap) {
         self.held = held::Held::new(map, runs);
+    }
+
+    pub fn set_destinations(&mut self, d: crate::dest::Destinations) {
+        self.dests = d;
     }
 
     /// Checks exec'd programs for OpenSSL to attach the TLS plaintext probes to.
@@ -174,6 +182,7 @@ impl Pipeline {
         };
         if let Some(r) = pending {
             self.engine = Arc::new(r.engine);
+            self.dests = r.dests;
             self.report.set_window(r.dedupe_seconds);
         }
     }

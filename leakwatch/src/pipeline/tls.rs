@@ -96,5 +96,8 @@ pub(super) fn tick(p: &mut Pipeline) {
 
 fn process(p: &mut Pipeline, w: WriteEvent, target: Target) {
     let source = target.source().unwrap_or(Source::Socket);
+    if w.fd >= 0 {
+        p.fds.learn_host(w.task.tgid, w.fd, &w.data);
+    }
     scan(p, w, target, source, true);
 }

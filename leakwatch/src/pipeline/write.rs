@@ -128,6 +128,7 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
         return super::held::on_ref(p, &w, target);
     }
     if source == Source::Socket {
+        p.fds.learn_host(w.task.tgid, w.fd, &w.data);
         super::tls::on_socket_write(p, &w, &target);
     }
     scan(p, w, target, source, false);
@@ -268,9 +269,17 @@ pub(super) fn emit(
         );
     }
     let crashed = dump.map(|kind| (kind, super::dumps::at_exec(p, task.tgid)));
+    let host = (source == Source::Socket)
+        .then(|| p.fds.host(task.tgid, fd).map(str::to_string))
+        .flatten();
     let hits: Vec<Hit> = found
         .into_iter()
         .map(|f| {
+            // A frozen credential is expected nowhere (its rule is `frozen`).
+            let expected = source == Source::Socket
+                && !d.is_frozen(&f.finding)
+                && p.dests
+                    .expected(&f.finding.rule, host.as_deref(), target.remote());
             let mut h = Hit::new(source, f.finding)
                 .with("fd", fd)
                 .with("bytes", bytes)
@@ -281,6 +290,10 @@ pub(super) fn emit(
             if via == Via::Tls {
                 h = h.with("tls", true);
             }
+            if let Some(host) = &host {
+                h = h.with("host", host.as_str());
+            }
+            h.expected = expected;
             if let Some((kind, (creds, frozen))) = crashed {
                 h = h
                     .with("dump", kind)
