@@ -346,3 +346,37 @@ fn tls_frozen_key_sender_is_killed() {
     d.stop();
     d.assert_no_plaintext(&[&secret]);
 }
+
+/// Java's TLS is written in Java: no uprobe sees it. A Java program that connects out is
+/// listed by `status` as a blind spot, so the operator knows.
+#[test]
+fn tls_blind_java_is_listed_by_status() {
+    let mut d = Daemon::start("tls-blind");
+    let srv = TlsServer::start(&d.scratch());
+    let dir = d.scratch();
+    std::fs::write(
+        dir.join("Conn.java"),
+        "public class Conn { public static void main(String[] a) throws Exception { \
+         try (java.net.Socket s = new java.net.Socket(\"127.0.0.1\", Integer.parseInt(a[0]))) {} } }\n",
+    )
+    .unwrap();
+    let mut c = Command::new("java")
+        .arg("Conn.java")
+        .arg(srv.port.to_string())
+        .current_dir(&dir)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 60, "java connecting").success());
+    let b = wait_until(20, "java listed as a TLS blind spot", || {
+        d.status()["tls_blind"]
+            .as_array()
+            .and_then(|l| l.iter().find(|b| n(b, "pid") == pid as u64).cloned())
+    });
+    assert_eq!(s(&b, "reason"), "java", "{b:#}");
+    assert_eq!(s(&b, "remote"), srv.addr(), "{b:#}");
+    assert!(s(&b, "exe").ends_with("/java"), "{b:#}");
+    assert!(d.metric("leakwatch_tls_blind_programs", &[]) >= 1.0);
+    drop(srv);
+    d.stop();
+}

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub core_dumps: IntCounterVec,
     pub tls_files: IntCounterVec,
     pub expected_sends: IntCounterVec,
+    pub tls_blind: IntGauge,
     pub ring_fill: prometheus::GaugeVec,
     pub streams: IntGauge,
     pub streams_evicted: IntCounter,
@@ -266,6 +267,11 @@ impl Metrics {
                 "leakwatch_tls_files_total",
                 "Files found to define OpenSSL's SSL_write/SSL_write_ex (the system libssl, executables that carry OpenSSL), by outcome of attaching the TLS plaintext probes to them: attached, failed.",
                 &["outcome"],
+            ),
+            tls_blind: gauge(
+                &r,
+                "leakwatch_tls_blind_programs",
+                "Programs seen connecting out with a TLS stack the probes cannot read (Go, Java, GnuTLS, NSS); listed by `leakwatch status`.",
             ),
             expected_sends: counter_vec(
                 &r,

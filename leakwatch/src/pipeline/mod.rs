@@ -10,6 +10,7 @@
 //! (`leakwatch_queue_dropped_total{queue="events"}`, reported by the loss poller); exec,
 //! kill and connect records are rare and matter for freeze, so the reader waits for room. A new probe family adds a decoder in `events` and a
 //! stage module here, and one arm in `Pipeline::handle`.
+mod blind;
 mod copies;
 mod cores;
 mod dumps;
@@ -32,6 +33,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+pub use blind::{Blind, BlindList};
 pub use exec::describe as describe_exec;
 pub use report::{base_alert, Hit, Reporter};
 pub use write::MAX_STREAMS;
@@ -63,6 +65,8 @@ pub struct Shared {
     pub reload: Arc<std::sync::Mutex<Option<Reload>>>,
     /// Crash dumps scanned outside the write path (core-handler, file core_pattern).
     pub dumps: crate::crash::Inbox,
+    /// Programs connecting out with TLS the probes cannot read (`status`).
+    pub tls_blind: blind::BlindList,
 }
 
 /// What a reload changes in the pipeline.
@@ -84,6 +88,7 @@ pub struct Pipeline {
     cores: cores::Scanner,
     tls: crate::probes::tls::TlsWatch,
     tls_wait: tls::Waiting,
+    blind_checked: blind::Checked,
     report: Reporter,
     ctx: Arc<respond::Context>,
     metrics: Arc<Metrics>,
@@ -118,6 +123,7 @@ impl Pipeline {
             cores: cores::Scanner::default(),
             tls: Default::default(),
             tls_wait: Default::default(),
+            blind_checked: Default::default(),
             report,
             ctx,
             actions: crate::actions::ActionLog::disabled(metrics.clone()),
@@ -203,6 +209,7 @@ impl Pipeline {
                     .with_label_values(&[c.task.probe_name()])
                     .inc();
                 self.fds.on_connect(&c);
+                blind::on_connect(self, &c);
                 if self.actions.enabled() {
                     let who = self.procs.quick(&c.task);
                     let remote = crate::events::format_peer(&c.peer).unwrap_or_default();

@@ -102,6 +102,8 @@ const WAITING: usize = 1024;
 #[derive(Clone, Default)]
 pub struct TlsWatch {
     tx: Option<std::sync::mpsc::SyncSender<u32>>,
+    /// Files the probes are attached to.
+    visible: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 impl TlsWatch {
@@ -112,6 +114,11 @@ impl TlsWatch {
         }
     }
 
+    /// Files whose TLS plaintext the probes see.
+    pub fn visible(&self) -> Vec<String> {
+        self.visible.read().map(|v| v.clone()).unwrap_or_default()
+    }
+
     /// Starts the thread: the system libssl and the binaries in `BIN_DIRS` first, then
     /// every newly exec'd executable.
     pub fn start(
@@ -119,6 +126,8 @@ impl TlsWatch {
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> TlsWatch {
         let (tx, rx) = std::sync::mpsc::sync_channel::<u32>(WAITING);
+        let visible = std::sync::Arc::new(std::sync::RwLock::new(Vec::new()));
+        let seen_by_thread = visible.clone();
         let started = std::thread::Builder::new()
             .name("lw-tls".into())
             .spawn(move || {
@@ -126,6 +135,7 @@ impl TlsWatch {
                     probes,
                     metrics,
                     seen: Default::default(),
+                    visible: seen_by_thread,
                 };
                 if let Some(l) = system_libssl() {
                     w.check(&l);
@@ -147,7 +157,10 @@ impl TlsWatch {
                 }
             });
         match started {
-            Ok(_) => TlsWatch { tx: Some(tx) },
+            Ok(_) => TlsWatch {
+                tx: Some(tx),
+                visible,
+            },
             Err(e) => {
                 log::error!("cannot start the TLS probe thread ({e}); TLS plaintext is not seen");
                 TlsWatch::default()
@@ -161,6 +174,7 @@ struct Watcher {
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// (device, inode) of every file checked.
     seen: std::collections::HashSet<(u64, u64)>,
+    visible: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 impl Watcher {
@@ -185,6 +199,9 @@ impl Watcher {
         let outcome = match r {
             Ok(()) => {
                 log::info!("TLS plaintext probes attached to {}", path.display());
+                if let Ok(mut v) = self.visible.write() {
+                    v.push(path.to_string_lossy().into_owned());
+                }
                 "attached"
             }
             Err(e) => {
