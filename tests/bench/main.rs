@@ -1,9 +1,10 @@
-//! `cargo xtask bench [--only freeze|write|scan|actions]`: measures what BENCHMARKS.md reports and
+//! `cargo xtask bench [--only freeze|write|tls|scan|actions]`: measures what BENCHMARKS.md reports and
 //! rewrites it.
 //! - freeze latency, command to report, for 1, 10 and 100 holder processes, each holding
 //!   two TCP connections (real daemon, real eBPF programs);
 //! - the write path's cost to a writing program and the daemon's accounting under load
 //!   (see `write_bench`);
+//! - the TLS plaintext probes' cost to an HTTPS client (see `tls_bench`);
 //! - the detection engine's throughput, recall and false positives (see `scan_bench`);
 //! - `leakwatch actions` query times on a 1 GB action log (see `actions_bench`).
 //!
@@ -12,12 +13,13 @@
 mod actions_bench;
 mod freeze_bench;
 mod scan_bench;
+mod tls_bench;
 mod write_bench;
 
 use std::fmt::Write as _;
 
 /// Parts in the order their sections appear in BENCHMARKS.md.
-const PARTS: [&str; 4] = ["freeze", "write", "scan", "actions"];
+const PARTS: [&str; 5] = ["freeze", "write", "tls", "scan", "actions"];
 
 fn main() {
     let (out, only) = args();
@@ -53,6 +55,7 @@ fn main() {
             }
             "freeze" => md.push_str(&freeze_bench::run()),
             "write" => md.push_str(&write_bench::run()),
+            "tls" => md.push_str(&tls_bench::run()),
             "actions" => md.push_str(&actions_bench::run()),
             _ => md.push_str(&scan_bench::run()),
         }
@@ -86,6 +89,7 @@ fn part_of(title: &str) -> &'static str {
     match title {
         "Freeze latency" => "freeze",
         t if t == write_bench::TITLE => "write",
+        t if t == tls_bench::TITLE => "tls",
         t if t == actions_bench::TITLE => "actions",
         _ => "scan",
     }

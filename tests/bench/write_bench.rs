@@ -506,7 +506,7 @@ fn outrun(dir: &Path, big: &Target, res: &mut Results) -> Outrun {
 }
 
 /// (prog id, run_time_ns, run_cnt) of every eBPF program `pid` holds (needs bpf_stats on).
-fn prog_stats(pid: u32) -> Vec<(u64, u64, u64)> {
+pub(crate) fn prog_stats(pid: u32) -> Vec<(u64, u64, u64)> {
     let mut out = Vec::new();
     for e in fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
@@ -607,7 +607,7 @@ fn program_costs(dir: &Path, targets: &[Target]) -> String {
     md
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -620,7 +620,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn min_max(v: &[f64]) -> (f64, f64) {
+pub(crate) fn min_max(v: &[f64]) -> (f64, f64) {
     v.iter()
         .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)))
 }
@@ -629,7 +629,7 @@ fn m(rate: f64) -> String {
     format!("{:.2}M", rate / 1e6)
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()

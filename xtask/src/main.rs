@@ -53,7 +53,7 @@ enum Cmd {
     /// Run the benchmarks and rewrite BENCHMARKS.md.
     Bench {
         /// Run only this part and replace only its sections of BENCHMARKS.md.
-        #[arg(long, value_parser = ["freeze", "write", "scan", "actions"])]
+        #[arg(long, value_parser = ["freeze", "write", "tls", "scan", "actions"])]
         only: Option<String>,
     },
     /// Fuzz with cargo fuzz (libFuzzer) for this many seconds: the detection engine, or

@@ -1,0 +1,275 @@
+//! TLS plaintext probes' cost, as a ratio to no monitor, in alternating rounds (median):
+//! - `SSL_write` loops: a python client (`ssl`, i.e. `SSL_write_ex` in the system
+//!   libssl) writing 512 B and 4 KiB records over one TLS connection to a local server
+//!   that discards them — the call path the uprobes sit on, encryption and the socket
+//!   write included;
+//! - an HTTPS request loop: python `http.client`, one new connection and one small POST
+//!   per request (handshake included), against a local TLS server answering 200.
+//! And kernel program time per `SSL_write` (every leakwatch program the loop triggers:
+//! the entry and return uprobes and the write probe on the ciphertext), from bpf_stats in
+//! an extra run. The daemon watches every process (the default scope).
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use leakwatch_tests::{python, Daemon, Reaped};
+
+use crate::write_bench::{cpu_model, median, min_max, prog_stats};
+
+pub const TITLE: &str = "TLS plaintext cost";
+
+const SERVER: &str = r#"
+import socket, ssl, sys, threading
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(128)
+print(s.getsockname()[1], flush=True)
+def serve(c):
+    try:
+        t = ctx.wrap_socket(c, server_side=True)
+        data = b""
+        while True:
+            d = t.recv(65536)
+            if not d:
+                return
+            data += d
+            head, sep, body = data.partition(b"\r\n\r\n")
+            n = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    n = int(line.split(b":")[1])
+            if data.startswith(b"POST") and sep and len(body) >= n:
+                t.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                t.close()
+                return
+            if len(data) > 1 << 20:
+                data = b""
+    except Exception:
+        pass
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+const WRITES: &str = r#"
+import socket, ssl, sys, time
+ctx = ssl._create_unverified_context()
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))))
+buf = b"x" * int(sys.argv[3])
+n = int(sys.argv[2])
+t = time.perf_counter()
+for _ in range(n):
+    s.sendall(buf)
+print(n / (time.perf_counter() - t))
+s.close()
+"#;
+
+const REQUESTS: &str = r#"
+import http.client, ssl, sys, time
+ctx = ssl._create_unverified_context()
+n = int(sys.argv[2])
+t = time.perf_counter()
+for _ in range(n):
+    c = http.client.HTTPSConnection("127.0.0.1", int(sys.argv[1]), context=ctx)
+    c.request("POST", "/v1", b'{"q": "hello"}', {"Content-Type": "application/json"})
+    c.getresponse().read()
+    c.close()
+print(n / (time.perf_counter() - t))
+"#;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Load {
+    Writes(u64),
+    Requests,
+}
+
+impl Load {
+    fn label(self) -> String {
+        match self {
+            Load::Writes(b) => format!("`SSL_write` of {b} B (one connection)"),
+            Load::Requests => "HTTPS request (new connection, small POST)".into(),
+        }
+    }
+
+    /// Calls per timed run.
+    fn count(self) -> u64 {
+        match self {
+            Load::Writes(_) => 40_000,
+            Load::Requests => 300,
+        }
+    }
+}
+
+const LOADS: [Load; 3] = [Load::Writes(512), Load::Writes(4096), Load::Requests];
+
+fn run_load(l: Load, port: u16) -> f64 {
+    let (script, extra) = match l {
+        Load::Writes(b) => (WRITES, b.to_string()),
+        Load::Requests => (REQUESTS, String::new()),
+    };
+    let out = python()
+        .arg("-c")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(l.count().to_string())
+        .arg(extra)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running the python TLS client");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(f64::NAN)
+}
+
+fn server(dir: &Path) -> (Reaped, u16) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(st.success(), "openssl could not make a certificate");
+    let mut c = python()
+        .arg("-c")
+        .arg(SERVER)
+        .arg(&cert)
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (Reaped(c), line.trim().parse().expect("server port"))
+}
+
+fn start_daemon(dir: &Path, round: usize) -> Daemon {
+    let d = dir.join(format!("daemon-{round}"));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    let d = Daemon::start_in(d, &[]);
+    // The TLS probes attach in the background at start: wait for libssl's.
+    for _ in 0..100 {
+        if d.metric("leakwatch_tls_files_total", &[("outcome", "attached")]) >= 1.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    d
+}
+
+pub fn run() -> String {
+    let rounds: usize = std::env::var("LW_BENCH_TLS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let dir =
+        PathBuf::from(std::env::temp_dir()).join(format!("lw-bench-tls-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let (_srv, port) = server(&dir);
+    // (load, monitored, rate)
+    let mut runs: Vec<(Load, bool, f64)> = Vec::new();
+    for round in 0..rounds {
+        for k in 0..2 {
+            let monitored = (round + k) % 2 == 1;
+            let mut d = monitored.then(|| start_daemon(&dir, round));
+            for l in LOADS {
+                runs.push((l, monitored, run_load(l, port)));
+            }
+            if let Some(d) = d.as_mut() {
+                d.stop();
+            }
+        }
+        eprintln!("tls bench: round {}/{rounds} done", round + 1);
+    }
+    let costs = kernel_costs(&dir, port);
+    let _ = fs::remove_dir_all(&dir);
+    let mut md = format!("## {TITLE}\n\n");
+    writeln!(
+        md,
+        "`cargo xtask bench --only tls` on {} ({} rounds, each alternating no monitor and leakwatch watching every process with the TLS probes on the system libssl; median, min–max):\n",
+        cpu_model(),
+        rounds
+    )
+    .unwrap();
+    md.push_str("| load | no monitor /s | leakwatch /s | ratio |\n|---|---|---|---|\n");
+    for l in LOADS {
+        let of = |m: bool| -> Vec<f64> {
+            runs.iter()
+                .filter(|r| r.0 == l && r.1 == m && r.2.is_finite())
+                .map(|r| r.2)
+                .collect()
+        };
+        let (none, lw) = (of(false), of(true));
+        let (a, b) = (min_max(&none), min_max(&lw));
+        writeln!(
+            md,
+            "| {} | {:.0} ({:.0}–{:.0}) | {:.0} ({:.0}–{:.0}) | {:.3} |",
+            l.label(),
+            median(none.clone()),
+            a.0,
+            a.1,
+            median(lw.clone()),
+            b.0,
+            b.1,
+            median(lw) / median(none)
+        )
+        .unwrap();
+    }
+    md.push('\n');
+    md.push_str(&costs);
+    md
+}
+
+/// Kernel program time per `SSL_write`, with bpf_stats switched on for one extra run.
+fn kernel_costs(dir: &Path, port: u16) -> String {
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let mut md = String::from("### Kernel program time per `SSL_write`\n\n");
+    let old = fs::read_to_string(SYSCTL).unwrap_or_default();
+    let mut d = start_daemon(dir, 999);
+    let pid = d.child.as_ref().map(|c| c.id()).unwrap_or(0);
+    if fs::write(SYSCTL, "1").is_err() {
+        md.push_str("bpf_stats could not be switched on here.\n\n");
+        d.stop();
+        return md;
+    }
+    for l in [Load::Writes(512), Load::Writes(4096)] {
+        let before = prog_stats(pid);
+        run_load(l, port);
+        let after = prog_stats(pid);
+        let ns: u64 = after
+            .iter()
+            .map(|&(id, ns, _)| ns - before.iter().find(|b| b.0 == id).map_or(0, |b| b.1))
+            .sum();
+        writeln!(
+            md,
+            "- {}: {:.0} ns of leakwatch programs per call (all of them, summed over the run, divided by its {} calls: the two uprobes and the write probe on the ciphertext).",
+            l.label(),
+            ns as f64 / l.count() as f64,
+            l.count()
+        )
+        .unwrap();
+    }
+    let _ = fs::write(SYSCTL, old.trim());
+    d.stop();
+    md.push('\n');
+    md
+}
