@@ -5,6 +5,7 @@
 //!   write included;
 //! - an HTTPS request loop: python `http.client`, one new connection and one small POST
 //!   per request (handshake included), against a local TLS server answering 200.
+//!
 //! And kernel program time per `SSL_write` (every leakwatch program the loop triggers:
 //! the entry and return uprobes and the write probe on the ciphertext), from bpf_stats in
 //! an extra run. The daemon watches every process (the default scope).
