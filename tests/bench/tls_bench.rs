@@ -181,8 +181,7 @@ pub fn run() -> String {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let dir =
-        PathBuf::from(std::env::temp_dir()).join(format!("lw-bench-tls-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("lw-bench-tls-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     let (_srv, port) = server(&dir);
