@@ -13,7 +13,7 @@ use std::{
     fmt::Write as _,
     fs,
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
