@@ -380,3 +380,78 @@ fn tls_blind_java_is_listed_by_status() {
     drop(srv);
     d.stop();
 }
+
+/// Over HTTP/2 a header value is HPACK-coded (Huffman, usually): curl's key header is
+/// not in the bytes `SSL_write` passed, only in their decoding.
+#[test]
+fn tls_curl_http2_header_is_decoded() {
+    let mut d = Daemon::start("tls-h2");
+    let dir = d.scratch();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut srv = Command::new("node")
+        .arg("-e")
+        .arg(
+            "const fs = require('fs'), http2 = require('http2');\n\
+             const s = http2.createSecureServer({key: fs.readFileSync(process.argv[1]), \
+             cert: fs.readFileSync(process.argv[2])});\n\
+             s.on('stream', (st) => { st.respond({':status': 200}); st.end('ok'); });\n\
+             s.listen(0, '127.0.0.1', () => console.log(s.address().port));",
+        )
+        .arg(&key)
+        .arg(&cert)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(srv.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _srv = Reaped(srv);
+    let port: u16 = line.trim().parse().unwrap();
+    tls_ready(&d);
+    let (secret, text) = secret("openai-project-key");
+    let fp = fingerprint(&secret);
+    let hfile = dir.join("h2-header");
+    std::fs::write(&hfile, format!("Authorization: Bearer {text}\n")).unwrap();
+    let c = Command::new("curl")
+        .args([
+            "-sk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            "-H",
+        ])
+        .arg(format!("@{}", hfile.display()))
+        .arg(format!("https://127.0.0.1:{port}/v1/chat"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2",
+        "HTTP/2 was negotiated"
+    );
+    let a = tls_finding(&d, &fp, pid, "the key in curl's HTTP/2 headers");
+    assert_eq!(s(&a, "remote"), format!("127.0.0.1:{port}"), "{a:#}");
+    assert_eq!(s(&a, "comm"), "curl", "{a:#}");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}

@@ -15,6 +15,7 @@ mod copies;
 mod cores;
 mod dumps;
 mod exec;
+mod h2;
 mod held;
 pub mod report;
 mod tls;
@@ -88,6 +89,7 @@ pub struct Pipeline {
     cores: cores::Scanner,
     tls: crate::probes::tls::TlsWatch,
     tls_wait: tls::Waiting,
+    h2: h2::Conns,
     blind_checked: blind::Checked,
     report: Reporter,
     ctx: Arc<respond::Context>,
@@ -123,6 +125,7 @@ impl Pipeline {
             cores: cores::Scanner::default(),
             tls: Default::default(),
             tls_wait: Default::default(),
+            h2: Default::default(),
             blind_checked: Default::default(),
             report,
             ctx,

@@ -3,6 +3,7 @@
 //! ciphertext during the call (python, curl). With a memory BIO (node) it cannot: such a
 //! record waits (at most `WAIT`) for its thread's next socket write — the ciphertext going
 //! out — and takes that socket; one still unpaired then is reported without a remote.
+//! HTTP/2 header blocks are decoded (`h2`) and scanned with the raw bytes.
 use std::{
     collections::{HashMap, VecDeque},
     time::{Duration, Instant},
@@ -94,10 +95,19 @@ pub(super) fn tick(p: &mut Pipeline) {
     }
 }
 
-fn process(p: &mut Pipeline, w: WriteEvent, target: Target) {
+fn process(p: &mut Pipeline, mut w: WriteEvent, target: Target) {
     let source = target.source().unwrap_or(Source::Socket);
     if w.fd >= 0 {
         p.fds.learn_host(w.task.tgid, w.fd, &w.data);
+    }
+    // HTTP/2: header values are HPACK-coded; scan them decoded too.
+    let decoded = p.h2.feed((w.task.tgid, w.fd), &w.data);
+    if !decoded.is_empty() {
+        w.data.push(b'\n');
+        w.data.extend_from_slice(&decoded);
+        use zeroize::Zeroize;
+        let mut decoded = decoded;
+        decoded.zeroize();
     }
     scan(p, w, target, source, true);
 }
