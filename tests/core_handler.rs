@@ -394,6 +394,47 @@ fn core_handler_gives_up_on_a_stalled_previous_handler_in_time() {
     assert!(!text.contains(&secret), "plaintext in the alert file");
 }
 
+/// A frozen credential in a core is found by the daemon's frozen set (its state dir) and
+/// reported with rule `frozen`, even when no rule knows its shape.
+#[test]
+fn core_handler_finds_a_frozen_credential() {
+    let mut d = Daemon::start("core-frozen");
+    let token = format!(
+        "zq{}",
+        Rng::from_time().string(b"abcdefghijklmnopqrstuvwxyz0123456789", 38)
+    );
+    let fp = fingerprint(&token);
+    let out = freeze_with(&d, &token, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sink = d.scratch().join("sink.sh");
+    fs::write(&sink, "#!/bin/sh\nexec cat >/dev/null\n").unwrap();
+    fs::set_permissions(&sink, fs::Permissions::from_mode(0o755)).unwrap();
+    settings(
+        &d.state_dir(),
+        &format!("|{}", sink.display()),
+        &d.socket(),
+        "",
+    );
+    // No keyword next to it: only the frozen set can know it.
+    let core = synthetic_core(1 << 20, 300_000, &format!("\0{token}\0"));
+    let crashed = Reaped(Command::new("sleep").arg("60").spawn().unwrap());
+    let pid = crashed.0.id();
+    let (out, _) = handler(&d.state_dir(), &values(pid, "holder"), &core);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = crash_finding(&d, &fp, pid, "the frozen token in the core");
+    assert_eq!(s(&a, "rule"), "frozen", "{a:#}");
+    d.stop();
+    d.assert_no_plaintext(&[&token]);
+}
+
 const COREDUMP: &str = "|/usr/lib/systemd/systemd-coredump %P %u %g %s %t 9223372036854775808 %h";
 
 fn lw(args: &[&str]) -> Output {
@@ -423,6 +464,12 @@ fn core_handler_install_and_uninstall_restore_the_previous_pattern() {
     let st = fs::read_to_string(&settings).unwrap();
     assert!(st.contains("systemd-coredump"), "{st}");
     assert_eq!(fs::metadata(&settings).unwrap().mode() & 0o777, 0o600);
+    let sysctl = root.join("etc/sysctl.d/60-leakwatch-core-handler.conf");
+    let boot = fs::read_to_string(&sysctl).unwrap();
+    assert!(
+        boot.contains(&format!("kernel.core_pattern = {}", ours.trim_end())),
+        "{boot}"
+    );
     // Again: leakwatch's own pattern is never remembered as the previous one.
     let out = lw(&["install", "--root", r, "--core-handler"]);
     let said = String::from_utf8_lossy(&out.stdout);
@@ -431,6 +478,7 @@ fn core_handler_install_and_uninstall_restore_the_previous_pattern() {
     lw(&["uninstall", "--root", r]);
     assert_eq!(fs::read_to_string(&file).unwrap().trim_end(), COREDUMP);
     assert!(!settings.exists());
+    assert!(!sysctl.exists());
 }
 
 /// The same against the kernel's own file (`ROOT/proc` is the real /proc).

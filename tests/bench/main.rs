@@ -1,15 +1,17 @@
-//! `cargo xtask bench [--only freeze|write|scan|actions]`: measures what BENCHMARKS.md reports and
+//! `cargo xtask bench [--only freeze|write|scan|actions|core]`: measures what BENCHMARKS.md reports and
 //! rewrites it.
 //! - freeze latency, command to report, for 1, 10 and 100 holder processes, each holding
 //!   two TCP connections (real daemon, real eBPF programs);
 //! - the write path's cost to a writing program and the daemon's accounting under load
 //!   (see `write_bench`);
 //! - the detection engine's throughput, recall and false positives (see `scan_bench`);
-//! - `leakwatch actions` query times on a 1 GB action log (see `actions_bench`).
+//! - `leakwatch actions` query times on a 1 GB action log (see `actions_bench`);
+//! - a 1 GiB core through `leakwatch core-handler` (see `core_bench`).
 //!
 //! With `--only PART` only that part runs and only its sections of BENCHMARKS.md are
 //! replaced; the others are kept from the previous run.
 mod actions_bench;
+mod core_bench;
 mod freeze_bench;
 mod scan_bench;
 mod write_bench;
@@ -17,7 +19,7 @@ mod write_bench;
 use std::fmt::Write as _;
 
 /// Parts in the order their sections appear in BENCHMARKS.md.
-const PARTS: [&str; 4] = ["freeze", "write", "scan", "actions"];
+const PARTS: [&str; 5] = ["freeze", "write", "scan", "actions", "core"];
 
 fn main() {
     let (out, only) = args();
@@ -54,6 +56,7 @@ fn main() {
             "freeze" => md.push_str(&freeze_bench::run()),
             "write" => md.push_str(&write_bench::run()),
             "actions" => md.push_str(&actions_bench::run()),
+            "core" => md.push_str(&core_bench::run()),
             _ => md.push_str(&scan_bench::run()),
         }
     }
@@ -87,6 +90,7 @@ fn part_of(title: &str) -> &'static str {
         "Freeze latency" => "freeze",
         t if t == write_bench::TITLE => "write",
         t if t == actions_bench::TITLE => "actions",
+        t if t == core_bench::TITLE => "core",
         _ => "scan",
     }
 }

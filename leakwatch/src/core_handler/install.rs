@@ -1,7 +1,7 @@
 //! `leakwatch install --core-handler` and its undoing in `uninstall`: remembers the
-//! `core_pattern` in effect (in `STATE_DIR/core-handler.toml`, with the daemon's socket,
-//! config and alert file from the installed config), then points `core_pattern` at
-//! `leakwatch core-handler`. Installing again keeps the first remembered pattern (never
+//! `core_pattern` in effect (in `STATE_DIR/core-handler.toml`, with the daemon's socket
+//! and config from the installed config), then points `core_pattern` at
+//! `leakwatch core-handler`, now and at boot (`/etc/sysctl.d`). Installing again keeps the first remembered pattern (never
 //! leakwatch's own); uninstalling puts it back exactly, unless someone has changed
 //! `core_pattern` since (then it is left alone). Under `--root DIR` the pattern is the
 //! file `DIR/proc/sys/kernel/core_pattern` (the kernel's default `core` when absent).
@@ -19,6 +19,10 @@ use super::{
 use crate::config::Config;
 
 pub const CORE_PATTERN: &str = "proc/sys/kernel/core_pattern";
+
+/// Applied at boot by systemd-sysctl after `50-coredump.conf`, so leakwatch stays in the
+/// chain across reboots.
+pub const SYSCTL: &str = "etc/sysctl.d/60-leakwatch-core-handler.conf";
 
 /// The kernel's pattern when nothing set one.
 const KERNEL_DEFAULT: &str = "core";
@@ -123,6 +127,19 @@ pub fn install(root: &Path, bin: &Path) -> Result<()> {
         .with_context(|| format!("cannot create the state directory {}", state.display()))?;
     let done = crate::install::put(&file, s.to_text()?.as_bytes(), 0o600)?;
     crate::install::say("core handler settings", &file, done);
+    let sysctl = root.join(SYSCTL);
+    let text = format!(
+        "# Written by `leakwatch install --core-handler`: every core is scanned by leakwatch,\n\
+         # then passed on to the pattern it replaced ({}).\n\
+         # `leakwatch uninstall` removes this file and restores that pattern.\n\
+         kernel.core_pattern = {ours}\n",
+        Path::new("/")
+            .join(cfg.state_dir.strip_prefix("/").unwrap_or(&cfg.state_dir))
+            .join(super::settings::FILE)
+            .display()
+    );
+    let done = crate::install::put(&sysctl, text.as_bytes(), 0o644)?;
+    crate::install::say("sysctl (core_pattern at boot)", &sysctl, done);
     if current.as_deref() == Some(ours.as_str()) {
         println!("unchanged: core_pattern {} = {ours}", path.display());
     } else {
@@ -167,10 +184,15 @@ pub fn uninstall(root: &Path) -> Result<()> {
         ),
         _ => {}
     }
-    match std::fs::remove_file(&file) {
-        Ok(()) => println!("removed: core handler settings {}", file.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", file.display())),
+    for (what, f) in [
+        ("sysctl (core_pattern at boot)", root.join(SYSCTL)),
+        ("core handler settings", file),
+    ] {
+        match std::fs::remove_file(&f) {
+            Ok(()) => println!("removed: {what} {}", f.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", f.display())),
+        }
     }
     Ok(())
 }
