@@ -127,25 +127,23 @@ pub fn install(root: &Path, bin: &Path) -> Result<()> {
         .with_context(|| format!("cannot create the state directory {}", state.display()))?;
     let done = crate::install::put(&file, s.to_text()?.as_bytes(), 0o600)?;
     crate::install::say("core handler settings", &file, done);
-    let sysctl = root.join(SYSCTL);
-    let text = format!(
-        "# Written by `leakwatch install --core-handler`: every core is scanned by leakwatch,\n\
-         # then passed on to the pattern it replaced ({}).\n\
-         # `leakwatch uninstall` removes this file and restores that pattern.\n\
-         kernel.core_pattern = {ours}\n",
-        Path::new("/")
-            .join(cfg.state_dir.strip_prefix("/").unwrap_or(&cfg.state_dir))
-            .join(super::settings::FILE)
-            .display()
-    );
-    let done = crate::install::put(&sysctl, text.as_bytes(), 0o644)?;
-    crate::install::say("sysctl (core_pattern at boot)", &sysctl, done);
     if current.as_deref() == Some(ours.as_str()) {
         println!("unchanged: core_pattern {} = {ours}", path.display());
     } else {
         write_pattern(&path, &ours)?;
         println!("installed: core_pattern {} = {ours}", path.display());
     }
+    // Only once the pattern took: a boot must not install what the kernel refused now.
+    let sysctl = root.join(SYSCTL);
+    let text = format!(
+        "# Written by `leakwatch install --core-handler`: every core is scanned by leakwatch,\n\
+         # then passed on to the pattern it replaced ({}).\n\
+         # `leakwatch uninstall` removes this file and restores that pattern.\n\
+         kernel.core_pattern = {ours}\n",
+        cfg.state_dir.join(super::settings::FILE).display()
+    );
+    let done = crate::install::put(&sysctl, text.as_bytes(), 0o644)?;
+    crate::install::say("sysctl (core_pattern at boot)", &sysctl, done);
     println!(
         "cores go on to `{previous}` as before; `leakwatch uninstall` puts it back{}",
         if previous.starts_with('|') {
