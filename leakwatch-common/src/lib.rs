@@ -46,7 +46,10 @@ pub const PROBE_SPLICE: u32 = 16;
 pub const PROBE_TEE: u32 = 17;
 /// Writes and sends submitted through io_uring (no write syscall).
 pub const PROBE_IO_URING: u32 = 18;
-pub const PROBE_COUNT: u32 = 19;
+/// TLS plaintext: OpenSSL's `SSL_write` / `SSL_write_ex` (uprobes, record sent at return
+/// with the bytes really written).
+pub const PROBE_SSL_WRITE: u32 = 19;
+pub const PROBE_COUNT: u32 = 20;
 
 pub const PROBE_NAMES: [&str; PROBE_COUNT as usize] = [
     "sys_enter_execve",
@@ -68,6 +71,7 @@ pub const PROBE_NAMES: [&str; PROBE_COUNT as usize] = [
     "sys_exit_splice",
     "sys_exit_tee",
     "io_uring_submit_req",
+    "uprobe_ssl_write",
 ];
 
 /// Per-probe kernel counters: the `STATS` per-CPU array holds `STAT_KINDS` slots per probe,
@@ -250,6 +254,9 @@ pub const WRITE_F_APPEND: u32 = 64;
 /// Every call the record stands for had returned when it was sent (a run of by-reference
 /// writes sent by its own thread's next call or exit): its bytes are in the file.
 pub const WRITE_F_SETTLED: u32 = 128;
+/// TLS plaintext (`PROBE_SSL_WRITE`), before encryption; `fd` is the socket the library
+/// wrote the ciphertext to during the call, or -1 when it wrote none (a memory BIO: node).
+pub const WRITE_F_TLS: u32 = 256;
 /// Bytes of each ring buffer (`EVENTS`, `WRITES`).
 pub const RING_BYTES: u32 = 32 << 20;
 /// Regular files the daemon holds open for by-reference capture, at most.

@@ -23,6 +23,7 @@ mod runs;
 mod scope;
 mod sockaddr;
 mod task;
+mod tls;
 mod write;
 
 #[cfg(not(test))]

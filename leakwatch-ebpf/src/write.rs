@@ -197,7 +197,8 @@ pub fn handle(
         maps::count(probe, STAT_SKIPPED);
         return None;
     }
-    let queued = probe == PROBE_IO_URING;
+    // Submissions that complete later, and TLS plaintext: never by reference.
+    let queued = probe == PROBE_IO_URING || probe == PROBE_SSL_WRITE;
     // A call continuing its thread's run skips the rest, the scope verdict included: the
     // run began in scope and lives a few ms at most.
     if let (Src::Buf { len, .. }, false) = (&src, queued) {
@@ -217,6 +218,9 @@ pub fn handle(
 
     let r = &mut sc.rec;
     header::fill_cached(&mut r.hdr, EVENT_WRITE, probe, pid_tgid, who);
+    if probe == PROBE_SSL_WRITE {
+        r.hdr.flags |= WRITE_F_TLS;
+    }
     r.fd = fd as i32;
     r.offset = offset;
     r.path_len = 0;
@@ -256,6 +260,9 @@ pub fn handle(
             sc.rec.file = o.id;
             sc.rec.inode = o.inode;
             let is_sock = o.id.mode & fdinfo::S_IFMT == fdinfo::S_IFSOCK;
+            if is_sock && probe != PROBE_SSL_WRITE {
+                crate::tls::note_socket(pid_tgid as u32, fd);
+            }
             if !same {
                 new_file = true;
                 // What LAST_FILE remembers once a record naming it reached the ring.

@@ -71,6 +71,8 @@ struct Entry {
     ino: u64,
     target: Target,
     used: Instant,
+    /// Sockets: the host the first bytes named (TLS SNI, HTTP `Host:`), see `dest`.
+    host: Option<String>,
 }
 
 #[derive(Default)]
@@ -147,6 +149,7 @@ impl FdTable {
                 ino: w.file.ino,
                 target: target.clone(),
                 used: now,
+                host: None,
             },
         );
         let named = target.named();
@@ -163,6 +166,21 @@ impl FdTable {
 
     pub fn len(&self) -> usize {
         self.fds.len()
+    }
+
+    /// The host a socket's first bytes named, if any.
+    pub fn host(&self, tgid: u32, fd: i32) -> Option<&str> {
+        self.fds.get(&(tgid, fd))?.host.as_deref()
+    }
+
+    /// Learns the host of a socket from bytes it carries (the first write, or TLS
+    /// plaintext), unless it is known already.
+    pub fn learn_host(&mut self, tgid: u32, fd: i32, data: &[u8]) {
+        if let Some(e) = self.fds.get_mut(&(tgid, fd)) {
+            if e.host.is_none() && matches!(e.target, Target::Socket(_)) {
+                e.host = crate::dest::sni(data).or_else(|| crate::dest::http_host(data));
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -271,6 +271,21 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
         u["files_held"],
         u["held_bytes_unread"]
     );
+    let blind = arr(&v, "tls_blind");
+    if !blind.is_empty() {
+        println!(
+            "TLS not visible (these programs connect out; what they send over TLS is not scanned):"
+        );
+        for b in blind {
+            println!(
+                "  {}  ({}; pid {}, last to {})",
+                str_of(&b, "exe"),
+                str_of(&b, "reason"),
+                str_of(&b, "pid"),
+                str_of(&b, "remote")
+            );
+        }
+    }
     let frozen = arr(&v, "frozen");
     println!("frozen: {}", frozen.len());
     for f in frozen {

@@ -36,6 +36,9 @@ pub struct Config {
     pub capture: Capture,
     /// The action log (`STATE_DIR/actions.db`).
     pub actions: Actions,
+    /// Where each rule's credential is expected to go (`[[destination]]` tables), besides
+    /// its provider's hosts.
+    pub destination: Vec<crate::dest::DestinationSpec>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -125,6 +128,7 @@ impl Default for Config {
             scope: Scope::default(),
             capture: Capture::default(),
             actions: Actions::default(),
+            destination: Vec::new(),
         }
     }
 }
@@ -209,6 +213,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Every rule's expected destinations: built-in hosts and `[[destination]]`.
+    pub fn destinations(&self) -> Result<crate::dest::Destinations> {
+        crate::dest::Destinations::new(&self.rules()?, &self.destination)
     }
 
     /// Built-in rules with this config's rules applied.

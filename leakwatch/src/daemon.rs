@@ -59,6 +59,7 @@ pub fn effective_config(o: &Overrides) -> Result<Config> {
 pub async fn run(o: Overrides) -> Result<()> {
     let cfg = effective_config(&o)?;
     let engine = Engine::new(&cfg.rules()?)?;
+    let dests = cfg.destinations()?;
     probes::preflight()?;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -133,6 +134,11 @@ pub async fn run(o: Overrides) -> Result<()> {
         pipeline.hold_files(held, runs);
     }
     pipeline.log_actions(actions.clone());
+    pipeline.set_destinations(dests);
+    pipeline.watch_tls(crate::probes::tls::TlsWatch::start(
+        probes.clone(),
+        metrics.clone(),
+    ));
 
     let metrics_at = match &listener {
         Some(l) => format!("http://{}/metrics", l.local_addr()?),
@@ -417,6 +423,7 @@ fn reload(
 ) -> Result<Config> {
     let mut c = effective_config(o)?;
     let engine = Engine::new(&c.rules()?)?;
+    let dests = c.destinations()?;
     // What only a restart can change: named when it differs, and the running value kept,
     // so the config returned is the one actually in force.
     let mut fixed: Vec<&str> = Vec::new();
@@ -450,6 +457,7 @@ fn reload(
     if let Ok(mut slot) = pipeline.lock() {
         *slot = Some(crate::pipeline::Reload {
             engine,
+            dests,
             dedupe_seconds: c.dedupe_seconds,
         });
     }

@@ -10,6 +10,7 @@ pub mod control;
 pub mod core_handler;
 pub mod crash;
 pub mod daemon;
+pub mod dest;
 pub mod detect;
 pub mod events;
 pub mod install;

@@ -303,9 +303,20 @@ fn list_rules(config: Option<PathBuf>) -> anyhow::Result<()> {
         config,
         ..Default::default()
     })?;
-    let engine = leakwatch::detect::Engine::new(&cfg.rules()?)?;
+    let set = cfg.rules()?;
+    let engine = leakwatch::detect::Engine::new(&set)?;
     for (id, desc) in engine.rules() {
-        println!("{id:32} {desc}");
+        let hosts = set
+            .rules
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.hosts.join(", "))
+            .unwrap_or_default();
+        if hosts.is_empty() {
+            println!("{id:32} {desc}");
+        } else {
+            println!("{id:32} {desc} (expected at {hosts})");
+        }
     }
     Ok(())
 }

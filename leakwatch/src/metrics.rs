@@ -37,6 +37,9 @@ pub struct Metrics {
     pub captured_bytes: IntCounterVec,
     pub scanned_bytes: IntCounterVec,
     pub core_dumps: IntCounterVec,
+    pub tls_files: IntCounterVec,
+    pub expected_sends: IntCounterVec,
+    pub tls_blind: IntGauge,
     pub ring_fill: prometheus::GaugeVec,
     pub streams: IntGauge,
     pub streams_evicted: IntCounter,
@@ -101,6 +104,9 @@ impl Metrics {
             for c in [&m.lost, &m.pipeline_dropped] {
                 c.with_label_values(&[probe]);
             }
+        }
+        for o in ["attached", "failed"] {
+            m.tls_files.with_label_values(&[o]);
         }
         for o in [
             "scanned",
@@ -255,6 +261,23 @@ impl Metrics {
                 "leakwatch_core_dumps_total",
                 "Processes that dumped core, by outcome: scanned (file core_pattern, read by the daemon), handler (leakwatch's core-handler scans it), other_handler (a pipe handler leakwatch cannot read), not_found (no file matched the pattern), skipped (scanner queue full).",
                 &["outcome"],
+            ),
+            tls_files: counter_vec(
+                &r,
+                "leakwatch_tls_files_total",
+                "Files found to define OpenSSL's SSL_write/SSL_write_ex (the system libssl, executables that carry OpenSSL), by outcome of attaching the TLS plaintext probes to them: attached, failed.",
+                &["outcome"],
+            ),
+            tls_blind: gauge(
+                &r,
+                "leakwatch_tls_blind_programs",
+                "Programs seen connecting out with a TLS stack the probes cannot read (Go, Java, GnuTLS, NSS); listed by `leakwatch status`.",
+            ),
+            expected_sends: counter_vec(
+                &r,
+                "leakwatch_expected_sends_total",
+                "Credentials sent to one of their rule's expected destinations (its provider's hosts, or [[destination]]): recorded in the action log, not alerted.",
+                &["rule"],
             ),
             streams: gauge(
                 &r,

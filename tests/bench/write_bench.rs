@@ -60,7 +60,7 @@ impl Conf {
     fn label(self) -> &'static str {
         match self {
             Conf::None => "no monitor",
-            Conf::Floor => "floor: bare counters on the same 11 tracepoints",
+            Conf::Floor => "floor: bare counters on the same syscall tracepoints",
             Conf::OutOfScope => "leakwatch, dd out of scope",
             Conf::InScope => "leakwatch, dd in scope, payload captured (default)",
             Conf::Copied => "leakwatch, dd in scope, every write copied (by_reference = false)",

@@ -37,6 +37,10 @@ pub struct RuleSpec {
     /// Set in a config file to switch a built-in rule off.
     #[serde(default)]
     pub disabled: bool,
+    /// Where this credential is expected to be sent (its provider's API hosts;
+    /// `*.suffix` for any subdomain): a send there is recorded, not alerted (`dest`).
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 fn default_span() -> usize {

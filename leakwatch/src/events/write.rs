@@ -81,6 +81,11 @@ impl WriteEvent {
         self.task.flags & WRITE_F_BY_REF != 0
     }
 
+    /// TLS plaintext (`SSL_write`), before encryption.
+    pub fn tls(&self) -> bool {
+        self.task.flags & WRITE_F_TLS != 0
+    }
+
     /// Every call the record stands for had returned when the kernel sent it.
     pub fn settled(&self) -> bool {
         self.task.flags & WRITE_F_SETTLED != 0

@@ -116,6 +116,7 @@ pub fn on_report(p: &mut Pipeline, r: crate::crash::DumpReport) {
                 path: r.path.clone(),
                 remote: None,
                 extra: Default::default(),
+                expected: false,
             }
             .with("dump", r.kind.as_str())
             .with("dump_via", r.how.as_str())

@@ -48,6 +48,7 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
     if !ev.killed() {
         p.procs.saw_exec(ev.task.tgid, &ev.filename, &ev.new_comm());
         p.ours.remove(&ev.task.tgid);
+        p.tls.exec(ev.task.tgid);
     }
     // A later exec of the same process: the attempt held before it failed.
     if p.pending_execs.remove(&ev.task.tgid).is_some() {

@@ -499,7 +499,18 @@ fn report(
     for (task, target, fd, bytes, v) in hits {
         if let Some(source) = target.source() {
             let dump = write::dump_of(p, task.tgid, fd);
-            write::emit(p, d, source, &task, &target, fd, dump, v, bytes, true);
+            write::emit(
+                p,
+                d,
+                source,
+                &task,
+                &target,
+                fd,
+                dump,
+                v,
+                bytes,
+                write::Via::ByRef,
+            );
         }
     }
 }

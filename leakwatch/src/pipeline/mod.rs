@@ -10,12 +10,14 @@
 //! (`leakwatch_queue_dropped_total{queue="events"}`, reported by the loss poller); exec,
 //! kill and connect records are rare and matter for freeze, so the reader waits for room. A new probe family adds a decoder in `events` and a
 //! stage module here, and one arm in `Pipeline::handle`.
+mod blind;
 mod copies;
 mod cores;
 mod dumps;
 mod exec;
 mod held;
 pub mod report;
+mod tls;
 mod write;
 
 use std::{
@@ -31,6 +33,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+pub use blind::{Blind, BlindList};
 pub use exec::describe as describe_exec;
 pub use report::{base_alert, Hit, Reporter};
 pub use write::MAX_STREAMS;
@@ -62,22 +65,30 @@ pub struct Shared {
     pub reload: Arc<std::sync::Mutex<Option<Reload>>>,
     /// Crash dumps scanned outside the write path (core-handler, file core_pattern).
     pub dumps: crate::crash::Inbox,
+    /// Programs connecting out with TLS the probes cannot read (`status`).
+    pub tls_blind: blind::BlindList,
 }
 
 /// What a reload changes in the pipeline.
 pub struct Reload {
     pub engine: Engine,
+    pub dests: crate::dest::Destinations,
     pub dedupe_seconds: u64,
 }
 
 pub struct Pipeline {
     engine: Arc<Engine>,
+    /// Where each rule's credential is expected to go (`dest`).
+    dests: crate::dest::Destinations,
     shared: Shared,
     procs: Procs,
     fds: FdTable,
     streams: write::Streams,
     held: held::Held,
     cores: cores::Scanner,
+    tls: crate::probes::tls::TlsWatch,
+    tls_wait: tls::Waiting,
+    blind_checked: blind::Checked,
     report: Reporter,
     ctx: Arc<respond::Context>,
     metrics: Arc<Metrics>,
@@ -103,12 +114,16 @@ impl Pipeline {
     ) -> Pipeline {
         Pipeline {
             engine: Arc::new(engine),
+            dests: Default::default(),
             shared,
             procs: Procs::new(),
             fds: FdTable::new(),
             streams: write::Streams::default(),
             held: held::Held::default(),
             cores: cores::Scanner::default(),
+            tls: Default::default(),
+            tls_wait: Default::default(),
+            blind_checked: Default::default(),
             report,
             ctx,
             actions: crate::actions::ActionLog::disabled(metrics.clone()),
@@ -127,6 +142,15 @@ impl Pipeline {
     /// files it holds in the kernel's `HELD` map.
     pub fn hold_files(&mut self, map: crate::probes::HeldMap, runs: crate::probes::RunsMap) {
         self.held = held::Held::new(map, runs);
+    }
+
+    pub fn set_destinations(&mut self, d: crate::dest::Destinations) {
+        self.dests = d;
+    }
+
+    /// Checks exec'd programs for OpenSSL to attach the TLS plaintext probes to.
+    pub fn watch_tls(&mut self, tls: crate::probes::tls::TlsWatch) {
+        self.tls = tls;
     }
 
     /// Records what processes do in the action log (`actions`).
@@ -164,6 +188,7 @@ impl Pipeline {
         };
         if let Some(r) = pending {
             self.engine = Arc::new(r.engine);
+            self.dests = r.dests;
             self.report.set_window(r.dedupe_seconds);
         }
     }
@@ -184,6 +209,7 @@ impl Pipeline {
                     .with_label_values(&[c.task.probe_name()])
                     .inc();
                 self.fds.on_connect(&c);
+                blind::on_connect(self, &c);
                 if self.actions.enabled() {
                     let who = self.procs.quick(&c.task);
                     let remote = crate::events::format_peer(&c.peer).unwrap_or_default();
@@ -200,6 +226,7 @@ impl Pipeline {
     pub fn tick(&mut self) {
         self.write_log.tick(&self.actions, false);
         write::tick(self);
+        tls::tick(self);
         held::tick(self);
         exec::tick(self);
         let reports: Vec<_> = match self.shared.dumps.lock() {

@@ -22,6 +22,8 @@ pub struct Hit {
     pub remote: Option<String>,
     /// Source-specific alert fields (`var`, `arg_index`, `fd`, `bytes`…).
     pub extra: Map<String, Value>,
+    /// Sent to one of its rule's expected destinations (`dest`): recorded, not alerted.
+    pub expected: bool,
 }
 
 impl Hit {
@@ -34,6 +36,7 @@ impl Hit {
             path: None,
             remote: None,
             extra: Map::new(),
+            expected: false,
         }
     }
 
@@ -109,10 +112,12 @@ impl Reporter {
             self.swept = now;
         }
         for h in hits {
-            self.metrics
-                .findings
-                .with_label_values(&[&h.rule, h.source.as_str()])
-                .inc();
+            if !h.expected {
+                self.metrics
+                    .findings
+                    .with_label_values(&[&h.rule, h.source.as_str()])
+                    .inc();
+            }
             if let Some(log) = &self.actions {
                 let k = (h.fingerprint.clone(), p.pid, h.source);
                 if !self.logged.contains(&k) {
@@ -121,9 +126,19 @@ impl Reporter {
                     }
                     let mut a = finding_alert(p, &h);
                     a.ts = String::new();
+                    if h.expected {
+                        a.extra.insert("expected".into(), json!(true));
+                    }
                     log.record(crate::actions::from_alert(&a));
                     self.logged.insert(k);
                 }
+            }
+            if h.expected {
+                self.metrics
+                    .expected_sends
+                    .with_label_values(&[&h.rule])
+                    .inc();
+                continue;
             }
             let key = Key {
                 fingerprint: h.fingerprint.clone(),

@@ -41,6 +41,8 @@ struct Stream {
     calls: u32,
     /// The stream is a crash dump or diagnostic report of this kind (see `dumps`).
     dump: Option<&'static str>,
+    /// TLS plaintext (keyed apart from the socket's ciphertext).
+    tls: bool,
 }
 
 #[derive(Default)]
@@ -97,6 +99,9 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
         .captured_bytes
         .with_label_values(&[probe])
         .inc_by(w.data.len() as u64);
+    if w.tls() {
+        return super::tls::on_tls(p, w);
+    }
     let (target, named) = p.fds.classify(&w);
     if !named {
         p.metrics.fds_unresolved.inc();
@@ -122,7 +127,24 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
     if w.by_ref() {
         return super::held::on_ref(p, &w, target);
     }
-    let key = (w.task.tgid, w.fd);
+    if source == Source::Socket {
+        p.fds.learn_host(w.task.tgid, w.fd, &w.data);
+        super::tls::on_socket_write(p, &w, &target);
+    }
+    scan(p, w, target, source, false);
+}
+
+/// Appends a copied payload to its stream and scans it. TLS plaintext streams are keyed
+/// apart from their socket's ciphertext (`tls::stream_fd`).
+pub(super) fn scan(p: &mut Pipeline, w: WriteEvent, target: Target, source: Source, tls: bool) {
+    let key = (
+        w.task.tgid,
+        if tls {
+            super::tls::stream_fd(w.fd)
+        } else {
+            w.fd
+        },
+    );
     let now = Instant::now();
     let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
     let fz = frozen.read().ok();
@@ -150,6 +172,7 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
         flushed: false,
         calls: 0,
         dump: None,
+        tls,
     });
     if s.dump.is_none() {
         s.dump = super::dumps::by_content(&w.data)
@@ -182,11 +205,13 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
             dump,
             found,
             bytes,
-            false,
+            if tls { Via::Tls } else { Via::Copied },
         );
     }
     drop(fz);
-    super::held::consider(p, &w, calls);
+    if !tls {
+        super::held::consider(p, &w, calls);
+    }
     if w.truncated() {
         // Named already (the stream holds the target): no second classify.
         if let Some(target) = p.streams.map.get(&key).map(|s| s.target.clone()) {
@@ -199,6 +224,17 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
 /// The kind of crash dump the (process, fd) stream was found to be, if any.
 pub(super) fn dump_of(p: &Pipeline, tgid: u32, fd: i32) -> Option<&'static str> {
     p.streams.map.get(&(tgid, fd)).and_then(|s| s.dump)
+}
+
+/// How the bytes of a finding reached the daemon.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Via {
+    /// Copied by the kernel from the call's buffer.
+    Copied,
+    /// Read back from a held file (`held`).
+    ByRef,
+    /// TLS plaintext, copied at `SSL_write`'s return (`tls`).
+    Tls,
 }
 
 /// Turns stream findings into hits; a frozen one makes the writer a holder. `dump`: the
@@ -214,7 +250,7 @@ pub(super) fn emit(
     dump: Option<&'static str>,
     found: Vec<StreamFinding>,
     bytes: u64,
-    by_ref: bool,
+    via: Via,
 ) {
     let dump = dump
         .or_else(|| target.path().and_then(super::dumps::by_name))
@@ -233,16 +269,31 @@ pub(super) fn emit(
         );
     }
     let crashed = dump.map(|kind| (kind, super::dumps::at_exec(p, task.tgid)));
+    let host = (source == Source::Socket)
+        .then(|| p.fds.host(task.tgid, fd).map(str::to_string))
+        .flatten();
     let hits: Vec<Hit> = found
         .into_iter()
         .map(|f| {
+            // A frozen credential is expected nowhere (its rule is `frozen`).
+            let expected = source == Source::Socket
+                && !d.is_frozen(&f.finding)
+                && p.dests
+                    .expected(&f.finding.rule, host.as_deref(), target.remote());
             let mut h = Hit::new(source, f.finding)
                 .with("fd", fd)
                 .with("bytes", bytes)
                 .with("probe", task.probe_name())
                 .with("tid", task.pid)
                 .with("offset", f.offset)
-                .with("by_reference", by_ref);
+                .with("by_reference", via == Via::ByRef);
+            if via == Via::Tls {
+                h = h.with("tls", true);
+            }
+            if let Some(host) = &host {
+                h = h.with("host", host.as_str());
+            }
+            h.expected = expected;
             if let Some((kind, (creds, frozen))) = crashed {
                 h = h
                     .with("dump", kind)
@@ -273,7 +324,7 @@ fn report(p: &mut Pipeline, d: &Detector, s: &Stream, found: Vec<StreamFinding>)
             s.dump,
             found,
             s.last_bytes,
-            false,
+            if s.tls { Via::Tls } else { Via::Copied },
         );
     }
 }

@@ -2,6 +2,7 @@
 //! that uses aya. Failures are turned into one sentence an operator can act on.
 mod btf;
 pub mod ring_fill;
+pub mod tls;
 
 use std::path::Path;
 
@@ -266,6 +267,8 @@ pub struct Probes {
     pub attached: Vec<String>,
     /// Generation of the scope last loaded (see `ScopeConfig::generation`).
     scope_generation: u32,
+    /// Files the TLS plaintext uprobes are attached to.
+    pub tls_attached: Vec<String>,
 }
 
 /// Checks what loading needs before trying, so the error names the real cause.
@@ -362,6 +365,7 @@ impl Probes {
             ebpf,
             attached: Vec::new(),
             scope_generation: 0,
+            tls_attached: Vec::new(),
         };
         p.set_scope(&o.scope)
             .context("loading the [scope] lists into the kernel")?;

@@ -104,6 +104,7 @@ pub struct Context {
     frozen: Arc<RwLock<FrozenSet>>,
     history: Arc<RwLock<VecDeque<(u32, String)>>>,
     dumps: crate::crash::Inbox,
+    tls_blind: crate::pipeline::BlindList,
     protected: RwLock<Vec<String>>,
     procs: Mutex<Procs>,
     /// (kernel hash, unit or exe) already reported as dying at exec.
@@ -177,6 +178,7 @@ impl Context {
             frozen: shared.frozen.clone(),
             history: shared.history.clone(),
             dumps: shared.dumps.clone(),
+            tls_blind: shared.tls_blind.clone(),
             protected: RwLock::new(cfg.protected.clone()),
             procs: Mutex::new(Procs::new()),
             enforced_once: Mutex::new(HashSet::new()),
@@ -383,6 +385,11 @@ impl Context {
                 "len": e.len,
             })).collect::<Vec<_>>(),
             "probes": attached,
+            "tls_blind": self.tls_blind.lock().map(|l| l.iter().map(|(exe, b)| {
+                let mut v = serde_json::to_value(b).unwrap_or_default();
+                v["exe"] = serde_json::json!(exe);
+                v
+            }).collect::<Vec<_>>()).unwrap_or_default(),
             "kernel": kernel,
             "userspace": {
                 "decode_errors": self.metrics.decode_errors.get(),

@@ -1,0 +1,131 @@
+//! TLS plaintext: uprobes on OpenSSL's `SSL_write` and `SSL_write_ex` (the system
+//! `libssl.so.3`, and executables that carry OpenSSL and export them, like node). The
+//! buffer is taken at entry and sent at return with the bytes really written: node calls
+//! `SSL_write` again with the same buffer while the handshake is not done, and only the
+//! call that wrote counts. The socket is the fd of the write or send the library makes on
+//! the same thread during the call (a socket BIO: python, curl); with a memory BIO (node)
+//! there is none, the record carries fd -1, and the daemon ties it to the thread's next
+//! socket write. The record goes through the write path (`PROBE_SSL_WRITE`,
+//! `WRITE_F_TLS`), so scope, capture caps and cut counting are the same.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{map, uprobe, uretprobe},
+    maps::LruHashMap,
+    programs::{ProbeContext, RetProbeContext},
+};
+use leakwatch_common::*;
+
+use crate::{
+    maps, scope,
+    write::{handle, Src},
+};
+
+/// A call between entry and return.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsCall {
+    buf: u64,
+    len: u64,
+    /// `SSL_write_ex`'s `size_t *written`; 0 for `SSL_write`.
+    written: u64,
+    /// The socket written during the call, or -1.
+    fd: i32,
+    _pad: u32,
+}
+
+/// By thread id.
+#[map]
+static TLS_CALLS: LruHashMap<u32, TlsCall> = LruHashMap::with_max_entries(8192, 0);
+
+#[inline(always)]
+fn enter(buf: u64, len: u64, written: u64) {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if scope::own(tgid) || len == 0 {
+        return;
+    }
+    if scope::known_out(tgid) {
+        maps::count(PROBE_SSL_WRITE, STAT_SKIPPED);
+        return;
+    }
+    let c = TlsCall {
+        buf,
+        len,
+        written,
+        fd: -1,
+        _pad: 0,
+    };
+    let _ = TLS_CALLS.insert(&(id as u32), &c, 0);
+}
+
+/// `SSL_write(SSL *ssl, const void *buf, int num)`.
+#[uprobe]
+pub fn ssl_write(ctx: ProbeContext) -> u32 {
+    let (buf, num): (u64, i32) = (ctx.arg(1).unwrap_or(0), ctx.arg(2).unwrap_or(0));
+    if num > 0 {
+        enter(buf, num as u64, 0);
+    }
+    0
+}
+
+/// `SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)`.
+#[uprobe]
+pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
+    let (buf, num, written): (u64, u64, u64) = (
+        ctx.arg(1).unwrap_or(0),
+        ctx.arg(2).unwrap_or(0),
+        ctx.arg(3).unwrap_or(0),
+    );
+    if written != 0 {
+        enter(buf, num, written);
+    }
+    0
+}
+
+/// Both return 1 or more on success: `SSL_write` the bytes written, `SSL_write_ex` 1 with
+/// the count in `*written`.
+#[uretprobe]
+pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: value copied out before the delete.
+    let Some(c) = (unsafe { TLS_CALLS.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = TLS_CALLS.remove(&tid);
+    let rc: i64 = ctx.ret::<i32>() as i64;
+    if rc <= 0 {
+        return 0;
+    }
+    let n = if c.written != 0 {
+        // SAFETY: user pointer; the helper checks it.
+        unsafe { bpf_probe_read_user(c.written as *const u64) }.unwrap_or(0)
+    } else {
+        rc as u64
+    };
+    let n = if n > c.len { c.len } else { n };
+    if n == 0 {
+        return 0;
+    }
+    handle(
+        PROBE_SSL_WRITE,
+        c.fd as u32,
+        Src::Buf { ptr: c.buf, len: n },
+        -1,
+        0,
+        0,
+    );
+    0
+}
+
+/// Called by the write probes for a socket write in scope: if the thread is inside an
+/// `SSL_write`, this is its ciphertext, and the fd its socket.
+#[inline(always)]
+pub fn note_socket(tid: u32, fd: u32) {
+    if let Some(c) = TLS_CALLS.get_ptr_mut(&tid) {
+        // SAFETY: map value pointer returned by the lookup.
+        let c = unsafe { &mut *c };
+        if c.fd < 0 {
+            c.fd = fd as i32;
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! TLS plaintext uprobes: which files on this host define OpenSSL's `SSL_write` and
+//! `SSL_write_ex` (the system `libssl.so.3`; executables that carry OpenSSL and export
+//! them, like node), and attaching the kernel's `tls` programs to each such file once —
+//! a uprobe on a file fires in every process that maps it.
+use std::{fs::File, path::Path};
+
+use anyhow::{Context as _, Result};
+use aya::programs::{uprobe::UProbeScope, UProbe};
+use object::{read::ReadCache, Object, ObjectSymbol};
+
+use super::Probes;
+
+/// (program, symbol): entry probes take the buffer, the return probe sends it.
+const POINTS: [(&str, &str); 4] = [
+    ("ssl_write", "SSL_write"),
+    ("ssl_write_ex", "SSL_write_ex"),
+    ("ssl_write_ret", "SSL_write"),
+    ("ssl_write_ret", "SSL_write_ex"),
+];
+
+/// Where the system OpenSSL usually is; the loader cache names it too.
+const LIBSSL: [&str; 3] = [
+    "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+    "/usr/lib64/libssl.so.3",
+    "/usr/lib/libssl.so.3",
+];
+
+/// The system `libssl.so.3`, if any.
+pub fn system_libssl() -> Option<std::path::PathBuf> {
+    LIBSSL
+        .iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .and_then(|p| std::fs::canonicalize(p).ok())
+}
+
+/// Does the ELF file at `path` define (not merely import) both write functions in its
+/// dynamic symbol table? Reads only the headers and tables it needs.
+pub fn exports_ssl_write(path: &Path) -> bool {
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    let cache = ReadCache::new(f);
+    let Ok(obj) = object::File::parse(&cache) else {
+        return false;
+    };
+    let mut found = [false; 2];
+    for s in obj.dynamic_symbols() {
+        if s.is_undefined() {
+            continue;
+        }
+        match s.name() {
+            Ok("SSL_write") => found[0] = true,
+            Ok("SSL_write_ex") => found[1] = true,
+            _ => {}
+        }
+    }
+    found == [true, true]
+}
+
+impl Probes {
+    /// Attaches the TLS plaintext probes to `path` (which must export the symbols).
+    pub fn attach_tls(&mut self, path: &Path) -> Result<()> {
+        for (prog, sym) in POINTS {
+            let p: &mut UProbe = self
+                .ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing"))?
+                .try_into()?;
+            if p.fd().is_err() {
+                p.load().with_context(|| format!("loading {prog}"))?;
+            }
+            p.attach(sym, path, UProbeScope::AllProcesses)
+                .with_context(|| format!("attaching {prog} to {sym} in {}", path.display()))?;
+        }
+        self.tls_attached.push(path.to_string_lossy().into_owned());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libssl_exports_the_write_functions_and_libc_does_not() {
+        let ssl = system_libssl().expect("libssl.so.3 is installed here");
+        assert!(exports_ssl_write(&ssl));
+        assert!(!exports_ssl_write(Path::new("/bin/true")));
+        assert!(!exports_ssl_write(Path::new("/nonexistent")));
+        assert!(!exports_ssl_write(Path::new("/etc/hostname")));
+    }
+}
+
+/// Directories searched at start for executables that carry OpenSSL (node, and the like).
+const BIN_DIRS: [&str; 4] = ["/usr/bin", "/usr/local/bin", "/usr/sbin", "/usr/local/sbin"];
+/// Exec'd programs waiting to be checked; more are skipped (each binary is seen again at
+/// its next exec).
+const WAITING: usize = 1024;
+
+/// Hands exec'd programs to the thread that attaches the TLS probes.
+#[derive(Clone, Default)]
+pub struct TlsWatch {
+    tx: Option<std::sync::mpsc::SyncSender<u32>>,
+    /// Files the probes are attached to.
+    visible: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
+}
+
+impl TlsWatch {
+    /// A process exec'd: check its executable (once per file).
+    pub fn exec(&self, tgid: u32) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(tgid);
+        }
+    }
+
+    /// Files whose TLS plaintext the probes see.
+    pub fn visible(&self) -> Vec<String> {
+        self.visible.read().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Starts the thread: the system libssl and the binaries in `BIN_DIRS` first, then
+    /// every newly exec'd executable.
+    pub fn start(
+        probes: std::sync::Arc<std::sync::Mutex<Probes>>,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> TlsWatch {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<u32>(WAITING);
+        let visible = std::sync::Arc::new(std::sync::RwLock::new(Vec::new()));
+        let seen_by_thread = visible.clone();
+        let started = std::thread::Builder::new()
+            .name("lw-tls".into())
+            .spawn(move || {
+                let mut w = Watcher {
+                    probes,
+                    metrics,
+                    seen: Default::default(),
+                    visible: seen_by_thread,
+                };
+                if let Some(l) = system_libssl() {
+                    w.check(&l);
+                }
+                for dir in BIN_DIRS {
+                    let Ok(rd) = std::fs::read_dir(dir) else {
+                        continue;
+                    };
+                    for e in rd.flatten() {
+                        if e.file_type().is_ok_and(|t| t.is_file()) {
+                            w.check(&e.path());
+                        }
+                    }
+                }
+                for tgid in rx {
+                    if let Ok(exe) = std::fs::read_link(format!("/proc/{tgid}/exe")) {
+                        w.check(&exe);
+                    }
+                }
+            });
+        match started {
+            Ok(_) => TlsWatch {
+                tx: Some(tx),
+                visible,
+            },
+            Err(e) => {
+                log::error!("cannot start the TLS probe thread ({e}); TLS plaintext is not seen");
+                TlsWatch::default()
+            }
+        }
+    }
+}
+
+struct Watcher {
+    probes: std::sync::Arc<std::sync::Mutex<Probes>>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// (device, inode) of every file checked.
+    seen: std::collections::HashSet<(u64, u64)>,
+    visible: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
+}
+
+impl Watcher {
+    fn check(&mut self, path: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(m) = std::fs::metadata(path) else {
+            return;
+        };
+        if !m.is_file() || m.mode() & 0o111 == 0 && !path.to_string_lossy().contains(".so") {
+            return;
+        }
+        if !self.seen.insert((m.dev(), m.ino())) || self.seen.len() > 1 << 20 {
+            return;
+        }
+        if !exports_ssl_write(path) {
+            return;
+        }
+        let r = match self.probes.lock() {
+            Ok(mut p) => p.attach_tls(path),
+            Err(_) => return,
+        };
+        let outcome = match r {
+            Ok(()) => {
+                log::info!("TLS plaintext probes attached to {}", path.display());
+                if let Ok(mut v) = self.visible.write() {
+                    v.push(path.to_string_lossy().into_owned());
+                }
+                "attached"
+            }
+            Err(e) => {
+                log::warn!("{e:#}: TLS plaintext written through it is not seen");
+                "failed"
+            }
+        };
+        self.metrics.tls_files.with_label_values(&[outcome]).inc();
+    }
+}

