@@ -113,6 +113,8 @@ struct Pump<'a> {
     stalled_since: Option<Instant>,
     /// The input is not a pipe: bytes are read and written, not teed.
     copying: bool,
+    /// The file got all its limit allows.
+    at_limit: bool,
 }
 
 /// Pumps `input` to its end.
@@ -139,6 +141,7 @@ pub fn pump(input: BorrowedFd, target: Target, timeout: Duration, feed: &mut dyn
         start: Instant::now(),
         stalled_since: None,
         copying: false,
+        at_limit: false,
     };
     p.run();
     if let Some((buf, len)) = p.cur.take() {
@@ -192,7 +195,13 @@ impl Pump<'_> {
         loop {
             wait(self.input, libc::POLLIN, -1);
             let more = match &self.out {
-                Out::Done => self.read_some().is_some(),
+                Out::Done => {
+                    let more = self.read_some().is_some();
+                    // Bytes past a file's limit: it was cut (a core of exactly the
+                    // limit was not).
+                    self.r.cut |= more && self.at_limit;
+                    more
+                }
                 Out::File { via: None, .. } => self.copy(),
                 _ if self.copying => self.copy(),
                 _ => self.tee(),
@@ -234,7 +243,7 @@ impl Pump<'_> {
                 ..
             } => {
                 if *room == 0 {
-                    self.r.cut = true;
+                    self.at_limit = true;
                     self.out = Out::Done;
                     return true;
                 }
@@ -403,4 +412,94 @@ fn write_timed(fd: RawFd, data: &[u8], timeout: Duration) -> std::io::Result<usi
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keeps what it is fed.
+    #[derive(Default)]
+    struct Keep(Vec<u8>);
+
+    impl Feed for Keep {
+        fn buffer(&mut self) -> Vec<u8> {
+            vec![0; 1000]
+        }
+        fn feed(&mut self, buf: Vec<u8>, len: usize) {
+            self.0.extend_from_slice(&buf[..len]);
+        }
+    }
+
+    /// Pumps `data` through a pipe (as the kernel gives it) into a file limited to `limit`.
+    fn to_file(data: &[u8], limit: u64) -> (Pumped, Vec<u8>, Vec<u8>) {
+        let (r, w) = own_pipe().unwrap();
+        let data2 = data.to_vec();
+        let writer = std::thread::spawn(move || {
+            let mut w = File::from(w);
+            w.write_all(&data2).unwrap();
+        });
+        let path = std::env::temp_dir().join(format!(
+            "lw-forward-{}-{limit}-{}",
+            std::process::id(),
+            data.len()
+        ));
+        let file = File::create(&path).unwrap();
+        let mut keep = Keep::default();
+        let p = pump(
+            r.as_fd(),
+            Target::File { file, limit },
+            Duration::from_secs(1),
+            &mut keep,
+        );
+        writer.join().unwrap();
+        let got = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        (p, got, keep.0)
+    }
+
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_file_gets_every_byte_or_is_cut_at_its_limit() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (p, got, scanned) = to_file(&data, u64::MAX);
+        assert_eq!((p.read, p.forwarded, p.cut), (3_000_000, 3_000_000, false));
+        assert!(got == data && scanned == data);
+        // A core of exactly the limit is whole, not cut.
+        let (p, got, _) = to_file(&data, 3_000_000);
+        assert!(!p.cut && got == data, "{p:?}");
+        // Cut at the limit; the rest still read and scanned.
+        let (p, got, scanned) = to_file(&data, 100_000);
+        assert!(p.cut && p.problem.is_none(), "{p:?}");
+        assert_eq!(got, &data[..100_000]);
+        assert_eq!(scanned, data);
+    }
+
+    #[test]
+    fn stdin_that_is_not_a_pipe_is_read_and_written() {
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
+        let dir = std::env::temp_dir();
+        let (src, dst) = (
+            dir.join(format!("lw-forward-src-{}", std::process::id())),
+            dir.join(format!("lw-forward-dst-{}", std::process::id())),
+        );
+        std::fs::write(&src, &data).unwrap();
+        for (limit, want) in [(u64::MAX, data.len()), (5000, 5000)] {
+            let input = File::open(&src).unwrap();
+            let file = File::create(&dst).unwrap();
+            let mut keep = Keep::default();
+            let p = pump(
+                input.as_fd(),
+                Target::File { file, limit },
+                Duration::from_secs(1),
+                &mut keep,
+            );
+            assert_eq!(std::fs::read(&dst).unwrap(), &data[..want], "{p:?}");
+            assert_eq!(keep.0, data);
+            assert_eq!(p.cut, want < data.len());
+        }
+        std::fs::remove_file(&src).unwrap();
+        std::fs::remove_file(&dst).unwrap();
+    }
 }
