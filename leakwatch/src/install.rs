@@ -2,6 +2,7 @@
 //! config and the Prometheus rules where a host keeps them, under an optional `--root` (a
 //! staging tree, an image). Idempotent: files already as they should be are left alone and
 //! said so; the operator's config is never overwritten; uninstall keeps config and state.
+//! `--core-handler` also makes leakwatch the core_pattern pipe handler (`core_handler::install`).
 use std::{
     fs,
     io::Write,
@@ -23,7 +24,7 @@ pub const RULES_SHARE: &str = "usr/local/share/leakwatch/leakwatch.rules.yml";
 pub const RULES_PROM: &str = "etc/prometheus/rules.d/leakwatch.rules.yml";
 
 /// What happened to one file.
-enum Done {
+pub(crate) enum Done {
     Installed,
     Unchanged,
     Kept,
@@ -35,7 +36,7 @@ fn under(root: &Path, rel: &str) -> PathBuf {
 
 /// Writes `bytes` to `path` (mode `mode`) unless it already holds them: via a temporary
 /// file and a rename, so a running binary or a half-written unit is never seen.
-fn put(path: &Path, bytes: &[u8], mode: u32) -> Result<Done> {
+pub(crate) fn put(path: &Path, bytes: &[u8], mode: u32) -> Result<Done> {
     if fs::read(path).is_ok_and(|old| old == bytes) {
         fs::set_permissions(path, fs::Permissions::from_mode(mode))
             .with_context(|| format!("setting the mode of {}", path.display()))?;
@@ -66,7 +67,7 @@ fn put(path: &Path, bytes: &[u8], mode: u32) -> Result<Done> {
     Ok(Done::Installed)
 }
 
-fn say(what: &str, path: &Path, d: Done) {
+pub(crate) fn say(what: &str, path: &Path, d: Done) {
     let verb = match d {
         Done::Installed => "installed",
         Done::Unchanged => "unchanged",
@@ -75,8 +76,9 @@ fn say(what: &str, path: &Path, d: Done) {
     println!("{verb}: {what} {}", path.display());
 }
 
-/// Installs under `root` (`/` for the host).
-pub fn install(root: &Path) -> Result<()> {
+/// Installs under `root` (`/` for the host); with `core_handler`, also as the
+/// `core_pattern` pipe handler (`core_handler::install`).
+pub fn install(root: &Path, core_handler: bool) -> Result<()> {
     let exe = fs::read("/proc/self/exe").context("reading this program's own binary")?;
     let bin = under(root, BIN);
     say("binary", &bin, put(&bin, &exe, 0o755)?);
@@ -109,6 +111,9 @@ pub fn install(root: &Path) -> Result<()> {
             Path::new("/").join(RULES_SHARE).display()
         );
     }
+    if core_handler {
+        crate::core_handler::install::install(root, &Path::new("/").join(BIN))?;
+    }
     if root == Path::new("/") && Path::new("/run/systemd/system").is_dir() {
         let ok = std::process::Command::new("systemctl")
             .arg("daemon-reload")
@@ -129,8 +134,10 @@ pub fn install(root: &Path) -> Result<()> {
 }
 
 /// Removes what `install` put under `root`, except the config (and the state dir, which
-/// holds the frozen set): a frozen credential must outlive a reinstall.
+/// holds the frozen set): a frozen credential must outlive a reinstall. The core_pattern
+/// goes back first, while the binary it runs is still there.
 pub fn uninstall(root: &Path) -> Result<()> {
+    crate::core_handler::install::uninstall(root)?;
     for (what, rel) in [
         ("binary", BIN),
         ("systemd unit", UNIT_PATH),

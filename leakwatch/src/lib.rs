@@ -7,6 +7,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod core_handler;
 pub mod crash;
 pub mod daemon;
 pub mod dest;

@@ -120,6 +120,20 @@ enum Cmd {
         /// Install under this directory instead of `/` (an image, a staging tree).
         #[arg(long, default_value = "/")]
         root: PathBuf,
+        /// Also become the kernel's core_pattern pipe handler: cores are scanned, then
+        /// passed on unchanged to the pattern in effect now (`uninstall` restores it).
+        #[arg(long)]
+        core_handler: bool,
+    },
+    /// The core_pattern pipe handler (run by the kernel, set up by `install
+    /// --core-handler`): scans the core on stdin and passes it on unchanged.
+    CoreHandler {
+        /// Where `install --core-handler` left its settings (the daemon's state dir).
+        #[arg(long, default_value = "/var/lib/leakwatch")]
+        state_dir: PathBuf,
+        /// The kernel's values: %P %I %s %t %u %g %d %c %C %h %e.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        values: Vec<String>,
     },
     /// Remove what `install` put there; the config and the state (frozen set) stay.
     Uninstall {
@@ -265,7 +279,10 @@ fn main() -> ExitCode {
             };
             leakwatch::actions::query::run(&q, &mut std::io::stdout().lock()).map(|_| ())
         }
-        Cmd::Install { root } => leakwatch::install::install(&root),
+        Cmd::Install { root, core_handler } => leakwatch::install::install(&root, core_handler),
+        Cmd::CoreHandler { state_dir, values } => {
+            return ExitCode::from(leakwatch::core_handler::run(&state_dir, &values))
+        }
         Cmd::Uninstall { root } => leakwatch::install::uninstall(&root),
         Cmd::Scan(args) => match scan(args) {
             Ok(code) => return ExitCode::from(code),

@@ -25,6 +25,11 @@ pub(super) fn on_copy(p: &mut Pipeline, c: CopyEvent) {
         .events
         .with_label_values(&[c.task.probe_name()])
         .inc();
+    // leakwatch's own copies (the core-handler passes cores on with tee/splice) are
+    // neither actions of the watched nor leaks.
+    if p.is_leakwatch(&c.task) {
+        return;
+    }
     if p.actions.enabled() {
         let who = p.procs.quick(&c.task);
         let mut row = crate::actions::Row::new("copy", &who)
@@ -46,7 +51,7 @@ pub(super) fn on_copy(p: &mut Pipeline, c: CopyEvent) {
     let (Some(dst), Some(src_path), Some(off)) = (source_of(&c.dst), &c.src.path, c.src_off) else {
         return;
     };
-    if !c.in_scope || c.src.kind != FileKind::File || p.is_leakwatch(&c.task) {
+    if !c.in_scope || c.src.kind != FileKind::File {
         return;
     }
     let want = c.bytes.min(SCAN_MAX);
