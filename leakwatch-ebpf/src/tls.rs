@@ -118,14 +118,16 @@ pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
 }
 
 /// Called by the write probes for a socket write in scope: if the thread is inside an
-/// `SSL_write`, this is its ciphertext, and the fd its socket.
+/// `SSL_write`, this is its ciphertext, and the fd its socket. True in that case.
 #[inline(always)]
-pub fn note_socket(tid: u32, fd: u32) {
-    if let Some(c) = TLS_CALLS.get_ptr_mut(&tid) {
-        // SAFETY: map value pointer returned by the lookup.
-        let c = unsafe { &mut *c };
-        if c.fd < 0 {
-            c.fd = fd as i32;
-        }
+pub fn note_socket(tid: u32, fd: u32) -> bool {
+    let Some(c) = TLS_CALLS.get_ptr_mut(&tid) else {
+        return false;
+    };
+    // SAFETY: map value pointer returned by the lookup.
+    let c = unsafe { &mut *c };
+    if c.fd < 0 {
+        c.fd = fd as i32;
     }
+    c.fd == fd as i32
 }

@@ -254,6 +254,7 @@ pub fn handle(
         None => fdinfo::resolve(fd),
     };
     let (mut fdt, mut arr) = (0, 0);
+    let mut ciphertext = false;
     match o {
         Some(o) => {
             (fdt, arr) = (o.fdt, o.arr);
@@ -261,7 +262,7 @@ pub fn handle(
             sc.rec.inode = o.inode;
             let is_sock = o.id.mode & fdinfo::S_IFMT == fdinfo::S_IFSOCK;
             if is_sock && probe != PROBE_SSL_WRITE {
-                crate::tls::note_socket(pid_tgid as u32, fd);
+                ciphertext = crate::tls::note_socket(pid_tgid as u32, fd);
             }
             if !same {
                 new_file = true;
@@ -288,6 +289,13 @@ pub fn handle(
             }
         }
         None => sc.rec.hdr.flags |= WRITE_F_NO_FILE,
+    }
+    // A socket write made inside `SSL_write` is its ciphertext: the plaintext record
+    // carries the bytes. Only the socket's first record goes (a ClientHello sent by a
+    // handshake `SSL_write` started names the host).
+    if ciphertext && !new_file {
+        maps::count(probe, STAT_SKIPPED);
+        return None;
     }
 
     let cap = match scope::SCOPE_CFG.get(0) {

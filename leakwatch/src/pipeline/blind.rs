@@ -1,5 +1,6 @@
 //! TLS blind spots: programs that connect out with a TLS stack the uprobes cannot read
-//! (Go's `crypto/tls`, Java's JSSE, GnuTLS, NSS). Checked once per executable at its first
+//! (Go's `crypto/tls`, Java's JSSE, GnuTLS, NSS, BoringSSL or OpenSSL linked in without
+//! its names exported). Checked once per executable at its first
 //! inet connect; each is listed by `leakwatch status` (`tls_blind`), so the operator knows
 //! which sends would go unseen.
 use std::{
@@ -17,7 +18,8 @@ const MAX: usize = 256;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Blind {
-    /// Why its TLS is not seen: `go`, `java`, `gnutls`, `nss`.
+    /// Why its TLS is not seen: `go`, `java`, `gnutls`, `nss`, `boringssl`,
+    /// `openssl-hidden` (linked in without exporting `SSL_write`).
     pub reason: &'static str,
     pub pid: u32,
     pub comm: String,
@@ -99,6 +101,28 @@ fn reason(tgid: u32, exe: &str, visible: &[String]) -> Option<&'static str> {
     } else if is_go(exe) {
         Some("go")
     } else {
+        static_tls(exe)
+    }
+}
+
+/// Executables read whole for a TLS library's marks at most this long (once each).
+const READ_MAX: u64 = 256 << 20;
+
+/// A TLS library linked into `exe` without exporting OpenSSL's names: BoringSSL (Chrome,
+/// Electron, many static tools) or OpenSSL built in and hidden.
+fn static_tls(exe: &str) -> Option<&'static str> {
+    let f = std::fs::File::open(exe).ok()?;
+    if f.metadata().ok()?.len() > READ_MAX {
+        return None;
+    }
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, READ_MAX), &mut data).ok()?;
+    let has = |s: &[u8]| memchr::memmem::find(&data, s).is_some();
+    if has(b"BoringSSL") {
+        Some("boringssl")
+    } else if has(b"OpenSSL 3.") || has(b"OpenSSL 1.1") || has(b"ssl3_write_bytes") {
+        Some("openssl-hidden")
+    } else {
         None
     }
 }
@@ -111,4 +135,30 @@ fn is_go(exe: &str) -> bool {
     };
     let cache = ReadCache::new(f);
     object::File::parse(&cache).is_ok_and(|o| o.section_by_name(".go.buildinfo").is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linked_in_tls_libraries_are_recognised() {
+        let dir = std::env::temp_dir().join(format!("lw-blind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, body: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, body).unwrap();
+            p.to_string_lossy().into_owned()
+        };
+        let boring = file("boring", b"\x7fELF....BoringSSL....");
+        let hidden = file("hidden", b"\x7fELF....OpenSSL 3.0.19 27 Jan 2026....");
+        let plain = file("plain", b"\x7fELF....nothing here....");
+        assert_eq!(static_tls(&boring), Some("boringssl"));
+        assert_eq!(static_tls(&hidden), Some("openssl-hidden"));
+        assert_eq!(static_tls(&plain), None);
+        assert!(!is_go("/bin/true"));
+        // A binary the probes are on is visible, whatever it holds.
+        assert_eq!(reason(std::process::id(), &boring, &[boring.clone()]), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
