@@ -238,6 +238,7 @@ pub fn run() -> String {
         .unwrap();
     }
     md.push('\n');
+    md.push_str("A tight `SSL_write` loop is the worst case: each call takes four traps (the entry uprobe, its single step, the return probe's trampoline and its return), the plaintext is copied to the ring and scanned, and on this 2-vCPU host client, server and daemon compete for the cores. An agent's HTTPS requests pay it once or twice per request (last row).\n\n");
     md.push_str(&costs);
     md
 }

@@ -158,7 +158,10 @@ mod tests {
         assert_eq!(static_tls(&plain), None);
         assert!(!is_go("/bin/true"));
         // A binary the probes are on is visible, whatever it holds.
-        assert_eq!(reason(std::process::id(), &boring, &[boring.clone()]), None);
+        assert_eq!(
+            reason(std::process::id(), &boring, std::slice::from_ref(&boring)),
+            None
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
