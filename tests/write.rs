@@ -1591,17 +1591,23 @@ fn write_ring_fill_is_reported_and_rises_under_a_flood() {
         let r = d.metric("leakwatch_ring_fill_ratio", &[("ring", ring)]);
         assert!((0.0..=1.0).contains(&r), "{ring}: {r}");
     }
-    // A flood to /dev/null: every write copied into the ring. The daemon's threads are
-    // niced to 19 so the flood outruns them whatever else the machine runs.
+    // A flood to /dev/null, one writer per core: every write copied into the ring. The
+    // daemon's threads are niced to 19 so the floods outrun them whatever else the
+    // machine runs; they write until the fill shows (killed when dropped).
     let head = d.scratch().join("lw-flood");
     std::os::unix::fs::symlink("/usr/bin/head", &head).unwrap();
-    let mut flood = Reaped(
-        Command::new(&head)
-            .args(["-c", "3000M", "/dev/zero"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut floods: Vec<Reaped> = (0..cores)
+        .map(|_| {
+            Reaped(
+                Command::new(&head)
+                    .args(["-c", "200000M", "/dev/zero"])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
     let daemon = d.child.as_ref().unwrap().id();
     for t in fs::read_dir(format!("/proc/{daemon}/task"))
         .unwrap()
@@ -1613,11 +1619,14 @@ fn write_ring_fill_is_reported_and_rises_under_a_flood() {
     }
     let mut peak: f64 = 0.0;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && flood.0.try_wait().unwrap().is_none() && peak < 0.05 {
+    while Instant::now() < deadline
+        && floods.iter_mut().any(|f| f.0.try_wait().unwrap().is_none())
+        && peak < 0.05
+    {
         std::thread::sleep(Duration::from_millis(300));
         peak = peak.max(d.metric("leakwatch_ring_fill_ratio", &[("ring", "writes")]));
     }
-    drop(flood);
+    drop(floods);
     assert!(
         peak >= 0.05,
         "the writes ring never showed fill under a flood: {peak}"
