@@ -55,20 +55,7 @@ while True:
 
 impl TlsServer {
     fn start(dir: &std::path::Path) -> TlsServer {
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        let st = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .args(["-subj", "/CN=localhost", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success(), "openssl could not make a test certificate");
+        let (cert, key) = test_cert(dir);
         let mut child: Child = python()
             .arg("-c")
             .arg(SERVER)
@@ -387,20 +374,7 @@ fn tls_blind_java_is_listed_by_status() {
 fn tls_curl_http2_header_is_decoded() {
     let mut d = Daemon::start("tls-h2");
     let dir = d.scratch();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let st = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let (cert, key) = test_cert(&dir);
     let mut srv = Command::new("node")
         .arg("-e")
         .arg(

@@ -62,6 +62,20 @@ pub struct DumpHit {
     pub offset: u64,
 }
 
+/// Findings one report carries at most (the control socket refuses more).
+pub const HITS_MAX: usize = 4096;
+
+/// Appends stream findings as hits, up to `HITS_MAX`.
+pub fn add_hits(hits: &mut Vec<DumpHit>, found: Vec<crate::detect::stream::StreamFinding>) {
+    let room = HITS_MAX.saturating_sub(hits.len());
+    hits.extend(found.into_iter().take(room).map(|f| DumpHit {
+        rule: f.finding.rule,
+        fingerprint: f.finding.fingerprint,
+        redacted: f.finding.redacted,
+        offset: f.offset,
+    }));
+}
+
 /// Queues `r` for the pipeline; false when the inbox is full (the caller counts it).
 pub fn push(inbox: &Inbox, r: DumpReport) -> bool {
     let Ok(mut q) = inbox.lock() else {

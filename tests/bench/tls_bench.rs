@@ -14,11 +14,11 @@ use std::{
     fs,
     io::{BufRead, BufReader},
     path::Path,
-    process::{Command, Stdio},
+    process::Stdio,
     time::Duration,
 };
 
-use leakwatch_tests::{python, Daemon, Reaped};
+use leakwatch_tests::{python, test_cert, Daemon, Reaped};
 
 use crate::write_bench::{cpu_model, median, min_max, prog_stats};
 
@@ -134,20 +134,7 @@ fn run_load(l: Load, port: u16) -> f64 {
 }
 
 fn server(dir: &Path) -> (Reaped, u16) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let st = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(st.success(), "openssl could not make a certificate");
+    let (cert, key) = test_cert(dir);
     let mut c = python()
         .arg("-c")
         .arg(SERVER)

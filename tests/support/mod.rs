@@ -744,3 +744,23 @@ impl Drop for CorePattern {
         }
     }
 }
+
+/// A throwaway self-signed certificate and key for a local TLS server, made in `dir` at
+/// test time: (cert.pem, key.pem).
+pub fn test_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("running openssl");
+    assert!(st.success(), "openssl could not make a test certificate");
+    (cert, key)
+}

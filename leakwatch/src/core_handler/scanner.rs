@@ -18,8 +18,6 @@ use crate::{
 
 pub const BUFFER: usize = 1 << 20;
 const BUFFERS: usize = 4;
-/// As many findings as a dump report may carry.
-pub const MAX_HITS: usize = 4096;
 
 /// What the scan found.
 #[derive(Debug, Default)]
@@ -96,22 +94,12 @@ fn scan(
     let mut out = Scanned::default();
     for (mut buf, len) in rx {
         out.bytes += len as u64;
-        add(&mut out.hits, sc.feed(&d, &buf[..len]));
+        crate::crash::add_hits(&mut out.hits, sc.feed(&d, &buf[..len]));
         buf[..len].zeroize();
         let _ = back.send(buf);
     }
-    add(&mut out.hits, sc.finish(&d));
+    crate::crash::add_hits(&mut out.hits, sc.finish(&d));
     out
-}
-
-fn add(hits: &mut Vec<DumpHit>, found: Vec<crate::detect::stream::StreamFinding>) {
-    let room = MAX_HITS.saturating_sub(hits.len());
-    hits.extend(found.into_iter().take(room).map(|f| DumpHit {
-        rule: f.finding.rule,
-        fingerprint: f.finding.fingerprint,
-        redacted: f.finding.redacted,
-        offset: f.offset,
-    }));
 }
 
 #[cfg(test)]

@@ -90,6 +90,12 @@ impl Event {
     }
 }
 
+/// Does a userspace `st_dev` name the device the kernel recorded as `s_dev` (major in the
+/// top 12 bits, minor in the low 20)? A kernel 0 (not read) matches any.
+pub fn same_dev(kdev: u32, st_dev: u64) -> bool {
+    kdev == 0 || (libc::major(st_dev) == kdev >> 20 && libc::minor(st_dev) == kdev & 0xf_ffff)
+}
+
 /// Now on the clock of the kernel's `ktime_ns` (CLOCK_MONOTONIC), in ns.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -165,10 +165,7 @@ fn read_range(path: &str, src: &CopyEnd, off: u64, len: u64) -> Option<Vec<u8>> 
         .or_else(|_| File::open(path))
         .ok()?;
     let m = f.metadata().ok()?;
-    let kdev = src.dev;
-    let same_dev = kdev == 0
-        || (libc::major(m.dev()) == kdev >> 20 && libc::minor(m.dev()) == kdev & 0xf_ffff);
-    if !m.is_file() || m.ino() != src.ino || !same_dev {
+    if !m.is_file() || m.ino() != src.ino || !crate::events::same_dev(src.dev, m.dev()) {
         return None;
     }
     f.seek(SeekFrom::Start(off)).ok()?;

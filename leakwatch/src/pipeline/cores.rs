@@ -14,7 +14,7 @@ use std::{
 
 use super::Pipeline;
 use crate::{
-    crash::{DumpHit, DumpReport, Inbox},
+    crash::{DumpReport, Inbox},
     detect::{frozen::FrozenSet, stream::StreamScanner, Detector, Engine},
     events::CoreEvent,
 };
@@ -187,26 +187,12 @@ fn scan(job: Job, engine: &Engine, frozen: &RwLock<FrozenSet>) -> DumpReport {
         r.bytes += n as u64;
         let fz = frozen.read().ok();
         let d = Detector::new(engine, fz.as_deref());
-        add(&mut r, sc.feed(&d, &buf[..n]));
+        crate::crash::add_hits(&mut r.hits, sc.feed(&d, &buf[..n]));
     }
     let fz = frozen.read().ok();
     let d = Detector::new(engine, fz.as_deref());
-    add(&mut r, sc.finish(&d));
+    crate::crash::add_hits(&mut r.hits, sc.finish(&d));
     r
-}
-
-fn add(r: &mut DumpReport, found: Vec<crate::detect::stream::StreamFinding>) {
-    for f in found {
-        if r.hits.len() >= 4096 {
-            return;
-        }
-        r.hits.push(DumpHit {
-            rule: f.finding.rule,
-            fingerprint: f.finding.fingerprint,
-            redacted: f.finding.redacted,
-            offset: f.offset,
-        });
-    }
 }
 
 fn hostname() -> String {

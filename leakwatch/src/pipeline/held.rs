@@ -235,9 +235,7 @@ fn open_same(w: &WriteEvent) -> Option<File> {
         return None;
     }
     let m = file.metadata().ok()?;
-    let kdev = w.file.dev;
-    let same_dev = kdev == 0
-        || (libc::major(m.dev()) == kdev >> 20 && libc::minor(m.dev()) == kdev & 0xf_ffff);
+    let same_dev = crate::events::same_dev(w.file.dev, m.dev());
     (m.file_type().is_file() && m.ino() == w.file.ino && same_dev).then_some(file)
 }
 

@@ -128,7 +128,7 @@ impl Context {
     /// A crash dump scanned by someone else (the core-handler): queued for the pipeline,
     /// which reports it as `crash_dump` findings.
     pub fn dump_report(&self, r: crate::crash::DumpReport) -> Result<()> {
-        if r.pid == 0 || r.hits.len() > 4096 {
+        if r.pid == 0 || r.hits.len() > crate::crash::HITS_MAX {
             bail!("a dump report needs the crashed pid and at most 4096 findings");
         }
         if !crate::crash::push(&self.dumps, r) {
