@@ -12,6 +12,7 @@ mod keywords;
 pub mod redact;
 pub mod rules;
 pub mod samples;
+mod samples_saas;
 pub mod stream;
 mod teddy;
 mod validate;

@@ -3,7 +3,11 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-const BUILTIN: &str = include_str!("rules.toml");
+/// Built-in rule files, in priority order: the core formats, then SaaS and platform tokens.
+const BUILTIN: [(&str, &str); 2] = [
+    ("rules.toml", include_str!("rules.toml")),
+    ("rules_saas.toml", include_str!("rules_saas.toml")),
+];
 
 /// One rule as written in TOML.
 #[derive(Clone, Debug, Deserialize)]
@@ -34,6 +38,15 @@ pub struct RuleSpec {
     /// Regexes on the secret; a match suppresses the finding.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// Recognises a value that is public by design (a publishable key): never reported, and
+    /// a `generic` rule's finding overlapping it is dropped.
+    #[serde(default)]
+    pub public: bool,
+    /// Names a shape, not a vendor (`NAME=value`, `Bearer …`, URL passwords): loses every
+    /// overlap with a vendor rule's finding, whatever the lengths, so a token keeps its
+    /// own rule, span and fingerprint wherever it sits.
+    #[serde(default)]
+    pub generic: bool,
     /// Set in a config file to switch a built-in rule off.
     #[serde(default)]
     pub disabled: bool,
@@ -63,8 +76,13 @@ pub struct RuleSet {
 impl RuleSet {
     /// The rules compiled into the binary.
     pub fn builtin() -> RuleSet {
-        let file: RuleFile = toml::from_str(BUILTIN).expect("built-in rules.toml parses");
-        RuleSet { rules: file.rule }
+        let mut rules = Vec::new();
+        for (name, text) in BUILTIN {
+            let file: RuleFile = toml::from_str(text)
+                .unwrap_or_else(|e| panic!("built-in {name} does not parse: {e}"));
+            rules.extend(file.rule);
+        }
+        RuleSet { rules }
     }
 
     /// Parses `[[rule]]` tables from TOML text; `origin` names the source in errors.

@@ -279,6 +279,6 @@ pub fn sample(rule: &str, rng: &mut Rng) -> Option<(String, String)> {
             let k = format!("{}{}", rng.string(ALNUM, 22), rng.below(90) + 10);
             Some((k.clone(), format!("INTERNAL_SERVICE_TOKEN={k}")))
         }
-        _ => None,
+        _ => super::samples_saas::sample(rule, rng),
     }
 }
