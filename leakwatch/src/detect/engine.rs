@@ -22,7 +22,14 @@ struct Rule {
     id: String,
     description: String,
     regex: Regex,
-    group: usize,
+    /// Capture groups that may hold the secret (`secret`, `secret2`…): the first that
+    /// took part in a match is the secret.
+    groups: Vec<usize>,
+    /// The `name` group (what the value is assigned to), for validators that judge by it.
+    name_group: Option<usize>,
+    /// The `secret_bare*` groups: unquoted values, whose trailing sentence punctuation and
+    /// unbalanced closing brackets are not part of them.
+    bare: Vec<usize>,
     entropy: f64,
     validator: Validator,
     span: usize,
@@ -31,6 +38,21 @@ struct Rule {
     /// One of these bytes must follow the keyword in the window (empty: no check).
     after: Vec<u8>,
     allow: Vec<Regex>,
+    /// Matches public-by-design values: never reported; vetoes generic findings.
+    public: bool,
+    /// A shape, not a vendor: loses every overlap with a vendor finding.
+    generic: bool,
+}
+
+/// What the checks make of a candidate.
+enum Verdict {
+    /// A credential: its length (the generic rule trims trailing punctuation).
+    Report(usize),
+    /// Not a credential.
+    Drop,
+    /// Not a credential, and a vendor rule says so (wrong checksum, documented example):
+    /// no generic rule may report these bytes either.
+    Veto,
 }
 
 /// A compiled rule set. Cheap to share (`&Engine` is `Sync`).
@@ -165,6 +187,7 @@ impl Engine {
         }
         windows.sort_unstable();
         let mut found: Vec<(usize, usize, usize)> = Vec::new(); // (start, end, rule)
+        let mut vetoes: Vec<(usize, usize)> = Vec::new();
         let mut i = 0;
         while i < windows.len() {
             let (r, s, mut e) = windows[i];
@@ -173,9 +196,9 @@ impl Engine {
                 e = e.max(windows[i].2);
                 i += 1;
             }
-            self.confirm(r, hay, s, e, &mut found);
+            self.confirm(r, hay, s, e, &mut found, &mut vetoes);
         }
-        resolve_overlaps(&mut found);
+        self.resolve(&mut found, &vetoes);
         let mut line = 1;
         let mut pos = 0;
         found
@@ -202,6 +225,7 @@ impl Engine {
         s: usize,
         e: usize,
         out: &mut Vec<(usize, usize, usize)>,
+        vetoes: &mut Vec<(usize, usize)>,
     ) {
         let rule = &self.rules[r];
         let win = &hay[s..e];
@@ -213,47 +237,108 @@ impl Engine {
             let Some(whole) = rule.regex.captures_read_at(&mut locs, win, pos) else {
                 break;
             };
-            let Some((ms, me)) = locs.get(rule.group) else {
+            let Some((g, (ms, me))) = rule
+                .groups
+                .iter()
+                .find_map(|&g| locs.get(g).map(|span| (g, span)))
+            else {
                 pos = whole.end().max(pos + 1);
                 continue;
             };
-            let secret = &win[ms..me];
-            if self.accept(rule, secret) {
-                out.push((s + ms, s + me, r));
-                pos = whole.end().max(pos + 1);
+            let name = rule
+                .name_group
+                .and_then(|g| locs.get(g))
+                .map_or(&[][..], |(a, b)| &win[a..b]);
+            let verdict = if rule.public {
+                Verdict::Veto
             } else {
-                pos = ms.max(whole.start() + 1).max(pos + 1);
+                let mut secret = &win[ms..me];
+                if rule.bare.contains(&g) {
+                    secret = validate::trim_value(secret);
+                }
+                self.accept(rule, secret, name)
+            };
+            match verdict {
+                Verdict::Report(len) => {
+                    out.push((s + ms, s + ms + len, r));
+                    pos = whole.end().max(pos + 1);
+                }
+                Verdict::Veto => {
+                    vetoes.push((s + ms, s + me));
+                    pos = whole.end().max(pos + 1);
+                }
+                Verdict::Drop => pos = ms.max(whole.start() + 1).max(pos + 1),
             }
         }
     }
 
-    fn accept(&self, rule: &Rule, secret: &[u8]) -> bool {
+    fn accept(&self, rule: &Rule, secret: &[u8], name: &[u8]) -> Verdict {
         if !validate::entropy_ok(secret, rule.entropy) {
-            return false;
+            return Verdict::Drop;
         }
         let valid = match rule.validator {
             Validator::None => true,
             Validator::GithubCrc32 => validate::github_crc32(secret),
             Validator::Jwt => validate::jwt(secret),
-            Validator::Generic => validate::generic(secret),
+            Validator::Generic => validate::generic(secret, name),
         };
-        valid && !validate::placeholder(secret) && !rule.allow.iter().any(|a| a.is_match(secret))
+        if validate::placeholder(secret) {
+            return Verdict::Drop;
+        }
+        // A vendor rule that recognised the shape and then refused it (a wrong checksum, a
+        // documented example) has judged these bytes for every rule.
+        let refused = !valid || rule.allow.iter().any(|a| a.is_match(secret));
+        match (refused, rule.generic) {
+            (false, _) => Verdict::Report(secret.len()),
+            (true, false) => Verdict::Veto,
+            (true, true) => Verdict::Drop,
+        }
+    }
+
+    /// Sorts `found` by start and settles overlaps: vendor findings first (the longer, then
+    /// the earlier rule, wins); a generic finding survives only where it overlaps no vendor
+    /// finding and no vetoed value.
+    fn resolve(&self, found: &mut Vec<(usize, usize, usize)>, vetoes: &[(usize, usize)]) {
+        let (mut vendor, generic): (Vec<_>, Vec<_>) =
+            found.drain(..).partition(|f| !self.rules[f.2].generic);
+        resolve_overlaps(&mut vendor);
+        let overlaps = |a: (usize, usize), b: (usize, usize)| a.0 < b.1 && b.0 < a.1;
+        let mut generic: Vec<_> = generic
+            .into_iter()
+            .filter(|g| {
+                !vendor.iter().any(|v| overlaps((g.0, g.1), (v.0, v.1)))
+                    && !vetoes.iter().any(|&v| overlaps((g.0, g.1), v))
+            })
+            .collect();
+        // Among shapes the earlier rule wins (a URL's password over `NAME: value` reading
+        // on past the `@`), then the longer finding.
+        generic.sort_unstable_by_key(|g| (g.2, g.0, usize::MAX - g.1));
+        let mut kept: Vec<(usize, usize, usize)> = Vec::with_capacity(generic.len());
+        for g in generic {
+            if !kept.iter().any(|k| overlaps((g.0, g.1), (k.0, k.1))) {
+                kept.push(g);
+            }
+        }
+        vendor.extend(kept);
+        vendor.sort_unstable_by_key(|f| (f.0, f.1));
+        *found = vendor;
     }
 }
 
 fn compile(spec: &RuleSpec) -> Result<Rule> {
     let regex = Regex::new(&spec.regex)
         .map_err(|e| anyhow!("rule `{}`: regex does not compile: {e}", spec.id))?;
-    let group = if regex.capture_names().any(|n| n == Some("secret")) {
-        regex
-            .capture_names()
-            .position(|n| n == Some("secret"))
-            .unwrap_or(0)
-    } else if regex.captures_len() > 1 {
-        1
-    } else {
-        0
-    };
+    let names: Vec<Option<&str>> = regex.capture_names().collect();
+    let mut groups: Vec<usize> = (0..names.len())
+        .filter(|&i| names[i].is_some_and(|n| n.starts_with("secret")))
+        .collect();
+    if groups.is_empty() {
+        groups.push(usize::from(regex.captures_len() > 1));
+    }
+    let name_group = names.iter().position(|n| *n == Some("name"));
+    let bare: Vec<usize> = (0..names.len())
+        .filter(|&i| names[i].is_some_and(|n| n.starts_with("secret_bare")))
+        .collect();
     let validator = match spec.validator.as_deref() {
         None | Some("") => Validator::None,
         Some("github-crc32") => Validator::GithubCrc32,
@@ -284,13 +369,17 @@ fn compile(spec: &RuleSpec) -> Result<Rule> {
         id: spec.id.clone(),
         description: spec.description.clone(),
         regex,
-        group,
+        groups,
+        name_group,
+        bare,
         entropy: spec.entropy,
         validator,
         span: spec.span,
         multiline: spec.multiline,
         after: spec.after.as_bytes().to_vec(),
         allow,
+        public: spec.public,
+        generic: spec.generic,
     })
 }
 

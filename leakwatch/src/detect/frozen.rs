@@ -2,7 +2,6 @@
 //! SHA-256, length and (optionally) a short prefix. A prefix hit is confirmed by hashing the
 //! `len` bytes there; entries frozen by fingerprint alone are matched by hashing tokens.
 use aho_corasick::{AhoCorasick, MatchKind};
-use sha2::{Digest, Sha256};
 
 /// Bytes of prefix kept for a frozen credential (public key prefixes like `sk-ant-` make up
 /// most of it; never more than a quarter of the secret).
@@ -23,7 +22,7 @@ impl FrozenKey {
     pub fn from_secret(secret: &[u8]) -> FrozenKey {
         let keep = PREFIX_MAX.min(secret.len() / 4);
         FrozenKey {
-            sha256: Sha256::digest(secret).into(),
+            sha256: super::redact::digest(secret),
             len: secret.len(),
             prefix: secret[..keep].to_vec(),
         }
@@ -139,8 +138,7 @@ impl FrozenSet {
                 for &k in &self.by_prefix[m.pattern().as_usize()] {
                     let key = &self.keys[k];
                     let end = m.start() + key.len;
-                    if end <= hay.len()
-                        && Sha256::digest(&hay[m.start()..end]).as_slice() == key.sha256
+                    if end <= hay.len() && super::redact::digest(&hay[m.start()..end]) == key.sha256
                     {
                         hits.push(FrozenHit {
                             key: k,
@@ -173,7 +171,7 @@ impl FrozenSet {
             }
             let tok = &hay[s..i];
             if (8..=TOKEN_MAX).contains(&tok.len()) {
-                let d: [u8; 32] = Sha256::digest(tok).into();
+                let d = super::redact::digest(tok);
                 for &k in &self.tokens_only {
                     if self.keys[k].sha256 == d {
                         hits.push(FrozenHit {

@@ -24,3 +24,5 @@ pub use rules::{RuleSet, RuleSpec};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_shapes;

@@ -22,7 +22,16 @@ fn every_rule_has_a_sample_and_finds_it_in_every_context() {
     let engine = Engine::builtin();
     let mut rng = Rng::seeded(0x1eaf);
     let mut missing = Vec::new();
-    for (id, _) in engine.rules() {
+    let public: Vec<String> = RuleSet::builtin()
+        .rules
+        .into_iter()
+        .filter(|r| r.public)
+        .map(|r| r.id)
+        .collect();
+    for (id, _) in engine
+        .rules()
+        .filter(|(id, _)| !public.iter().any(|p| p == id))
+    {
         let Some(_) = sample(id, &mut rng) else {
             missing.push(id.to_string());
             continue;

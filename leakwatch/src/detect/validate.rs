@@ -29,7 +29,11 @@ pub fn entropy_ok(s: &[u8], min: f64) -> bool {
     if min <= 0.0 {
         return true;
     }
-    let cap = 0.85 * (s.len() as f64).log2();
+    let mut cap = 0.85 * (s.len() as f64).log2();
+    // Hex has 4 bits a character at most; random 32-hex keys average about 3.75.
+    if s.iter().all(u8::is_ascii_hexdigit) {
+        cap = cap.min(3.0);
+    }
     entropy(s) >= min.min(cap)
 }
 
@@ -64,22 +68,65 @@ pub fn jwt(token: &[u8]) -> bool {
         return false;
     };
     let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    match engine.decode(&token[..dot]) {
+    let header_ok = match engine.decode(&token[..dot]) {
         Ok(h) => {
             let h = String::from_utf8_lossy(&h);
             h.trim_start().starts_with('{') && h.contains("\"alg\"")
         }
         Err(_) => false,
-    }
+    };
+    header_ok && !documentation_example(&token[dot + 1..])
+}
+
+/// The JWT every tutorial copies from jwt.io (subject `1234567890`, `John Doe`), whatever
+/// its signature: documentation, not a session.
+fn documentation_example(rest: &[u8]) -> bool {
+    use base64::Engine as _;
+    let end = rest.iter().position(|&b| b == b'.').unwrap_or(rest.len());
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let Ok(payload) = engine.decode(&rest[..end]) else {
+        return false;
+    };
+    let compact: Vec<u8> = payload
+        .into_iter()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let has = |w: &[u8]| compact.windows(w.len()).any(|x| x == w);
+    has(b"\"sub\":\"1234567890\"") || has(b"\"JohnDoe\"") || has(b"\"JaneDoe\"")
 }
 
 static FORMAT: OnceLock<Regex> = OnceLock::new();
 
-/// Values of generic `*KEY*=` assignments: must look like a credential, not code.
-pub fn generic(v: &[u8]) -> bool {
+/// Values of generic `*KEY*=` assignments: must look like a credential, not code. `name` is
+/// what the value is assigned to (may be empty).
+pub fn generic(v: &[u8], name: &[u8]) -> bool {
+    let assigned = name.to_ascii_lowercase();
+    let has = |w: &str| assigned.windows(w.len()).any(|x| x == w.as_bytes());
+    // A value its own name declares public (`PUBLIC_KEY`, `publishableKey`) is meant to be seen.
+    if has("public") || has("publishable") {
+        return false;
+    }
     let digits = v.iter().filter(|b| b.is_ascii_digit()).count();
     let letters = v.iter().filter(|b| b.is_ascii_alphabetic()).count();
-    if digits < 2 || letters < 4 {
+    let upper = v.iter().any(|b| b.is_ascii_uppercase());
+    let lower = v.iter().any(|b| b.is_ascii_lowercase());
+    // Punctuation that passwords carry and identifiers do not.
+    let symbol = v
+        .iter()
+        .any(|b| !b.is_ascii_alphanumeric() && !b"_-.".contains(b));
+    let classes = [upper, lower, digits > 0, symbol]
+        .iter()
+        .filter(|&&c| c)
+        .count();
+    if letters < 4 || (digits < 2 && classes < 3) {
+        return false;
+    }
+    if url_or_email(v)
+        || code_expression(v)
+        || algorithm_prefixed(v)
+        || assignment(v)
+        || mostly_words(v)
+    {
         return false;
     }
     // Dotted identifiers (`self._lib.X509_get_pubkey`), paths and constant names are code.
@@ -109,19 +156,14 @@ pub fn generic(v: &[u8]) -> bool {
     {
         return false;
     }
-    // printf-style templates (`"VS%0.f0COMNTOOLS" % version`).
+    // printf-style templates (`"VS%0.f0COMNTOOLS" % version`); a value with other
+    // punctuation is a password that happens to hold `%s`.
     let format =
         FORMAT.get_or_init(|| Regex::new(r"%[-+ #0]*[0-9]*(?:\.[0-9]*)?[sdfir]").expect("valid"));
-    if format.is_match(v) {
-        return false;
-    }
-    // A GitHub/npm-shaped token with a wrong checksum is not a token: the checksum rule has
-    // already judged it.
-    if v.len() == 40
-        && [b"ghp_", b"gho_", b"ghu_", b"ghs_", b"ghr_", b"npm_"]
-            .iter()
-            .any(|p| v.starts_with(*p))
-    {
+    let other_symbols = v
+        .iter()
+        .any(|b| !b.is_ascii_alphanumeric() && !b"_-.%".contains(b));
+    if !other_symbols && format.is_match(v) {
         return false;
     }
     if v.iter()
@@ -130,22 +172,177 @@ pub fn generic(v: &[u8]) -> bool {
     {
         return false;
     }
-    if code_identifier(v) || keyboard_mash(v) {
+    // Hex has only the letters a-f, among which `df`/`fd` are neighbours: never a mash.
+    let all_hex = v.iter().all(u8::is_ascii_hexdigit);
+    if code_identifier(v) || (!all_hex && keyboard_mash(v)) {
         return false;
     }
     // AWS documentation marks example ids and tokens with `XMPL` (`ACCAQFODXMPL4YFHP7DZE`).
     if v.windows(4).any(|w| w.eq_ignore_ascii_case(b"xmpl")) {
         return false;
     }
-    // Hex digests (git SHAs, sha1/sha256/sha512) are hashes, not credentials, when the
-    // value is nothing but lowercase hex of a digest length.
+    // Lowercase hex of a digest length is a key when named like one (`DD_API_KEY`,
+    // `api_key`) and a hash when named like a digest (`sha256`, `etag`, `cache_key`) or
+    // only `key` (test vectors, lookup keys).
     let hex = v
         .iter()
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
     if hex && matches!(v.len(), 32 | 40 | 56 | 64 | 96 | 128) {
-        return false;
+        return named_as_key(&assigned);
     }
     true
+}
+
+/// Is a hex value under this (lower-cased) name a key rather than a digest or an id?
+fn named_as_key(name: &[u8]) -> bool {
+    const DIGEST: [&str; 16] = [
+        "sha",
+        "hash",
+        "checksum",
+        "digest",
+        "etag",
+        "commit",
+        "md5",
+        "crc",
+        "fingerprint",
+        "cache",
+        "integrity",
+        "revision",
+        "nonce",
+        "salt",
+        "uuid",
+        "guid",
+    ];
+    let has = |w: &str| name.windows(w.len()).any(|x| x == w.as_bytes());
+    let word: Vec<u8> = name
+        .iter()
+        .copied()
+        .filter(u8::is_ascii_alphanumeric)
+        .collect();
+    !DIGEST.iter().any(|w| has(w))
+        && !word.ends_with(b"id")
+        && !word.ends_with(b"ids")
+        && word != b"key"
+        && word != b"keys"
+}
+
+/// A URL (`https://accounts.example/o/oauth2/auth`) or an email address: an endpoint or
+/// a user, not a credential (passwords inside URLs have their own rule).
+fn url_or_email(v: &[u8]) -> bool {
+    static SHAPE: OnceLock<Regex> = OnceLock::new();
+    let shape = SHAPE.get_or_init(|| {
+        Regex::new(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$)")
+            .expect("valid")
+    });
+    shape.is_match(v)
+}
+
+/// A call or index assigned to a key-ish name: `hashlib.sha256(data).hexdigest()`,
+/// `get_password(user)`, `os.environ[`. Random values almost never start with an
+/// identifier run straight into a bracket and also end on one.
+fn code_expression(v: &[u8]) -> bool {
+    let Some(i) = v.iter().position(|b| b"([{".contains(b)) else {
+        return false;
+    };
+    let head = &v[..i];
+    let name = head.strip_prefix(b"$").unwrap_or(head);
+    let ident = name.len() >= 2
+        && (name[0].is_ascii_alphabetic() || name[0] == b'_')
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.".contains(b))
+        && bigrams::wordlike(name);
+    ident && (i + 1 == v.len() || v.last().is_some_and(|b| b")]}".contains(b)))
+}
+
+/// Code and prose, not a password: most letters sit in identifier-like words
+/// (`&AtomicUsize`, `analyzeWindowKeyword((const`, `tag:yaml.org,2002:str`,
+/// `secret%3Dpassword`). Random values rarely put 70 % of their letters in words.
+fn mostly_words(v: &[u8]) -> bool {
+    // `%3D` and friends separate words, as the bytes they encode would.
+    let mut text = v.to_vec();
+    for i in 0..text.len().saturating_sub(2) {
+        if text[i] == b'%' && text[i + 1].is_ascii_hexdigit() && text[i + 2].is_ascii_hexdigit() {
+            text[i..i + 3].copy_from_slice(b"   ");
+        }
+    }
+    let letters = text.iter().filter(|b| b.is_ascii_alphabetic()).count();
+    let worded: usize = text
+        .split(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+        .filter(|run| run.len() >= 3 && code_identifier(run))
+        .map(|run| run.iter().filter(|b| b.is_ascii_alphabetic()).count())
+        .sum();
+    letters >= 4 && worded * 10 >= letters * 7
+}
+
+/// `"INTERNAL_TOKEN=…"` quoted under another name: the inner assignment is the finding.
+fn assignment(v: &[u8]) -> bool {
+    let Some(i) = v.iter().position(|b| *b == b'=' || *b == b':') else {
+        return false;
+    };
+    let head = &v[..i];
+    let lower = head.to_ascii_lowercase();
+    let keyish = [
+        "key",
+        "token",
+        "secret",
+        "pass",
+        "pwd",
+        "auth",
+        "credential",
+    ]
+    .iter()
+    .any(|w| lower.windows(w.len()).any(|x| x == w.as_bytes()));
+    let upper_snake = head.contains(&b'_')
+        && head
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_');
+    head.len() >= 3
+        && head[0].is_ascii_alphabetic()
+        && head
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(b))
+        && (keyish || upper_snake)
+}
+
+/// `sha256:…`, `sha512-…`, `md5:…`: a digest that names its algorithm.
+fn algorithm_prefixed(v: &[u8]) -> bool {
+    let lower = v.to_ascii_lowercase();
+    [
+        "sha1", "sha224", "sha256", "sha384", "sha512", "md5", "blake2b", "blake3",
+    ]
+    .iter()
+    .any(|a| {
+        lower.starts_with(a.as_bytes()) && matches!(lower.get(a.len()), Some(b':' | b'-' | b'='))
+    })
+}
+
+/// An unquoted value without what follows it in prose and code: trailing `.`, `,`, `;`,
+/// `:` and closing brackets that were never opened inside it (`f(token=abc123XYZ)`).
+pub fn trim_value(mut v: &[u8]) -> &[u8] {
+    // A query string goes on after the value: `token=…&token_type_hint=refresh`.
+    for i in 0..v.len() {
+        if v[i] == b'&' {
+            let name = v[i + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric() || b"_.-".contains(b))
+                .count();
+            if name > 0 && v.get(i + 1 + name) == Some(&b'=') {
+                v = &v[..i];
+                break;
+            }
+        }
+    }
+    loop {
+        let count = |c: u8| v.iter().filter(|&&b| b == c).count();
+        match v.last() {
+            Some(b'.' | b',' | b';' | b':') => v = &v[..v.len() - 1],
+            Some(b')') if count(b')') > count(b'(') => v = &v[..v.len() - 1],
+            Some(b']') if count(b']') > count(b'[') => v = &v[..v.len() - 1],
+            Some(b'}') if count(b'}') > count(b'{') => v = &v[..v.len() - 1],
+            _ => return v,
+        }
+    }
 }
 
 /// Hand-typed filler from documentation (`qwe089234lkjsdf`, `kjfch2345sdf`): most letter pairs
@@ -258,7 +455,7 @@ pub fn placeholder(s: &[u8]) -> bool {
             r"(?i)^(?:x+|\*+|\.+|-+|_+|0+|#+)$",
             r"(?i)(?:your|my)[-_]?(?:[a-z]+[-_])?(?:api[-_]?)?(?:key|token|secret|pass)",
             r"(?i)(?:example|placeholder|changeme|change_me|redacted|dummy|insert[-_]?here|replace[-_]?me|xxxxx|\*\*\*\*|fake[-_]?(?:key|token))",
-            r"\$\{[^}]*\}|\$\([^)]*\)|^\$[A-Za-z_]+|\{\{[^}]*\}\}|%\([a-z_]+\)s|<[A-Za-z_ -]+>",
+            r"\$\{[^}]*\}|\$\([a-z_]+\)|^\$[A-Za-z_][A-Za-z0-9_]*$|\{\{[^}]*\}\}|%\([a-z_]+\)s|<[A-Za-z_ -]+>",
             r"(?i)^(?:none|null|true|false|undefined|secret|password|token)$",
             // Credentials published as examples in vendor docs and RFCs (Stripe's test key,
             // RFC 6749 and RFC 5849 examples).
@@ -328,26 +525,37 @@ mod tests {
         );
     }
 
+    fn generic_(v: &[u8]) -> bool {
+        generic(v, b"API_TOKEN")
+    }
+
     #[test]
     fn generic_rejects_code() {
-        assert!(!generic(b"self.next_token2.value"));
-        assert!(!generic(b"MAX_TOKEN_LEN_32"));
-        assert!(!generic(b"da39a3ee5e6b4b0d3255bfef95601890afd80709"));
-        assert!(!generic(b"X509CertificateTemplatePrivateKeyFlag"));
-        assert!(!generic(b"_bindgen_ty_12"));
-        assert!(!generic(b"DBPROPENUM21"));
-        assert!(!generic(b"Pkcs10AllowedSignatureTypes"));
-        assert!(!generic(b"Crypto_SM4_2Vector_Intrinsic"));
-        assert!(!generic(b"bpf_attr__bindgen_ty_20"));
-        assert!(!generic(b"self._lib.X509_REQ_get_pubkey"));
-        assert!(!generic(b"VS%0.f0COMNTOOLS"));
-        assert!(!generic(b"qwe089234lkjsdf"));
-        assert!(!generic(b"kjfch2345sdf"));
-        assert!(!generic(b"ACCAQFODXMPL4YFHP7DZE"));
-        assert!(!generic(b"/tmp/tmp.InJ96FOqFp/main"));
-        assert!(!generic(b"~/.cache/build-7Qx2k9/out"));
-        assert!(generic(b"Zq8vJr2LkP0wXy7TbN4m"));
-        assert!(generic(b"5CeVmFS0jDnutd00x9Xl"));
-        assert!(generic(b"3f9a0c1d2b4e5f60718293a4b5c6d7e8f9"));
+        for v in [
+            &b"self.next_token2.value"[..],
+            &b"MAX_TOKEN_LEN_32"[..],
+            &b"X509CertificateTemplatePrivateKeyFlag"[..],
+            &b"_bindgen_ty_12"[..],
+            &b"DBPROPENUM21"[..],
+            &b"Pkcs10AllowedSignatureTypes"[..],
+            &b"Crypto_SM4_2Vector_Intrinsic"[..],
+            &b"bpf_attr__bindgen_ty_20"[..],
+            &b"self._lib.X509_REQ_get_pubkey"[..],
+            &b"VS%0.f0COMNTOOLS"[..],
+            &b"qwe089234lkjsdf"[..],
+            &b"kjfch2345sdf"[..],
+            &b"ACCAQFODXMPL4YFHP7DZE"[..],
+            &b"/tmp/tmp.InJ96FOqFp/main"[..],
+            &b"~/.cache/build-7Qx2k9/out"[..],
+        ] {
+            assert!(!generic_(v), "{}", String::from_utf8_lossy(v));
+        }
+        assert!(!generic(
+            b"da39a3ee5e6b4b0d3255bfef95601890afd80709",
+            b"cache_key"
+        ));
+        assert!(generic_(b"Zq8vJr2LkP0wXy7TbN4m"));
+        assert!(generic_(b"5CeVmFS0jDnutd00x9Xl"));
+        assert!(generic_(b"3f9a0c1d2b4e5f60718293a4b5c6d7e8f9"));
     }
 }

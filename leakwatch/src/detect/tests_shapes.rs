@@ -1,0 +1,292 @@
+//! Round-two shapes (issue 11): the forms an independently written corpus caught us on.
+//! Every secret is generated here; each test fixes a class, not a sample.
+use super::frozen::{FrozenKey, FrozenSet};
+use super::samples::{checksummed, pem, sample, Rng, ALNUM, HEX};
+use super::*;
+
+/// Fails when `hay` produces any finding; the message shows it redacted.
+fn assert_quiet(engine: &Engine, hay: &str) {
+    let f = engine.scan(hay.as_bytes());
+    assert!(f.is_empty(), "{:?} reported: {f:?}", redact(hay.as_bytes()));
+}
+
+/// The one finding for `secret` in `hay`: asserts its rule and exact span.
+fn assert_found(engine: &Engine, hay: &str, secret: &str, rule: &str) {
+    let found = engine.scan(hay.as_bytes());
+    let want = fingerprint(secret.as_bytes());
+    let Some(f) = found.iter().find(|f| f.fingerprint == want) else {
+        panic!(
+            "{rule}: not found in {:?}; found {:?}",
+            redact(hay.as_bytes()),
+            found
+                .iter()
+                .map(|f| (&f.rule, f.start, f.end))
+                .collect::<Vec<_>>()
+        );
+    };
+    assert_eq!(f.rule, rule, "in {:?}", redact(hay.as_bytes()));
+    assert_eq!(&hay.as_bytes()[f.start..f.end], secret.as_bytes());
+    let overlapping = found
+        .iter()
+        .filter(|g| g.start < f.end && f.start < g.end)
+        .count();
+    assert_eq!(overlapping, 1, "a second finding overlaps the {rule} token");
+}
+
+#[test]
+fn a_vendor_token_keeps_its_rule_and_span_inside_urls_and_assignments() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    for _ in 0..20 {
+        let ghs = checksummed(&mut rng, "ghs_");
+        let (pypi, _) = sample("pypi-upload-token", &mut rng).unwrap();
+        let (glpat, _) = sample("gitlab-pat", &mut rng).unwrap();
+        let (ant, _) = sample("anthropic-api-key", &mut rng).unwrap();
+        let cases = [
+            (format!("git clone https://x-access-token:{ghs}@github.com/org/repo.git"), &ghs, "github-server-to-server-token"),
+            (format!("remote: https://x-access-token:{ghs}@github.com/o/r\n"), &ghs, "github-server-to-server-token"),
+            (format!("twine upload --repository-url https://__token__:{pypi}@upload.pypi.org/legacy/ dist/*"), &pypi, "pypi-upload-token"),
+            (format!("url = https://oauth2:{glpat}@gitlab.com/group/project.git"), &glpat, "gitlab-pat"),
+            (format!("GITHUB_TOKEN: {ghs}\n"), &ghs, "github-server-to-server-token"),
+            (format!("{{\"api_key\": \"{ant}\"}}"), &ant, "anthropic-api-key"),
+            (format!("-H 'Authorization: Bearer {ant}'"), &ant, "anthropic-api-key"),
+            (format!("token={ant}&model=large"), &ant, "anthropic-api-key"),
+        ];
+        for (hay, secret, rule) in &cases {
+            assert_found(&engine, hay, secret, rule);
+        }
+    }
+}
+
+/// A docker-compose file with the key in a block scalar, indented `indent` spaces.
+fn compose(key: &str, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let body: String = key.lines().map(|l| format!("{pad}{l}\n")).collect();
+    format!("services:\n  app:\n    image: agent:1\n    environment:\n      TLS_KEY: |\n{body}      LOG_LEVEL: debug\n")
+}
+
+#[test]
+fn pem_keys_in_yaml_json_and_env_files_are_one_credential() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    for label in [
+        "PRIVATE KEY",
+        "RSA PRIVATE KEY",
+        "EC PRIVATE KEY",
+        "OPENSSH PRIVATE KEY",
+    ] {
+        let rule = if label.starts_with("OPENSSH") {
+            "openssh-private-key"
+        } else {
+            "private-key"
+        };
+        let key = pem(&mut rng, label, 10);
+        let want = fingerprint(format!("{key}\n").as_bytes());
+        let escaped = key.replace('\n', "\\n");
+        let forms = [
+            compose(&key, 8),
+            compose(&key, 2),
+            format!("{{\"tls\": {{\"key\": \"{escaped}\"}}}}"),
+            format!(
+                "{{\"env\": \"{{\\\"KEY\\\": \\\"{}\\\"}}\"}}",
+                key.replace('\n', "\\\\n")
+            ),
+            format!("TLS_KEY=\"{key}\"\nOTHER=1\n"),
+            format!("TLS_KEY=\"{escaped}\"\n"),
+            format!("key: \"{}\"\n", key.replace('\n', " ")),
+        ];
+        for form in &forms {
+            let found = engine.scan(form.as_bytes());
+            let hits: Vec<_> = found.iter().filter(|f| f.fingerprint == want).collect();
+            assert_eq!(
+                hits.len(),
+                1,
+                "{label} in {:?}: {found:?}",
+                redact(form.as_bytes())
+            );
+            assert_eq!(hits[0].rule, rule);
+            assert_eq!(
+                found.len(),
+                1,
+                "{label}: a second finding in {:?}",
+                redact(form.as_bytes())
+            );
+        }
+        // Frozen once (from the file's bytes), it is the frozen key in every form.
+        let set = FrozenSet::new(vec![FrozenKey::from_secret(format!("{key}\n").as_bytes())]);
+        let d = Detector::new(&engine, Some(&set));
+        for form in &forms {
+            let found = d.scan(form.as_bytes());
+            assert!(
+                found.iter().any(|f| d.is_frozen(f)),
+                "{label}: not frozen in a form"
+            );
+        }
+    }
+}
+
+/// Passwords of every punctuation Django keys and password managers use.
+const PUNCT: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789=*$!#%&^()+@";
+const DJANGO: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789!@#$%^&*(-_=+)";
+
+#[test]
+fn punctuated_passwords_are_found_in_every_context() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::seeded(0x9a55);
+    let (mut n, mut missed) = (0, Vec::new());
+    for round in 0..400 {
+        let len = 12 + rng.below(21);
+        let pw = rng.string(PUNCT, len);
+        let dj = format!("django-insecure-{}", rng.string(DJANGO, 50));
+        // An unquoted value cannot end in what prose puts after it.
+        let bare_ok = !b".,;:)]}".contains(pw.as_bytes().last().unwrap());
+        let mut cases = vec![
+            format!("export DB_PASSWORD=\"{pw}\"\n"),
+            format!("export DB_PASSWORD='{pw}'\n"),
+            format!("database:\n  password: \"{pw}\"\n"),
+            format!("{{\"db\": {{\"password\": \"{pw}\", \"port\": 5432}}}}"),
+            format!("  File \"/srv/app/db.py\", line 9, in connect\n    conn = Client(host='db', password='{pw}', timeout=38)\n"),
+            format!("SECRET_KEY = '{dj}'\n"),
+            format!("    secret_key = \"{dj}\"\n"),
+        ];
+        if bare_ok {
+            cases.push(format!("java -Dapp.password={pw} -jar app.jar\n"));
+            cases.push(format!("DB_PASSWORD={pw}\n"));
+            cases.push(format!("db:\n  password: {pw}\n"));
+        }
+        for hay in &cases {
+            let secret = if hay.contains(&dj) { &dj } else { &pw };
+            n += 1;
+            let want = fingerprint(secret.as_bytes());
+            if !engine
+                .scan(hay.as_bytes())
+                .iter()
+                .any(|f| f.fingerprint == want)
+            {
+                missed.push((round, redact(hay.as_bytes())));
+            }
+        }
+    }
+    assert!(
+        missed.len() * 100 <= n,
+        "{} of {n} missed: {:?}",
+        missed.len(),
+        &missed[..missed.len().min(10)]
+    );
+}
+
+#[test]
+fn hex_values_are_keys_when_named_as_keys_and_digests_otherwise() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    for _ in 0..50 {
+        let h32 = rng.string(HEX, 32);
+        let h40 = rng.string(HEX, 40);
+        let h64 = rng.string(HEX, 64);
+        assert_found(
+            &engine,
+            &format!("DD_API_KEY={h32}\n"),
+            &h32,
+            "datadog-api-key",
+        );
+        assert_found(
+            &engine,
+            &format!("    api_key = '{h32}'\n"),
+            &h32,
+            "generic-secret",
+        );
+        assert_found(
+            &engine,
+            &format!("X_API_KEY: {h40}\n"),
+            &h40,
+            "generic-secret",
+        );
+        assert_found(
+            &engine,
+            &format!("\"webhook_secret\": \"{h64}\""),
+            &h64,
+            "generic-secret",
+        );
+        for quiet in [
+            format!("sha256_key = {h64}"),
+            format!("cache_key = \"{h64}\""),
+            format!("key = '{h32}'"),
+            format!("token_id: {h32}"),
+            format!("api_key_hash = {h64}"),
+            format!("commit_sha_token: {h40}"),
+        ] {
+            assert_quiet(&engine, &quiet);
+        }
+    }
+}
+
+#[test]
+fn public_and_invalid_values_are_not_rescued_by_the_generic_rule() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    for _ in 0..50 {
+        let pk = format!("pk_live_{}", rng.string(ALNUM, 99));
+        let pkt = format!("pk_test_{}", rng.string(ALNUM, 24));
+        let mut bad = checksummed(&mut rng, "ghp_").into_bytes();
+        let i = bad.len() - 1;
+        bad[i] = if bad[i] == b'a' { b'b' } else { b'a' };
+        let bad = String::from_utf8(bad).unwrap();
+        let other = format!("{}{}", rng.string(ALNUM, 30), rng.below(90) + 10);
+        for quiet in [
+            format!("NEXT_PUBLIC_STRIPE_KEY={pk}\n"),
+            format!("STRIPE_KEY={pkt}\n"),
+            format!("{{\"publishableKey\": \"{pk}\"}}"),
+            format!("GITHUB_TOKEN={bad}\n"),
+            format!("token: \"{bad}\"\n"),
+            format!("https://x-access-token:{bad}@github.com/o/r.git"),
+            format!("PUBLIC_KEY={other}\n"),
+        ] {
+            assert_quiet(&engine, &quiet);
+        }
+    }
+}
+
+#[test]
+fn the_jwt_io_example_is_documentation() {
+    use base64::Engine as _;
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    let head = e.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let example = e.encode(br#"{"sub":"1234567890","name":"John Doe","iat":1516239022}"#);
+    let real = e.encode(format!(
+        r#"{{"sub":"{}","iat":1700000000}}"#,
+        rng.string(ALNUM, 12)
+    ));
+    let sig = rng.string(super::samples::URLSAFE, 43);
+    let doc =
+        format!("curl -H \"Authorization: Bearer {head}.{example}.{sig}\" https://api.example/\n");
+    assert!(
+        engine.scan(doc.as_bytes()).is_empty(),
+        "the jwt.io example was reported"
+    );
+    let token = format!("{head}.{real}.{sig}");
+    assert_found(
+        &engine,
+        &format!("Authorization: Bearer {token}\n"),
+        &token,
+        "jwt",
+    );
+}
+
+#[test]
+fn code_urls_and_emails_under_key_names_are_not_secrets() {
+    let engine = Engine::builtin();
+    for quiet in [
+        "key = hashlib.sha256(data2).hexdigest()",
+        "password = get_password(user, 'db2')",
+        "secret_key = os.environ[\"SECRET_KEY\"]",
+        "api_key=config.get(\"api_key\", 12)",
+        "\"authority\": \"https://accounts.example.com/o/oauth2/v2/auth\"",
+        "auth_email: \"ops.team42@example-corp.com\"",
+        "\"cache_key\": \"sha256:8c2f1d3e4b5a69788c2f1d3e4b5a69788c2f1d3e4b5a69788c2f1d3e4b5a6978\"",
+        "TOKEN_URL=https://oauth2.example.net/v1/token?x=12",
+    ] {
+        assert_quiet(&engine, quiet);
+    }
+}
