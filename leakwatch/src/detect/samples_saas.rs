@@ -1,9 +1,319 @@
 //! Sample secrets for the rules in `rules_saas.toml` (see `samples`): generated from a seed,
 //! never a real credential.
-use super::samples::Rng;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+
+use super::samples::{Rng, ALNUM, HEX, URLSAFE};
+
+/// Bitcoin's base58 (no 0, O, I, l).
+const BASE58: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+const UPPER_ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+const LOWER_ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+const HEX_UPPER: &[u8] = b"0123456789ABCDEF";
+const DIGITS: &[u8] = b"0123456789";
+/// The characters of a 1Password Secret Key (no 0/O, 1/I/L, U).
+const ONEPASSWORD: &[u8] = b"23456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// A sample secret for `rule` and the text to embed, as `samples::sample`.
 pub fn sample(rule: &str, rng: &mut Rng) -> Option<(String, String)> {
-    let _ = (rule, rng);
-    None
+    let s = match rule {
+        // ---- communications, commerce
+        "twilio-auth-token" => return named("TWILIO_AUTH_TOKEN", rng.string(HEX, 32)),
+        "twilio-api-key-secret" => return named("TWILIO_API_SECRET", rng.string(ALNUM, 32)),
+        "shopify-access-token" => format!(
+            "{}{}",
+            pick(rng, &["shpat_", "shpca_", "shppa_"]),
+            rng.string(HEX, 32)
+        ),
+        "shopify-shared-secret" => format!("shpss_{}", rng.string(HEX, 32)),
+        "mailgun-private-api-key" => format!("key-{}", rng.string(HEX, 32)),
+        "mailgun-api-key" => {
+            let v = format!(
+                "{}-{}-{}",
+                rng.string(HEX, 32),
+                rng.string(HEX, 8),
+                rng.string(HEX, 8)
+            );
+            return named("MAILGUN_API_KEY", v);
+        }
+        "atlassian-api-token" => format!(
+            "{}3xFfGF0{}={}",
+            pick(rng, &["ATATT", "ATCTT"]),
+            rng.string(URLSAFE, 171),
+            rng.string(HEX_UPPER, 8)
+        ),
+        "atlassian-legacy-api-token" => return named("JIRA_API_TOKEN", rng.string(ALNUM, 24)),
+        // ---- identity, platforms, infrastructure
+        "okta-api-token" => {
+            return named("OKTA_API_TOKEN", format!("00{}", rng.string(URLSAFE, 40)));
+        }
+        "okta-ssws-token" => {
+            let k = format!("00{}", rng.string(URLSAFE, 40));
+            return Some((k.clone(), format!("Authorization: SSWS {k}")));
+        }
+        "heroku-api-key" => format!("HRKU-AA{}", rng.string(URLSAFE, 58)),
+        "heroku-legacy-api-key" => return named("HEROKU_API_KEY", uuid(rng)),
+        "postman-api-key" => format!("PMAK-{}-{}", rng.string(HEX, 24), rng.string(HEX, 34)),
+        "terraform-cloud-token" => format!(
+            "{}.atlasv1.{}",
+            rng.string(ALNUM, 14),
+            rng.string(ALNUM, 67)
+        ),
+        "doppler-token" => {
+            let kind = pick(rng, &["pt", "ct", "sa", "st", "st.prd"]);
+            format!("dp.{kind}.{}", rng.string(ALNUM, 43))
+        }
+        "1password-service-account-token" => {
+            format!("ops_{}", URL_SAFE_NO_PAD.encode(onepassword_account(rng)))
+        }
+        "1password-secret-key" => {
+            let mut k = format!("A3-{}", rng.string(ONEPASSWORD, 6));
+            for n in [6, 5, 5, 5, 5] {
+                k.push('-');
+                k.push_str(&rng.string(ONEPASSWORD, n));
+            }
+            k
+        }
+        "cloudflare-api-token" => format!(
+            "{}{}{}",
+            pick(rng, &["cfut_", "cfat_"]),
+            rng.string(ALNUM, 40),
+            rng.string(HEX, 8)
+        ),
+        "cloudflare-global-api-key" => {
+            format!("cfk_{}{}", rng.string(ALNUM, 40), rng.string(HEX, 8))
+        }
+        "cloudflare-legacy-api-token" => {
+            return named("CLOUDFLARE_API_TOKEN", rng.string(URLSAFE, 40));
+        }
+        "cloudflare-legacy-global-api-key" => {
+            return named("CLOUDFLARE_API_KEY", rng.string(HEX, 37));
+        }
+        "cloudflare-origin-ca-key" => {
+            format!("v1.0-{}-{}", rng.string(HEX, 24), rng.string(HEX, 146))
+        }
+        "fastly-api-token" => return named("FASTLY_API_TOKEN", rng.string(URLSAFE, 32)),
+        // ---- observability
+        "newrelic-user-api-key" => format!(
+            "{}{}",
+            pick(rng, &["NRAK-", "NRAA-"]),
+            rng.string(UPPER_ALNUM, 27)
+        ),
+        "newrelic-insights-key" => format!(
+            "{}{}",
+            pick(rng, &["NRII-", "NRIQ-"]),
+            rng.string(URLSAFE, 32)
+        ),
+        "newrelic-license-key" => format!("{}FFFFNRAL", rng.string(HEX, 32)),
+        "grafana-cloud-token" => {
+            let json = format!(
+                r#"{{"o":"{}","n":"stack-{}-hm-read-{}","k":"{}","m":{{"r":"prod-us-east-0"}}}}"#,
+                rng.string(DIGITS, 7),
+                rng.string(DIGITS, 6),
+                rng.string(LOWER_ALNUM, 6),
+                rng.string(ALNUM, 24)
+            );
+            format!("glc_{}", STANDARD.encode(json))
+        }
+        "dynatrace-api-token" => format!(
+            "dt0c01.{}.{}",
+            rng.string(UPPER_ALNUM, 24),
+            rng.string(UPPER_ALNUM, 64)
+        ),
+        // ---- developer platforms
+        "netlify-access-token" => format!("nfp_{}", rng.string(ALNUM, 36)),
+        "netlify-legacy-access-token" => {
+            return named("NETLIFY_AUTH_TOKEN", rng.string(URLSAFE, 43));
+        }
+        "vercel-token" => format!(
+            "{}{}",
+            pick(rng, &["vcp_", "vci_", "vca_", "vcr_", "vck_"]),
+            rng.string(ALNUM, 56)
+        ),
+        "vercel-legacy-token" => return named("VERCEL_TOKEN", rng.string(ALNUM, 24)),
+        "supabase-secret-key" => format!(
+            "sb_secret_{}_{}",
+            rng.string(URLSAFE, 22),
+            rng.string(URLSAFE, 8)
+        ),
+        "supabase-access-token" => format!("sbp_{}", rng.string(HEX, 40)),
+        "firebase-fcm-server-key" => format!(
+            "AAAA{}:APA91b{}",
+            rng.string(URLSAFE, 7),
+            rng.string(URLSAFE, 134)
+        ),
+        "azure-openai-key" => format!(
+            "{}JQQJ99{}{}{}AAA{}ACOG{}",
+            rng.string(ALNUM, 52),
+            rng.string(ALNUM, 1),
+            rng.string(b"ABCDEFGHIJKL", 1),
+            rng.string(ALNUM, 12),
+            pick(rng, &["A", "B", "E"]),
+            rng.string(ALNUM, 4)
+        ),
+        "azure-openai-legacy-key" => return named("AZURE_OPENAI_API_KEY", rng.string(HEX, 32)),
+        "azure-api-key-header" => {
+            let k = rng.string(HEX, 32);
+            return Some((k.clone(), format!("api-key: {k}")));
+        }
+        // ---- model providers
+        "aws-bedrock-api-key" => {
+            let inner = format!(
+                "BedrockAPIKey-{}-at-{}:{}",
+                rng.string(LOWER_ALNUM, 4),
+                rng.string(DIGITS, 12),
+                STANDARD.encode(bytes(rng, 45))
+            );
+            format!("ABSK{}", STANDARD.encode(inner))
+        }
+        "aws-bedrock-short-term-api-key" => {
+            format!(
+                "bedrock-api-key-{}",
+                STANDARD.encode(bedrock_presigned(rng))
+            )
+        }
+        "elevenlabs-api-key" => {
+            return named("ELEVENLABS_API_KEY", format!("sk_{}", rng.string(HEX, 48)));
+        }
+        "elevenlabs-xi-api-key" => {
+            let k = format!("sk_{}", rng.string(HEX, 48));
+            return Some((k.clone(), format!("xi-api-key: {k}")));
+        }
+        "deepgram-api-key" => return named("DEEPGRAM_API_KEY", rng.string(HEX, 40)),
+        "together-api-key" => format!("tgp_v1_{}", rng.string(URLSAFE, 43)),
+        "together-legacy-api-key" => return named("TOGETHER_API_KEY", rng.string(HEX, 64)),
+        "fireworks-api-key" => format!("fw_{}", rng.string(BASE58, 24)),
+        "deepseek-api-key" => {
+            return named("DEEPSEEK_API_KEY", format!("sk-{}", rng.string(HEX, 32)));
+        }
+        "cerebras-api-key" => format!("csk-{}", rng.string(LOWER_ALNUM, 48)),
+        "langfuse-secret-key" => format!("sk-lf-{}", uuid(rng)),
+        // ---- data, productivity, payments
+        "databricks-token" => format!("dapi{}", rng.string(HEX, 32)),
+        "notion-api-token" => format!("ntn_{}{}", rng.string(DIGITS, 11), rng.string(ALNUM, 35)),
+        "notion-legacy-token" => format!("secret_{}", rng.string(ALNUM, 43)),
+        "mapbox-secret-token" => format!("sk.{}.{}", mapbox_payload(rng), rng.string(URLSAFE, 22)),
+        "square-access-token" => format!("EAAA{}", rng.string(URLSAFE, 60)),
+        "square-oauth-secret" => format!("sq0csp-{}", rng.string(URLSAFE, 43)),
+        "mailchimp-api-key" => format!("{}-us{}", rng.string(HEX, 32), 1 + rng.below(21)),
+        "brevo-api-key" => format!(
+            "{}{}-{}",
+            pick(rng, &["xkeysib-", "xsmtpsib-"]),
+            rng.string(HEX, 64),
+            rng.string(ALNUM, 16)
+        ),
+        "airtable-pat" => {
+            let k = format!("pat{}.{}", rng.string(ALNUM, 14), rng.string(HEX, 64));
+            return named("AIRTABLE_API_KEY", k);
+        }
+        "figma-pat" => format!("figd_{}", rng.string(URLSAFE, 40)),
+        // ---- databases, deploy, packages, CI
+        "planetscale-token" => format!(
+            "{}{}",
+            pick(rng, &["pscale_tkn_", "pscale_pw_", "pscale_oauth_"]),
+            rng.string(URLSAFE, 43)
+        ),
+        "flyio-token" => {
+            let k = format!(
+                "fm2_{},fm2_{}",
+                STANDARD.encode(bytes(rng, 120)),
+                STANDARD.encode(bytes(rng, 80))
+            );
+            return Some((k.clone(), format!("FlyV1 {k}")));
+        }
+        "pulumi-access-token" => format!("pul-{}", rng.string(HEX, 40)),
+        "rubygems-api-key" => format!("rubygems_{}", rng.string(HEX, 48)),
+        "sourcegraph-access-token" => {
+            format!("sgp_{}_{}", rng.string(HEX, 16), rng.string(HEX, 40))
+        }
+        "buildkite-api-token" => format!("bkua_{}", rng.string(HEX, 40)),
+        "circleci-token" => format!(
+            "{}{}_{}",
+            pick(rng, &["CCIPAT_", "CCIPRJ_"]),
+            rng.string(ALNUM, 22),
+            rng.string(HEX, 40)
+        ),
+        "hashicorp-vault-batch-token" => format!("hvb.{}", rng.string(URLSAFE, 180)),
+        _ => return None,
+    };
+    Some((s.clone(), s))
+}
+
+/// A value as a `NAME=value` env line.
+fn named(name: &str, value: String) -> Option<(String, String)> {
+    let text = format!("{name}={value}");
+    Some((value, text))
+}
+
+fn pick<'a>(rng: &mut Rng, options: &[&'a str]) -> &'a str {
+    options[rng.below(options.len())]
+}
+
+fn bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
+    (0..n).map(|_| rng.next_u64() as u8).collect()
+}
+
+fn uuid(rng: &mut Rng) -> String {
+    format!(
+        "{}-{}-{}-{}-{}",
+        rng.string(HEX, 8),
+        rng.string(HEX, 4),
+        rng.string(HEX, 4),
+        rng.string(HEX, 4),
+        rng.string(HEX, 12)
+    )
+}
+
+/// The JSON a 1Password service account token encodes (made-up values in its shape).
+fn onepassword_account(rng: &mut Rng) -> String {
+    let mut secret_key = format!("A3-{}", rng.string(ONEPASSWORD, 6));
+    for n in [6, 5, 5, 5, 5] {
+        secret_key.push('-');
+        secret_key.push_str(&rng.string(ONEPASSWORD, n));
+    }
+    format!(
+        concat!(
+            r#"{{"signInAddress":"my.1password.com","userAuth":{{"method":"SRPg-4096","#,
+            r#""alg":"PBES2g-HS256","iterations":650000,"salt":"{}"}},"#,
+            r#""email":"{}@1passwordserviceaccounts.com","srpX":"{}","#,
+            r#""muk":{{"alg":"A256GCM","ext":true,"k":"{}","key_ops":["encrypt","decrypt"],"#,
+            r#""kty":"oct","kid":"mp"}},"secretKey":"{}","#,
+            r#""throttleSecret":{{"seed":"{}","uuid":"{}"}},"deviceUuid":"{}"}}"#
+        ),
+        rng.string(URLSAFE, 22),
+        rng.string(LOWER_ALNUM, 13),
+        rng.string(HEX, 64),
+        rng.string(URLSAFE, 43),
+        secret_key,
+        rng.string(HEX, 64),
+        rng.string(UPPER_ALNUM, 26),
+        rng.string(LOWER_ALNUM, 26)
+    )
+}
+
+/// A SigV4-presigned bedrock.amazonaws.com URL, as the Bedrock token generators build it
+/// before base64 (the https:// dropped, `&Version=1` appended).
+fn bedrock_presigned(rng: &mut Rng) -> String {
+    format!(
+        concat!(
+            "bedrock.amazonaws.com/?Action=CallWithBearerToken",
+            "&X-Amz-Algorithm=AWS4-HMAC-SHA256",
+            "&X-Amz-Credential=ASIA{}%2F20260115%2Fus-east-1%2Fbedrock%2Faws4_request",
+            "&X-Amz-Date=20260115T101500Z&X-Amz-Expires=43200",
+            "&X-Amz-Security-Token={}",
+            "&X-Amz-Signature={}&X-Amz-SignedHeaders=host&Version=1"
+        ),
+        rng.string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16),
+        rng.string(ALNUM, 400),
+        rng.string(HEX, 64)
+    )
+}
+
+/// The base64url JSON part of a Mapbox token.
+fn mapbox_payload(rng: &mut Rng) -> String {
+    URL_SAFE_NO_PAD.encode(format!(
+        r#"{{"u":"{}","a":"{}"}}"#,
+        rng.string(LOWER_ALNUM, 10),
+        rng.string(LOWER_ALNUM, 25)
+    ))
 }
