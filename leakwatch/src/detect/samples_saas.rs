@@ -234,6 +234,27 @@ pub fn sample(rule: &str, rng: &mut Rng) -> Option<(String, String)> {
             rng.string(HEX, 40)
         ),
         "hashicorp-vault-batch-token" => format!("hvb.{}", rng.string(URLSAFE, 180)),
+        // ---- public by design
+        "supabase-publishable-key" => format!(
+            "sb_publishable_{}_{}",
+            rng.string(URLSAFE, 22),
+            rng.string(URLSAFE, 8)
+        ),
+        "newrelic-browser-key" => format!("NRJS-{}", rng.string(HEX, 19)),
+        "newrelic-mobile-app-token" => format!("AA{}-NRMA", rng.string(HEX, 40)),
+        "mapbox-public-token" => format!("pk.{}.{}", mapbox_payload(rng), rng.string(URLSAFE, 22)),
+        "square-application-id" => format!("sq0idp-{}", rng.string(URLSAFE, 22)),
+        "langfuse-public-key" => format!("pk-lf-{}", uuid(rng)),
+        "clerk-publishable-key" => {
+            let host = format!(
+                "{}-{}-{}.clerk.accounts.dev$",
+                rng.string(b"abcdefghijklmnopqrstuvwxyz", 6),
+                rng.string(b"abcdefghijklmnopqrstuvwxyz", 5),
+                rng.string(DIGITS, 2)
+            );
+            format!("pk_test_{}", STANDARD.encode(host))
+        }
+        "posthog-project-api-key" => format!("phc_{}", rng.string(ALNUM, 43)),
         _ => return None,
     };
     Some((s.clone(), s))
