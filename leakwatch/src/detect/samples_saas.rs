@@ -338,3 +338,378 @@ fn mapbox_payload(rng: &mut Rng) -> String {
         rng.string(LOWER_ALNUM, 25)
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Engine, Finding, RuleSet, RuleSpec};
+    use super::*;
+
+    fn saas_rules() -> Vec<RuleSpec> {
+        RuleSet::parse(include_str!("rules_saas.toml"), "rules_saas.toml").unwrap()
+    }
+
+    /// How a sample's text carries its secret.
+    enum Kind<'a> {
+        /// The text is the token itself.
+        Token,
+        /// `NAME=value`.
+        Named(&'a str),
+        /// A header line or a token inside a larger credential string.
+        Line,
+    }
+
+    fn kind<'a>(secret: &str, text: &'a str) -> Kind<'a> {
+        if text == secret {
+            return Kind::Token;
+        }
+        match text.strip_suffix(secret).and_then(|t| t.strip_suffix('=')) {
+            Some(name)
+                if name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_') =>
+            {
+                Kind::Named(name)
+            }
+            _ => Kind::Line,
+        }
+    }
+
+    /// The shapes a credential leaks in: env line, JSON string, YAML `key: value`, HTTP
+    /// header, URL query.
+    fn contexts(secret: &str, text: &str) -> Vec<String> {
+        match kind(secret, text) {
+            Kind::Token => vec![
+                format!("APP_CREDENTIAL={secret}\n"),
+                format!("{{\"credential\": \"{secret}\", \"retries\": 3}}"),
+                format!("service:\n  credential: {secret}\n  retries: 3\n"),
+                format!("GET /v1/items HTTP/1.1\r\nAuthorization: Bearer {secret}\r\n\r\n"),
+                format!("https://api.example.org/v1/items?token={secret}&page=2"),
+            ],
+            Kind::Named(name) => {
+                let lower = name.to_ascii_lowercase();
+                let header = name.replace('_', "-");
+                vec![
+                    format!("export {name}={secret}\n"),
+                    format!("{{\"{name}\": \"{secret}\", \"retries\": 3}}"),
+                    format!("service:\n  {lower}: {secret}\n  retries: 3\n"),
+                    format!("POST /hook HTTP/1.1\r\n{header}: {secret}\r\n\r\n"),
+                    format!("https://hooks.example.org/cb?{lower}={secret}&page=2"),
+                ]
+            }
+            Kind::Line => {
+                let mut v = vec![
+                    format!("{text}\n"),
+                    format!("curl -s -H '{text}' https://api.example.org/v1/items"),
+                    format!("  {text}\n  retries: 3\n"),
+                    format!("> {text}\r\n> Accept: */*\r\n"),
+                ];
+                if let Some((h, value)) = text.split_once(": ") {
+                    v.push(format!(
+                        "headers = {{\"{h}\": \"{value}\", \"retries\": 3}}"
+                    ));
+                    v.push(format!("requests.get(url, headers={{'{h}': '{value}'}})"));
+                }
+                v
+            }
+        }
+    }
+
+    fn show(found: &[Finding]) -> Vec<(&str, usize, usize)> {
+        found
+            .iter()
+            .map(|f| (f.rule.as_str(), f.start, f.end))
+            .collect()
+    }
+
+    #[test]
+    fn every_saas_rule_finds_its_samples_with_its_id_and_exact_span() {
+        let engine = Engine::builtin();
+        let mut rng = Rng::seeded(0x5aa5);
+        let mut failures = Vec::new();
+        for spec in saas_rules().iter().filter(|r| !r.public) {
+            let id = spec.id.as_str();
+            for round in 0..10 {
+                let (secret, text) =
+                    sample(id, &mut rng).unwrap_or_else(|| panic!("{id}: no sample generator"));
+                assert!(
+                    text.contains(&secret),
+                    "{id}: text does not hold the secret"
+                );
+                for ctx in contexts(&secret, &text) {
+                    let found = engine.scan(ctx.as_bytes());
+                    let start = ctx.find(&secret).unwrap();
+                    let end = start + secret.len();
+                    let exact = found
+                        .iter()
+                        .any(|f| f.rule == id && f.start == start && f.end == end);
+                    let other = found
+                        .iter()
+                        .any(|f| f.start < end && start < f.end && f.rule != id);
+                    if !exact || other {
+                        failures.push(format!(
+                            "{id} round {round}: want {start}..{end} in {:?}; found {:?}",
+                            super::super::redact(ctx.as_bytes()),
+                            show(&found)
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} failures:\n{}",
+            failures.len(),
+            failures[..failures.len().min(40)].join("\n")
+        );
+    }
+
+    /// Per rule: is the token's length fixed (so one character less or more is no token),
+    /// and a character outside its alphabet at the middle of the value.
+    fn near(id: &str) -> (bool, char) {
+        match id {
+            // Fixed length, lowercase-hex bodies.
+            "twilio-auth-token"
+            | "shopify-access-token"
+            | "shopify-shared-secret"
+            | "mailgun-private-api-key"
+            | "mailgun-api-key"
+            | "heroku-legacy-api-key"
+            | "postman-api-key"
+            | "cloudflare-legacy-global-api-key"
+            | "cloudflare-origin-ca-key"
+            | "newrelic-license-key"
+            | "supabase-access-token"
+            | "azure-openai-legacy-key"
+            | "azure-api-key-header"
+            | "elevenlabs-api-key"
+            | "elevenlabs-xi-api-key"
+            | "deepgram-api-key"
+            | "together-legacy-api-key"
+            | "deepseek-api-key"
+            | "langfuse-secret-key"
+            | "databricks-token"
+            | "brevo-api-key"
+            | "airtable-pat"
+            | "pulumi-access-token"
+            | "rubygems-api-key"
+            | "sourcegraph-access-token"
+            | "buildkite-api-token"
+            | "circleci-token" => (true, 'g'),
+            // Fixed length, alphanumeric bodies: `-` is neither in them nor a boundary.
+            "twilio-api-key-secret"
+            | "atlassian-legacy-api-token"
+            | "cloudflare-api-token"
+            | "cloudflare-global-api-key"
+            | "netlify-access-token"
+            | "vercel-token"
+            | "vercel-legacy-token"
+            | "azure-openai-key"
+            | "notion-api-token"
+            | "notion-legacy-token" => (true, '-'),
+            // Fixed length, base64url bodies.
+            "okta-api-token"
+            | "okta-ssws-token"
+            | "heroku-api-key"
+            | "cloudflare-legacy-api-token"
+            | "fastly-api-token"
+            | "supabase-secret-key"
+            | "firebase-fcm-server-key"
+            | "together-api-key"
+            | "mapbox-secret-token"
+            | "square-access-token"
+            | "square-oauth-secret"
+            | "figma-pat" => (true, '+'),
+            // Uppercase-only and lowercase-only bodies.
+            "newrelic-user-api-key" | "dynatrace-api-token" | "1password-secret-key" => (true, 'a'),
+            "cerebras-api-key" => (true, 'A'),
+            // The checksum after `=` fixes the end, whatever the body's length.
+            "atlassian-api-token" => (true, '.'),
+            // Variable length, with a character outside the body's alphabet.
+            "fireworks-api-key" => (false, '0'),
+            "terraform-cloud-token" => (false, '+'),
+            // -us9 and -us97 are both data centers in shape.
+            "mailchimp-api-key" => (false, 'g'),
+            // Variable length: only a glued left side and a wrong-case prefix are checked.
+            "doppler-token"
+            | "1password-service-account-token"
+            | "newrelic-insights-key"
+            | "grafana-cloud-token"
+            | "netlify-legacy-access-token"
+            | "aws-bedrock-api-key"
+            | "aws-bedrock-short-term-api-key"
+            | "planetscale-token"
+            | "flyio-token"
+            | "hashicorp-vault-batch-token" => (false, '#'),
+            _ => panic!("{id}: add it to near()"),
+        }
+    }
+
+    /// `text` with `secret` replaced by `to`.
+    fn with(text: &str, secret: &str, to: &str) -> String {
+        text.replacen(secret, to, 1)
+    }
+
+    #[test]
+    fn near_misses_are_not_reported() {
+        let engine = Engine::builtin();
+        let mut rng = Rng::seeded(0x0a11);
+        for spec in saas_rules().iter().filter(|r| !r.public) {
+            let id = spec.id.as_str();
+            let (fixed, bad) = near(id);
+            for _ in 0..5 {
+                let (secret, text) = sample(id, &mut rng).unwrap();
+                let mut misses = Vec::new();
+                // Glued to a token character on the left (a longer value, for a named
+                // value of variable length, so no near miss there).
+                if fixed || !matches!(kind(&secret, &text), Kind::Named(_)) {
+                    misses.push(("glued left", with(&text, &secret, &format!("a{secret}"))));
+                }
+                // The literal prefix in the wrong case (the keyword still matches); not for
+                // tokens that start with random characters.
+                let first = secret.chars().next().unwrap();
+                if first.is_ascii_alphabetic()
+                    && matches!(kind(&secret, &text), Kind::Token)
+                    && !matches!(id, "azure-openai-key" | "terraform-cloud-token")
+                {
+                    let flipped = if first.is_ascii_uppercase() {
+                        first.to_ascii_lowercase()
+                    } else {
+                        first.to_ascii_uppercase()
+                    };
+                    misses.push((
+                        "prefix case",
+                        with(&text, &secret, &format!("{flipped}{}", &secret[1..])),
+                    ));
+                }
+                if fixed {
+                    let mid = secret.len() / 2;
+                    misses.push((
+                        "one short",
+                        with(&text, &secret, &secret[..secret.len() - 1]),
+                    ));
+                    misses.push(("glued right", with(&text, &secret, &format!("{secret}7"))));
+                    misses.push((
+                        "wrong alphabet",
+                        with(
+                            &text,
+                            &secret,
+                            &format!("{}{bad}{}", &secret[..mid], &secret[mid + 1..]),
+                        ),
+                    ));
+                } else if bad != '#' {
+                    let mid = secret.len() / 2;
+                    misses.push((
+                        "wrong alphabet",
+                        with(
+                            &text,
+                            &secret,
+                            &format!("{}{bad}{}", &secret[..mid], &secret[mid + 1..]),
+                        ),
+                    ));
+                }
+                for (what, miss) in misses {
+                    for ctx in [
+                        format!("{miss}\n"),
+                        format!("{{\"credential\": \"{miss}\"}}"),
+                    ] {
+                        let found = engine.scan(ctx.as_bytes());
+                        assert!(
+                            !found.iter().any(|f| f.rule == id),
+                            "{id}: {what} reported in {:?}: {:?}",
+                            super::super::redact(ctx.as_bytes()),
+                            show(&found)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Needs the engine's `public` handling: a public rule's match is never reported and
+    /// keeps the generic rules (`NAME=value`, `Bearer …`) off those bytes.
+    #[test]
+    fn public_values_produce_no_finding() {
+        let engine = Engine::builtin();
+        let mut rng = Rng::seeded(0x9b1c);
+        let public: Vec<RuleSpec> = saas_rules().into_iter().filter(|r| r.public).collect();
+        assert!(public.len() >= 7);
+        for spec in &public {
+            let id = spec.id.as_str();
+            for _ in 0..10 {
+                let (secret, _) =
+                    sample(id, &mut rng).unwrap_or_else(|| panic!("{id}: no sample generator"));
+                for ctx in [
+                    format!("NEXT_PUBLIC_ANALYTICS_KEY={secret}\n"),
+                    format!("{{\"publishableKey\": \"{secret}\", \"retries\": 3}}"),
+                    format!("client:\n  public_key: {secret}\n"),
+                    format!("Authorization: Bearer {secret}\r\n"),
+                    format!("https://cdn.example.org/sdk.js?key={secret}&v=2"),
+                ] {
+                    let found = engine.scan(ctx.as_bytes());
+                    assert!(
+                        found.is_empty(),
+                        "{id}: public value reported in {:?}: {:?}",
+                        super::super::redact(ctx.as_bytes()),
+                        show(&found)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn code_naming_the_providers_is_quiet() {
+        let engine = Engine::builtin();
+        let mut rng = Rng::from_time();
+        let uuid = uuid(&mut rng);
+        let negatives = [
+            "let client = twilio::Client::new(&account_sid, &auth_token);".to_string(),
+            "TWILIO_ACCOUNT_SID=AC".to_string() + &rng.string(HEX, 32),
+            "const OKTA_DOMAIN = \"dev-123456.okta.com\";".into(),
+            "jira_url: https://acme.atlassian.net/browse/OPS-1234".into(),
+            format!("HEROKU_APP_ID={uuid}"),
+            "struct fw_cfg_file { __be32 size; __be16 select; char name[56]; };".into(),
+            "static int fw_request_firmware(const char *fw_name, struct fw_priv *fw_priv);".into(),
+            "EVP_MD *md = EVP_MD_fetch(NULL, \"SHA3-256\", NULL); /* sha3-256 */".into(),
+            "let key = \"key-value\"; map.insert(key, secret_len);".into(),
+            "deepseek_model: deepseek-chat  # DEEPSEEK_API_KEY from the environment".into(),
+            "MAILGUN_DOMAIN=mg.example.org".into(),
+            "CLOUDFLARE_ZONE_ID=".to_string() + &rng.string(HEX, 32),
+            "vercel_project_id: prj_".to_string() + &rng.string(ALNUM, 28),
+            format!("aws-cli@sha256:eaaa{}", rng.string(HEX, 60)),
+            "api-key: <your-azure-openai-key>".into(),
+            "xi-api-key: YOUR_ELEVENLABS_KEY".into(),
+            "AIRTABLE_BASE_ID=app".to_string() + &rng.string(ALNUM, 14),
+        ];
+        for n in &negatives {
+            let found = engine.scan(n.as_bytes());
+            assert!(
+                found.is_empty(),
+                "false positive {:?} in {n:?}",
+                show(&found)
+            );
+        }
+    }
+
+    #[test]
+    fn saas_rules_name_their_hosts_and_use_distinct_ids() {
+        let rules = saas_rules();
+        let core = RuleSet::parse(include_str!("rules.toml"), "rules.toml").unwrap();
+        for r in &rules {
+            assert!(
+                !core.iter().any(|c| c.id == r.id),
+                "{}: id also in rules.toml",
+                r.id
+            );
+            assert!(
+                r.keywords.iter().all(|k| k.len() >= 3),
+                "{}: keyword under 3 bytes",
+                r.id
+            );
+            // Vault is self-hosted: no fixed host to name.
+            if !r.public && r.id != "hashicorp-vault-batch-token" {
+                assert!(!r.hosts.is_empty(), "{}: no hosts", r.id);
+            }
+        }
+    }
+}
