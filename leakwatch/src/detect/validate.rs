@@ -78,21 +78,24 @@ pub fn jwt(token: &[u8]) -> bool {
     header_ok && !documentation_example(&token[dot + 1..])
 }
 
-/// The JWT every tutorial copies from jwt.io (subject `1234567890`, `John Doe`), whatever
-/// its signature: documentation, not a session.
+/// A tutorial's token, not a session: the jwt.io example (subject `1234567890`, `John
+/// Doe`) whatever its signature, or a toy payload such as `{"some":"payload"}` — one
+/// member and none of the registered claims every issued token carries.
 fn documentation_example(rest: &[u8]) -> bool {
     use base64::Engine as _;
+    const CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
     let end = rest.iter().position(|&b| b == b'.').unwrap_or(rest.len());
     let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let Ok(payload) = engine.decode(&rest[..end]) else {
         return false;
     };
-    let compact: Vec<u8> = payload
-        .into_iter()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
-    let has = |w: &[u8]| compact.windows(w.len()).any(|x| x == w);
-    has(b"\"sub\":\"1234567890\"") || has(b"\"JohnDoe\"") || has(b"\"JaneDoe\"")
+    let Ok(serde_json::Value::Object(claims)) = serde_json::from_slice(&payload) else {
+        return false;
+    };
+    let text = |k: &str| claims.get(k).and_then(|v| v.as_str());
+    let toy = claims.len() < 2 && !CLAIMS.iter().any(|c| claims.contains_key(*c));
+    toy || text("sub") == Some("1234567890")
+        || matches!(text("name"), Some("John Doe" | "Jane Doe"))
 }
 
 static FORMAT: OnceLock<Regex> = OnceLock::new();
@@ -103,7 +106,14 @@ pub fn generic(v: &[u8], name: &[u8]) -> bool {
     let assigned = name.to_ascii_lowercase();
     let has = |w: &str| assigned.windows(w.len()).any(|x| x == w.as_bytes());
     // A value its own name declares public (`PUBLIC_KEY`, `publishableKey`) is meant to be seen.
-    if has("public") || has("publishable") {
+    if has("public")
+        || has("publishable")
+        || ["pubkey", "pub_key", "pub-key"].iter().any(|w| has(w))
+    {
+        return false;
+    }
+    // Trimming may have left too little to be a credential (`oauth_token=234lsdkf....`).
+    if v.len() < 10 || code_name(name) {
         return false;
     }
     let digits = v.iter().filter(|b| b.is_ascii_digit()).count();
@@ -191,6 +201,32 @@ pub fn generic(v: &[u8], name: &[u8]) -> bool {
         return named_as_key(&assigned);
     }
     true
+}
+
+/// Does this name (any case) hold one of the words credentials are named by?
+fn names_a_credential(name: &[u8]) -> bool {
+    let lower = name.to_ascii_lowercase();
+    [
+        "key",
+        "token",
+        "secret",
+        "pass",
+        "pwd",
+        "credential",
+        "auth",
+    ]
+    .iter()
+    .any(|w| lower.windows(w.len()).any(|x| x == w.as_bytes()))
+}
+
+/// A name that is code, not configuration: a member access whose last part does not name
+/// a credential (`key_node.tag`), or a Hungarian-notation variable (`iKey`, `pKeyInfo`,
+/// `zToken`), which configuration never uses.
+fn code_name(name: &[u8]) -> bool {
+    let last = name.rsplit(|&b| b == b'.').next().unwrap_or(name);
+    let keyish = names_a_credential(last);
+    let hungarian = last.len() >= 2 && last[0].is_ascii_lowercase() && last[1].is_ascii_uppercase();
+    !name.is_empty() && (!keyish || hungarian)
 }
 
 /// Is a hex value under this (lower-cased) name a key rather than a digest or an id?
@@ -281,18 +317,7 @@ fn assignment(v: &[u8]) -> bool {
         return false;
     };
     let head = &v[..i];
-    let lower = head.to_ascii_lowercase();
-    let keyish = [
-        "key",
-        "token",
-        "secret",
-        "pass",
-        "pwd",
-        "auth",
-        "credential",
-    ]
-    .iter()
-    .any(|w| lower.windows(w.len()).any(|x| x == w.as_bytes()));
+    let keyish = names_a_credential(head);
     let upper_snake = head.contains(&b'_')
         && head
             .iter()
