@@ -437,10 +437,13 @@ fn fuzz(target: &str, seconds: u64) -> Result<()> {
         .arg(format!("-dict={}", dict.display())))
 }
 
-/// A libFuzzer dictionary of every rule keyword (literals from rules.toml), so the fuzzer
-/// reaches each rule's regex quickly.
+/// A libFuzzer dictionary of every rule keyword (literals from the built-in rule files), so
+/// the fuzzer reaches each rule's regex quickly.
 fn keyword_dict() -> Result<String> {
-    let rules = std::fs::read_to_string(root().join("leakwatch/src/detect/rules.toml"))?;
+    let mut rules = String::new();
+    for file in ["rules.toml", "rules_saas.toml"] {
+        rules += &std::fs::read_to_string(root().join("leakwatch/src/detect").join(file))?;
+    }
     let mut out = String::new();
     for line in rules.lines().filter_map(|l| l.strip_prefix("keywords = [")) {
         for kw in line.trim_end_matches(']').split(',') {
