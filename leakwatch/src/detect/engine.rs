@@ -273,8 +273,14 @@ impl Engine {
     }
 
     fn accept(&self, rule: &Rule, secret: &[u8], name: &[u8]) -> Verdict {
-        if !validate::entropy_ok(secret, rule.entropy) {
-            return Verdict::Drop;
+        // A vendor shape too uniform to be issued, or a known placeholder, is one for every
+        // rule.
+        if !validate::entropy_ok(secret, rule.entropy) || validate::placeholder(secret) {
+            return if rule.generic {
+                Verdict::Drop
+            } else {
+                Verdict::Veto
+            };
         }
         let valid = match rule.validator {
             Validator::None => true,
@@ -282,9 +288,6 @@ impl Engine {
             Validator::Jwt => validate::jwt(secret),
             Validator::Generic => validate::generic(secret, name),
         };
-        if validate::placeholder(secret) {
-            return Verdict::Drop;
-        }
         // A vendor rule that recognised the shape and then refused it (a wrong checksum, a
         // documented example) has judged these bytes for every rule.
         let refused = !valid || rule.allow.iter().any(|a| a.is_match(secret));

@@ -103,7 +103,10 @@ impl StreamScanner {
             if end < new_start && !last {
                 continue;
             }
-            if !last && end == self.buf.len() && !d.is_frozen(&f) {
+            // Only what follows shows where an unquoted value ends (`KEY=abc…` then `(`,
+            // or trailing `.` that a longer value would keep): hold it back while every
+            // byte after it could still be part of it.
+            if !last && !d.is_frozen(&f) && self.buf[end..].iter().all(|&b| may_continue(b)) {
                 continue;
             }
             let abs = (abs_from + f.start as u64, abs_from + f.end as u64);
@@ -148,6 +151,11 @@ impl Drop for StreamScanner {
     fn drop(&mut self) {
         self.buf.zeroize();
     }
+}
+
+/// Can this byte continue an unquoted value (or be trailing punctuation trimmed off one)?
+fn may_continue(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"_+/~!@#$%^&*().=?-,;:]}[{".contains(&b)
 }
 
 #[cfg(test)]

@@ -24,12 +24,16 @@ pub fn entropy(s: &[u8]) -> f64 {
 }
 
 /// Entropy a random string of this length could reach is bounded by log2(len), so short
-/// secrets are held to a proportionally lower bar.
+/// secrets are held to a proportionally lower bar. Mixed-case values get 0.8 of it: under
+/// 0.85, 1.5–2.8 % of random 12–20-character base62 strings fell short, under 0.8 fewer
+/// than 0.5 %. Single-case values keep 0.85: hand-typed filler (`lsdkfol23w54jlksdef`,
+/// `value1&key2=value2x`) is single-case and sits just under it.
 pub fn entropy_ok(s: &[u8], min: f64) -> bool {
     if min <= 0.0 {
         return true;
     }
-    let mut cap = 0.85 * (s.len() as f64).log2();
+    let mixed = s.iter().any(u8::is_ascii_uppercase) && s.iter().any(u8::is_ascii_lowercase);
+    let mut cap = if mixed { 0.8 } else { 0.85 } * (s.len() as f64).log2();
     // Hex has 4 bits a character at most; random 32-hex keys average about 3.75.
     if s.iter().all(u8::is_ascii_hexdigit) {
         cap = cap.min(3.0);
@@ -131,6 +135,16 @@ pub fn generic(v: &[u8], name: &[u8]) -> bool {
     if letters < 4 || (digits < 2 && classes < 3) {
         return false;
     }
+    // `key` alone names map keys, document ids (`?key=0Ao1yRmX…`) and cache keys far more
+    // often than secrets: under it a value must carry a password's punctuation.
+    let word: Vec<u8> = assigned
+        .iter()
+        .copied()
+        .filter(u8::is_ascii_alphanumeric)
+        .collect();
+    if (word == b"key" || word == b"keys") && !symbol {
+        return false;
+    }
     if url_or_email(v)
         || code_expression(v)
         || algorithm_prefixed(v)
@@ -173,8 +187,13 @@ pub fn generic(v: &[u8], name: &[u8]) -> bool {
     let other_symbols = v
         .iter()
         .any(|b| !b.is_ascii_alphanumeric() && !b"_-.%".contains(b));
+    // A template is words around the spec (`VS%0.f0COMNTOOLS`); `%d` inside random
+    // letters is part of a password.
     if !other_symbols && format.is_match(v) {
-        return false;
+        let words = format.replace_all(v, &b" "[..]);
+        if mostly_words(&words) {
+            return false;
+        }
     }
     if v.iter()
         .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
@@ -317,7 +336,13 @@ fn assignment(v: &[u8]) -> bool {
         return false;
     };
     let head = &v[..i];
-    let keyish = names_a_credential(head);
+    // `uuid=7f46…;storage=user`: a record of fields, not one credential.
+    let field = [
+        "uid", "uuid", "guid", "name", "type", "user", "path", "file", "host", "mode",
+    ]
+    .iter()
+    .any(|f| head.eq_ignore_ascii_case(f.as_bytes()));
+    let keyish = names_a_credential(head) || field;
     let upper_snake = head.contains(&b'_')
         && head
             .iter()
@@ -345,14 +370,20 @@ fn algorithm_prefixed(v: &[u8]) -> bool {
 /// An unquoted value without what follows it in prose and code: trailing `.`, `,`, `;`,
 /// `:` and closing brackets that were never opened inside it (`f(token=abc123XYZ)`).
 pub fn trim_value(mut v: &[u8]) -> &[u8] {
-    // A query string goes on after the value: `token=…&token_type_hint=refresh`.
+    // A query string goes on after the value: `token=…&token_type_hint=refresh`. Its
+    // parameter names are words; `&w=` inside a Django key is not one.
     for i in 0..v.len() {
         if v[i] == b'&' {
             let name = v[i + 1..]
                 .iter()
-                .take_while(|b| b.is_ascii_alphanumeric() || b"_.-".contains(b))
+                .take_while(|b| b.is_ascii_alphabetic() || **b == b'_')
                 .count();
-            if name > 0 && v.get(i + 1 + name) == Some(&b'=') {
+            // `&key2=`: a word may be numbered.
+            let digits = v[i + 1 + name..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            if name >= 3 && v.get(i + 1 + name + digits) == Some(&b'=') {
                 v = &v[..i];
                 break;
             }
@@ -500,6 +531,19 @@ mod tests {
         assert_eq!(entropy(b"aaaa"), 0.0);
         assert!((entropy(b"ab") - 1.0).abs() < 1e-9);
         assert!(entropy(b"0123456789abcdef") > 3.9);
+        // Same letters, same entropy (3.50): mixed case passes, hand-typed lower case not.
+        assert!(entropy_ok(b"c6m2BzXdcO7t7Lt7w7", 3.6));
+        assert!(!entropy_ok(b"c6m2bzxdco7t7lt7w7", 3.6));
+    }
+
+    #[test]
+    fn query_strings_end_values() {
+        assert_eq!(trim_value(b"value1abcd&key2=value2x"), b"value1abcd");
+        assert_eq!(trim_value(b"Tok3nV4lue&token_type_hint=x"), b"Tok3nV4lue");
+        assert_eq!(
+            trim_value(b"kq+m3&w=(x9&j2=z"),
+            b"kq+m3&w=(x9&j2=z".as_slice()
+        );
     }
 
     #[test]
