@@ -15,6 +15,7 @@ mod actions_bench;
 mod core_bench;
 mod freeze_bench;
 mod scan_bench;
+mod scan_corpus;
 mod tls_bench;
 mod write_bench;
 
