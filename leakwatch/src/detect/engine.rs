@@ -254,7 +254,8 @@ impl Engine {
             } else {
                 let mut secret = &win[ms..me];
                 if rule.bare.contains(&g) {
-                    secret = validate::trim_value(secret);
+                    let from = (s + ms).saturating_sub(512);
+                    secret = validate::trim_value(secret, &hay[from..s + ms]);
                 }
                 self.accept(rule, secret, name)
             };

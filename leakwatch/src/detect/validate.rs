@@ -368,41 +368,54 @@ fn algorithm_prefixed(v: &[u8]) -> bool {
 }
 
 /// An unquoted value without what follows it in prose and code: trailing `.`, `,`, `;`,
-/// `:` and closing brackets that were never opened inside it (`f(token=abc123XYZ)`).
-pub fn trim_value(mut v: &[u8]) -> &[u8] {
-    // A query string goes on after the value: `token=…&token_type_hint=refresh`. Its
-    // parameter names are words; `&w=` inside a Django key is not one.
+/// `:` and closing brackets that were never opened inside it but were opened before it on
+/// its line (`f(token=abc123XYZ)`; `"KEY=…&n&f)"` keeps its `)`).
+pub fn trim_value<'a>(mut v: &'a [u8], before: &[u8]) -> &'a [u8] {
+    // A query string goes on after the value: `token=…&token_type_hint=refresh`. Query
+    // values are URL-encoded, so a value with raw punctuation before the `&` (a Django
+    // key's `…*@2+&svsp=…`) is not one.
+    let encoded = |b: &u8| b.is_ascii_alphanumeric() || b"._~%-".contains(b);
     for i in 0..v.len() {
-        if v[i] == b'&' {
-            let name = v[i + 1..]
-                .iter()
-                .take_while(|b| b.is_ascii_alphabetic() || **b == b'_')
-                .count();
-            // `&key2=`: a word may be numbered.
-            let digits = v[i + 1 + name..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .count();
-            if name >= 3 && v.get(i + 1 + name + digits) == Some(&b'=') {
-                v = &v[..i];
-                break;
-            }
+        if v[i] != b'&' {
+            continue;
+        }
+        if !v[..i].iter().all(encoded) {
+            break;
+        }
+        let name = v[i + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphabetic() || **b == b'_')
+            .count();
+        // `&key2=`: a word may be numbered.
+        let digits = v[i + 1 + name..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if name >= 3 && v.get(i + 1 + name + digits) == Some(&b'=') {
+            v = &v[..i];
+            break;
         }
     }
+    let line = before.rsplit(|&b| b == b'\n').next().unwrap_or(before);
+    let opened = |o: u8, c: u8| {
+        let n = |x: u8| line.iter().filter(|&&b| b == x).count();
+        n(o) > n(c)
+    };
     loop {
         let count = |c: u8| v.iter().filter(|&&b| b == c).count();
         match v.last() {
             Some(b'.' | b',' | b';' | b':') => v = &v[..v.len() - 1],
-            Some(b')') if count(b')') > count(b'(') => v = &v[..v.len() - 1],
-            Some(b']') if count(b']') > count(b'[') => v = &v[..v.len() - 1],
-            Some(b'}') if count(b'}') > count(b'{') => v = &v[..v.len() - 1],
+            Some(b')') if count(b')') > count(b'(') && opened(b'(', b')') => v = &v[..v.len() - 1],
+            Some(b']') if count(b']') > count(b'[') && opened(b'[', b']') => v = &v[..v.len() - 1],
+            Some(b'}') if count(b'}') > count(b'{') && opened(b'{', b'}') => v = &v[..v.len() - 1],
             _ => return v,
         }
     }
 }
 
 /// Hand-typed filler from documentation (`qwe089234lkjsdf`, `kjfch2345sdf`): most letter pairs
-/// are neighbours on a QWERTY row. About 1 pair in 10 is, in random letters.
+/// are neighbours on a QWERTY row. About 1 pair in 15 is, in random letters; with fewer
+/// than 6 pairs (`P5O2fq#+21#710NtYt`: `tY`, `Yt`) that happens too often to judge.
 pub fn keyboard_mash(v: &[u8]) -> bool {
     const ROWS: [&[u8]; 3] = [b"qwertyuiop", b"asdfghjkl", b"zxcvbnm"];
     let row_pos = |c: u8| {
@@ -420,7 +433,7 @@ pub fn keyboard_mash(v: &[u8]) -> bool {
             }
         }
     }
-    pairs >= 4 && near * 2 >= pairs
+    pairs >= 6 && near * 2 >= pairs
 }
 
 /// Code identifiers (`X509KeyUsageFlags`, `_bindgen_ty_12`, `Crypto_SM4_2Vector_Intrinsic`)
@@ -534,16 +547,21 @@ mod tests {
         // Same letters, same entropy (3.50): mixed case passes, hand-typed lower case not.
         assert!(entropy_ok(b"c6m2BzXdcO7t7Lt7w7", 3.6));
         assert!(!entropy_ok(b"c6m2bzxdco7t7lt7w7", 3.6));
+        assert!(!keyboard_mash(b"P5O2fq#+21#710NtYt"));
     }
 
     #[test]
     fn query_strings_end_values() {
-        assert_eq!(trim_value(b"value1abcd&key2=value2x"), b"value1abcd");
-        assert_eq!(trim_value(b"Tok3nV4lue&token_type_hint=x"), b"Tok3nV4lue");
+        assert_eq!(trim_value(b"value1abcd&key2=value2x", b""), b"value1abcd");
         assert_eq!(
-            trim_value(b"kq+m3&w=(x9&j2=z"),
-            b"kq+m3&w=(x9&j2=z".as_slice()
+            trim_value(b"Tok3nV4lue&token_type_hint=x", b""),
+            b"Tok3nV4lue"
         );
+        let django = b"1k27=q7c*d9iz*@2+-u2rn8u3&svsp=ird23";
+        assert_eq!(trim_value(django, b""), django.as_slice());
+        // A closing bracket is trimmed only when its line opened one before the value.
+        assert_eq!(trim_value(b"abc123XYZ)", b"x\nf(token="), b"abc123XYZ");
+        assert_eq!(trim_value(b"9fz+x&n&f)", b"(\n\"KEY="), b"9fz+x&n&f)");
     }
 
     #[test]
