@@ -24,7 +24,7 @@ mod git;
 /// Files up to this size are read whole; larger ones are streamed.
 const WHOLE_MAX: u64 = 8 << 20;
 const CHUNK: usize = 1 << 20;
-/// Bytes looked at to decide whether a file is binary (a NUL byte in them).
+/// Bytes looked at to decide whether a file is binary.
 const SNIFF: usize = 8192;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -365,8 +365,20 @@ fn read_whole(f: &mut File, size: usize, buf: &mut Vec<u8>) -> std::io::Result<u
     }
 }
 
+/// A NUL byte makes a file binary, unless the rest is text: a saved `/proc/PID/environ` or
+/// `cmdline`, a crash report's string table — `KEY=value` separated by NULs, which is
+/// exactly where credentials sit.
 fn is_binary(head: &[u8]) -> bool {
-    memchr::memchr(0, &head[..head.len().min(SNIFF)]).is_some()
+    let h = &head[..head.len().min(SNIFF)];
+    if memchr::memchr(0, h).is_none() {
+        return false;
+    }
+    let nul = h.iter().filter(|&&b| b == 0).count();
+    let control = h
+        .iter()
+        .filter(|&&b| (b < 0x20 && !b"\0\t\n\r".contains(&b)) || b == 0x7f)
+        .count();
+    control * 100 > h.len() || nul * 5 > h.len()
 }
 
 /// Whole-buffer scan: rule findings plus frozen credentials.
@@ -587,6 +599,16 @@ pub fn load_frozen(path: &Path) -> Result<FrozenSet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_separated_text_is_text() {
+        assert!(!is_binary(b"HOME=/root\0PATH=/usr/bin\0TOKEN=abc\0"));
+        assert!(!is_binary(b"plain text\n"));
+        assert!(is_binary(
+            b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x03\0>\0\x01\0"
+        ));
+        assert!(is_binary("u\0t\0f\x001\x006\0".as_bytes()));
+    }
 
     #[test]
     fn read_whole_reads_past_a_wrong_size_and_reuses_its_buffer() {

@@ -152,7 +152,9 @@ pub fn contexts(c: &Case) -> Vec<(&'static str, String, String)> {
             secret.to_string(),
         ),
     ];
-    if !multiline && !generic {
+    // A command line (`curl -u …`, a netrc entry) is not a header value or a query parameter.
+    let spaced = text.contains(' ');
+    if !multiline && !generic && !spaced {
         v.push((
             "http-header",
             format!("> POST /v1/messages HTTP/1.1\n> Host: api.internal\n> Authorization: Bearer {text}\n> Content-Type: application/json\n"),

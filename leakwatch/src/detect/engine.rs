@@ -16,6 +16,8 @@ enum Validator {
     GithubCrc32,
     Jwt,
     Generic,
+    /// A password placed by a tool's syntax (netrc, `curl -u`, `mysql -p`).
+    Password,
 }
 
 struct Rule {
@@ -288,6 +290,7 @@ impl Engine {
             Validator::GithubCrc32 => validate::github_crc32(secret),
             Validator::Jwt => validate::jwt(secret),
             Validator::Generic => validate::generic(secret, name),
+            Validator::Password => validate::password(secret),
         };
         // A vendor rule that recognised the shape and then refused it (a wrong checksum, a
         // documented example) has judged these bytes for every rule.
@@ -348,9 +351,10 @@ fn compile(spec: &RuleSpec) -> Result<Rule> {
         Some("github-crc32") => Validator::GithubCrc32,
         Some("jwt") => Validator::Jwt,
         Some("generic") => Validator::Generic,
+        Some("password") => Validator::Password,
         Some(v) => {
             return Err(anyhow!(
-                "rule `{}`: unknown validator `{v}`; use github-crc32, jwt or generic",
+                "rule `{}`: unknown validator `{v}`; use github-crc32, jwt, generic or password",
                 spec.id
             ))
         }

@@ -26,3 +26,5 @@ pub use rules::{RuleSet, RuleSpec};
 mod tests;
 #[cfg(test)]
 mod tests_shapes;
+#[cfg(test)]
+mod tests_syntax;

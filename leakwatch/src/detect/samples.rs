@@ -247,6 +247,24 @@ pub fn sample(rule: &str, rng: &mut Rng) -> Option<(String, String)> {
                 format!("postgres://app:{k}@db.internal:5432/prod"),
             ))
         }
+        "netrc-password" => {
+            let k = rng.string(ALNUM, 16);
+            Some((
+                k.clone(),
+                format!("machine api.internal.corp login deploy password {k}"),
+            ))
+        }
+        "curl-user-password" => {
+            let k = rng.string(ALNUM, 16);
+            Some((
+                k.clone(),
+                format!("curl -sS -u deploy:{k} https://api.internal.corp/v1/jobs"),
+            ))
+        }
+        "mysql-cli-password" => {
+            let k = rng.string(ALNUM, 16);
+            Some((k.clone(), format!("mysql -h db.internal -u app -p{k} prod")))
+        }
         "url-basic-auth" => {
             let k = rng.string(ALNUM, 18);
             Some((

@@ -155,7 +155,7 @@ impl Drop for StreamScanner {
 
 /// Can this byte continue an unquoted value (or be trailing punctuation trimmed off one)?
 fn may_continue(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"_+/~!@#$%^&*().=?-,;:]}[{".contains(&b)
+    b.is_ascii_alphanumeric() || b"_+/~!@#$%^&*().=?-,;:]}[{|".contains(&b)
 }
 
 #[cfg(test)]

@@ -5,13 +5,13 @@ use super::samples::{checksummed, pem, sample, Rng, ALNUM, HEX, LETTERS};
 use super::*;
 
 /// Fails when `hay` produces any finding; the message shows it redacted.
-fn assert_quiet(engine: &Engine, hay: &str) {
+pub(super) fn assert_quiet(engine: &Engine, hay: &str) {
     let f = engine.scan(hay.as_bytes());
     assert!(f.is_empty(), "{:?} reported: {f:?}", redact(hay.as_bytes()));
 }
 
 /// The one finding for `secret` in `hay`: asserts its rule and exact span.
-fn assert_found(engine: &Engine, hay: &str, secret: &str, rule: &str) {
+pub(super) fn assert_found(engine: &Engine, hay: &str, secret: &str, rule: &str) {
     let found = engine.scan(hay.as_bytes());
     let want = fingerprint(secret.as_bytes());
     let Some(f) = found.iter().find(|f| f.fingerprint == want) else {

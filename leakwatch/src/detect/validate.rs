@@ -116,8 +116,9 @@ pub fn generic(v: &[u8], name: &[u8]) -> bool {
     {
         return false;
     }
-    // Trimming may have left too little to be a credential (`oauth_token=234lsdkf....`).
-    if v.len() < 10 || code_name(name) {
+    // The regex asks 12 bytes; trimming may have left fewer (`oauth_token=234lsdkf....`,
+    // `?token=yt4XSmQNKQ)](https://…`).
+    if v.len() < 12 || code_name(name) || names_an_id(name) {
         return false;
     }
     let digits = v.iter().filter(|b| b.is_ascii_digit()).count();
@@ -145,7 +146,15 @@ pub fn generic(v: &[u8], name: &[u8]) -> bool {
     if (word == b"key" || word == b"keys") && !symbol {
         return false;
     }
-    if url_or_email(v)
+    // `syn::Token![=]`, `std::string`: a path in code.
+    let path_sep = v.windows(2).position(|w| w == b"::").is_some_and(|i| {
+        i > 0
+            && v[..i]
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+    });
+    if path_sep
+        || url_or_email(v)
         || code_expression(v)
         || algorithm_prefixed(v)
         || assignment(v)
@@ -159,10 +168,14 @@ pub fn generic(v: &[u8], name: &[u8]) -> bool {
             && (p[0].is_ascii_alphabetic() || p[0] == b'_')
             && p.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_')
     };
+    // A path's letters must also pair like words: a random `wJalrXUtn/K7MDENG/bPxRfi` (AWS
+    // secrets hold `/`) splits into identifier bytes too. Member access (`mem3.szKeyBlk`)
+    // is too common in code to ask that of dotted values.
+    let words = bigrams::wordlike(v);
     if v.contains(&b'.') && v.split(|&b| b == b'.').all(ident) {
         return false;
     }
-    if v.contains(&b'/') && v.split(|&b| b == b'/').filter(|p| !p.is_empty()).all(ident) {
+    if v.contains(&b'/') && v.split(|&b| b == b'/').filter(|p| !p.is_empty()).all(ident) && words {
         return false;
     }
     // Absolute or home paths (`OLDPWD=/tmp/tmp.InJ96FOqFp/main`: `pwd` is a keyword, and
@@ -222,6 +235,14 @@ pub fn generic(v: &[u8], name: &[u8]) -> bool {
     true
 }
 
+/// A password a tool's own syntax places (`.netrc`, `curl -u`, `mysql -p`): documentation
+/// fills those places with words (`letmeknow`, `carolknows`, `qwerty`); one letter case
+/// and no digit or symbol, pairing like words, is such an example.
+pub fn password(v: &[u8]) -> bool {
+    let one_case = v.iter().all(u8::is_ascii_lowercase) || v.iter().all(u8::is_ascii_uppercase);
+    !(one_case && (bigrams::wordlike(v) || keyboard_mash(v) || v.len() <= 8))
+}
+
 /// Does this name (any case) hold one of the words credentials are named by?
 fn names_a_credential(name: &[u8]) -> bool {
     let lower = name.to_ascii_lowercase();
@@ -246,6 +267,25 @@ fn code_name(name: &[u8]) -> bool {
     let keyish = names_a_credential(last);
     let hungarian = last.len() >= 2 && last[0].is_ascii_lowercase() && last[1].is_ascii_uppercase();
     !name.is_empty() && (!keyish || hungarian)
+}
+
+/// A name whose last word is `id` (`api_key_id`, `tokenId`, `key-uuid`) or that names a
+/// key's id or fingerprint (`.gitconfig`'s `signingkey`, `keyid`): it holds an identifier.
+fn names_an_id(name: &[u8]) -> bool {
+    let lower = name.to_ascii_lowercase();
+    let last = name.rsplit(|b| b"_.-".contains(b)).next().unwrap_or(name);
+    // camelCase: the last word starts at the last capital (`apiKeyId` → `Id`).
+    let word = last
+        .iter()
+        .rposition(u8::is_ascii_uppercase)
+        .filter(|&i| i > 0 && last[..i].iter().any(u8::is_ascii_lowercase))
+        .map_or(last, |i| &last[i..])
+        .to_ascii_lowercase();
+    let has = |w: &str| lower.windows(w.len()).any(|x| x == w.as_bytes());
+    matches!(&word[..], b"id" | b"ids" | b"uuid" | b"guid")
+        || has("signingkey")
+        || has("keyid")
+        || has("fingerprint")
 }
 
 /// Is a hex value under this (lower-cased) name a key rather than a digest or an id?
@@ -396,18 +436,50 @@ pub fn trim_value<'a>(mut v: &'a [u8], before: &[u8]) -> &'a [u8] {
             break;
         }
     }
+    // A list of settings goes on after the value: `a.password=…,b.user=x` (helm `--set`).
+    if let Some(i) = (1..v.len()).find(|&i| {
+        v[i - 1] == b','
+            && v[i].is_ascii_alphabetic()
+            && v[i..].iter().position(|&b| b == b'=').is_some_and(|e| {
+                e >= 2
+                    && v[i..i + e]
+                        .iter()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(b))
+            })
+    }) {
+        v = &v[..i - 1];
+    }
+    // A closing bracket the value never opened, where its line opened one before it, ends
+    // the value: `f(token=abc123XYZ)`, `[badge](https://x/?token=abc)](https://…)`.
     let line = before.rsplit(|&b| b == b'\n').next().unwrap_or(before);
     let opened = |o: u8, c: u8| {
         let n = |x: u8| line.iter().filter(|&&b| b == x).count();
         n(o) > n(c)
     };
+    let mut depth = [0usize; 3];
+    for (i, &b) in v.iter().enumerate() {
+        let Some(k) = b"([{"
+            .iter()
+            .position(|&o| o == b)
+            .map(|k| (k, true))
+            .or_else(|| b")]}".iter().position(|&c| c == b).map(|k| (k, false)))
+        else {
+            continue;
+        };
+        match k {
+            (k, true) => depth[k] += 1,
+            (k, false) if depth[k] > 0 => depth[k] -= 1,
+            (k, false) => {
+                if opened(b"([{"[k], b")]}"[k]) {
+                    v = &v[..i];
+                    break;
+                }
+            }
+        }
+    }
     loop {
-        let count = |c: u8| v.iter().filter(|&&b| b == c).count();
         match v.last() {
             Some(b'.' | b',' | b';' | b':') => v = &v[..v.len() - 1],
-            Some(b')') if count(b')') > count(b'(') && opened(b'(', b')') => v = &v[..v.len() - 1],
-            Some(b']') if count(b']') > count(b'[') && opened(b'[', b']') => v = &v[..v.len() - 1],
-            Some(b'}') if count(b'}') > count(b'{') && opened(b'{', b'}') => v = &v[..v.len() - 1],
             _ => return v,
         }
     }

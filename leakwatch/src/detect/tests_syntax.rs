@@ -1,0 +1,142 @@
+//! Round-three shapes: what a held-out style probe of agent leak contexts caught us on.
+//! Values with `/`, `.` and list punctuation, credentials placed by a tool's own syntax
+//! (netrc, `curl -u`, `mysql -p`), and names that hold identifiers. Every secret is
+//! generated here.
+use super::samples::{Rng, ALNUM, B64, HEX};
+use super::tests_shapes::{assert_found, assert_quiet};
+use super::*;
+
+/// A value from `alphabet` with at least one byte from `must`, starting and ending alnum.
+fn value(rng: &mut Rng, alphabet: &[u8], must: &[u8], n: usize) -> String {
+    let mut v = rng.string(alphabet, n).into_bytes();
+    let i = 1 + rng.below(n - 2);
+    v[i] = must[rng.below(must.len())];
+    v[0] = ALNUM[rng.below(26)];
+    v[n - 1] = ALNUM[52 + rng.below(10)];
+    String::from_utf8(v).unwrap()
+}
+
+#[test]
+fn unquoted_values_keep_list_punctuation() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789[]{}:,|";
+    let (mut tried, mut missed) = (0, 0);
+    for _ in 0..50 {
+        let pw = value(&mut rng, alphabet, b"[]{}:,|", 18);
+        for hay in [
+            format!("DB_PASSWORD={pw}\n"),
+            format!("+ export DB_PASSWORD={pw}\n"),
+            format!("java -Dspring.datasource.password={pw} -jar app.jar\n"),
+            format!("db:\n  password: {pw}\n"),
+            format!("helm upgrade api ./chart --set db.password={pw},db.user=app\n"),
+        ] {
+            tried += 1;
+            let want = fingerprint(pw.as_bytes());
+            let hit = engine.scan(hay.as_bytes());
+            let own = hit.iter().any(|f| f.fingerprint == want);
+            missed += !own as usize;
+            // Never a wrong span: a finding on the value is the value.
+            assert!(
+                own || hit.is_empty(),
+                "{:?}: {hit:?}",
+                redact(hay.as_bytes())
+            );
+        }
+    }
+    // Random values fall under the entropy bar or look like code at a small base rate.
+    assert!(missed * 50 <= tried, "{missed} of {tried} missed");
+}
+
+#[test]
+fn values_with_slashes_are_not_paths() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    let mut missed = 0;
+    for _ in 0..100 {
+        let s = value(&mut rng, B64, b"/", 40);
+        for hay in [
+            format!("{{\"upload_secret\": \"{s}\"}}\n"),
+            format!("X-Api-Key: {s}\n"),
+        ] {
+            let want = fingerprint(s.as_bytes());
+            let hit = engine.scan(hay.as_bytes());
+            missed += !hit.iter().any(|f| f.fingerprint == want) as usize;
+            assert!(hit
+                .iter()
+                .all(|f| f.fingerprint == want && f.rule == "generic-secret"));
+        }
+    }
+    // Short runs between `/` and `+` read as words now and then (`mostly_words`).
+    assert!(missed <= 4, "{missed} of 200 missed");
+    for path in [
+        "SECRET_FILE=/run/secrets/db_password",
+        "token_path: src/auth/token_store",
+        "KEY_MODULE=app.settings.secret_key",
+    ] {
+        assert_quiet(&engine, path);
+    }
+}
+
+#[test]
+fn credentials_in_a_tools_own_syntax() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    for _ in 0..20 {
+        let pw = rng.string(ALNUM, 14);
+        for hay in [
+            format!("machine api.github.com login bot password {pw}\n"),
+            format!("machine registry.internal\n  login deploy\n  password {pw}\n"),
+        ] {
+            assert_found(&engine, &hay, &pw, "netrc-password");
+        }
+        for hay in [
+            format!("+ curl -fsS -u deploy:{pw} https://ci.internal/api\n"),
+            format!("curl --user 'deploy:{pw}' https://ci.internal/api\n"),
+        ] {
+            assert_found(&engine, &hay, &pw, "curl-user-password");
+        }
+        for hay in [
+            format!("mysql -h db -u root -p{pw} app < dump.sql\n"),
+            format!("mysqldump -uroot -p'{pw}' --all-databases\n"),
+        ] {
+            assert_found(&engine, &hay, &pw, "mysql-cli-password");
+        }
+        let redis = format!("REDIS_URL=redis://:{pw}@cache.internal:6379/0\n");
+        assert_found(&engine, &redis, &pw, "database-url-password");
+    }
+    for quiet in [
+        "mysql -u root -p app",
+        "mysql -h db -P3306 -u app -p",
+        "curl -u \"$USER:$TOKEN\" https://x/",
+        "machine learning password manager",
+        "amqp://guest:guest@localhost:5672/",
+    ] {
+        assert_quiet(&engine, quiet);
+    }
+}
+
+#[test]
+fn names_that_hold_identifiers_are_not_credentials() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    for _ in 0..50 {
+        let uuid = format!(
+            "{}-{}-4{}-a{}-{}",
+            rng.string(HEX, 8),
+            rng.string(HEX, 4),
+            rng.string(HEX, 3),
+            rng.string(HEX, 3),
+            rng.string(HEX, 12)
+        );
+        let gpg = rng.string(b"0123456789ABCDEF", 16);
+        for quiet in [
+            format!("{{\"api_key_id\": \"{uuid}\"}}"),
+            format!("apiKeyId: {uuid}"),
+            format!("[user]\n\tsigningkey = {gpg}\n"),
+            format!("TOKEN_FINGERPRINT={gpg}{gpg}"),
+        ] {
+            assert_quiet(&engine, &quiet);
+        }
+    }
+}
