@@ -101,7 +101,7 @@ fn pem_key_of_3_kib_in_env() {
     let mut rng = Rng::from_time();
     let pem = leakwatch::detect::samples::pem(&mut rng, "RSA PRIVATE KEY", 48);
     assert!(pem.len() > 3 * 1024, "PEM is {} bytes", pem.len());
-    let fp = fingerprint(&pem);
+    let fp = pem_fingerprint(&pem);
     let mut c = Command::new("/bin/true")
         .env("TLS_KEY", &pem)
         .spawn()

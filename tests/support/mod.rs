@@ -23,6 +23,18 @@ pub fn fingerprint(secret: &str) -> String {
     )
 }
 
+/// The fingerprint of a PEM block (README: over its canonical form, so the same key in a
+/// file, a YAML block scalar or an env var is one credential): the armour lines around the
+/// body with its line breaks removed, each line ending in `\n`. Computed here from the
+/// contract, independently of the daemon.
+pub fn pem_fingerprint(pem: &str) -> String {
+    let mut lines = pem.trim_end().lines();
+    let begin = lines.next().expect("a BEGIN line");
+    let rest: Vec<&str> = lines.collect();
+    let (end, body) = rest.split_last().expect("an END line");
+    fingerprint(&format!("{begin}\n{}\n{end}\n", body.concat()))
+}
+
 /// A fresh secret in `rule`'s format: (secret, text to embed).
 pub fn secret(rule: &str) -> (String, String) {
     sample(rule, &mut Rng::from_time()).unwrap_or_else(|| panic!("no sample generator for {rule}"))
