@@ -216,7 +216,8 @@ pub fn generic(v: &[u8], name: &[u8]) -> bool {
     }
     // Hex has only the letters a-f, among which `df`/`fd` are neighbours: never a mash.
     let all_hex = v.iter().all(u8::is_ascii_hexdigit);
-    if code_identifier(v) || (!all_hex && keyboard_mash(v)) {
+    // Filler is typed without shift: a value with `!^)@` is not judged as a mash.
+    if code_identifier(v) || (!all_hex && !symbol && keyboard_mash(v)) {
         return false;
     }
     // AWS documentation marks example ids and tokens with `XMPL` (`ACCAQFODXMPL4YFHP7DZE`).
@@ -620,6 +621,12 @@ mod tests {
         assert!(entropy_ok(b"c6m2BzXdcO7t7Lt7w7", 3.6));
         assert!(!entropy_ok(b"c6m2bzxdco7t7lt7w7", 3.6));
         assert!(!keyboard_mash(b"P5O2fq#+21#710NtYt"));
+        // Four of eight letter pairs are neighbours by chance; the symbols say it was
+        // not typed.
+        assert!(generic(
+            b"9!k^w8)7@1=(w34+-qd1w9l1#ghq$oiu(d1^vz5^y((hj7km*e",
+            b"SECRET_KEY"
+        ));
     }
 
     #[test]
