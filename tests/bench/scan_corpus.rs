@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use leakwatch::detect::{
-    samples::{checksummed, pem, sample, Rng, ALNUM, B64, HEX, URLSAFE},
+    samples::{checksummed, pem, sample, uuid_v4, Rng, ALNUM, B64, HEX, URLSAFE},
     Engine, RuleSet,
 };
 
@@ -256,14 +256,7 @@ pub fn negatives(rng: &mut Rng, rounds: usize) -> Vec<(&'static str, String)> {
     for _ in 0..rounds {
         let sha1 = rng.string(HEX, 40);
         let sha256 = rng.string(HEX, 64);
-        let uuid = format!(
-            "{}-{}-4{}-a{}-{}",
-            rng.string(HEX, 8),
-            rng.string(HEX, 4),
-            rng.string(HEX, 3),
-            rng.string(HEX, 3),
-            rng.string(HEX, 12)
-        );
+        let uuid = uuid_v4(rng);
         cases.push((
             "git-sha",
             format!(

@@ -65,6 +65,18 @@ pub fn checksummed(rng: &mut Rng, prefix: &str) -> String {
     format!("{prefix}{body}{}", String::from_utf8_lossy(&crc))
 }
 
+/// A random version-4 UUID (lowercase hex, variant `a`).
+pub fn uuid_v4(rng: &mut Rng) -> String {
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        rng.string(HEX, 8),
+        rng.string(HEX, 4),
+        rng.string(HEX, 3),
+        rng.string(HEX, 3),
+        rng.string(HEX, 12)
+    )
+}
+
 /// A PEM block of `lines` base64 lines with the given label.
 pub fn pem(rng: &mut Rng, label: &str, lines: usize) -> String {
     let mut s = format!("-----BEGIN {label}-----\n");

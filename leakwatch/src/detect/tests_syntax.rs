@@ -2,7 +2,7 @@
 //! Values with `/`, `.` and list punctuation, credentials placed by a tool's own syntax
 //! (netrc, `curl -u`, `mysql -p`), and names that hold identifiers. Every secret is
 //! generated here.
-use super::samples::{Rng, ALNUM, B64, HEX};
+use super::samples::{uuid_v4, Rng, ALNUM, B64};
 use super::tests_shapes::{assert_found, assert_quiet};
 use super::*;
 
@@ -121,14 +121,7 @@ fn names_that_hold_identifiers_are_not_credentials() {
     let engine = Engine::builtin();
     let mut rng = Rng::from_time();
     for _ in 0..50 {
-        let uuid = format!(
-            "{}-{}-4{}-a{}-{}",
-            rng.string(HEX, 8),
-            rng.string(HEX, 4),
-            rng.string(HEX, 3),
-            rng.string(HEX, 3),
-            rng.string(HEX, 12)
-        );
+        let uuid = uuid_v4(&mut rng);
         let gpg = rng.string(b"0123456789ABCDEF", 16);
         for quiet in [
             format!("{{\"api_key_id\": \"{uuid}\"}}"),
