@@ -262,12 +262,7 @@ fn core_handler_passes_64_mib_byte_for_byte_to_the_previous_pipe_handler() {
     let scratch = d.scratch();
     let got = scratch.join("got");
     let recv = scratch.join("recv.sh");
-    fs::write(
-        &recv,
-        "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$0.args\"\nenv > \"$0.env\"\npwd >> \"$0.env\"\nexec cat > \"$1\"\n",
-    )
-    .unwrap();
-    fs::set_permissions(&recv, fs::Permissions::from_mode(0o755)).unwrap();
+    install_exe(&recv, "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$0.args\"\nenv > \"$0.env\"\npwd >> \"$0.env\"\nexec cat > \"$1\"\n".as_bytes());
     settings(
         &d.state_dir(),
         &format!("|{} {} %p %e %s", recv.display(), got.display()),
@@ -333,15 +328,14 @@ fn core_handler_gives_up_on_a_stalled_previous_handler_in_time() {
     let fp = fingerprint(&secret);
     let stall = scratch.join("stall.sh");
     let pidfile = scratch.join("stall.pid");
-    fs::write(
+    install_exe(
         &stall,
         format!(
             "#!/bin/sh\necho $$ > {}\nexec sleep 600\n",
             pidfile.display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&stall, fs::Permissions::from_mode(0o755)).unwrap();
+        )
+        .as_bytes(),
+    );
     let alerts = dir.join("alerts.jsonl");
     let state = dir.join("state");
     settings(
@@ -411,8 +405,7 @@ fn core_handler_finds_a_frozen_credential() {
         String::from_utf8_lossy(&out.stderr)
     );
     let sink = d.scratch().join("sink.sh");
-    fs::write(&sink, "#!/bin/sh\nexec cat >/dev/null\n").unwrap();
-    fs::set_permissions(&sink, fs::Permissions::from_mode(0o755)).unwrap();
+    install_exe(&sink, "#!/bin/sh\nexec cat >/dev/null\n".as_bytes());
     settings(
         &d.state_dir(),
         &format!("|{}", sink.display()),

@@ -416,9 +416,8 @@ fn argv_and_non_root_callers_are_refused() {
     let pub_dir = std::env::temp_dir().join(format!("leakwatch-nobody-{}", std::process::id()));
     std::fs::create_dir_all(&pub_dir).unwrap();
     let pub_bin = pub_dir.join("leakwatch");
-    std::fs::copy(bin(), &pub_bin).unwrap();
+    install_exe(&pub_bin, &std::fs::read(bin()).unwrap());
     std::fs::set_permissions(&pub_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&pub_bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new(&pub_bin)
         .args(["status", "--socket"])
         .arg(d.socket())

@@ -372,6 +372,22 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
     head.starts_with("HTTP/1.").then(|| body.to_string())
 }
 
+/// Puts an executable at `dst` by way of `install(1)`. Writing it from this process would
+/// leave a window where a sibling test's fork holds the write fd, and exec fails with
+/// ETXTBSY ("Text file busy"); `install` is the only process that ever opens it for writing.
+pub fn install_exe(dst: &Path, contents: &[u8]) {
+    let staged = dst.with_extension("staged");
+    fs::write(&staged, contents).unwrap();
+    let st = Command::new("install")
+        .args(["-m", "0755"])
+        .arg(&staged)
+        .arg(dst)
+        .status()
+        .unwrap();
+    assert!(st.success(), "install {} failed", dst.display());
+    let _ = fs::remove_file(staged);
+}
+
 pub fn fresh_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("leakwatch-it-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
