@@ -160,12 +160,14 @@ fn file(fd: u32) -> Option<(u64, u64, u64)> {
     Some((fdt, arr, file))
 }
 
-/// `fd`'s `struct file` and its inode while the current task's fd table is still `fdt`
-/// (array `arr`, where `fd` was in bounds): three reads. `None` otherwise.
+/// `fd`'s `struct file` while the current task's fd table is still `fdt` (array `arr`,
+/// where `fd` was in bounds): three reads. `None` otherwise. Its inode is not read: an
+/// open file's inode never changes, so the same `struct file` still installed at `fd`
+/// means the same inode.
 #[inline(always)]
-pub fn cached_file(fd: u32, fdt: u64, arr: u64) -> Option<(u64, u64)> {
+pub fn cached_file(fd: u32, fdt: u64, arr: u64) -> Option<u64> {
     let files = task::files();
-    if files == 0 || arr == 0 || global(&OFF_FILE_INODE) == 0 {
+    if files == 0 || arr == 0 {
         return None;
     }
     let cur: u64 = kread(files + global(&OFF_FILES_FDT));
@@ -173,10 +175,7 @@ pub fn cached_file(fd: u32, fdt: u64, arr: u64) -> Option<(u64, u64)> {
         return None;
     }
     let file: u64 = kread(arr + fd as u64 * 8);
-    if file == 0 {
-        return None;
-    }
-    Some((file, kread(file + global(&OFF_FILE_INODE))))
+    (file != 0).then_some(file)
 }
 
 /// `write_pos` when whether `file` appends is already known: one read.

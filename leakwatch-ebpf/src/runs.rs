@@ -26,7 +26,8 @@ const HDR: u32 = core::mem::size_of::<WriteHeader>() as u32;
 /// The calling thread's one-buffer write of `len` bytes on `fd` (at `offset`, or -1: the
 /// file position) continues its pending run: extended in place, true. The fast path of
 /// every call after a run's first: no header, no fd resolution, no `HELD` lookup — one map
-/// lookup and four reads. The file stays held for the run's short life (at most
+/// lookup and four reads (the task's files, its fd table, the fd's file, the position).
+/// The file stays held for the run's short life (at most
 /// `RUN_AGE_JIFFIES`); a run the daemon no longer holds the file for arrives counted as unread.
 #[inline(always)]
 pub fn extend(tid: u32, fd: u32, probe: u32, len: u64, offset: i64) -> bool {
@@ -48,17 +49,18 @@ pub fn extend(tid: u32, fd: u32, probe: u32, len: u64, offset: i64) -> bool {
     if now.wrapping_sub(run.started_jiffies) >= RUN_AGE_JIFFIES {
         return false;
     }
-    let Some((file, inode)) = fdinfo::cached_file(fd, run.fdt, run.arr) else {
+    // The same open file at `fd`: the same inode (the file pins it), so no read of it.
+    let Some(file) = fdinfo::cached_file(fd, run.fdt, run.arr) else {
         return false;
     };
-    if file != r.file.file || inode != r.inode {
+    if file != r.file.file {
         return false;
     }
     let pos = if offset >= 0 {
         offset
     } else {
         let append = r.hdr.flags & WRITE_F_APPEND != 0;
-        let Some(pos) = fdinfo::pos_of(file, inode, append) else {
+        let Some(pos) = fdinfo::pos_of(file, r.inode, append) else {
             return false;
         };
         pos
