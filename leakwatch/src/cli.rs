@@ -11,7 +11,10 @@ use base64::Engine as _;
 use serde_json::Value;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::control::{call, Request};
+use crate::{
+    control::{call, Request},
+    detect::frozen::FrozenKey,
+};
 
 /// Longest credential accepted (a PEM key or service-account JSON fits easily).
 const MAX_SECRET: usize = 64 * 1024;
@@ -22,32 +25,86 @@ pub struct FreezeArgs {
     pub from_file: Option<PathBuf>,
     pub deep: bool,
     pub json: bool,
+    /// Also publish to the fleet (`freeze --fleet`).
+    pub fleet: Option<crate::fleet::cli::Target>,
     /// Anything given as a positional argument: refused.
     pub stray: Vec<String>,
 }
 
-pub fn freeze(mut a: FreezeArgs) -> Result<()> {
-    if !a.stray.is_empty() {
-        for s in a.stray.iter_mut() {
-            s.zeroize();
-        }
-        bail!("refusing a credential on the command line: argv is itself a leak path (readable in /proc by every user); pipe it on stdin, type it at the prompt, or use --from-file");
+fn refuse_argv(stray: &mut [String]) -> Result<()> {
+    if stray.is_empty() {
+        return Ok(());
     }
+    for s in stray.iter_mut() {
+        s.zeroize();
+    }
+    bail!("refusing a credential on the command line: argv is itself a leak path (readable in /proc by every user); pipe it on stdin, type it at the prompt, or use --from-file");
+}
+
+pub fn freeze(mut a: FreezeArgs) -> Result<()> {
+    refuse_argv(&mut a.stray)?;
     let mut req = Request::new("freeze");
     req.deep = a.deep;
-    if let Some(fp) = a.fingerprint.take() {
-        req.fingerprint = Some(checked_fingerprint(fp)?);
+    let key = if let Some(fp) = a.fingerprint.take() {
+        let fp = checked_fingerprint(fp)?;
+        req.fingerprint = Some(fp.clone());
+        FrozenKey::from_fingerprint(&fp)
     } else {
         let secret = read_secret(a.from_file.as_deref())?;
         req.secret_b64 = Some(base64::engine::general_purpose::STANDARD.encode(&secret[..]));
-    }
+        Some(FrozenKey::from_secret(&secret))
+    };
+    // Checked before anything is frozen: a bad [fleet] must not leave a half-done freeze.
+    let fleet = a.fleet.as_ref().map(|t| t.resolve()).transpose()?;
     let v = call(&a.socket, &req)?;
     if a.json {
         println!("{v}");
     } else {
         print_report(&v);
     }
+    if let (Some(f), Some(key)) = (fleet, key) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let already = rt.block_on(async {
+            let mut c = crate::fleet::connect(&f).await?;
+            crate::fleet::cli::publish(&mut c, &f, &key).await
+        })?;
+        eprintln!(
+            "{} {} across the fleet ({}); `leakwatch fleet status` shows which hosts applied it",
+            key.fingerprint(),
+            if already {
+                "was already frozen"
+            } else {
+                "published"
+            },
+            f.etcd.join(", ")
+        );
+    }
     Ok(())
+}
+
+/// The key `fleet freeze` publishes: from the credential (stdin, prompt or file; never
+/// argv) or a fingerprint. The plaintext is dropped (zeroized) here.
+pub fn fleet_key(
+    fingerprint: Option<String>,
+    from_file: Option<PathBuf>,
+    mut stray: Vec<String>,
+) -> Result<FrozenKey> {
+    refuse_argv(&mut stray)?;
+    if let Some(fp) = fingerprint {
+        let fp = checked_fingerprint(fp)?;
+        return FrozenKey::from_fingerprint(&fp)
+            .ok_or_else(|| anyhow::anyhow!("not a fingerprint"));
+    }
+    let secret = read_secret(from_file.as_deref())?;
+    if secret.len() < 8 {
+        bail!(
+            "refusing to freeze a credential of {} bytes: at least 8 are needed to match it safely",
+            secret.len()
+        );
+    }
+    Ok(FrozenKey::from_secret(&secret))
 }
 
 fn trim_newline(v: &mut Zeroizing<Vec<u8>>) {
@@ -56,7 +113,7 @@ fn trim_newline(v: &mut Zeroizing<Vec<u8>>) {
     }
 }
 
-fn read_secret(from_file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>> {
+pub(crate) fn read_secret(from_file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>> {
     let mut buf = Zeroizing::new(Vec::new());
     if let Some(p) = from_file {
         let mut f = std::fs::File::open(p).with_context(|| {
@@ -207,7 +264,7 @@ pub fn print_report(v: &Value) {
 
 /// A fingerprint argument, refused without being echoed (or sent anywhere) when it is not
 /// one: people paste the secret where the fingerprint goes.
-fn checked_fingerprint(mut fp: String) -> Result<String> {
+pub fn checked_fingerprint(mut fp: String) -> Result<String> {
     if crate::detect::frozen::FrozenKey::from_fingerprint(&fp).is_some() {
         return Ok(fp);
     }

@@ -39,6 +39,8 @@ pub struct Config {
     /// Where each rule's credential is expected to go (`[[destination]]` tables), besides
     /// its provider's hosts.
     pub destination: Vec<crate::dest::DestinationSpec>,
+    /// Fleet freeze through etcd (`fleet`); no `etcd` endpoints: off.
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -129,6 +131,7 @@ impl Default for Config {
             capture: Capture::default(),
             actions: Actions::default(),
             destination: Vec::new(),
+            fleet: crate::fleet::FleetConfig::default(),
         }
     }
 }
@@ -212,7 +215,7 @@ impl Config {
                 bail!("[scope] cgroups entry `{g}` is not a cgroup path; give it relative to the cgroup2 mount, starting with `/` (e.g. `/system.slice/agent.service`)");
             }
         }
-        Ok(())
+        self.fleet.validate()
     }
 
     /// Every rule's expected destinations: built-in hosts and `[[destination]]`.

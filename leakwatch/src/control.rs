@@ -180,6 +180,7 @@ async fn dispatch(mut req: Request, ctx: &Context, client: Option<u32>) -> Value
                 fingerprint: req.fingerprint.take(),
                 deep: req.deep,
                 client_pid: client,
+                fleet: None,
             };
             ctx.freeze(fr)
                 .await

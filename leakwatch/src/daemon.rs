@@ -194,6 +194,16 @@ pub async fn run(o: Overrides) -> Result<()> {
     if let Some(l) = kernel_log.take() {
         tokio::spawn(forward_kernel_log(l, stop_rx.clone()));
     }
+    let fleet = match cfg.fleet.enabled() {
+        true => Some(crate::fleet::watch::Watcher::start(
+            cfg.fleet.clone(),
+            ctx.clone(),
+            alerts.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        )?),
+        false => None,
+    };
     log::info!(
         "ready: {} probes attached ({}), alerts to {}{}, metrics {}, control socket {}",
         metrics.probes_attached.get(),
@@ -254,6 +264,10 @@ pub async fn run(o: Overrides) -> Result<()> {
     let _ = worker.join();
     let _ = poller.await;
     let _ = saver.await;
+    if let Some(f) = fleet {
+        // Revokes the host's lease: the fleet sees it gone at once.
+        let _ = tokio::time::timeout(Duration::from_secs(3), f).await;
+    }
     ctx.save_kill_counts();
     alerts.flush();
     actions.flush();

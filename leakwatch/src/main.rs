@@ -17,6 +17,91 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Where the fleet store is; defaults come from the config's `[fleet]`.
+#[derive(clap::Args)]
+struct EtcdArgs {
+    /// Config file whose `[fleet]` names etcd (default: the installed one, if any).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// etcd endpoint, http(s)://HOST:PORT (repeatable).
+    #[arg(long)]
+    etcd: Vec<String>,
+    /// Key prefix (default /leakwatch/).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// CA certificate (PEM) of the etcd servers.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate and key (PEM).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// etcd user; its password is read from --password-file.
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    fn target(self) -> leakwatch::fleet::cli::Target {
+        leakwatch::fleet::cli::Target {
+            config: self.config,
+            etcd: self.etcd,
+            prefix: self.prefix,
+            ca: self.ca,
+            cert: self.cert,
+            key: self.key,
+            user: self.user,
+            password_file: self.password_file,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum FleetCmd {
+    /// Freeze a credential on every host (read from stdin or a hidden prompt, never argv).
+    /// Exit status 1 if some live host has not applied it within --wait.
+    Freeze {
+        /// Freeze by fingerprint (sha256:…) instead of the credential itself.
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Read the credential from this file (first line, newline stripped).
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+        /// Seconds to wait for every live host to acknowledge.
+        #[arg(long, default_value_t = 10.0)]
+        wait: f64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Refused: a credential must not be passed in argv.
+        #[arg(hide = true)]
+        stray: Vec<String>,
+    },
+    /// Lift a fleet freeze on every host (explicit: removing the entry by hand does not).
+    Unfreeze {
+        fingerprint: String,
+        /// Seconds to wait for every host to lift it.
+        #[arg(long, default_value_t = 10.0)]
+        wait: f64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Each fleet-frozen credential, which hosts applied it (when, kills, severs) and which
+    /// live hosts have not yet.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the monitor (root): load the eBPF probes and alert on credentials.
@@ -55,9 +140,20 @@ enum Cmd {
         json: bool,
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// Also publish it to the fleet (etcd, from `--etcd` or the config's `[fleet]`).
+        #[arg(long)]
+        fleet: bool,
+        #[command(flatten)]
+        etcd: EtcdArgs,
         /// Refused: a credential must not be passed in argv.
         #[arg(hide = true)]
         stray: Vec<String>,
+    },
+    /// Freeze across every host running leakwatch, through etcd; works from any machine
+    /// that reaches etcd, no local daemon needed.
+    Fleet {
+        #[command(subcommand)]
+        cmd: FleetCmd,
     },
     /// Remove a credential from the frozen set.
     Unfreeze {
@@ -238,6 +334,8 @@ fn main() -> ExitCode {
             deep,
             json,
             socket,
+            fleet,
+            etcd,
             stray,
         } => leakwatch::cli::freeze(leakwatch::cli::FreezeArgs {
             socket,
@@ -245,8 +343,10 @@ fn main() -> ExitCode {
             from_file,
             deep,
             json,
+            fleet: fleet.then(|| etcd.target()),
             stray,
         }),
+        Cmd::Fleet { cmd } => return fleet(cmd),
         Cmd::Unfreeze {
             fingerprint,
             socket,
@@ -296,6 +396,47 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `leakwatch fleet …`: 0 done everywhere, 1 some live host has not acknowledged, 2 error.
+fn fleet(cmd: FleetCmd) -> ExitCode {
+    use leakwatch::fleet::cli as f;
+    let wait = |s: f64| std::time::Duration::from_secs_f64(s.clamp(0.0, 3600.0));
+    let r = match cmd {
+        FleetCmd::Freeze {
+            fingerprint,
+            from_file,
+            wait: w,
+            json,
+            etcd,
+            stray,
+        } => leakwatch::cli::fleet_key(fingerprint, from_file, stray)
+            .and_then(|key| runtime(f::freeze(&etcd.target(), key, wait(w), json))),
+        FleetCmd::Unfreeze {
+            fingerprint,
+            wait: w,
+            json,
+            etcd,
+        } => leakwatch::cli::checked_fingerprint(fingerprint)
+            .and_then(|fp| runtime(f::unfreeze(&etcd.target(), &fp, wait(w), json))),
+        FleetCmd::Status { json, etcd } => runtime(f::status(&etcd.target(), json)).map(|()| true),
+    };
+    match r {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("leakwatch: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?
+        .block_on(f)
 }
 
 fn list_rules(config: Option<PathBuf>) -> anyhow::Result<()> {

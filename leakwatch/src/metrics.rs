@@ -56,6 +56,10 @@ pub struct Metrics {
     pub exec_unchecked: IntCounter,
     pub exec_attempts_failed: IntCounter,
     pub exec_recovered: IntCounter,
+    pub fleet_connected: IntGauge,
+    pub fleet_applied: IntCounter,
+    pub fleet_refused: IntCounter,
+    pub fleet_errors: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -315,6 +319,26 @@ impl Metrics {
                 g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
                 g
             },
+            fleet_connected: gauge(
+                &r,
+                "leakwatch_fleet_connected",
+                "1 while the fleet store (etcd) is reachable and watched; 0 while it is not (the local frozen set stays enforced), and without a [fleet] table.",
+            ),
+            fleet_applied: counter(
+                &r,
+                "leakwatch_fleet_applied_total",
+                "Fleet freezes and unfreezes applied on this host.",
+            ),
+            fleet_refused: counter(
+                &r,
+                "leakwatch_fleet_refused_total",
+                "Fleet entries refused as malformed (reported as fleet alerts and under PREFIX/hosts/HOST/refused/).",
+            ),
+            fleet_errors: counter(
+                &r,
+                "leakwatch_fleet_errors_total",
+                "Fleet store sessions that failed (connect, read, watch, lease); each is retried with backoff.",
+            ),
             config_reloads: counter(
                 &r,
                 "leakwatch_config_reloads_total",

@@ -23,6 +23,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("ss", "iproute2"),
     ("systemd-analyze", "systemd"),
+    // etcd-client's build script compiles etcd's protobuf definitions with it.
+    ("protoc", "protobuf-compiler"),
 ];
 
 #[derive(Parser)]
@@ -160,6 +162,7 @@ fn install() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     install_promtool()?;
+    install_etcd()?;
     if !bpf_linker_ok() {
         let path = format!(
             "/usr/lib/llvm-22/bin:{}",
@@ -195,13 +198,23 @@ fn install_promtool() -> Result<()> {
     if promtool().exists() && prometheus().exists() {
         return Ok(());
     }
-    let dir = root().join("target/tools/prometheus-deb");
+    let x = extract_deb("prometheus")?;
+    std::fs::copy(x.join("usr/bin/promtool"), promtool())?;
+    std::fs::copy(x.join("usr/bin/prometheus"), prometheus())?;
+    let _ = std::fs::remove_dir_all(x.parent().unwrap_or(&x));
+    Ok(())
+}
+
+/// Downloads Debian package `pkg` and unpacks it (not installed: no maintainer scripts run);
+/// returns the unpacked tree, `target/tools/PKG-deb/x`.
+fn extract_deb(pkg: &str) -> Result<PathBuf> {
+    let dir = root().join(format!("target/tools/{pkg}-deb"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let download = || {
         sh(Command::new("apt-get")
             .current_dir(&dir)
-            .args(["download", "-qq", "prometheus"]))
+            .args(["download", "-qq", pkg]))
     };
     if download().is_err() {
         // Package lists may be missing or stale on a fresh machine.
@@ -213,18 +226,28 @@ fn install_promtool() -> Result<()> {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
         .ok_or_else(|| {
-            anyhow::anyhow!(
-                "apt-get download prometheus left no .deb in {}",
-                dir.display()
-            )
+            anyhow::anyhow!("apt-get download {pkg} left no .deb in {}", dir.display())
         })?;
     sh(Command::new("dpkg-deb")
         .arg("-x")
         .arg(&deb)
         .arg(dir.join("x")))?;
-    std::fs::copy(dir.join("x/usr/bin/promtool"), promtool())?;
-    std::fs::copy(dir.join("x/usr/bin/prometheus"), prometheus())?;
-    let _ = std::fs::remove_dir_all(&dir);
+    Ok(dir.join("x"))
+}
+
+/// etcd (the fleet tests start one on loopback with its own data dir), taken from Debian's
+/// etcd-server package without installing it, which would set up a system etcd.
+fn etcd() -> PathBuf {
+    root().join("target/tools/etcd")
+}
+
+fn install_etcd() -> Result<()> {
+    if etcd().exists() {
+        return Ok(());
+    }
+    let x = extract_deb("etcd-server")?;
+    std::fs::copy(x.join("usr/bin/etcd"), etcd())?;
+    let _ = std::fs::remove_dir_all(x.parent().unwrap_or(&x));
     Ok(())
 }
 
@@ -324,7 +347,8 @@ fn test(filter: Option<&str>) -> Result<()> {
     ])
     .env("LEAKWATCH_BIN", root().join("target/release/leakwatch"))
     .env("LEAKWATCH_PROMTOOL", promtool())
-    .env("LEAKWATCH_PROMETHEUS", prometheus());
+    .env("LEAKWATCH_PROMETHEUS", prometheus())
+    .env("LEAKWATCH_ETCD", etcd());
     if let Some(f) = filter {
         it.arg(f);
     }

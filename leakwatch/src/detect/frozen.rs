@@ -6,6 +6,8 @@ use aho_corasick::{AhoCorasick, MatchKind};
 /// Bytes of prefix kept for a frozen credential (public key prefixes like `sk-ant-` make up
 /// most of it; never more than a quarter of the secret).
 pub const PREFIX_MAX: usize = 4;
+/// Longest credential a frozen entry may claim (a 4096-bit PEM key is ~3.3 KB).
+pub const LEN_MAX: usize = 64 << 10;
 /// Longest token hashed for keys frozen by fingerprint alone.
 const TOKEN_MAX: usize = 4096;
 

@@ -42,6 +42,8 @@ pub struct FreezeRequest {
     pub deep: bool,
     /// The `leakwatch freeze` client: never killed, nor are its ancestors (the operator's shell).
     pub client_pid: Option<u32>,
+    /// A fleet entry (`fleet::watch`): fingerprint, length and prefix, no plaintext.
+    pub fleet: Option<FrozenKey>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -95,6 +97,15 @@ pub struct Report {
     pub elapsed_ms: f64,
 }
 
+/// What a fleet unfreeze did here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lift {
+    Lifted,
+    /// Frozen here by a local freeze: kept.
+    Local,
+    Absent,
+}
+
 pub struct Context {
     probes: Arc<Mutex<Probes>>,
     alerts: Alerts,
@@ -122,6 +133,8 @@ pub struct Context {
     /// Recent `freeze` clients and their ancestors (the responder's shell, a script piping
     /// the key in): they wrote the key on its way to freeze, which makes them no holders.
     clients: Mutex<Vec<(Instant, Vec<u32>)>>,
+    /// The fleet store as `fleet::watch` last saw it (`None`: no fleet configured).
+    fleet_status: Mutex<Option<serde_json::Value>>,
 }
 
 impl Context {
@@ -186,6 +199,7 @@ impl Context {
             busy: tokio::sync::Mutex::new(()),
             killing: Mutex::new(HashSet::new()),
             clients: Mutex::new(Vec::new()),
+            fleet_status: Mutex::new(None),
             verified: Mutex::new(HashSet::new()),
         })
     }
@@ -233,8 +247,9 @@ impl Context {
     pub async fn freeze(&self, req: FreezeRequest) -> Result<Report> {
         let t0 = Instant::now();
         let _guard = self.busy.lock().await;
-        let (key, hash, redacted) = match (&req.secret, &req.fingerprint) {
-            (Some(s), None) => {
+        let (key, hash, redacted) = match (&req.secret, &req.fingerprint, &req.fleet) {
+            (None, None, Some(k)) => (k.clone(), None, None),
+            (Some(s), None, None) => {
                 if s.len() < 8 {
                     bail!("refusing to freeze a credential of {} bytes: at least 8 are needed to match it safely", s.len());
                 }
@@ -244,7 +259,7 @@ impl Context {
                     Some(redact(s)),
                 )
             }
-            (None, Some(fp)) => (
+            (None, Some(fp), None) => (
                 FrozenKey::from_fingerprint(fp).with_context(|| {
                     // Not echoed: a mistyped value may be the secret itself.
                     "the value given as a fingerprint is not one (not shown: it may be the secret itself); give sha256: followed by 64 hex digits".to_string()
@@ -265,10 +280,22 @@ impl Context {
                     // A fingerprint-only entry learns its length, prefix and kernel hash
                     // when the credential itself is frozen later.
                     let e = &mut store.frozen[i];
+                    let mut changed = false;
                     if e.kernel_hash.is_none() && hash.is_some() {
                         e.kernel_hash = hash;
+                        changed = true;
+                    }
+                    if e.len == 0 && key.len != 0 {
                         e.len = key.len;
                         e.prefix = String::from_utf8_lossy(&key.prefix).into_owned();
+                        changed = true;
+                    }
+                    // Frozen here by hand: the fleet must not lift it.
+                    if req.fleet.is_none() && e.fleet {
+                        e.fleet = false;
+                        changed = true;
+                    }
+                    if changed {
                         store.save()?;
                     }
                     true
@@ -281,6 +308,7 @@ impl Context {
                         kernel_hash: hash,
                         frozen_at: now_rfc3339(),
                         kills: 0,
+                        fleet: req.fleet.is_some(),
                     });
                     store.save().context("persisting the frozen set")?;
                     false
@@ -300,7 +328,8 @@ impl Context {
         a.pid = std::process::id();
         self.emit(
             a.with("deep", req.deep)
-                .with("kernel_enforced", hash.is_some()),
+                .with("kernel_enforced", hash.is_some())
+                .with("fleet", req.fleet.is_some()),
         );
 
         let set = FrozenSet::new(vec![key]);
@@ -320,6 +349,89 @@ impl Context {
             .unwrap_or(false);
         report.elapsed_ms = t0.elapsed().as_secs_f64() * 1000.0;
         Ok(report)
+    }
+
+    /// A fleet unfreeze: lifts `fp` only if the fleet froze it here.
+    pub fn unfreeze_fleet(&self, fp: &str) -> Result<Lift> {
+        let fleet = {
+            let store = self
+                .store
+                .lock()
+                .map_err(|_| anyhow::anyhow!("frozen store lock poisoned"))?;
+            store.find(fp).map(|i| store.frozen[i].fleet)
+        };
+        Ok(match fleet {
+            None => Lift::Absent,
+            Some(false) => Lift::Local,
+            Some(true) => {
+                self.unfreeze(fp)?;
+                let mut a = crate::alerts::Alert::new("unfreeze");
+                a.fingerprint = Some(fp.to_string());
+                self.emit(a.with("fleet", true));
+                Lift::Lifted
+            }
+        })
+    }
+
+    /// `fp` as frozen here: (by the fleet, kernel-enforced, kills), or `None`.
+    pub fn frozen_entry(&self, fp: &str) -> Option<(bool, bool, u64)> {
+        let store = self.store.lock().ok()?;
+        let e = &store.frozen[store.find(fp)?];
+        Some((e.fleet, e.kernel_hash.is_some(), e.kills))
+    }
+
+    /// Fingerprints frozen by the fleet on this host, and how many are frozen in all.
+    pub fn fleet_fingerprints(&self) -> (Vec<String>, usize) {
+        self.store
+            .lock()
+            .map(|s| {
+                (
+                    s.frozen
+                        .iter()
+                        .filter(|e| e.fleet)
+                        .map(|e| e.fingerprint.clone())
+                        .collect(),
+                    s.frozen.len(),
+                )
+            })
+            .unwrap_or_default()
+    }
+
+    /// What `fleet::watch` says of the fleet store, shown by `status`.
+    pub fn set_fleet_status(&self, v: serde_json::Value) {
+        if let Ok(mut f) = self.fleet_status.lock() {
+            *f = Some(v);
+        }
+    }
+
+    /// The sweep found frozen credential `fp` (exact bytes `plain`) in a holder: an entry
+    /// without a kernel hash (frozen by fingerprint, or by the fleet) learns it, so the
+    /// kernel kills the next exec carrying it before it runs.
+    fn learn_kernel_hash(&self, fp: &str, plain: &[u8]) {
+        let learned = match self.store.lock() {
+            Ok(mut store) => match store.find(fp) {
+                Some(i) if store.frozen[i].kernel_hash.is_none() => {
+                    let e = &mut store.frozen[i];
+                    e.kernel_hash = Some(kernel_hash(self.seed, plain));
+                    e.len = plain.len();
+                    let keep = crate::detect::frozen::PREFIX_MAX.min(plain.len() / 4);
+                    e.prefix = String::from_utf8_lossy(&plain[..keep]).into_owned();
+                    let _ = store.save();
+                    true
+                }
+                _ => false,
+            },
+            Err(_) => false,
+        };
+        if learned {
+            if let Ok(mut v) = self.verified.lock() {
+                v.insert(fp.to_string());
+            }
+            match self.publish() {
+                Ok(()) => log::info!("frozen credential {fp} is now enforced by the kernel at exec (learned from a holder)"),
+                Err(e) => log::error!("reloading the kernel frozen map: {e:#}"),
+            }
+        }
     }
 
     pub fn unfreeze(&self, fp: &str) -> Result<bool> {
@@ -383,7 +495,9 @@ impl Context {
                 // Read from disk and not yet seen to work: a claim, not a fact.
                 "kernel_hash_verified": e.kernel_hash.is_some() && verified.contains(&e.fingerprint),
                 "len": e.len,
+                "fleet": e.fleet,
             })).collect::<Vec<_>>(),
+            "fleet": self.fleet_status.lock().ok().and_then(|f| f.clone()),
             "probes": attached,
             "tls_blind": self.tls_blind.lock().map(|l| l.iter().map(|(exe, b)| {
                 let mut v = serde_json::to_value(b).unwrap_or_default();
@@ -440,7 +554,8 @@ impl Context {
             if p.pid == me {
                 continue;
             }
-            let reason = if let Some(k) = procscan::holds_in_proc(p.pid, set) {
+            let learn = |k: usize, plain: &[u8]| self.learn_kernel_hash(&fp_of(k), plain);
+            let reason = if let Some(k) = procscan::holds_in_proc(p.pid, set, learn) {
                 Some(("environ/cmdline", fp_of(k)))
             } else if let Some(f) = seen.get(&p.pid) {
                 Some(("exec", f.clone()))

@@ -82,11 +82,21 @@ pub fn list() -> Vec<Proc> {
         .collect()
 }
 
-/// The first key of `set` (its index) that the environment or command line of `pid` holds.
-pub fn holds_in_proc(pid: u32, set: &FrozenSet) -> Option<usize> {
+/// The first key of `set` (its index) that the environment or command line of `pid` holds;
+/// `seen` gets it with the exact bytes found.
+pub fn holds_in_proc(
+    pid: u32,
+    set: &FrozenSet,
+    mut seen: impl FnMut(usize, &[u8]),
+) -> Option<usize> {
     ["environ", "cmdline"].iter().find_map(|f| {
         fs::read(format!("/proc/{pid}/{f}")).ok().and_then(|mut b| {
-            let hit = set.find(&b).first().map(|h| h.key);
+            let hit = set.find(&b).first().copied();
+            if let Some(h) = hit {
+                // The exact bytes, before they are wiped: the caller may derive the kernel's hash.
+                seen(h.key, &b[h.start..h.end]);
+            }
+            let hit = hit.map(|h| h.key);
             zeroize::Zeroize::zeroize(&mut b);
             hit
         })

@@ -28,6 +28,10 @@ pub struct FrozenEntry {
     pub kernel_hash: Option<u64>,
     pub frozen_at: String,
     pub kills: u64,
+    /// Frozen by the fleet (etcd): a fleet unfreeze lifts it. A local freeze of the same
+    /// credential clears it, so the fleet never lifts what a responder froze here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fleet: bool,
 }
 
 impl FrozenEntry {
@@ -50,8 +54,9 @@ pub struct Store {
 }
 
 impl FrozenEntry {
-    /// Checks an entry read from disk; cuts a prefix that says too much. Err: unusable.
-    fn check(&mut self) -> std::result::Result<Option<String>, String> {
+    /// Checks an entry read from disk or the fleet store; cuts a prefix that says too
+    /// much. Err: unusable.
+    pub fn check(&mut self) -> std::result::Result<Option<String>, String> {
         if FrozenKey::from_fingerprint(&self.fingerprint).is_none() {
             return Err("its fingerprint is not sha256: and 64 hex digits".into());
         }
@@ -302,6 +307,7 @@ mod tests {
             kernel_hash: Some(kernel_hash(7, secret)),
             frozen_at: "now".into(),
             kills: 0,
+            fleet: false,
         });
         s.save().unwrap();
         let text = fs::read_to_string(dir.join("frozen.json")).unwrap();
