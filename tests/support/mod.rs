@@ -1,6 +1,8 @@
 //! Harness for the integration tests: starts the real daemon binary (which loads the real
 //! eBPF programs), waits for its alerts, and checks that nothing it wrote holds a plaintext
 //! test secret. A daemon that cannot start fails the test with its stderr; nothing skips.
+pub mod etcd;
+
 use std::{
     fs,
     io::Read,

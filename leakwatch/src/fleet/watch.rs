@@ -151,18 +151,31 @@ impl Watcher {
                     if resp.canceled() {
                         bail!("etcd cancelled the watch ({}; compacted at revision {}): resyncing", resp.cancel_reason(), resp.compact_revision());
                     }
+                    // An unfreeze deletes the entry and puts its tombstone in one transaction.
+                    let lifted: Vec<&[u8]> = resp
+                        .events()
+                        .iter()
+                        .filter_map(|e| e.kv())
+                        .filter(|kv| kv.key().starts_with(tomb_dir.as_bytes()))
+                        .map(|kv| &kv.key()[tomb_dir.len()..])
+                        .collect();
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
                         self.revision = self.revision.max(kv.mod_revision());
                         match (ev.event_type(), kv.key().starts_with(frozen_dir.as_bytes())) {
                             (EventType::Put, true) => self.freeze(&mut c, lease, kv.key(), kv.value()).await?,
                             (EventType::Put, false) => self.unfreeze(&mut c, kv.key(), kv.value()).await?,
-                            (EventType::Delete, true) => log::info!(
+                            (EventType::Delete, true) if !lifted.contains(&&kv.key()[frozen_dir.len()..]) => log::warn!(
                                 "fleet entry {} was deleted without an unfreeze record: it stays frozen here",
                                 shown_key(kv.key(), &frozen_dir)
                             ),
+                            (EventType::Delete, true) => {}
                             (EventType::Delete, false) => {}
                         }
+                    }
+                    if !resp.events().is_empty() {
+                        // The frozen count it shows changed.
+                        self.put_alive(&mut c, lease).await?;
                     }
                     self.publish_status();
                 }
@@ -402,6 +415,9 @@ impl Watcher {
 fn shown_key(key: &[u8], dir: &str) -> String {
     let s = String::from_utf8_lossy(key);
     let rest = s.strip_prefix(dir).unwrap_or(&s);
+    if crate::detect::frozen::FrozenKey::from_fingerprint(rest).is_some() {
+        return s.into_owned();
+    }
     let n = rest.chars().count();
     let head: String = rest
         .chars()

@@ -150,13 +150,14 @@ impl Store {
             }
         };
         let mut changed = false;
-        const FIELDS: [&str; 6] = [
+        const FIELDS: [&str; 7] = [
             "fingerprint",
             "len",
             "prefix",
             "kernel_hash",
             "frozen_at",
             "kills",
+            "fleet",
         ];
         for (i, mut v) in entries.into_iter().enumerate() {
             // Unknown fields are refused, not trusted: reported and dropped, the entry kept.
