@@ -370,8 +370,45 @@ fn two_daemons_acknowledge_and_malformed_entries_are_refused() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains(&in_argv));
 
-    d1.stop();
+    // Host two stops: it revokes its lease at once and is listed offline, not forgotten; a
+    // freeze then says it is incomplete (exit 1) until the host is forgotten.
     d2.stop();
+    wait_until(10, "host two listed offline", || {
+        fleet_status(&etcd)["offline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["host"] == h2.as_str())
+            .then_some(())
+    });
+    let (secret_c, _) = secret("mistral-api-key");
+    let fp_c = fingerprint(&secret_c);
+    let out = fleet(
+        &etcd,
+        &["freeze", "--json", "--wait", "2", "--fingerprint", &fp_c],
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r = json_of(&out);
+    assert_eq!(r["offline"], serde_json::json!([h2]), "{r:#}");
+    assert!(ack(&fleet_status(&etcd), &fp_c, &h1).is_some());
+    let out = fleet(&etcd, &["forget", &h2], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fleet_status(&etcd)["offline"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    d1.stop();
     for d in [&d1, &d2] {
         d.assert_no_plaintext(&[&secret_a, &secret_b, &pasted, &other, &in_argv]);
     }

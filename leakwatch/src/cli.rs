@@ -343,14 +343,30 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
             );
         }
     }
+    let fl = &v["fleet"];
+    if fl.is_object() {
+        if fl["connected"] == true {
+            println!(
+                "fleet: watching {} under {} as host {} (revision {}, {} entries refused)",
+                fl["endpoints"], fl["prefix"], fl["host"], fl["revision"], fl["refused"]
+            );
+        } else {
+            println!(
+                "fleet: NOT CONNECTED to {} ({}); the local frozen set stays enforced, retrying",
+                fl["endpoints"],
+                fl["last_error"].as_str().unwrap_or("connecting")
+            );
+        }
+    }
     let frozen = arr(&v, "frozen");
     println!("frozen: {}", frozen.len());
     for f in frozen {
         println!(
-            "  {}  since {}  kills {}{}",
+            "  {}  since {}  kills {}{}{}",
             str_of(&f, "fingerprint"),
             str_of(&f, "frozen_at"),
             str_of(&f, "kills"),
+            if f["fleet"] == true { "  (fleet)" } else { "" },
             if f["kernel_enforced"] != true {
                 "  (fingerprint only: userspace enforcement)"
             } else if f["kernel_hash_verified"] != true {

@@ -340,6 +340,27 @@ mod tests {
     }
 
     #[test]
+    fn the_example_fleet_table_parses_once_uncommented() {
+        let ex = include_str!("../../deploy/leakwatch.toml");
+        let at = ex.find("# [fleet]").expect("example has a [fleet] table");
+        let table: String = ex[at..]
+            .lines()
+            .take_while(|l| l.starts_with("# "))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let c = Config::parse(&table).unwrap();
+        assert_eq!(c.fleet.etcd.len(), 2);
+        assert_eq!(c.fleet.host.as_deref(), Some("web-7"));
+        let e = Config::parse("dedupe_seconds = 1\n[fleet]\netcd = [\"10.0.0.1:2379\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("line 3, column 1:") && e.contains("[fleet] etcd"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_field_is_an_error() {
         let e = Config::parse("alert = \"/x\"").unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");

@@ -92,8 +92,14 @@ enum FleetCmd {
         #[command(flatten)]
         etcd: EtcdArgs,
     },
+    /// Remove every record of a host that is gone for good (it stops being listed offline).
+    Forget {
+        host: String,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
     /// Each fleet-frozen credential, which hosts applied it (when, kills, severs) and which
-    /// live hosts have not yet.
+    /// live hosts have not yet; hosts known but offline.
     Status {
         #[arg(long)]
         json: bool,
@@ -419,6 +425,7 @@ fn fleet(cmd: FleetCmd) -> ExitCode {
             etcd,
         } => leakwatch::cli::checked_fingerprint(fingerprint)
             .and_then(|fp| runtime(f::unfreeze(&etcd.target(), &fp, wait(w), json))),
+        FleetCmd::Forget { host, etcd } => runtime(f::forget(&etcd.target(), &host)).map(|()| true),
         FleetCmd::Status { json, etcd } => runtime(f::status(&etcd.target(), json)).map(|()| true),
     };
     match r {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--only freeze|write|tls|scan|actions|core]`: measures what BENCHMARKS.md reports and
+//! `cargo xtask bench [--only freeze|write|tls|scan|actions|core|fleet]`: measures what BENCHMARKS.md reports and
 //! rewrites it.
 //! - freeze latency, command to report, for 1, 10 and 100 holder processes, each holding
 //!   two TCP connections (real daemon, real eBPF programs);
@@ -7,12 +7,14 @@
 //! - the TLS plaintext probes' cost to an HTTPS client (see `tls_bench`);
 //! - the detection engine's throughput, recall and false positives (see `scan_bench`);
 //! - `leakwatch actions` query times on a 1 GB action log (see `actions_bench`);
-//! - a 1 GiB core through `leakwatch core-handler` (see `core_bench`).
+//! - a 1 GiB core through `leakwatch core-handler` (see `core_bench`);
+//! - fleet freeze through etcd, with simulated hosts (see `fleet_bench`).
 //!
 //! With `--only PART` only that part runs and only its sections of BENCHMARKS.md are
 //! replaced; the others are kept from the previous run.
 mod actions_bench;
 mod core_bench;
+mod fleet_bench;
 mod freeze_bench;
 mod scan_bench;
 mod scan_corpus;
@@ -22,7 +24,7 @@ mod write_bench;
 use std::fmt::Write as _;
 
 /// Parts in the order their sections appear in BENCHMARKS.md.
-const PARTS: [&str; 6] = ["freeze", "write", "tls", "scan", "actions", "core"];
+const PARTS: [&str; 7] = ["freeze", "write", "tls", "scan", "actions", "core", "fleet"];
 
 fn main() {
     let (out, only) = args();
@@ -61,6 +63,7 @@ fn main() {
             "tls" => md.push_str(&tls_bench::run()),
             "actions" => md.push_str(&actions_bench::run()),
             "core" => md.push_str(&core_bench::run()),
+            "fleet" => md.push_str(&fleet_bench::run()),
             _ => md.push_str(&scan_bench::run()),
         }
     }
@@ -96,6 +99,7 @@ fn part_of(title: &str) -> &'static str {
         t if t == tls_bench::TITLE => "tls",
         t if t == actions_bench::TITLE => "actions",
         t if t == core_bench::TITLE => "core",
+        t if t == fleet_bench::TITLE => "fleet",
         _ => "scan",
     }
 }

@@ -437,7 +437,8 @@ fn bench(only: Option<&str>) -> Result<()> {
         "--",
     ])
     .arg(root().join("BENCHMARKS.md"))
-    .env("LEAKWATCH_BIN", root().join("target/release/leakwatch"));
+    .env("LEAKWATCH_BIN", root().join("target/release/leakwatch"))
+    .env("LEAKWATCH_ETCD", etcd());
     if let Some(p) = only {
         c.args(["--only", p]);
     }

@@ -201,11 +201,20 @@ fn progress(v: &Value, fp: &str) -> (Vec<String>, Vec<String>) {
 /// Prints the outcome for `fp`; true when no live host is left behind.
 fn report(v: &Value, fp: &str, t0: Instant, as_json: bool, what: &str) -> bool {
     let (acked, pending) = progress(v, fp);
-    let ok = if what == "applied" {
-        pending.is_empty()
-    } else {
-        acked.is_empty()
-    };
+    let offline: Vec<String> = v["offline"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|h| h["host"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let ok = offline.is_empty()
+        && if what == "applied" {
+            pending.is_empty()
+        } else {
+            acked.is_empty()
+        };
     let hosts = v["hosts"].as_array().map_or(0, Vec::len);
     if as_json {
         let e = v["frozen"]
@@ -219,6 +228,7 @@ fn report(v: &Value, fp: &str, t0: Instant, as_json: bool, what: &str) -> bool {
                 "hosts_alive": hosts,
                 "entry": e,
                 "waiting_on": if what == "applied" { pending } else { acked },
+                "offline": offline,
                 "complete": ok,
                 "elapsed_ms": t0.elapsed().as_secs_f64() * 1000.0,
             })
@@ -304,6 +314,13 @@ pub async fn status(t: &Target, as_json: bool) -> Result<()> {
             h["frozen"]
         );
     }
+    for h in v["offline"].as_array().into_iter().flatten() {
+        println!(
+            "  {} OFFLINE (last connected {})",
+            h["host"].as_str().unwrap_or("?"),
+            h["connected_at"].as_str().unwrap_or("?")
+        );
+    }
     let frozen = v["frozen"].as_array().cloned().unwrap_or_default();
     if frozen.is_empty() {
         println!("nothing frozen across the fleet");
@@ -338,6 +355,27 @@ pub async fn status(t: &Target, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `fleet forget HOST`: removes every record of a host that is gone for good.
+pub async fn forget(t: &Target, host: &str) -> Result<()> {
+    if !super::valid_host(host) {
+        bail!("`{host}` is not a host name; `leakwatch fleet status` lists the hosts");
+    }
+    let f = t.resolve()?;
+    let mut c = super::connect(&f).await?;
+    let r = c
+        .delete(
+            f.host_key(host, ""),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .context("removing the host's records")?;
+    if r.deleted() == 0 {
+        bail!("no host `{host}` in the fleet store; `leakwatch fleet status` lists the hosts");
+    }
+    println!("forgot {host} ({} records)", r.deleted());
+    Ok(())
+}
+
 /// The whole fleet view, from one revision of the store.
 pub async fn read_status(c: &mut Client, f: &FleetConfig) -> Result<Value> {
     let r = c
@@ -350,6 +388,7 @@ pub async fn read_status(c: &mut Client, f: &FleetConfig) -> Result<Value> {
     let mut entries: BTreeMap<String, entry::Entry> = BTreeMap::new();
     let mut invalid = Vec::new();
     let mut alive: BTreeMap<String, entry::Alive> = BTreeMap::new();
+    let mut seen: BTreeMap<String, Value> = BTreeMap::new();
     let mut acks: Vec<(String, entry::Ack)> = Vec::new();
     let mut refused = Vec::new();
     for kv in r.kvs() {
@@ -377,6 +416,11 @@ pub async fn read_status(c: &mut Client, f: &FleetConfig) -> Result<Value> {
             "alive" => {
                 if let Ok(a) = serde_json::from_slice::<entry::Alive>(kv.value()) {
                     alive.insert(host.to_string(), a);
+                }
+            }
+            "seen" => {
+                if let Ok(v) = serde_json::from_slice::<Value>(kv.value()) {
+                    seen.insert(host.to_string(), v);
                 }
             }
             "applied" => {
@@ -428,9 +472,16 @@ pub async fn read_status(c: &mut Client, f: &FleetConfig) -> Result<Value> {
         .filter(|(_, a)| !entries.contains_key(&a.fingerprint))
         .map(|(h, a)| json!({"host": h, "fingerprint": a.fingerprint}))
         .collect();
+    // Known hosts whose lease is gone: they apply nothing until they reconnect.
+    let offline: Vec<&Value> = seen
+        .iter()
+        .filter(|(h, _)| !alive.contains_key(*h))
+        .map(|(_, v)| v)
+        .collect();
     Ok(json!({
         "revision": rev,
         "hosts": alive.values().collect::<Vec<_>>(),
+        "offline": offline,
         "frozen": frozen,
         "stale_acks": stale,
         "refused": refused,

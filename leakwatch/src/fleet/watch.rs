@@ -215,6 +215,15 @@ impl Watcher {
             .context("reading the unfreeze list")?;
         // A fresh session: acknowledgements of the last lease are gone with it.
         self.put_alive(c, lease).await?;
+        // Not leased: a host that stops reaching etcd stays listed (offline), not forgotten.
+        let seen = json!({"host": self.host, "connected_at": now_rfc3339(), "version": env!("CARGO_PKG_VERSION")});
+        c.put(
+            self.cfg.host_key(&self.host, "seen"),
+            serde_json::to_vec(&seen)?,
+            None,
+        )
+        .await
+        .context("recording the host")?;
         let mut listed = Vec::new();
         for kv in r.kvs() {
             if let Some(fp) = self.freeze_one(c, lease, kv.key(), kv.value()).await? {
