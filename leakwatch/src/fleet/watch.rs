@@ -19,6 +19,10 @@ use crate::{
     sinks::Alerts,
 };
 
+/// Refused entries reported one by one per session (alert, `refused/` key); past this a
+/// flood of garbage is only counted, with one alert saying so.
+const REFUSED_REPORTED: u64 = 100;
+
 /// Longest wait between two connection attempts.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -34,6 +38,8 @@ pub struct Watcher {
     last_error: Option<String>,
     revision: i64,
     refused: u64,
+    /// Refused in this session (bounds what is reported, see `REFUSED_REPORTED`).
+    refused_now: u64,
 }
 
 impl Watcher {
@@ -56,6 +62,7 @@ impl Watcher {
             last_error: None,
             revision: 0,
             refused: 0,
+            refused_now: 0,
         };
         w.publish_status();
         Ok(tokio::spawn(async move { w.run(stop).await }))
@@ -104,6 +111,7 @@ impl Watcher {
         backoff: &mut Duration,
     ) -> Result<()> {
         let mut c = super::connect(&self.cfg).await?;
+        self.refused_now = 0;
         let lease = c
             .lease_grant(LEASE_TTL, None)
             .await
@@ -332,9 +340,9 @@ impl Watcher {
         match entry::parse_tombstone(key, value, &dir) {
             Ok(t) => self.lift(c, &t.fingerprint).await,
             Err(why) => {
-                self.refused += 1;
-                self.metrics.fleet_refused.inc();
-                self.report_refused(&shown_key(key, &dir), &why);
+                if self.count_refused() {
+                    self.report_refused(&shown_key(key, &dir), &why);
+                }
                 Ok(())
             }
         }
@@ -360,9 +368,27 @@ impl Watcher {
         Ok(())
     }
 
-    async fn refuse(&mut self, c: &mut Client, lease: i64, key: &[u8], why: &str) -> Result<()> {
+    /// Counts a refused entry; true while it should also be reported one by one.
+    fn count_refused(&mut self) -> bool {
         self.refused += 1;
+        self.refused_now += 1;
         self.metrics.fleet_refused.inc();
+        if self.refused_now == REFUSED_REPORTED + 1 {
+            let msg = format!("more than {REFUSED_REPORTED} malformed fleet entries in this session: the rest are only counted (leakwatch_fleet_refused_total); someone may be writing garbage under {}", self.cfg.prefix);
+            log::error!("{msg}");
+            self.alerts.emit(
+                Alert::new("fleet")
+                    .with("state", "refused")
+                    .with("problem", msg),
+            );
+        }
+        self.refused_now <= REFUSED_REPORTED
+    }
+
+    async fn refuse(&mut self, c: &mut Client, lease: i64, key: &[u8], why: &str) -> Result<()> {
+        if !self.count_refused() {
+            return Ok(());
+        }
         let shown = shown_key(key, &self.cfg.frozen_key(""));
         self.report_refused(&shown, why);
         // Named by a digest of the key: the key itself may be anything.
@@ -437,5 +463,35 @@ fn shown_key(key: &[u8], dir: &str) -> String {
         format!("{dir}{head}… ({n} characters)")
     } else {
         format!("{dir}{head}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_in_a_message_shows_at_most_ten_characters_past_its_directory() {
+        let dir = "/leakwatch/frozen/";
+        let (secret, _) = crate::detect::samples::sample(
+            "github-pat",
+            &mut crate::detect::samples::Rng::seeded(3),
+        )
+        .unwrap();
+        let shown = shown_key(format!("{dir}{secret}").as_bytes(), dir);
+        assert!(!shown.contains(&secret), "{shown}");
+        assert!(
+            shown.starts_with(dir) && shown.contains("characters)"),
+            "{shown}"
+        );
+        let fp = crate::detect::frozen::FrozenKey::from_secret(secret.as_bytes()).fingerprint();
+        assert_eq!(
+            shown_key(format!("{dir}{fp}").as_bytes(), dir),
+            format!("{dir}{fp}")
+        );
+        assert_eq!(
+            shown_key(b"/leakwatch/frozen/a\x01b", dir),
+            "/leakwatch/frozen/a?b"
+        );
     }
 }
