@@ -397,6 +397,9 @@ fn two_daemons_acknowledge_and_malformed_entries_are_refused() {
     let r = json_of(&out);
     assert_eq!(r["offline"], serde_json::json!([h2]), "{r:#}");
     assert!(ack(&fleet_status(&etcd), &fp_c, &h1).is_some());
+    let human = fleet(&etcd, &["status"], None);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains(&format!("{h2} OFFLINE")), "{text}");
     let out = fleet(&etcd, &["forget", &h2], None);
     assert!(
         out.status.success(),

@@ -176,6 +176,14 @@ impl Drop for EchoOff {
     }
 }
 
+fn endpoints(fleet: &Value) -> String {
+    arr(fleet, "endpoints")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn arr(v: &Value, k: &str) -> Vec<Value> {
     v.get(k)
         .and_then(Value::as_array)
@@ -348,12 +356,16 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
         if fl["connected"] == true {
             println!(
                 "fleet: watching {} under {} as host {} (revision {}, {} entries refused)",
-                fl["endpoints"], fl["prefix"], fl["host"], fl["revision"], fl["refused"]
+                endpoints(fl),
+                str_of(fl, "prefix"),
+                str_of(fl, "host"),
+                fl["revision"],
+                fl["refused"]
             );
         } else {
             println!(
                 "fleet: NOT CONNECTED to {} ({}); the local frozen set stays enforced, retrying",
-                fl["endpoints"],
+                endpoints(fl),
                 fl["last_error"].as_str().unwrap_or("connecting")
             );
         }

@@ -3,13 +3,13 @@
 //! a hidden prompt, never argv) and turned into an entry here; only the fingerprint, length
 //! and a short prefix go to etcd.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use serde_json::{json, Value};
 
 use super::{entry, FleetConfig};
@@ -137,8 +137,9 @@ pub async fn unfreeze(t: &Target, fp: &str, wait: Duration, as_json: bool) -> Re
     Ok(report(&v, fp, t0, as_json, "lifted"))
 }
 
-/// Polls until every live host has (`applied`) or no longer has an acknowledgement of
-/// `fp`, or `wait` passed; returns the last status.
+/// Waits until every live host has (`applied`) or no longer has an acknowledgement of
+/// `fp`, or `wait` passed; returns the status read then. Two full reads and a watch on
+/// `hosts/` in between, not a read per poll: the store may hold thousands of hosts.
 async fn wait_for(
     c: &mut Client,
     f: &FleetConfig,
@@ -147,19 +148,51 @@ async fn wait_for(
     applied: bool,
 ) -> Result<Value> {
     let end = Instant::now() + wait;
-    loop {
-        let v = read_status(c, f).await?;
-        let (acked, pending) = progress(&v, fp);
-        let done = if applied {
-            pending.is_empty()
-        } else {
-            acked.is_empty()
-        };
-        if done || Instant::now() >= end {
-            return Ok(v);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let v = read_status(c, f).await?;
+    let (acked, pending) = progress(&v, fp);
+    let mut waiting: HashSet<String> = if applied { pending } else { acked }.into_iter().collect();
+    if waiting.is_empty() || wait.is_zero() {
+        return Ok(v);
     }
+    let rev = v["revision"].as_i64().unwrap_or(0);
+    let hosts_dir = format!("{}hosts/", f.prefix);
+    let mut ws = c
+        .watch(
+            hosts_dir.clone(),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(rev + 1),
+            ),
+        )
+        .await
+        .context("watching the acknowledgements")?;
+    let ack = format!("/applied/{fp}");
+    while !waiting.is_empty() {
+        let left = end.saturating_duration_since(Instant::now());
+        let Ok(m) = tokio::time::timeout(left, ws.message()).await else {
+            break;
+        };
+        let Some(r) = m.context("watching the acknowledgements")? else {
+            break;
+        };
+        for ev in r.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key());
+            let Some(host) = key
+                .strip_prefix(&hosts_dir)
+                .and_then(|k| k.split('/').next())
+            else {
+                continue;
+            };
+            let put = ev.event_type() == EventType::Put;
+            // Its acknowledgement came (or went), or it left: the final read says which.
+            if (key.ends_with(&ack) && put == applied) || (key.ends_with("/alive") && !put) {
+                waiting.remove(host);
+            }
+        }
+    }
+    read_status(c, f).await
 }
 
 /// (hosts that acknowledged `fp`, live hosts that have not).
@@ -255,11 +288,17 @@ fn report(v: &Value, fp: &str, t0: Instant, as_json: bool, what: &str) -> bool {
             );
         }
     } else if acked.is_empty() {
-        println!("every host lifted it in {ms} ms");
+        println!("every live host lifted it in {ms} ms");
     } else {
         println!(
             "still applied on {} (they lift it when they next reach etcd)",
             acked.join(", ")
+        );
+    }
+    if !offline.is_empty() {
+        println!(
+            "OFFLINE (known to the fleet, not connected now; they catch up when they reconnect): {}; `leakwatch fleet forget HOST` removes a host that is gone for good",
+            offline.join(", ")
         );
     }
     ok
