@@ -417,3 +417,34 @@ fn two_daemons_acknowledge_and_malformed_entries_are_refused() {
     }
     etcd.assert_no_plaintext(&[&secret_a, &secret_b]);
 }
+
+#[test]
+fn a_broken_fleet_config_stops_the_daemon_with_one_error() {
+    let dir = fresh_dir("fleet-broken");
+    let cfg = dir.join("leakwatch.toml");
+    std::fs::write(
+        &cfg,
+        "[fleet]\netcd = [\"https://127.0.0.1:1\"]\nca = \"/nonexistent/etcd-ca.pem\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .arg("daemon")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(dir.join("control.sock"))
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[fleet] ca = \"/nonexistent/etcd-ca.pem\" cannot be read"),
+        "{err}"
+    );
+    // It stopped before loading anything: no ready line.
+    assert!(!err.contains("ready:"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -60,6 +60,11 @@ pub async fn run(o: Overrides) -> Result<()> {
     let cfg = effective_config(&o)?;
     let engine = Engine::new(&cfg.rules()?)?;
     let dests = cfg.destinations()?;
+    if cfg.fleet.enabled() {
+        // Before anything is loaded: a broken [fleet] stops the start with one error.
+        cfg.fleet.check_files()?;
+        cfg.fleet.host_name()?;
+    }
     probes::preflight()?;
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -55,6 +55,7 @@ impl Target {
             bail!("no etcd to talk to: give --etcd URL, or a config with [fleet] etcd (--config)");
         }
         f.validate()?;
+        f.check_files()?;
         Ok(f)
     }
 }

@@ -99,6 +99,28 @@ impl FleetConfig {
         Ok(())
     }
 
+    /// The CA, certificate, key and password files can be read: checked when the daemon
+    /// starts and before a fleet command talks to etcd, so a broken `[fleet]` is one error
+    /// at deploy time, not a host that quietly never joins.
+    pub fn check_files(&self) -> Result<()> {
+        for (what, p) in [
+            ("ca", &self.ca),
+            ("cert", &self.cert),
+            ("key", &self.key),
+            ("password_file", &self.password_file),
+        ] {
+            if let Some(p) = p {
+                std::fs::File::open(p).with_context(|| {
+                    format!(
+                        "[fleet] {what} = \"{}\" cannot be read; fix the path or its permissions",
+                        p.display()
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// This host's name under `hosts/`.
     pub fn host_name(&self) -> Result<String> {
         if let Some(h) = &self.host {
@@ -237,5 +259,15 @@ mod tests {
             assert!(e.starts_with("[fleet] "), "{e}");
             assert!(e.contains(want), "{e}");
         }
+        let missing = FleetConfig {
+            ca: Some("/nonexistent/leakwatch-ca.pem".into()),
+            ..ok.clone()
+        };
+        let e = missing.check_files().unwrap_err().to_string();
+        assert!(
+            e.contains("[fleet] ca") && e.contains("cannot be read"),
+            "{e}"
+        );
+        ok.check_files().unwrap();
     }
 }

@@ -51,6 +51,7 @@ impl Watcher {
         stop: watch::Receiver<bool>,
     ) -> Result<tokio::task::JoinHandle<()>> {
         let host = cfg.host_name()?;
+        cfg.check_files()?;
         let mut w = Watcher {
             cfg,
             host,
