@@ -274,6 +274,9 @@ pub async fn run(o: Overrides) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(3), f).await;
     }
     ctx.save_kill_counts();
+    if let Ok(mut p) = probes.lock() {
+        p.detach_all();
+    }
     alerts.flush();
     actions.flush();
     drop(alerts);

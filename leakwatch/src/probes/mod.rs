@@ -271,6 +271,27 @@ pub struct Probes {
     pub tls_attached: Vec<String>,
 }
 
+impl Probes {
+    /// Detaches every program, all at once from as many threads. Each detach waits for the
+    /// kernel's RCU grace periods (60–115 ms apiece measured here), so one after another,
+    /// as dropping them does, a stop took 2.6 s; side by side the waits overlap.
+    pub fn detach_all(&mut self) {
+        use aya::programs::Program;
+        let progs: Vec<&mut Program> = self.ebpf.programs_mut().map(|(_, p)| p).collect();
+        std::thread::scope(|s| {
+            for p in progs {
+                s.spawn(move || {
+                    let _ = match p {
+                        Program::TracePoint(t) => t.unload(),
+                        Program::UProbe(u) => u.unload(),
+                        _ => Ok(()),
+                    };
+                });
+            }
+        });
+    }
+}
+
 /// Checks what loading needs before trying, so the error names the real cause.
 pub fn preflight() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
