@@ -312,28 +312,7 @@ fn two_daemons_acknowledge_and_malformed_entries_are_refused() {
     // `leakwatch freeze --fleet` on host one: frozen there, published, applied on two.
     let (secret_b, _) = secret("stripe-secret-key");
     let fp_b = fingerprint(&secret_b);
-    let mut c = Command::new(bin())
-        .args([
-            "freeze",
-            "--json",
-            "--fleet",
-            "--etcd",
-            &etcd.url(),
-            "--socket",
-        ])
-        .arg(d1.socket())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin
-        .as_mut()
-        .unwrap()
-        .write_all(secret_b.as_bytes())
-        .unwrap();
-    drop(c.stdin.take());
-    let out = c.wait_with_output().unwrap();
+    let out = freeze_with(&d1, &secret_b, &["--fleet", "--etcd", &etcd.url()]);
     assert!(
         out.status.success(),
         "{}",

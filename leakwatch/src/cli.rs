@@ -98,11 +98,8 @@ pub fn fleet_key(
             .ok_or_else(|| anyhow::anyhow!("not a fingerprint"));
     }
     let secret = read_secret(from_file.as_deref())?;
-    if secret.len() < 8 {
-        bail!(
-            "refusing to freeze a credential of {} bytes: at least 8 are needed to match it safely",
-            secret.len()
-        );
+    if let Some(why) = crate::detect::frozen::too_short(secret.len()) {
+        bail!(why);
     }
     Ok(FrozenKey::from_secret(&secret))
 }

@@ -6,6 +6,16 @@ use aho_corasick::{AhoCorasick, MatchKind};
 /// Bytes of prefix kept for a frozen credential (public key prefixes like `sk-ant-` make up
 /// most of it; never more than a quarter of the secret).
 pub const PREFIX_MAX: usize = 4;
+/// Shortest credential freeze accepts: fewer bytes would match too much by chance.
+pub const LEN_MIN: usize = 8;
+
+/// Why a credential of `len` bytes cannot be frozen, if it cannot.
+pub fn too_short(len: usize) -> Option<String> {
+    (len < LEN_MIN).then(|| {
+        format!("refusing to freeze a credential of {len} bytes: at least {LEN_MIN} are needed to match it safely")
+    })
+}
+
 /// Longest credential a frozen entry may claim (a 4096-bit PEM key is ~3.3 KB).
 pub const LEN_MAX: usize = 64 << 10;
 /// Longest token hashed for keys frozen by fingerprint alone.

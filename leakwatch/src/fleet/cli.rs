@@ -65,8 +65,7 @@ fn by() -> String {
     let user = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "root".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("{user}@{}", host.trim())
+    format!("{user}@{}", super::kernel_hostname().unwrap_or_default())
 }
 
 /// Publishes `key` as frozen across the fleet (an earlier entry for it is kept, with its
@@ -106,7 +105,7 @@ pub async fn freeze(t: &Target, key: FrozenKey, wait: Duration, as_json: bool) -
         );
     }
     let v = wait_for(&mut c, &f, &fp, wait, true).await?;
-    let done = report(&v, &fp, t0, as_json, "applied");
+    let done = report(&v, &fp, t0, as_json, true);
     Ok(done)
 }
 
@@ -135,7 +134,7 @@ pub async fn unfreeze(t: &Target, fp: &str, wait: Duration, as_json: bool) -> Re
         println!("{fp} unfrozen across the fleet; waiting for hosts to lift it");
     }
     let v = wait_for(&mut c, &f, fp, wait, false).await?;
-    Ok(report(&v, fp, t0, as_json, "lifted"))
+    Ok(report(&v, fp, t0, as_json, false))
 }
 
 /// Waits until every live host has (`applied`) or no longer has an acknowledgement of
@@ -233,7 +232,7 @@ fn progress(v: &Value, fp: &str) -> (Vec<String>, Vec<String>) {
 }
 
 /// Prints the outcome for `fp`; true when no live host is left behind.
-fn report(v: &Value, fp: &str, t0: Instant, as_json: bool, what: &str) -> bool {
+fn report(v: &Value, fp: &str, t0: Instant, as_json: bool, applied: bool) -> bool {
     let (acked, pending) = progress(v, fp);
     let offline: Vec<String> = v["offline"]
         .as_array()
@@ -243,12 +242,9 @@ fn report(v: &Value, fp: &str, t0: Instant, as_json: bool, what: &str) -> bool {
                 .collect()
         })
         .unwrap_or_default();
-    let ok = offline.is_empty()
-        && if what == "applied" {
-            pending.is_empty()
-        } else {
-            acked.is_empty()
-        };
+    // Applied: live hosts not yet acknowledging; lifted: hosts still acknowledging.
+    let waiting = if applied { &pending } else { &acked };
+    let ok = offline.is_empty() && waiting.is_empty();
     let hosts = v["hosts"].as_array().map_or(0, Vec::len);
     if as_json {
         let e = v["frozen"]
@@ -261,7 +257,7 @@ fn report(v: &Value, fp: &str, t0: Instant, as_json: bool, what: &str) -> bool {
                 "fingerprint": fp,
                 "hosts_alive": hosts,
                 "entry": e,
-                "waiting_on": if what == "applied" { pending } else { acked },
+                "waiting_on": waiting,
                 "offline": offline,
                 "complete": ok,
                 "elapsed_ms": t0.elapsed().as_secs_f64() * 1000.0,
@@ -270,7 +266,7 @@ fn report(v: &Value, fp: &str, t0: Instant, as_json: bool, what: &str) -> bool {
         return ok;
     }
     let ms = t0.elapsed().as_millis();
-    if what == "applied" {
+    if applied {
         println!(
             "{}/{} live host(s) applied it in {ms} ms",
             acked.len(),

@@ -126,9 +126,7 @@ impl FleetConfig {
         if let Some(h) = &self.host {
             return Ok(h.clone());
         }
-        let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .context("reading /proc/sys/kernel/hostname")?;
-        let h = h.trim().to_string();
+        let h = kernel_hostname()?;
         if !valid_host(&h) {
             bail!("the hostname `{h}` cannot name this host in the fleet store; set [fleet] host");
         }
@@ -146,6 +144,13 @@ impl FleetConfig {
     pub fn host_key(&self, host: &str, what: &str) -> String {
         format!("{}hosts/{host}/{what}", self.prefix)
     }
+}
+
+/// The kernel's hostname.
+pub fn kernel_hostname() -> Result<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading /proc/sys/kernel/hostname")?;
+    Ok(h.trim().to_string())
 }
 
 pub fn valid_host(h: &str) -> bool {

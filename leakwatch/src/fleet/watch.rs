@@ -50,8 +50,8 @@ impl Watcher {
         metrics: Arc<Metrics>,
         stop: watch::Receiver<bool>,
     ) -> Result<tokio::task::JoinHandle<()>> {
+        // Its files were checked by the daemon before it loaded anything.
         let host = cfg.host_name()?;
-        cfg.check_files()?;
         let mut w = Watcher {
             cfg,
             host,
@@ -172,7 +172,7 @@ impl Watcher {
                         let Some(kv) = ev.kv() else { continue };
                         self.revision = self.revision.max(kv.mod_revision());
                         match (ev.event_type(), kv.key().starts_with(frozen_dir.as_bytes())) {
-                            (EventType::Put, true) => self.freeze(&mut c, lease, kv.key(), kv.value()).await?,
+                            (EventType::Put, true) => { self.freeze_one(&mut c, lease, kv.key(), kv.value()).await?; }
                             (EventType::Put, false) => self.unfreeze(&mut c, kv.key(), kv.value()).await?,
                             (EventType::Delete, true) if !lifted.contains(&&kv.key()[frozen_dir.len()..]) => log::warn!(
                                 "fleet entry {} was deleted without an unfreeze record: it stays frozen here",
@@ -256,10 +256,6 @@ impl Watcher {
             );
         }
         Ok(rev)
-    }
-
-    async fn freeze(&mut self, c: &mut Client, lease: i64, key: &[u8], value: &[u8]) -> Result<()> {
-        self.freeze_one(c, lease, key, value).await.map(|_| ())
     }
 
     /// Applies one `frozen/` entry and acknowledges it; a refused entry is reported. Err

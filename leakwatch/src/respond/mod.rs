@@ -250,8 +250,8 @@ impl Context {
         let (key, hash, redacted) = match (&req.secret, &req.fingerprint, &req.fleet) {
             (None, None, Some(k)) => (k.clone(), None, None),
             (Some(s), None, None) => {
-                if s.len() < 8 {
-                    bail!("refusing to freeze a credential of {} bytes: at least 8 are needed to match it safely", s.len());
+                if let Some(why) = crate::detect::frozen::too_short(s.len()) {
+                    bail!(why);
                 }
                 (
                     FrozenKey::from_secret(s),
@@ -408,30 +408,48 @@ impl Context {
     /// without a kernel hash (frozen by fingerprint, or by the fleet) learns it, so the
     /// kernel kills the next exec carrying it before it runs.
     fn learn_kernel_hash(&self, fp: &str, plain: &[u8]) {
-        let learned = match self.store.lock() {
-            Ok(mut store) => match store.find(fp) {
-                Some(i) if store.frozen[i].kernel_hash.is_none() => {
-                    let e = &mut store.frozen[i];
-                    e.kernel_hash = Some(kernel_hash(self.seed, plain));
-                    e.len = plain.len();
-                    let keep = crate::detect::frozen::PREFIX_MAX.min(plain.len() / 4);
-                    e.prefix = String::from_utf8_lossy(&plain[..keep]).into_owned();
-                    let _ = store.save();
-                    true
-                }
-                _ => false,
-            },
-            Err(_) => false,
-        };
-        if learned {
-            if let Ok(mut v) = self.verified.lock() {
-                v.insert(fp.to_string());
-            }
-            match self.publish() {
-                Ok(()) => log::info!("frozen credential {fp} is now enforced by the kernel at exec (learned from a holder)"),
-                Err(e) => log::error!("reloading the kernel frozen map: {e:#}"),
-            }
+        if self
+            .store_kernel_hash(fp, plain, |had, _| had.is_none(), true)
+            .is_none()
+        {
+            return;
         }
+        if let Ok(mut v) = self.verified.lock() {
+            v.insert(fp.to_string());
+        }
+        match self.publish() {
+            Ok(()) => log::info!("frozen credential {fp} is now enforced by the kernel at exec (learned from a holder)"),
+            Err(e) => log::error!("reloading the kernel frozen map: {e:#}"),
+        }
+    }
+
+    /// Stores the kernel hash of `fp`'s exact bytes `plain`, with their length (and with
+    /// `prefix` their first bytes), when `stale(stored, computed)` says the stored one must
+    /// go; saved, not yet loaded into the kernel. The hash it replaced, or `None` when
+    /// nothing changed.
+    fn store_kernel_hash(
+        &self,
+        fp: &str,
+        plain: &[u8],
+        stale: impl Fn(Option<u64>, u64) -> bool,
+        prefix: bool,
+    ) -> Option<Option<u64>> {
+        let want = kernel_hash(self.seed, plain);
+        let mut store = self.store.lock().ok()?;
+        let i = store.find(fp)?;
+        let e = &mut store.frozen[i];
+        if !stale(e.kernel_hash, want) {
+            return None;
+        }
+        let had = e.kernel_hash;
+        e.kernel_hash = Some(want);
+        e.len = plain.len();
+        if prefix {
+            let keep = crate::detect::frozen::PREFIX_MAX.min(plain.len() / 4);
+            e.prefix = String::from_utf8_lossy(&plain[..keep]).into_owned();
+        }
+        let _ = store.save();
+        Some(had)
     }
 
     pub fn unfreeze(&self, fp: &str) -> Result<bool> {
@@ -863,21 +881,7 @@ impl Context {
     /// tampered or damaged state file) or missing. Recompute it from the bytes, reload the
     /// kernel map and say so.
     pub fn check_kernel_hash(&self, fp: &str, plain: &[u8]) {
-        let want = kernel_hash(self.seed, plain);
-        let fixed = match self.store.lock() {
-            Ok(mut store) => match store.find(fp) {
-                Some(i) if store.frozen[i].kernel_hash != Some(want) => {
-                    let e = &mut store.frozen[i];
-                    let had = e.kernel_hash;
-                    e.kernel_hash = Some(want);
-                    e.len = plain.len();
-                    let _ = store.save();
-                    Some(had)
-                }
-                _ => None,
-            },
-            Err(_) => None,
-        };
+        let fixed = self.store_kernel_hash(fp, plain, |had, want| had != Some(want), false);
         if let Ok(mut v) = self.verified.lock() {
             v.insert(fp.to_string());
         }

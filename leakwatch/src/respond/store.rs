@@ -63,10 +63,11 @@ impl FrozenEntry {
         if self.len == 0 && (self.kernel_hash.is_some() || !self.prefix.is_empty()) {
             return Err("it has no length but claims a prefix or kernel hash".into());
         }
-        if self.len > 0 && self.len < 8 {
+        if self.len > 0 && self.len < crate::detect::frozen::LEN_MIN {
             return Err(format!(
-                "its length {} is below the 8 bytes freeze needs",
-                self.len
+                "its length {} is below the {} bytes freeze needs",
+                self.len,
+                crate::detect::frozen::LEN_MIN
             ));
         }
         let allowed = PREFIX_MAX.min(self.len / 4);
