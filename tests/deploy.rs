@@ -241,11 +241,7 @@ fn a_real_prometheus_fires_the_leak_alert_after_a_real_leak() {
         .expect("LEAKWATCH_PROMETHEUS: the Prometheus server xtask installs (cargo xtask test)");
     let mut d = Daemon::start("d-prom");
     let scratch = d.scratch();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let web = format!("127.0.0.1:{port}");
     let cfg = scratch.join("prometheus.yml");
     std::fs::write(

@@ -1,7 +1,7 @@
 //! A real etcd on loopback for the fleet tests and bench: Debian's etcd-server binary
 //! (unpacked by `cargo xtask`, path in LEAKWATCH_ETCD), its own data dir and free ports.
 use std::{
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -14,14 +14,6 @@ pub struct Etcd {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Etcd {
     pub fn start(name: &str) -> Etcd {
         let dir =
@@ -30,8 +22,8 @@ impl Etcd {
         std::fs::create_dir_all(&dir).unwrap();
         let mut e = Etcd {
             dir,
-            client_port: free_port(),
-            peer_port: free_port(),
+            client_port: crate::free_port(),
+            peer_port: crate::free_port(),
             child: None,
         };
         e.resume();

@@ -374,6 +374,15 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
     head.starts_with("HTTP/1.").then(|| body.to_string())
 }
 
+/// A loopback TCP port nothing listens on right now (for a server a test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Puts an executable at `dst` by way of `install(1)`. Writing it from this process would
 /// leave a window where a sibling test's fork holds the write fd, and exec fails with
 /// ETXTBSY ("Text file busy"); `install` is the only process that ever opens it for writing.
