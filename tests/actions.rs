@@ -1,6 +1,7 @@
 //! The action log with the real daemon and real programs: a holder of a fresh key and what
 //! it spawned are answered by fingerprint, by process tree, by kind and by time — also
-//! after the daemon was killed — and the log holds no plaintext.
+//! after the daemon was killed — and the log holds no plaintext, not even of a key frozen
+//! after its exec row was written.
 use std::{process::Command, time::Duration};
 
 use leakwatch_tests::*;
@@ -243,4 +244,47 @@ fn actions_record_freeze_kill_and_sever() {
     );
     d.stop();
     d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn actions_forget_a_credential_frozen_after_it_ran_in_argv() {
+    use rand::Rng;
+    let mut d = Daemon::start("a-scrub");
+    // A token no rule knows: the exec row keeps it as run, until it is frozen.
+    let mut rng = rand::thread_rng();
+    let token: String = std::iter::once('q')
+        .chain((0..31).map(|_| rng.gen_range(b'a'..=b'z') as char))
+        .collect();
+    let mut c = Command::new("sh")
+        .args(["-c", "exit 0", "lw-scrub-arg", &token])
+        .spawn()
+        .unwrap();
+    let pid = c.id() as u64;
+    assert!(wait_exit(&mut c, 10, "the sh run").success());
+    let argv_of = |d: &Daemon| -> Option<String> {
+        actions(d, &["--pid", &pid.to_string(), "--kind", "exec"])
+            .into_iter()
+            .find(|r| s(r, "kind") == "exec")
+            .map(|r| r["argv"].to_string())
+    };
+    let before = wait_until(10, "the exec row", || argv_of(&d));
+    assert!(
+        before.contains(&token),
+        "no rule knows the token, so its exec row has it as run: {before}"
+    );
+    let out = freeze_with(&d, &token, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = wait_until(10, "the exec row rewritten", || {
+        argv_of(&d).filter(|a| !a.contains(&token))
+    });
+    assert!(
+        after.contains("lw-scrub-arg") && after.contains(&token[..4]),
+        "the row keeps its other arguments and the key's preview: {after}"
+    );
+    d.stop();
+    d.assert_no_plaintext(&[&token]);
 }

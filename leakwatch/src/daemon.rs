@@ -84,9 +84,11 @@ pub async fn run(o: Overrides) -> Result<()> {
     metrics.init_findings(engine.rules().map(|(id, _)| id));
     let json = JsonLines::new(cfg.alerts.as_deref(), cfg.alerts_stdout)?
         .rotate_at((cfg.alerts_max_mb * 1e6) as u64, cfg.alerts_keep);
+    let shared = Shared::default();
     let actions = if cfg.actions.enabled {
         let path = cfg.state_dir.join("actions.db");
-        crate::actions::ActionLog::start(path, cfg.actions.clone(), metrics.clone())?.0
+        let frozen = shared.frozen.clone();
+        crate::actions::ActionLog::start(path, cfg.actions.clone(), metrics.clone(), frozen)?.0
     } else {
         crate::actions::ActionLog::disabled(metrics.clone())
     };
@@ -120,7 +122,6 @@ pub async fn run(o: Overrides) -> Result<()> {
     let mut kernel_log = aya_log::EbpfLogger::init(probes.ebpf_mut()).ok();
     let probes = Arc::new(Mutex::new(probes));
 
-    let shared = Shared::default();
     let shared_reload = shared.reload.clone();
     let ctx = crate::respond::Context::new(
         &cfg,
@@ -249,6 +250,17 @@ pub async fn run(o: Overrides) -> Result<()> {
                 alerts.reopen();
                 match reload(&o, &metrics, &running, &shared_reload, &ctx, &scope_tx) {
                     Ok(c) => {
+                        // Done means in force: the worker takes the new rules between two
+                        // events, so an exec started after `systemctl reload` returns meets
+                        // them (and its argv is redacted by them in the action log).
+                        let taken = || shared_reload.lock().map(|s| s.is_none()).unwrap_or(true);
+                        let until = tokio::time::Instant::now() + Duration::from_secs(2);
+                        while !taken() && tokio::time::Instant::now() < until {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                        if !taken() {
+                            log::warn!("SIGHUP: the pipeline has not taken the new config within 2 s; it applies once the worker catches up");
+                        }
                         metrics.config_reloads.inc();
                         running = c;
                     }

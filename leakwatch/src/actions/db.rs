@@ -51,8 +51,15 @@ impl Db {
         conn.busy_timeout(std::time::Duration::from_secs(2))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Overwritten and deleted rows are zeroed in the file, not left in free space:
+        // a frozen key rewritten out of a row (see `scrub`) must not stay behind.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         migrate(&conn)?;
         Ok(Db { conn })
+    }
+
+    pub fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     pub fn insert(&mut self, rows: &[Row]) -> Result<()> {

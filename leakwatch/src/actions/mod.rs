@@ -4,16 +4,17 @@
 //! reads the file directly, also after the daemon died). The pipeline hands small rows to
 //! a bounded queue and never waits (a full queue drops and counts); one thread writes them
 //! in batched transactions and prunes by age and size. Never payloads, never plaintext:
-//! argv keeps detected credentials only as their previews.
+//! argv keeps detected credentials only as their previews, and frozen ones (see `scrub`).
 pub mod db;
 pub mod query;
+mod scrub;
 mod writes;
 
 use std::{
     path::PathBuf,
     sync::{
         mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
-        Arc,
+        Arc, RwLock,
     },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -24,7 +25,9 @@ use serde_json::{Map, Value};
 
 pub use writes::WriteLog;
 
-use crate::{config::Actions as Limits, metrics::Metrics, procs::ProcInfo};
+use crate::{
+    config::Actions as Limits, detect::frozen::FrozenSet, metrics::Metrics, procs::ProcInfo,
+};
 
 /// Rows queued for the writer before new ones are dropped (and counted).
 const QUEUE: usize = 65_536;
@@ -105,11 +108,13 @@ impl ActionLog {
     }
 
     /// Starts the writer thread on `STATE_DIR/actions.db`. A database that cannot be
-    /// opened is logged and counted, and the daemon runs on without the log.
+    /// opened is logged and counted, and the daemon runs on without the log. `frozen` is
+    /// the daemon's frozen set: no exec row keeps a key in it (see `scrub`).
     pub fn start(
         path: PathBuf,
         limits: Limits,
         metrics: Arc<Metrics>,
+        frozen: Arc<RwLock<FrozenSet>>,
     ) -> Result<(ActionLog, JoinHandle<()>)> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let argv = limits.argv != "none";
@@ -117,7 +122,7 @@ impl ActionLog {
             .name("lw-actions".into())
             .spawn({
                 let metrics = metrics.clone();
-                move || run(rx, &path, &limits, &metrics)
+                move || run(rx, &path, &limits, &metrics, &frozen)
             })
             .context("starting the action log thread")?;
         Ok((
@@ -158,7 +163,17 @@ impl ActionLog {
     }
 }
 
-fn run(rx: Receiver<Msg>, path: &std::path::Path, limits: &Limits, metrics: &Metrics) {
+fn run(
+    rx: Receiver<Msg>,
+    path: &std::path::Path,
+    limits: &Limits,
+    metrics: &Metrics,
+    frozen: &RwLock<FrozenSet>,
+) {
+    let mut swept = frozen
+        .read()
+        .map(|f| scrub::Swept::from(&f))
+        .unwrap_or_default();
     let mut db = match db::Db::open(path) {
         Ok(db) => Some(db),
         Err(e) => {
@@ -195,6 +210,28 @@ fn run(rx: Receiver<Msg>, path: &std::path::Path, limits: &Limits, metrics: &Met
             }
         }
         if let Some(db) = db.as_mut() {
+            if let Ok(f) = frozen.read() {
+                for r in batch.iter_mut() {
+                    scrub::row(r, &f);
+                }
+                let fresh = swept.fresh(&f);
+                drop(f);
+                if !fresh.is_empty() {
+                    // Before this batch: its rows were checked above already.
+                    match scrub::sweep(db.conn_mut(), &fresh) {
+                        Ok(n) => {
+                            swept.mark(&fresh);
+                            if n > 0 {
+                                log::info!("a newly frozen credential was rewritten out of {n} exec row(s) of the action log");
+                            }
+                        }
+                        Err(e) => {
+                            metrics.actions_errors.inc();
+                            log::warn!("rewriting a frozen credential out of the action log failed: {e:#}; retrying");
+                        }
+                    }
+                }
+            }
             if !batch.is_empty() {
                 match db.insert(&batch) {
                     Ok(()) => {

@@ -125,7 +125,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let metrics = std::sync::Arc::new(Metrics::new());
-        let (log, _t) = ActionLog::start(dir.join("a.db"), Default::default(), metrics).unwrap();
+        let (log, _t) = ActionLog::start(
+            dir.join("a.db"),
+            Default::default(),
+            metrics,
+            Default::default(),
+        )
+        .unwrap();
         let mut w = WriteLog::default();
         let who = || ProcInfo {
             pid: 7,

@@ -546,10 +546,14 @@ fn work(p: &mut Pipeline, rx: Receiver<Queued>, queued: &AtomicUsize) {
         p.take_reload();
         match rx.recv_timeout(wait) {
             Ok(q) => {
+                // A reload that came while the worker waited applies to this event already:
+                // the daemon reports a reload done only once the worker has taken it.
+                p.take_reload();
                 queued.fetch_sub(q.bytes, Ordering::Relaxed);
                 p.handle(q.ev);
                 // Drain what is queued, then read the held files' settled writes at once.
                 while let Ok(q) = rx.try_recv() {
+                    p.take_reload();
                     queued.fetch_sub(q.bytes, Ordering::Relaxed);
                     p.handle(q.ev);
                 }
