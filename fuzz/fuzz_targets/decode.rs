@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(ev) = decode(data) {
         match &ev {
             Event::Exec(e) => {
-                let carried: usize = e.argv.iter().chain(e.env.iter()).map(|s| s.len()).sum();
+                let carried: usize = e.argv().chain(e.env()).map(|s| s.len()).sum();
                 assert!(carried + e.filename.len() <= data.len() * 3);
             }
             Event::Write(w) => {
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
             Event::Connect(c) => {
                 let _ = leakwatch::events::format_peer(&c.peer);
             }
-            Event::Enforce(_) => {}
+            Event::Enforce(_) | Event::Core(_) | Event::Copy(_) => {}
         }
         assert!(ev.task().probe < leakwatch::events::PROBE_COUNT);
     }

@@ -257,8 +257,9 @@ pub const WRITE_F_SETTLED: u32 = 128;
 /// TLS plaintext (`PROBE_SSL_WRITE`), before encryption; `fd` is the socket the library
 /// wrote the ciphertext to during the call, or -1 when it wrote none (a memory BIO: node).
 pub const WRITE_F_TLS: u32 = 256;
-/// Bytes of each ring buffer (`EVENTS`, `WRITES`).
-pub const RING_BYTES: u32 = 32 << 20;
+/// Bytes of each ring buffer (`EVENTS`, `WRITES`) in the object; the daemon sizes them at
+/// load (`[capture] events_ring_mb`, `writes_ring_mb`).
+pub const RING_BYTES: u32 = 4 << 20;
 /// Regular files the daemon holds open for by-reference capture, at most.
 pub const HELD_MAX: u32 = 1024;
 

@@ -36,9 +36,13 @@ pub fn count(probe: u32, stat: u32) {
 }
 
 /// Copies `size` bytes at `rec` into `EVENTS`; counts the event or the loss under `probe`.
+/// Wakes the reader only as `write_wakeup` says: an exec storm otherwise wakes it (and
+/// switches to it) once per exec.
 #[inline(always)]
 pub fn emit(probe: u32, rec: *const u8, size: u64) -> bool {
-    emit_to(&EVENTS, probe, rec, size, 0)
+    // SAFETY: no preconditions.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    emit_to(&EVENTS, probe, rec, size, write_wakeup(now))
 }
 
 /// The same, into `WRITES`, with `flags` from `write_wakeup`.
@@ -51,7 +55,7 @@ pub fn emit_write(probe: u32, rec: *const u8, size: u64, flags: u64) -> bool {
 #[map]
 static WRITE_WOKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Slot 0 non-zero: the write-ring reader has gone to sleep and wants a wakeup with the
+/// Slot 0 non-zero: the reader of both rings has gone to sleep and wants a wakeup with the
 /// next record (set by the reader, cleared by the record that wakes it).
 #[map]
 pub static READER_ASLEEP: Array<u32> = Array::with_max_entries(1, 0);
@@ -62,7 +66,7 @@ const WAKE_EVERY_NS: u64 = 100_000_000;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
-/// Submit flags for a write record at `now`. Waking the reader costs an irq_work (a
+/// Submit flags for a record at `now` (either ring). Waking the reader costs an irq_work (a
 /// self-IPI: a VM exit here, ~0.5-0.8 us inside the program), and the ring's adaptive rule
 /// wakes on nearly every record when the reader keeps up. So records wake the reader only
 /// when it asked to be woken (`READER_ASLEEP`: it found the ring empty and is about to

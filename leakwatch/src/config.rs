@@ -103,6 +103,20 @@ pub struct Capture {
     /// Busy regular files are read back from the page cache instead of copied at each
     /// write (see `pipeline::held`).
     pub by_reference: bool,
+    /// MiB of the kernel ring for exec, connect, kill and core records (a power of two).
+    pub events_ring_mb: u32,
+    /// MiB of the kernel ring for write-family records (a power of two).
+    pub writes_ring_mb: u32,
+}
+
+/// Ring sizes a config may give, in MiB.
+pub const RING_MB_MAX: u32 = 1024;
+
+impl Capture {
+    /// (`EVENTS`, `WRITES`) ring sizes in bytes.
+    pub fn ring_bytes(&self) -> (u32, u32) {
+        (self.events_ring_mb << 20, self.writes_ring_mb << 20)
+    }
 }
 
 impl Default for Capture {
@@ -110,6 +124,8 @@ impl Default for Capture {
         Capture {
             max_bytes: leakwatch_common::WRITE_CAPTURE_DEFAULT,
             by_reference: true,
+            events_ring_mb: 4,
+            writes_ring_mb: 4,
         }
     }
 }
@@ -197,6 +213,14 @@ impl Config {
                 "[capture] max_bytes = {} is out of range; give 1..={max} bytes per call",
                 self.capture.max_bytes
             );
+        }
+        for (name, mb) in [
+            ("events_ring_mb", self.capture.events_ring_mb),
+            ("writes_ring_mb", self.capture.writes_ring_mb),
+        ] {
+            if !mb.is_power_of_two() || mb > RING_MB_MAX {
+                bail!("[capture] {name} = {mb} is not a ring size; give a power of two from 1 to {RING_MB_MAX} (MiB)");
+            }
         }
         for c in &self.scope.comms {
             if c.is_empty() || c.len() > 15 {
@@ -294,6 +318,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("line 1, column 1: alerts_max_mb"), "{e}");
+        for bad in [
+            "events_ring_mb = 3",
+            "writes_ring_mb = 0",
+            "events_ring_mb = 2048",
+        ] {
+            let e = Config::parse(&format!("[capture]\nmax_bytes = 512\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("line 3, column 1: [capture]"), "{bad}: {e}");
+            assert!(e.contains("power of two"), "{bad}: {e}");
+        }
+        let c = Config::parse("[capture]\nevents_ring_mb = 16\n").unwrap();
+        assert_eq!(c.capture.ring_bytes(), (16 << 20, 4 << 20));
     }
 
     #[test]

@@ -416,33 +416,55 @@ pub async fn bind(addr: &str) -> Result<TcpListener> {
     })
 }
 
+/// Serves `GET /metrics`. Connections are kept alive between requests (Prometheus reuses
+/// its connection, and a scrape then costs no connect: no event of the daemon's own
+/// making) until the client closes, asks to close, or is idle for `IDLE`.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
+        let Ok((sock, _)) = listener.accept().await else {
             continue;
         };
-        let m = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n =
-                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let resp = if req.starts_with("GET /metrics") {
-                let body = m.render();
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_string()
-            };
-            let _ = sock.write_all(resp.as_bytes()).await;
-        });
+        tokio::spawn(answer(sock, metrics.clone()));
+    }
+}
+
+/// How long a kept-alive connection may sit idle.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(120);
+/// A request head larger than this is refused (the connection closed).
+const HEAD_MAX: usize = 8192;
+
+async fn answer(mut sock: tokio::net::TcpStream, m: Arc<Metrics>) {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > HEAD_MAX {
+                return;
+            }
+            let mut chunk = [0u8; 2048];
+            match tokio::time::timeout(IDLE, sock.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        buf.drain(..end);
+        let close = head.contains("\r\nconnection: close")
+            || (head.contains(" http/1.0\r\n") && !head.contains("\r\nconnection: keep-alive"));
+        let conn = if close { "close" } else { "keep-alive" };
+        let resp = if head.starts_with("get /metrics") {
+            let body = m.render();
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n{body}",
+                body.len()
+            )
+        } else {
+            format!("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: {conn}\r\n\r\n")
+        };
+        if sock.write_all(resp.as_bytes()).await.is_err() || close {
+            return;
+        }
     }
 }

@@ -1,10 +1,12 @@
-//! `cargo xtask bench [--only freeze|write|tls|scan|actions|core|fleet]`: measures what BENCHMARKS.md reports and
+//! `cargo xtask bench [--only freeze|write|tls|cost|scan|actions|core|fleet]`: measures what BENCHMARKS.md reports and
 //! rewrites it.
 //! - freeze latency, command to report, for 1, 10 and 100 holder processes, each holding
 //!   two TCP connections (real daemon, real eBPF programs);
 //! - the write path's cost to a writing program and the daemon's accounting under load
 //!   (see `write_bench`);
 //! - the TLS plaintext probes' cost to an HTTPS client (see `tls_bench`);
+//! - exec and connect cost against the floor, macro workloads, loss, latency and footprint
+//!   (see `cost_bench`);
 //! - the detection engine's throughput, recall and false positives (see `scan_bench`);
 //! - `leakwatch actions` query times on a 1 GB action log (see `actions_bench`);
 //! - a 1 GiB core through `leakwatch core-handler` (see `core_bench`);
@@ -14,6 +16,7 @@
 //! replaced; the others are kept from the previous run.
 mod actions_bench;
 mod core_bench;
+mod cost_bench;
 mod fleet_bench;
 mod freeze_bench;
 mod scan_bench;
@@ -24,7 +27,9 @@ mod write_bench;
 use std::fmt::Write as _;
 
 /// Parts in the order their sections appear in BENCHMARKS.md.
-const PARTS: [&str; 7] = ["freeze", "write", "tls", "scan", "actions", "core", "fleet"];
+const PARTS: [&str; 8] = [
+    "freeze", "write", "tls", "cost", "scan", "actions", "core", "fleet",
+];
 
 fn main() {
     let (out, only) = args();
@@ -61,6 +66,7 @@ fn main() {
             "freeze" => md.push_str(&freeze_bench::run()),
             "write" => md.push_str(&write_bench::run()),
             "tls" => md.push_str(&tls_bench::run()),
+            "cost" => md.push_str(&cost_bench::run()),
             "actions" => md.push_str(&actions_bench::run()),
             "core" => md.push_str(&core_bench::run()),
             "fleet" => md.push_str(&fleet_bench::run()),
@@ -97,6 +103,7 @@ fn part_of(title: &str) -> &'static str {
         "Freeze latency" => "freeze",
         t if t == write_bench::TITLE => "write",
         t if t == tls_bench::TITLE => "tls",
+        t if t == cost_bench::TITLE => "cost",
         t if t == actions_bench::TITLE => "actions",
         t if t == core_bench::TITLE => "core",
         t if t == fleet_bench::TITLE => "fleet",

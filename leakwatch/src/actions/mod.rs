@@ -33,6 +33,8 @@ use crate::{
 const QUEUE: usize = 65_536;
 /// Rows written per transaction, at most.
 const BATCH: usize = 4096;
+/// How long the writer lets rows gather after the first before writing them.
+const LINGER: Duration = Duration::from_millis(100);
 /// How often the log is pruned by age and size.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -196,15 +198,20 @@ fn run(
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let mut flushes = Vec::new();
-        let mut take = |m: Msg, batch: &mut Vec<Row>| match m {
+        let take = |m: Msg, batch: &mut Vec<Row>, flushes: &mut Vec<SyncSender<()>>| match m {
             Msg::Row(r) => batch.push(*r),
             Msg::Flush(t) => flushes.push(t),
         };
         if let Some(m) = first {
-            take(m, &mut batch);
+            take(m, &mut batch, &mut flushes);
+            // Rows come one per exec or connect: let them gather (sleeping, not woken by
+            // each), so a storm costs a transaction and a wakeup per LINGER, not per row.
+            if flushes.is_empty() {
+                std::thread::sleep(LINGER);
+            }
             while batch.len() < BATCH {
                 match rx.try_recv() {
-                    Ok(m) => take(m, &mut batch),
+                    Ok(m) => take(m, &mut batch, &mut flushes),
                     Err(_) => break,
                 }
             }

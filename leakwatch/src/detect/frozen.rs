@@ -81,7 +81,12 @@ pub struct FrozenSet {
     by_prefix: Vec<Vec<usize>>,
     /// Keys without a usable prefix.
     tokens_only: Vec<usize>,
+    /// Unique to this set: what was found clean under one set is not clean under the next.
+    generation: u64,
 }
+
+/// Generations handed out so far.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Default for FrozenSet {
     fn default() -> Self {
@@ -120,6 +125,7 @@ impl FrozenSet {
             prefixes,
             by_prefix,
             tokens_only,
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
         }
     }
 
@@ -132,6 +138,10 @@ impl FrozenSet {
         } else {
             known.max(TOKEN_MAX)
         }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn keys(&self) -> &[FrozenKey] {

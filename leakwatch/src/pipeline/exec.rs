@@ -48,7 +48,7 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
     if !ev.killed() {
         p.procs.saw_exec(ev.task.tgid, &ev.filename, &ev.new_comm());
         p.ours.remove(&ev.task.tgid);
-        p.tls.exec(ev.task.tgid);
+        p.tls.exec(ev.task.tgid, &ev.filename);
     }
     // A later exec of the same process: the attempt held before it failed.
     if p.pending_execs.remove(&ev.task.tgid).is_some() {
@@ -57,12 +57,25 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
     let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
     let fz = frozen.read().ok();
     let d = Detector::new(&engine, fz.as_deref());
+    let clean = &mut p.clean;
+    clean.under(&engine, fz.as_deref().map_or(0, |f| f.generation()));
+    // Which strings were scanned clean before: looked up once, skipped by both passes.
+    let mut known = Vec::with_capacity(ev.strings_count());
+    exec_strings(&ev, |bytes, _, _| known.push(clean.contains(bytes)));
+    let is_known = |i: &mut usize| {
+        *i += 1;
+        known[*i - 1]
+    };
     // Frozen credentials first: the kill must not wait for the rule scan.
     let mut first_frozen = None;
     // A frozen key that is a whole value the kernel matches (an argument, or what follows
     // the first `=`) in an exec the kernel let run: its kernel hash must be wrong.
     let mut missed: Option<(String, Vec<u8>)> = None;
+    let mut i = 0;
     exec_strings(&ev, |bytes, _, _| {
+        if is_known(&mut i) {
+            return;
+        }
         for f in d.frozen_only(bytes) {
             let value_at = bytes.iter().position(|&b| b == b'=').map_or(0, |i| i + 1);
             if f.end == bytes.len() && (f.start == 0 || f.start == value_at) && missed.is_none() {
@@ -78,9 +91,17 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
     }
     let mut hits = Vec::new();
     let mut scanned = [0u64; 2];
+    let mut i = 0;
     exec_strings(&ev, |bytes, source, at| {
+        if is_known(&mut i) {
+            return;
+        }
         scanned[usize::from(source == Source::Env)] += bytes.len() as u64;
-        for f in d.scan(bytes) {
+        let found = d.scan(bytes);
+        if found.is_empty() {
+            clean.insert(bytes);
+        }
+        for f in found {
             hits.push(at(Hit::new(source, f)));
         }
     });
@@ -118,7 +139,7 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
             info: info.clone(),
             comm: ev.new_comm(),
             old_comm: ev.task.comm.clone(),
-            captured: (ev.argv.len() + ev.env.len()) as u64,
+            captured: ev.strings_count() as u64,
             strings_dropped: u64::from(ev.strings_dropped),
             bytes_dropped: ev.bytes_dropped,
             counted: ev.task.flags & EXEC_F_COUNT_INCOMPLETE == 0,
@@ -312,11 +333,7 @@ type Annotate<'x> = &'x dyn Fn(Hit) -> Hit;
 
 /// `each_string` over an exec event's captured strings.
 fn exec_strings(ev: &ExecEvent, f: impl FnMut(&[u8], Source, Annotate)) {
-    each_string(
-        ev.argv.iter().map(Vec::as_slice),
-        ev.env.iter().map(Vec::as_slice),
-        f,
-    );
+    each_string(ev.argv(), ev.env(), f);
 }
 
 /// Calls `f(bytes, source, annotate)` for every argv string and env value; `annotate` adds
@@ -331,14 +348,15 @@ fn each_string<'a>(
         f(a, Source::Argv, &|h: Hit| h.with("arg_index", i));
     }
     for e in env {
-        let name = e
-            .iter()
-            .position(|&b| b == b'=')
-            .map(|n| String::from_utf8_lossy(&e[..n]).into_owned());
-        f(e, Source::Env, &|h: Hit| match &name {
-            Some(n) => h.with("var", n.clone()),
-            None => h,
-        });
+        // The name only when there is a hit to annotate: most strings have none.
+        f(
+            e,
+            Source::Env,
+            &|h: Hit| match e.iter().position(|&b| b == b'=') {
+                Some(n) => h.with("var", String::from_utf8_lossy(&e[..n]).into_owned()),
+                None => h,
+            },
+        );
     }
 }
 
@@ -375,7 +393,7 @@ fn action_row(p: &mut Pipeline, ev: &ExecEvent, d: &Detector, hits: &[Hit]) -> c
         .collect();
     let mut kept = 0;
     let mut argv = Vec::new();
-    for (i, a) in ev.argv.iter().enumerate() {
+    for (i, a) in ev.argv().enumerate() {
         if kept >= ARGV_KEPT {
             argv.push("…".to_string());
             break;

@@ -11,6 +11,7 @@
 //! kill and connect records are rare and matter for freeze, so the reader waits for room. A new probe family adds a decoder in `events` and a
 //! stage module here, and one arm in `Pipeline::handle`.
 mod blind;
+mod clean;
 mod copies;
 mod cores;
 mod dumps;
@@ -91,6 +92,8 @@ pub struct Pipeline {
     tls_wait: tls::Waiting,
     h2: h2::Conns,
     blind_checked: blind::Checked,
+    /// Exec strings scanned clean (see `clean`).
+    clean: clean::Clean,
     report: Reporter,
     ctx: Arc<respond::Context>,
     metrics: Arc<Metrics>,
@@ -127,6 +130,7 @@ impl Pipeline {
             tls_wait: Default::default(),
             h2: Default::default(),
             blind_checked: Default::default(),
+            clean: Default::default(),
             report,
             ctx,
             actions: crate::actions::ActionLog::disabled(metrics.clone()),
@@ -257,7 +261,9 @@ pub fn start(
     mut pipeline: Pipeline,
     stop: Arc<AtomicBool>,
 ) -> Result<(JoinHandle<()>, JoinHandle<()>)> {
-    let (tx, rx) = mpsc::sync_channel::<Queued>(QUEUE);
+    // Boxed: the channel allocates (and touches) every slot up front, and an event is
+    // hundreds of bytes; a box is 8.
+    let (tx, rx) = mpsc::sync_channel::<Box<Queued>>(QUEUE);
     let queued = Arc::new(AtomicUsize::new(0));
     let metrics = pipeline.metrics.clone();
     let reader = {
@@ -279,7 +285,7 @@ pub fn start(
 fn read(
     mut rings: [Ring; 2],
     mut asleep: aya::maps::Array<aya::maps::MapData, u32>,
-    tx: &SyncSender<Queued>,
+    tx: &SyncSender<Box<Queued>>,
     queued: &AtomicUsize,
     metrics: &Metrics,
     stop: &AtomicBool,
@@ -487,7 +493,7 @@ fn merge_refs(batch: Vec<Queued>) -> Vec<Queued> {
 /// writes are dropped when full (counted); exec, kill and connect records wait for room.
 fn enqueue(
     q: Queued,
-    tx: &SyncSender<Queued>,
+    tx: &SyncSender<Box<Queued>>,
     queued: &AtomicUsize,
     metrics: &Metrics,
 ) -> Option<Queued> {
@@ -517,11 +523,11 @@ fn enqueue(
     queued.fetch_add(q.bytes, Ordering::Relaxed);
     let bytes = q.bytes;
     let back = if must_keep {
-        tx.send(q).err().map(|e| e.0)
+        tx.send(Box::new(q)).err().map(|e| *e.0)
     } else {
-        match tx.try_send(q) {
+        match tx.try_send(Box::new(q)) {
             Ok(()) => None,
-            Err(TrySendError::Full(q)) | Err(TrySendError::Disconnected(q)) => Some(q),
+            Err(TrySendError::Full(q)) | Err(TrySendError::Disconnected(q)) => Some(*q),
         }
     };
     let q = back?;
@@ -533,7 +539,7 @@ fn enqueue(
     None
 }
 
-fn work(p: &mut Pipeline, rx: Receiver<Queued>, queued: &AtomicUsize) {
+fn work(p: &mut Pipeline, rx: Receiver<Box<Queued>>, queued: &AtomicUsize) {
     let period = Duration::from_millis(250);
     let mut last_tick = Instant::now();
     loop {

@@ -17,7 +17,19 @@ use leakwatch_common::*;
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakwatch.bpf.o"));
 
-/// (program, tracepoint category, tracepoint name, what it is for)
+/// Every tracepoint `Probes::load` attaches, as `category:name`, once each (the floor
+/// bench attaches its counter to the same).
+pub fn all_tracepoints() -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for (_, cat, name, _) in TRACEPOINTS {
+        let t = format!("{cat}:{name}");
+        if !v.contains(&t) {
+            v.push(t);
+        }
+    }
+    v
+}
+
 /// The `syscalls:` tracepoints `Probes::load` attaches (the floor bench attaches the same).
 pub fn syscall_tracepoints() -> Vec<&'static str> {
     TRACEPOINTS
@@ -30,6 +42,7 @@ pub fn syscall_tracepoints() -> Vec<&'static str> {
 /// How many tracepoints `Probes::load` attaches (the `leakwatch_probes_expected` gauge).
 pub const TRACEPOINT_COUNT: usize = TRACEPOINTS.len();
 
+/// (program, tracepoint category, tracepoint name, what it is for)
 const TRACEPOINTS: &[(&str, &str, &str, &str)] = &[
     ("sys_enter_execve", "syscalls", "sys_enter_execve", "execs"),
     (
@@ -223,6 +236,8 @@ pub struct LoadOptions {
     /// Frozen credentials' (kernel hash, length), in the kernel map before the exec probes
     /// are attached: no exec slips through between load and the daemon's first publish.
     pub frozen: Vec<(u64, u32)>,
+    /// Bytes of the `EVENTS` and `WRITES` rings (powers of two, at least a page).
+    pub rings: (u32, u32),
 }
 
 /// Whose write payloads the kernel copies. A process is in scope if it matches any enabled
@@ -381,6 +396,9 @@ impl Probes {
         for m in PER_CPU_ARRAYS {
             loader.map_max_entries(m, cpus);
         }
+        loader
+            .map_max_entries("EVENTS", o.rings.0)
+            .map_max_entries("WRITES", o.rings.1);
         let ebpf = loader.load(OBJECT).map_err(explain_load)?;
         let mut p = Probes {
             ebpf,
@@ -605,7 +623,7 @@ pub struct Floor {
 }
 
 /// Loads the object's `floor` program (with minimal maps) and attaches it to each
-/// `syscalls:<name>` tracepoint.
+/// tracepoint: `category:name`, or a bare name for `syscalls:<name>`.
 pub fn load_floor(tracepoints: &[&str]) -> Result<Floor> {
     tracefs()?;
     // A page-sized ring: the floor never emits, and its maps should cost nothing.
@@ -622,7 +640,8 @@ pub fn load_floor(tracepoints: &[&str]) -> Result<Floor> {
         .try_into()?;
     p.load().map_err(|e| explain_prog("floor", e))?;
     for name in tracepoints {
-        attach_loaded(p, "floor", "syscalls", name)?;
+        let (cat, name) = name.split_once(':').unwrap_or(("syscalls", name));
+        attach_loaded(p, "floor", cat, name)?;
     }
     Ok(Floor { ebpf })
 }

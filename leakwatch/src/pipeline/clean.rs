@@ -1,0 +1,86 @@
+//! Strings already scanned and found clean. A program exec'd in a loop hands the daemon
+//! the same environment thousands of times; each of its strings is scanned once, then
+//! recognised. Exact, not probabilistic: a string is skipped only if it equals, byte for
+//! byte, one scanned clean under the same rules and the same frozen set, and a change to
+//! either empties the cache. Strings with findings are never kept, so they are scanned
+//! (and reported) every time.
+use std::{collections::HashSet, sync::Arc};
+
+use crate::detect::Engine;
+
+/// Bytes of clean strings kept at most; past it the cache starts over.
+const MAX_BYTES: usize = 2 << 20;
+/// Longer strings are scanned every time (rare in argv and environments, and costly to keep).
+const MAX_STRING: usize = 4096;
+
+#[derive(Default)]
+pub struct Clean {
+    set: HashSet<Box<[u8]>, foldhash::fast::RandomState>,
+    bytes: usize,
+    /// The engine and frozen-set generation the strings were found clean under.
+    under: (usize, u64),
+}
+
+impl Clean {
+    /// Empties the cache unless it was filled under this engine and frozen set.
+    pub fn under(&mut self, engine: &Arc<Engine>, frozen: u64) {
+        let now = (Arc::as_ptr(engine) as usize, frozen);
+        if self.under != now {
+            self.clear();
+            self.under = now;
+        }
+    }
+
+    pub fn contains(&self, s: &[u8]) -> bool {
+        s.len() <= MAX_STRING && self.set.contains(s)
+    }
+
+    /// `s` was scanned and nothing was found in it.
+    pub fn insert(&mut self, s: &[u8]) {
+        if s.len() > MAX_STRING {
+            return;
+        }
+        if self.bytes + s.len() > MAX_BYTES {
+            self.clear();
+        }
+        if self.set.insert(s.into()) {
+            self.bytes += s.len();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.set = Default::default();
+        self.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_of_rules_or_frozen_set_forgets_every_clean_string() {
+        let (a, b) = (Arc::new(Engine::builtin()), Arc::new(Engine::builtin()));
+        let mut c = Clean::default();
+        c.under(&a, 1);
+        c.insert(b"PATH=/usr/bin");
+        assert!(c.contains(b"PATH=/usr/bin"));
+        assert!(!c.contains(b"PATH=/usr/bin:/bin"), "only the same bytes");
+        c.under(&a, 1);
+        assert!(c.contains(b"PATH=/usr/bin"), "same engine and set: kept");
+        c.under(&a, 2);
+        assert!(!c.contains(b"PATH=/usr/bin"), "a new frozen set empties it");
+        c.insert(b"PATH=/usr/bin");
+        c.under(&b, 2);
+        assert!(!c.contains(b"PATH=/usr/bin"), "new rules empty it");
+        c.insert(&vec![b'x'; MAX_STRING + 1]);
+        assert!(
+            !c.contains(&vec![b'x'; MAX_STRING + 1]),
+            "long strings are not kept"
+        );
+        for i in 0..(MAX_BYTES / 1000 + 10) {
+            c.insert(format!("{i:01000}").as_bytes());
+        }
+        assert!(c.bytes <= MAX_BYTES, "bounded: {}", c.bytes);
+    }
+}
