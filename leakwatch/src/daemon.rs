@@ -213,6 +213,14 @@ pub async fn run(o: Overrides) -> Result<()> {
         )?),
         false => None,
     };
+    // Before anyone can read `ready`: a SIGHUP (a reload right after start) or SIGTERM
+    // sent once it is out must meet a handler, not the default action, which kills.
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     log::info!(
         "ready: {} probes attached ({}), alerts to {}{}, metrics {}, control socket {}",
         metrics.probes_attached.get(),
@@ -235,12 +243,6 @@ pub async fn run(o: Overrides) -> Result<()> {
         metrics.probes_attached.get(),
         std::process::id()
     ));
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())
-        .context("installing the SIGINT handler")?;
-    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())
-        .context("installing the SIGHUP handler")?;
     let mut running = cfg.clone();
     loop {
         tokio::select! {

@@ -23,7 +23,13 @@ pub struct Procs {
     /// tgid -> the last images it was seen exec'ing (comm, exe), newest last, for
     /// processes gone (or exec'd again) before their writes are reported.
     execs: HashMap<u32, Vec<(String, String)>>,
+    /// Absolute exec filenames resolved through symlinks lately, and when: an exec loop
+    /// costs a lookup, not a realpath (an lstat per path component) per exec.
+    canonical: HashMap<String, (String, std::time::Instant)>,
 }
+
+/// How long a resolved filename is trusted (a symlink re-pointed is seen after this).
+const CANONICAL_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Exec images remembered (cleared when full: a bounded cache, not a history).
 const EXECS_MAX: usize = 65_536;
@@ -41,22 +47,43 @@ impl Procs {
             by_id: HashMap::new(),
             missed: HashMap::new(),
             execs: HashMap::new(),
+            canonical: HashMap::new(),
         }
     }
 
     /// Remembers the image `tgid` exec'd (absolute filenames resolved through symlinks) and
     /// the comm the kernel gives it.
     pub fn saw_exec(&mut self, tgid: u32, filename: &str, comm: &str) {
-        if self.execs.len() >= EXECS_MAX {
-            self.execs.clear();
-        }
         let exe = if filename.starts_with('/') {
-            fs::canonicalize(filename)
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| filename.to_string())
+            self.canonical(filename)
         } else {
             filename.to_string()
         };
+        self.remember(tgid, comm, exe);
+    }
+
+    fn canonical(&mut self, filename: &str) -> String {
+        let now = std::time::Instant::now();
+        if let Some((exe, at)) = self.canonical.get(filename) {
+            if now.duration_since(*at) < CANONICAL_FOR {
+                return exe.clone();
+            }
+        }
+        if self.canonical.len() >= 4096 {
+            self.canonical.clear();
+        }
+        let exe = fs::canonicalize(filename)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| filename.to_string());
+        self.canonical
+            .insert(filename.to_string(), (exe.clone(), now));
+        exe
+    }
+
+    fn remember(&mut self, tgid: u32, comm: &str, exe: String) {
+        if self.execs.len() >= EXECS_MAX {
+            self.execs.clear();
+        }
         let seen = self.execs.entry(tgid).or_default();
         if seen.len() >= 4 {
             seen.remove(0);
@@ -75,15 +102,19 @@ impl Procs {
             ppid: t.ppid,
             uid: t.uid,
             comm: t.comm.clone(),
-            exe: self
-                .exe_seen(t.tgid, &t.comm)
-                .or_else(|| {
-                    // Started before the daemon: one readlink.
-                    fs::read_link(format!("/proc/{}/exe", t.tgid))
+            exe: match self.exe_seen(t.tgid, &t.comm) {
+                Some(e) => e,
+                None => {
+                    // Started before the daemon: one readlink, remembered like an exec.
+                    let e = fs::read_link(format!("/proc/{}/exe", t.tgid))
                         .ok()
-                        .map(|p| p.to_string_lossy().into_owned())
-                })
-                .unwrap_or_default(),
+                        .map(|p| p.to_string_lossy().into_owned());
+                    if let Some(e) = &e {
+                        self.remember(t.tgid, &t.comm, e.clone());
+                    }
+                    e.unwrap_or_default()
+                }
+            },
             unit: cgroup.as_deref().and_then(unit_of),
             cgroup,
         }

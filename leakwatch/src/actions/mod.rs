@@ -5,6 +5,7 @@
 //! a bounded queue and never waits (a full queue drops and counts); one thread writes them
 //! in batched transactions and prunes by age and size. Never payloads, never plaintext:
 //! argv keeps detected credentials only as their previews, and frozen ones (see `scrub`).
+mod connects;
 pub mod db;
 pub mod query;
 mod scrub;
@@ -23,6 +24,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 
+pub use connects::ConnectLog;
 pub use writes::WriteLog;
 
 use crate::{

@@ -99,6 +99,7 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     actions: crate::actions::ActionLog,
     write_log: crate::actions::WriteLog,
+    connect_log: crate::actions::ConnectLog,
     /// This program's executable, and which processes run it (its CLI: freeze, scan).
     own_exe: Option<String>,
     ours: HashMap<u32, bool>,
@@ -135,6 +136,7 @@ impl Pipeline {
             ctx,
             actions: crate::actions::ActionLog::disabled(metrics.clone()),
             write_log: Default::default(),
+            connect_log: Default::default(),
             metrics,
             own_exe: std::fs::read_link("/proc/self/exe")
                 .ok()
@@ -218,12 +220,12 @@ impl Pipeline {
                 self.fds.on_connect(&c);
                 blind::on_connect(self, &c);
                 if self.actions.enabled() {
-                    let who = self.procs.quick(&c.task);
                     let remote = crate::events::format_peer(&c.peer).unwrap_or_default();
-                    let row = crate::actions::Row::new("connect", &who)
-                        .with("remote", remote)
-                        .with("fd", c.fd);
-                    self.actions.record(row);
+                    let procs = &mut self.procs;
+                    self.connect_log
+                        .note(&self.actions, c.task.tgid, remote, c.fd, || {
+                            procs.quick(&c.task)
+                        });
                 }
             }
         }
@@ -232,6 +234,7 @@ impl Pipeline {
     /// Periodic work: flush paused streams, drop idle ones, report held exec attempts.
     pub fn tick(&mut self) {
         self.write_log.tick(&self.actions, false);
+        self.connect_log.tick(&self.actions, false);
         write::tick(self);
         tls::tick(self);
         held::tick(self);
@@ -568,6 +571,7 @@ fn work(p: &mut Pipeline, rx: Receiver<Box<Queued>>, queued: &AtomicUsize) {
             Err(RecvTimeoutError::Timeout) => held::read_all(p),
             Err(RecvTimeoutError::Disconnected) => {
                 p.write_log.tick(&p.actions, true);
+                p.connect_log.tick(&p.actions, true);
                 held::release_all(p);
                 return;
             }
