@@ -107,51 +107,26 @@ fn record(log: &ActionLog, r: Repeats) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
 
     #[test]
     fn a_first_connect_is_a_row_at_once_and_its_repeats_one_row() {
-        let dir = std::env::temp_dir().join(format!("lw-connects-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let metrics = std::sync::Arc::new(Metrics::new());
-        let (log, _t) = ActionLog::start(
-            dir.join("a.db"),
-            Default::default(),
-            metrics,
-            Default::default(),
-        )
-        .unwrap();
+        let t = super::super::testing::TestLog::new("connects");
         let mut c = ConnectLog::default();
         let who = || ProcInfo {
             pid: 7,
             ..Default::default()
         };
         for fd in 3..103 {
-            c.note(&log, 7, "10.0.0.1:443".into(), fd, who);
+            c.note(&t.log, 7, "10.0.0.1:443".into(), fd, who);
         }
-        c.note(&log, 7, "10.0.0.2:5432".into(), 9, who);
-        let rows = |log: &ActionLog| -> Vec<serde_json::Value> {
-            log.flush();
-            let db = super::super::db::open_read(&dir.join("a.db")).unwrap();
-            let mut st = db
-                .prepare("SELECT detail FROM actions WHERE kind = 'connect' ORDER BY id")
-                .unwrap();
-            let v = st
-                .query_map([], |r| r.get::<_, String>(0))
-                .unwrap()
-                .map(|s| serde_json::from_str(&s.unwrap()).unwrap())
-                .collect();
-            v
-        };
-        let first = rows(&log);
+        c.note(&t.log, 7, "10.0.0.2:5432".into(), 9, who);
+        let first = t.rows("connect");
         assert_eq!(first.len(), 2, "one row per new remote, at once: {first:?}");
         assert_eq!(first[0]["fd"], 3);
-        c.tick(&log, true);
-        let all = rows(&log);
+        c.tick(&t.log, true);
+        let all = t.rows("connect");
         assert_eq!(all.len(), 3, "{all:?}");
         assert_eq!(all[2]["remote"], "10.0.0.1:443");
         assert_eq!(all[2]["count"], 99, "the repeats: {all:?}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -330,3 +330,52 @@ pub fn from_alert(a: &crate::alerts::Alert) -> Row {
         detail,
     }
 }
+
+/// A real action log in a fresh directory, and its rows of one kind, for unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub struct TestLog {
+        pub log: ActionLog,
+        dir: PathBuf,
+    }
+
+    impl TestLog {
+        pub fn new(name: &str) -> TestLog {
+            let dir = std::env::temp_dir().join(format!("lw-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let metrics = Arc::new(Metrics::new());
+            let (log, _t) = ActionLog::start(
+                dir.join("a.db"),
+                Default::default(),
+                metrics,
+                Default::default(),
+            )
+            .unwrap();
+            TestLog { log, dir }
+        }
+
+        /// The `detail` of every row of `kind` written so far, oldest first.
+        pub fn rows(&self, kind: &str) -> Vec<Value> {
+            self.log.flush();
+            let c = db::open_read(&self.dir.join("a.db")).unwrap();
+            let mut st = c
+                .prepare("SELECT detail FROM actions WHERE kind = ?1 ORDER BY id")
+                .unwrap();
+            let v = st
+                .query_map([kind], |r| r.get::<_, String>(0))
+                .unwrap()
+                .map(|s| serde_json::from_str(&s.unwrap()).unwrap())
+                .collect();
+            v
+        }
+    }
+
+    impl Drop for TestLog {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -117,21 +117,11 @@ fn finish(s: Sum) -> Row {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
 
     #[test]
     fn writes_are_summed_per_fd_and_target_and_recorded_when_they_pause() {
-        let dir = std::env::temp_dir().join(format!("lw-writes-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let metrics = std::sync::Arc::new(Metrics::new());
-        let (log, _t) = ActionLog::start(
-            dir.join("a.db"),
-            Default::default(),
-            metrics,
-            Default::default(),
-        )
-        .unwrap();
+        let t = super::super::testing::TestLog::new("writes");
+        let log = &t.log;
         let mut w = WriteLog::default();
         let who = || ProcInfo {
             pid: 7,
@@ -139,22 +129,13 @@ mod tests {
         };
         let a = Target::File(Some("/var/log/a".into()));
         let b = Target::Socket(Some("10.0.0.1:443".into()));
-        w.note(&log, (7, 3), &a, 100, 1, who);
-        w.note(&log, (7, 3), &a, 50, 2, who);
+        w.note(log, (7, 3), &a, 100, 1, who);
+        w.note(log, (7, 3), &a, 50, 2, who);
         // The fd names another target: the first summary is recorded, a new one starts.
-        w.note(&log, (7, 3), &b, 10, 1, who);
-        w.tick(&log, false);
-        w.tick(&log, true);
-        log.flush();
-        let c = super::super::db::open_read(&dir.join("a.db")).unwrap();
-        let mut st = c
-            .prepare("SELECT detail FROM actions WHERE kind = 'write' ORDER BY id")
-            .unwrap();
-        let rows: Vec<serde_json::Value> = st
-            .query_map([], |r| r.get::<_, String>(0))
-            .unwrap()
-            .map(|s| serde_json::from_str(&s.unwrap()).unwrap())
-            .collect();
+        w.note(log, (7, 3), &b, 10, 1, who);
+        w.tick(log, false);
+        w.tick(log, true);
+        let rows = t.rows("write");
         assert_eq!(rows.len(), 2, "{rows:?}");
         assert_eq!(rows[0]["path"], "/var/log/a");
         assert_eq!(
@@ -163,6 +144,5 @@ mod tests {
         );
         assert_eq!(rows[1]["remote"], "10.0.0.1:443");
         assert_eq!(rows[1]["bytes"], 10);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
