@@ -231,23 +231,124 @@ pub fn list_tcp() -> io::Result<Vec<TcpSock>> {
     Ok(out)
 }
 
-/// Destroys one socket: local side gets ECONNABORTED, the peer a RST.
-pub fn destroy(s: &TcpSock) -> io::Result<()> {
-    let fd = socket()?;
-    let req = ReqV2 {
-        family: s.family,
-        protocol: libc::IPPROTO_TCP as u8,
-        states: u32::MAX,
-        id: s.id,
-        ..Default::default()
-    };
-    send(
-        &fd,
-        SOCK_DESTROY,
-        (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
-        &req,
-    )?;
-    recv_all(&fd, |_, _| {})
+/// Destroy requests per write (each ~72 bytes, its ack at most ~92 in the receive buffer).
+const DESTROY_BATCH: usize = 256;
+
+/// Destroys each of `socks` (its side gets ECONNABORTED, the peer a RST): the requests go out together and the acks are read back
+/// together, one netlink socket and a few syscalls for a whole freeze instead of a socket
+/// and a round trip per connection (200 connections took 14-22 ms that way). Returns each
+/// one's outcome, in order.
+pub fn destroy_all(socks: &[TcpSock]) -> Vec<io::Result<()>> {
+    let mut out: Vec<Option<io::Result<()>>> = (0..socks.len()).map(|_| None).collect();
+    let fd = socket();
+    for (c, chunk) in socks.chunks(DESTROY_BATCH).enumerate() {
+        let base = c * DESTROY_BATCH;
+        let r = fd.as_ref().map_err(copy_err).and_then(|fd| {
+            send_destroys(fd, chunk, base)?;
+            read_acks(fd, base, chunk.len(), &mut out)
+        });
+        if let Err(e) = r {
+            for o in out[base..base + chunk.len()]
+                .iter_mut()
+                .filter(|o| o.is_none())
+            {
+                *o = Some(Err(copy_err(&e)));
+            }
+        }
+    }
+    out.into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(io::Error::other("no answer from the kernel"))))
+        .collect()
+}
+
+fn copy_err(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(n) => io::Error::from_raw_os_error(n),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// One write of SOCK_DESTROY requests for `chunk`, numbered from `base + 1`.
+fn send_destroys(fd: &OwnedFd, chunk: &[TcpSock], base: usize) -> io::Result<()> {
+    let one = size_of::<NlMsgHdr>() + size_of::<ReqV2>();
+    let mut buf = vec![0u8; one * chunk.len()];
+    for (i, s) in chunk.iter().enumerate() {
+        let hdr = NlMsgHdr {
+            len: one as u32,
+            kind: SOCK_DESTROY,
+            flags: (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+            seq: (base + i + 1) as u32,
+            pid: 0,
+        };
+        let req = ReqV2 {
+            family: s.family,
+            protocol: libc::IPPROTO_TCP as u8,
+            states: u32::MAX,
+            id: s.id,
+            ..Default::default()
+        };
+        // SAFETY: buf holds `one` bytes per message; unaligned writes of PODs.
+        unsafe {
+            let at = buf.as_mut_ptr().add(i * one);
+            std::ptr::write_unaligned(at as *mut NlMsgHdr, hdr);
+            std::ptr::write_unaligned(at.add(size_of::<NlMsgHdr>()) as *mut ReqV2, req);
+        }
+    }
+    // SAFETY: buf valid for its length.
+    let n = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads the acks of requests `base + 1 ..= base + count` into `out`.
+fn read_acks(
+    fd: &OwnedFd,
+    base: usize,
+    count: usize,
+    out: &mut [Option<io::Result<()>>],
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = count;
+    while left > 0 {
+        // SAFETY: buf valid for its length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        let mut off = 0usize;
+        while off + size_of::<NlMsgHdr>() <= n {
+            // SAFETY: bounds checked above; unaligned read of a POD.
+            let h: NlMsgHdr =
+                unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off) as *const NlMsgHdr) };
+            let len = h.len as usize;
+            if len < size_of::<NlMsgHdr>() || off + len > n {
+                break;
+            }
+            let seq = h.seq as usize;
+            if h.kind == NLMSG_ERROR && seq > base && seq <= base + count {
+                let body = &buf[off + size_of::<NlMsgHdr>()..off + len];
+                let errno = i32::from_ne_bytes(
+                    body.get(..4)
+                        .and_then(|b| b.try_into().ok())
+                        .unwrap_or([0; 4]),
+                );
+                let slot = &mut out[seq - 1];
+                if slot.is_none() {
+                    *slot = Some(if errno == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::from_raw_os_error(-errno))
+                    });
+                    left -= 1;
+                }
+            }
+            off += (len + 3) & !3;
+        }
+    }
+    Ok(())
 }
 
 /// Destroys every TCP socket whose inode is in `inodes`, in the current namespace. A dump
@@ -264,9 +365,11 @@ pub fn sever_inodes(inodes: &[u32]) -> io::Result<Vec<(TcpSock, io::Result<()>)>
         if todo.is_empty() {
             break;
         }
-        for s in todo {
-            let r = destroy(&s);
-            out.push((s, r));
+        let results = destroy_all(&todo);
+        out.extend(todo.into_iter().zip(results));
+        // Every inode found: no dump can have skipped one, so no pass needs to look again.
+        if out.len() >= inodes.len() {
+            break;
         }
     }
     Ok(out)
