@@ -147,50 +147,68 @@ fn send(fd: &OwnedFd, kind: u16, flags: u16, req: &ReqV2) -> io::Result<()> {
     Ok(())
 }
 
+/// Reads one batch of netlink messages into `buf` and calls `f(header, body)` for each, in
+/// order, while it returns true. Ok(false): `f` or a malformed length stopped the walk.
+fn recv_msgs(
+    fd: &OwnedFd,
+    buf: &mut [u8],
+    mut f: impl FnMut(&NlMsgHdr, &[u8]) -> bool,
+) -> io::Result<bool> {
+    // SAFETY: buf valid for its length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    let mut off = 0usize;
+    while off + size_of::<NlMsgHdr>() <= n {
+        // SAFETY: bounds checked above; unaligned read of a POD.
+        let h: NlMsgHdr =
+            unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off) as *const NlMsgHdr) };
+        let len = h.len as usize;
+        if len < size_of::<NlMsgHdr>() || off + len > n {
+            return Ok(false);
+        }
+        if !f(&h, &buf[off + size_of::<NlMsgHdr>()..off + len]) {
+            return Ok(false);
+        }
+        off += (len + 3) & !3;
+    }
+    Ok(true)
+}
+
+/// What an NLMSG_ERROR body says: errno 0 is an ack.
+fn ack_result(body: &[u8]) -> io::Result<()> {
+    let errno = i32::from_ne_bytes(
+        body.get(..4)
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or([0; 4]),
+    );
+    if errno == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(-errno))
+    }
+}
+
 /// Reads netlink messages until DONE (dump) or the first ERROR/ACK; calls `f` per message body.
 fn recv_all(fd: &OwnedFd, mut f: impl FnMut(u16, &[u8])) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: buf valid for its length.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                0,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut off = 0usize;
-        let n = n as usize;
-        while off + size_of::<NlMsgHdr>() <= n {
-            // SAFETY: bounds checked above; unaligned read of a POD.
-            let h: NlMsgHdr =
-                unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off) as *const NlMsgHdr) };
-            let len = h.len as usize;
-            if len < size_of::<NlMsgHdr>() || off + len > n {
-                return Ok(());
+        let mut end = Ok(());
+        let walked = recv_msgs(fd, &mut buf, |h, body| match h.kind {
+            NLMSG_DONE => false,
+            NLMSG_ERROR => {
+                end = ack_result(body);
+                false
             }
-            let body = &buf[off + size_of::<NlMsgHdr>()..off + len];
-            match h.kind {
-                NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR => {
-                    let errno = i32::from_ne_bytes(
-                        body.get(..4)
-                            .and_then(|b| b.try_into().ok())
-                            .unwrap_or([0; 4]),
-                    );
-                    return if errno == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::from_raw_os_error(-errno))
-                    };
-                }
-                k => f(k, body),
+            k => {
+                f(k, body);
+                true
             }
-            off += (len + 3) & !3;
+        })?;
+        if !walked {
+            return end;
         }
     }
 }
@@ -312,41 +330,17 @@ fn read_acks(
     let mut buf = vec![0u8; 64 * 1024];
     let mut left = count;
     while left > 0 {
-        // SAFETY: buf valid for its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        let mut off = 0usize;
-        while off + size_of::<NlMsgHdr>() <= n {
-            // SAFETY: bounds checked above; unaligned read of a POD.
-            let h: NlMsgHdr =
-                unsafe { std::ptr::read_unaligned(buf.as_ptr().add(off) as *const NlMsgHdr) };
-            let len = h.len as usize;
-            if len < size_of::<NlMsgHdr>() || off + len > n {
-                break;
-            }
+        recv_msgs(fd, &mut buf, |h, body| {
             let seq = h.seq as usize;
             if h.kind == NLMSG_ERROR && seq > base && seq <= base + count {
-                let body = &buf[off + size_of::<NlMsgHdr>()..off + len];
-                let errno = i32::from_ne_bytes(
-                    body.get(..4)
-                        .and_then(|b| b.try_into().ok())
-                        .unwrap_or([0; 4]),
-                );
                 let slot = &mut out[seq - 1];
                 if slot.is_none() {
-                    *slot = Some(if errno == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::from_raw_os_error(-errno))
-                    });
+                    *slot = Some(ack_result(body));
                     left -= 1;
                 }
             }
-            off += (len + 3) & !3;
-        }
+            true
+        })?;
     }
     Ok(())
 }
