@@ -20,6 +20,7 @@ pub mod notify;
 pub mod pipeline;
 pub mod probes;
 pub mod procs;
+pub mod recent;
 pub mod respond;
 pub mod scan;
 pub mod scope;

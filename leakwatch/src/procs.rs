@@ -23,13 +23,11 @@ pub struct Procs {
     /// tgid -> the last images it was seen exec'ing (comm, exe), newest last, for
     /// processes gone (or exec'd again) before their writes are reported.
     execs: HashMap<u32, Vec<(String, String)>>,
-    /// Absolute exec filenames resolved through symlinks lately, and when: an exec loop
-    /// costs a lookup, not a realpath (an lstat per path component) per exec.
-    canonical: HashMap<String, (String, std::time::Instant)>,
+    /// Absolute exec filenames resolved through symlinks lately: an exec loop costs a
+    /// lookup, not a realpath (an lstat per path component) per exec; a symlink re-pointed
+    /// is seen after at most 10 s.
+    canonical: crate::recent::Recent<String, 10>,
 }
-
-/// How long a resolved filename is trusted (a symlink re-pointed is seen after this).
-const CANONICAL_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Exec images remembered (cleared when full: a bounded cache, not a history).
 const EXECS_MAX: usize = 65_536;
@@ -47,7 +45,7 @@ impl Procs {
             by_id: HashMap::new(),
             missed: HashMap::new(),
             execs: HashMap::new(),
-            canonical: HashMap::new(),
+            canonical: Default::default(),
         }
     }
 
@@ -63,20 +61,13 @@ impl Procs {
     }
 
     fn canonical(&mut self, filename: &str) -> String {
-        let now = std::time::Instant::now();
-        if let Some((exe, at)) = self.canonical.get(filename) {
-            if now.duration_since(*at) < CANONICAL_FOR {
-                return exe.clone();
-            }
-        }
-        if self.canonical.len() >= 4096 {
-            self.canonical.clear();
+        if let Some(exe) = self.canonical.get(filename) {
+            return exe.clone();
         }
         let exe = fs::canonicalize(filename)
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|_| filename.to_string());
-        self.canonical
-            .insert(filename.to_string(), (exe.clone(), now));
+        self.canonical.insert(filename, exe.clone());
         exe
     }
 

@@ -104,36 +104,21 @@ pub struct TlsWatch {
     tx: Option<std::sync::mpsc::SyncSender<u32>>,
     /// Files the probes are attached to.
     visible: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
-    /// Absolute paths handed over lately, and when: an exec loop of one program costs a
-    /// lookup, not a thread wakeup and a `/proc` read per exec.
-    recent: std::collections::HashMap<String, std::time::Instant>,
+    /// Absolute paths handed over lately: an exec loop of one program costs a lookup, not
+    /// a thread wakeup and a `/proc` read per exec (a new file installed at the same path
+    /// is checked after at most 10 s).
+    recent: crate::recent::Recent<(), 10>,
 }
-
-/// A path handed over is not handed over again for this long (a new file installed at
-/// the same path is checked after at most this).
-const RECENT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl TlsWatch {
     /// Process `tgid` exec'd `filename`: check its executable (once per file).
     pub fn exec(&mut self, tgid: u32, filename: &str) {
         let Some(tx) = &self.tx else { return };
         if filename.starts_with('/') {
-            let now = std::time::Instant::now();
-            if self
-                .recent
-                .get(filename)
-                .is_some_and(|t| now.duration_since(*t) < RECENT_FOR)
-            {
+            if self.recent.get(filename).is_some() {
                 return;
             }
-            if self.recent.len() >= 4096 {
-                self.recent
-                    .retain(|_, t| now.duration_since(*t) < RECENT_FOR);
-                if self.recent.len() >= 4096 {
-                    self.recent.clear();
-                }
-            }
-            self.recent.insert(filename.to_string(), now);
+            self.recent.insert(filename, ());
         }
         let _ = tx.try_send(tgid);
     }
