@@ -26,7 +26,7 @@ use std::{
 
 use leakwatch_tests::{metric, Daemon};
 
-use crate::write_bench::{cpu_model, median, min_max};
+use crate::write_bench::{clock_ticks, cpu_model, cpu_ticks, env_or, median, min_max};
 
 pub const TITLE: &str = "Cost of watching";
 /// Where the at-a-glance table goes once every part has run.
@@ -135,6 +135,30 @@ fn exec_true(vars: &[(String, String)]) {
     assert!(st.success());
 }
 
+/// The 50-variable environment with a fresh Anthropic key added: each exec a new finding.
+fn keyed_env(rng: &mut leakwatch::detect::samples::Rng) -> Vec<(String, String)> {
+    let (key, _) = leakwatch::detect::samples::sample("anthropic-api-key", rng).unwrap();
+    let mut vars = env(50);
+    vars.push(("ANTHROPIC_API_KEY".into(), key));
+    vars
+}
+
+/// Calls `f(i)` for every i in 0..n, shared out over two threads (one per core).
+fn on_two_threads(n: usize, f: impl Fn(usize) + Sync) {
+    let next = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= n {
+                    break;
+                }
+                f(i);
+            });
+        }
+    });
+}
+
 /// One connect: to a loopback listener of this thread's own, accepted at once, both ends
 /// closed with a reset (SO_LINGER 0) so no TIME_WAIT piles up and no backlog overflows
 /// (an overflow costs a 1 s SYN retry and measures nothing).
@@ -187,14 +211,7 @@ fn daemon(name: &str, toml: &str) -> (Daemon, Duration) {
 
 /// utime + stime of the daemon, seconds.
 fn cpu_s(d: &Daemon) -> f64 {
-    let pid = d.child.as_ref().expect("daemon running").id();
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("daemon stat");
-    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / hz
+    cpu_ticks(d) as f64 / clock_ticks()
 }
 
 /// (VmRSS, RssAnon, RssFile) of the daemon, MB (10^6).
@@ -389,13 +406,6 @@ fn summary(res: &Results, macro_worst: f64, growth: f64, f: &Footprint) -> Strin
     );
     md.push('\n');
     md
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn report_micro(md: &mut String, res: &Results, rounds: usize, secs: f64) {
@@ -707,21 +717,12 @@ fn storm(d: &Daemon, what: &str, tracepoints: &[&str], probe: &str, load: impl F
 fn paced_execs(vars: &[(String, String)], per_s: f64, secs: f64) {
     let t0 = Instant::now();
     let n = (per_s * secs) as u64;
-    let next = AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let due = t0 + Duration::from_secs_f64(i as f64 / per_s);
-                if let Some(w) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(w);
-                }
-                exec_true(vars);
-            });
+    on_two_threads(n as usize, |i| {
+        let due = t0 + Duration::from_secs_f64(i as f64 / per_s);
+        if let Some(w) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(w);
         }
+        exec_true(vars);
     });
 }
 
@@ -762,10 +763,7 @@ fn alerting(d: &Daemon, n: usize) -> Vec<(f64, f64)> {
     let before = d.scrape();
     let mut rng = leakwatch::detect::samples::Rng::from_time();
     for _ in 0..n {
-        let (key, _) = leakwatch::detect::samples::sample("anthropic-api-key", &mut rng).unwrap();
-        let mut vars = env(50);
-        vars.push(("ANTHROPIC_API_KEY".into(), key));
-        exec_true(&vars);
+        exec_true(&keyed_env(&mut rng));
         std::thread::sleep(Duration::from_millis(50));
     }
     quiet(d, 10);
@@ -908,28 +906,9 @@ fn alerting_batches() -> (String, f64) {
     writeln!(md, "|---|---|---|").unwrap();
     let mut per = Vec::new();
     for b in 0..5 {
-        let keys: Vec<Vec<(String, String)>> = (0..1000)
-            .map(|_| {
-                let (k, _) =
-                    leakwatch::detect::samples::sample("anthropic-api-key", &mut rng).unwrap();
-                let mut v = env(50);
-                v.push(("ANTHROPIC_API_KEY".into(), k));
-                v
-            })
-            .collect();
+        let keys: Vec<Vec<(String, String)>> = (0..1000).map(|_| keyed_env(&mut rng)).collect();
         let c0 = cpu_s(&d);
-        let next = AtomicU64::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..2 {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    if i >= keys.len() {
-                        break;
-                    }
-                    exec_true(&keys[i]);
-                });
-            }
-        });
+        on_two_threads(keys.len(), |i| exec_true(&keys[i]));
         quiet(&d, 10);
         let c = cpu_s(&d) - c0;
         per.push(c);

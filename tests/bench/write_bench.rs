@@ -250,7 +250,7 @@ fn scratch_dir() -> PathBuf {
     dir
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+pub(crate) fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -371,7 +371,7 @@ fn drain(d: &Daemon) -> Duration {
 }
 
 /// utime + stime of the daemon (all its threads), in clock ticks.
-fn cpu_ticks(d: &Daemon) -> u64 {
+pub(crate) fn cpu_ticks(d: &Daemon) -> u64 {
     let pid = d.child.as_ref().expect("daemon running").id();
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("daemon stat");
     // Fields after the parenthesised comm start at field 3 (state); utime is 14, stime 15.
@@ -381,7 +381,7 @@ fn cpu_ticks(d: &Daemon) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
-fn clock_ticks() -> f64 {
+pub(crate) fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
