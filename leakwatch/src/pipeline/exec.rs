@@ -62,18 +62,14 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
     // Which strings were scanned clean before: looked up once, skipped by both passes.
     let mut known = Vec::with_capacity(ev.strings_count());
     exec_strings(&ev, |bytes, _, _| known.push(clean.contains(bytes)));
-    let is_known = |i: &mut usize| {
-        *i += 1;
-        known[*i - 1]
-    };
     // Frozen credentials first: the kill must not wait for the rule scan.
     let mut first_frozen = None;
     // A frozen key that is a whole value the kernel matches (an argument, or what follows
     // the first `=`) in an exec the kernel let run: its kernel hash must be wrong.
     let mut missed: Option<(String, Vec<u8>)> = None;
-    let mut i = 0;
+    let mut skip = known.iter();
     exec_strings(&ev, |bytes, _, _| {
-        if is_known(&mut i) {
+        if skip.next() == Some(&true) {
             return;
         }
         for f in d.frozen_only(bytes) {
@@ -91,9 +87,9 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
     }
     let mut hits = Vec::new();
     let mut scanned = [0u64; 2];
-    let mut i = 0;
+    let mut skip = known.iter();
     exec_strings(&ev, |bytes, source, at| {
-        if is_known(&mut i) {
+        if skip.next() == Some(&true) {
             return;
         }
         scanned[usize::from(source == Source::Env)] += bytes.len() as u64;
