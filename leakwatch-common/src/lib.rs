@@ -138,29 +138,27 @@ pub const EXEC_IMAGE_CHUNK: usize = 16 * 1024;
 /// plus an 8-byte pointer), so any exec the kernel accepts needs < 900k steps.
 pub const EXEC_IMAGE_MAX_STEPS: u32 = 1 << 23;
 
-/// `EventHeader::flags` of exec records: the event came from `execveat`.
-pub const EXEC_F_EXECVEAT: u32 = 1;
-/// The loop budget ran out before the end of envp, so the dropped counters are lower bounds.
+/// `EventHeader::flags` of exec records: the argument area could not be carried whole
+/// (past `EXEC_DATA_MAX`, or unreadable), so strings are missing: `bytes_dropped` says how
+/// many bytes, the daemon counts the strings from the new image's /proc entries.
 pub const EXEC_F_COUNT_INCOMPLETE: u32 = 2;
 /// The filename could not be read.
 pub const EXEC_F_NO_FILENAME: u32 = 4;
 /// The kernel sent SIGKILL because a string matched a frozen credential.
 pub const EXEC_F_KILLED: u32 = 8;
 
-/// Header of an exec record; followed by `data_len` bytes: the filename, then `argc` argv
-/// strings, then `envc` environment strings, each NUL-terminated.
+/// Header of an exec record, built at `sched_process_exec` from the new image; followed by
+/// `data_len` bytes: the filename and its NUL, then the image's argument area
+/// (`arg_bytes` bytes: argv, NUL-separated) and its environment area, as the kernel laid
+/// them out.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExecHeader {
     pub hdr: EventHeader,
-    /// Argv strings carried in `data`.
-    pub argc: u32,
-    /// Environment strings carried in `data`.
-    pub envc: u32,
-    /// Strings that did not fit (or could not be read) and are absent from `data`.
-    pub strings_dropped: u32,
+    /// Bytes of `data` after the filename's NUL that are argv; the rest is the environment.
+    pub arg_bytes: u32,
     pub data_len: u32,
-    /// Bytes of argv/envp text that are absent from `data` (including partial strings).
+    /// Bytes of argv/envp text that are absent from `data`.
     pub bytes_dropped: u64,
 }
 

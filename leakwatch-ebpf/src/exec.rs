@@ -1,11 +1,12 @@
-//! Exec probes: `sys_enter_execve` and `sys_enter_execveat` copy the filename, argv and envp
-//! of every exec into a per-CPU scratch area (string by string, long strings chunk by chunk,
-//! driven by `bpf_loop` so the verifier cost does not grow with the limits), then emit one
-//! ring-buffer record as long as the data. What does not fit is counted, never dropped
-//! silently. Each finished string is checked against `frozen`; a hit kills the task before
-//! its new image is even loaded. What this walk cannot see (strings past `EXEC_DATA_MAX` or
-//! `EXEC_MAX_STEPS`, pages not faulted in yet, strings rewritten after it read them) is
-//! checked again by `exec_image` once the kernel has copied them into the new image.
+//! The early frozen check: `sys_enter_execve` and `sys_enter_execveat`, while a credential
+//! is frozen, copy argv and envp into a per-CPU scratch area (string by string, long
+//! strings chunk by chunk, driven by `bpf_loop` so the verifier cost does not grow with the
+//! limits) and match each finished string against `frozen`; a hit kills the task before its
+//! new image is even loaded. With nothing frozen they return at once: the exec record is
+//! built later from the new image (`exec_capture`), because walking the caller's pointers
+//! costs two helper calls per string (46 µs per exec of a 200-variable environment here).
+//! What this walk cannot see (strings past `EXEC_DATA_MAX` or `EXEC_MAX_STEPS`, pages not
+//! faulted in yet, strings rewritten after it read them) is checked again by `exec_image`.
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -19,7 +20,7 @@ use aya_ebpf::{
 };
 use leakwatch_common::*;
 
-use crate::{frozen, header, maps};
+use crate::frozen;
 
 const DATA_MASK: u64 = (EXEC_DATA_MAX - 1) as u64;
 
@@ -41,11 +42,6 @@ pub struct Walk {
     pub str_start: u64,
     /// Write offset in `data`.
     pub off: u64,
-    pub argc: u32,
-    pub envc: u32,
-    pub dropped: u32,
-    pub full: u32,
-    pub bytes_dropped: u64,
     /// Set when a string matched a frozen credential.
     pub hit: u64,
 }
@@ -53,41 +49,37 @@ pub struct Walk {
 /// Per-CPU working memory: loop state and the record being built.
 #[repr(C)]
 pub struct Scratch {
-    walk: Walk,
-    ev: ExecScratch,
+    pub walk: Walk,
+    pub ev: ExecScratch,
 }
 
 /// One scratch area per CPU (`PerCpuArray` values cap at 32 KiB, so a plain array indexed
 /// by `bpf_get_smp_processor_id()`; the loader sizes it to the CPU count).
 #[map]
-static EXEC_SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
+pub static EXEC_SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
 
 #[tracepoint]
 pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
     // format: filename @16, argv @24, envp @32
-    let _ = handle(&ctx, 16, 24, 32, PROBE_EXECVE);
+    let _ = handle(&ctx, 24, 32, PROBE_EXECVE);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
     // format: fd @16, filename @24, argv @32, envp @40, flags @48
-    let _ = handle(&ctx, 24, 32, 40, PROBE_EXECVEAT);
+    let _ = handle(&ctx, 32, 40, PROBE_EXECVEAT);
     0
 }
 
 #[inline(always)]
-fn handle(
-    ctx: &TracePointContext,
-    f_off: usize,
-    a_off: usize,
-    e_off: usize,
-    probe: u32,
-) -> Option<()> {
+fn handle(ctx: &TracePointContext, a_off: usize, e_off: usize, probe: u32) -> Option<()> {
+    if !frozen::enabled() {
+        return None;
+    }
     // SAFETY: offsets come from the tracepoint format files; reads are checked by the helper.
-    let (filename, argv, envp) = unsafe {
+    let (argv, envp) = unsafe {
         (
-            ctx.read_at::<u64>(f_off).ok()?,
             ctx.read_at::<u64>(a_off).ok()?,
             ctx.read_at::<u64>(e_off).ok()?,
         )
@@ -97,29 +89,6 @@ fn handle(
     let sp = EXEC_SCRATCH.get_ptr_mut(cpu)?;
     // SAFETY: `sp` is this CPU's map value; programs on one CPU do not nest for tracepoints.
     let sc = unsafe { &mut *sp };
-    let s = &mut sc.ev;
-
-    header::fill(&mut s.hdr.hdr, EVENT_EXEC, probe);
-    if probe == PROBE_EXECVEAT {
-        s.hdr.hdr.flags = EXEC_F_EXECVEAT;
-    }
-
-    // Filename first, as one string of at most a chunk (PATH_MAX is 4096).
-    // SAFETY: destination is inside the map value (chunk < data length).
-    let n = unsafe {
-        bpf_probe_read_user_str(
-            s.data.as_mut_ptr() as *mut c_void,
-            EXEC_CHUNK as u32,
-            filename as *const c_void,
-        )
-    };
-    let mut off: u64 = if n > 0 { n as u64 } else { 0 };
-    if n <= 0 {
-        s.data[0] = 0;
-        off = 1;
-        s.hdr.hdr.flags |= EXEC_F_NO_FILENAME;
-    }
-
     sc.walk = Walk {
         phase: 0,
         argv,
@@ -128,12 +97,7 @@ fn handle(
         cur: 0,
         cur_off: 0,
         str_start: 0,
-        off,
-        argc: 0,
-        envc: 0,
-        dropped: 0,
-        full: 0,
-        bytes_dropped: 0,
+        off: 0,
         hit: 0,
     };
     let mut cpu_arg = cpu;
@@ -147,35 +111,15 @@ fn handle(
         );
     }
     // SAFETY: same map value as above.
-    let sc = unsafe { &mut *sp };
-    let w = &sc.walk;
-    let s = &mut sc.ev;
-
-    let h = &mut s.hdr;
-    if w.hit != 0 {
-        frozen::kill(probe, w.hit);
-        h.hdr.flags |= EXEC_F_KILLED;
+    let hit = unsafe { (*sp).walk.hit };
+    if hit != 0 {
+        frozen::kill(probe, hit);
         aya_log_ebpf::warn!(
             ctx,
             "SIGKILL at exec: pid {} carried a frozen credential",
-            h.hdr.tgid
+            (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32
         );
     }
-    if w.phase < 2 {
-        h.hdr.flags |= EXEC_F_COUNT_INCOMPLETE;
-    }
-    h.argc = w.argc;
-    h.envc = w.envc;
-    h.strings_dropped = w.dropped;
-    h.bytes_dropped = w.bytes_dropped;
-    let used = if w.off > EXEC_DATA_MAX as u64 {
-        EXEC_DATA_MAX as u64
-    } else {
-        w.off
-    };
-    h.data_len = used as u32;
-    let size = core::mem::size_of::<ExecHeader>() as u64 + used;
-    maps::emit(probe, s as *const _ as *const u8, size);
     Some(())
 }
 
@@ -216,29 +160,9 @@ unsafe extern "C" fn walk_step(_i: u32, ctx: *mut c_void) -> i64 {
     let data = &mut sc.ev.data;
     let src = (w.cur + w.cur_off) as *const c_void;
 
-    if w.full != 0 || w.off >= EXEC_DATA_MAX as u64 {
-        // Out of room: read into the slack area only to count what is dropped.
-        // SAFETY: slack area is EXEC_CHUNK bytes past EXEC_DATA_MAX.
-        let n = unsafe {
-            bpf_probe_read_user_str(
-                data.as_mut_ptr().add(EXEC_DATA_MAX) as *mut c_void,
-                EXEC_CHUNK as u32,
-                src,
-            )
-        };
-        if n == EXEC_CHUNK as i64 {
-            w.bytes_dropped += (EXEC_CHUNK - 1) as u64;
-            w.cur_off += (EXEC_CHUNK - 1) as u64;
-            return 0;
-        }
-        if n > 1 {
-            w.bytes_dropped += (n - 1) as u64;
-        }
-        if w.cur_off == 0 {
-            w.dropped += 1;
-        }
-        w.cur = 0;
-        return 0;
+    if w.off >= EXEC_DATA_MAX as u64 {
+        // Out of room: the rest is `exec_image`'s to check.
+        return 1;
     }
 
     // Always a full chunk at a masked offset: the verifier sees a constant size and a
@@ -253,13 +177,11 @@ unsafe extern "C" fn walk_step(_i: u32, ctx: *mut c_void) -> i64 {
         )
     };
     if n <= 0 {
-        // Unreadable (page not present): keep what was read of it, count the string.
-        if w.cur_off == 0 {
-            w.dropped += 1;
-        } else {
+        // Unreadable (page not present): check what was read of it.
+        if w.cur_off != 0 {
             data[(w.off & DATA_MASK) as usize] = 0;
             w.off += 1;
-            finish_string(w, cpu);
+            check(w, cpu);
         }
         w.cur = 0;
         return 0;
@@ -274,32 +196,17 @@ unsafe extern "C" fn walk_step(_i: u32, ctx: *mut c_void) -> i64 {
         w.off += n;
     }
     if w.off >= EXEC_DATA_MAX as u64 {
-        // Cut at the end of the data area: keep the head, count the rest as dropped.
-        w.bytes_dropped += w.off - EXEC_DATA_MAX as u64 + u64::from(more);
+        // Cut at the end of the data area: the head is checked, the rest is `exec_image`'s.
         w.off = EXEC_DATA_MAX as u64;
         data[EXEC_DATA_MAX - 1] = 0;
-        w.full = 1;
-        finish_string(w, cpu);
-        if !more {
-            w.cur = 0;
-        }
-        return 0;
+        check(w, cpu);
+        return 1;
     }
     if !more {
-        finish_string(w, cpu);
+        check(w, cpu);
         w.cur = 0;
     }
     0
-}
-
-#[inline(always)]
-fn finish_string(w: &mut Walk, cpu: u32) {
-    if w.phase == 0 {
-        w.argc += 1;
-    } else {
-        w.envc += 1;
-    }
-    check(w, cpu);
 }
 
 /// Shortest credential the kernel matches (shorter values are never frozen).

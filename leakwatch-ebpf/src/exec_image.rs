@@ -8,16 +8,15 @@
 //!
 //! Same rule as `exec::check`: argv strings whole or after their first '=', env strings
 //! after their first '=', strings of at least 8 bytes, seeded FNV-1a (`frozen`).
-//! Runs only while a credential is frozen. A walk that cannot finish (unreadable area or
+//! Called by `scope`'s `sched_process_exec` program only while a credential is frozen. A walk that cannot finish (unreadable area or
 //! loop budget, which no exec the kernel accepts reaches: see `EXEC_IMAGE_MAX_STEPS`) fails
 //! closed: the exec is killed and counted in `STAT_UNCHECKED`.
 use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_probe_read_user},
-    macros::{map, tracepoint},
+    macros::map,
     maps::PerCpuArray,
-    programs::TracePointContext,
 };
 use leakwatch_common::*;
 
@@ -62,18 +61,12 @@ struct Walk {
 #[map]
 static IMAGE_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
-#[tracepoint]
-pub fn exec_image(_ctx: TracePointContext) -> u32 {
-    if frozen::enabled() {
-        check();
-    }
-    0
-}
-
+/// Walks the new image's areas; true when it sent SIGKILL (a frozen credential, or an area
+/// it could not walk to its end).
 #[inline(always)]
-fn check() {
+pub fn check() -> bool {
     let Some(sp) = IMAGE_WALK.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     // SAFETY: this CPU's value; tracepoint programs do not nest on one CPU.
     let w = unsafe { &mut *sp };
@@ -114,9 +107,13 @@ fn check() {
     let w = unsafe { &*sp };
     if w.hit != 0 {
         frozen::kill(PROBE_EXEC_IMAGE, w.hit);
+        true
     } else if w.failed != 0 || w.phase < DONE {
         maps::count(PROBE_EXEC_IMAGE, STAT_UNCHECKED);
         frozen::kill(PROBE_EXEC_IMAGE, 0);
+        true
+    } else {
+        false
     }
 }
 

@@ -201,10 +201,13 @@ fn forget_current() {
     }
 }
 
-/// The process changed image (and comm): decide again at its next write.
+/// The process changed image (and comm): decide again at its next write. While a credential
+/// is frozen, check the new image's strings (`exec_image`); then send its exec record.
 #[tracepoint]
-pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     forget_current();
+    let killed = crate::frozen::enabled() && crate::exec_image::check();
+    let _ = crate::exec_capture::capture(&ctx, killed);
     0
 }
 

@@ -282,11 +282,15 @@ pub async fn run(o: Overrides) -> Result<()> {
     crate::notify::send("STOPPING=1");
     let _ = stop_tx.send(true);
     stop_reader.store(true, Ordering::Relaxed);
+    let t = std::time::Instant::now();
     let _ = reader.join();
+    log::debug!("stop: reader {:?}", t.elapsed());
     // The reader's end of the queue is gone: the worker drains what is queued and stops.
     let _ = worker.join();
+    log::debug!("stop: worker {:?}", t.elapsed());
     let _ = poller.await;
     let _ = saver.await;
+    log::debug!("stop: tasks {:?}", t.elapsed());
     if let Some(f) = fleet {
         // Revokes the host's lease: the fleet sees it gone at once.
         let _ = tokio::time::timeout(Duration::from_secs(3), f).await;
@@ -295,8 +299,10 @@ pub async fn run(o: Overrides) -> Result<()> {
     if let Ok(mut p) = probes.lock() {
         p.detach_all();
     }
+    log::debug!("stop: detach {:?}", t.elapsed());
     alerts.flush();
     actions.flush();
+    log::debug!("stop: flush {:?}", t.elapsed());
     drop(alerts);
     drop(ctx);
     let _ = sink_thread;

@@ -54,7 +54,6 @@ pub struct Metrics {
     pub held_bytes_unread: IntCounter,
     pub fds_unresolved: IntCounter,
     pub exec_unchecked: IntCounter,
-    pub exec_attempts_failed: IntCounter,
     pub exec_recovered: IntCounter,
     pub fleet_connected: IntGauge,
     pub fleet_applied: IntCounter,
@@ -379,11 +378,6 @@ impl Metrics {
                 &r,
                 "leakwatch_exec_unchecked_total",
                 "Execs killed because their argument area could not be fully checked while a credential is frozen.",
-            ),
-            exec_attempts_failed: counter(
-                &r,
-                "leakwatch_exec_attempts_failed_total",
-                "Exec attempts with findings that failed (a PATH entry without the program) and were not reported: the same process's next exec was.",
             ),
             exec_recovered: counter(
                 &r,

@@ -1,44 +1,43 @@
-//! Exec records: an `execve`/`execveat` with the strings the kernel captured, and the
-//! notice the kernel sends when it killed one for carrying a frozen credential.
+//! Exec records: an exec's new image with the strings the kernel captured from it, and
+//! the notice the kernel sends when it killed an exec for carrying a frozen credential.
 use anyhow::{bail, Result};
 use leakwatch_common::*;
 
 use super::Task;
 
-/// An `execve`/`execveat`, with the strings the kernel could capture. The argv and env
-/// bytes are plaintext and are zeroized on drop. They stay in one buffer as the kernel
-/// laid them out (one copy and two allocations per exec, not one per string: an exec of a
-/// 200-variable environment made 200).
+/// An exec that ran (recorded at `sched_process_exec`), with the argv and env strings of
+/// its new image. They are plaintext and are zeroized on drop. They stay in one buffer as
+/// the kernel laid them out and are split only when read: an environment already known
+/// clean (`pipeline::clean`) is never split at all.
 #[derive(Debug, Default)]
 pub struct ExecEvent {
-    /// The caller; `task.comm` is the image before the exec.
+    /// The process after the exec: `task.comm` is already the new image's.
     pub task: Task,
     pub filename: String,
-    /// The argv and env strings, NUL-separated.
+    /// The argument area, then the environment area: NUL-terminated strings.
     strings: Vec<u8>,
-    /// Each string's (start, end) in `strings`: `argc` argv strings, then env.
-    spans: Vec<(u32, u32)>,
-    argc: usize,
-    pub strings_dropped: u32,
+    /// Where the environment starts in `strings`.
+    arg_bytes: usize,
     pub bytes_dropped: u64,
 }
 
 impl ExecEvent {
-    pub fn argv(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
-        self.spans[..self.argc]
-            .iter()
-            .map(|&(a, b)| &self.strings[a as usize..b as usize])
+    pub fn argv(&self) -> Strings<'_> {
+        Strings::of(&self.strings[..self.arg_bytes])
     }
 
-    pub fn env(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
-        self.spans[self.argc..]
-            .iter()
-            .map(|&(a, b)| &self.strings[a as usize..b as usize])
+    pub fn env(&self) -> Strings<'_> {
+        Strings::of(self.env_area())
+    }
+
+    /// The environment as the kernel laid it out: every variable, NUL-terminated.
+    pub fn env_area(&self) -> &[u8] {
+        &self.strings[self.arg_bytes..]
     }
 
     /// Strings captured, argv and env.
     pub fn strings_count(&self) -> usize {
-        self.spans.len()
+        self.argv().count() + self.env().count()
     }
 
     /// The comm the kernel gives the new image: the filename's last component, 15 bytes.
@@ -47,10 +46,9 @@ impl ExecEvent {
         base.chars().take(15).collect()
     }
 
+    /// Strings are missing (the areas did not fit the record, or could not be read).
     pub fn truncated(&self) -> bool {
-        self.strings_dropped > 0
-            || self.bytes_dropped > 0
-            || self.task.flags & EXEC_F_COUNT_INCOMPLETE != 0
+        self.bytes_dropped > 0 || self.task.flags & EXEC_F_COUNT_INCOMPLETE != 0
     }
 
     pub fn killed(&self) -> bool {
@@ -99,38 +97,56 @@ pub(super) fn decode_exec(rec: &[u8]) -> Result<ExecEvent> {
         );
     }
     let data = &data[..h.data_len as usize];
-    // Every string carried takes at least its NUL: counts beyond that are a bad record
-    // (the fuzzer found that a huge argc made the decoder allocate until OOM).
-    if u64::from(h.argc) + u64::from(h.envc) > data.len() as u64 + 1 {
-        bail!(
-            "exec record claims {} strings in {} bytes",
-            u64::from(h.argc) + u64::from(h.envc),
-            data.len()
-        );
-    }
     let name_end = memchr::memchr(0, data).unwrap_or(data.len());
     let filename = String::from_utf8_lossy(&data[..name_end]).into_owned();
     let rest = data.get(name_end + 1..).unwrap_or_default();
-    let want = (h.argc as usize).saturating_add(h.envc as usize);
-    let mut spans = Vec::with_capacity(want);
-    let mut at = 0;
-    let mut nuls = memchr::memchr_iter(0, rest);
-    while spans.len() < want && at < rest.len() {
-        let end = nuls.next().unwrap_or(rest.len());
-        spans.push((at as u32, end as u32));
-        at = end + 1;
+    if h.arg_bytes as usize > rest.len() {
+        bail!(
+            "exec record claims {} argv bytes but carries {}",
+            h.arg_bytes,
+            rest.len()
+        );
     }
-    // Strings the record counts but does not carry decode as empty.
-    spans.resize(want, (0, 0));
     Ok(ExecEvent {
         task: Task::from_header(&h.hdr),
         filename,
         strings: rest.to_vec(),
-        spans,
-        argc: h.argc as usize,
-        strings_dropped: h.strings_dropped,
+        arg_bytes: h.arg_bytes as usize,
         bytes_dropped: h.bytes_dropped,
     })
+}
+
+/// The NUL-terminated strings of an area, in order; a last string without its NUL (cut)
+/// counts too, and so do empty strings (`prog ""`).
+#[derive(Clone)]
+pub struct Strings<'a> {
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Strings<'a> {
+    pub fn of(area: &'a [u8]) -> Self {
+        Strings {
+            rest: (!area.is_empty()).then(|| area.strip_suffix(&[0]).unwrap_or(area)),
+        }
+    }
+}
+
+impl<'a> Iterator for Strings<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let r = self.rest?;
+        match memchr::memchr(0, r) {
+            Some(i) => {
+                self.rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                self.rest = None;
+                Some(r)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -138,9 +154,9 @@ mod tests {
     use super::super::{decode, record, Event};
     use super::*;
 
-    fn header(argc: u32, envc: u32, data_len: u32) -> ExecHeader {
+    fn header(arg_bytes: u32, data_len: u32) -> ExecHeader {
         let mut comm = [0u8; 16];
-        comm[..4].copy_from_slice(b"bash");
+        comm[..3].copy_from_slice(b"env");
         ExecHeader {
             hdr: EventHeader {
                 kind: EVENT_EXEC,
@@ -150,52 +166,77 @@ mod tests {
                 comm,
                 ..Default::default()
             },
-            argc,
-            envc,
+            arg_bytes,
             data_len,
             ..Default::default()
         }
     }
 
-    #[test]
-    fn decodes_exec_strings() {
-        let data = b"/usr/bin/env\0env\0A=1\0/bin/true\0PATH=/bin\0SECRET=x\0";
-        let mut h = header(3, 2, data.len() as u32);
-        h.bytes_dropped = 5;
+    fn exec(h: ExecHeader, data: &[u8]) -> ExecEvent {
         let Event::Exec(e) = decode(&record(h, data)).unwrap() else {
             panic!("not exec")
         };
+        e
+    }
+
+    #[test]
+    fn decodes_exec_strings() {
+        let data = b"/usr/bin/env\0env\0A=1\0/bin/true\0PATH=/bin\0SECRET=x\0";
+        let mut h = header(18, data.len() as u32);
+        h.bytes_dropped = 5;
+        let e = exec(h, data);
         assert_eq!(e.filename, "/usr/bin/env");
         let argv: Vec<&[u8]> = e.argv().collect();
         assert_eq!(argv, [&b"env"[..], b"A=1", b"/bin/true"]);
         let env: Vec<&[u8]> = e.env().collect();
         assert_eq!(env, [&b"PATH=/bin"[..], b"SECRET=x"]);
-        assert_eq!(e.task.comm, "bash");
+        assert_eq!(e.task.comm, "env");
         assert_eq!(e.task.ppid, 9);
         assert_eq!(e.new_comm(), "env");
+        assert_eq!(e.strings_count(), 5);
+        assert_eq!(e.env_area(), b"PATH=/bin\0SECRET=x\0");
         assert!(e.truncated());
     }
 
     #[test]
-    fn rejects_a_record_shorter_than_it_claims() {
-        assert!(decode(&record(header(0, 0, 100), b"short")).is_err());
-    }
-
-    #[test]
-    fn more_strings_than_bytes_is_a_bad_record() {
-        // Found by `cargo xtask fuzz --target decode`: argc 0xffffffff allocated until OOM.
-        assert!(decode(&record(header(u32::MAX, 0, 4), b"/x\0a")).is_err());
-        assert!(decode(&record(header(3, 3, 4), b"/x\0a")).is_err());
-    }
-
-    #[test]
-    fn missing_strings_decode_as_empty() {
-        let Event::Exec(e) = decode(&record(header(3, 0, 4), b"/x\0a")).unwrap() else {
-            panic!()
-        };
+    fn empty_strings_are_strings_and_a_cut_last_one_counts() {
+        // `prog "" x` with an environment cut inside its second variable.
+        let data = b"/p\0prog\0\0x\0A=1\0B=par";
+        let mut h = header(8, data.len() as u32);
+        h.hdr.flags = EXEC_F_COUNT_INCOMPLETE;
+        let e = exec(h, data);
         let argv: Vec<&[u8]> = e.argv().collect();
-        assert_eq!(argv, [&b"a"[..], b"", b""]);
-        assert_eq!(e.env().len(), 0);
+        assert_eq!(argv, [&b"prog"[..], b"", b"x"]);
+        let env: Vec<&[u8]> = e.env().collect();
+        assert_eq!(env, [&b"A=1"[..], b"B=par"]);
+        assert!(e.truncated());
+    }
+
+    #[test]
+    fn no_arguments_and_no_environment() {
+        let e = exec(header(0, 3), b"/x\0");
+        assert_eq!(e.argv().count(), 0);
+        assert_eq!(e.env().count(), 0);
+        assert!(!e.truncated());
+    }
+
+    #[test]
+    fn one_empty_argument_is_a_string() {
+        let e = exec(header(1, 4), b"/x\0\0");
+        let argv: Vec<&[u8]> = e.argv().collect();
+        assert_eq!(argv, [&b""[..]]);
+        assert_eq!(e.strings_count(), 1);
+    }
+
+    #[test]
+    fn rejects_a_record_shorter_than_it_claims() {
+        assert!(decode(&record(header(0, 100), b"short")).is_err());
+    }
+
+    #[test]
+    fn more_argv_bytes_than_carried_is_a_bad_record() {
+        assert!(decode(&record(header(u32::MAX, 4), b"/x\0a")).is_err());
+        assert!(decode(&record(header(2, 4), b"/x\0a")).is_err());
     }
 
     #[test]

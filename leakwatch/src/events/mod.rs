@@ -12,7 +12,7 @@ use leakwatch_common::*;
 
 pub use connect::{format_peer, ConnectEvent};
 pub use copy::{CopyEnd, CopyEvent, CoreEvent};
-pub use exec::{EnforceNotice, ExecEvent};
+pub use exec::{EnforceNotice, ExecEvent, Strings};
 pub use leakwatch_common::PROBE_COUNT;
 pub use write::{FileKind, WriteEvent};
 

@@ -3,7 +3,9 @@
 //! recognised. Exact, not probabilistic: a string is skipped only if it equals, byte for
 //! byte, one scanned clean under the same rules and the same frozen set, and a change to
 //! either empties the cache. Strings with findings are never kept, so they are scanned
-//! (and reported) every time.
+//! (and reported) every time. A whole environment area (every variable of an exec, as
+//! the kernel laid them out) is kept the same way when none of its strings had a finding,
+//! so an unchanged environment costs one lookup per exec.
 use std::{collections::HashSet, sync::Arc};
 
 use crate::detect::Engine;
@@ -12,10 +14,15 @@ use crate::detect::Engine;
 const MAX_BYTES: usize = 2 << 20;
 /// Longer strings are scanned every time (rare in argv and environments, and costly to keep).
 const MAX_STRING: usize = 4096;
+/// Longer environment areas are looked up string by string.
+const MAX_AREA: usize = 256 << 10;
 
 #[derive(Default)]
 pub struct Clean {
     set: HashSet<Box<[u8]>, foldhash::fast::RandomState>,
+    /// Whole environment areas, apart from strings: an area of one variable is not the
+    /// same thing as an argument of the same bytes.
+    areas: HashSet<Box<[u8]>, foldhash::fast::RandomState>,
     bytes: usize,
     /// The engine and frozen-set generation the strings were found clean under.
     under: (usize, u64),
@@ -37,19 +44,36 @@ impl Clean {
 
     /// `s` was scanned and nothing was found in it.
     pub fn insert(&mut self, s: &[u8]) {
-        if s.len() > MAX_STRING {
-            return;
+        if s.len() <= MAX_STRING {
+            self.keep(s, false);
         }
+    }
+
+    /// Was this whole environment area found clean before?
+    pub fn contains_area(&self, area: &[u8]) -> bool {
+        !area.is_empty() && area.len() <= MAX_AREA && self.areas.contains(area)
+    }
+
+    /// Every string of this environment area was scanned and nothing was found in any.
+    pub fn insert_area(&mut self, area: &[u8]) {
+        if !area.is_empty() && area.len() <= MAX_AREA {
+            self.keep(area, true);
+        }
+    }
+
+    fn keep(&mut self, s: &[u8], area: bool) {
         if self.bytes + s.len() > MAX_BYTES {
             self.clear();
         }
-        if self.set.insert(s.into()) {
+        let set = if area { &mut self.areas } else { &mut self.set };
+        if set.insert(s.into()) {
             self.bytes += s.len();
         }
     }
 
     fn clear(&mut self) {
         self.set = Default::default();
+        self.areas = Default::default();
         self.bytes = 0;
     }
 }
@@ -73,6 +97,16 @@ mod tests {
         c.insert(b"PATH=/usr/bin");
         c.under(&b, 2);
         assert!(!c.contains(b"PATH=/usr/bin"), "new rules empty it");
+        c.insert_area(b"A=1\0B=2\0");
+        assert!(c.contains_area(b"A=1\0B=2\0"));
+        assert!(!c.contains(b"A=1\0B=2\0"), "an area is not a string");
+        c.insert(b"A=1");
+        assert!(!c.contains_area(b"A=1"), "a string is not an area");
+        c.under(&b, 3);
+        assert!(
+            !c.contains_area(b"A=1\0B=2\0"),
+            "a new frozen set empties areas too"
+        );
         c.insert(&vec![b'x'; MAX_STRING + 1]);
         assert!(
             !c.contains(&vec![b'x'; MAX_STRING + 1]),

@@ -6,7 +6,7 @@ use leakwatch_common::EXEC_F_COUNT_INCOMPLETE;
 use super::{report::Hit, Pipeline, HISTORY};
 use crate::{
     detect::Detector,
-    events::ExecEvent,
+    events::{ExecEvent, Strings},
     procs::{ProcInfo, Procs},
     source::Source,
 };
@@ -50,29 +50,38 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
         p.ours.remove(&ev.task.tgid);
         p.tls.exec(ev.task.tgid, &ev.filename);
     }
-    // A later exec of the same process: the attempt held before it failed.
-    if p.pending_execs.remove(&ev.task.tgid).is_some() {
-        p.metrics.exec_attempts_failed.inc();
-    }
     let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
     let fz = frozen.read().ok();
     let d = Detector::new(&engine, fz.as_deref());
     let clean = &mut p.clean;
     clean.under(&engine, fz.as_deref().map_or(0, |f| f.generation()));
-    // Which strings were scanned clean before: looked up once, skipped by both passes.
-    let mut known = Vec::with_capacity(ev.strings_count());
-    exec_strings(&ev, |bytes, _, _| known.push(clean.contains(bytes)));
+    // The strings not scanned clean before, looked up once for both passes. An environment
+    // seen whole before (an exec loop's, a service's) is one lookup, not one per variable,
+    // and is not even split into strings.
+    let env_area = ev.env_area();
+    let env_clean = clean.contains_area(env_area);
+    let mut todo: Vec<(&[u8], Source, usize)> = Vec::new();
+    for (i, a) in ev.argv().enumerate() {
+        if !clean.contains(a) {
+            todo.push((a, Source::Argv, i));
+        }
+    }
+    if !env_clean {
+        for (i, e) in ev.env().enumerate() {
+            if !clean.contains(e) {
+                todo.push((e, Source::Env, i));
+            }
+        }
+    }
     // Frozen credentials first: the kill must not wait for the rule scan.
     let mut first_frozen = None;
     // A frozen key that is a whole value the kernel matches (an argument, or what follows
     // the first `=`) in an exec the kernel let run: its kernel hash must be wrong.
     let mut missed: Option<(String, Vec<u8>)> = None;
-    let mut skip = known.iter();
-    exec_strings(&ev, |bytes, _, _| {
-        if skip.next() == Some(&true) {
-            return;
-        }
+    let mut env_found = false;
+    for &(bytes, source, _) in &todo {
         for f in d.frozen_only(bytes) {
+            env_found |= source == Source::Env;
             let value_at = bytes.iter().position(|&b| b == b'=').map_or(0, |i| i + 1);
             if f.end == bytes.len() && (f.start == 0 || f.start == value_at) && missed.is_none() {
                 missed = Some((f.fingerprint.clone(), bytes[f.start..f.end].to_vec()));
@@ -81,26 +90,27 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
                 first_frozen = Some(f);
             }
         }
-    });
+    }
     if let Some(f) = first_frozen {
         p.ctx.kill_exec(&ev, f.fingerprint);
     }
     let mut hits = Vec::new();
     let mut scanned = [0u64; 2];
-    let mut skip = known.iter();
-    exec_strings(&ev, |bytes, source, at| {
-        if skip.next() == Some(&true) {
-            return;
-        }
+    for &(bytes, source, i) in &todo {
         scanned[usize::from(source == Source::Env)] += bytes.len() as u64;
         let found = d.scan(bytes);
         if found.is_empty() {
             clean.insert(bytes);
+            continue;
         }
+        env_found |= source == Source::Env;
         for f in found {
-            hits.push(at(Hit::new(source, f)));
+            hits.push(annotate(Hit::new(source, f), bytes, i));
         }
-    });
+    }
+    if !env_clean && !env_found && !ev.truncated() {
+        clean.insert_area(env_area);
+    }
     for (i, src) in [Source::Argv, Source::Env].into_iter().enumerate() {
         p.metrics
             .scanned_bytes
@@ -126,17 +136,13 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
     let info = describe(&mut p.procs, &ev);
     if truncated {
         p.metrics.exec_truncated.inc();
-        p.metrics
-            .exec_strings_dropped
-            .inc_by(ev.strings_dropped as u64);
         p.metrics.exec_bytes_dropped.inc_by(ev.bytes_dropped);
         let lost = Truncated {
             since: std::time::Instant::now(),
             info: info.clone(),
-            comm: ev.new_comm(),
-            old_comm: ev.task.comm.clone(),
+            comm: ev.task.comm.clone(),
             captured: ev.strings_count() as u64,
-            strings_dropped: u64::from(ev.strings_dropped),
+            strings_dropped: 0,
             bytes_dropped: ev.bytes_dropped,
             counted: ev.task.flags & EXEC_F_COUNT_INCOMPLETE == 0,
             seen: hits.iter().map(|h| h.fingerprint.clone()).collect(),
@@ -161,13 +167,6 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
     if hits.is_empty() {
         return;
     }
-    if maybe_failed(&ev) {
-        // One execvp tries every PATH entry: hold this attempt; the next exec of the same
-        // process (the attempt that ran) replaces it, else `tick` reports it.
-        p.pending_execs
-            .insert(ev.task.tgid, (std::time::Instant::now(), info, hits));
-        return;
-    }
     p.report.report_at(&info, hits, ev.task.ktime_ns);
 }
 
@@ -175,14 +174,13 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
 pub(super) struct Truncated {
     since: std::time::Instant,
     info: crate::procs::ProcInfo,
-    /// The new image's comm (empty when the kernel could not read the filename).
+    /// The new image's comm.
     comm: String,
-    /// The caller's comm before the exec.
-    old_comm: String,
     captured: u64,
+    /// Known once the new image's /proc entries are read (`recover`).
     strings_dropped: u64,
     bytes_dropped: u64,
-    /// The kernel counted every string (else `strings_dropped` is a lower bound).
+    /// `strings_dropped` is known (else it is a lower bound).
     counted: bool,
     /// Fingerprints already reported from the captured part.
     seen: Vec<String>,
@@ -197,18 +195,12 @@ impl Truncated {
             .with("lower_bound", !self.counted)
     }
 
-    /// Does the process run the exec's image now? Its comm says so (or, when the kernel
-    /// could not read the filename, that it is no longer the caller's).
+    /// Does the process still run the exec's image (not gone, not exec'd again)? Its comm
+    /// says so.
     fn runs(&self) -> bool {
         let pid = self.info.pid;
-        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| {
-            let c = c.trim_end();
-            if self.comm.is_empty() {
-                c != self.old_comm
-            } else {
-                c == self.comm
-            }
-        })
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim_end() == self.comm)
     }
 }
 
@@ -227,19 +219,18 @@ fn recover(p: &mut Pipeline, t: &mut Truncated) -> bool {
     let n = (memchr::memchr_iter(0, &argv).count() + memchr::memchr_iter(0, &env).count()) as u64;
     t.strings_dropped = n.saturating_sub(t.captured).max(t.strings_dropped);
     t.counted = true;
+    p.metrics.exec_strings_dropped.inc_by(t.strings_dropped);
     let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
     let fz = frozen.read().ok();
     let d = Detector::new(&engine, fz.as_deref());
     let mut hits = Vec::new();
-    each_string(
-        argv.split(|&b| b == 0),
-        env.split(|&b| b == 0),
-        |bytes, source, at| {
+    for (area, source) in [(&argv, Source::Argv), (&env, Source::Env)] {
+        for (i, bytes) in Strings::of(area).enumerate() {
             for f in d.scan(bytes) {
-                hits.push(at(Hit::new(source, f)));
+                hits.push(annotate(Hit::new(source, f), bytes, i));
             }
-        },
-    );
+        }
+    }
     drop(fz);
     zeroize::Zeroize::zeroize(&mut argv);
     zeroize::Zeroize::zeroize(&mut env);
@@ -258,8 +249,7 @@ fn recover(p: &mut Pipeline, t: &mut Truncated) -> bool {
     true
 }
 
-/// Reports held exec attempts that no later exec of their process replaced, and cut
-/// captures whose count waited for the new image.
+/// Recovers cut captures from the new image's /proc entries, or reports them lost.
 pub(super) fn tick(p: &mut Pipeline) {
     let (due, wait): (Vec<Truncated>, Vec<Truncated>) = std::mem::take(&mut p.pending_lost)
         .into_iter()
@@ -271,47 +261,10 @@ pub(super) fn tick(p: &mut Pipeline) {
             p.report.alerts().emit(t.alert());
         }
     }
-    let due: Vec<u32> = p
-        .pending_execs
-        .iter()
-        .filter(|(_, (t, _, _))| t.elapsed() >= PENDING_FOR)
-        .map(|(k, _)| *k)
-        .collect();
-    for k in due {
-        if let Some((_, info, hits)) = p.pending_execs.remove(&k) {
-            p.report.report(&info, hits);
-        }
-    }
 }
 
-/// How long an exec attempt that may have failed waits for its process's next exec.
+/// How long a cut capture waits for its new image to be readable in /proc.
 const PENDING_FOR: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// May this exec attempt have failed (an `execvp` trying a PATH entry without the
-/// program)? Its filename does not exist and the process does not run it (a binary
-/// deleted right after it started still runs it: `/proc/PID/exe` says so).
-fn maybe_failed(ev: &ExecEvent) -> bool {
-    let tgid = ev.task.tgid;
-    let path = if ev.filename.starts_with('/') {
-        std::path::PathBuf::from(&ev.filename)
-    } else {
-        match std::fs::read_link(format!("/proc/{tgid}/cwd")) {
-            Ok(cwd) => cwd.join(&ev.filename),
-            Err(_) => return false,
-        }
-    };
-    if ev.filename.is_empty() || path.exists() {
-        return false;
-    }
-    match std::fs::read_link(format!("/proc/{tgid}/exe")) {
-        Ok(exe) => {
-            let exe = exe.to_string_lossy();
-            exe.trim_end_matches(" (deleted)") != path.to_string_lossy()
-        }
-        // Gone: held all the same; reported if no later exec replaces it.
-        Err(_) => true,
-    }
-}
 
 /// Remembers that `tgid` carried these credentials, for `freeze` to find it.
 fn remember(p: &Pipeline, tgid: u32, hits: &[Hit]) {
@@ -325,34 +278,15 @@ fn remember(p: &Pipeline, tgid: u32, hits: &[Hit]) {
     }
 }
 
-type Annotate<'x> = &'x dyn Fn(Hit) -> Hit;
-
-/// `each_string` over an exec event's captured strings.
-fn exec_strings(ev: &ExecEvent, f: impl FnMut(&[u8], Source, Annotate)) {
-    each_string(ev.argv(), ev.env(), f);
-}
-
-/// Calls `f(bytes, source, annotate)` for every argv string and env value; `annotate` adds
-/// the string's `arg_index` or `var` to a hit. Serves the captured strings and the ones
-/// recovered from /proc alike.
-fn each_string<'a>(
-    argv: impl IntoIterator<Item = &'a [u8]>,
-    env: impl IntoIterator<Item = &'a [u8]>,
-    mut f: impl FnMut(&[u8], Source, Annotate),
-) {
-    for (i, a) in argv.into_iter().enumerate() {
-        f(a, Source::Argv, &|h: Hit| h.with("arg_index", i));
+/// A hit on argv string `i` gets its `arg_index`; on an environment string, the variable's
+/// name (looked up only for strings with a hit: most have none).
+fn annotate(h: Hit, bytes: &[u8], i: usize) -> Hit {
+    if h.source == Source::Argv {
+        return h.with("arg_index", i);
     }
-    for e in env {
-        // The name only when there is a hit to annotate: most strings have none.
-        f(
-            e,
-            Source::Env,
-            &|h: Hit| match e.iter().position(|&b| b == b'=') {
-                Some(n) => h.with("var", String::from_utf8_lossy(&e[..n]).into_owned()),
-                None => h,
-            },
-        );
+    match bytes.iter().position(|&b| b == b'=') {
+        Some(n) => h.with("var", String::from_utf8_lossy(&bytes[..n]).into_owned()),
+        None => h,
     }
 }
 

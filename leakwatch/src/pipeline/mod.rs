@@ -103,9 +103,6 @@ pub struct Pipeline {
     /// This program's executable, and which processes run it (its CLI: freeze, scan).
     own_exe: Option<String>,
     ours: HashMap<u32, bool>,
-    /// Exec attempts with findings whose program did not exist: reported unless the same
-    /// process execs again soon (see `exec::tick`).
-    pending_execs: HashMap<u32, (std::time::Instant, crate::procs::ProcInfo, Vec<Hit>)>,
     /// Cut exec captures waiting (briefly) for a real string count.
     pending_lost: Vec<exec::Truncated>,
 }
@@ -142,7 +139,6 @@ impl Pipeline {
                 .ok()
                 .map(|p| p.to_string_lossy().into_owned()),
             ours: HashMap::new(),
-            pending_execs: HashMap::new(),
             pending_lost: Vec::new(),
         }
     }
