@@ -375,6 +375,19 @@ pub fn negatives(rng: &mut Rng, rounds: usize) -> Vec<(&'static str, String)> {
                 "\"authority\": \"https://accounts.{id}.example.com/o/oauth2/v2/auth\"\nauth_email: \"ops.{id}42@example-corp.com\"\nTOKEN_URL=https://oauth2.{id}.example.net/v1/token?x=12\n"
             ),
         ));
+        let (h1, h2) = (
+            rng.string(b"0123456789abcdef", 4),
+            rng.string(b"0123456789abcdef", 4),
+        );
+        cases.push((
+            "paths-authors-addresses",
+            format!(
+                "let key_pair = Ed{n}{id}KeyPair::from_seed_and_public_key(&seed, &public_key).unwrap();\nlet authority_str = \"[fe80::1:{h1}:{h2}:4%25eth0]\";\nCERT_AUTHORITY={id}Xq{n}Zr{id}\nsecret_host = \"10.{a}.{b}.7:8443\"\nTOKEN_SERVER=[2001:db8::{h1}:{h2}]:8443\n",
+                n = rng.below(90000) + 10000,
+                a = rng.below(250),
+                b = rng.below(250)
+            ),
+        ));
         cases.push(("pem-public", pem(rng, "PUBLIC KEY", 6)));
         cases.push(("pem-certificate", pem(rng, "CERTIFICATE", 18)));
         cases.push(("ssh-public-key", format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{} dev@host\nssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ{} ci@runner\n", rng.string(B64, 43), rng.string(B64, 300))));

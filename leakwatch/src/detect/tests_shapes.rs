@@ -380,3 +380,50 @@ fn code_urls_and_emails_under_key_names_are_not_secrets() {
         assert_quiet(&engine, quiet);
     }
 }
+
+#[test]
+fn code_paths_author_names_and_ip_addresses_are_not_secrets() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    const LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
+    for _ in 0..50 {
+        // A type path whose name looks random enough (`Ed25519KeyPair::from_seed…`).
+        let ty = format!(
+            "{}{}{}KeyPair",
+            rng.string(UPPER, 1),
+            rng.string(LOWER, 2),
+            rng.string(b"0123456789", 5)
+        );
+        let (h1, h2) = (rng.string(HEX, 4), rng.string(HEX, 4));
+        let o: Vec<usize> = (0..4).map(|_| rng.below(250) + 1).collect();
+        let v4 = format!("{}.{}.{}.{}:8443", o[0], o[1], o[2], o[3]);
+        // Two digits at least: the generic rule asks that much of a value without symbols.
+        let random = format!(
+            "{}9{}4{}",
+            rng.string(ALNUM, 10),
+            rng.string(ALNUM, 6),
+            rng.string(ALNUM, 6)
+        );
+        for quiet in [
+            format!(
+                "    let key_pair = {ty}::from_seed_and_public_key(&seed, &public_key).unwrap();"
+            ),
+            format!("        let authority_str = \"[fe80::1:{h1}:{h2}:4%25eth0]\";"),
+            format!("authority = \"{random}\""),
+            format!("CERT_AUTHORITY={random}"),
+            format!("secret_host = \"{v4}\""),
+            format!("TOKEN_SERVER=[2001:db8::{h1}:{h2}]:8443"),
+        ] {
+            assert_quiet(&engine, &quiet);
+        }
+        // The same places with a credential's name still report it.
+        for (hay, rule) in [
+            (format!("authorization = \"{random}\""), "generic-secret"),
+            (format!("AUTH_TOKEN={random}"), "generic-secret"),
+            (format!("author_api_key: {random}"), "generic-secret"),
+        ] {
+            assert_found(&engine, &hay, &random, rule);
+        }
+    }
+}

@@ -123,8 +123,14 @@ pub fn generic(v: &[u8], name: &[u8]) -> bool {
         return false;
     }
     // The regex asks 12 bytes; trimming may have left fewer (`oauth_token=234lsdkf....`,
-    // `?token=yt4XSmQNKQ)](https://…`).
-    if v.len() < 12 || code_name(name) || names_an_id(name) {
+    // `?token=yt4XSmQNKQ)](https://…`). `authority_str`, `AUTHOR`: `auth` is not a word of
+    // these names.
+    if v.len() < 12
+        || code_name(name)
+        || names_an_id(name)
+        || !names_a_credential(&without_author(&assigned))
+        || ip_address(v)
+    {
         return false;
     }
     let digits = v.iter().filter(|b| b.is_ascii_digit()).count();
@@ -264,6 +270,57 @@ fn names_a_credential(name: &[u8]) -> bool {
     ]
     .iter()
     .any(|w| lower.windows(w.len()).any(|x| x == w.as_bytes()))
+}
+
+/// The (lower-case) name without the words that merely begin with `auth`: `author`,
+/// `authors`, `authority`, `authorities` (but `authorization`, `authorize` stay).
+fn without_author(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len());
+    let mut i = 0;
+    while i < name.len() {
+        let rest = &name[i..];
+        if rest.starts_with(b"author")
+            && !rest[6..].starts_with(b"iz")
+            && !rest[6..].starts_with(b"is")
+        {
+            let word = rest
+                .iter()
+                .position(|b| !b.is_ascii_alphabetic())
+                .unwrap_or(rest.len());
+            out.push(b'_');
+            i += word;
+        } else {
+            out.push(name[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// An IP address, bracketed or not, with an optional zone (`%eth0`, `%25eth0`) and port:
+/// where a host is, not a credential.
+fn ip_address(v: &[u8]) -> bool {
+    let Ok(s) = std::str::from_utf8(v) else {
+        return false;
+    };
+    let host = match s.strip_prefix('[') {
+        Some(inner) => match inner.split_once(']') {
+            Some((h, port))
+                if port.is_empty()
+                    || port
+                        .strip_prefix(':')
+                        .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) =>
+            {
+                h
+            }
+            _ => return false,
+        },
+        None => s,
+    };
+    let host = host.split_once('%').map_or(host, |(h, _)| h);
+    host.parse::<std::net::Ipv6Addr>().is_ok()
+        || host.parse::<std::net::Ipv4Addr>().is_ok()
+        || host.parse::<std::net::SocketAddrV4>().is_ok()
 }
 
 /// A name that is code, not configuration: a member access whose last part does not name
