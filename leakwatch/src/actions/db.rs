@@ -70,6 +70,9 @@ impl Db {
                  fingerprint, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for r in rows {
+                // Serialised in place: a clone of the map per row was the thread's
+                // busiest allocation in an exec loop.
+                let detail = serde_json::to_string(&r.detail)?;
                 st.execute(params![
                     r.ts_ms,
                     r.kind,
@@ -81,7 +84,7 @@ impl Db {
                     r.unit,
                     r.cgroup,
                     r.fingerprint,
-                    serde_json::Value::Object(r.detail.clone()).to_string(),
+                    detail,
                 ])?;
             }
         }
