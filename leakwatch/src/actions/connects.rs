@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{now_ms, ActionLog, Row};
+use super::{now_ms, wall_ms, ActionLog, Row};
 use crate::procs::ProcInfo;
 
 /// Repeats of a (process, remote) unseen this long are recorded.
@@ -98,8 +98,10 @@ fn record(log: &ActionLog, r: Repeats) {
     if r.count == 0 {
         return;
     }
-    let last_ms = now_ms() - Instant::now().duration_since(r.last).as_millis() as i64;
-    let mut row = r.row.with("count", r.count).with("last_ms", last_ms);
+    let mut row = r
+        .row
+        .with("count", r.count)
+        .with("last_ms", wall_ms(r.last));
     row.detail.remove("fd");
     log.record(row);
 }

@@ -87,6 +87,11 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The wall-clock time, in ms since the epoch, of an earlier `at`.
+pub fn wall_ms(at: Instant) -> i64 {
+    now_ms() - at.elapsed().as_millis() as i64
+}
+
 enum Msg {
     Row(Box<Row>),
     Flush(SyncSender<()>),

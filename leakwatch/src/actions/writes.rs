@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{now_ms, ActionLog, Row};
+use super::{wall_ms, ActionLog, Row};
 use crate::{classify::Target, procs::ProcInfo};
 
 /// A (process, fd) unwritten this long is recorded.
@@ -102,15 +102,13 @@ impl WriteLog {
 }
 
 fn finish(s: Sum) -> Row {
-    let elapsed = |t: Instant| s.last.duration_since(t).as_millis() as i64;
-    let last_ms = now_ms() - Instant::now().duration_since(s.last).as_millis() as i64;
     let mut row = s
         .row
         .with("bytes", s.bytes)
         .with("calls", s.calls)
-        .with("last_ms", last_ms);
+        .with("last_ms", wall_ms(s.last));
     // The row's time is the first write's.
-    row.ts_ms = last_ms - elapsed(s.started);
+    row.ts_ms = wall_ms(s.started);
     row
 }
 

@@ -217,7 +217,7 @@ fn recover(p: &mut Pipeline, t: &mut Truncated) -> bool {
         return false;
     };
     let n = (memchr::memchr_iter(0, &argv).count() + memchr::memchr_iter(0, &env).count()) as u64;
-    t.strings_dropped = n.saturating_sub(t.captured).max(t.strings_dropped);
+    t.strings_dropped = n.saturating_sub(t.captured);
     t.counted = true;
     p.metrics.exec_strings_dropped.inc_by(t.strings_dropped);
     let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
