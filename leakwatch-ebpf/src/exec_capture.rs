@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use leakwatch_common::*;
 
-use crate::{exec::EXEC_SCRATCH, header, maps, task};
+use crate::{exec::EXEC_SCRATCH, header, maps};
 
 const DATA_MASK: u64 = (EXEC_DATA_MAX - 1) as u64;
 const CHUNK: u64 = EXEC_CHUNK as u64;
@@ -47,10 +47,10 @@ struct Copy {
 #[map]
 static EXEC_COPY: PerCpuArray<Copy> = PerCpuArray::with_max_entries(1, 0);
 
-/// Builds and sends the exec record of the current task's new image; `killed`: the frozen
-/// check has just sent it SIGKILL.
+/// Builds and sends the exec record of the current task's new image from its `areas`
+/// (`task::arg_env_areas`); `killed`: the frozen check has just sent it SIGKILL.
 #[inline(always)]
-pub fn capture(ctx: &TracePointContext, killed: bool) -> Option<()> {
+pub fn capture(ctx: &TracePointContext, areas: Option<[u64; 4]>, killed: bool) -> Option<()> {
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let sp = EXEC_SCRATCH.get_ptr_mut(cpu)?;
@@ -87,7 +87,7 @@ pub fn capture(ctx: &TracePointContext, killed: bool) -> Option<()> {
     w.env_off = name_len;
     w.dropped = 0;
     w.cpu = u64::from(cpu);
-    match task::arg_env_areas() {
+    match areas {
         Some([a0, a1, e0, e1]) if a0 <= a1 && e0 <= e1 => {
             (w.pos, w.end, w.env_start, w.env_end) = (a0, a1, e0, e1);
             // SAFETY: static callback that ignores its context.

@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use leakwatch_common::*;
 
-use crate::{frozen, maps, task};
+use crate::{frozen, maps};
 
 const CHUNK: u64 = EXEC_IMAGE_CHUNK as u64;
 const MASK: u64 = CHUNK - 1;
@@ -61,10 +61,10 @@ struct Walk {
 #[map]
 static IMAGE_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
-/// Walks the new image's areas; true when it sent SIGKILL (a frozen credential, or an area
-/// it could not walk to its end).
+/// Walks the new image's areas (`task::arg_env_areas`); true when it sent SIGKILL (a frozen
+/// credential, or an area it could not walk to its end).
 #[inline(always)]
-pub fn check() -> bool {
+pub fn check(areas: Option<[u64; 4]>) -> bool {
     let Some(sp) = IMAGE_WALK.get_ptr_mut(0) else {
         return false;
     };
@@ -80,7 +80,7 @@ pub fn check() -> bool {
     w.len = 0;
     w.hit = 0;
     w.failed = 1;
-    if let Some([arg_start, arg_end, env_start, env_end]) = task::arg_env_areas() {
+    if let Some([arg_start, arg_end, env_start, env_end]) = areas {
         if arg_start <= arg_end
             && env_start <= env_end
             && (arg_end - arg_start) + (env_end - env_start) <= AREA_MAX

@@ -206,8 +206,10 @@ fn forget_current() {
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     forget_current();
-    let killed = crate::frozen::enabled() && crate::exec_image::check();
-    let _ = crate::exec_capture::capture(&ctx, killed);
+    // Read once for both: the check and the record walk the same areas.
+    let areas = crate::task::arg_env_areas();
+    let killed = crate::frozen::enabled() && crate::exec_image::check(areas);
+    let _ = crate::exec_capture::capture(&ctx, areas, killed);
     0
 }
 
