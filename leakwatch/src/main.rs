@@ -284,12 +284,16 @@ impl log::Log for StderrLog {
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
-            eprintln!(
-                "{} leakwatch: {}: {}",
+            // One write per line: eprintln! on unbuffered stderr writes each formatted piece
+            // with its own write(2), so a reader of the log file (the journal, a test
+            // waiting for `ready:`) could see half a line.
+            let line = format!(
+                "{} leakwatch: {}: {}\n",
                 leakwatch::alerts::now_rfc3339(),
                 r.level().as_str().to_lowercase(),
                 r.args()
             );
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
         }
     }
     fn flush(&self) {}

@@ -165,10 +165,15 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let text = fs::read_to_string(&err_path).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.contains("ready:")) {
-                if let Some(m) = line.split("metrics http://").nth(1) {
-                    self.metrics = m.split('/').next().unwrap_or("").to_string();
-                }
+            // Only a whole line: the file may end in the middle of the one being written.
+            let whole = text.rfind('\n').map_or("", |i| &text[..i]);
+            if let Some(line) = whole.lines().find(|l| l.contains("ready:")) {
+                self.metrics = line
+                    .split("metrics http://")
+                    .nth(1)
+                    .and_then(|m| m.split('/').next())
+                    .unwrap_or_else(|| panic!("no metrics address in the ready line: {line}"))
+                    .to_string();
                 if std::env::var_os("LEAKWATCH_DAEMON_WRAP").is_some() {
                     self.assert_confined();
                 }
@@ -289,8 +294,79 @@ impl Daemon {
     }
 
     /// Prometheus text from the daemon's endpoint.
+    /// The metrics page. A failed scrape panics with how it failed, whether the daemon is
+    /// still running (and if not, how it ended), where each of its threads waits, and the
+    /// end of its log: an intermittent failure names its cause the first time it happens.
     pub fn scrape(&self) -> String {
-        http_get(&self.metrics, "/metrics").expect("metrics endpoint")
+        match http_fetch(&self.metrics, "/metrics") {
+            Ok(body) => body,
+            Err(e) => panic!(
+                "metrics endpoint {}: {e}\n{}",
+                self.metrics,
+                self.post_mortem()
+            ),
+        }
+    }
+
+    /// What a failing test needs to know about the daemon: alive or how it ended (without
+    /// reaping it), its threads' kernel wait channels if alive, and its last log lines.
+    pub fn post_mortem(&self) -> String {
+        let Some(c) = self.child.as_ref() else {
+            return "the daemon is not running (stopped by the test)".into();
+        };
+        let pid = c.id();
+        // SAFETY: waitid on our own child with WNOWAIT leaves it reapable by Child::wait.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: si_pid/si_status are valid for a CLD_* siginfo filled by waitid.
+        let (spid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        let mut out = match (r, spid) {
+            (0, 0) => format!("daemon {pid} is still running; its threads wait in:\n"),
+            (0, _) if info.si_code == libc::CLD_EXITED => {
+                format!("daemon {pid} exited with status {status}\n")
+            }
+            (0, _) => format!(
+                "daemon {pid} was killed by signal {status} (si_code {})\n",
+                info.si_code
+            ),
+            _ => format!(
+                "waitid on daemon {pid} failed: {}\n",
+                std::io::Error::last_os_error()
+            ),
+        };
+        if r == 0 && spid == 0 {
+            if let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) {
+                for t in rd.flatten() {
+                    let p = t.path();
+                    let read = |f: &str| fs::read_to_string(p.join(f)).unwrap_or_default();
+                    let state = read("stat")
+                        .rsplit_once(") ")
+                        .map(|(_, r)| r.chars().next().unwrap_or('?'))
+                        .unwrap_or('?');
+                    out.push_str(&format!(
+                        "  {} {:<16} {state} wchan={}\n",
+                        t.file_name().to_string_lossy(),
+                        read("comm").trim(),
+                        read("wchan")
+                    ));
+                }
+            }
+        }
+        let log = fs::read_to_string(&self.stderr).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        out.push_str("last log lines:\n");
+        for l in tail.iter().rev() {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out
     }
 
     /// Fails if any file the daemon wrote (stdout, stderr, alerts, state) contains any of
@@ -362,16 +438,29 @@ pub fn n(a: &Value, k: &str) -> u64 {
 /// The daemon directory `Daemon::start(name)` would use, created empty.
 /// GET `path` from `addr` (HTTP/1.0: the server closes); the body, if the server answered.
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    http_fetch(addr, path).ok()
+}
+
+/// `GET path` over HTTP/1.0; the body, or which step failed and how.
+pub fn http_fetch(addr: &str, path: &str) -> Result<String, String> {
     use std::io::Write;
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    // One write: the daemon's endpoint reads the request with one read.
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| format!("set_read_timeout: {e}"))?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.").then(|| body.to_string())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)
+        .map_err(|e| format!("read after {} bytes: {e}", out.len()))?;
+    let out = String::from_utf8(out).map_err(|e| format!("response is not UTF-8: {e}"))?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") => Ok(body.to_string()),
+        _ => Err(format!(
+            "not an HTTP response ({} bytes): {:?}",
+            out.len(),
+            &out[..out.len().min(200)]
+        )),
+    }
 }
 
 /// A loopback TCP port nothing listens on right now (for a server a test starts).
