@@ -25,4 +25,5 @@ pub mod respond;
 pub mod scan;
 pub mod scope;
 pub mod sinks;
+pub mod slice;
 pub mod source;

@@ -54,7 +54,10 @@ impl Alerts {
             .name("lw-sinks".into())
             .spawn({
                 let metrics = metrics.clone();
-                move || run(rx, sinks, &metrics)
+                move || {
+                    crate::slice::Slice::default().set(true);
+                    run(rx, sinks, &metrics)
+                }
             })
             .context("starting the alert sink thread")?;
         Ok((Alerts { tx, metrics }, t))
