@@ -122,32 +122,7 @@ impl Procs {
 
     /// Reads /proc/PID. None when the process is gone.
     pub fn live(&self, pid: u32) -> Option<ProcInfo> {
-        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_string())
-        };
-        let ppid = field("PPid:")?.parse().ok()?;
-        let uid = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
-        let comm = field("Name:").unwrap_or_default();
-        let exe = fs::read_link(format!("/proc/{pid}/exe"))
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|c| parse_cgroup_v2(&c));
-        let unit = cgroup.as_deref().and_then(unit_of);
-        Some(ProcInfo {
-            pid,
-            ppid,
-            uid,
-            comm,
-            exe,
-            cgroup,
-            unit,
-        })
+        read(pid)
     }
 
     /// Path of the cgroup with this id (the inode of its cgroup2 directory), cached.
@@ -214,6 +189,37 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
             return None;
         }
         Some(PathBuf::from(pre.split_whitespace().nth(4)?))
+    })
+}
+
+/// Reads /proc/PID (no cache, no lock: callers may run it on many threads). None when the
+/// process is gone.
+pub fn read(pid: u32) -> Option<ProcInfo> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let ppid = field("PPid:")?.parse().ok()?;
+    let uid = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
+    let comm = field("Name:").unwrap_or_default();
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|c| parse_cgroup_v2(&c));
+    let unit = cgroup.as_deref().and_then(unit_of);
+    Some(ProcInfo {
+        pid,
+        ppid,
+        uid,
+        comm,
+        exe,
+        cgroup,
+        unit,
     })
 }
 

@@ -3,6 +3,7 @@
 //! and its descendants, stops them, severs their TCP connections, kills them and confirms.
 //! Afterwards the kernel kills any exec carrying it; `on_enforce` reports those, once per
 //! unit. The frozen set survives restarts: `restore` reloads and sweeps again.
+mod pidfd;
 pub mod procscan;
 pub mod sever;
 pub mod store;
@@ -117,7 +118,6 @@ pub struct Context {
     dumps: crate::crash::Inbox,
     tls_blind: crate::pipeline::BlindList,
     protected: RwLock<Vec<String>>,
-    procs: Mutex<Procs>,
     /// (kernel hash, unit or exe) already reported as dying at exec.
     enforced_once: Mutex<HashSet<(u64, String)>>,
     /// Kernel kill counts changed since the store was last written (see `on_enforce`).
@@ -193,7 +193,6 @@ impl Context {
             dumps: shared.dumps.clone(),
             tls_blind: shared.tls_blind.clone(),
             protected: RwLock::new(cfg.protected.clone()),
-            procs: Mutex::new(Procs::new()),
             enforced_once: Mutex::new(HashSet::new()),
             kills_unsaved: AtomicBool::new(false),
             busy: tokio::sync::Mutex::new(()),
@@ -541,20 +540,10 @@ impl Context {
         self.alerts.emit(a);
     }
 
-    fn info(&self, pid: u32) -> ProcInfo {
-        self.procs
-            .lock()
-            .ok()
-            .and_then(|p| p.live(pid))
-            .unwrap_or(ProcInfo {
-                pid,
-                ..Default::default()
-            })
-    }
-
     /// Finds holders of any key in `set`, then stops, severs, kills and confirms them.
     fn sweep(&self, set: &FrozenSet, fps: &[String], deep: bool, client: Option<u32>) -> Report {
         let me = std::process::id();
+        let t0 = Instant::now();
         let procs = procscan::list();
         let seen: HashMap<u32, String> = self
             .history
@@ -567,25 +556,32 @@ impl Context {
             })
             .unwrap_or_default();
         let fp_of = |k: usize| set.keys()[k].fingerprint();
-        let mut reasons: Reasons = HashMap::new();
-        for p in &procs {
-            if p.pid == me {
-                continue;
-            }
-            let learn = |k: usize, plain: &[u8]| self.learn_kernel_hash(&fp_of(k), plain);
-            let reason = if let Some(k) = procscan::holds_in_proc(p.pid, set, learn) {
-                Some(("environ/cmdline", fp_of(k)))
-            } else if let Some(f) = seen.get(&p.pid) {
-                Some(("exec", f.clone()))
-            } else if deep && Some(p.pid) != client {
-                procscan::holds_in_memory(p.pid, set, DEEP_BUDGET).map(|k| ("memory", fp_of(k)))
-            } else {
-                None
-            };
-            if let Some(r) = reason {
-                reasons.insert(p.pid, r);
-            }
-        }
+        // Reading every process's environment and command line is most of the time before
+        // the first signal: on all cores.
+        use rayon::prelude::*;
+        let reasons: Reasons = procs
+            .par_iter()
+            .filter(|p| p.pid != me)
+            .filter_map(|p| {
+                let learn = |k: usize, plain: &[u8]| self.learn_kernel_hash(&fp_of(k), plain);
+                let reason = if let Some(k) = procscan::holds_in_proc(p.pid, set, learn) {
+                    Some(("environ/cmdline", fp_of(k)))
+                } else if let Some(f) = seen.get(&p.pid) {
+                    Some(("exec", f.clone()))
+                } else if deep && Some(p.pid) != client {
+                    procscan::holds_in_memory(p.pid, set, DEEP_BUDGET).map(|k| ("memory", fp_of(k)))
+                } else {
+                    None
+                };
+                reason.map(|r| (p.pid, r))
+            })
+            .collect();
+        log::debug!(
+            "sweep: scan {:?} ({} processes, {} holders)",
+            t0.elapsed(),
+            procs.len(),
+            reasons.len()
+        );
         self.act(procs, reasons, client, "freeze")
     }
 
@@ -649,8 +645,17 @@ impl Context {
         let mut report = Report::default();
         let mut targets: Vec<(Proc, ProcReport)> = Vec::new();
         let mut fp_of_pid: HashMap<u32, String> = HashMap::new();
+        // Who each holder is (exe, unit): read on all cores, before the first signal.
+        let infos: HashMap<u32, ProcInfo> = {
+            use rayon::prelude::*;
+            procs
+                .par_iter()
+                .filter(|p| reasons.contains_key(&p.pid))
+                .map(|p| (p.pid, info(p.pid)))
+                .collect()
+        };
         for p in procs.iter().filter(|p| reasons.contains_key(&p.pid)) {
-            let i = self.info(p.pid);
+            let i = infos[&p.pid].clone();
             let (why, fp) = &reasons[&p.pid];
             fp_of_pid.insert(p.pid, fp.clone());
             let pr = ProcReport {
@@ -680,20 +685,27 @@ impl Context {
                 targets.push((p.clone(), pr));
             }
         }
+        let handles: Vec<pidfd::Target> = {
+            use rayon::prelude::*;
+            targets
+                .par_iter()
+                .map(|(p, _)| pidfd::Target::open(p))
+                .collect()
+        };
         let t_find = t0.elapsed();
         // Stop first, so no holder forks or reconnects between the cut and the kill.
-        for (p, _) in &targets {
-            signal_if_same(p, libc::SIGSTOP);
+        for h in &handles {
+            h.signal(libc::SIGSTOP);
         }
         let t_stop = t0.elapsed();
         self.sever_all(&targets, &mut report);
         let t_sever = t0.elapsed();
-        for (p, _) in &targets {
-            signal_if_same(p, libc::SIGKILL);
+        for h in &handles {
+            h.signal(libc::SIGKILL);
         }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        for (p, mut pr) in targets {
-            pr.confirmed = wait_gone(&p, deadline);
+        let gone = pidfd::wait_all_gone(&handles, Instant::now() + Duration::from_secs(3));
+        for ((p, mut pr), gone) in targets.into_iter().zip(gone) {
+            pr.confirmed = gone;
             if !pr.confirmed {
                 report.errors.push(format!(
                     "pid {} ({}) still present after SIGKILL",
@@ -865,7 +877,7 @@ impl Context {
         // SAFETY: kill(2); pid reuse within microseconds of exec is not a practical concern.
         unsafe { libc::kill(ev.task.tgid as i32, libc::SIGKILL) };
         self.metrics.kills.with_label_values(&["userspace"]).inc();
-        let info = self.info(ev.task.tgid);
+        let info = info(ev.task.tgid);
         let info = ProcInfo {
             pid: ev.task.tgid,
             ppid: ev.task.ppid,
@@ -978,27 +990,10 @@ impl Context {
     }
 }
 
-/// Signals `p` only if its pid still names the same process (start time unchanged).
-fn signal_if_same(p: &Proc, sig: i32) {
-    let same = std::fs::read_to_string(format!("/proc/{}/stat", p.pid))
-        .ok()
-        .and_then(|t| procscan::parse_stat(p.pid, &t))
-        .is_some_and(|(q, _)| q.start_time == p.start_time);
-    if same {
-        // SAFETY: kill(2) on a verified pid.
-        unsafe { libc::kill(p.pid as i32, sig) };
-    }
-}
-
-/// Polls until `p` is gone (see `procscan::gone`) or the deadline.
-fn wait_gone(p: &Proc, deadline: Instant) -> bool {
-    loop {
-        if procscan::gone(p) {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+/// What /proc says of `pid` now (only its pid when it is gone).
+fn info(pid: u32) -> ProcInfo {
+    crate::procs::read(pid).unwrap_or(ProcInfo {
+        pid,
+        ..Default::default()
+    })
 }

@@ -72,8 +72,12 @@ pub fn list() -> Vec<Proc> {
     let Ok(rd) = fs::read_dir("/proc") else {
         return Vec::new();
     };
-    rd.flatten()
+    use rayon::prelude::*;
+    let pids: Vec<u32> = rd
+        .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .collect();
+    pids.into_par_iter()
         .filter_map(|pid| {
             let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             let (p, flags) = parse_stat(pid, &text)?;
