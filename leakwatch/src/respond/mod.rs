@@ -3,6 +3,7 @@
 //! and its descendants, stops them, severs their TCP connections, kills them and confirms.
 //! Afterwards the kernel kills any exec carrying it; `on_enforce` reports those, once per
 //! unit. The frozen set survives restarts: `restore` reloads and sweeps again.
+mod peers;
 mod pidfd;
 pub mod procscan;
 pub mod sever;
@@ -822,34 +823,69 @@ impl Context {
     /// Severs the TCP connections of every target, namespace by namespace.
     fn sever_all(&self, targets: &[(Proc, ProcReport)], report: &mut Report) {
         use rayon::prelude::*;
+        struct Holder {
+            ns: u64,
+            pid: u32,
+            inodes: Vec<u32>,
+            /// Its connections, read from its own sockets; None: a dump finds them.
+            known: Option<Vec<sever::TcpSock>>,
+        }
+        let t0 = Instant::now();
         let own = procscan::netns(std::process::id());
-        let mut by_ns: HashMap<u64, Vec<(u32, Vec<u32>)>> = HashMap::new();
-        // Reading every holder's fd table is most of a sever: on all cores.
-        let found: Vec<(u64, u32, Vec<u32>)> = targets
+        // Reading every holder's fd table and sockets is most of a sever: on all cores.
+        let found: Vec<Holder> = targets
             .par_iter()
             .filter_map(|(p, _)| {
-                let inodes = procscan::socket_inodes(p.pid);
-                (!inodes.is_empty()).then(|| (procscan::netns(p.pid).unwrap_or(0), p.pid, inodes))
+                let socks = procscan::sockets(p.pid);
+                (!socks.is_empty()).then(|| Holder {
+                    ns: procscan::netns(p.pid).unwrap_or(0),
+                    pid: p.pid,
+                    inodes: socks.iter().map(|s| s.1).collect(),
+                    known: peers::tcp_of(p, &socks),
+                })
             })
             .collect();
-        for (ns, pid, inodes) in found {
-            by_ns.entry(ns).or_default().push((pid, inodes));
+        let t_fds = t0.elapsed();
+        let mut by_ns: HashMap<u64, Vec<Holder>> = HashMap::new();
+        for h in found {
+            by_ns.entry(h.ns).or_default().push(h);
         }
         for (ns, holders) in by_ns {
-            let all: Vec<u32> = holders.iter().flat_map(|(_, i)| i.clone()).collect();
+            let known: Vec<sever::TcpSock> = holders
+                .iter()
+                .filter_map(|h| h.known.clone())
+                .flatten()
+                .collect();
+            let unknown: Vec<u32> = holders
+                .iter()
+                .filter(|h| h.known.is_none())
+                .flat_map(|h| h.inodes.clone())
+                .collect();
+            let work = move || -> std::io::Result<Vec<(sever::TcpSock, std::io::Result<()>)>> {
+                let done = sever::destroy_all(&known);
+                // ENOENT: the connection closed since its socket was read; nothing to cut.
+                let mut cut: Vec<_> = known
+                    .into_iter()
+                    .zip(done)
+                    .filter(|(_, r)| !matches!(r, Err(e) if e.raw_os_error() == Some(libc::ENOENT)))
+                    .collect();
+                if !unknown.is_empty() {
+                    cut.extend(sever::sever_inodes(&unknown)?);
+                }
+                Ok(cut)
+            };
             let result = if Some(ns) == own {
-                sever::sever_inodes(&all)
+                work()
             } else {
-                let pid = holders[0].0;
-                sever::in_netns(pid, move || sever::sever_inodes(&all))
+                sever::in_netns(holders[0].pid, work)
             };
             match result {
                 Ok(cut) => {
                     for (s, r) in cut {
                         let pid = holders
                             .iter()
-                            .find(|(_, i)| i.contains(&s.inode))
-                            .map(|(p, _)| *p)
+                            .find(|h| h.inodes.contains(&s.inode))
+                            .map(|h| h.pid)
                             .unwrap_or(0);
                         report.severed.push(SeveredReport {
                             pid,
@@ -865,6 +901,12 @@ impl Context {
                 )),
             }
         }
+        log::debug!(
+            "sever: fd tables and sockets {:?}, netlink {:?} ({} connections)",
+            t_fds,
+            t0.elapsed() - t_fds,
+            report.severed.len()
+        );
     }
 
     /// A fresh exec carrying the frozen credential `fp` that the kernel did not kill

@@ -27,22 +27,10 @@ pub struct Target {
 
 impl Target {
     pub fn open(p: &Proc) -> Target {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p.pid as libc::c_int, 0) };
-        let handle = if fd >= 0 {
-            // SAFETY: a fresh fd this function owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-            // The pid may have been reused between the scan and the open: the fd is only
-            // ours if the process it names started when the one we found did.
-            if same(p) {
-                Handle::Fd(fd)
-            } else {
-                Handle::Gone
-            }
-        } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-            Handle::Gone
-        } else {
-            Handle::Proc
+        let handle = match open_verified(p) {
+            Ok(Some(fd)) => Handle::Fd(fd),
+            Ok(None) => Handle::Gone,
+            Err(_) => Handle::Proc,
         };
         Target {
             proc: p.clone(),
@@ -71,6 +59,25 @@ impl Target {
             }
         }
     }
+}
+
+/// A pidfd on the process `p` names: Ok(None) when it has exited (or its pid names another
+/// process now), Err when pidfds are not available.
+pub fn open_verified(p: &Proc) -> std::io::Result<Option<OwnedFd>> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p.pid as libc::c_int, 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ESRCH) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: a fresh fd this function owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // The pid may have been reused between the scan and the open: the fd is only ours if
+    // the process it names started when the one we found did.
+    Ok(same(p).then_some(fd))
 }
 
 /// The start time in /proc/PID/stat still matches `p`'s.

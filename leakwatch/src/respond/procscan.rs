@@ -148,16 +148,23 @@ pub fn netns(pid: u32) -> Option<u64> {
         .map(|m| m.ino())
 }
 
-/// Socket inodes among a process's open file descriptors.
-pub fn socket_inodes(pid: u32) -> Vec<u32> {
+/// The sockets among a process's open file descriptors: (fd, socket inode).
+pub fn sockets(pid: u32) -> Vec<(i32, u32)> {
     let Ok(rd) = fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();
     };
     rd.flatten()
         .filter_map(|e| {
+            let fd = e.file_name().to_str()?.parse().ok()?;
             let l = fs::read_link(e.path()).ok()?;
             let s = l.to_str()?;
-            s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+            Some((
+                fd,
+                s.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse()
+                    .ok()?,
+            ))
         })
         .collect()
 }

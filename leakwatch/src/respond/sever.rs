@@ -74,6 +74,46 @@ pub struct TcpSock {
     id: SockId,
 }
 
+impl TcpSock {
+    /// A connection known by its addresses (read from the socket itself): destroyed by an
+    /// exact lookup, without a dump. Any socket cookie matches.
+    pub fn connected(inode: u32, state: u8, local: SocketAddr, remote: SocketAddr) -> TcpSock {
+        let mut id = SockId {
+            sport: local.port().to_be_bytes(),
+            dport: remote.port().to_be_bytes(),
+            cookie: [u32::MAX; 2],
+            ..Default::default()
+        };
+        let family = match (local, remote) {
+            (SocketAddr::V4(l), SocketAddr::V4(r)) => {
+                id.src[..4].copy_from_slice(&l.ip().octets());
+                id.dst[..4].copy_from_slice(&r.ip().octets());
+                libc::AF_INET as u8
+            }
+            (l, r) => {
+                let v6 = |a: SocketAddr| match a {
+                    SocketAddr::V6(a) => a.ip().octets(),
+                    SocketAddr::V4(a) => a.ip().to_ipv6_mapped().octets(),
+                };
+                id.src = v6(l);
+                id.dst = v6(r);
+                if let SocketAddr::V6(a) = l {
+                    id.ifindex = a.scope_id();
+                }
+                libc::AF_INET6 as u8
+            }
+        };
+        TcpSock {
+            family,
+            state,
+            inode,
+            local,
+            remote,
+            id,
+        }
+    }
+}
+
 fn addr(family: u8, a: &[u8; 16], port: [u8; 2]) -> SocketAddr {
     let ip = if family == libc::AF_INET as u8 {
         IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
