@@ -315,6 +315,17 @@ impl Context {
                 }
             }
         };
+        // The client and its ancestors (the operator's shell, which may have written the
+        // key into the pipe just now) are shielded before the key is in force: from then on
+        // the write path may meet that write and kill its writer.
+        if let Some(c) = req.client_pid {
+            let mut chain = procscan::ancestors_live(c);
+            chain.push(c);
+            if let Ok(mut cl) = self.clients.lock() {
+                cl.retain(|(t, _)| t.elapsed() < CLIENT_SHIELD);
+                cl.push((Instant::now(), chain));
+            }
+        }
         self.publish()?;
         if hash.is_some() {
             if let Ok(mut v) = self.verified.lock() {

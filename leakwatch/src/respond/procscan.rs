@@ -141,6 +141,23 @@ pub fn ancestors(procs: &[Proc], pid: u32) -> Vec<u32> {
     out
 }
 
+/// The ancestors of `pid` read from /proc now (parent first), without listing every process.
+pub fn ancestors_live(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut cur = pid;
+    while let Some((p, _)) = fs::read_to_string(format!("/proc/{cur}/stat"))
+        .ok()
+        .and_then(|t| parse_stat(cur, &t))
+    {
+        if p.ppid == 0 || out.contains(&p.ppid) {
+            break;
+        }
+        out.push(p.ppid);
+        cur = p.ppid;
+    }
+    out
+}
+
 /// Network namespace inode of a process.
 pub fn netns(pid: u32) -> Option<u64> {
     fs::metadata(format!("/proc/{pid}/ns/net"))
@@ -247,6 +264,18 @@ fn read_remote(pid: u32, addr: usize, dst: &mut [u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_ancestors_start_with_the_parent_and_agree_with_the_listing() {
+        let me = std::process::id();
+        let live = ancestors_live(me);
+        // SAFETY: getppid has no preconditions.
+        assert_eq!(
+            live.first().copied(),
+            Some(unsafe { libc::getppid() } as u32)
+        );
+        assert_eq!(live, ancestors(&list(), me));
+    }
 
     #[test]
     fn stat_with_odd_comm() {
