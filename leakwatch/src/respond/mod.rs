@@ -4,7 +4,7 @@
 //! Afterwards the kernel kills any exec carrying it; `on_enforce` reports those, once per
 //! unit. The frozen set survives restarts: `restore` reloads and sweeps again.
 mod peers;
-mod pidfd;
+pub mod pidfd;
 pub mod procscan;
 pub mod sever;
 pub mod store;
