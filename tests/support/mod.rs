@@ -293,8 +293,7 @@ impl Daemon {
         })
     }
 
-    /// Prometheus text from the daemon's endpoint.
-    /// The metrics page. A failed scrape panics with how it failed, whether the daemon is
+    /// The metrics page (Prometheus text). A failed scrape panics with how it failed, whether the daemon is
     /// still running (and if not, how it ended), where each of its threads waits, and the
     /// end of its log: an intermittent failure names its cause the first time it happens.
     pub fn scrape(&self) -> String {

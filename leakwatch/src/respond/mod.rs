@@ -710,7 +710,7 @@ impl Context {
             h.signal(libc::SIGSTOP);
         }
         let t_stop = t0.elapsed();
-        self.sever_all(&targets, &mut report);
+        self.sever_all(&targets, &handles, &mut report);
         let t_sever = t0.elapsed();
         for h in &handles {
             h.signal(libc::SIGKILL);
@@ -832,7 +832,12 @@ impl Context {
     }
 
     /// Severs the TCP connections of every target, namespace by namespace.
-    fn sever_all(&self, targets: &[(Proc, ProcReport)], report: &mut Report) {
+    fn sever_all(
+        &self,
+        targets: &[(Proc, ProcReport)],
+        handles: &[pidfd::Target],
+        report: &mut Report,
+    ) {
         use rayon::prelude::*;
         struct Holder {
             ns: u64,
@@ -846,13 +851,14 @@ impl Context {
         // Reading every holder's fd table and sockets is most of a sever: on all cores.
         let found: Vec<Holder> = targets
             .par_iter()
-            .filter_map(|(p, _)| {
+            .zip(handles)
+            .filter_map(|((p, _), h)| {
                 let socks = procscan::sockets(p.pid);
                 (!socks.is_empty()).then(|| Holder {
                     ns: procscan::netns(p.pid).unwrap_or(0),
                     pid: p.pid,
                     inodes: socks.iter().map(|s| s.1).collect(),
-                    known: peers::tcp_of(p, &socks),
+                    known: peers::tcp_of(h, &socks),
                 })
             })
             .collect();

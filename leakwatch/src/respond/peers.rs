@@ -10,16 +10,17 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-use super::{pidfd, procscan::Proc, sever::TcpSock};
+use super::{pidfd, sever::TcpSock};
 
 const TCP_LISTEN: u8 = 10;
 const TCP_CLOSE: u8 = 7;
 
-/// The TCP connections among `sockets` (fd number, socket inode) of `p`. None when one of
-/// them could not be read this way (no pidfds, no permission, a connection still
-/// opening): the caller then finds them with a dump.
-pub fn tcp_of(p: &Proc, sockets: &[(i32, u32)]) -> Option<Vec<TcpSock>> {
-    let pidfd = pidfd::open_verified(p).ok()??;
+/// The TCP connections among `sockets` (fd number, socket inode) of the holder `h`
+/// (its pidfd, opened and checked by the sweep). None when one of them could not be read
+/// this way (no pidfd, no permission, a connection still opening): the caller then finds
+/// them with a dump.
+pub fn tcp_of(h: &pidfd::Target, sockets: &[(i32, u32)]) -> Option<Vec<TcpSock>> {
+    let pidfd = h.fd()?;
     let mut out = Vec::new();
     for &(fd, inode) in sockets {
         // SAFETY: pidfd_getfd on a pidfd we own; returns a new fd or -1.

@@ -38,6 +38,14 @@ impl Target {
         }
     }
 
+    /// The pidfd, when the process was found alive and pidfds are available.
+    pub fn fd(&self) -> Option<&OwnedFd> {
+        match &self.handle {
+            Handle::Fd(fd) => Some(fd),
+            _ => None,
+        }
+    }
+
     pub fn signal(&self, sig: i32) {
         match &self.handle {
             // SAFETY: pidfd_send_signal on an fd we own, no siginfo, no flags.
@@ -63,7 +71,7 @@ impl Target {
 
 /// A pidfd on the process `p` names: Ok(None) when it has exited (or its pid names another
 /// process now), Err when pidfds are not available.
-pub fn open_verified(p: &Proc) -> std::io::Result<Option<OwnedFd>> {
+fn open_verified(p: &Proc) -> std::io::Result<Option<OwnedFd>> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p.pid as libc::c_int, 0) };
     if fd < 0 {
