@@ -1,7 +1,8 @@
 //! `leakwatch freeze`, end to end with the real eBPF programs: a process tree holding the
 //! key and TCP connections is killed and its connections reset, an unrelated process lives,
 //! a new exec with the key dies before running, also after a daemon restart; a holder in
-//! another network namespace is cut too; argv and non-root callers are refused.
+//! another network namespace is cut too; argv and non-root callers are refused; the
+//! responder whose script had the key in its argv survives its own freeze.
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -643,6 +644,98 @@ fn freeze_exec_without_key_still_runs() {
     assert!(sig == 0 && ran, "a plain exec did not run");
     let v = d.status();
     assert_eq!(n(&v["kernel"]["sched_process_exec"], "unchecked"), 0, "{v}");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+/// One thread of the daemon held in a ptrace stop (the rest run on): makes "the event was
+/// read after the key was frozen" happen every time instead of now and then.
+struct PausedThread(i32);
+
+impl PausedThread {
+    fn new(pid: u32, name: &str) -> PausedThread {
+        let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| {
+                std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name)
+            })
+            .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .unwrap_or_else(|| panic!("daemon {pid} has no thread named {name}"));
+        // SAFETY: ptrace and waitpid on a thread id we just read; no memory is shared.
+        unsafe {
+            assert_eq!(
+                libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0),
+                0,
+                "PTRACE_SEIZE {tid}"
+            );
+            assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0), 0);
+            let mut st = 0;
+            assert_eq!(libc::waitpid(tid, &mut st, libc::__WALL), tid);
+        }
+        PausedThread(tid)
+    }
+}
+
+impl Drop for PausedThread {
+    fn drop(&mut self) {
+        // SAFETY: the tracee is in its ptrace stop; detaching lets it run on.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, 0, 0) };
+    }
+}
+
+#[test]
+fn responder_with_the_key_in_its_argv_is_not_killed() {
+    // An operator's script given the key as an argument pipes it into `leakwatch freeze`.
+    // Its exec carried the key before the freeze and it is the client's ancestor: the
+    // sweep shields it. Its exec event may be read only after the key is in force (the
+    // reader takes turns; work may be queued ahead of it): it must not kill it then
+    // either. The pipeline thread is held while the responder starts and freezes.
+    let mut d = Daemon::start("argv-responder");
+    let (secret, _) = secret("github-pat");
+    let fp = fingerprint(&secret);
+    let done = d.scratch().join("froze");
+    let paused = PausedThread::new(d.child.as_ref().unwrap().id(), "lw-pipeline");
+    let mut r = Command::new("bash")
+        .arg("-c")
+        .arg(r#"printf %s "$1" | "$2" freeze --json --socket "$3" >/dev/null || exit 3; touch "$4"; sleep 2"#)
+        .arg("responder")
+        .arg(&secret)
+        .arg(bin())
+        .arg(d.socket())
+        .arg(&done)
+        .spawn()
+        .unwrap();
+    let pid = r.id();
+    wait_for(|| done.exists().then_some(()), "the responder's freeze");
+    drop(paused);
+    let st = wait_exit(&mut r, 30, "the responder");
+    // The exec event was read: its finding is reported, under the frozen key's fingerprint.
+    d.wait_alert("the responder's exec finding", |a| {
+        s(a, "kind") == "finding" && s(a, "fingerprint") == fp && n(a, "pid") == pid as u64
+    });
+    let kills: Vec<_> = d
+        .alerts()
+        .into_iter()
+        .filter(|a| s(a, "kind") == "kill" && s(a, "fingerprint") == fp)
+        .collect();
+    assert!(
+        st.success() && kills.is_empty(),
+        "the responder with the key in its argv was killed ({st}): {kills:#?}"
+    );
+    // The rule is about time, not about this process: a later exec with the key still dies.
+    let mut late = Command::new("sleep")
+        .arg("30")
+        .arg(&secret)
+        .spawn()
+        .unwrap();
+    let st = wait_for(|| late.try_wait().ok().flatten(), "the later exec's death");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        st.signal(),
+        Some(9),
+        "a later exec with the frozen key lived"
+    );
     d.stop();
     d.assert_no_plaintext(&[&secret]);
 }

@@ -134,6 +134,10 @@ pub struct Context {
     /// Recent `freeze` clients and their ancestors (the responder's shell, a script piping
     /// the key in): they wrote the key on its way to freeze, which makes them no holders.
     clients: Mutex<Vec<(Instant, Vec<u32>)>>,
+    /// When each credential frozen in this run was put in force (kernel monotonic ns).
+    /// An exec before that is the sweep's to judge (it shields the responder), not
+    /// `kill_exec`'s; keys restored at start are in force for every exec the daemon sees.
+    in_force: Mutex<HashMap<String, u64>>,
     /// The fleet store as `fleet::watch` last saw it (`None`: no fleet configured).
     fleet_status: Mutex<Option<serde_json::Value>>,
 }
@@ -199,6 +203,7 @@ impl Context {
             busy: tokio::sync::Mutex::new(()),
             killing: Mutex::new(HashSet::new()),
             clients: Mutex::new(Vec::new()),
+            in_force: Mutex::new(HashMap::new()),
             fleet_status: Mutex::new(None),
             verified: Mutex::new(HashSet::new()),
         })
@@ -324,6 +329,11 @@ impl Context {
             if let Ok(mut cl) = self.clients.lock() {
                 cl.retain(|(t, _)| t.elapsed() < CLIENT_SHIELD);
                 cl.push((Instant::now(), chain));
+            }
+        }
+        if !already {
+            if let Ok(mut f) = self.in_force.lock() {
+                f.insert(fp.clone(), crate::events::monotonic_ns());
             }
         }
         self.publish()?;
@@ -478,6 +488,9 @@ impl Context {
                 None => false,
             }
         };
+        if let Ok(mut f) = self.in_force.lock() {
+            f.remove(fp);
+        }
         self.publish()?;
         Ok(removed)
     }
@@ -931,6 +944,17 @@ impl Context {
     /// userspace now.
     pub fn kill_exec(&self, ev: &ExecEvent, fp: String) {
         if ev.killed() {
+            return;
+        }
+        // An exec from before the freeze, read late: the sweep, which began after the key
+        // was in force, found this process in /proc and judged it, shield included (the
+        // responder's own `sh -c '... KEY | leakwatch freeze'` is no holder).
+        let since = self.in_force.lock().ok().and_then(|f| f.get(&fp).copied());
+        if since.is_some_and(|t| ev.task.ktime_ns < t) {
+            log::debug!(
+                "pid {}: exec with {fp} from before it was frozen; left to the sweep",
+                ev.task.tgid
+            );
             return;
         }
         // SAFETY: kill(2); pid reuse within microseconds of exec is not a practical concern.
