@@ -205,6 +205,11 @@ pub fn read(pid: u32) -> Option<ProcInfo> {
     let ppid = field("PPid:")?.parse().ok()?;
     let uid = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
     let comm = field("Name:").unwrap_or_default();
+    Some(describe(pid, ppid, uid, comm))
+}
+
+/// A process whose parent, real uid and name are known already: its exe and cgroup.
+pub fn describe(pid: u32, ppid: u32, uid: u32, comm: String) -> ProcInfo {
     let exe = fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -212,7 +217,7 @@ pub fn read(pid: u32) -> Option<ProcInfo> {
         .ok()
         .and_then(|c| parse_cgroup_v2(&c));
     let unit = cgroup.as_deref().and_then(unit_of);
-    Some(ProcInfo {
+    ProcInfo {
         pid,
         ppid,
         uid,
@@ -220,7 +225,7 @@ pub fn read(pid: u32) -> Option<ProcInfo> {
         exe,
         cgroup,
         unit,
-    })
+    }
 }
 
 #[cfg(test)]

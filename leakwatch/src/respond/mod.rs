@@ -173,6 +173,25 @@ const CLIENT_SHIELD: Duration = Duration::from_secs(60);
 /// Why a process is to be killed, and for which frozen credential.
 type Reasons = HashMap<u32, (&'static str, String)>;
 
+/// A holder's handle and who it is, gathered in the pass that found it.
+struct Prepared {
+    handle: pidfd::Target,
+    info: ProcInfo,
+}
+
+impl Prepared {
+    fn of(p: &Proc) -> Prepared {
+        let handle = pidfd::Target::open(p);
+        // Parent and name are the scan's; the uid comes from the pidfd where the kernel
+        // tells it, which spares generating /proc/PID/status.
+        let info = match handle.uid() {
+            Some(uid) => crate::procs::describe(p.pid, p.ppid, uid, p.comm.clone()),
+            None => info(p.pid),
+        };
+        Prepared { handle, info }
+    }
+}
+
 impl Context {
     pub fn new(
         cfg: &Config,
@@ -584,7 +603,8 @@ impl Context {
         // Reading every process's environment and command line is most of the time before
         // the first signal: on all cores.
         use rayon::prelude::*;
-        let reasons: Reasons = procs
+        // A holder's pidfd and details are gathered in the same pass, on the same core.
+        let found: Vec<(u32, (&'static str, String), Prepared)> = procs
             .par_iter()
             .filter(|p| p.pid != me)
             .filter_map(|p| {
@@ -598,16 +618,22 @@ impl Context {
                 } else {
                     None
                 };
-                reason.map(|r| (p.pid, r))
+                reason.map(|r| (p.pid, r, Prepared::of(p)))
             })
             .collect();
+        let mut reasons = Reasons::new();
+        let mut prepared = HashMap::new();
+        for (pid, r, pr) in found {
+            reasons.insert(pid, r);
+            prepared.insert(pid, pr);
+        }
         log::debug!(
             "sweep: scan {:?} ({} processes, {} holders)",
             t0.elapsed(),
             procs.len(),
             reasons.len()
         );
-        self.act(procs, reasons, client, "freeze")
+        self.act(procs, reasons, prepared, client, "freeze")
     }
 
     /// Stops, severs, kills and confirms the processes in `reasons` and what they spawned
@@ -617,6 +643,7 @@ impl Context {
         &self,
         procs: Vec<Proc>,
         mut reasons: Reasons,
+        mut prepared: HashMap<u32, Prepared>,
         client: Option<u32>,
         by: &'static str,
     ) -> Report {
@@ -670,17 +697,22 @@ impl Context {
         let mut report = Report::default();
         let mut targets: Vec<(Proc, ProcReport)> = Vec::new();
         let mut fp_of_pid: HashMap<u32, String> = HashMap::new();
-        // Who each holder is (exe, unit): read on all cores, before the first signal.
-        let infos: HashMap<u32, ProcInfo> = {
+        // Handles and details of holders the scan did not find (descendants, a writer):
+        // on all cores, before the first signal.
+        {
             use rayon::prelude::*;
-            procs
+            let missing: Vec<(u32, Prepared)> = procs
                 .par_iter()
-                .filter(|p| reasons.contains_key(&p.pid))
-                .map(|p| (p.pid, info(p.pid)))
-                .collect()
-        };
+                .filter(|p| reasons.contains_key(&p.pid) && !prepared.contains_key(&p.pid))
+                .map(|p| (p.pid, Prepared::of(p)))
+                .collect();
+            prepared.extend(missing);
+        }
+        let mut handles: Vec<pidfd::Target> = Vec::new();
         for p in procs.iter().filter(|p| reasons.contains_key(&p.pid)) {
-            let i = infos[&p.pid].clone();
+            let Some(Prepared { handle, info: i }) = prepared.remove(&p.pid) else {
+                continue;
+            };
             let (why, fp) = &reasons[&p.pid];
             fp_of_pid.insert(p.pid, fp.clone());
             let pr = ProcReport {
@@ -708,15 +740,9 @@ impl Context {
                 report.protected.push(pr);
             } else {
                 targets.push((p.clone(), pr));
+                handles.push(handle);
             }
         }
-        let handles: Vec<pidfd::Target> = {
-            use rayon::prelude::*;
-            targets
-                .par_iter()
-                .map(|(p, _)| pidfd::Target::open(p))
-                .collect()
-        };
         let t_find = t0.elapsed();
         // Stop first, so no holder forks or reconnects between the cut and the kill.
         for h in &handles {
@@ -830,7 +856,7 @@ impl Context {
         let run = move || {
             let procs = procscan::list();
             let reasons: Reasons = [(tgid, (why, fp))].into_iter().collect();
-            me.act(procs, reasons, None, "write");
+            me.act(procs, reasons, HashMap::new(), None, "write");
             if let Ok(mut k) = me.killing.lock() {
                 k.remove(&tgid);
             }

@@ -46,6 +46,42 @@ impl Target {
         }
     }
 
+    /// The process's real uid, asked of the pidfd (PIDFD_GET_INFO, Linux 6.13+): one ioctl
+    /// instead of generating /proc/PID/status. None without a pidfd or that ioctl.
+    pub fn uid(&self) -> Option<u32> {
+        /// `struct pidfd_info` as of its first version (64 bytes).
+        #[repr(C)]
+        #[derive(Default)]
+        struct PidfdInfo {
+            mask: u64,
+            cgroupid: u64,
+            pid: u32,
+            tgid: u32,
+            ppid: u32,
+            ruid: u32,
+            rgid: u32,
+            euid: u32,
+            egid: u32,
+            suid: u32,
+            sgid: u32,
+            fsuid: u32,
+            fsgid: u32,
+            exit_code: i32,
+        }
+        const PIDFD_INFO_CREDS: u64 = 2;
+        // _IOWR(PIDFS_IOCTL_MAGIC 0xFF, 11, struct pidfd_info)
+        const PIDFD_GET_INFO: u64 = (3 << 30) | (64 << 16) | (0xFF << 8) | 11;
+        let fd = self.fd()?;
+        let mut info = PidfdInfo {
+            mask: PIDFD_INFO_CREDS,
+            ..Default::default()
+        };
+        // SAFETY: the ioctl writes at most size_of::<PidfdInfo>() (encoded in the request)
+        // into the struct we own.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info) };
+        (r == 0 && info.mask & PIDFD_INFO_CREDS != 0).then_some(info.ruid)
+    }
+
     pub fn signal(&self, sig: i32) {
         match &self.handle {
             // SAFETY: pidfd_send_signal on an fd we own, no siginfo, no flags.
@@ -170,6 +206,51 @@ mod tests {
     fn proc_of(pid: u32) -> Proc {
         let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         procscan::parse_stat(pid, &text).unwrap().0
+    }
+
+    #[test]
+    fn uid_from_the_pidfd_matches_status() {
+        // A child under another real uid, so a constant cannot pass.
+        let mut c = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=4242",
+                "--regid=4242",
+                "--clear-groups",
+                "sleep",
+                "30",
+            ])
+            .spawn()
+            .unwrap();
+        let status_uid = || {
+            std::fs::read_to_string(format!("/proc/{}/status", c.id()))
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))?
+                .split_whitespace()
+                .next()?
+                .parse::<u32>()
+                .ok()
+        };
+        // setpriv execs sleep once it has changed uid.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while status_uid() != Some(4242) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let t = Target::open(&proc_of(c.id()));
+        let got = t.uid();
+        // Linux 6.13 added PIDFD_GET_INFO; older kernels answer None and /proc is read.
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut v = release
+            .split(['.', '-'])
+            .map(|x| x.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+        if (major, minor) >= (6, 13) {
+            assert_eq!(got, Some(4242));
+        } else {
+            assert!(got.is_none() || got == Some(4242));
+        }
+        c.kill().unwrap();
+        let _ = c.wait();
     }
 
     #[test]
