@@ -336,8 +336,6 @@ fn hash_seed(dir: &Path) -> Result<u64> {
     Ok(u64::from_le_bytes(b))
 }
 
-/// Every second: kernel counters become metrics, and ring-buffer loss (and events the
-/// pipeline queue could not take) becomes `lost` alerts.
 /// Hands freed heap back to the kernel. Start-up parses the kernel's BTF twice and
 /// compiles every rule, peaking near 60 MB of heap that is then free but still resident;
 /// a burst does the same later. Trimmed, idle RSS is what is in use.
@@ -348,6 +346,8 @@ fn release_free_memory() {
     }
 }
 
+/// Every second: kernel counters become metrics, and ring-buffer loss (and events the
+/// pipeline queue could not take) becomes `lost` alerts.
 async fn poll_stats(
     probes: Arc<Mutex<Probes>>,
     alerts: Alerts,

@@ -1,7 +1,13 @@
 //! Process details for alerts: exe, parent, uid, cgroup path and systemd unit, read from
 //! /proc while the process lives, or rebuilt from what the kernel event carried (cgroup id
 //! resolved by walking the cgroup2 tree) when it is already gone.
-use std::{collections::HashMap, fs, os::unix::fs::MetadataExt, path::PathBuf};
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    sync::Arc,
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcInfo {
@@ -20,17 +26,84 @@ pub struct Procs {
     /// Cgroup ids not found by the last walk, and when: not walked again for a while (the
     /// walk reads the whole cgroup tree; a cgroup removed already is never found).
     missed: HashMap<u64, std::time::Instant>,
-    /// tgid -> the last images it was seen exec'ing (comm, exe), newest last, for
-    /// processes gone (or exec'd again) before their writes are reported.
-    execs: HashMap<u32, Vec<(String, String)>>,
+    /// The images each process was seen exec'ing, for processes gone (or exec'd again)
+    /// before their writes are reported.
+    execs: ExecImages,
     /// Absolute exec filenames resolved through symlinks lately: an exec loop costs a
     /// lookup, not a realpath (an lstat per path component) per exec; a symlink re-pointed
     /// is seen after at most 10 s.
     canonical: crate::recent::Recent<String, 10>,
 }
 
-/// Exec images remembered (cleared when full: a bounded cache, not a history).
-const EXECS_MAX: usize = 65_536;
+/// tgid -> the last images it was seen exec'ing (comm, exe), newest last. Two generations
+/// of at most `GEN` processes: when the newer fills it becomes the older and the oldest is
+/// dropped, so memory stays bounded (about 3 MB) and the latest processes are always kept.
+/// Names are shared: an exec loop keeps one "true" and one "/usr/bin/true".
+#[derive(Default)]
+struct ExecImages {
+    new: HashMap<u32, Images>,
+    old: HashMap<u32, Images>,
+    names: HashSet<Arc<str>>,
+}
+
+type Images = Vec<(Arc<str>, Arc<str>)>;
+
+/// Processes per generation. An exec storm used to fill a 65,536-process map that was
+/// cleared only when full: about 10 MB held after a few seconds of storm.
+const GEN: usize = 16_384;
+/// Distinct names shared at most (random exe paths must not grow it without bound).
+const NAMES_MAX: usize = 8_192;
+/// Images kept per process (a shell that exec'd a tool that exec'd another).
+const IMAGES_PER_PROC: usize = 4;
+
+impl ExecImages {
+    fn name(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.names.get(s) {
+            return a.clone();
+        }
+        if self.names.len() >= NAMES_MAX {
+            // Names in use stay alive in their entries; only the sharing restarts.
+            self.names.clear();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.names.insert(a.clone());
+        a
+    }
+
+    fn remember(&mut self, tgid: u32, comm: &str, exe: &str) {
+        let image = (self.name(comm), self.name(exe));
+        let mut seen = match self.new.remove(&tgid) {
+            Some(v) => v,
+            None => self
+                .old
+                .remove(&tgid)
+                .unwrap_or_else(|| Vec::with_capacity(1)),
+        };
+        if seen.len() >= IMAGES_PER_PROC {
+            seen.remove(0);
+        }
+        seen.push(image);
+        if self.new.len() >= GEN {
+            self.old = std::mem::take(&mut self.new);
+        }
+        self.new.insert(tgid, seen);
+    }
+
+    fn get(&self, tgid: u32, comm: &str) -> Option<String> {
+        self.new
+            .get(&tgid)
+            .or_else(|| self.old.get(&tgid))?
+            .iter()
+            .rev()
+            .find(|(c, _)| &**c == comm)
+            .map(|(_, e)| e.to_string())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.new.len() + self.old.len()
+    }
+}
 
 impl Default for Procs {
     fn default() -> Self {
@@ -44,7 +117,7 @@ impl Procs {
             cgroup_root: cgroup2_mount(),
             by_id: HashMap::new(),
             missed: HashMap::new(),
-            execs: HashMap::new(),
+            execs: ExecImages::default(),
             canonical: Default::default(),
         }
     }
@@ -72,14 +145,7 @@ impl Procs {
     }
 
     fn remember(&mut self, tgid: u32, comm: &str, exe: String) {
-        if self.execs.len() >= EXECS_MAX {
-            self.execs.clear();
-        }
-        let seen = self.execs.entry(tgid).or_default();
-        if seen.len() >= 4 {
-            seen.remove(0);
-        }
-        seen.push((comm.to_string(), exe));
+        self.execs.remember(tgid, comm, &exe);
     }
 
     /// The latest image `tgid` was seen exec'ing that the kernel named `comm`.
@@ -112,12 +178,7 @@ impl Procs {
     }
 
     pub fn exe_seen(&self, tgid: u32, comm: &str) -> Option<String> {
-        self.execs
-            .get(&tgid)?
-            .iter()
-            .rev()
-            .find(|(c, _)| c == comm)
-            .map(|(_, e)| e.clone())
+        self.execs.get(tgid, comm)
     }
 
     /// Reads /proc/PID. None when the process is gone.
@@ -279,6 +340,40 @@ mod tests {
         assert_eq!(p.exe_seen(7, "curl").as_deref(), Some("relative/curl"));
         assert_eq!(p.exe_seen(7, "python3"), None);
         assert_eq!(p.exe_seen(8, "sh"), None);
+    }
+
+    #[test]
+    fn exec_images_stay_bounded_and_keep_the_latest() {
+        let mut e = ExecImages::default();
+        for pid in 0..(GEN as u32 * 3 + 7) {
+            e.remember(pid, "true", "/usr/bin/true");
+        }
+        assert!(e.len() <= 2 * GEN, "{} processes remembered", e.len());
+        let last = GEN as u32 * 3 + 6;
+        for pid in last - GEN as u32 + 1..=last {
+            assert_eq!(
+                e.get(pid, "true").as_deref(),
+                Some("/usr/bin/true"),
+                "pid {pid}"
+            );
+        }
+        assert_eq!(e.get(0, "true"), None);
+        // One copy of each name, however many processes ran it.
+        let (a, b) = (&e.new[&last][0], &e.new[&(last - 1)][0]);
+        assert!(Arc::ptr_eq(&a.0, &b.0) && Arc::ptr_eq(&a.1, &b.1));
+        // A process found in the older generation keeps its history when it execs again.
+        let older = *e.old.keys().next().unwrap();
+        e.remember(older, "sh", "/bin/sh");
+        assert_eq!(e.get(older, "true").as_deref(), Some("/usr/bin/true"));
+        assert_eq!(e.get(older, "sh").as_deref(), Some("/bin/sh"));
+        for i in 0..6 {
+            e.remember(older, &format!("c{i}"), "/x");
+        }
+        assert_eq!(
+            e.get(older, "true"),
+            None,
+            "more than 4 images per process kept"
+        );
     }
 
     #[test]

@@ -372,6 +372,7 @@ impl Context {
                 .with("fleet", req.fleet.is_some()),
         );
 
+        log::debug!("freeze: persisted and in force after {:?}", t0.elapsed());
         let set = FrozenSet::new(vec![key]);
         let mut report = tokio::task::block_in_place(|| {
             self.sweep(&set, std::slice::from_ref(&fp), req.deep, req.client_pid)
