@@ -336,6 +336,19 @@ fn hash_seed(dir: &Path) -> Result<u64> {
     Ok(u64::from_le_bytes(b))
 }
 
+/// Fixes glibc's mmap threshold at 512 KiB for the daemon's life. Left dynamic, it rises to
+/// the largest block freed so far (start-up's BTF parse frees blocks of megabytes), and later
+/// large blocks then come from the heap and fragment it: freed but never given back. Fixed, a
+/// block that big is its own mapping, returned whole when freed. Measured by hand (fresh
+/// daemon, then exec storms): RSS 60.6 -> 56.6 MB at idle, 69.2 -> 63.7 MB after the storms.
+/// Nothing on the event path allocates that much per event.
+pub fn tune_malloc() {
+    // SAFETY: mallopt only sets an allocator parameter; callable at any time.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 * 1024);
+    }
+}
+
 /// Hands freed heap back to the kernel. Start-up parses the kernel's BTF twice and
 /// compiles every rule, peaking near 60 MB of heap that is then free but still resident;
 /// a burst does the same later. Trimmed, idle RSS is what is in use.

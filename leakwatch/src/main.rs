@@ -329,6 +329,7 @@ fn main() -> ExitCode {
                 socket,
                 state_dir,
             };
+            daemon::tune_malloc();
             match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
