@@ -651,14 +651,11 @@ impl Context {
         let me = std::process::id();
         let t0 = Instant::now();
         let mut shield: HashSet<u32> = [1, me].into_iter().collect();
+        // `freeze` recorded the client's chain among the recent clients before the key was
+        // in force; the chain as this listing sees it is shielded here too.
         if let Some(c) = client {
-            let mut chain = procscan::ancestors(&procs, c);
-            chain.push(c);
-            shield.extend(chain.iter().copied());
-            if let Ok(mut cl) = self.clients.lock() {
-                cl.retain(|(t, _)| t.elapsed() < CLIENT_SHIELD);
-                cl.push((Instant::now(), chain));
-            }
+            shield.insert(c);
+            shield.extend(procscan::ancestors(&procs, c));
         }
         if let Ok(cl) = self.clients.lock() {
             for (t, chain) in cl.iter() {
