@@ -654,14 +654,21 @@ struct PausedThread(i32);
 
 impl PausedThread {
     fn new(pid: u32, name: &str) -> PausedThread {
-        let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .find(|e| {
-                std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name)
-            })
-            .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .unwrap_or_else(|| panic!("daemon {pid} has no thread named {name}"));
+        // A Rust thread names itself once it first runs, which on a busy host can be just
+        // after the daemon said it was ready.
+        let tid = wait_for(
+            || {
+                std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .ok()?
+                    .filter_map(|e| e.ok())
+                    .find(|e| {
+                        std::fs::read_to_string(e.path().join("comm"))
+                            .is_ok_and(|c| c.trim() == name)
+                    })
+                    .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            },
+            &format!("a thread named {name} in daemon {pid}"),
+        );
         // SAFETY: ptrace and waitpid on a thread id we just read; no memory is shared.
         unsafe {
             assert_eq!(
