@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--only freeze|write|tls|cost|scan|actions|core|fleet]`: measures what BENCHMARKS.md reports and
+//! `cargo xtask bench [--only freeze|write|tls|cost|hooks|scan|actions|core|fleet]`: measures what BENCHMARKS.md reports and
 //! rewrites it.
 //! - freeze latency, command to report, for 1, 10 and 100 holder processes, each holding
 //!   two TCP connections (real daemon, real eBPF programs);
@@ -7,6 +7,8 @@
 //! - the TLS plaintext probes' cost to an HTTPS client (see `tls_bench`);
 //! - exec and connect cost against the floor, macro workloads, loss, latency and footprint
 //!   (see `cost_bench`);
+//! - per-syscall tracepoints against raw `sys_enter`: detach time and per-call cost (see
+//!   `hooks_bench`);
 //! - the detection engine's throughput, recall and false positives (see `scan_bench`);
 //! - `leakwatch actions` query times on a 1 GB action log (see `actions_bench`);
 //! - a 1 GiB core through `leakwatch core-handler` (see `core_bench`);
@@ -19,6 +21,7 @@ mod core_bench;
 mod cost_bench;
 mod fleet_bench;
 mod freeze_bench;
+mod hooks_bench;
 mod scan_bench;
 mod scan_corpus;
 mod tls_bench;
@@ -27,8 +30,8 @@ mod write_bench;
 use std::fmt::Write as _;
 
 /// Parts in the order their sections appear in BENCHMARKS.md.
-const PARTS: [&str; 8] = [
-    "freeze", "write", "tls", "cost", "scan", "actions", "core", "fleet",
+const PARTS: [&str; 9] = [
+    "freeze", "write", "tls", "cost", "hooks", "scan", "actions", "core", "fleet",
 ];
 
 fn main() {
@@ -67,6 +70,7 @@ fn main() {
             "write" => md.push_str(&write_bench::run()),
             "tls" => md.push_str(&tls_bench::run()),
             "cost" => md.push_str(&cost_bench::run()),
+            "hooks" => md.push_str(&hooks_bench::run()),
             "actions" => md.push_str(&actions_bench::run()),
             "core" => md.push_str(&core_bench::run()),
             "fleet" => md.push_str(&fleet_bench::run()),
@@ -104,6 +108,7 @@ fn part_of(title: &str) -> &'static str {
         t if t == write_bench::TITLE => "write",
         t if t == tls_bench::TITLE => "tls",
         t if t == cost_bench::TITLE => "cost",
+        t if t == hooks_bench::TITLE => "hooks",
         t if t == actions_bench::TITLE => "actions",
         t if t == core_bench::TITLE => "core",
         t if t == fleet_bench::TITLE => "fleet",

@@ -55,7 +55,7 @@ enum Cmd {
     /// Run the benchmarks and rewrite BENCHMARKS.md.
     Bench {
         /// Run only this part and replace only its sections of BENCHMARKS.md.
-        #[arg(long, value_parser = ["freeze", "write", "tls", "cost", "scan", "actions", "core", "fleet"])]
+        #[arg(long, value_parser = ["freeze", "write", "tls", "cost", "hooks", "scan", "actions", "core", "fleet"])]
         only: Option<String>,
     },
     /// Fuzz with cargo fuzz (libFuzzer) for this many seconds: the detection engine, or
@@ -420,7 +420,7 @@ fn install_peers() -> Result<()> {
     Ok(())
 }
 
-/// Every part, or only `only` (freeze, write, tls, cost, scan, actions, core, fleet): the peers are needed by scan
+/// Every part, or only `only` (freeze, write, tls, cost, hooks, scan, actions, core, fleet): the peers are needed by scan
 /// alone.
 fn bench(only: Option<&str>) -> Result<()> {
     if only.is_none_or(|p| p == "scan") {

@@ -1,8 +1,11 @@
 //! Loading and attaching the kernel programs, and access to their maps. The only module
 //! that uses aya. Failures are turned into one sentence an operator can act on.
 mod btf;
+pub mod floor;
 pub mod ring_fill;
 pub mod tls;
+
+pub use floor::{load_floor, Floor};
 
 use std::path::Path;
 
@@ -610,53 +613,6 @@ fn attach_loaded(p: &mut TracePoint, prog: &str, cat: &str, name: &str) -> Resul
         anyhow!("attaching {prog} to tracepoint {cat}:{name} failed: {e}; check that tracefs is mounted and the tracepoint exists")
     })?;
     Ok(())
-}
-
-/// Bare counter programs on `syscalls:<name>` tracepoints: the cheapest possible probe, for
-/// benchmarks. Detached when dropped.
-pub struct Floor {
-    ebpf: Ebpf,
-}
-
-/// Loads the object's `floor` program (with minimal maps) and attaches it to each
-/// tracepoint: `category:name`, or a bare name for `syscalls:<name>`.
-pub fn load_floor(tracepoints: &[&str]) -> Result<Floor> {
-    tracefs()?;
-    // A page-sized ring: the floor never emits, and its maps should cost nothing.
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries("EVENTS", 4096)
-        .map_max_entries("WRITES", 4096)
-        .load(OBJECT)
-        .map_err(explain_load)?;
-    let p: &mut TracePoint = ebpf
-        .program_mut("floor")
-        .context(
-            "program floor missing from the embedded object; rebuild with `cargo xtask build`",
-        )?
-        .try_into()?;
-    p.load().map_err(|e| explain_prog("floor", e))?;
-    for name in tracepoints {
-        let (cat, name) = name.split_once(':').unwrap_or(("syscalls", name));
-        attach_loaded(p, "floor", cat, name)?;
-    }
-    Ok(Floor { ebpf })
-}
-
-impl Floor {
-    /// Calls counted so far, over all CPUs and tracepoints.
-    pub fn calls(&self) -> Result<u64> {
-        let map = PerCpuArray::<_, u64>::try_from(
-            self.ebpf
-                .map("FLOOR_CALLS")
-                .context("FLOOR_CALLS map missing")?,
-        )?;
-        Ok(map.get(&0, 0)?.iter().sum())
-    }
-
-    /// The loaded object (program info, for run-time statistics).
-    pub fn ebpf(&self) -> &Ebpf {
-        &self.ebpf
-    }
 }
 
 fn explain_load(e: aya::EbpfError) -> anyhow::Error {
