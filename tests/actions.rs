@@ -288,3 +288,68 @@ fn actions_forget_a_credential_frozen_after_it_ran_in_argv() {
     d.stop();
     d.assert_no_plaintext(&[&token]);
 }
+
+#[test]
+fn a_password_given_as_an_argument_of_its_own_is_found_and_kept_only_as_a_preview() {
+    use rand::Rng;
+    let mut d = Daemon::start("a-cmdline");
+    let mut rng = rand::thread_rng();
+    let mut password = || -> String {
+        (0..16)
+            .map(|_| {
+                b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"[rng.gen_range(0..57)]
+                    as char
+            })
+            .collect()
+    };
+    let (curl_pass, mysql_pass) = (password(), password());
+    // `-u USER:PASS` and `-pPASS` are arguments of their own: only the whole command line
+    // shows whose password they are. The curl connects to a closed port.
+    let user = format!("lw-cmdline:{curl_pass}");
+    let mut c = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--max-time", "2", "-u", &user])
+        .arg(format!("http://127.0.0.1:{}/", free_port()))
+        .spawn()
+        .unwrap();
+    let curl_pid = c.id() as u64;
+    wait_exit(&mut c, 10, "curl");
+    let dir = d.scratch();
+    let mysql = dir.join("mysql");
+    install_exe(&mysql, &std::fs::read("/bin/true").unwrap());
+    let p = format!("-p{mysql_pass}");
+    let mut m = Command::new(&mysql)
+        .args(["-h", "db.internal", "-u", "app", &p, "prod"])
+        .spawn()
+        .unwrap();
+    let mysql_pid = m.id() as u64;
+    wait_exit(&mut m, 10, "mysql");
+    for (pid, rule, pass, index) in [
+        (curl_pid, "curl-user-password", &curl_pass, 7),
+        (mysql_pid, "mysql-cli-password", &mysql_pass, 5),
+    ] {
+        let fp = fingerprint(pass);
+        let a = d.wait_alert(rule, |a| s(a, "fingerprint") == fp);
+        assert_eq!(
+            (
+                s(&a, "rule"),
+                s(&a, "source"),
+                n(&a, "pid"),
+                n(&a, "arg_index")
+            ),
+            (rule, "argv", pid, index),
+            "{a:#}"
+        );
+        let row = wait_until(10, "the exec row", || {
+            actions(&d, &["--pid", &pid.to_string(), "--kind", "exec"])
+                .into_iter()
+                .find(|r| s(r, "kind") == "exec")
+        });
+        let argv = row["argv"].to_string();
+        assert!(
+            !argv.contains(pass.as_str()) && argv.contains(&pass[..4]),
+            "the exec row keeps the password only as its preview: {argv}"
+        );
+    }
+    d.stop();
+    d.assert_no_plaintext(&[&curl_pass, &mysql_pass]);
+}

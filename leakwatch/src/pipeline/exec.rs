@@ -95,6 +95,8 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
         p.ctx.kill_exec(&ev, f.fingerprint);
     }
     let mut hits = Vec::new();
+    // Spans found only in the joined command line: (argument, start, end, preview).
+    let mut spans: Vec<(usize, usize, usize, String)> = Vec::new();
     let mut scanned = [0u64; 2];
     for &(bytes, source, i) in &todo {
         scanned[usize::from(source == Source::Env)] += bytes.len() as u64;
@@ -108,6 +110,27 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
             hits.push(annotate(Hit::new(source, f), bytes, i));
         }
     }
+    // What only the whole command line shows (`curl -u USER:PASS`, `mysql -pPASS` after
+    // other flags): the joined arguments, unless seen clean before.
+    let args: Vec<&[u8]> = ev.argv().collect();
+    if args.len() > 1 {
+        let owned = argv_found(&hits);
+        let alone: Vec<(usize, &str)> = owned.iter().map(|(i, f)| (*i, f.as_str())).collect();
+        // NUL-joined: a key no single argument (which has no NUL) can share.
+        let mut line = args.join(&b'\0');
+        if !clean.contains(&line) {
+            scanned[0] += line.len() as u64;
+            let more = super::cmdline::findings(&args, &d, &alone);
+            if more.is_empty() {
+                clean.insert(&line);
+            }
+            for (i, f) in more {
+                spans.push((i, f.start, f.end, f.redacted.clone()));
+                hits.push(annotate(Hit::new(Source::Argv, f), args[i], i));
+            }
+        }
+        zeroize::Zeroize::zeroize(&mut line);
+    }
     if !env_clean && !env_found && !ev.truncated() {
         clean.insert_area(env_area);
     }
@@ -118,7 +141,7 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
             .inc_by(scanned[i]);
     }
     if p.actions.enabled() {
-        let row = action_row(p, &ev, &d, &hits);
+        let row = action_row(p, &ev, &d, &hits, &spans);
         p.actions.record(row);
     }
     drop(fz);
@@ -231,6 +254,13 @@ fn recover(p: &mut Pipeline, t: &mut Truncated) -> bool {
             }
         }
     }
+    let args: Vec<&[u8]> = Strings::of(&argv).collect();
+    let alone = argv_found(&hits);
+    let alone: Vec<(usize, &str)> = alone.iter().map(|(i, f)| (*i, f.as_str())).collect();
+    for (i, f) in super::cmdline::findings(&args, &d, &alone) {
+        hits.push(annotate(Hit::new(Source::Argv, f), args[i], i));
+    }
+    drop(args);
     drop(fz);
     zeroize::Zeroize::zeroize(&mut argv);
     zeroize::Zeroize::zeroize(&mut env);
@@ -278,6 +308,19 @@ fn remember(p: &Pipeline, tgid: u32, hits: &[Hit]) {
     }
 }
 
+/// (argument index, fingerprint) of each argv hit.
+fn argv_found(hits: &[Hit]) -> Vec<(usize, String)> {
+    hits.iter()
+        .filter(|h| h.source == Source::Argv)
+        .filter_map(|h| {
+            Some((
+                h.extra.get("arg_index")?.as_u64()? as usize,
+                h.fingerprint.clone(),
+            ))
+        })
+        .collect()
+}
+
 /// A hit on argv string `i` gets its `arg_index`; on an environment string, the variable's
 /// name (looked up only for strings with a hit: most have none).
 fn annotate(h: Hit, bytes: &[u8], i: usize) -> Hit {
@@ -296,7 +339,13 @@ const ARGV_KEPT: usize = 8192;
 /// The exec as an action-log row: argv with every credential found in it replaced by its
 /// preview (or no argv, with `[actions] argv = "none"`). From the event alone: no /proc
 /// read on the exec path.
-fn action_row(p: &mut Pipeline, ev: &ExecEvent, d: &Detector, hits: &[Hit]) -> crate::actions::Row {
+fn action_row(
+    p: &mut Pipeline,
+    ev: &ExecEvent,
+    d: &Detector,
+    hits: &[Hit],
+    spans: &[(usize, usize, usize, String)],
+) -> crate::actions::Row {
     let cgroup = p.procs.cgroup_path(ev.task.cgroup_id);
     let who = ProcInfo {
         pid: ev.task.tgid,
@@ -329,7 +378,12 @@ fn action_row(p: &mut Pipeline, ev: &ExecEvent, d: &Detector, hits: &[Hit]) -> c
             break;
         }
         let mut s = if marked.contains(&(i as u64)) {
-            redact(a, d)
+            let extra: Vec<(usize, usize, String)> = spans
+                .iter()
+                .filter(|s| s.0 == i)
+                .map(|s| (s.1, s.2, s.3.clone()))
+                .collect();
+            redact(a, d, &extra)
         } else {
             String::from_utf8_lossy(a).into_owned()
         };
@@ -347,19 +401,25 @@ fn action_row(p: &mut Pipeline, ev: &ExecEvent, d: &Detector, hits: &[Hit]) -> c
     row.with("argv", argv)
 }
 
-/// `a` with every credential the detector finds in it replaced by its preview.
-fn redact(a: &[u8], d: &Detector) -> String {
+/// `a` with every credential the detector finds in it, and every span of `extra` (start,
+/// end, preview: found only in the whole command line), replaced by its preview.
+fn redact(a: &[u8], d: &Detector, extra: &[(usize, usize, String)]) -> String {
     let mut out = String::new();
     let mut at = 0;
-    let mut found = d.scan(a);
-    found.sort_by_key(|f| f.start);
-    for f in found {
-        if f.start < at {
+    let mut found: Vec<(usize, usize, String)> = d
+        .scan(a)
+        .into_iter()
+        .map(|f| (f.start, f.end, f.redacted))
+        .chain(extra.iter().cloned())
+        .collect();
+    found.sort_by_key(|f| f.0);
+    for (start, end, preview) in found {
+        if start < at {
             continue;
         }
-        out.push_str(&String::from_utf8_lossy(&a[at..f.start]));
-        out.push_str(&f.redacted);
-        at = f.end;
+        out.push_str(&String::from_utf8_lossy(&a[at..start]));
+        out.push_str(&preview);
+        at = end;
     }
     out.push_str(&String::from_utf8_lossy(&a[at..]));
     out
@@ -378,13 +438,16 @@ mod tests {
         let (key, _) = samples::sample("anthropic-api-key", &mut rng).unwrap();
         let (gh, _) = samples::sample("github-pat", &mut rng).unwrap();
         let arg = format!("--header=x-api-key: {key} --token {gh} --verbose");
-        let out = redact(arg.as_bytes(), &d);
+        let out = redact(arg.as_bytes(), &d, &[]);
         assert!(!out.contains(&key) && !out.contains(&gh), "{out}");
         assert!(out.starts_with("--header=x-api-key: sk-ant"), "{out}");
         assert!(
             out.ends_with(" --verbose") && out.contains(" --token ghp_"),
             "{out}"
         );
-        assert_eq!(redact(b"plain --flag", &d), "plain --flag");
+        assert_eq!(redact(b"plain --flag", &d, &[]), "plain --flag");
+        // A span only the whole command line showed is replaced too.
+        let out = redact(b"deploy:s3cretPassw0rd", &d, &[(7, 21, "s3cr…".into())]);
+        assert_eq!(out, "deploy:s3cr…");
     }
 }

@@ -12,6 +12,7 @@
 //! stage module here, and one arm in `Pipeline::handle`.
 mod blind;
 mod clean;
+mod cmdline;
 mod copies;
 mod cores;
 mod dumps;
