@@ -559,6 +559,48 @@ fn write_curl_bearer_header_to_socket() {
 }
 
 #[test]
+fn write_basic_auth_is_found_as_the_credential_inside() {
+    let mut d = Daemon::start("w-basic");
+    let sink = HttpSink::start();
+    // curl -u USER:KEY and python with a token as the user name (requests' `auth=(key, "")`)
+    // send only base64 of USER:PASSWORD: the finding is the key's, by its own rule.
+    let (curl_key, _) = secret("anthropic-api-key");
+    let mut c = Command::new("curl")
+        .args(["-s", "-m", "5", "-o", "/dev/null", "-u"])
+        .arg(format!("apikey:{curl_key}"))
+        .arg(sink.url())
+        .spawn()
+        .unwrap();
+    let curl_pid = c.id();
+    assert!(wait_exit(&mut c, 30, "curl").success());
+    let (py_key, _) = secret("github-pat");
+    let script = "import base64, http.client, os, sys\n\
+        h, p = sys.argv[1].rsplit(':', 1)\n\
+        c = http.client.HTTPConnection(h, int(p))\n\
+        auth = base64.b64encode(os.environ.pop('LW_KEY').encode() + b':').decode()\n\
+        c.request('GET', '/v1/models', headers={'Authorization': 'Basic ' + auth})\n\
+        c.getresponse().read()\n";
+    let mut py = python()
+        .args(["-c", script, &sink.addr()])
+        .env("LW_KEY", &py_key)
+        .spawn()
+        .unwrap();
+    let py_pid = py.id();
+    assert!(wait_exit(&mut py, 30, "python").success());
+    for (key, rule, pid, comm) in [
+        (&curl_key, "anthropic-api-key", curl_pid, "curl"),
+        (&py_key, "github-pat", py_pid, "python3"),
+    ] {
+        let fp = fingerprint(key);
+        let a = wait_finding(&d, &fp, "socket", comm, |a| n(a, "pid") == pid as u64);
+        check(&a, key, rule, "socket", pid, comm);
+        assert_eq!(s(&a, "remote"), sink.addr(), "{a:#}");
+    }
+    d.stop();
+    d.assert_no_plaintext(&[&curl_key, &py_key]);
+}
+
+#[test]
 fn write_node_http_request_body_via_writev() {
     let mut d = Daemon::start("w-node");
     let sink = HttpSink::start();

@@ -44,6 +44,8 @@ struct Rule {
     public: bool,
     /// A shape, not a vendor: loses every overlap with a vendor finding.
     generic: bool,
+    /// The match is `base64(USER:PASSWORD)`: the credential inside is reported.
+    decode: bool,
 }
 
 /// What the checks make of a candidate.
@@ -145,20 +147,29 @@ impl Engine {
     /// Every credential in `hay`, ordered by position, overlapping findings resolved in
     /// favour of the longer one (then the earlier rule).
     pub fn scan(&self, hay: &[u8]) -> Vec<Finding> {
-        self.scan_inner(hay, None)
+        self.scan_inner(hay, None, false)
     }
 
     /// `scan`, also pushing to `open` the (start, reach) of every keyword window that the
     /// end of `hay` cut short: more bytes appended later may complete a credential there,
     /// so a stream scanner must rescan from `start` until its data passes `reach`.
     pub fn scan_open(&self, hay: &[u8], open: &mut Vec<(usize, usize)>) -> Vec<Finding> {
-        self.scan_inner(hay, Some(open))
+        self.scan_inner(hay, Some(open), false)
     }
 
-    fn scan_inner(&self, hay: &[u8], mut open: Option<&mut Vec<(usize, usize)>>) -> Vec<Finding> {
+    /// `nested`: `hay` is decoded text, where decoding rules are not tried again.
+    fn scan_inner(
+        &self,
+        hay: &[u8],
+        mut open: Option<&mut Vec<(usize, usize)>>,
+        nested: bool,
+    ) -> Vec<Finding> {
         let mut windows: Vec<(usize, usize, usize)> = Vec::new();
         self.keywords.each(hay, |pattern, ks, ke| {
             for &r in &self.keyword_rules[pattern] {
+                if nested && self.rules[r].decode {
+                    continue;
+                }
                 let mut start = ks.saturating_sub(BACK);
                 let reach = ke + self.rules[r].span;
                 let mut end = reach.min(hay.len());
@@ -205,19 +216,50 @@ impl Engine {
         let mut pos = 0;
         found
             .into_iter()
-            .map(|(s, e, r)| {
+            .filter_map(|(s, e, r)| {
                 line += hay[pos..s].iter().filter(|&&b| b == b'\n').count();
                 pos = s;
-                Finding {
-                    rule: self.rules[r].id.clone(),
+                let (rule, fingerprint, redacted) = if self.rules[r].decode {
+                    self.inside(&self.rules[r], &hay[s..e])?
+                } else {
+                    (
+                        self.rules[r].id.clone(),
+                        fingerprint(&hay[s..e]),
+                        redact(&hay[s..e]),
+                    )
+                };
+                Some(Finding {
+                    rule,
                     start: s,
                     end: e,
                     line,
-                    fingerprint: fingerprint(&hay[s..e]),
-                    redacted: redact(&hay[s..e]),
-                }
+                    fingerprint,
+                    redacted,
+                })
             })
             .collect()
+    }
+
+    /// The credential inside a decoding rule's match (rule id, fingerprint, preview): a
+    /// vendor rule's token in the decoded `USER:PASSWORD`, else the password if it passes
+    /// this rule's checks.
+    fn inside(&self, rule: &Rule, blob: &[u8]) -> Option<(String, String, String)> {
+        let (mut text, at) = super::decode::basic(blob)?;
+        let vendor = self
+            .scan_inner(&text, None, true)
+            .into_iter()
+            .filter(|f| self.rules.iter().any(|r| r.id == f.rule && !r.generic))
+            .max_by_key(|f| f.end - f.start);
+        let out = match vendor {
+            Some(f) => Some((f.rule, f.fingerprint, f.redacted)),
+            None => {
+                let pw = &text[at..];
+                matches!(self.accept(rule, pw, b""), Verdict::Report(n) if n == pw.len())
+                    .then(|| (rule.id.clone(), fingerprint(pw), redact(pw)))
+            }
+        };
+        zeroize::Zeroize::zeroize(&mut text);
+        out
     }
 
     fn confirm(
@@ -253,6 +295,15 @@ impl Engine {
                 .map_or(&[][..], |(a, b)| &win[a..b]);
             let verdict = if rule.public {
                 Verdict::Veto
+            } else if rule.decode {
+                let blob = &win[ms..me];
+                match self.inside(rule, blob) {
+                    Some(_) => Verdict::Report(me - ms),
+                    // A login whose password the checks refuse (a placeholder): judged, so
+                    // no generic rule reports the encoded value either.
+                    None if super::decode::is_basic(blob) => Verdict::Veto,
+                    None => Verdict::Drop,
+                }
             } else {
                 let mut secret = &win[ms..me];
                 if rule.bare.contains(&g) {
@@ -346,6 +397,16 @@ fn compile(spec: &RuleSpec) -> Result<Rule> {
     let bare: Vec<usize> = (0..names.len())
         .filter(|&i| names[i].is_some_and(|n| n.starts_with("secret_bare")))
         .collect();
+    let decode = match spec.decode.as_deref() {
+        None | Some("") => false,
+        Some("basic") => true,
+        Some(d) => {
+            return Err(anyhow!(
+                "rule `{}`: unknown decode `{d}`; the one known is basic",
+                spec.id
+            ))
+        }
+    };
     let validator = match spec.validator.as_deref() {
         None | Some("") => Validator::None,
         Some("github-crc32") => Validator::GithubCrc32,
@@ -388,6 +449,7 @@ fn compile(spec: &RuleSpec) -> Result<Rule> {
         allow,
         public: spec.public,
         generic: spec.generic,
+        decode,
     })
 }
 

@@ -5,6 +5,7 @@
 //! One keyword prefilter pass (SIMD on x86-64, see `keywords`) finds every rule keyword; each rule's regex runs only in a window
 //! around its keyword hits; candidates then pass entropy, validator and allowlist checks.
 mod bigrams;
+pub mod decode;
 pub mod detector;
 mod engine;
 pub mod frozen;

@@ -50,6 +50,10 @@ pub struct RuleSpec {
     /// Set in a config file to switch a built-in rule off.
     #[serde(default)]
     pub disabled: bool,
+    /// `basic`: the secret group is `base64(USER:PASSWORD)`; what is reported is the
+    /// credential inside (another rule's token, else the password), see `decode`.
+    #[serde(default)]
+    pub decode: Option<String>,
     /// Where this credential is expected to be sent (its provider's API hosts;
     /// `*.suffix` for any subdomain): a send there is recorded, not alerted (`dest`).
     #[serde(default)]

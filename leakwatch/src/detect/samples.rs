@@ -284,6 +284,17 @@ pub fn sample(rule: &str, rng: &mut Rng) -> Option<(String, String)> {
                 format!("https://deploy:{k}@git.internal.corp/repo.git"),
             ))
         }
+        "http-basic-auth" | "registry-auth" => {
+            use base64::Engine as _;
+            let k = rng.string(ALNUM, 18);
+            let b = base64::engine::general_purpose::STANDARD.encode(format!("deploy:{k}"));
+            let text = if rule == "http-basic-auth" {
+                format!("Authorization: Basic {b}")
+            } else {
+                format!(r#"{{"auths": {{"registry.internal.corp": {{"auth": "{b}"}}}}}}"#)
+            };
+            Some((k, text))
+        }
         "private-key" => same(pem(rng, "RSA PRIVATE KEY", 25)),
         "openssh-private-key" => same(pem(rng, "OPENSSH PRIVATE KEY", 7)),
         "pgp-private-key" => same(pem(rng, "PGP PRIVATE KEY BLOCK", 20)),

@@ -2,7 +2,7 @@
 //! Values with `/`, `.` and list punctuation, credentials placed by a tool's own syntax
 //! (netrc, `curl -u`, `mysql -p`), and names that hold identifiers. Every secret is
 //! generated here.
-use super::samples::{uuid_v4, Rng, ALNUM, B64};
+use super::samples::{checksummed, sample, uuid_v4, Rng, ALNUM, B64};
 use super::tests_shapes::{assert_found, assert_quiet};
 use super::*;
 
@@ -131,5 +131,78 @@ fn names_that_hold_identifiers_are_not_credentials() {
         ] {
             assert_quiet(&engine, &quiet);
         }
+    }
+}
+
+#[test]
+fn a_credential_sent_base64_encoded_as_user_and_password_is_the_credential_inside() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    for _ in 0..20 {
+        let ghp = checksummed(&mut rng, "ghp_");
+        let (key, _) = sample("anthropic-api-key", &mut rng).unwrap();
+        let (pat, _) = sample("docker-hub-pat", &mut rng).unwrap();
+        let pw = rng.string(ALNUM, 18);
+        // (text, what is encoded, the credential inside, its rule)
+        let cases: [(&str, String, String, &str); 5] = [
+            // git with a token in the URL, sent to the server as Basic auth.
+            (
+                "GET /o/r.git/info/refs HTTP/1.1\r\nAuthorization: Basic {}\r\n\r\n",
+                format!("x-access-token:{ghp}"),
+                ghp.clone(),
+                "github-pat",
+            ),
+            // python requests `auth=(key, "")`, in a JSON dump of the headers.
+            (
+                "{\"Authorization\": \"Basic {}\"}",
+                format!("{key}:"),
+                key.clone(),
+                "anthropic-api-key",
+            ),
+            (
+                "{\"auths\": {\"docker.io\": {\"auth\": \"{}\"}}}",
+                format!("bot:{pat}"),
+                pat.clone(),
+                "docker-hub-pat",
+            ),
+            // curl -u deploy:PASS on the wire: the password, as the argv rule reports it.
+            (
+                "POST /upload HTTP/1.1\r\nauthorization: basic {}\r\n",
+                format!("deploy:{pw}"),
+                pw.clone(),
+                "http-basic-auth",
+            ),
+            (
+                "{\"auths\": {\"registry.internal\": {\"auth\": \"{}\"}}}",
+                format!("deploy:{pw}"),
+                pw.clone(),
+                "registry-auth",
+            ),
+        ];
+        for (shape, login, inside, rule) in cases {
+            let blob = b64(&login);
+            let hay = shape.replace("{}", &blob);
+            let found = engine.scan(hay.as_bytes());
+            assert_eq!(found.len(), 1, "{rule}: {found:?}");
+            let f = &found[0];
+            assert_eq!(
+                (f.rule.as_str(), &f.fingerprint),
+                (rule, &fingerprint(inside.as_bytes())),
+                "{rule}"
+            );
+            assert_eq!(&hay.as_bytes()[f.start..f.end], blob.as_bytes());
+            assert!(!f.redacted.contains(&inside), "{rule}: {}", f.redacted);
+        }
+    }
+    for quiet in [
+        "Basic authentication is required for this endpoint".to_string(),
+        format!("Authorization: Basic {}", b64("user:password")),
+        format!("Authorization: Basic {}", b64("no colon in here at all")),
+        "{\"auth\": \"enabled\"}".to_string(),
+        format!("{{\"auth\": \"{}\"}}", b64("admin:changeme")),
+    ] {
+        assert_quiet(&engine, &quiet);
     }
 }
