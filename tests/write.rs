@@ -313,6 +313,49 @@ f.write("next " + later + "\n"); f.flush()
 }
 
 #[test]
+fn write_key_split_between_fds_sharing_one_open_file_is_found() {
+    let mut d = Daemon::start("w-dupfd");
+    let (secret, text) = secret("anthropic-api-key");
+    let fp = fingerprint(&secret);
+    let scratch = d.scratch();
+    let key = keyfile(&scratch, "key", &text);
+    let (out, other) = (scratch.join("both.log"), scratch.join("dup.log"));
+    // `cmd > log 2>&1`: stdout and stderr are one open file; the first half of the key goes
+    // out on stdout, the rest on stderr. Then the same on another file through an `os.dup`.
+    let script = r#"
+import os, sys, time
+key = open(sys.argv[1]).read().encode()
+cut = len(key) // 2
+os.write(1, b"token=" + key[:cut]); time.sleep(0.2)
+os.write(2, key[cut:] + b"\n")
+fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+dup = os.dup(fd)
+os.write(fd, b"again=" + key[:cut]); time.sleep(0.2)
+os.write(dup, key[cut:] + b"\n")
+"#;
+    let log = std::fs::File::create(&out).unwrap();
+    let mut c = python()
+        .arg("-c")
+        .arg(script)
+        .arg(&key)
+        .arg(&other)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "python").success());
+    for path in [&out, &other] {
+        let a = wait_finding(&d, &fp, "file", "the key split over two fds", |a| {
+            n(a, "pid") == pid as u64 && s(a, "path") == real(path)
+        });
+        check(&a, &secret, "anthropic-api-key", "file", pid, "python3");
+    }
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
 fn write_fd_reused_for_another_file_keeps_each_path() {
     let mut d = Daemon::start("w-fdreuse");
     let keys: Vec<(String, String)> = [

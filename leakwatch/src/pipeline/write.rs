@@ -1,5 +1,5 @@
 //! The write stage: each write-family payload is named (`classify`), appended to its
-//! (process, fd) stream and scanned with the stream's tail, so a key split across writes —
+//! (process, fd) stream (fds sharing one open file share it) and scanned with the stream's tail, so a key split across writes —
 //! a JVM error log writes `NAME`, `=` and the value separately — is found once. A stream
 //! that pauses reports what it held back; idle streams are dropped to bound memory (counted).
 //! A process seen writing a frozen credential is handed to `respond` as a holder.
@@ -50,6 +50,30 @@ pub struct Streams {
     map: HashMap<(u32, i32), Stream>,
     /// (tgid, fd) whose cut capture was last reported, for the `lost` alert window.
     truncations: HashMap<(u32, i32), Instant>,
+    /// (tgid, `struct file` address) -> the fd whose stream holds that open file.
+    shared: HashMap<(u32, u64), i32>,
+}
+
+impl Streams {
+    /// The fd whose stream a write on `fd` joins: fds of one process that share an open
+    /// file (`dup`, `2>&1`) write one stream, so a key split between them is still whole.
+    /// Another fd's stream is joined only while it holds the same open file (`struct
+    /// file` address and inode).
+    fn stream_fd(&mut self, tgid: u32, fd: i32, file: (u64, u64)) -> i32 {
+        if file.0 == 0 {
+            return fd;
+        }
+        if let Some(&other) = self.shared.get(&(tgid, file.0)) {
+            if other != fd && self.map.get(&(tgid, other)).is_some_and(|s| s.file == file) {
+                return other;
+            }
+        }
+        if self.shared.len() >= 2 * MAX_STREAMS {
+            self.shared.clear();
+        }
+        self.shared.insert((tgid, file.0), fd);
+        fd
+    }
 }
 
 /// Who wrote, as it was at the write. The kernel's comm says which image wrote: the
@@ -137,12 +161,14 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
 /// Appends a copied payload to its stream and scans it. TLS plaintext streams are keyed
 /// apart from their socket's ciphertext (`tls::stream_fd`).
 pub(super) fn scan(p: &mut Pipeline, w: WriteEvent, target: Target, source: Source, tls: bool) {
+    // A new open file behind the fd ends the old stream.
+    let ident = (w.file.file, w.file.ino);
     let key = (
         w.task.tgid,
         if tls {
             super::tls::stream_fd(w.fd)
         } else {
-            w.fd
+            p.streams.stream_fd(w.task.tgid, w.fd, ident)
         },
     );
     let now = Instant::now();
@@ -150,8 +176,6 @@ pub(super) fn scan(p: &mut Pipeline, w: WriteEvent, target: Target, source: Sour
     let fz = frozen.read().ok();
     let d = Detector::new(&engine, fz.as_deref());
     let mut found = Vec::new();
-    // A new open file behind the fd ends the old stream.
-    let ident = (w.file.file, w.file.ino);
     if p.streams.map.get(&key).is_some_and(|s| s.file != ident) {
         if let Some(mut old) = p.streams.map.remove(&key) {
             let f = old.scanner.finish(&d);
