@@ -255,7 +255,9 @@ fn an_uneven_random_hex_key_is_still_a_key() {
 #[test]
 fn hex_values_are_keys_when_named_as_keys_and_digests_otherwise() {
     let engine = Engine::builtin();
-    let mut rng = Rng::from_time();
+    // Fixed seed (override with LW_SEED): about 1 random 32-digit hex value in 1,700 is
+    // mostly digits, under the entropy bar by design, which made a time-seeded run flake.
+    let mut rng = Rng::seeded(0x4e5);
     for _ in 0..50 {
         let h32 = rng.string(HEX, 32);
         let h40 = rng.string(HEX, 40);
