@@ -356,6 +356,59 @@ os.write(dup, key[cut:] + b"\n")
 }
 
 #[test]
+fn write_halves_sent_to_two_peers_are_not_one_key() {
+    let mut d = Daemon::start("w-udp-peers");
+    let (split, split_text) = secret("anthropic-api-key");
+    let (whole, whole_text) = secret("github-pat");
+    let scratch = d.scratch();
+    let (k1, k2) = (
+        keyfile(&scratch, "split", &split_text),
+        keyfile(&scratch, "whole", &whole_text),
+    );
+    let peers: Vec<std::net::UdpSocket> = (0..3)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<String> = peers
+        .iter()
+        .map(|u| u.local_addr().unwrap().port().to_string())
+        .collect();
+    // One unconnected UDP socket: half the key to one peer, the rest to another (no peer
+    // got the key), then a whole key to a third.
+    let script = r#"
+import socket, sys, time
+split, whole = open(sys.argv[1]).read().encode(), open(sys.argv[2]).read().encode()
+cut = len(split) // 2
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.sendto(b"token=" + split[:cut], ("127.0.0.1", int(sys.argv[3]))); time.sleep(0.1)
+u.sendto(split[cut:] + b"\n", ("127.0.0.1", int(sys.argv[4]))); time.sleep(0.1)
+u.sendto(b"token=" + whole + b"\n", ("127.0.0.1", int(sys.argv[5])))
+"#;
+    let mut c = python()
+        .arg("-c")
+        .arg(script)
+        .arg(&k1)
+        .arg(&k2)
+        .args(&ports)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "python").success());
+    let a = wait_finding(&d, &fingerprint(&whole), "socket", "the whole key", |a| {
+        n(a, "pid") == pid as u64
+    });
+    assert_eq!(s(&a, "remote"), format!("127.0.0.1:{}", ports[2]), "{a:#}");
+    // Past the 1 s pause that reports a key held back at a stream's end.
+    std::thread::sleep(Duration::from_millis(1500));
+    let wrong = d.findings(&fingerprint(&split));
+    assert!(
+        wrong.iter().all(|a| n(a, "pid") != pid as u64),
+        "no peer got the split key: {wrong:#?}"
+    );
+    d.stop();
+    d.assert_no_plaintext(&[&split, &whole]);
+}
+
+#[test]
 fn write_fd_reused_for_another_file_keeps_each_path() {
     let mut d = Daemon::start("w-fdreuse");
     let keys: Vec<(String, String)> = [

@@ -176,7 +176,12 @@ pub(super) fn scan(p: &mut Pipeline, w: WriteEvent, target: Target, source: Sour
     let fz = frozen.read().ok();
     let d = Detector::new(&engine, fz.as_deref());
     let mut found = Vec::new();
-    if p.streams.map.get(&key).is_some_and(|s| s.file != ident) {
+    // So does a datagram to another peer: bytes sent to different hosts are not one stream.
+    let moved = |s: &Stream| {
+        s.file != ident
+            || matches!((s.target.remote(), target.remote()), (Some(a), Some(b)) if a != b)
+    };
+    if p.streams.map.get(&key).is_some_and(moved) {
         if let Some(mut old) = p.streams.map.remove(&key) {
             let f = old.scanner.finish(&d);
             report(p, &d, &old, f);
