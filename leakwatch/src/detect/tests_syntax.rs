@@ -147,7 +147,7 @@ fn a_credential_sent_base64_encoded_as_user_and_password_is_the_credential_insid
         let (pat, _) = sample("docker-hub-pat", &mut rng).unwrap();
         let pw = rng.string(ALNUM, 18);
         // (text, what is encoded, the credential inside, its rule)
-        let cases: [(&str, String, String, &str); 5] = [
+        let cases: [(&str, String, String, &str); 6] = [
             // git with a token in the URL, sent to the server as Basic auth.
             (
                 "GET /o/r.git/info/refs HTTP/1.1\r\nAuthorization: Basic {}\r\n\r\n",
@@ -181,6 +181,13 @@ fn a_credential_sent_base64_encoded_as_user_and_password_is_the_credential_insid
                 pw.clone(),
                 "registry-auth",
             ),
+            // The same file's text inside a JSON string.
+            (
+                "{\"config\": \"{\\\"auths\\\": {\\\"r.internal\\\": {\\\"auth\\\": \\\"{}\\\"}}}\"}",
+                format!("deploy:{pw}"),
+                pw.clone(),
+                "registry-auth",
+            ),
         ];
         for (shape, login, inside, rule) in cases {
             let blob = b64(&login);
@@ -203,6 +210,8 @@ fn a_credential_sent_base64_encoded_as_user_and_password_is_the_credential_insid
         format!("Authorization: Basic {}", b64("no colon in here at all")),
         "{\"auth\": \"enabled\"}".to_string(),
         format!("{{\"auth\": \"{}\"}}", b64("admin:changeme")),
+        // RFC 6749's example client, in many OAuth libraries' documentation.
+        "Authorization: Basic czZCaGRSa3F0MzpnWDFmQmF0M2JW".to_string(),
     ] {
         assert_quiet(&engine, &quiet);
     }
