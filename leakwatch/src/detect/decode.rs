@@ -30,13 +30,6 @@ pub fn basic(blob: &[u8]) -> Option<(Vec<u8>, usize)> {
     }
 }
 
-/// Is `blob` a login as `basic` reads one?
-pub fn is_basic(blob: &[u8]) -> bool {
-    basic(blob)
-        .map(|(mut text, _)| zeroize::Zeroize::zeroize(&mut text))
-        .is_some()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

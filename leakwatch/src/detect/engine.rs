@@ -48,6 +48,19 @@ struct Rule {
     decode: bool,
 }
 
+/// What a decoding rule's match holds.
+enum Inside {
+    /// A credential: its rule id, fingerprint and preview.
+    Found(Reported),
+    /// A login whose password the checks refuse (a placeholder).
+    Refused,
+    /// Not `base64(USER:PASSWORD)`.
+    NotLogin,
+}
+
+/// (rule id, fingerprint, preview) of the credential inside a decoding rule's match.
+type Reported = (String, String, String);
+
 /// What the checks make of a candidate.
 enum Verdict {
     /// A credential: its length (the generic rule trims trailing punctuation).
@@ -200,6 +213,8 @@ impl Engine {
         }
         windows.sort_unstable();
         let mut found: Vec<(usize, usize, usize)> = Vec::new(); // (start, end, rule)
+                                                                // What decoding rules' matches hold, by span: judged once, in `confirm`.
+        let mut decoded: Vec<((usize, usize), Reported)> = Vec::new();
         let mut vetoes: Vec<(usize, usize)> = Vec::new();
         let mut i = 0;
         while i < windows.len() {
@@ -209,7 +224,7 @@ impl Engine {
                 e = e.max(windows[i].2);
                 i += 1;
             }
-            self.confirm(r, hay, s, e, &mut found, &mut vetoes);
+            self.confirm(r, hay, (s, e), &mut found, &mut vetoes, &mut decoded);
         }
         self.resolve(&mut found, &vetoes);
         let mut line = 1;
@@ -220,7 +235,8 @@ impl Engine {
                 line += hay[pos..s].iter().filter(|&&b| b == b'\n').count();
                 pos = s;
                 let (rule, fingerprint, redacted) = if self.rules[r].decode {
-                    self.inside(&self.rules[r], &hay[s..e])?
+                    let i = decoded.iter().position(|(span, _)| *span == (s, e))?;
+                    decoded.swap_remove(i).1
                 } else {
                     (
                         self.rules[r].id.clone(),
@@ -243,19 +259,25 @@ impl Engine {
     /// The credential inside a decoding rule's match (rule id, fingerprint, preview): a
     /// vendor rule's token in the decoded `USER:PASSWORD`, else the password if it passes
     /// this rule's checks.
-    fn inside(&self, rule: &Rule, blob: &[u8]) -> Option<(String, String, String)> {
-        let (mut text, at) = super::decode::basic(blob)?;
+    fn inside(&self, rule: &Rule, blob: &[u8]) -> Inside {
+        let Some((mut text, at)) = super::decode::basic(blob) else {
+            return Inside::NotLogin;
+        };
         let vendor = self
             .scan_inner(&text, None, true)
             .into_iter()
             .filter(|f| self.rules.iter().any(|r| r.id == f.rule && !r.generic))
             .max_by_key(|f| f.end - f.start);
         let out = match vendor {
-            Some(f) => Some((f.rule, f.fingerprint, f.redacted)),
+            Some(f) => Inside::Found((f.rule, f.fingerprint, f.redacted)),
             None => {
                 let pw = &text[at..];
-                matches!(self.accept(rule, pw, b""), Verdict::Report(n) if n == pw.len())
-                    .then(|| (rule.id.clone(), fingerprint(pw), redact(pw)))
+                match self.accept(rule, pw, b"") {
+                    Verdict::Report(n) if n == pw.len() => {
+                        Inside::Found((rule.id.clone(), fingerprint(pw), redact(pw)))
+                    }
+                    _ => Inside::Refused,
+                }
             }
         };
         zeroize::Zeroize::zeroize(&mut text);
@@ -266,10 +288,10 @@ impl Engine {
         &self,
         r: usize,
         hay: &[u8],
-        s: usize,
-        e: usize,
+        (s, e): (usize, usize),
         out: &mut Vec<(usize, usize, usize)>,
         vetoes: &mut Vec<(usize, usize)>,
+        decoded: &mut Vec<((usize, usize), Reported)>,
     ) {
         let rule = &self.rules[r];
         let win = &hay[s..e];
@@ -296,13 +318,14 @@ impl Engine {
             let verdict = if rule.public {
                 Verdict::Veto
             } else if rule.decode {
-                let blob = &win[ms..me];
-                match self.inside(rule, blob) {
-                    Some(_) => Verdict::Report(me - ms),
-                    // A login whose password the checks refuse (a placeholder): judged, so
-                    // no generic rule reports the encoded value either.
-                    None if super::decode::is_basic(blob) => Verdict::Veto,
-                    None => Verdict::Drop,
+                match self.inside(rule, &win[ms..me]) {
+                    Inside::Found(c) => {
+                        decoded.push(((s + ms, s + me), c));
+                        Verdict::Report(me - ms)
+                    }
+                    // Judged: no generic rule reports the encoded value either.
+                    Inside::Refused => Verdict::Veto,
+                    Inside::NotLogin => Verdict::Drop,
                 }
             } else {
                 let mut secret = &win[ms..me];

@@ -114,8 +114,7 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
     // other flags): the joined arguments, unless seen clean before.
     let args: Vec<&[u8]> = ev.argv().collect();
     if args.len() > 1 {
-        let owned = argv_found(&hits);
-        let alone: Vec<(usize, &str)> = owned.iter().map(|(i, f)| (*i, f.as_str())).collect();
+        let alone = argv_found(&hits);
         // NUL-joined: a key no single argument (which has no NUL) can share.
         let mut line = args.join(&b'\0');
         if !clean.contains(&line) {
@@ -255,9 +254,7 @@ fn recover(p: &mut Pipeline, t: &mut Truncated) -> bool {
         }
     }
     let args: Vec<&[u8]> = Strings::of(&argv).collect();
-    let alone = argv_found(&hits);
-    let alone: Vec<(usize, &str)> = alone.iter().map(|(i, f)| (*i, f.as_str())).collect();
-    for (i, f) in super::cmdline::findings(&args, &d, &alone) {
+    for (i, f) in super::cmdline::findings(&args, &d, &argv_found(&hits)) {
         hits.push(annotate(Hit::new(Source::Argv, f), args[i], i));
     }
     drop(args);

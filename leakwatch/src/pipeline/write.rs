@@ -1,8 +1,9 @@
 //! The write stage: each write-family payload is named (`classify`), appended to its
-//! (process, fd) stream (fds sharing one open file share it) and scanned with the stream's tail, so a key split across writes —
-//! a JVM error log writes `NAME`, `=` and the value separately — is found once. A stream
-//! that pauses reports what it held back; idle streams are dropped to bound memory (counted).
-//! A process seen writing a frozen credential is handed to `respond` as a holder.
+//! (process, fd) stream (fds sharing one open file share it) and scanned with the stream's
+//! tail, so a key split across writes — a JVM error log writes `NAME`, `=` and the value
+//! separately — is found once. A stream that pauses reports what it held back; idle streams
+//! are dropped to bound memory (counted). A process seen writing a frozen credential is
+//! handed to `respond` as a holder.
 use std::{
     collections::HashMap,
     time::{Duration, Instant},

@@ -9,7 +9,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-use super::{attach_loaded, explain_load, explain_prog, tracefs, OBJECT};
+use super::{attach_loaded, explain_load, explain_prog, program, tracefs, OBJECT};
 
 /// Counter programs attached to hooks; detached when dropped.
 pub struct Floor {
@@ -30,12 +30,7 @@ fn object() -> Result<Ebpf> {
 pub fn load_floor(tracepoints: &[&str]) -> Result<Floor> {
     tracefs()?;
     let mut ebpf = object()?;
-    let p: &mut TracePoint = ebpf
-        .program_mut("floor")
-        .context(
-            "program floor missing from the embedded object; rebuild with `cargo xtask build`",
-        )?
-        .try_into()?;
+    let p: &mut TracePoint = program(&mut ebpf, "floor")?.try_into()?;
     p.load().map_err(|e| explain_prog("floor", e))?;
     for name in tracepoints {
         let (cat, name) = name.split_once(':').unwrap_or(("syscalls", name));
@@ -99,36 +94,31 @@ pub fn load_raw_floor(
     };
     for (prog, tp, nrs) in [(on_enter, "sys_enter", enter), (on_exit, "sys_exit", exit)] {
         if !nrs.is_empty() {
-            load_raw(&mut ebpf, prog)?.attach(tp).map_err(|e| {
-                anyhow::anyhow!("attaching {prog} to raw tracepoint {tp} failed: {e}")
-            })?;
+            load_raw(&mut ebpf, prog)?;
+            attach_raw(&mut ebpf, prog, tp)?;
         }
     }
     for tp in events {
-        raw_program(&mut ebpf, "floor_raw")?
-            .attach(tp)
-            .map_err(|e| {
-                anyhow::anyhow!("attaching floor_raw to raw tracepoint {tp} failed: {e}")
-            })?;
+        attach_raw(&mut ebpf, "floor_raw", tp)?;
     }
     Ok(Floor { ebpf })
 }
 
 fn raw_program<'a>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut RawTracePoint> {
-    Ok(ebpf
-        .program_mut(prog)
-        .with_context(|| {
-            format!(
-                "program {prog} missing from the embedded object; rebuild with `cargo xtask build`"
-            )
-        })?
-        .try_into()?)
+    Ok(program(ebpf, prog)?.try_into()?)
 }
 
-fn load_raw<'a>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut RawTracePoint> {
-    let p = raw_program(ebpf, prog)?;
-    p.load().map_err(|e| explain_prog(prog, e))?;
-    Ok(p)
+fn attach_raw(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<()> {
+    raw_program(ebpf, prog)?
+        .attach(tp)
+        .map_err(|e| anyhow::anyhow!("attaching {prog} to raw tracepoint {tp} failed: {e}"))?;
+    Ok(())
+}
+
+fn load_raw(ebpf: &mut Ebpf, prog: &str) -> Result<()> {
+    raw_program(ebpf, prog)?
+        .load()
+        .map_err(|e| explain_prog(prog, e))
 }
 
 impl Floor {
