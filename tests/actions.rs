@@ -7,28 +7,6 @@ use std::{process::Command, time::Duration};
 use leakwatch_tests::*;
 use serde_json::Value;
 
-/// `leakwatch actions --json` over the daemon's state dir with `args`.
-fn actions(d: &Daemon, args: &[&str]) -> Vec<Value> {
-    let out = Command::new(bin())
-        .arg("actions")
-        .arg("--state-dir")
-        .arg(d.state_dir())
-        .arg("--json")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "leakwatch actions {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn has(rows: &[Value], kind: &str, pid: u64, pred: impl Fn(&Value) -> bool) -> bool {
     rows.iter()
         .any(|r| s(r, "kind") == kind && n(r, "pid") == pid && pred(r))

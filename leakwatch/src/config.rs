@@ -39,6 +39,8 @@ pub struct Config {
     /// Where each rule's credential is expected to go (`[[destination]]` tables), besides
     /// its provider's hosts.
     pub destination: Vec<crate::dest::DestinationSpec>,
+    /// Whether a host name a socket carries is trusted only where it resolves.
+    pub host_check: crate::dest::HostCheck,
     /// Fleet freeze through etcd (`fleet`); no `etcd` endpoints: off.
     pub fleet: crate::fleet::FleetConfig,
 }
@@ -147,6 +149,7 @@ impl Default for Config {
             capture: Capture::default(),
             actions: Actions::default(),
             destination: Vec::new(),
+            host_check: Default::default(),
             fleet: crate::fleet::FleetConfig::default(),
         }
     }
@@ -239,12 +242,13 @@ impl Config {
                 bail!("[scope] cgroups entry `{g}` is not a cgroup path; give it relative to the cgroup2 mount, starting with `/` (e.g. `/system.slice/agent.service`)");
             }
         }
+        self.host_check.validate()?;
         self.fleet.validate()
     }
 
     /// Every rule's expected destinations: built-in hosts and `[[destination]]`.
     pub fn destinations(&self) -> Result<crate::dest::Destinations> {
-        crate::dest::Destinations::new(&self.rules()?, &self.destination)
+        crate::dest::Destinations::new(&self.rules()?, &self.destination, &self.host_check)
     }
 
     /// Built-in rules with this config's rules applied.

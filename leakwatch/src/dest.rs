@@ -1,10 +1,12 @@
 //! Destinations: which host a socket write goes to, and whether a credential is expected
 //! there. The host is read from the first bytes a socket carries — the SNI of a TLS
-//! ClientHello, or the `Host:` header of a plain HTTP request (also in TLS plaintext) —
-//! never resolved. Each built-in rule names its provider's hosts (`hosts` in
-//! `rules.toml`); `[[destination]]` in the config adds or replaces them per rule (hosts,
-//! CIDRs, ports). A credential sent to one of its own destinations is expected: recorded,
-//! not alerted. Pure: bytes and names in, answers out.
+//! ClientHello, or the `Host:` header of a plain HTTP request (also in TLS plaintext).
+//! Each built-in rule names its provider's hosts (`hosts` in `rules.toml`);
+//! `[[destination]]` in the config adds or replaces them per rule (hosts, CIDRs, ports). A
+//! credential sent to one of its own destinations is expected: recorded, not alerted. A
+//! name is the sender's own claim, so a send expected by name only is `Named`: the caller
+//! checks the peer against what the name resolves to (`resolve`), unless the peer is a
+//! declared proxy (`[host_check]`). Pure: bytes and names in, answers out.
 use std::{collections::HashMap, net::IpAddr};
 
 use anyhow::{bail, Result};
@@ -28,6 +30,51 @@ pub struct DestinationSpec {
     pub replace: bool,
 }
 
+/// `[host_check]`: whether a name a socket carries is trusted only where it resolves.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostCheck {
+    /// Check the peer against the name's addresses (false: trust the name as sent).
+    pub resolve: bool,
+    /// Egress proxies and gateways (`10.0.0.5`, `10.8.0.0/16`): the peer of a proxied
+    /// connection is the proxy, so a name sent to one is trusted as sent.
+    pub proxies: Vec<String>,
+}
+
+impl Default for HostCheck {
+    fn default() -> Self {
+        HostCheck {
+            resolve: true,
+            proxies: Vec::new(),
+        }
+    }
+}
+
+impl HostCheck {
+    pub fn validate(&self) -> Result<()> {
+        for p in &self.proxies {
+            if parse_cidr(p).is_none() {
+                bail!("[host_check] proxies entry `{p}` is not an address or network; give e.g. `10.0.0.5` or `10.8.0.0/16`");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Is a credential expected where it went?
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    No,
+    /// Yes, and why (`address`: a listed network; `proxy`: a name sent to a declared
+    /// proxy; `trusted`: a name, with `[host_check] resolve = false`).
+    Yes(&'static str),
+    /// Yes if the name resolves to the peer (`ip`; `None`: the peer is unknown).
+    Named {
+        name: String,
+        ip: Option<IpAddr>,
+    },
+}
+
 #[derive(Clone, Debug, Default)]
 struct Allowed {
     hosts: Vec<String>,
@@ -39,11 +86,18 @@ struct Allowed {
 #[derive(Clone, Debug, Default)]
 pub struct Destinations {
     by_rule: HashMap<String, Vec<Allowed>>,
+    check: bool,
+    proxies: Vec<(IpAddr, u8)>,
 }
 
 impl Destinations {
-    /// From the rules' own `hosts` and the config's `[[destination]]` tables.
-    pub fn new(rules: &RuleSet, extra: &[DestinationSpec]) -> Result<Destinations> {
+    /// From the rules' own `hosts`, the config's `[[destination]]` tables and `[host_check]`.
+    pub fn new(
+        rules: &RuleSet,
+        extra: &[DestinationSpec],
+        check: &HostCheck,
+    ) -> Result<Destinations> {
+        check.validate()?;
         let mut by_rule: HashMap<String, Vec<Allowed>> = HashMap::new();
         for r in &rules.rules {
             if !r.hosts.is_empty() {
@@ -67,25 +121,43 @@ impl Destinations {
             }
             list.push(a);
         }
-        Ok(Destinations { by_rule })
+        Ok(Destinations {
+            by_rule,
+            check: check.resolve,
+            proxies: check.proxies.iter().filter_map(|c| parse_cidr(c)).collect(),
+        })
     }
 
     /// Is a credential found by `rule` expected at this destination (`host` from SNI or
     /// `Host:`, `remote` as `ip:port`)? Never for `frozen`: a frozen credential has no
     /// expected destination.
-    pub fn expected(&self, rule: &str, host: Option<&str>, remote: Option<&str>) -> bool {
+    pub fn expected(&self, rule: &str, host: Option<&str>, remote: Option<&str>) -> Expect {
         let Some(list) = self.by_rule.get(rule) else {
-            return false;
+            return Expect::No;
         };
         let (ip, port) = remote.and_then(split_remote).unzip();
-        list.iter().any(|a| {
+        let mut named = false;
+        for a in list {
             if !a.ports.is_empty() && !port.is_some_and(|p| a.ports.contains(&p)) {
-                return false;
+                continue;
             }
-            let by_host = host.is_some_and(|h| a.hosts.iter().any(|p| host_matches(p, h)));
-            let by_ip = ip.is_some_and(|ip| a.cidrs.iter().any(|c| in_cidr(*c, ip)));
-            by_host || by_ip
-        })
+            if ip.is_some_and(|ip| a.cidrs.iter().any(|c| in_cidr(*c, ip))) {
+                return Expect::Yes("address");
+            }
+            named |= host.is_some_and(|h| a.hosts.iter().any(|p| host_matches(p, h)));
+        }
+        match host {
+            Some(_) if !named => Expect::No,
+            None => Expect::No,
+            Some(_) if !self.check => Expect::Yes("trusted"),
+            Some(_) if ip.is_some_and(|ip| self.proxies.iter().any(|c| in_cidr(*c, ip))) => {
+                Expect::Yes("proxy")
+            }
+            Some(h) => Expect::Named {
+                name: h.trim_end_matches('.').to_ascii_lowercase(),
+                ip,
+            },
+        }
     }
 }
 
@@ -137,7 +209,7 @@ fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
 }
 
 fn in_cidr((net, bits): (IpAddr, u8), ip: IpAddr) -> bool {
-    match (net, ip) {
+    match (net, ip.to_canonical()) {
         (IpAddr::V4(n), IpAddr::V4(i)) => {
             let mask = u32::MAX.checked_shl(32 - bits as u32).unwrap_or(0);
             u32::from(n) & mask == u32::from(i) & mask
@@ -318,20 +390,66 @@ mod tests {
             ports: vec![443],
             replace: false,
         }];
-        let d = Destinations::new(&set, &extra).unwrap();
+        let d = Destinations::new(&set, &extra, &HostCheck::default()).unwrap();
         let r = "openai-project-key";
-        assert!(d.expected(r, Some("api.openai.com"), Some("1.2.3.4:443")));
-        assert!(d.expected(r, Some("llm.gw.internal"), Some("10.9.9.9:443")));
-        assert!(!d.expected(r, Some("gw.internal"), Some("10.9.9.9:443")));
-        assert!(d.expected(r, None, Some("10.1.2.3:443")));
-        assert!(
-            !d.expected(r, None, Some("10.1.2.3:80")),
-            "port not allowed"
+        let named = |n: &str, ip: Option<&str>| Expect::Named {
+            name: n.into(),
+            ip: ip.map(|i| i.parse().unwrap()),
+        };
+        assert_eq!(
+            d.expected(r, Some("API.openai.com."), Some("1.2.3.4:443")),
+            named("api.openai.com", Some("1.2.3.4"))
         );
-        assert!(!d.expected(r, Some("evil.example"), Some("1.2.3.4:443")));
-        assert!(!d.expected(r, None, None));
-        assert!(!d.expected("frozen", Some("api.openai.com"), None));
-        assert!(!d.expected("anthropic-api-key", Some("api.openai.com"), None));
+        assert_eq!(
+            d.expected(r, Some("llm.gw.internal"), Some("10.9.9.9:443")),
+            named("llm.gw.internal", Some("10.9.9.9"))
+        );
+        let no = Expect::No;
+        assert_eq!(d.expected(r, Some("gw.internal"), Some("10.9.9.9:443")), no);
+        assert_eq!(
+            d.expected(r, None, Some("10.1.2.3:443")),
+            Expect::Yes("address")
+        );
+        assert_eq!(
+            d.expected(r, Some("evil.example"), Some("[::ffff:10.1.2.3]:443")),
+            Expect::Yes("address"),
+            "a v4-mapped peer is its v4 address"
+        );
+        assert_eq!(d.expected(r, None, Some("10.1.2.3:80")), no, "port");
+        assert_eq!(d.expected(r, Some("evil.example"), Some("1.2.3.4:443")), no);
+        assert_eq!(d.expected(r, None, None), no);
+        assert_eq!(
+            d.expected(r, Some("api.openai.com"), None),
+            named("api.openai.com", None)
+        );
+        assert_eq!(d.expected("frozen", Some("api.openai.com"), None), no);
+        assert_eq!(
+            d.expected("anthropic-api-key", Some("api.openai.com"), None),
+            no
+        );
+        // A name sent to a declared proxy is trusted; with resolve off, every name is.
+        let proxied = HostCheck {
+            proxies: vec!["192.168.7.0/24".into()],
+            ..Default::default()
+        };
+        let d = Destinations::new(&set, &extra, &proxied).unwrap();
+        assert_eq!(
+            d.expected(r, Some("api.openai.com"), Some("192.168.7.9:3128")),
+            Expect::Yes("proxy")
+        );
+        assert_eq!(
+            d.expected(r, Some("evil.example"), Some("192.168.7.9:3128")),
+            no
+        );
+        let off = HostCheck {
+            resolve: false,
+            ..Default::default()
+        };
+        let d = Destinations::new(&set, &extra, &off).unwrap();
+        assert_eq!(
+            d.expected(r, Some("api.openai.com"), Some("6.6.6.6:443")),
+            Expect::Yes("trusted")
+        );
         // Replace drops the built-in hosts.
         let only = [DestinationSpec {
             rule: r.into(),
@@ -339,15 +457,19 @@ mod tests {
             replace: true,
             ..Default::default()
         }];
-        let d = Destinations::new(&set, &only).unwrap();
-        assert!(!d.expected(r, Some("api.openai.com"), None));
-        assert!(d.expected(r, Some("proxy.corp"), None));
+        let d = Destinations::new(&set, &only, &off).unwrap();
+        assert_eq!(d.expected(r, Some("api.openai.com"), None), no);
+        assert_eq!(
+            d.expected(r, Some("proxy.corp"), None),
+            Expect::Yes("trusted")
+        );
     }
 
     #[test]
     fn bad_destinations_are_one_clear_error() {
         let set = RuleSet::builtin();
-        let bad = |d: DestinationSpec| Destinations::new(&set, &[d]).unwrap_err().to_string();
+        let ok = HostCheck::default();
+        let bad = |d: DestinationSpec| Destinations::new(&set, &[d], &ok).unwrap_err().to_string();
         let e = bad(DestinationSpec {
             rule: "nope".into(),
             hosts: vec!["a".into()],
@@ -365,5 +487,13 @@ mod tests {
             ..Default::default()
         });
         assert!(e.contains("not an address or network"), "{e}");
+        let proxy = HostCheck {
+            proxies: vec!["proxy.corp".into()],
+            ..Default::default()
+        };
+        let e = Destinations::new(&set, &[], &proxy)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[host_check] proxies entry `proxy.corp`"), "{e}");
     }
 }

@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod probes;
 pub mod procs;
 pub mod recent;
+pub mod resolve;
 pub mod respond;
 pub mod scan;
 pub mod scope;

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub core_dumps: IntCounterVec,
     pub tls_files: IntCounterVec,
     pub expected_sends: IntCounterVec,
+    pub host_checks: IntCounterVec,
     pub tls_blind: IntGauge,
     pub ring_fill: prometheus::GaugeVec,
     pub streams: IntGauge,
@@ -281,6 +282,12 @@ impl Metrics {
                 "leakwatch_expected_sends_total",
                 "Credentials sent to one of their rule's expected destinations (its provider's hosts, or [[destination]]): recorded in the action log, not alerted.",
                 &["rule"],
+            ),
+            host_checks: counter_vec(
+                &r,
+                "leakwatch_host_checks_total",
+                "Socket findings sent to a host their rule expects, by how the destination was judged: resolved (the name resolves to the peer), proxy, address, trusted (expected); mismatch, unresolved, no_address (alerted).",
+                &["result"],
             ),
             streams: gauge(
                 &r,

@@ -660,13 +660,21 @@ pub fn python() -> Command {
 /// A local HTTP/1.1 server on 127.0.0.1 (port chosen by the kernel) that reads each
 /// request (Content-Length or chunked body), keeps its raw bytes, and answers `200 ok`.
 pub struct HttpSink {
+    pub ip: String,
     pub port: u16,
     requests: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
 }
 
 impl HttpSink {
     pub fn start() -> HttpSink {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the HTTP sink");
+        HttpSink::start_on("127.0.0.1")
+    }
+
+    /// A sink on another loopback address (`127.0.0.2`…): a peer no name but its own
+    /// resolves to.
+    pub fn start_on(ip: &str) -> HttpSink {
+        let l = std::net::TcpListener::bind((ip, 0)).expect("binding the HTTP sink");
+        let ip = ip.to_string();
         let port = l.local_addr().unwrap().port();
         let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let r = requests.clone();
@@ -676,16 +684,16 @@ impl HttpSink {
                 std::thread::spawn(move || serve_http(c, &r));
             }
         });
-        HttpSink { port, requests }
+        HttpSink { ip, port, requests }
     }
 
-    /// `127.0.0.1:PORT`, as the daemon reports a socket's `remote`.
+    /// `IP:PORT`, as the daemon reports a socket's `remote`.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+        format!("http://{}/", self.addr())
     }
 
     /// Waits up to 15 s for a request whose raw bytes satisfy `pred`.
@@ -890,4 +898,26 @@ pub fn test_cert(dir: &Path) -> (PathBuf, PathBuf) {
         .expect("running openssl");
     assert!(st.success(), "openssl could not make a test certificate");
     (cert, key)
+}
+
+/// `leakwatch actions --json` over the daemon's state dir with `args`.
+pub fn actions(d: &Daemon, args: &[&str]) -> Vec<Value> {
+    let out = std::process::Command::new(bin())
+        .arg("actions")
+        .arg("--state-dir")
+        .arg(d.state_dir())
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "leakwatch actions {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }

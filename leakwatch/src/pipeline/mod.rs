@@ -19,6 +19,7 @@ mod dumps;
 mod exec;
 mod h2;
 mod held;
+mod names;
 pub mod report;
 mod tls;
 mod write;
@@ -92,6 +93,8 @@ pub struct Pipeline {
     tls: crate::probes::tls::TlsWatch,
     tls_wait: tls::Waiting,
     h2: h2::Conns,
+    /// Socket findings waiting for their host name to be checked.
+    names: names::Waiting,
     blind_checked: blind::Checked,
     /// Exec strings scanned clean (see `clean`).
     clean: clean::Clean,
@@ -128,6 +131,7 @@ impl Pipeline {
             tls: Default::default(),
             tls_wait: Default::default(),
             h2: Default::default(),
+            names: Default::default(),
             blind_checked: Default::default(),
             clean: Default::default(),
             report,
@@ -235,6 +239,7 @@ impl Pipeline {
         write::tick(self);
         tls::tick(self);
         held::tick(self);
+        names::tick(self, false);
         exec::tick(self);
         let reports: Vec<_> = match self.shared.dumps.lock() {
             Ok(mut q) => q.drain(..).collect(),
@@ -584,6 +589,7 @@ fn work(p: &mut Pipeline, rx: Receiver<Box<Queued>>, queued: &AtomicUsize) {
                 p.write_log.tick(&p.actions, true);
                 p.connect_log.tick(&p.actions, true);
                 held::release_all(p);
+                names::tick(p, true);
                 return;
             }
         }

@@ -12,6 +12,7 @@ use std::{
 use super::{report::Hit, Pipeline};
 use crate::{
     classify::Target,
+    dest::Expect,
     detect::{stream::StreamFinding, stream::StreamScanner, Detector},
     events::{Task, WriteEvent},
     procs::{ProcInfo, Procs},
@@ -302,14 +303,16 @@ pub(super) fn emit(
     let host = (source == Source::Socket)
         .then(|| p.fds.host(task.tgid, fd).map(str::to_string))
         .flatten();
-    let hits: Vec<Hit> = found
+    let hits: Vec<(Hit, Expect)> = found
         .into_iter()
         .map(|f| {
             // A frozen credential is expected nowhere (its rule is `frozen`).
-            let expected = source == Source::Socket
-                && !d.is_frozen(&f.finding)
-                && p.dests
-                    .expected(&f.finding.rule, host.as_deref(), target.remote());
+            let expected = if source == Source::Socket && !d.is_frozen(&f.finding) {
+                p.dests
+                    .expected(&f.finding.rule, host.as_deref(), target.remote())
+            } else {
+                Expect::No
+            };
             let mut h = Hit::new(source, f.finding)
                 .with("fd", fd)
                 .with("bytes", bytes)
@@ -323,7 +326,6 @@ pub(super) fn emit(
             if let Some(host) = &host {
                 h = h.with("host", host.as_str());
             }
-            h.expected = expected;
             if let Some((kind, (creds, frozen))) = crashed {
                 h = h
                     .with("dump", kind)
@@ -332,11 +334,11 @@ pub(super) fn emit(
             }
             h.path = target.path().map(str::to_string);
             h.remote = target.remote().map(str::to_string);
-            h
+            (h, expected)
         })
         .collect();
     let info = describe(&mut p.procs, task);
-    p.report.report_at(&info, hits, task.ktime_ns);
+    super::names::report(p, &info, hits, task.ktime_ns);
 }
 
 fn report(p: &mut Pipeline, d: &Detector, s: &Stream, found: Vec<StreamFinding>) {
