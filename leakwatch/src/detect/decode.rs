@@ -3,6 +3,10 @@
 //! and a registry auth file's `"auth"`. A rule with `decode = "basic"` matches the encoded
 //! value; the engine reports the credential inside it (a token another rule knows, else the
 //! password), so its fingerprint is the one the same credential has anywhere else.
+//!
+//! Also percent-encoding (a form body, a query string, a URL in a log): `percent` gives
+//! the decoded view the engine scans again, so a key with `/`, `+` or `=` sent as
+//! `%2F`, `%2B`, `%3D` is found and fingerprinted as itself.
 use base64::{
     alphabet,
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
@@ -30,6 +34,47 @@ pub fn basic(blob: &[u8]) -> Option<(Vec<u8>, usize)> {
     }
 }
 
+/// `hay` with every `%XX` escape decoded and `+` read as a space (form encoding), and for
+/// each decoded byte where it starts in `hay`; `None` when `hay` holds no escape.
+pub fn percent(hay: &[u8]) -> Option<(Vec<u8>, Vec<u32>)> {
+    memchr::memchr_iter(b'%', hay).find(|&i| escape(hay, i).is_some())?;
+    let mut text = Vec::with_capacity(hay.len());
+    let mut at = Vec::with_capacity(hay.len());
+    let mut i = 0;
+    while i < hay.len() {
+        at.push(i as u32);
+        match (hay[i], escape(hay, i)) {
+            (b'%', Some(b)) => {
+                text.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                text.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                text.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some((text, at))
+}
+
+/// The byte `%XX` at `i` stands for, if an encoder would have escaped it: printable ASCII
+/// punctuation, a space or a line break. Letters, digits and `-_.~` are never escaped,
+/// and no credential holds a control byte, so `p%dA55` stays a password and `%02x` a
+/// format.
+fn escape(hay: &[u8], i: usize) -> Option<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let (h, l) = (hay.get(i + 1)?, hay.get(i + 2)?);
+    let b = (hex(*h)? * 16 + hex(*l)?) as u8;
+    let encoded = matches!(b, b' '..=b'~' | b'\n' | b'\r' | b'\t')
+        && !b.is_ascii_alphanumeric()
+        && !matches!(b, b'-' | b'_' | b'.' | b'~');
+    encoded.then_some(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +96,16 @@ mod tests {
         assert_eq!(basic(unpadded.as_bytes()).unwrap().0, b"ab:c");
         // A token as the user name, no password (python requests `auth=(token, "")`).
         assert_eq!(basic(&enc("tok:")).unwrap().1, 4);
+    }
+
+    #[test]
+    fn percent_escapes_and_plus_are_decoded_with_where_each_byte_came_from() {
+        assert!(percent(b"no escapes here, 100% sure").is_none());
+        // Never escaped by an encoder: letters, digits, unreserved, control bytes.
+        assert!(percent(b"p%41ss %2d %02x %7E %dA").is_none());
+        let (t, at) = percent(b"a+k=a%2Fb+c%3d%").unwrap();
+        assert_eq!(t, b"a k=a/b c=%");
+        assert_eq!(at, [0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 14]);
     }
 
     #[test]

@@ -61,6 +61,17 @@ enum Inside {
 /// (rule id, fingerprint, preview) of the credential inside a decoding rule's match.
 type Reported = (String, String, String);
 
+/// What a scan of some bytes may still decode.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Bytes as written: logins and percent-encoding.
+    Raw,
+    /// A percent-decoded view: logins.
+    Percent,
+    /// The text inside a login: nothing more.
+    Login,
+}
+
 /// What the checks make of a candidate.
 enum Verdict {
     /// A credential: its length (the generic rule trims trailing punctuation).
@@ -160,27 +171,27 @@ impl Engine {
     /// Every credential in `hay`, ordered by position, overlapping findings resolved in
     /// favour of the longer one (then the earlier rule).
     pub fn scan(&self, hay: &[u8]) -> Vec<Finding> {
-        self.scan_inner(hay, None, false)
+        self.scan_inner(hay, None, Pass::Raw)
     }
 
     /// `scan`, also pushing to `open` the (start, reach) of every keyword window that the
     /// end of `hay` cut short: more bytes appended later may complete a credential there,
     /// so a stream scanner must rescan from `start` until its data passes `reach`.
     pub fn scan_open(&self, hay: &[u8], open: &mut Vec<(usize, usize)>) -> Vec<Finding> {
-        self.scan_inner(hay, Some(open), false)
+        self.scan_inner(hay, Some(open), Pass::Raw)
     }
 
-    /// `nested`: `hay` is decoded text, where decoding rules are not tried again.
+    /// `pass`: which decodings are still to try in `hay` (none inside a decoded login).
     fn scan_inner(
         &self,
         hay: &[u8],
         mut open: Option<&mut Vec<(usize, usize)>>,
-        nested: bool,
+        pass: Pass,
     ) -> Vec<Finding> {
         let mut windows: Vec<(usize, usize, usize)> = Vec::new();
         self.keywords.each(hay, |pattern, ks, ke| {
             for &r in &self.keyword_rules[pattern] {
-                if nested && self.rules[r].decode {
+                if pass == Pass::Login && self.rules[r].decode {
                     continue;
                 }
                 let mut start = ks.saturating_sub(BACK);
@@ -208,7 +219,8 @@ impl Engine {
                 windows.push((r, start, end));
             }
         });
-        if windows.is_empty() {
+        // Percent-encoded text may hide its keywords (`key%3D…`): it is decoded below.
+        if windows.is_empty() && (pass != Pass::Raw || memchr::memchr(b'%', hay).is_none()) {
             return Vec::new();
         }
         windows.sort_unstable();
@@ -226,6 +238,9 @@ impl Engine {
             }
             self.confirm(r, hay, (s, e), &mut found, &mut vetoes, &mut decoded);
         }
+        if pass == Pass::Raw {
+            self.percent_encoded(hay, &mut found, &mut decoded);
+        }
         self.resolve(&mut found, &vetoes);
         let mut line = 1;
         let mut pos = 0;
@@ -234,9 +249,11 @@ impl Engine {
             .filter_map(|(s, e, r)| {
                 line += hay[pos..s].iter().filter(|&&b| b == b'\n').count();
                 pos = s;
-                let (rule, fingerprint, redacted) = if self.rules[r].decode {
-                    let i = decoded.iter().position(|(span, _)| *span == (s, e))?;
+                let known = decoded.iter().position(|(span, _)| *span == (s, e));
+                let (rule, fingerprint, redacted) = if let Some(i) = known {
                     decoded.swap_remove(i).1
+                } else if self.rules[r].decode {
+                    return None;
                 } else {
                     (
                         self.rules[r].id.clone(),
@@ -256,6 +273,41 @@ impl Engine {
             .collect()
     }
 
+    /// Credentials that `hay` carries percent-encoded (`%2F`…, `+`): found in the decoded
+    /// view, reported at their encoded span with the decoded credential's fingerprint and
+    /// preview (in `decoded`). One replaces a finding on its encoded text alone.
+    fn percent_encoded(
+        &self,
+        hay: &[u8],
+        found: &mut Vec<(usize, usize, usize)>,
+        decoded: &mut Vec<((usize, usize), Reported)>,
+    ) {
+        let Some((mut text, at)) = super::decode::percent(hay) else {
+            return;
+        };
+        for f in self.scan_inner(&text, None, Pass::Percent) {
+            let s = at[f.start] as usize;
+            let e = at.get(f.end).map_or(hay.len(), |&i| i as usize);
+            let Some(r) = self.rules.iter().position(|x| x.id == f.rule) else {
+                continue;
+            };
+            if found.iter().any(|g| (g.0, g.1) == (s, e)) {
+                continue;
+            }
+            // No escape inside (each is 3 bytes raw, 1 decoded), only around it (a name's
+            // `%3D`): the raw bytes are the credential.
+            if e - s == f.end - f.start {
+                found.push((s, e, r));
+                continue;
+            }
+            found.retain(|g| !(g.0 < e && s < g.1));
+            decoded.retain(|(span, _)| !(span.0 < e && s < span.1));
+            found.push((s, e, r));
+            decoded.push(((s, e), (f.rule, f.fingerprint, f.redacted)));
+        }
+        zeroize::Zeroize::zeroize(&mut text);
+    }
+
     /// The credential inside a decoding rule's match (rule id, fingerprint, preview): a
     /// vendor rule's token in the decoded `USER:PASSWORD`, else the password if it passes
     /// this rule's checks.
@@ -264,7 +316,7 @@ impl Engine {
             return Inside::NotLogin;
         };
         let vendor = self
-            .scan_inner(&text, None, true)
+            .scan_inner(&text, None, Pass::Login)
             .into_iter()
             .filter(|f| self.rules.iter().any(|r| r.id == f.rule && !r.generic))
             .max_by_key(|f| f.end - f.start);

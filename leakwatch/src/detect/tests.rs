@@ -12,7 +12,26 @@ fn contexts(text: &str) -> Vec<String> {
         format!("Traceback (most recent call last):\n  File \"agent.py\", line 12, in <module>\nValueError: bad request to https://api.internal/v1?key={text}\n"),
         format!("Environment Variables:\nPATH=/usr/bin:/bin\nAPP_CONFIG={text}\nSHELL=/bin/bash\n"),
         format!("curl -s -H 'X-Auth: {text}' https://api.example.org/"),
+        // A form body (python `urlencode`, curl `--data-urlencode`): `/`, `+`, `=`, `:`,
+        // quotes, spaces and newlines sent as `%XX` and `+`. (A body with no `%XX` at all
+        // is not decoded: `+` alone is too common to mean a space.)
+        format!("POST /hook HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\nchannel=%23ops&text={}", form(text)),
     ]
+}
+
+/// `text` as `application/x-www-form-urlencoded` (python's `quote_plus`).
+fn form(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 /// Does rule `id` report the credential inside an encoded value?
@@ -58,11 +77,17 @@ fn every_rule_has_a_sample_and_finds_it_in_every_context() {
                 let f = found.iter().find(|f| f.fingerprint == want).unwrap();
                 assert_eq!(f.rule, id, "secret attributed to the wrong rule");
                 let span = &ctx.as_bytes()[f.start..f.end];
-                if let Some((text, at)) = decode::basic(span).filter(|_| decodes(id)) {
+                let plain = match decode::percent(span) {
+                    // Sent percent-encoded: the span is the encoded text (unless the
+                    // credential itself is, like an Azure SAS signature).
+                    Some((text, _)) if span != secret.as_bytes() => text,
+                    _ => span.to_vec(),
+                };
+                if let Some((text, at)) = decode::basic(&plain).filter(|_| decodes(id)) {
                     // An encoded login: the span is the encoded value.
                     assert_eq!(&text[at..], secret.as_bytes());
                 } else {
-                    assert_eq!(span, secret.as_bytes());
+                    assert_eq!(plain, secret.as_bytes());
                 }
             }
         }

@@ -82,7 +82,8 @@ fn values_with_slashes_are_not_paths() {
 #[test]
 fn credentials_in_a_tools_own_syntax() {
     let engine = Engine::builtin();
-    let mut rng = Rng::from_time();
+    // Fixed seed: a random 14-letter password falls under the entropy bar about 1 run in 30.
+    let mut rng = Rng::seeded(0x5eed);
     for _ in 0..20 {
         let pw = rng.string(ALNUM, 14);
         for hay in [
@@ -129,6 +130,8 @@ fn names_that_hold_identifiers_are_not_credentials() {
             format!("apiKeyId: {uuid}"),
             format!("[user]\n\tsigningkey = {gpg}\n"),
             format!("TOKEN_FINGERPRINT={gpg}{gpg}"),
+            // OAuth 1.0 request parameters, also percent-encoded as they are sent.
+            format!("oauth_signature=\"{gpg}{gpg}%2FPY%3D\", oauth_nonce=\"{gpg}{gpg}\""),
         ] {
             assert_quiet(&engine, &quiet);
         }

@@ -334,7 +334,8 @@ fn code_name(name: &[u8]) -> bool {
 }
 
 /// A name whose last word is `id` (`api_key_id`, `tokenId`, `key-uuid`) or that names a
-/// key's id or fingerprint (`.gitconfig`'s `signingkey`, `keyid`): it holds an identifier.
+/// key's id or fingerprint (`.gitconfig`'s `signingkey`, `keyid`) or a request's OAuth 1.0
+/// signature: it holds an identifier, not a credential.
 fn names_an_id(name: &[u8]) -> bool {
     let lower = name.to_ascii_lowercase();
     let last = name.rsplit(|b| b"_.-".contains(b)).next().unwrap_or(name);
@@ -350,6 +351,10 @@ fn names_an_id(name: &[u8]) -> bool {
         || has("signingkey")
         || has("keyid")
         || has("fingerprint")
+        // OAuth 1.0's per-request HMAC and nonce: no key can be taken from them, and a
+        // timestamp and nonce keep them from being replayed.
+        || has("oauth_signature")
+        || has("oauth_nonce")
 }
 
 /// Is a hex value under this (lower-cased) name a key rather than a digest or an id?
