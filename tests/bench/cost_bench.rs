@@ -318,7 +318,10 @@ pub fn run() -> String {
         eprintln!("cost bench: micro round {}/{rounds} done", round + 1);
     }
     // Macro runs vary by ±10 % round to round on this VM; more pairs tighten the median.
-    let macro_ = macro_rounds(env_or("LW_BENCH_MACRO_ROUNDS", 9));
+    let macro_ = macro_rounds(
+        env_or("LW_BENCH_MACRO_ROUNDS", 7),
+        env_or("LW_BENCH_MACRO_RUNS", 3),
+    );
     let (loss, footprint) = loss_and_footprint();
     let (batches, growth) = alerting_batches();
     let mut md = String::new();
@@ -468,7 +471,25 @@ fn report_micro(md: &mut String, res: &Results, rounds: usize, secs: f64) {
 
 /// Wall time of each macro workload per (monitor, round).
 struct Macro {
+    /// (workload, monitor, a round's median time).
     runs: Vec<(&'static str, Mon, f64)>,
+    /// Runs per workload, monitor and round.
+    per_round: usize,
+    /// CPU accounting, one extra run of each workload (see `cpu_account`).
+    cpu: Vec<Cpu>,
+}
+
+/// What one run of a workload cost in CPU, without and with the daemon.
+struct Cpu {
+    work: &'static str,
+    /// The workload's own user + system CPU (its reaped processes), no monitor.
+    none_s: f64,
+    /// The same with the daemon (kernel program time runs in the workload: included).
+    with_s: f64,
+    /// The daemon's user + system CPU for the run, until it went quiet.
+    daemon_s: f64,
+    /// Kernel program time over the run (bpf_stats), every program the daemon holds.
+    bpf_s: f64,
 }
 
 /// Requests per agent run: about 2 s here, long enough that scheduling noise on a 2-core
@@ -537,7 +558,26 @@ fn timed(mut c: Command) -> f64 {
     t0.elapsed().as_secs_f64()
 }
 
-fn macro_rounds(rounds: usize) -> Macro {
+/// Pins a command to CPU 0 (the agent workload: see `report_macro`).
+fn pinned(c: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe libc calls between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Each round runs both workloads `runs` times without and with the daemon (one daemon per
+/// round, order alternating); a round's time per workload and monitor is the median of
+/// its runs.
+fn macro_rounds(rounds: usize, runs: usize) -> Macro {
     let dir = std::env::temp_dir().join(format!("leakwatch-bench-cost-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
@@ -545,7 +585,11 @@ fn macro_rounds(rounds: usize) -> Macro {
     fs::write(&script, AGENT_PY).unwrap();
     let proj = dir.join("cproj");
     c_project(&proj);
-    let mut m = Macro { runs: Vec::new() };
+    let mut m = Macro {
+        runs: Vec::new(),
+        per_round: runs,
+        cpu: Vec::new(),
+    };
     for round in 0..rounds {
         for k in 0..2 {
             let mon = [Mon::None, Mon::Daemon][(round + k) % 2];
@@ -554,31 +598,114 @@ fn macro_rounds(rounds: usize) -> Macro {
                 quiet(&d, 5);
                 d
             });
-            let mut py = Command::new("python3");
-            py.arg(&script)
-                .arg(dir.join("agent.log"))
-                .arg(AGENT_REQUESTS.to_string());
-            m.runs.push(("agent", mon, timed(py)));
-            let mut clean = Command::new("make");
-            clean.arg("-C").arg(&proj).arg("clean");
-            timed(clean);
-            let mut make = Command::new("make");
-            make.arg("-C").arg(&proj).arg("-j2");
-            m.runs.push(("build", mon, timed(make)));
+            let (mut agent, mut build) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                let mut py = Command::new("python3");
+                py.arg(&script)
+                    .arg(dir.join("agent.log"))
+                    .arg(AGENT_REQUESTS.to_string());
+                pinned(&mut py);
+                agent.push(timed(py));
+                let mut clean = Command::new("make");
+                clean.arg("-C").arg(&proj).arg("clean");
+                timed(clean);
+                let mut make = Command::new("make");
+                make.arg("-C").arg(&proj).arg("-j2");
+                build.push(timed(make));
+            }
+            m.runs.push(("agent", mon, median(agent)));
+            m.runs.push(("build", mon, median(build)));
             if let Some(mut d) = d {
                 d.stop();
             }
         }
         eprintln!("cost bench: macro round {}/{rounds} done", round + 1);
     }
+    m.cpu = cpu_account(&dir, &script, &proj);
     let _ = fs::remove_dir_all(&dir);
     m
+}
+
+/// user + system CPU of this process's reaped children, seconds.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(ru.ru_utime) + s(ru.ru_stime)
+}
+
+/// One more run of each workload without and with the daemon, counting CPU instead of
+/// wall time: the workload's own, the daemon's, and the kernel programs' (bpf_stats on
+/// for these runs only: stats add a clock read per call, so no timed run had them).
+fn cpu_account(dir: &Path, script: &Path, proj: &Path) -> Vec<Cpu> {
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let agent = || {
+        let mut py = Command::new("python3");
+        py.arg(script)
+            .arg(dir.join("agent.log"))
+            .arg(AGENT_REQUESTS.to_string());
+        pinned(&mut py);
+        py
+    };
+    let build = || {
+        timed({
+            let mut c = Command::new("make");
+            c.arg("-C").arg(proj).arg("clean");
+            c
+        });
+        let mut c = Command::new("make");
+        c.arg("-C").arg(proj).arg("-j2");
+        c
+    };
+    let work: [(&'static str, &dyn Fn() -> Command); 2] = [("agent", &agent), ("build", &build)];
+    let mut none = Vec::new();
+    for (_, w) in &work {
+        let c = w();
+        let t0 = children_cpu();
+        timed(c);
+        none.push(children_cpu() - t0);
+    }
+    let (mut d, _) = daemon("cost-macro-cpu", "");
+    quiet(&d, 5);
+    let was = fs::read_to_string(SYSCTL).unwrap_or_default();
+    let stats = fs::write(SYSCTL, "1").is_ok();
+    let pid = d.child.as_ref().expect("daemon running").id();
+    let bpf_ns = || -> u64 {
+        crate::write_bench::prog_stats(pid)
+            .iter()
+            .map(|p| p.1)
+            .sum()
+    };
+    let mut out = Vec::new();
+    for ((name, w), none_s) in work.iter().zip(none) {
+        let c = w();
+        let (t0, d0, b0) = (children_cpu(), cpu_s(&d), bpf_ns());
+        timed(c);
+        let with_s = children_cpu() - t0;
+        quiet(&d, 5);
+        out.push(Cpu {
+            work: name,
+            none_s,
+            with_s,
+            daemon_s: cpu_s(&d) - d0,
+            bpf_s: if stats {
+                (bpf_ns() - b0) as f64 / 1e9
+            } else {
+                f64::NAN
+            },
+        });
+    }
+    let _ = fs::write(SYSCTL, was.trim());
+    d.stop();
+    out
 }
 
 fn report_macro(md: &mut String, m: &Macro) -> f64 {
     writeln!(md, "### Macro: real work, against no monitor\n").unwrap();
     let rounds = m.runs.len() / 4;
-    writeln!(md, "**agent**: python3 with a local HTTP server; {AGENT_REQUESTS} chat-style POSTs with JSON bodies (the last 20 messages), each reply logged to a file, `ls` run every 25 requests. **build**: `make -j2` of 24 generated C files (`cc -O2`) into an archive, from clean. {rounds} rounds, each running both workloads without and with the daemon (order alternating). Wall time per run; the ratio is no-monitor time / leakwatch time from the same round (1.0 = no cost).\n").unwrap();
+    let runs = m.per_round;
+    writeln!(md, "**agent**: python3 with a local HTTP server; {AGENT_REQUESTS} chat-style POSTs with JSON bodies (the last 20 messages), each reply logged to a file, `ls` run every 25 requests; pinned to CPU 0 (the daemon is not pinned: it runs where the scheduler puts it). Unpinned, the same workload with no monitor took 1.24–1.99 s run to run on this VM, from where its two threads were placed alone; pinned, 1.48–1.53 s. **build**: `make -j2` of 24 generated C files (`cc -O2`) into an archive, from clean, on both cores. {rounds} rounds; in each, both workloads run {runs} times without and {runs} times with the daemon (order alternating between rounds), and a round's time is the median of its runs. Wall time; the ratio is no-monitor time / leakwatch time from the same round (1.0 = no cost), its median over rounds.\n").unwrap();
     writeln!(
         md,
         "| workload | no monitor (s) | leakwatch (s) | **leakwatch vs none** | ratio min–max |"
@@ -613,6 +740,23 @@ fn report_macro(md: &mut String, m: &Macro) -> f64 {
         if worst >= 0.97 { "met" } else { "**not met**" }
     )
     .unwrap();
+    writeln!(md, "**The same in CPU**, which this VM's scheduling noise does not move: one more run of each workload without and with the daemon. The workload's CPU is user + system of its processes (the kernel programs run in them: with the daemon it includes their time); the daemon's is its own until it went quiet; kernel program time is bpf_stats' `run_time_ns` over the daemon's programs, switched on for this run only. leakwatch's share is (daemon CPU + kernel program time) / the workload's CPU with no monitor.\n").unwrap();
+    writeln!(md, "| workload | its CPU, no monitor | its CPU, with leakwatch | daemon CPU | kernel program time | **leakwatch's share** |").unwrap();
+    writeln!(md, "|---|---|---|---|---|---|").unwrap();
+    for c in &m.cpu {
+        writeln!(
+            md,
+            "| {} | {:.2} s | {:.2} s | {:.0} ms | {:.1} ms | **{:.1} %** |",
+            c.work,
+            c.none_s,
+            c.with_s,
+            c.daemon_s * 1e3,
+            c.bpf_s * 1e3,
+            (c.daemon_s + c.bpf_s) / c.none_s * 100.0
+        )
+        .unwrap();
+    }
+    writeln!(md).unwrap();
     worst
 }
 
