@@ -37,7 +37,7 @@ pub fn basic(blob: &[u8]) -> Option<(Vec<u8>, usize)> {
 /// `hay` with every `%XX` escape decoded and `+` read as a space (form encoding), and for
 /// each decoded byte where it starts in `hay`; `None` when `hay` holds no escape.
 pub fn percent(hay: &[u8]) -> Option<(Vec<u8>, Vec<u32>)> {
-    memchr::memchr_iter(b'%', hay).find(|&i| escape(hay, i).is_some())?;
+    escapes(hay).next()?;
     let mut text = Vec::with_capacity(hay.len());
     let mut at = Vec::with_capacity(hay.len());
     let mut i = 0;
@@ -59,6 +59,11 @@ pub fn percent(hay: &[u8]) -> Option<(Vec<u8>, Vec<u32>)> {
         }
     }
     Some((text, at))
+}
+
+/// Where `hay` holds an escape `percent` decodes.
+pub fn escapes(hay: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    memchr::memchr_iter(b'%', hay).filter(move |&i| escape(hay, i).is_some())
 }
 
 /// The byte `%XX` at `i` stands for, if an encoder would have escaped it: printable ASCII
