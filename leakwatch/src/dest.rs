@@ -146,17 +146,18 @@ impl Destinations {
             }
             named |= host.is_some_and(|h| a.hosts.iter().any(|p| host_matches(p, h)));
         }
-        match host {
-            Some(_) if !named => Expect::No,
-            None => Expect::No,
-            Some(_) if !self.check => Expect::Yes("trusted"),
-            Some(_) if ip.is_some_and(|ip| self.proxies.iter().any(|c| in_cidr(*c, ip))) => {
-                Expect::Yes("proxy")
-            }
-            Some(h) => Expect::Named {
+        let Some(h) = host.filter(|_| named) else {
+            return Expect::No;
+        };
+        if !self.check {
+            Expect::Yes("trusted")
+        } else if ip.is_some_and(|ip| self.proxies.iter().any(|c| in_cidr(*c, ip))) {
+            Expect::Yes("proxy")
+        } else {
+            Expect::Named {
                 name: h.trim_end_matches('.').to_ascii_lowercase(),
                 ip,
-            },
+            }
         }
     }
 }

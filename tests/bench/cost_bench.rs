@@ -600,18 +600,8 @@ fn macro_rounds(rounds: usize, runs: usize) -> Macro {
             });
             let (mut agent, mut build) = (Vec::new(), Vec::new());
             for _ in 0..runs {
-                let mut py = Command::new("python3");
-                py.arg(&script)
-                    .arg(dir.join("agent.log"))
-                    .arg(AGENT_REQUESTS.to_string());
-                pinned(&mut py);
-                agent.push(timed(py));
-                let mut clean = Command::new("make");
-                clean.arg("-C").arg(&proj).arg("clean");
-                timed(clean);
-                let mut make = Command::new("make");
-                make.arg("-C").arg(&proj).arg("-j2");
-                build.push(timed(make));
+                agent.push(timed(agent_run(&dir, &script)));
+                build.push(timed(build_run(&proj)));
             }
             m.runs.push(("agent", mon, median(agent)));
             m.runs.push(("build", mon, median(build)));
@@ -624,6 +614,26 @@ fn macro_rounds(rounds: usize, runs: usize) -> Macro {
     m.cpu = cpu_account(&dir, &script, &proj);
     let _ = fs::remove_dir_all(&dir);
     m
+}
+
+/// One agent run, pinned to CPU 0 (see `report_macro`).
+fn agent_run(dir: &Path, script: &Path) -> Command {
+    let mut py = Command::new("python3");
+    py.arg(script)
+        .arg(dir.join("agent.log"))
+        .arg(AGENT_REQUESTS.to_string());
+    pinned(&mut py);
+    py
+}
+
+/// One build from clean: cleans now (untimed), returns the build to time.
+fn build_run(proj: &Path) -> Command {
+    let mut clean = Command::new("make");
+    clean.arg("-C").arg(proj).arg("clean");
+    timed(clean);
+    let mut make = Command::new("make");
+    make.arg("-C").arg(proj).arg("-j2");
+    make
 }
 
 /// user + system CPU of this process's reaped children, seconds.
@@ -640,24 +650,8 @@ fn children_cpu() -> f64 {
 /// for these runs only: stats add a clock read per call, so no timed run had them).
 fn cpu_account(dir: &Path, script: &Path, proj: &Path) -> Vec<Cpu> {
     const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    let agent = || {
-        let mut py = Command::new("python3");
-        py.arg(script)
-            .arg(dir.join("agent.log"))
-            .arg(AGENT_REQUESTS.to_string());
-        pinned(&mut py);
-        py
-    };
-    let build = || {
-        timed({
-            let mut c = Command::new("make");
-            c.arg("-C").arg(proj).arg("clean");
-            c
-        });
-        let mut c = Command::new("make");
-        c.arg("-C").arg(proj).arg("-j2");
-        c
-    };
+    let agent = || agent_run(dir, script);
+    let build = || build_run(proj);
     let work: [(&'static str, &dyn Fn() -> Command); 2] = [("agent", &agent), ("build", &build)];
     let mut none = Vec::new();
     for (_, w) in &work {

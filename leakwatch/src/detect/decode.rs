@@ -43,20 +43,13 @@ pub fn percent(hay: &[u8]) -> Option<(Vec<u8>, Vec<u32>)> {
     let mut i = 0;
     while i < hay.len() {
         at.push(i as u32);
-        match (hay[i], escape(hay, i)) {
-            (b'%', Some(b)) => {
-                text.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                text.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                text.push(b);
-                i += 1;
-            }
-        }
+        let (b, n) = match hay[i] {
+            b'%' => escape(hay, i).map_or((b'%', 1), |b| (b, 3)),
+            b'+' => (b' ', 1),
+            b => (b, 1),
+        };
+        text.push(b);
+        i += n;
     }
     Some((text, at))
 }

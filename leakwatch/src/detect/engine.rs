@@ -226,8 +226,10 @@ impl Engine {
             return Vec::new();
         }
         windows.sort_unstable();
-        let mut found: Vec<(usize, usize, usize)> = Vec::new(); // (start, end, rule)
-                                                                // What decoding rules' matches hold, by span: judged once, in `confirm`.
+        // (start, end, rule)
+        let mut found: Vec<(usize, usize, usize)> = Vec::new();
+        // What decoded matches hold, by span: logins judged once in `confirm`, and
+        // percent-encoded credentials.
         let mut decoded: Vec<((usize, usize), Reported)> = Vec::new();
         let mut vetoes: Vec<(usize, usize)> = Vec::new();
         let mut i = 0;
@@ -286,9 +288,13 @@ impl Engine {
         found: &mut Vec<(usize, usize, usize)>,
         decoded: &mut Vec<((usize, usize), Reported)>,
     ) {
+        let mut escapes = super::decode::escapes(hay).peekable();
+        if escapes.peek().is_none() {
+            return;
+        }
         let max = self.max_span();
         let mut regions: Vec<(usize, usize)> = Vec::new();
-        for i in super::decode::escapes(hay) {
+        for i in escapes {
             // A name and its value around the escape; a longer value (a JWT after an
             // encoded `=`, an encoded PEM key's escapes close together) runs on to the
             // next delimiter. Widened by 2 so no escape is cut at either end.
@@ -316,16 +322,15 @@ impl Engine {
                 if found.iter().any(|g| (g.0, g.1) == (s, e)) {
                     continue;
                 }
-                // No escape inside (each is 3 bytes raw, 1 decoded), only around it (a
-                // name's `%3D`): the raw bytes are the credential.
-                if e - s == f.end - f.start {
-                    found.push((s, e, r));
-                    continue;
+                // An escape inside (3 bytes raw, 1 decoded): the decoded credential replaces
+                // what its encoded text gave. Escapes only around it (a name's `%3D`): the
+                // raw bytes are the credential.
+                if e - s != f.end - f.start {
+                    found.retain(|g| !(g.0 < e && s < g.1));
+                    decoded.retain(|(span, _)| !(span.0 < e && s < span.1));
+                    decoded.push(((s, e), (f.rule, f.fingerprint, f.redacted)));
                 }
-                found.retain(|g| !(g.0 < e && s < g.1));
-                decoded.retain(|(span, _)| !(span.0 < e && s < span.1));
                 found.push((s, e, r));
-                decoded.push(((s, e), (f.rule, f.fingerprint, f.redacted)));
             }
             zeroize::Zeroize::zeroize(&mut text);
         }
