@@ -53,10 +53,14 @@ use crate::{
 
 /// How many recent (tgid, fingerprint) pairs seen at exec are remembered for `freeze`.
 pub const HISTORY: usize = 65_536;
-/// Decoded events waiting for the worker.
-const QUEUE: usize = 16_384;
-/// Payload bytes waiting for the worker (the queue's real bound: one record can be 64 KiB).
+/// Batches of decoded events (one per reader turn) waiting for the worker.
+const BATCHES: usize = 1024;
+/// Bytes waiting for the worker (the queue's bound: one record can be 64 KiB, and a turn
+/// can bring thousands of small ones).
 const QUEUE_BYTES: usize = 64 << 20;
+/// What a queued record costs beyond its kernel bytes: the decoded event and the heap
+/// blocks of its strings.
+const HELD_IN_MEMORY: usize = std::mem::size_of::<Queued>() + 64;
 
 /// State the pipeline shares with `respond` (freeze reads and updates it).
 #[derive(Clone, Default)]
@@ -272,9 +276,7 @@ pub fn start(
     mut pipeline: Pipeline,
     stop: Arc<AtomicBool>,
 ) -> Result<(JoinHandle<()>, JoinHandle<()>)> {
-    // Boxed: the channel allocates (and touches) every slot up front, and an event is
-    // hundreds of bytes; a box is 8.
-    let (tx, rx) = mpsc::sync_channel::<Box<Queued>>(QUEUE);
+    let (tx, rx) = mpsc::sync_channel::<Vec<Queued>>(BATCHES);
     let queued = Arc::new(AtomicUsize::new(0));
     let metrics = pipeline.metrics.clone();
     let reader = {
@@ -299,7 +301,7 @@ pub fn start(
 fn read(
     mut rings: [Ring; 2],
     mut asleep: aya::maps::Array<aya::maps::MapData, u32>,
-    tx: &SyncSender<Box<Queued>>,
+    tx: &SyncSender<Vec<Queued>>,
     queued: &AtomicUsize,
     metrics: &Metrics,
     stop: &AtomicBool,
@@ -367,7 +369,7 @@ fn read(
                         }
                         batch.push(Queued {
                             ev,
-                            bytes: item.len(),
+                            bytes: item.len() + HELD_IN_MEMORY,
                         })
                     }
                     Err(e) => {
@@ -382,11 +384,7 @@ fn read(
         // continuation.
         let mut all = std::mem::take(&mut held_back);
         all.extend(batch);
-        for q in merge_refs(all) {
-            if let Some(q) = enqueue(q, tx, queued, metrics) {
-                held_back.push(q);
-            }
-        }
+        held_back = enqueue(merge_refs(all), tx, queued, metrics);
         busy |= !held_back.is_empty();
     }
 }
@@ -506,61 +504,84 @@ fn merge_refs(batch: Vec<Queued>) -> Vec<Queued> {
     out
 }
 
-/// Queues `q`. A write by reference that finds the queue full comes back to the caller,
-/// to be held and merged with what follows: it is tiny and stands for bytes still in the
+/// Queues one turn's records as one batch (one hand-off and at most one wakeup per turn,
+/// not per record). A write by reference that finds no room comes back to the caller, to
+/// be held and merged with what follows: it is tiny and stands for bytes still in the
 /// file, so it is never dropped, and holding it keeps the reader draining the ring. Other
-/// writes are dropped when full (counted); exec, kill and connect records wait for room.
+/// writes are dropped when there is no room (counted); exec, kill and connect records wait
+/// for room.
 fn enqueue(
-    q: Queued,
-    tx: &SyncSender<Box<Queued>>,
+    batch: Vec<Queued>,
+    tx: &SyncSender<Vec<Queued>>,
     queued: &AtomicUsize,
     metrics: &Metrics,
-) -> Option<Queued> {
+) -> Vec<Queued> {
+    let mut back = Vec::new();
+    let mut out = Vec::with_capacity(batch.len());
+    let mut must_keep = false;
+    for q in batch {
+        let keep = !matches!(q.ev, Event::Write(_));
+        if !keep && queued.load(Ordering::Relaxed) + q.bytes > QUEUE_BYTES {
+            refused(q, &mut back, metrics);
+            continue;
+        }
+        queued.fetch_add(q.bytes, Ordering::Relaxed);
+        must_keep |= keep;
+        out.push(q);
+    }
+    if out.is_empty() {
+        return back;
+    }
+    let unsent = if must_keep {
+        tx.send(out).err().map(|e| e.0)
+    } else {
+        match tx.try_send(out) {
+            Ok(()) => None,
+            Err(TrySendError::Full(v)) | Err(TrySendError::Disconnected(v)) => Some(v),
+        }
+    };
+    for q in unsent.into_iter().flatten() {
+        queued.fetch_sub(q.bytes, Ordering::Relaxed);
+        refused(q, &mut back, metrics);
+    }
+    // Held back in kernel order, so runs still merge with what follows.
+    back.sort_by_key(|q| q.ev.ktime());
+    back
+}
+
+/// A record the queue had no room for: held back if it is a write by reference, else
+/// dropped and counted.
+fn refused(q: Queued, back: &mut Vec<Queued>, metrics: &Metrics) {
     let (by_ref, calls) = match &q.ev {
         Event::Write(w) => (w.by_ref(), w.calls as u64),
         _ => (false, 1),
     };
-    let must_keep = !matches!(q.ev, Event::Write(_));
-    let probe = q.ev.task().probe_name();
-    let dropped = || {
-        metrics
-            .queue_dropped
-            .with_label_values(&["events"])
-            .inc_by(calls);
-        metrics
-            .pipeline_dropped
-            .with_label_values(&[probe])
-            .inc_by(calls);
-    };
-    if !must_keep && queued.load(Ordering::Relaxed) + q.bytes > QUEUE_BYTES {
-        if by_ref {
-            return Some(q);
-        }
-        dropped();
-        return None;
-    }
-    queued.fetch_add(q.bytes, Ordering::Relaxed);
-    let bytes = q.bytes;
-    let back = if must_keep {
-        tx.send(Box::new(q)).err().map(|e| *e.0)
-    } else {
-        match tx.try_send(Box::new(q)) {
-            Ok(()) => None,
-            Err(TrySendError::Full(q)) | Err(TrySendError::Disconnected(q)) => Some(*q),
-        }
-    };
-    let q = back?;
-    queued.fetch_sub(bytes, Ordering::Relaxed);
     if by_ref {
-        return Some(q);
+        back.push(q);
+        return;
     }
-    dropped();
-    None
+    metrics
+        .queue_dropped
+        .with_label_values(&["events"])
+        .inc_by(calls);
+    metrics
+        .pipeline_dropped
+        .with_label_values(&[q.ev.task().probe_name()])
+        .inc_by(calls);
 }
 
-fn work(p: &mut Pipeline, rx: Receiver<Box<Queued>>, queued: &AtomicUsize) {
+fn work(p: &mut Pipeline, rx: Receiver<Vec<Queued>>, queued: &AtomicUsize) {
     let period = Duration::from_millis(250);
     let mut last_tick = Instant::now();
+    let handle = |p: &mut Pipeline, batch: Vec<Queued>| {
+        for q in batch {
+            // A reload that came while the worker waited applies to this event already:
+            // the daemon reports a reload done only once the worker has taken it.
+            p.take_reload();
+            queued.fetch_sub(q.bytes, Ordering::Relaxed);
+            p.handle(q.ev);
+        }
+    };
     loop {
         // Writes by reference wait to settle: look again soon while some are pending.
         let wait = if held::waiting(p) {
@@ -570,17 +591,11 @@ fn work(p: &mut Pipeline, rx: Receiver<Box<Queued>>, queued: &AtomicUsize) {
         };
         p.take_reload();
         match rx.recv_timeout(wait) {
-            Ok(q) => {
-                // A reload that came while the worker waited applies to this event already:
-                // the daemon reports a reload done only once the worker has taken it.
-                p.take_reload();
-                queued.fetch_sub(q.bytes, Ordering::Relaxed);
-                p.handle(q.ev);
+            Ok(batch) => {
+                handle(p, batch);
                 // Drain what is queued, then read the held files' settled writes at once.
-                while let Ok(q) = rx.try_recv() {
-                    p.take_reload();
-                    queued.fetch_sub(q.bytes, Ordering::Relaxed);
-                    p.handle(q.ev);
+                while let Ok(batch) = rx.try_recv() {
+                    handle(p, batch);
                 }
                 held::read_all(p);
             }
