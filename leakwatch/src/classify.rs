@@ -95,6 +95,11 @@ impl FdTable {
         }
     }
 
+    /// The remote the process connected `fd` to, if it was seen connecting it.
+    pub fn connected(&self, (tgid, fd): (u32, i32)) -> Option<&str> {
+        self.connects.get(&(tgid, fd)).map(String::as_str)
+    }
+
     /// Names the target of `w`; the bool says whether it could be named (path or peer).
     pub fn classify(&mut self, w: &WriteEvent) -> (Target, bool) {
         let key = (w.task.tgid, w.fd);

@@ -25,7 +25,7 @@ use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 
 pub use connects::ConnectLog;
-pub use writes::WriteLog;
+pub use writes::{Over, WriteLog};
 
 use crate::{
     config::Actions as Limits, detect::frozen::FrozenSet, metrics::Metrics, procs::ProcInfo,

@@ -1,6 +1,9 @@
 //! Write summaries for the action log: calls and bytes per (process, fd, target), summed
 //! in the pipeline worker and recorded as one row when the fd pauses, changes target, or
 //! has been written for a minute — a busy writer makes a row a minute, not one a call.
+//! Sockets are summed per (process, remote) instead, whatever fd carried them: a client
+//! opening a connection per request, or a server answering each on a new socket, makes a
+//! row a minute per remote, not one per connection (the count is the row's `sockets`).
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
@@ -19,50 +22,101 @@ const MAX: usize = 16_384;
 struct Sum {
     row: Row,
     target: Target,
+    fd: i32,
+    sockets: u64,
     bytes: u64,
     calls: u64,
     started: Instant,
     last: Instant,
 }
 
+/// What one summary sums over, within a process.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Over {
+    /// One fd (files, pipes, terminals, sockets without a known peer).
+    Fd(i32),
+    /// Every socket to one remote the process connected to (`address:port`).
+    Remote(String),
+    /// Every socket from one remote host to one local port: connections the process
+    /// accepted (the remote port is a client's ephemeral one, different each time).
+    Served { host: String, local_port: u16 },
+}
+
+impl Over {
+    /// What a write to `target` through `fd` is summed under. `connected`: the remote the
+    /// process connected `fd` to, if it did; `local_port`: the socket's own port.
+    pub fn of(fd: i32, target: &Target, connected: Option<&str>, local_port: u16) -> Over {
+        let Some(remote) = target.remote() else {
+            return Over::Fd(fd);
+        };
+        if connected == Some(remote) || local_port == 0 || remote == "unix" {
+            return Over::Remote(remote.to_string());
+        }
+        let host = remote.rsplit_once(':').map_or(remote, |(h, _)| h);
+        Over::Served {
+            host: host.to_string(),
+            local_port,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct WriteLog {
-    map: HashMap<(u32, i32), Sum>,
+    map: HashMap<(u32, Over), Sum>,
 }
 
 impl WriteLog {
-    /// `calls` calls wrote `bytes` bytes to `target` through (process, fd). `who` describes
+    /// `calls` calls wrote `bytes` bytes to `target` through `fd` of process `tgid`, summed
+    /// under `over`; `new_socket`: the fd holds a socket not seen before. `who` describes
     /// the writer; it is asked for only when a new summary starts.
+    #[allow(clippy::too_many_arguments)]
     pub fn note(
         &mut self,
         log: &ActionLog,
         (tgid, fd): (u32, i32),
+        over: Over,
         target: &Target,
         bytes: u64,
         calls: u64,
+        new_socket: bool,
         who: impl FnOnce() -> ProcInfo,
     ) {
         if !log.enabled() {
             return;
         }
-        let key = (tgid, fd);
+        let key = (tgid, over);
         let now = Instant::now();
         if let Some(s) = self.map.get(&key) {
-            if s.target != *target || now.duration_since(s.started) >= SPAN {
+            // Sockets summed per remote carry many targets (clients' ports).
+            let moved = matches!(key.1, Over::Fd(_)) && s.target != *target;
+            if moved || now.duration_since(s.started) >= SPAN {
                 let s = self.map.remove(&key).expect("present");
                 log.record(finish(s));
             }
         }
         if !self.map.contains_key(&key) && self.map.len() >= MAX {
-            if let Some(k) = self.map.iter().min_by_key(|(_, s)| s.last).map(|(k, _)| *k) {
+            if let Some(k) = self
+                .map
+                .iter()
+                .min_by_key(|(_, s)| s.last)
+                .map(|(k, _)| k.clone())
+            {
                 let s = self.map.remove(&k).expect("present");
                 log.record(finish(s));
             }
         }
+        let served = match &key.1 {
+            Over::Served { host, local_port } => Some((host.clone(), *local_port)),
+            _ => None,
+        };
+        let mut fresh = false;
         let s = self.map.entry(key).or_insert_with(|| {
-            let mut row = Row::new("write", &who()).with("fd", fd);
-            if let Some(r) = target.remote() {
-                row = row.with("remote", r);
+            fresh = true;
+            let mut row = Row::new("write", &who());
+            match (served, target.remote()) {
+                (Some((host, port)), _) => row = row.with("remote", host).with("local_port", port),
+                (None, Some(r)) => row = row.with("remote", r),
+                (None, None) => {}
             }
             if let Some(p) = target.path() {
                 row = row.with("path", p);
@@ -73,12 +127,17 @@ impl WriteLog {
             Sum {
                 row,
                 target: target.clone(),
+                fd,
+                sockets: target.remote().is_some() as u64,
                 bytes: 0,
                 calls: 0,
                 started: now,
                 last: now,
             }
         });
+        if new_socket && !fresh {
+            s.sockets += 1;
+        }
         s.bytes += bytes;
         s.calls += calls;
         s.last = now;
@@ -87,11 +146,11 @@ impl WriteLog {
     /// Records the summaries of fds that paused (or all of them, at shutdown).
     pub fn tick(&mut self, log: &ActionLog, all: bool) {
         let now = Instant::now();
-        let done: Vec<(u32, i32)> = self
+        let done: Vec<(u32, Over)> = self
             .map
             .iter()
             .filter(|(_, s)| all || now.duration_since(s.last) >= PAUSE)
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k.clone())
             .collect();
         for k in done {
             if let Some(s) = self.map.remove(&k) {
@@ -102,8 +161,14 @@ impl WriteLog {
 }
 
 fn finish(s: Sum) -> Row {
-    let mut row = s
-        .row
+    let mut row = s.row;
+    // A row summing several sockets has no one fd.
+    if s.sockets <= 1 {
+        row = row.with("fd", s.fd);
+    } else {
+        row = row.with("sockets", s.sockets);
+    }
+    let mut row = row
         .with("bytes", s.bytes)
         .with("calls", s.calls)
         .with("last_ms", wall_ms(s.last));
@@ -127,10 +192,10 @@ mod tests {
         };
         let a = Target::File(Some("/var/log/a".into()));
         let b = Target::Socket(Some("10.0.0.1:443".into()));
-        w.note(log, (7, 3), &a, 100, 1, who);
-        w.note(log, (7, 3), &a, 50, 2, who);
+        w.note(log, (7, 3), Over::Fd(3), &a, 100, 1, false, who);
+        w.note(log, (7, 3), Over::Fd(3), &a, 50, 2, false, who);
         // The fd names another target: the first summary is recorded, a new one starts.
-        w.note(log, (7, 3), &b, 10, 1, who);
+        w.note(log, (7, 3), Over::Fd(3), &b, 10, 1, true, who);
         w.tick(log, false);
         w.tick(log, true);
         let rows = t.rows("write");
@@ -142,5 +207,48 @@ mod tests {
         );
         assert_eq!(rows[1]["remote"], "10.0.0.1:443");
         assert_eq!(rows[1]["bytes"], 10);
+    }
+
+    #[test]
+    fn sockets_are_summed_per_remote_whatever_fd_carried_them() {
+        let t = super::super::testing::TestLog::new("sockets");
+        let log = &t.log;
+        let mut w = WriteLog::default();
+        let who = || ProcInfo {
+            pid: 9,
+            ..Default::default()
+        };
+        // A client connecting per request: fds 5, 6, 5 to one server.
+        let up = Target::Socket(Some("10.0.0.1:443".into()));
+        for fd in [5, 6, 5] {
+            let over = Over::of(fd, &up, Some("10.0.0.1:443"), 40_000 + fd as u16);
+            assert_eq!(over, Over::Remote("10.0.0.1:443".into()));
+            w.note(log, (9, fd), over, &up, 100, 2, true, who);
+        }
+        // A server answering three clients' connections (ephemeral ports) on port 8080.
+        for (fd, port) in [(7, 50_001), (8, 50_002), (7, 50_003)] {
+            let client = Target::Socket(Some(format!("10.0.0.2:{port}")));
+            let over = Over::of(fd, &client, None, 8080);
+            w.note(log, (9, fd), over, &client, 10, 1, true, who);
+        }
+        // An unconnected datagram peer, and a file: one fd each.
+        let f = Target::File(Some("/var/log/x".into()));
+        assert_eq!(Over::of(3, &f, None, 0), Over::Fd(3));
+        w.tick(log, true);
+        let mut rows = t.rows("write");
+        rows.sort_by_key(|r| r["remote"].as_str().unwrap_or("").to_string());
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[0]["remote"], "10.0.0.1:443");
+        assert_eq!(
+            (rows[0]["sockets"].as_u64(), rows[0]["calls"].as_u64()),
+            (Some(3), Some(6))
+        );
+        assert!(rows[0].get("fd").is_none(), "{rows:?}");
+        assert_eq!(rows[1]["remote"], "10.0.0.2");
+        assert_eq!(rows[1]["local_port"], 8080);
+        assert_eq!(
+            (rows[1]["sockets"].as_u64(), rows[1]["bytes"].as_u64()),
+            (Some(3), Some(30))
+        );
     }
 }

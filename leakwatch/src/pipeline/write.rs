@@ -10,6 +10,7 @@ use std::{
 };
 
 use super::{report::Hit, Pipeline};
+use crate::actions::Over;
 use crate::{
     classify::Target,
     dest::Expect,
@@ -146,9 +147,12 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
     if w.calls > 0 {
         let (log, procs) = (&p.actions, &mut p.procs);
         let key = (w.task.tgid, w.fd);
+        let local_port = w.peer.map_or(0, |p| p.lport);
+        let over = Over::of(w.fd, &target, p.fds.connected(key), local_port);
         let who = || procs.quick(&w.task);
+        let (total, calls, new) = (w.total, w.calls as u64, w.new_file());
         p.write_log
-            .note(log, key, &target, w.total, w.calls as u64, who);
+            .note(log, key, over, &target, total, calls, new, who);
     }
     if w.by_ref() {
         return super::held::on_ref(p, &w, target);
