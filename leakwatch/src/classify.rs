@@ -3,13 +3,13 @@
 //! (process, fd), the path it walked; sockets come with their peer. This table remembers the
 //! name per (process, fd) so later writes need no path, and so a `dup2` or a reopen (a new
 //! identity) renames the fd at once. Entries are bounded; a miss falls back to /proc.
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
+
+use leakwatch_common::Peer;
 
 use crate::{
     events::{format_peer, ConnectEvent, FileKind, WriteEvent},
+    fastmap::FastMap,
     source::Source,
 };
 
@@ -70,6 +70,8 @@ struct Entry {
     file: u64,
     ino: u64,
     target: Target,
+    /// Sockets: the peer `target` was named from, as the kernel sent it.
+    peer: Option<Peer>,
     used: Instant,
     /// Sockets: the host the first bytes named (TLS SNI, HTTP `Host:`), see `dest`.
     host: Option<String>,
@@ -77,8 +79,8 @@ struct Entry {
 
 #[derive(Default)]
 pub struct FdTable {
-    fds: HashMap<(u32, i32), Entry>,
-    connects: HashMap<(u32, i32), String>,
+    fds: FastMap<(u32, i32), Entry>,
+    connects: FastMap<(u32, i32), String>,
 }
 
 impl FdTable {
@@ -104,15 +106,18 @@ impl FdTable {
     pub fn classify(&mut self, w: &WriteEvent) -> (Target, bool) {
         let key = (w.task.tgid, w.fd);
         let now = Instant::now();
-        let peer = w.peer.as_ref().and_then(format_peer);
         if !w.new_file() {
             if let Some(e) = self.fds.get_mut(&key) {
                 if e.file == w.file.file && e.ino == w.file.ino {
                     e.used = now;
-                    if let (Target::Socket(r), Some(p)) = (&mut e.target, &peer) {
-                        // Datagram destinations change per call; keep the latest.
-                        if r.as_deref() != Some(p) {
-                            *r = Some(p.clone());
+                    // Datagram destinations change per call; keep the latest (compared
+                    // raw: formatting an address for every send costs more than the rest).
+                    if let (Target::Socket(r), Some(p)) = (&mut e.target, w.peer) {
+                        if e.peer != Some(p) {
+                            e.peer = Some(p);
+                            if let Some(f) = format_peer(&p) {
+                                *r = Some(f);
+                            }
                         }
                     }
                     let t = e.target.clone();
@@ -121,6 +126,7 @@ impl FdTable {
                 }
             }
         }
+        let peer = w.peer.as_ref().and_then(format_peer);
         let name = w.path.clone().or_else(|| proc_fd_link(w.task.tgid, w.fd));
         let target = match w.kind() {
             FileKind::Socket => Target::Socket(peer.or_else(|| self.connects.get(&key).cloned())),
@@ -153,6 +159,7 @@ impl FdTable {
                 file: w.file.file,
                 ino: w.file.ino,
                 target: target.clone(),
+                peer: w.peer,
                 used: now,
                 host: None,
             },

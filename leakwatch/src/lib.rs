@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod dest;
 pub mod detect;
 pub mod events;
+pub mod fastmap;
 pub mod fleet;
 pub mod install;
 pub mod metrics;

@@ -408,6 +408,33 @@ impl Metrics {
 }
 
 /// Binds the metrics listener (so a bad address fails at start, not later).
+/// Children of a one-label counter, each looked up once: the write path counts every
+/// event, and `with_label_values` hashes the label each time. A child is made at its first
+/// use, so the exposition is as with `with_label_values`.
+pub struct Labelled {
+    vec: IntCounterVec,
+    names: &'static [&'static str],
+    slots: Vec<std::sync::OnceLock<IntCounter>>,
+}
+
+impl Labelled {
+    /// `names[i]` is the label value of slot `i`.
+    pub fn new(vec: &IntCounterVec, names: &'static [&'static str]) -> Labelled {
+        Labelled {
+            vec: vec.clone(),
+            names,
+            slots: (0..=names.len()).map(|_| Default::default()).collect(),
+        }
+    }
+
+    /// The child of `names[i]`; past the end, the child labelled `unknown`.
+    pub fn get(&self, i: usize) -> &IntCounter {
+        let i = i.min(self.names.len());
+        let name = self.names.get(i).copied().unwrap_or("unknown");
+        self.slots[i].get_or_init(|| self.vec.with_label_values(&[name]))
+    }
+}
+
 pub async fn bind(addr: &str) -> Result<TcpListener> {
     let sa: SocketAddr = addr.parse().with_context(|| {
         format!("metrics address `{addr}` is not IP:PORT (e.g. 127.0.0.1:9477)")
@@ -467,5 +494,21 @@ async fn answer(mut sock: tokio::net::TcpStream, m: Arc<Metrics>) {
         if sock.write_all(resp.as_bytes()).await.is_err() || close {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labelled_children_are_the_vecs_own_and_unknown_past_the_end() {
+        let m = Metrics::new();
+        let l = Labelled::new(&m.scanned_bytes, &crate::source::Source::NAMES);
+        l.get(crate::source::Source::Socket.index()).inc_by(5);
+        l.get(99).inc();
+        assert_eq!(m.scanned_bytes.with_label_values(&["socket"]).get(), 5);
+        assert_eq!(m.scanned_bytes.with_label_values(&["unknown"]).get(), 1);
+        assert_eq!(m.scanned_bytes.with_label_values(&["file"]).get(), 0);
     }
 }

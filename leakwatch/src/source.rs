@@ -30,6 +30,14 @@ impl Source {
         Source::Tty,
     ];
 
+    /// `NAMES[s.index()]` is `s.as_str()`.
+    pub const NAMES: [&'static str; 7] =
+        ["argv", "env", "file", "crash_dump", "socket", "pipe", "tty"];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Argv => "argv",
@@ -52,5 +60,17 @@ impl std::fmt::Display for Source {
 impl Serialize for Source {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_in_index_order() {
+        for s in Source::ALL {
+            assert_eq!(Source::NAMES[s.index()], s.as_str());
+        }
     }
 }

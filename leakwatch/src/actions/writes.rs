@@ -4,12 +4,10 @@
 //! Sockets are summed per (process, remote) instead, whatever fd carried them: a client
 //! opening a connection per request, or a server answering each on a new socket, makes a
 //! row a minute per remote, not one per connection (the count is the row's `sockets`).
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use super::{wall_ms, ActionLog, Row};
+use crate::fastmap::FastMap;
 use crate::{classify::Target, procs::ProcInfo};
 
 /// A (process, fd) unwritten this long is recorded.
@@ -62,7 +60,7 @@ impl Over {
 
 #[derive(Default)]
 pub struct WriteLog {
-    map: HashMap<(u32, Over), Sum>,
+    map: FastMap<(u32, Over), Sum>,
 }
 
 impl WriteLog {

@@ -46,7 +46,8 @@ use crate::{
     classify::FdTable,
     detect::{frozen::FrozenSet, Engine},
     events::{decode, Event},
-    metrics::Metrics,
+    fastmap::FastMap,
+    metrics::{Labelled, Metrics},
     procs::Procs,
     respond,
 };
@@ -105,6 +106,8 @@ pub struct Pipeline {
     report: Reporter,
     ctx: Arc<respond::Context>,
     metrics: Arc<Metrics>,
+    /// The per-event counters, looked up once.
+    counts: Counts,
     actions: crate::actions::ActionLog,
     write_log: crate::actions::WriteLog,
     connect_log: crate::actions::ConnectLog,
@@ -143,6 +146,7 @@ impl Pipeline {
             actions: crate::actions::ActionLog::disabled(metrics.clone()),
             write_log: Default::default(),
             connect_log: Default::default(),
+            counts: Counts::new(&metrics),
             metrics,
             own_exe: std::fs::read_link("/proc/self/exe")
                 .ok()
@@ -218,10 +222,7 @@ impl Pipeline {
             Event::Copy(c) => copies::on_copy(self, c),
             Event::Core(c) => cores::on_core(self, c),
             Event::Connect(c) => {
-                self.metrics
-                    .events
-                    .with_label_values(&[c.task.probe_name()])
-                    .inc();
+                self.counts.events.get(c.task.probe as usize).inc();
                 self.fds.on_connect(&c);
                 blind::on_connect(self, &c);
                 if self.actions.enabled() {
@@ -251,6 +252,24 @@ impl Pipeline {
         };
         for r in reports {
             dumps::on_report(self, r);
+        }
+    }
+}
+
+/// The counters every event moves, by probe or source (see `metrics::Labelled`).
+struct Counts {
+    events: Labelled,
+    captured: Labelled,
+    scanned: Labelled,
+}
+
+impl Counts {
+    fn new(m: &Metrics) -> Counts {
+        use leakwatch_common::PROBE_NAMES;
+        Counts {
+            events: Labelled::new(&m.events, &PROBE_NAMES),
+            captured: Labelled::new(&m.captured_bytes, &PROBE_NAMES),
+            scanned: Labelled::new(&m.scanned_bytes, &crate::source::Source::NAMES),
         }
     }
 }
@@ -344,7 +363,7 @@ fn read(
         // (EVENTS) must reach the stages before its writes (WRITES) do.
         let mut batch: Vec<Queued> = Vec::new();
         // (thread, fd) -> index in `batch` of its latest by-reference write.
-        let mut runs: HashMap<(u32, i32), usize> = HashMap::new();
+        let mut runs: FastMap<(u32, i32), usize> = FastMap::default();
         for ring in rings.iter_mut() {
             // Bounded per turn, so a flood on one ring never starves the other.
             for _ in 0..4096 {
@@ -406,7 +425,7 @@ struct RefWrite {
 
 /// Folds `w` into its (thread, fd)'s run in `batch` (`runs`: index of each run's entry) when
 /// it starts where that run ended, on the same file, from the same probe.
-fn fold(batch: &mut [Queued], runs: &HashMap<(u32, i32), usize>, w: &RefWrite) -> bool {
+fn fold(batch: &mut [Queued], runs: &FastMap<(u32, i32), usize>, w: &RefWrite) -> bool {
     let Some(&i) = runs.get(&(w.pid, w.fd)) else {
         return false;
     };
@@ -437,7 +456,7 @@ fn fold(batch: &mut [Queued], runs: &HashMap<(u32, i32), usize>, w: &RefWrite) -
 /// in from its header alone, without decoding or allocating.
 fn continues(
     batch: &mut [Queued],
-    runs: &HashMap<(u32, i32), usize>,
+    runs: &FastMap<(u32, i32), usize>,
     h: &leakwatch_common::WriteHeader,
 ) -> bool {
     use leakwatch_common::{EVENT_WRITE, WRITE_F_BY_REF, WRITE_F_NEW_FILE};
@@ -471,7 +490,7 @@ fn continues(
 fn merge_refs(batch: Vec<Queued>) -> Vec<Queued> {
     let mut out: Vec<Queued> = Vec::with_capacity(batch.len());
     // (thread, fd) -> index in `out` of its run's entry.
-    let mut runs: HashMap<(u32, i32), usize> = HashMap::new();
+    let mut runs: FastMap<(u32, i32), usize> = FastMap::default();
     for q in batch {
         let Event::Write(w) = &q.ev else {
             out.push(q);
@@ -681,7 +700,7 @@ mod tests {
     #[test]
     fn a_continuing_record_is_folded_in_from_its_header() {
         let mut batch = vec![by_ref(1, 3, 0, 4096, 0)];
-        let runs: HashMap<(u32, i32), usize> = [((1, 3), 0)].into_iter().collect();
+        let runs: FastMap<(u32, i32), usize> = [((1, 3), 0)].into_iter().collect();
         let mut h = leakwatch_common::WriteHeader {
             fd: 3,
             offset: 4096,

@@ -4,10 +4,7 @@
 //! separately — is found once. A stream that pauses reports what it held back; idle streams
 //! are dropped to bound memory (counted). A process seen writing a frozen credential is
 //! handed to `respond` as a holder.
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use super::{report::Hit, Pipeline};
 use crate::actions::Over;
@@ -16,6 +13,7 @@ use crate::{
     dest::Expect,
     detect::{stream::StreamFinding, stream::StreamScanner, Detector},
     events::{Task, WriteEvent},
+    fastmap::FastMap,
     procs::{ProcInfo, Procs},
     source::Source,
 };
@@ -50,11 +48,11 @@ struct Stream {
 
 #[derive(Default)]
 pub struct Streams {
-    map: HashMap<(u32, i32), Stream>,
+    map: FastMap<(u32, i32), Stream>,
     /// (tgid, fd) whose cut capture was last reported, for the `lost` alert window.
-    truncations: HashMap<(u32, i32), Instant>,
+    truncations: FastMap<(u32, i32), Instant>,
     /// (tgid, `struct file` address) -> the fd whose stream holds that open file.
-    shared: HashMap<(u32, u64), i32>,
+    shared: FastMap<(u32, u64), i32>,
 }
 
 impl Streams {
@@ -117,15 +115,9 @@ pub fn describe(procs: &mut Procs, t: &Task) -> ProcInfo {
 }
 
 pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
-    let probe = w.task.probe_name();
-    p.metrics
-        .events
-        .with_label_values(&[probe])
-        .inc_by(w.calls as u64);
-    p.metrics
-        .captured_bytes
-        .with_label_values(&[probe])
-        .inc_by(w.data.len() as u64);
+    let probe = w.task.probe as usize;
+    p.counts.events.get(probe).inc_by(w.calls as u64);
+    p.counts.captured.get(probe).inc_by(w.data.len() as u64);
     if w.tls() {
         return super::tls::on_tls(p, w);
     }
@@ -136,9 +128,9 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
     let Some(source) = target.source() else {
         return; // /dev/null and other devices: nothing can be read back
     };
-    p.metrics
-        .scanned_bytes
-        .with_label_values(&[source.as_str()])
+    p.counts
+        .scanned
+        .get(source.index())
         .inc_by(w.data.len() as u64);
     if p.is_leakwatch(&w.task) {
         return; // `leakwatch freeze` sends the key to the daemon: that is no leak
