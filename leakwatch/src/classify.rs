@@ -88,13 +88,15 @@ impl FdTable {
         FdTable::default()
     }
 
-    pub fn on_connect(&mut self, c: &ConnectEvent) {
+    /// Remembers where `c` connected; returns that remote as alerts name it.
+    pub fn on_connect(&mut self, c: &ConnectEvent) -> Option<&str> {
         if self.connects.len() >= MAX_CONNECTS {
             self.connects.clear();
         }
-        if let Some(r) = format_peer(&c.peer) {
-            self.connects.insert((c.task.tgid, c.fd), r);
-        }
+        let r = format_peer(&c.peer)?;
+        let slot = self.connects.entry((c.task.tgid, c.fd)).or_default();
+        *slot = r;
+        Some(slot)
     }
 
     /// The remote the process connected `fd` to, if it was seen connecting it.

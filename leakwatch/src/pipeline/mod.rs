@@ -223,10 +223,11 @@ impl Pipeline {
             Event::Core(c) => cores::on_core(self, c),
             Event::Connect(c) => {
                 self.counts.events.get(c.task.probe as usize).inc();
-                self.fds.on_connect(&c);
+                let logged = self.actions.enabled();
+                let remote = self.fds.on_connect(&c).filter(|_| logged);
+                let remote = remote.unwrap_or_default().to_string();
                 blind::on_connect(self, &c);
-                if self.actions.enabled() {
-                    let remote = crate::events::format_peer(&c.peer).unwrap_or_default();
+                if logged {
                     let procs = &mut self.procs;
                     self.connect_log
                         .note(&self.actions, c.task.tgid, remote, c.fd, || {
