@@ -105,6 +105,15 @@ impl ExecImages {
     }
 }
 
+/// An exec filename naming an open fd of the exec'ing process rather than a path: what the
+/// kernel reports for `fexecve` and `execveat` with `AT_EMPTY_PATH` (`/dev/fd/N`), or a
+/// caller's own `/proc/self/fd/N`.
+pub fn by_fd(filename: &str) -> bool {
+    ["/dev/fd/", "/proc/self/fd/", "/proc/thread-self/fd/"]
+        .iter()
+        .any(|p| filename.starts_with(p))
+}
+
 impl Default for Procs {
     fn default() -> Self {
         Self::new()
@@ -125,7 +134,14 @@ impl Procs {
     /// Remembers the image `tgid` exec'd (absolute filenames resolved through symlinks) and
     /// the comm the kernel gives it.
     pub fn saw_exec(&mut self, tgid: u32, filename: &str, comm: &str) {
-        let exe = if filename.starts_with('/') {
+        let exe = if by_fd(filename) {
+            // `fexecve`/`execveat(fd, "", AT_EMPTY_PATH)`: the kernel names the image
+            // `/dev/fd/N`, which means the caller's fd, not the daemon's (and a memfd has
+            // no path at all). The process runs that image now: /proc says what it is.
+            fs::read_link(format!("/proc/{tgid}/exe"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| filename.to_string())
+        } else if filename.starts_with('/') {
             self.canonical(filename)
         } else {
             filename.to_string()
@@ -133,6 +149,8 @@ impl Procs {
         self.remember(tgid, comm, exe);
     }
 
+    /// `filename` resolved through symlinks, cached: never a name that means another
+    /// process's fd (`by_fd`).
     fn canonical(&mut self, filename: &str) -> String {
         if let Some(exe) = self.canonical.get(filename) {
             return exe.clone();
@@ -292,6 +310,14 @@ pub fn describe(pid: u32, ppid: u32, uid: u32, comm: String) -> ProcInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exec_by_fd_is_told_from_a_path() {
+        assert!(by_fd("/dev/fd/3"));
+        assert!(by_fd("/proc/self/fd/7"));
+        assert!(!by_fd("/usr/bin/cat"));
+        assert!(!by_fd("/dev/fdisk"));
+    }
 
     #[test]
     fn units_from_cgroup_paths() {

@@ -114,7 +114,8 @@ impl TlsWatch {
     /// Process `tgid` exec'd `filename`: check its executable (once per file).
     pub fn exec(&mut self, tgid: u32, filename: &str) {
         let Some(tx) = &self.tx else { return };
-        if filename.starts_with('/') {
+        // `/dev/fd/N` names a different image in every process that execs by fd.
+        if filename.starts_with('/') && !crate::procs::by_fd(filename) {
             if self.recent.get(filename).is_some() {
                 return;
             }
