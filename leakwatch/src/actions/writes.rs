@@ -160,9 +160,14 @@ impl WriteLog {
 
 fn finish(s: Sum) -> Row {
     let mut row = s.row;
-    // A row summing several sockets has no one fd.
+    // A row summing several sockets has no one fd. One socket keeps its whole remote, port
+    // included: a connection made before the daemon started, or one datagram peer, is not
+    // known to be accepted.
     if s.sockets <= 1 {
         row = row.with("fd", s.fd);
+        if let Some(r) = s.target.remote() {
+            row = row.with("remote", r);
+        }
     } else {
         row = row.with("sockets", s.sockets);
     }
@@ -229,13 +234,29 @@ mod tests {
             let over = Over::of(fd, &client, None, 8080);
             w.note(log, (9, fd), over, &client, 10, 1, true, who);
         }
-        // An unconnected datagram peer, and a file: one fd each.
+        // One socket of a process that was not seen connecting it keeps its port.
+        let old = Target::Socket(Some("10.0.0.3:5432".into()));
+        w.note(
+            log,
+            (9, 4),
+            Over::of(4, &old, None, 41_000),
+            &old,
+            5,
+            1,
+            true,
+            who,
+        );
+        // A file: one fd.
         let f = Target::File(Some("/var/log/x".into()));
         assert_eq!(Over::of(3, &f, None, 0), Over::Fd(3));
         w.tick(log, true);
         let mut rows = t.rows("write");
         rows.sort_by_key(|r| r["remote"].as_str().unwrap_or("").to_string());
-        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert_eq!(
+            (rows[2]["remote"].as_str(), rows[2]["fd"].as_u64()),
+            (Some("10.0.0.3:5432"), Some(4))
+        );
         assert_eq!(rows[0]["remote"], "10.0.0.1:443");
         assert_eq!(
             (rows[0]["sockets"].as_u64(), rows[0]["calls"].as_u64()),
