@@ -253,37 +253,40 @@ logging.getLogger("agent").info("loaded config %s", {"model": "claude", "api_key
 #[test]
 fn write_by_a_program_exec_d_by_fd_names_its_real_image() {
     // fexecve: the kernel names the image `/dev/fd/N`, the caller's fd. The alert must say
-    // which binary wrote, not that name (nor what the daemon's own fd N is).
+    // which binary wrote, not that name (nor what the daemon's own fd N is). The program
+    // writes a moment after its exec and exits at once: the image is learnt at the exec and
+    // must still name the writer once it is gone.
     let mut d = Daemon::start("w-fexecve");
     let (secret, text) = secret("github-pat");
     let fp = fingerprint(&secret);
     let scratch = d.scratch();
     let key = keyfile(&scratch, "key", &text);
     let out = scratch.join("copy.txt");
-    let cat = exe_of("cat");
+    let py = python_exe();
     let script = r#"
 import os, sys
 fd = os.open(sys.argv[1], os.O_RDONLY)
 out = os.open(sys.argv[3], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 os.dup2(out, 1)
-os.execve(fd, ["cat", sys.argv[2]], {})
+child = "import sys, time; time.sleep(0.3); sys.stdout.write(open(sys.argv[1]).read())"
+os.execve(fd, ["python3", "-c", child, sys.argv[2]], {})
 "#;
     let mut c = python()
         .arg("-c")
         .arg(script)
-        .arg(&cat)
+        .arg(&py)
         .arg(&key)
         .arg(&out)
         .spawn()
         .unwrap();
     let pid = c.id();
-    assert!(wait_exit(&mut c, 30, "python fexecve cat").success());
-    assert!(contains(&fs::read(&out).unwrap(), secret.as_bytes()));
-    let a = wait_finding(&d, &fp, "file", "cat exec'd by fd", |a| {
+    let a = wait_finding(&d, &fp, "file", "python exec'd by fd", |a| {
         n(a, "pid") == pid as u64
     });
+    assert!(wait_exit(&mut c, 30, "python fexecve'd").success());
+    assert!(contains(&fs::read(&out).unwrap(), secret.as_bytes()));
     assert_eq!(s(&a, "path"), real(&out), "{a:#}");
-    assert_eq!(s(&a, "exe"), cat, "{a:#}");
+    assert_eq!(s(&a, "exe"), py, "{a:#}");
     d.stop();
     d.assert_no_plaintext(&[&secret]);
 }

@@ -42,6 +42,11 @@ impl ExecEvent {
 
     /// The comm the kernel gives the new image: the filename's last component, 15 bytes.
     pub fn new_comm(&self) -> String {
+        // Exec'd by fd (`/dev/fd/N`): the kernel names the task after the file's own name
+        // (the record's comm, read at `sched_process_exec`), not after `N`.
+        if crate::procs::by_fd(&self.filename) && !self.task.comm.is_empty() {
+            return self.task.comm.clone();
+        }
         let base = self.filename.rsplit('/').next().unwrap_or(&self.filename);
         base.chars().take(15).collect()
     }
@@ -244,5 +249,9 @@ mod tests {
         let mut e = ExecEvent::default();
         e.filename = "/opt/a-very-long-program-name".into();
         assert_eq!(e.new_comm(), "a-very-long-pro");
+        // By fd: the kernel's comm, taken after the exec.
+        e.filename = "/dev/fd/3".into();
+        e.task.comm = "cat".into();
+        assert_eq!(e.new_comm(), "cat");
     }
 }
