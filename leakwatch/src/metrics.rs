@@ -407,7 +407,6 @@ impl Metrics {
     }
 }
 
-/// Binds the metrics listener (so a bad address fails at start, not later).
 /// Children of a one-label counter, each looked up once: the write path counts every
 /// event, and `with_label_values` hashes the label each time. A child is made at its first
 /// use, so the exposition is as with `with_label_values`.
@@ -435,6 +434,7 @@ impl Labelled {
     }
 }
 
+/// Binds the metrics listener (so a bad address fails at start, not later).
 pub async fn bind(addr: &str) -> Result<TcpListener> {
     let sa: SocketAddr = addr.parse().with_context(|| {
         format!("metrics address `{addr}` is not IP:PORT (e.g. 127.0.0.1:9477)")

@@ -39,15 +39,7 @@ impl Source {
     }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Argv => "argv",
-            Source::Env => "env",
-            Source::File => "file",
-            Source::CrashDump => "crash_dump",
-            Source::Socket => "socket",
-            Source::Pipe => "pipe",
-            Source::Tty => "tty",
-        }
+        Self::NAMES[self.index()]
     }
 }
 
@@ -69,8 +61,12 @@ mod tests {
 
     #[test]
     fn names_are_in_index_order() {
-        for s in Source::ALL {
+        for (i, s) in Source::ALL.into_iter().enumerate() {
+            assert_eq!(s.index(), i);
             assert_eq!(Source::NAMES[s.index()], s.as_str());
         }
+        // The names alerts and metric labels carry.
+        assert_eq!(Source::CrashDump.as_str(), "crash_dump");
+        assert_eq!(Source::Tty.to_string(), "tty");
     }
 }

@@ -6,9 +6,9 @@
 //! (and reported) every time. A whole environment area (every variable of an exec, as
 //! the kernel laid them out) is kept the same way when none of its strings had a finding,
 //! so an unchanged environment costs one lookup per exec.
-use std::{collections::HashSet, sync::Arc};
+use std::sync::Arc;
 
-use crate::detect::Engine;
+use crate::{detect::Engine, fastmap::FastSet};
 
 /// Bytes of clean strings kept at most; past it the cache starts over.
 const MAX_BYTES: usize = 2 << 20;
@@ -19,10 +19,10 @@ const MAX_AREA: usize = 256 << 10;
 
 #[derive(Default)]
 pub struct Clean {
-    set: HashSet<Box<[u8]>, foldhash::fast::RandomState>,
+    set: FastSet<Box<[u8]>>,
     /// Whole environment areas, apart from strings: an area of one variable is not the
     /// same thing as an argument of the same bytes.
-    areas: HashSet<Box<[u8]>, foldhash::fast::RandomState>,
+    areas: FastSet<Box<[u8]>>,
     bytes: usize,
     /// The engine and frozen-set generation the strings were found clean under.
     under: (usize, u64),

@@ -136,7 +136,7 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
         return; // `leakwatch freeze` sends the key to the daemon: that is no leak
     }
     // A run read early (`calls` 0) is summarized when its record comes.
-    if w.calls > 0 {
+    if w.calls > 0 && p.actions.enabled() {
         let (log, procs) = (&p.actions, &mut p.procs);
         let key = (w.task.tgid, w.fd);
         let local_port = w.peer.map_or(0, |p| p.lport);
