@@ -590,21 +590,34 @@ fn macro_rounds(rounds: usize, runs: usize) -> Macro {
         per_round: runs,
         cpu: Vec::new(),
     };
+    let floor_tps = leakwatch::probes::all_tracepoints();
+    let floor_refs: Vec<&str> = floor_tps.iter().map(|s| s.as_str()).collect();
     for round in 0..rounds {
-        for k in 0..2 {
-            let mon = [Mon::None, Mon::Daemon][(round + k) % 2];
+        for k in 0..MONS.len() {
+            let mon = MONS[(round + k) % MONS.len()];
             let d = (mon == Mon::Daemon).then(|| {
                 let (d, _) = daemon("cost-macro", "");
                 quiet(&d, 5);
                 d
             });
+            let floor = (mon == Mon::Floor).then(|| {
+                leakwatch::probes::load_floor(&floor_refs)
+                    .unwrap_or_else(|e| panic!("loading the floor failed: {e:#}"))
+            });
             let (mut agent, mut build) = (Vec::new(), Vec::new());
             for _ in 0..runs {
                 agent.push(timed(agent_run(&dir, &script)));
-                build.push(timed(build_run(&proj)));
+                // The build against the floor would add a minute and split nothing the
+                // agent does not: only the agent runs there.
+                if mon != Mon::Floor {
+                    build.push(timed(build_run(&proj)));
+                }
             }
             m.runs.push(("agent", mon, median(agent)));
-            m.runs.push(("build", mon, median(build)));
+            if mon != Mon::Floor {
+                m.runs.push(("build", mon, median(build)));
+            }
+            drop(floor);
             if let Some(mut d) = d {
                 d.stop();
             }
@@ -697,15 +710,15 @@ fn cpu_account(dir: &Path, script: &Path, proj: &Path) -> Vec<Cpu> {
 
 fn report_macro(md: &mut String, m: &Macro) -> f64 {
     writeln!(md, "### Macro: real work, against no monitor\n").unwrap();
-    let rounds = m.runs.len() / 4;
+    let rounds = m.runs.len() / 5;
     let runs = m.per_round;
-    writeln!(md, "**agent**: python3 with a local HTTP server; {AGENT_REQUESTS} chat-style POSTs with JSON bodies (the last 20 messages), each reply logged to a file, `ls` run every 25 requests; pinned to CPU 0 (the daemon is not pinned: it runs where the scheduler puts it). Unpinned, the same workload with no monitor took 1.24–1.99 s run to run on this VM, from where its two threads were placed alone; pinned, 1.48–1.53 s. **build**: `make -j2` of 24 generated C files (`cc -O2`) into an archive, from clean, on both cores. {rounds} rounds; in each, both workloads run {runs} times without and {runs} times with the daemon (order alternating between rounds), and a round's time is the median of its runs. Wall time; the ratio is no-monitor time / leakwatch time from the same round (1.0 = no cost), its median over rounds.\n").unwrap();
+    writeln!(md, "**agent**: python3 with a local HTTP server; {AGENT_REQUESTS} chat-style POSTs with JSON bodies (the last 20 messages), each reply logged to a file, `ls` run every 25 requests; pinned to CPU 0 (the daemon is not pinned: it runs where the scheduler puts it). Unpinned, the same workload with no monitor took 1.24–1.99 s run to run on this VM, from where its two threads were placed alone; pinned, 1.48–1.53 s. **build**: `make -j2` of 24 generated C files (`cc -O2`) into an archive, from clean, on both cores. {rounds} rounds; in each, the workloads run {runs} times with no monitor, with the floor (the agent only) and with the daemon (order rotated between rounds), and a round's time is the median of its runs. Wall time; a ratio is the slower configuration's rate over the faster's from the same round (no-monitor time / leakwatch time; 1.0 = no cost), its median over rounds. The floor splits the agent's cost: **floor vs none** is what any probe on these tracepoints costs (the syscall tracing slow path and a program call per hooked syscall), **leakwatch vs floor** what leakwatch adds to that.\n").unwrap();
     writeln!(
         md,
-        "| workload | no monitor (s) | leakwatch (s) | **leakwatch vs none** | ratio min–max |"
+        "| workload | no monitor (s) | floor (s) | leakwatch (s) | floor vs none | leakwatch vs floor | **leakwatch vs none** | min–max |"
     )
     .unwrap();
-    writeln!(md, "|---|---|---|---|---|").unwrap();
+    writeln!(md, "|---|---|---|---|---|---|---|---|").unwrap();
     let mut worst = f64::MAX;
     for w in ["agent", "build"] {
         let t = |mon: Mon| -> Vec<f64> {
@@ -715,16 +728,28 @@ fn report_macro(md: &mut String, m: &Macro) -> f64 {
                 .map(|r| r.2)
                 .collect()
         };
-        let (a, b) = (t(Mon::None), t(Mon::Daemon));
-        let ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
+        let (a, f, b) = (t(Mon::None), t(Mon::Floor), t(Mon::Daemon));
+        let ratio_of =
+            |x: &[f64], y: &[f64]| -> Vec<f64> { x.iter().zip(y).map(|(x, y)| x / y).collect() };
+        let ratios = ratio_of(&a, &b);
         let (lo, hi) = min_max(&ratios);
         let ratio = median(ratios);
         worst = worst.min(ratio);
+        let cell = |v: Vec<f64>, digits: usize| {
+            if v.is_empty() {
+                "—".to_string()
+            } else {
+                format!("{:.*}", digits, median(v))
+            }
+        };
         writeln!(
             md,
-            "| {w} | {:.2} | {:.2} | **{ratio:.3}** | {lo:.3}–{hi:.3} |",
-            median(a),
-            median(b)
+            "| {w} | {:.2} | {} | {:.2} | {} | {} | **{ratio:.3}** | {lo:.3}–{hi:.3} |",
+            median(a.clone()),
+            cell(f.clone(), 2),
+            median(b.clone()),
+            cell(ratio_of(&a, &f), 3),
+            cell(ratio_of(&f, &b), 3),
         )
         .unwrap();
     }
