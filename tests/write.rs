@@ -705,6 +705,82 @@ urllib.request.urlopen(urllib.request.Request(sys.argv[2], data=body), timeout=1
     d.assert_no_plaintext(&[&key, &encoded, &id]);
 }
 
+/// An agent attaches a `.env` to an API request the way LLM APIs take documents: base64
+/// in a JSON body. The keys inside are found as themselves, at the socket.
+#[test]
+fn write_base64_attachment_in_a_json_body_is_decoded() {
+    let mut d = Daemon::start("w-b64-json");
+    let sink = HttpSink::start();
+    let (key, _) = secret("anthropic-api-key");
+    let (pat, _) = secret("github-pat");
+    let env = keyfile(
+        &d.scratch(),
+        ".env",
+        &format!("# local settings\nANTHROPIC_API_KEY={key}\nGITHUB_TOKEN={pat}\nDEBUG=1\n"),
+    );
+    let script = r#"
+import base64, json, sys, urllib.request
+doc = base64.b64encode(open(sys.argv[1], "rb").read()).decode()
+body = json.dumps({"model": "m", "messages": [{"role": "user", "content": [
+    {"type": "document", "source": {"type": "base64", "media_type": "text/plain", "data": doc}},
+    {"type": "text", "text": "why does this config fail?"}]}]}).encode()
+req = urllib.request.Request(sys.argv[2], data=body, headers={"Content-Type": "application/json"})
+urllib.request.urlopen(req, timeout=10).read()
+"#;
+    let mut c = python()
+        .arg("-c")
+        .arg(script)
+        .arg(&env)
+        .arg(sink.url())
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "python").success());
+    sink.wait_request("the JSON POST", |r| contains(r, b"\"base64\""));
+    for (secret, rule) in [(&key, "anthropic-api-key"), (&pat, "github-pat")] {
+        let a = wait_finding(&d, &fingerprint(secret), "socket", rule, |a| {
+            n(a, "pid") == pid as u64
+        });
+        check(&a, secret, rule, "socket", pid, "python3");
+        assert_eq!(s(&a, "remote"), sink.addr(), "{a:#}");
+    }
+    d.stop();
+    d.assert_no_plaintext(&[&key, &pat]);
+}
+
+/// `base64 .env > out` (coreutils wraps at 76 columns): the key is found in the file,
+/// across the line breaks of the encoding.
+#[test]
+fn write_wrapped_base64_of_a_key_file_is_decoded() {
+    let mut d = Daemon::start("w-b64-file");
+    let (key, _) = secret("anthropic-api-key");
+    let scratch = d.scratch();
+    let env = keyfile(
+        &scratch,
+        ".env",
+        &format!("NOTE=\"rotated monthly, ask ops\"\nANTHROPIC_API_KEY={key}\n"),
+    );
+    let out = scratch.join("env.b64");
+    let mut c = Command::new("bash")
+        .arg("-c")
+        .arg("exec base64 \"$1\" > \"$2\"")
+        .arg("_")
+        .arg(&env)
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "base64").success());
+    assert!(contains(&fs::read(&out).unwrap(), b"\n"), "not wrapped");
+    let a = wait_finding(&d, &fingerprint(&key), "file", "the encoded file", |a| {
+        n(a, "pid") == pid as u64
+    });
+    check(&a, &key, "anthropic-api-key", "file", pid, "base64");
+    assert_eq!(s(&a, "path"), real(&out), "{a:#}");
+    d.stop();
+    d.assert_no_plaintext(&[&key]);
+}
+
 #[test]
 fn write_curl_bearer_header_to_socket() {
     let mut d = Daemon::start("w-curl");

@@ -11,6 +11,8 @@ use super::validate;
 const BACK: usize = 128;
 /// How far from an escape the percent pass looks (most rules' `span`).
 const NEAR: usize = 512;
+/// Bytes after a base64 run scanned with its decoded text (where a value ends).
+const BASE64_AFTER: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Validator {
@@ -70,6 +72,8 @@ enum Pass {
     Raw,
     /// A percent-decoded view: logins.
     Percent,
+    /// Base64-decoded text with the words around it: logins.
+    Base64,
     /// The text inside a login: nothing more.
     Login,
 }
@@ -221,8 +225,16 @@ impl Engine {
                 windows.push((r, start, end));
             }
         });
-        // Percent-encoded text may hide its keywords (`key%3D…`): it is decoded below.
-        if windows.is_empty() && (pass != Pass::Raw || memchr::memchr(b'%', hay).is_none()) {
+        // Percent-encoded and base64 text may hide their keywords: they are decoded below.
+        let runs = if pass == Pass::Raw {
+            super::b64::runs(hay)
+        } else {
+            Vec::new()
+        };
+        if windows.is_empty()
+            && runs.is_empty()
+            && (pass != Pass::Raw || memchr::memchr(b'%', hay).is_none())
+        {
             return Vec::new();
         }
         windows.sort_unstable();
@@ -244,6 +256,7 @@ impl Engine {
         }
         if pass == Pass::Raw {
             self.percent_encoded(hay, &mut found, &mut decoded);
+            self.base64_encoded(hay, &runs, &mut found, &mut decoded, open);
         }
         self.resolve(&mut found, &vetoes);
         let mut line = 1;
@@ -333,6 +346,87 @@ impl Engine {
                 found.push((s, e, r));
             }
             zeroize::Zeroize::zeroize(&mut text);
+        }
+    }
+
+    /// Credentials inside base64 text (see `b64`): each run that decodes to text is
+    /// scanned with the bytes around it (the name a value is assigned to); what is found
+    /// in the decoded bytes is reported at its encoded span with the decoded credential's
+    /// fingerprint and preview, replacing findings on the encoded text. A run the end of
+    /// `hay` cuts is left open (its last `max_span` of decoded bytes, from a whole group),
+    /// so a stream scanner decodes it again once more arrives.
+    fn base64_encoded(
+        &self,
+        hay: &[u8],
+        runs: &[(usize, usize)],
+        found: &mut Vec<(usize, usize, usize)>,
+        decoded: &mut Vec<((usize, usize), Reported)>,
+        open: Option<&mut Vec<(usize, usize)>>,
+    ) {
+        let mut cut = None;
+        for &(s, e) in runs {
+            let Some(mut d) = super::b64::text(&hay[s..e]) else {
+                continue;
+            };
+            if e == hay.len() {
+                let keep = self.max_span().min(d.text.len());
+                // A whole group's first byte: one at a multiple of 3 from the start.
+                let j = (d.text.len() - keep) / 3 * 3;
+                let start = if j == 0 {
+                    s.saturating_sub(self.context_before())
+                } else {
+                    s + d.at[j] as usize
+                };
+                cut = Some((start, hay.len() + 1));
+            }
+            let a = s.saturating_sub(self.context_before());
+            let b = (e + BASE64_AFTER).min(hay.len());
+            let mut view = Vec::with_capacity(d.text.len() + (s - a) + (b - e));
+            view.extend_from_slice(&hay[a..s]);
+            view.extend_from_slice(&d.text);
+            view.extend_from_slice(&hay[e..b]);
+            let (da, db) = (s - a, s - a + d.text.len());
+            // Where a view offset lies in `hay`: around the run as is, inside it at the
+            // character its byte starts in (an end: after the last byte's two characters).
+            let to_hay = |i: usize, end: bool| -> usize {
+                if i < da {
+                    a + i
+                } else if i >= db {
+                    e + (i - db)
+                } else if end {
+                    (s + d.at[i - da - 1] as usize + 2).min(e)
+                } else {
+                    s + d.at[i - da] as usize
+                }
+            };
+            for f in self.scan_inner(&view, None, Pass::Base64) {
+                if f.end <= da || f.start >= db {
+                    continue;
+                }
+                let (fs, fe) = (to_hay(f.start, false), to_hay(f.end, true));
+                let Some(r) = self.rules.iter().position(|x| x.id == f.rule) else {
+                    continue;
+                };
+                // A vendor's credential on the encoded text (a JWT, whose parts decode to
+                // JSON; a login already decoded) stands as found; a generic finding there
+                // (the encoded value taken for a password) gives way to what it encodes.
+                let overlaps = |g: (usize, usize)| g.0 < fe && fs < g.1;
+                if found
+                    .iter()
+                    .any(|g| overlaps((g.0, g.1)) && !self.rules[g.2].generic)
+                    || decoded.iter().any(|(span, _)| overlaps(*span))
+                {
+                    continue;
+                }
+                found.retain(|g| !overlaps((g.0, g.1)));
+                decoded.push(((fs, fe), (f.rule, f.fingerprint, f.redacted)));
+                found.push((fs, fe, r));
+            }
+            zeroize::Zeroize::zeroize(&mut view);
+            zeroize::Zeroize::zeroize(&mut d.text);
+        }
+        if let (Some(o), Some(w)) = (open, cut) {
+            o.push(w);
         }
     }
 

@@ -4,6 +4,7 @@
 //!
 //! One keyword prefilter pass (SIMD on x86-64, see `keywords`) finds every rule keyword; each rule's regex runs only in a window
 //! around its keyword hits; candidates then pass entropy, validator and allowlist checks.
+mod b64;
 mod bigrams;
 pub mod decode;
 pub mod detector;
@@ -25,6 +26,8 @@ pub use rules::{RuleSet, RuleSpec};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_b64;
 #[cfg(test)]
 mod tests_shapes;
 #[cfg(test)]
