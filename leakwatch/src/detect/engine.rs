@@ -525,8 +525,10 @@ impl Engine {
 
     fn accept(&self, rule: &Rule, secret: &[u8], name: &[u8]) -> Verdict {
         // A vendor shape too uniform to be issued, or a known placeholder, is one for every
-        // rule.
-        if !validate::entropy_ok(secret, rule.entropy) || validate::placeholder(secret) {
+        // rule. A key block's body is random base64: `XxXXx` or `DuMmY` in it is chance,
+        // one key in about 20,000 (placeholder blocks are short).
+        let block = rule.multiline && secret.len() > 256;
+        if !validate::entropy_ok(secret, rule.entropy) || !block && validate::placeholder(secret) {
             return if rule.generic {
                 Verdict::Drop
             } else {

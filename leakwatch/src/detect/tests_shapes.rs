@@ -429,3 +429,25 @@ fn code_paths_author_names_and_ip_addresses_are_not_secrets() {
         }
     }
 }
+
+#[test]
+fn a_key_block_whose_body_spells_a_placeholder_word_is_still_a_key() {
+    let engine = Engine::builtin();
+    let mut rng = super::samples::Rng::from_time();
+    for (rule, label) in [
+        ("pgp-private-key", "PGP PRIVATE KEY BLOCK"),
+        ("private-key", "RSA PRIVATE KEY"),
+    ] {
+        let pem = super::samples::pem(&mut rng, label, 20);
+        let at = pem.find('\n').unwrap() + 1 + 30;
+        for word in ["XxXXx", "DuMmY", "exaMple"] {
+            let key = format!("{}{word}{}", &pem[..at], &pem[at + word.len()..]);
+            assert_found(&engine, &key, &key, rule);
+        }
+    }
+    // A short block that is only a placeholder is not.
+    assert_quiet(
+        &engine,
+        "-----BEGIN RSA PRIVATE KEY-----\nxxxxxxxxxxxxxxxx\n-----END RSA PRIVATE KEY-----",
+    );
+}
