@@ -274,8 +274,6 @@ pub fn run() -> String {
     let rounds: usize = env_or("LW_BENCH_COST_ROUNDS", 7);
     let secs: f64 = env_or("LW_BENCH_COST_SECS", 1.0);
     let mut res = Results::default();
-    let floor_tps = leakwatch::probes::all_tracepoints();
-    let floor_refs: Vec<&str> = floor_tps.iter().map(|s| s.as_str()).collect();
     for round in 0..rounds {
         for k in 0..MONS.len() {
             let mon = MONS[(round + k) % MONS.len()];
@@ -283,12 +281,7 @@ pub fn run() -> String {
             let mut floor = None;
             match mon {
                 Mon::None => {}
-                Mon::Floor => {
-                    floor = Some(
-                        leakwatch::probes::load_floor(&floor_refs)
-                            .unwrap_or_else(|e| panic!("loading the floor failed: {e:#}")),
-                    )
-                }
+                Mon::Floor => floor = Some(load_floor()),
                 Mon::Daemon => {
                     let (dm, took) = daemon("cost-micro", "");
                     res.starts.push(took);
@@ -574,9 +567,17 @@ fn pinned(c: &mut Command) {
     }
 }
 
-/// Each round runs both workloads `runs` times without and with the daemon (one daemon per
-/// round, order alternating); a round's time per workload and monitor is the median of
-/// its runs.
+/// The floor: a bare counter on every tracepoint the daemon attaches.
+fn load_floor() -> leakwatch::probes::Floor {
+    let tracepoints = leakwatch::probes::all_tracepoints();
+    let names: Vec<&str> = tracepoints.iter().map(|s| s.as_str()).collect();
+    leakwatch::probes::load_floor(&names)
+        .unwrap_or_else(|e| panic!("loading the floor failed: {e:#}"))
+}
+
+/// Each round runs the agent `runs` times with no monitor, the floor and the daemon, and
+/// the build once with no monitor and once with the daemon (one daemon per round, order
+/// rotated); a round's time per workload and monitor is the median of its runs.
 fn macro_rounds(rounds: usize, runs: usize) -> Macro {
     let dir = std::env::temp_dir().join(format!("leakwatch-bench-cost-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
@@ -590,8 +591,6 @@ fn macro_rounds(rounds: usize, runs: usize) -> Macro {
         per_round: runs,
         cpu: Vec::new(),
     };
-    let floor_tps = leakwatch::probes::all_tracepoints();
-    let floor_refs: Vec<&str> = floor_tps.iter().map(|s| s.as_str()).collect();
     for round in 0..rounds {
         for k in 0..MONS.len() {
             let mon = MONS[(round + k) % MONS.len()];
@@ -600,10 +599,7 @@ fn macro_rounds(rounds: usize, runs: usize) -> Macro {
                 quiet(&d, 5);
                 d
             });
-            let floor = (mon == Mon::Floor).then(|| {
-                leakwatch::probes::load_floor(&floor_refs)
-                    .unwrap_or_else(|e| panic!("loading the floor failed: {e:#}"))
-            });
+            let floor = (mon == Mon::Floor).then(load_floor);
             let (mut agent, mut build) = (Vec::new(), Vec::new());
             for i in 0..runs {
                 agent.push(timed(agent_run(&dir, &script)));
