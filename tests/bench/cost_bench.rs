@@ -485,10 +485,13 @@ struct Cpu {
     bpf_s: f64,
 }
 
-/// Requests per agent run: about 2 s here, long enough that scheduling noise on a 2-core
+/// Requests per agent run: about 1 s here, long enough that scheduling noise on a 2-core
 /// VM does not decide the ratio.
 const AGENT_REQUESTS: usize = 1500;
 
+/// The agent. It ends without `srv.shutdown()`: that waits for `serve_forever`'s next
+/// 0.5 s poll, a fixed sleep that made every run half a second longer and diluted the
+/// ratio (the server thread is a daemon thread: exit ends it).
 const AGENT_PY: &str = r#"
 import http.server, json, logging, os, subprocess, sys, threading, urllib.request
 class H(http.server.BaseHTTPRequestHandler):
@@ -511,7 +514,6 @@ for i in range(int(sys.argv[2])):
     log.info('step %d reply %s', i, json.dumps(reply)[:200])
     if i % 25 == 0:
         subprocess.run(['ls', '-la', os.path.dirname(sys.argv[1])], stdout=subprocess.DEVNULL, check=True)
-srv.shutdown()
 "#;
 
 fn c_project(dir: &Path) {
@@ -709,7 +711,7 @@ fn report_macro(md: &mut String, m: &Macro) -> f64 {
     writeln!(md, "### Macro: real work, against no monitor\n").unwrap();
     let rounds = m.runs.len() / 5;
     let runs = m.per_round;
-    writeln!(md, "**agent**: python3 with a local HTTP server; {AGENT_REQUESTS} chat-style POSTs with JSON bodies (the last 20 messages), each reply logged to a file, `ls` run every 25 requests; pinned to CPU 0 (the daemon is not pinned: it runs where the scheduler puts it). Unpinned, the same workload with no monitor took 1.24–1.99 s run to run on this VM, from where its two threads were placed alone; pinned, 1.48–1.53 s. **build**: `make -j2` of 24 generated C files (`cc -O2`) into an archive, from clean, on both cores. {rounds} rounds; in each, the agent runs {runs} times with no monitor, with the floor and with the daemon, the build once with no monitor and once with the daemon (order rotated between rounds), and a round's time is the median of its runs. Wall time; a ratio is the slower configuration's rate over the faster's from the same round (no-monitor time / leakwatch time; 1.0 = no cost), its median over rounds. The floor splits the agent's cost: **floor vs none** is what any probe on these tracepoints costs (the syscall tracing slow path and a program call per hooked syscall), **leakwatch vs floor** what leakwatch adds to that.\n").unwrap();
+    writeln!(md, "**agent**: python3 with a local HTTP server; {AGENT_REQUESTS} chat-style POSTs with JSON bodies (the last 20 messages), each reply logged to a file, `ls` run every 25 requests; pinned to CPU 0 (the daemon is not pinned: it runs where the scheduler puts it). Pinned, because unpinned its run time depended mostly on where the scheduler put its two threads. It ends without `srv.shutdown()`: reports before 2026-12-05 timed a fixed 0.5 s shutdown sleep with every run, which diluted the ratio by a third. **build**: `make -j2` of 24 generated C files (`cc -O2`) into an archive, from clean, on both cores. {rounds} rounds; in each, the agent runs {runs} times with no monitor, with the floor and with the daemon, the build once with no monitor and once with the daemon (order rotated between rounds), and a round's time is the median of its runs. Wall time; a ratio is the slower configuration's rate over the faster's from the same round (no-monitor time / leakwatch time; 1.0 = no cost), its median over rounds. The floor splits the agent's cost: **floor vs none** is what any probe on these tracepoints costs (the syscall tracing slow path and a program call per hooked syscall), **leakwatch vs floor** what leakwatch adds to that.\n").unwrap();
     writeln!(
         md,
         "| workload | no monitor (s) | floor (s) | leakwatch (s) | floor vs none | leakwatch vs floor | **leakwatch vs none** | min–max |"
