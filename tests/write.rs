@@ -525,6 +525,72 @@ assert fds[0] == fds[1], fds
 }
 
 #[test]
+fn write_fd_reused_for_another_socket_names_each_peer() {
+    let mut d = Daemon::start("w-sockreuse");
+    let keys: Vec<(String, String)> = ["github-pat", "gitlab-pat", "slack-token"]
+        .iter()
+        .map(|r| secret(r))
+        .collect();
+    let scratch = d.scratch();
+    let files: Vec<PathBuf> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (_, text))| keyfile(&scratch, &format!("k{i}"), text))
+        .collect();
+    // Three TCP listeners that read until the peer closes.
+    let listeners: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port().to_string())
+        .collect();
+    for l in listeners {
+        std::thread::spawn(move || {
+            if let Ok((mut c, _)) = l.accept() {
+                let _ = std::io::copy(&mut c, &mut std::io::sink());
+            }
+        });
+    }
+    // One connection after another, each closed before the next: every socket gets the
+    // same fd number, and the kernel's per-fd cache must see each as a new peer.
+    let script = r#"
+import socket, sys
+n = len(sys.argv) // 2
+fds = []
+for keyfile, port in zip(sys.argv[1:1 + n], sys.argv[1 + n:]):
+    s = socket.create_connection(("127.0.0.1", int(port)))
+    s.sendall(b"Authorization: token " + open(keyfile).read().encode() + b"\n")
+    fds.append(s.fileno())
+    s.close()
+assert len(set(fds)) == 1, fds
+"#;
+    let mut c = python()
+        .arg("-c")
+        .arg(script)
+        .args(&files)
+        .args(&ports)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "python").success());
+    for (i, (key, _)) in keys.iter().enumerate() {
+        let a = wait_finding(&d, &fingerprint(key), "socket", &format!("key {i}"), |a| {
+            n(a, "pid") == pid as u64
+        });
+        assert_eq!(
+            s(&a, "remote"),
+            format!("127.0.0.1:{}", ports[i]),
+            "key {i} went to port {}: {a:#}",
+            ports[i]
+        );
+    }
+    d.stop();
+    let all: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+    d.assert_no_plaintext(&all);
+}
+
+#[test]
 fn write_key_ending_the_last_write_is_reported_with_that_call() {
     let mut d = Daemon::start("w-tail");
     let (secret, text) = secret("anthropic-api-key");

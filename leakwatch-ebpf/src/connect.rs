@@ -5,28 +5,32 @@ use aya_ebpf::{
 };
 use leakwatch_common::*;
 
-use crate::{header, maps, scope, sockaddr};
+use crate::{header, maps, scope, sockaddr, write};
 
 /// format: fd @16, uservaddr @24, addrlen @32.
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    if scope::own((bpf_get_current_pid_tgid() >> 32) as u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if scope::own(tgid) {
         return 0;
     }
-    // SAFETY: offsets from the format file; reads checked by the helper.
-    let (fd, addr, len) = unsafe {
-        (
-            ctx.read_at::<u64>(16).unwrap_or(0),
-            ctx.read_at::<u64>(24).unwrap_or(0),
-            ctx.read_at::<u64>(32).unwrap_or(0) as u32 as u64,
-        )
-    };
+    let (fd, addr, len) = (
+        write::arg(&ctx, 16),
+        write::arg(&ctx, 24),
+        write::arg(&ctx, 32) as u32 as u64,
+    );
     let mut ev = ConnectEvent {
         fd: fd as i32,
         peer: sockaddr::read_user(addr, len),
         ..Default::default()
     };
-    header::fill(&mut ev.hdr, EVENT_CONNECT, PROBE_CONNECT);
+    // A process that wrote before has its parent, name, uid and cgroup cached (refreshed
+    // as the write probes do): four kernel reads and two helper calls fewer.
+    match scope::who(tgid) {
+        Some(w) => header::fill_cached(&mut ev.hdr, EVENT_CONNECT, PROBE_CONNECT, pid_tgid, w),
+        None => header::fill(&mut ev.hdr, EVENT_CONNECT, PROBE_CONNECT),
+    }
     maps::emit(
         PROBE_CONNECT,
         &ev as *const _ as *const u8,

@@ -84,25 +84,37 @@ pub struct Known {
     pub arr: u64,
 }
 
+/// What `known` found at the fd.
+pub enum Check {
+    /// The same open file: `Open` with the cached facts (no dentry or mount).
+    Same(Open),
+    /// Another `struct file` (table, its array, file): resolve it with `resolve_file`,
+    /// without reading the table again.
+    Other(u64, u64, u64),
+    /// Nothing there, or the offsets are unknown.
+    Gone,
+}
+
 /// `fd` of the current task as `known` describes it, checked with the fewest reads:
 /// the same `struct file`, inode and inode number (as `resolve` would compare them); the
-/// cached mode stands (only its type is used, and that never changes). `None` on any
-/// difference: resolve it in full.
+/// cached mode stands (only its type is used, and that never changes).
 #[inline(always)]
-pub fn known(fd: u32, known: &Known) -> Option<Open> {
-    let (fdt, arr, file) = slot(fd, known)?;
+pub fn known(fd: u32, known: &Known) -> Check {
+    let Some((fdt, arr, file)) = slot(fd, known) else {
+        return Check::Gone;
+    };
     if file != known.file {
-        return None;
+        return Check::Other(fdt, arr, file);
     }
     let inode: u64 = kread(file + global(&OFF_FILE_INODE));
     if inode == 0 || inode != known.inode {
-        return None;
+        return Check::Other(fdt, arr, file);
     }
     let ino: u64 = kread(inode + global(&OFF_INODE_INO));
     if ino != known.ino {
-        return None;
+        return Check::Other(fdt, arr, file);
     }
-    Some(Open {
+    Check::Same(Open {
         id: FileId {
             file,
             ino,
@@ -196,6 +208,12 @@ pub fn pos_of(file: u64, inode: u64, append: bool) -> Option<i64> {
 #[inline(always)]
 pub fn resolve(fd: u32) -> Option<Open> {
     let (fdt, arr, file) = file(fd)?;
+    Some(resolve_file(fdt, arr, file))
+}
+
+/// The open `file` found in table `fdt` (array `arr`), every fact read.
+#[inline(always)]
+pub fn resolve_file(fdt: u64, arr: u64, file: u64) -> Open {
     let inode: u64 = kread(file + global(&OFF_FILE_INODE));
     let mut id = FileId {
         file,
@@ -209,7 +227,7 @@ pub fn resolve(fd: u32) -> Option<Open> {
             id.dev = kread(sb + global(&OFF_SB_DEV));
         }
     }
-    Some(Open {
+    Open {
         id,
         inode,
         dentry: kread(file + global(&OFF_FILE_DENTRY)),
@@ -217,7 +235,7 @@ pub fn resolve(fd: u32) -> Option<Open> {
         private_data: kread(file + global(&OFF_FILE_PRIVATE)),
         fdt,
         arr,
-    })
+    }
 }
 
 /// Where a `write` on `file` lands: the end of the file with O_APPEND, else the file

@@ -135,6 +135,13 @@ pub fn in_scope(tgid: u32) -> Option<*mut Who> {
     SCOPE_VERDICT.get_ptr_mut(&tgid)
 }
 
+/// The process's cached `Who`, in scope or not (`None`: it has not written since its
+/// exec). Its facts are as fresh as `header::fill_cached` keeps them.
+#[inline(always)]
+pub fn who(tgid: u32) -> Option<*mut Who> {
+    SCOPE_VERDICT.get_ptr_mut(&tgid)
+}
+
 #[inline(always)]
 fn verdict() -> u8 {
     let Some(cfg) = SCOPE_CFG.get(0) else {

@@ -163,7 +163,7 @@ pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
 /// `bpf_probe_read` helper call, and every write on the host, watched or not, pays for
 /// the arguments read before the scope check.
 #[inline(always)]
-fn arg(ctx: &TracePointContext, off: usize) -> u64 {
+pub fn arg(ctx: &TracePointContext, off: usize) -> u64 {
     // SAFETY: tracepoint programs may load from their context; offsets are constants from
     // the format files, within the record (the verifier checks them).
     unsafe { core::ptr::read(ctx.as_ptr().add(off) as *const u64) }
@@ -232,31 +232,36 @@ pub fn handle(
     // What the fd is; its path only when it changed since the last record.
     let mut new_file = false;
     let key = FdKey { tgid, fd };
-    let cached = match LAST_FILE.get_ptr_mut(&key) {
+    // The entry for this (tgid, fd), if any: rewritten in place when the fd names another
+    // file now (an LRU insert takes a node from the map's free lists; a process that opens
+    // and closes sockets reuses the same few fd numbers).
+    let mut slot: *mut fdinfo::Known = core::ptr::null_mut();
+    let o = match LAST_FILE.get_ptr_mut(&key) {
         Some(s) => {
+            slot = s;
             // SAFETY: map value pointer returned by the lookup.
             let k = unsafe { &mut *s };
-            let o = fdinfo::known(fd, k);
-            if let Some(o) = &o {
-                // The table grew since: remember the new one for the short path.
-                if o.fdt != k.fdt {
-                    k.fdt = o.fdt;
-                    k.arr = o.arr;
+            match fdinfo::known(fd, k) {
+                fdinfo::Check::Same(o) => {
+                    // The table grew since: remember the new one for the short path.
+                    if o.fdt != k.fdt {
+                        k.fdt = o.fdt;
+                        k.arr = o.arr;
+                    }
+                    Some((o, true))
                 }
+                fdinfo::Check::Other(fdt, arr, file) => {
+                    Some((fdinfo::resolve_file(fdt, arr, file), false))
+                }
+                fdinfo::Check::Gone => None,
             }
-            o
         }
-        None => None,
-    };
-    let same = cached.is_some();
-    let o = match cached {
-        Some(o) => Some(o),
-        None => fdinfo::resolve(fd),
+        None => fdinfo::resolve(fd).map(|o| (o, false)),
     };
     let (mut fdt, mut arr) = (0, 0);
     let mut ciphertext = false;
     match o {
-        Some(o) => {
+        Some((o, same)) => {
             (fdt, arr) = (o.fdt, o.arr);
             sc.rec.file = o.id;
             sc.rec.inode = o.inode;
@@ -330,7 +335,7 @@ pub fn handle(
             if sc.rec.path_len == 0 {
                 // One buffer and no path: straight into a ring reservation.
                 apply_dest(sc, dest, dest_len);
-                return direct(sc, probe, ptr, len, sc.walk.cap, &key, new_file);
+                return direct(sc, probe, ptr, len, sc.walk.cap, &key, slot, new_file);
             }
             copy_seg(sc, ptr, len)
         }
@@ -387,9 +392,33 @@ pub fn handle(
     let wake = maps::write_wakeup(r.hdr.ktime_ns);
     if maps::emit_write(probe, r as *const _ as *const u8, size, wake) && new_file {
         // Remember only what reached the ring: a lost record must not hide the next path.
-        let _ = LAST_FILE.insert(&key, &sc.known, 0);
+        remember(&key, slot, &sc.known);
     }
     Some(())
+}
+
+/// Stores what `key`'s fd now names: in place when it had an entry (`slot`), else a new
+/// one. In place, `file` goes last: a thread of the same process checking the entry
+/// meanwhile matches only once every other field is the new file's.
+#[inline(always)]
+fn remember(key: &FdKey, slot: *mut fdinfo::Known, k: &fdinfo::Known) {
+    if slot.is_null() {
+        let _ = LAST_FILE.insert(key, k, 0);
+        return;
+    }
+    // SAFETY: a value pointer from this program's lookup of `key` (LRU values stay valid
+    // while the program runs).
+    unsafe {
+        let d = &mut *slot;
+        d.inode = k.inode;
+        d.ino = k.ino;
+        d.private_data = k.private_data;
+        d.dev = k.dev;
+        d.mode = k.mode;
+        d.fdt = k.fdt;
+        d.arr = k.arr;
+        core::ptr::write_volatile(&mut d.file, k.file);
+    }
 }
 
 /// The fd is a regular file the daemon holds (see `HELD`) and where the bytes land is
@@ -448,6 +477,7 @@ fn direct(
     len: u64,
     cap: u64,
     key: &FdKey,
+    slot: *mut fdinfo::Known,
     new_file: bool,
 ) -> Option<()> {
     let n = if len < cap { len } else { cap };
@@ -469,7 +499,7 @@ fn direct(
         class::<{ HDR + WRITE_DATA_MAX }>(sc, probe, ptr, n, wake)
     };
     if sent && new_file {
-        let _ = LAST_FILE.insert(key, &sc.known, 0);
+        remember(key, slot, &sc.known);
     }
     Some(())
 }
