@@ -197,11 +197,12 @@ pub fn handle(
         maps::count(probe, STAT_SKIPPED);
         return None;
     }
-    // Submissions that complete later, and TLS plaintext: never by reference.
-    let queued = probe == PROBE_IO_URING || probe == PROBE_SSL_WRITE;
     // A call continuing its thread's run skips the rest, the scope verdict included: the
-    // run began in scope and lives a few ms at most.
-    if let (Src::Buf { len, .. }, false) = (&src, queued) {
+    // run began in scope and lives a few ms at most. Only `write` and `pwrite64` go by
+    // reference (io_uring submissions complete later, TLS plaintext is not the file's, a
+    // `sendto` on a file fails), so the others skip the lookup.
+    let may_run = probe == PROBE_WRITE || probe == PROBE_PWRITE64;
+    if let (Src::Buf { len, .. }, true) = (&src, may_run) {
         if runs::extend(pid_tgid as u32, fd, probe, *len, offset) {
             return None;
         }
@@ -315,7 +316,7 @@ pub fn handle(
         },
         sc.rec.path_len as u64,
     );
-    let is_ref = !queued && matches!(src, Src::Buf { .. }) && by_ref(sc, offset);
+    let is_ref = may_run && matches!(src, Src::Buf { .. }) && by_ref(sc, offset);
     if is_ref && !new_file {
         if let Src::Buf { len, .. } = src {
             // A run continued takes the fast path above; this call starts one.
