@@ -407,8 +407,10 @@ fn remember(key: &FdKey, slot: *mut fdinfo::Known, k: &fdinfo::Known) {
         let _ = LAST_FILE.insert(key, k, 0);
         return;
     }
-    // SAFETY: a value pointer from this program's lookup of `key` (LRU values stay valid
-    // while the program runs).
+    // SAFETY: a value pointer from this program's lookup of `key`: the memory stays valid
+    // while the program runs. An LRU map may hand the node to another key meanwhile (an
+    // insert on another CPU); that entry then names our file, which its own fd slot does
+    // not hold, so its next check fails and resolves in full.
     unsafe {
         let d = &mut *slot;
         d.inode = k.inode;
