@@ -5,7 +5,7 @@ use aya_ebpf::{
 };
 use leakwatch_common::*;
 
-use crate::{header, maps, scope, sockaddr, write};
+use crate::{args::arg, header, maps, scope, sockaddr};
 
 /// format: fd @16, uservaddr @24, addrlen @32.
 #[tracepoint]
@@ -15,11 +15,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     if scope::own(tgid) {
         return 0;
     }
-    let (fd, addr, len) = (
-        write::arg(&ctx, 16),
-        write::arg(&ctx, 24),
-        write::arg(&ctx, 32) as u32 as u64,
-    );
+    let (fd, addr, len) = (arg(&ctx, 16), arg(&ctx, 24), arg(&ctx, 32) as u32 as u64);
     let mut ev = ConnectEvent {
         fd: fd as i32,
         peer: sockaddr::read_user(addr, len),

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use leakwatch_common::*;
 
-use crate::{fdinfo, header, maps, mem, scope};
+use crate::{args::arg, fdinfo, header, maps, mem, scope};
 
 /// A call between entry and exit.
 #[repr(C)]
@@ -32,12 +32,6 @@ static COPY_PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(409
 
 #[map]
 static COPY_SCRATCH: PerCpuArray<CopyEvent> = PerCpuArray::with_max_entries(1, 0);
-
-#[inline(always)]
-fn arg(ctx: &TracePointContext, at: usize) -> u64 {
-    // SAFETY: offsets from the syscall's format file; the read is checked by the helper.
-    unsafe { ctx.read_at::<u64>(at) }.unwrap_or(0)
-}
 
 /// Entry: remember the ends and where the source is read from (`off_ptr`, a user
 /// `loff_t *`, or the source file's position).

@@ -102,7 +102,7 @@ pub fn in_scope(tgid: u32) -> Option<*mut Who> {
             unsafe { *s = Seen { tgid, generation } };
         }
     };
-    if let Some(v) = SCOPE_VERDICT.get_ptr_mut(&tgid) {
+    if let Some(v) = who(tgid) {
         // SAFETY: map value pointer returned by the lookup.
         let w = unsafe { &mut *v };
         if w.generation == generation {
@@ -132,7 +132,7 @@ pub fn in_scope(tgid: u32) -> Option<*mut Who> {
         out(seen);
         return None;
     }
-    SCOPE_VERDICT.get_ptr_mut(&tgid)
+    who(tgid)
 }
 
 /// The process's cached `Who`, in scope or not (`None`: it has not written since its

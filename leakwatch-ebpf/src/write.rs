@@ -13,11 +13,11 @@ use aya_ebpf::{
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap},
     programs::TracePointContext,
-    EbpfContext,
 };
 use leakwatch_common::*;
 
 use crate::{
+    args::arg,
     fdinfo, header, maps, mem,
     payload::{copy_seg, read_msghdr, walk, Scratch, WRITE_SCRATCH},
     runs, scope, sockaddr,
@@ -157,16 +157,6 @@ pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
     };
     handle(PROBE_SENDMMSG, arg(&ctx, 16) as u32, src, -1, 0, 0);
     0
-}
-
-/// A syscall argument, loaded straight from the tracepoint record: `read_at` would be a
-/// `bpf_probe_read` helper call, and every write on the host, watched or not, pays for
-/// the arguments read before the scope check.
-#[inline(always)]
-pub fn arg(ctx: &TracePointContext, off: usize) -> u64 {
-    // SAFETY: tracepoint programs may load from their context; offsets are constants from
-    // the format files, within the record (the verifier checks them).
-    unsafe { core::ptr::read(ctx.as_ptr().add(off) as *const u64) }
 }
 
 /// One write-family call by the current task: `fd` (the caller's), the payload, the
