@@ -36,7 +36,8 @@ pub struct Who {
     /// `ScopeConfig::generation` the verdict was reached under; another one: decide again.
     pub generation: u32,
     pub ppid: u32,
-    pub _pad: u32,
+    /// `WHO_*` bits.
+    pub flags: u32,
     /// ktime of the last read of `ppid` and `comm` (0: never).
     pub at: u64,
     pub comm: [u8; 16],
@@ -50,6 +51,9 @@ static SCOPE_VERDICT: LruHashMap<u32, Who> = LruHashMap::with_max_entries(32768,
 
 const IN: u8 = 1;
 const OUT: u8 = 2;
+/// The process has called `SSL_write` since its exec (set by the TLS probes): only its
+/// socket writes can be ciphertext, so only its look in `TLS_CALLS`.
+pub const WHO_TLS: u32 = 1;
 /// How stale a cached parent, name, uid or cgroup may get (reparenting,
 /// `prctl(PR_SET_NAME)`, `setuid`, a move to another cgroup).
 pub const WHO_REFRESH_NS: u64 = 100_000_000;

@@ -48,6 +48,15 @@ fn enter(buf: u64, len: u64, written: u64) {
         maps::count(PROBE_SSL_WRITE, STAT_SKIPPED);
         return;
     }
+    // Out of scope, the plaintext would be skipped at return; in scope, mark the process
+    // so its socket writes look for the call (`note_socket`). Marked at every call: the
+    // mark goes with the cached verdict (exec, eviction, new scope lists).
+    let Some(who) = scope::in_scope(tgid) else {
+        maps::count(PROBE_SSL_WRITE, STAT_SKIPPED);
+        return;
+    };
+    // SAFETY: map value pointer returned by the lookup.
+    unsafe { (*who).flags |= scope::WHO_TLS };
     let c = TlsCall {
         buf,
         len,
@@ -117,8 +126,9 @@ pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// Called by the write probes for a socket write in scope: if the thread is inside an
-/// `SSL_write`, this is its ciphertext, and the fd its socket. True in that case.
+/// Called by the write probes for a socket write of a process in scope marked `WHO_TLS`:
+/// if the thread is inside an `SSL_write`, this is its ciphertext, and the fd its socket.
+/// True in that case.
 #[inline(always)]
 pub fn note_socket(tid: u32, fd: u32) -> bool {
     let Some(c) = TLS_CALLS.get_ptr_mut(&tid) else {
