@@ -146,7 +146,9 @@ pub fn who(tgid: u32) -> Option<*mut Who> {
     SCOPE_VERDICT.get_ptr_mut(&tgid)
 }
 
-#[inline(always)]
+// Out of line (a BPF subprogram): it runs once per process and lists change, and inlined
+// it put several KiB of cold code (the cgroup ancestor walk) into every write program.
+#[inline(never)]
 fn verdict() -> u8 {
     let Some(cfg) = SCOPE_CFG.get(0) else {
         return IN;
