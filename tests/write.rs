@@ -172,6 +172,49 @@ fn check(a: &Value, secret: &str, rule: &str, source: &str, pid: u32, comm: &str
 // ---------------------------------------------------------------------------------------
 // files
 
+/// A `#!` script exec'd by a relative path (`cd repo && ./tool`): its exec and write
+/// alerts both name the script by its absolute path in `exe`, and bash in `interpreter`.
+/// Before, the write alert said `./leak.sh` and the exec alert bash.
+#[test]
+fn write_and_exec_of_a_shebang_script_name_the_script_and_its_interpreter() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut d = Daemon::start("w-shebang");
+    let (secret, text) = secret("github-pat");
+    let fp = fingerprint(&secret);
+    let scratch = d.scratch();
+    let script = scratch.join("leak.sh");
+    let out = scratch.join("out.log");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/bash\necho \"token=$1\" > {}\nsleep 1\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = Command::new("bash")
+        .arg("-c")
+        .arg("cd \"$LW_DIR\" && exec ./leak.sh \"$LW_KEY\"")
+        .env("LW_DIR", &scratch)
+        .env("LW_KEY", &text)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "the script").success());
+    let is_script = |a: &Value| n(a, "pid") == pid as u64 && s(a, "comm") == "leak.sh";
+    let w = wait_finding(&d, &fp, "file", "the script's write", is_script);
+    let e = wait_finding(&d, &fp, "argv", "the script's exec", is_script);
+    for a in [&w, &e] {
+        assert_eq!(s(a, "exe"), real(&script), "{a:#}");
+        assert_eq!(s(a, "interpreter"), exe_of("bash"), "{a:#}");
+    }
+    assert_eq!(s(&w, "path"), real(&out), "{w:#}");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
 #[test]
 fn write_bash_xtrace_after_dup2_names_the_log_file() {
     let mut d = Daemon::start("w-xtrace");

@@ -16,6 +16,9 @@ pub struct ProcInfo {
     pub uid: u32,
     pub comm: String,
     pub exe: String,
+    /// What the kernel runs `exe` with when `exe` is a script (`#!`): the image /proc
+    /// names.
+    pub interpreter: Option<String>,
     pub cgroup: Option<String>,
     pub unit: Option<String>,
 }
@@ -144,7 +147,7 @@ impl Procs {
         } else if filename.starts_with('/') {
             self.canonical(filename)
         } else {
-            filename.to_string()
+            relative(tgid, filename)
         };
         self.remember(tgid, comm, exe);
     }
@@ -173,6 +176,7 @@ impl Procs {
     pub fn quick(&mut self, t: &crate::events::Task) -> ProcInfo {
         let cgroup = self.cgroup_path(t.cgroup_id);
         ProcInfo {
+            interpreter: None,
             pid: t.tgid,
             ppid: t.ppid,
             uid: t.uid,
@@ -287,6 +291,32 @@ pub fn read(pid: u32) -> Option<ProcInfo> {
     Some(describe(pid, ppid, uid, comm))
 }
 
+/// `image` (the process's /proc exe) when it is not `exe` because `exe` is a script: the
+/// file starts with `#!`. Read only for an alert.
+pub fn interpreter(exe: &str, image: &str) -> Option<String> {
+    use std::io::Read;
+    if image.is_empty() || exe == image || !exe.starts_with('/') {
+        return None;
+    }
+    let mut head = [0u8; 2];
+    let script = fs::File::open(exe)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && &head == b"#!";
+    script.then(|| image.to_string())
+}
+
+/// A relative exec filename (`./tool`, a script run from its own directory) made absolute
+/// against the process's working directory, which exec does not change, and resolved
+/// through symlinks; as given when the process is gone or the path no longer resolves.
+fn relative(tgid: u32, filename: &str) -> String {
+    fs::read_link(format!("/proc/{tgid}/cwd"))
+        .ok()
+        .and_then(|cwd| fs::canonicalize(cwd.join(filename)).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| filename.to_string())
+}
+
 /// A process whose parent, real uid and name are known already: its exe and cgroup.
 pub fn describe(pid: u32, ppid: u32, uid: u32, comm: String) -> ProcInfo {
     let exe = fs::read_link(format!("/proc/{pid}/exe"))
@@ -297,6 +327,7 @@ pub fn describe(pid: u32, ppid: u32, uid: u32, comm: String) -> ProcInfo {
         .and_then(|c| parse_cgroup_v2(&c));
     let unit = cgroup.as_deref().and_then(unit_of);
     ProcInfo {
+        interpreter: None,
         pid,
         ppid,
         uid,
@@ -317,6 +348,37 @@ mod tests {
         assert!(by_fd("/proc/self/fd/7"));
         assert!(!by_fd("/usr/bin/cat"));
         assert!(!by_fd("/dev/fdisk"));
+    }
+
+    #[test]
+    fn a_relative_exec_filename_resolves_against_the_cwd() {
+        let cwd = std::env::current_dir().unwrap();
+        let want = fs::canonicalize(cwd.join("Cargo.toml")).unwrap();
+        let got = relative(std::process::id(), "./Cargo.toml");
+        assert_eq!(got, want.to_string_lossy());
+        // Gone or unresolvable: as given.
+        assert_eq!(relative(std::process::id(), "./no-such"), "./no-such");
+    }
+
+    #[test]
+    fn only_a_script_has_an_interpreter() {
+        let dir = std::env::temp_dir().join(format!("lw-interp-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let (script, elf) = (dir.join("s.sh"), dir.join("bin"));
+        fs::write(&script, "#!/bin/sh\n").unwrap();
+        fs::write(&elf, b"\x7fELF").unwrap();
+        let s = script.to_str().unwrap();
+        assert_eq!(
+            interpreter(s, "/usr/bin/sh").as_deref(),
+            Some("/usr/bin/sh")
+        );
+        assert_eq!(interpreter(s, s), None);
+        assert_eq!(interpreter(s, ""), None);
+        // A binary whose /proc name differs (replaced on disk: "… (deleted)") is no script.
+        let e = elf.to_str().unwrap();
+        assert_eq!(interpreter(e, "/usr/bin/x (deleted)"), None);
+        assert_eq!(interpreter("./s.sh", "/usr/bin/sh"), None);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -93,6 +93,7 @@ pub fn on_report(p: &mut Pipeline, r: crate::crash::DumpReport) {
     }
     let (creds, frozen) = at_exec(p, r.pid);
     let mut info = crate::procs::ProcInfo {
+        interpreter: None,
         pid: r.pid,
         ppid: r.ppid,
         uid: r.uid,

@@ -11,24 +11,30 @@ use crate::{
     source::Source,
 };
 
-/// Who exec'd: live /proc data when the exec has completed, else the event's.
+/// Who exec'd: live /proc data when the exec has completed, else the event's. `exe` is the
+/// file exec'd, made absolute (`Procs::saw_exec`), as in write alerts: for a script, the
+/// script, and `interpreter` what the kernel runs it with.
 pub fn describe(procs: &mut Procs, ev: &ExecEvent) -> ProcInfo {
     let comm = ev.new_comm();
+    let seen = procs.exe_seen(ev.task.tgid, &comm);
     let mut info = ProcInfo {
         pid: ev.task.tgid,
         ppid: ev.task.ppid,
         uid: ev.task.uid,
         comm: comm.clone(),
-        exe: ev.filename.clone(),
-        cgroup: None,
-        unit: None,
+        exe: seen.clone().unwrap_or_else(|| ev.filename.clone()),
+        ..Default::default()
     };
     if let Some(l) = procs.live(ev.task.tgid) {
         if l.ppid != 0 {
             info.ppid = l.ppid;
         }
         if l.comm == comm && !l.exe.is_empty() {
-            info.exe = l.exe;
+            if seen.is_none() {
+                info.exe = l.exe;
+            } else {
+                info.interpreter = crate::procs::interpreter(&info.exe, &l.exe);
+            }
         }
         info.cgroup = l.cgroup;
         info.unit = l.unit;
@@ -345,6 +351,7 @@ fn action_row(
 ) -> crate::actions::Row {
     let cgroup = p.procs.cgroup_path(ev.task.cgroup_id);
     let who = ProcInfo {
+        interpreter: None,
         pid: ev.task.tgid,
         ppid: ev.task.ppid,
         uid: ev.task.uid,

@@ -188,5 +188,8 @@ pub fn base_alert(kind: &'static str, p: &ProcInfo) -> Alert {
     if let Some(c) = &p.cgroup {
         a.extra.insert("cgroup".into(), json!(c));
     }
+    if let Some(i) = &p.interpreter {
+        a.extra.insert("interpreter".into(), json!(i));
+    }
     a
 }

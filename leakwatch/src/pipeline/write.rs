@@ -83,8 +83,9 @@ impl Streams {
 /// never exec'd (a shell's subshell), its parent's image.
 pub fn describe(procs: &mut Procs, t: &Task) -> ProcInfo {
     let live = procs.live(t.tgid);
-    let exe = procs
-        .exe_seen(t.tgid, &t.comm)
+    let seen = procs.exe_seen(t.tgid, &t.comm);
+    let exe = seen
+        .clone()
         .or_else(|| {
             live.as_ref()
                 .filter(|l| l.comm == t.comm && !l.exe.is_empty())
@@ -109,6 +110,10 @@ pub fn describe(procs: &mut Procs, t: &Task) -> ProcInfo {
             ..Default::default()
         }
     });
+    // The live image, while the process still runs the image it wrote from.
+    if seen.is_some() && info.comm == t.comm {
+        info.interpreter = crate::procs::interpreter(&exe, &info.exe);
+    }
     info.comm = t.comm.clone();
     info.exe = exe;
     info

@@ -1075,6 +1075,7 @@ impl Context {
             return;
         }
         let info = ProcInfo {
+            interpreter: None,
             pid: n.task.tgid,
             ppid: n.task.ppid,
             uid: n.task.uid,
