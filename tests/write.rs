@@ -215,6 +215,61 @@ fn write_and_exec_of_a_shebang_script_name_the_script_and_its_interpreter() {
     d.assert_no_plaintext(&[&secret]);
 }
 
+/// A key written to a temp file that is then renamed into place (python's tempfile +
+/// `os.replace`, as atomic-write libraries do; `sed -i`) is alerted at the temp name and
+/// again at the final one, `renamed_from` the temp name.
+#[test]
+fn write_renamed_into_place_is_alerted_under_its_final_name() {
+    let mut d = Daemon::start("w-rename");
+    let scratch = d.scratch();
+    let (s1, t1) = secret("github-pat");
+    let (s2, t2) = secret("github-pat");
+    let (fp1, fp2) = (fingerprint(&s1), fingerprint(&s2));
+    let env = scratch.join(".env");
+    let mut c = python()
+        .arg("-c")
+        .arg(
+            "import os, sys, tempfile\n\
+             d = os.path.dirname(sys.argv[1])\n\
+             fd, tmp = tempfile.mkstemp(dir=d, prefix='.env.')\n\
+             os.write(fd, ('TOKEN=' + sys.argv[2] + '\\n').encode())\n\
+             os.close(fd)\n\
+             os.replace(tmp, sys.argv[1])\n",
+        )
+        .arg(&env)
+        .arg(&t1)
+        .spawn()
+        .unwrap();
+    assert!(wait_exit(&mut c, 30, "python atomic write").success());
+    let conf = scratch.join("app.conf");
+    fs::write(&conf, "token = PLACEHOLDER\n").unwrap();
+    let mut c = Command::new("sed")
+        .arg("-i")
+        .arg(format!("s/PLACEHOLDER/{t2}/"))
+        .arg(&conf)
+        .spawn()
+        .unwrap();
+    let sed = c.id();
+    assert!(wait_exit(&mut c, 30, "sed -i").success());
+    for (fp, dst, what) in [(&fp1, &env, "python's"), (&fp2, &conf, "sed's")] {
+        let dst = real(dst);
+        let first = wait_finding(&d, fp, "file", what, |a| a.get("renamed_from").is_none());
+        let tmp = s(&first, "path").to_string();
+        assert!(tmp != dst && tmp.starts_with(&real(&scratch)), "{first:#}");
+        let moved = wait_finding(&d, fp, "file", what, |a| a.get("renamed_from").is_some());
+        assert_eq!(s(&moved, "path"), dst, "{moved:#}");
+        assert_eq!(s(&moved, "renamed_from"), tmp, "{moved:#}");
+        assert_eq!(n(&moved, "pid"), n(&first, "pid"), "{moved:#}");
+        assert_eq!(s(&moved, "rule"), s(&first, "rule"), "{moved:#}");
+    }
+    assert!(
+        d.findings(&fp2).iter().all(|a| n(a, "pid") == sed as u64),
+        "only sed wrote the second key"
+    );
+    d.stop();
+    d.assert_no_plaintext(&[&s1, &s2]);
+}
+
 #[test]
 fn write_bash_xtrace_after_dup2_names_the_log_file() {
     let mut d = Daemon::start("w-xtrace");

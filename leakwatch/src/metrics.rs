@@ -40,6 +40,7 @@ pub struct Metrics {
     pub tls_files: IntCounterVec,
     pub expected_sends: IntCounterVec,
     pub host_checks: IntCounterVec,
+    pub renames: IntCounterVec,
     pub tls_blind: IntGauge,
     pub ring_fill: prometheus::GaugeVec,
     pub streams: IntGauge,
@@ -287,6 +288,12 @@ impl Metrics {
                 &r,
                 "leakwatch_host_checks_total",
                 "Socket findings sent to a host their rule expects, by how the destination was judged: resolved (the name resolves to the peer), proxy, address, trusted (expected); mismatch, unresolved, no_address (alerted).",
+                &["result"],
+            ),
+            renames: counter_vec(
+                &r,
+                "leakwatch_findings_renamed_total",
+                "File findings whose file was looked for after the finding, by result: in_place (still under its name at the last look), renamed (found under another name in its directory and alerted again there), not_found (deleted, or moved out of its directory), not_watched (too many watched at once).",
                 &["result"],
             ),
             streams: gauge(

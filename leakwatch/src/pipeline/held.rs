@@ -508,6 +508,7 @@ fn report(
                 v,
                 bytes,
                 write::Via::ByRef,
+                None,
             );
         }
     }

@@ -19,6 +19,7 @@ mod dumps;
 mod exec;
 mod h2;
 mod held;
+mod moves;
 mod names;
 pub mod report;
 mod tls;
@@ -100,6 +101,7 @@ pub struct Pipeline {
     h2: h2::Conns,
     /// Socket findings waiting for their host name to be checked.
     names: names::Waiting,
+    moves: moves::Moves,
     blind_checked: blind::Checked,
     /// Exec strings scanned clean (see `clean`).
     clean: clean::Clean,
@@ -139,6 +141,7 @@ impl Pipeline {
             tls_wait: Default::default(),
             h2: Default::default(),
             names: Default::default(),
+            moves: Default::default(),
             blind_checked: Default::default(),
             clean: Default::default(),
             report,
@@ -246,6 +249,7 @@ impl Pipeline {
         tls::tick(self);
         held::tick(self);
         names::tick(self, false);
+        moves::tick(self);
         exec::tick(self);
         let reports: Vec<_> = match self.shared.dumps.lock() {
             Ok(mut q) => q.drain(..).collect(),

@@ -30,6 +30,8 @@ struct Stream {
     /// The open file's identity: `struct file` address and inode (an address alone can be
     /// reused at once by the next open of the same fd number).
     file: (u64, u64),
+    /// The file's device (`s_dev`, kernel encoding).
+    dev: u32,
     target: Target,
     task: Task,
     fd: i32,
@@ -196,6 +198,7 @@ pub(super) fn scan(p: &mut Pipeline, w: WriteEvent, target: Target, source: Sour
     let s = p.streams.map.entry(key).or_insert_with(|| Stream {
         scanner: StreamScanner::new(&p.engine),
         file: ident,
+        dev: w.file.dev,
         target: target.clone(),
         task: w.task.clone(),
         fd: w.fd,
@@ -227,6 +230,7 @@ pub(super) fn scan(p: &mut Pipeline, w: WriteEvent, target: Target, source: Sour
     if !found.is_empty() {
         let (stream_task, stream_target, fd, dump) =
             (s.task.clone(), s.target.clone(), s.fd, s.dump);
+        let file = Some((super::moves::user_dev(s.dev), s.file.1));
         emit(
             p,
             &d,
@@ -238,6 +242,7 @@ pub(super) fn scan(p: &mut Pipeline, w: WriteEvent, target: Target, source: Sour
             found,
             bytes,
             if tls { Via::Tls } else { Via::Copied },
+            file,
         );
     }
     drop(fz);
@@ -271,6 +276,7 @@ pub(super) enum Via {
 
 /// Turns stream findings into hits; a frozen one makes the writer a holder. `dump`: the
 /// stream is a crash dump or diagnostic report of that kind (its name may say so too).
+/// `file`: the written file's (`st_dev`, inode), to follow a rename (`moves`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn emit(
     p: &mut Pipeline,
@@ -283,6 +289,7 @@ pub(super) fn emit(
     found: Vec<StreamFinding>,
     bytes: u64,
     via: Via,
+    file: Option<(u64, u64)>,
 ) {
     let dump = dump
         .or_else(|| target.path().and_then(super::dumps::by_name))
@@ -339,6 +346,10 @@ pub(super) fn emit(
         })
         .collect();
     let info = describe(&mut p.procs, task);
+    if let (Target::File(Some(path)), Some(file)) = (target, file) {
+        let h: Vec<Hit> = hits.iter().map(|(h, _)| h.clone()).collect();
+        super::moves::watch(p, &info, &h, task.ktime_ns, path, file);
+    }
     super::names::report(p, &info, hits, task.ktime_ns);
 }
 
@@ -358,6 +369,7 @@ fn report(p: &mut Pipeline, d: &Detector, s: &Stream, found: Vec<StreamFinding>)
             found,
             s.last_bytes,
             if s.tls { Via::Tls } else { Via::Copied },
+            Some((super::moves::user_dev(s.dev), s.file.1)),
         );
     }
 }

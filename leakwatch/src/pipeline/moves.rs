@@ -1,0 +1,182 @@
+//! The moves stage: a secret found in a file that is then renamed (an atomic write: a temp
+//! file renamed over the target; `sed -i`; git's `.lock` files) is alerted again under the
+//! name it ends up with, `renamed_from` the name it was written under. The kernel names a
+//! file at its first write, and the rename comes after, often before the daemon has read
+//! the write. The file is looked for by device and inode in its own directory, at the
+//! ticks after the finding; no rename probe is needed, and a file renamed into another
+//! directory is not followed.
+use std::{
+    fs,
+    os::unix::fs::{DirEntryExt, MetadataExt},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use super::{Hit, Pipeline};
+use crate::procs::ProcInfo;
+
+/// When the file is looked for after its finding: soon (an atomic write renames at once),
+/// and once more (a tool that renames when it is done, like `sed -i` on a long file).
+const CHECKS: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(3)];
+/// Files watched at once; past this a finding is not watched (counted).
+const MAX_WATCHED: usize = 1024;
+/// Directory entries read per look: a huge directory is not walked whole.
+const MAX_ENTRIES: usize = 20_000;
+
+struct Watched {
+    info: ProcInfo,
+    hits: Vec<Hit>,
+    ktime_ns: u64,
+    path: String,
+    /// `st_dev` (userspace encoding; 0: unknown) and inode number of the file.
+    dev: u64,
+    ino: u64,
+    since: Instant,
+    checks: usize,
+}
+
+#[derive(Default)]
+pub struct Moves {
+    watched: Vec<Watched>,
+}
+
+/// The kernel's `s_dev` (`major << 20 | minor`) as `stat` reports it.
+pub fn user_dev(kernel_dev: u32) -> u64 {
+    libc::makedev(kernel_dev >> 20, kernel_dev & 0xfffff)
+}
+
+/// Watches the file at `path` (`dev` in `stat`'s encoding, 0 when unknown; `ino`) that
+/// `hits` were found in, to report them again if it is renamed.
+pub fn watch(
+    p: &mut Pipeline,
+    info: &ProcInfo,
+    hits: &[Hit],
+    ktime_ns: u64,
+    path: &str,
+    (dev, ino): (u64, u64),
+) {
+    if hits.is_empty() || ino == 0 || !path.starts_with('/') {
+        return;
+    }
+    if p.moves.watched.len() >= MAX_WATCHED {
+        p.metrics.renames.with_label_values(&["not_watched"]).inc();
+        return;
+    }
+    p.moves.watched.push(Watched {
+        info: info.clone(),
+        hits: hits.to_vec(),
+        ktime_ns,
+        path: path.to_string(),
+        dev,
+        ino,
+        since: Instant::now(),
+        checks: 0,
+    });
+}
+
+/// Looks for the watched files that are due.
+pub fn tick(p: &mut Pipeline) {
+    if p.moves.watched.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    for mut w in std::mem::take(&mut p.moves.watched) {
+        if now.duration_since(w.since) < CHECKS[w.checks] {
+            p.moves.watched.push(w);
+            continue;
+        }
+        w.checks += 1;
+        match look(&w.path, w.dev, w.ino) {
+            Look::InPlace if w.checks < CHECKS.len() => p.moves.watched.push(w),
+            Look::InPlace => {
+                p.metrics.renames.with_label_values(&["in_place"]).inc();
+            }
+            Look::Gone => {
+                p.metrics.renames.with_label_values(&["not_found"]).inc();
+            }
+            Look::Renamed(to) => {
+                p.metrics.renames.with_label_values(&["renamed"]).inc();
+                let hits = w
+                    .hits
+                    .into_iter()
+                    .map(|mut h| {
+                        h.path = Some(to.clone());
+                        h.with("renamed_from", w.path.as_str())
+                    })
+                    .collect();
+                p.report.report_at(&w.info, hits, w.ktime_ns);
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Look {
+    InPlace,
+    Renamed(String),
+    Gone,
+}
+
+fn same(m: &fs::Metadata, dev: u64, ino: u64) -> bool {
+    m.ino() == ino && (dev == 0 || m.dev() == dev) && m.is_file()
+}
+
+/// Where the file (`dev`, `ino`) written as `path` is now: still there, under another
+/// name in the same directory, or neither.
+fn look(path: &str, dev: u64, ino: u64) -> Look {
+    let p = Path::new(path);
+    if fs::symlink_metadata(p).is_ok_and(|m| same(&m, dev, ino)) {
+        return Look::InPlace;
+    }
+    let Some(dir) = p.parent() else {
+        return Look::Gone;
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Look::Gone;
+    };
+    for e in entries.take(MAX_ENTRIES).flatten() {
+        // The entry's inode number comes with the directory listing: stat only a match.
+        if e.ino() != ino {
+            continue;
+        }
+        if e.metadata().is_ok_and(|m| same(&m, dev, ino)) {
+            return Look::Renamed(e.path().to_string_lossy().into_owned());
+        }
+    }
+    Look::Gone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_file_renamed_in_its_directory_by_inode() {
+        let dir = std::env::temp_dir().join(format!("lw-moves-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let (tmp, dst) = (dir.join(".env.tmp123"), dir.join(".env"));
+        fs::write(&tmp, "x").unwrap();
+        fs::write(dir.join("other"), "y").unwrap();
+        let m = fs::metadata(&tmp).unwrap();
+        let (dev, ino) = (m.dev(), m.ino());
+        let t = tmp.to_str().unwrap();
+        assert_eq!(look(t, dev, ino), Look::InPlace);
+        fs::rename(&tmp, &dst).unwrap();
+        assert_eq!(
+            look(t, dev, ino),
+            Look::Renamed(dst.to_str().unwrap().to_string())
+        );
+        // The same inode number on another device is another file.
+        assert_eq!(look(t, dev ^ 1, ino), Look::Gone);
+        fs::remove_file(&dst).unwrap();
+        assert_eq!(look(t, dev, ino), Look::Gone);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn kernel_device_numbers_convert_to_stat_ones() {
+        // sda1 (8:1) and an extended minor (259:65536).
+        assert_eq!(user_dev((8 << 20) | 1), libc::makedev(8, 1));
+        assert_eq!(user_dev((259 << 20) | 65536), libc::makedev(259, 65536));
+    }
+}
