@@ -787,13 +787,27 @@ os.write(b, ("token=" + key + "\n").encode())
 // ---------------------------------------------------------------------------------------
 // sockets
 
+/// Runs a python `script` given a file holding `text` and the sink's port; its pid.
+fn python_post(d: &Daemon, sink: &HttpSink, script: &str, text: &str) -> u32 {
+    let key = keyfile(&d.scratch(), "key", text);
+    let mut c = python()
+        .arg("-c")
+        .arg(script)
+        .arg(&key)
+        .arg(sink.port.to_string())
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "python").success());
+    pid
+}
+
 #[test]
 fn write_python_http_client_post_body_to_socket() {
     let mut d = Daemon::start("w-pyhttp");
     let sink = HttpSink::start();
     let (secret, text) = secret("slack-token");
     let fp = fingerprint(&secret);
-    let key = keyfile(&d.scratch(), "key", &text);
     let script = r#"
 import http.client, json, sys
 key = open(sys.argv[1]).read()
@@ -804,15 +818,7 @@ r = c.getresponse(); r.read()
 assert r.status == 200, r.status
 "#;
     let body_len = format!("{{\"token\": \"{text}\"}}").len();
-    let mut c = python()
-        .arg("-c")
-        .arg(script)
-        .arg(&key)
-        .arg(sink.port.to_string())
-        .spawn()
-        .unwrap();
-    let pid = c.id();
-    assert!(wait_exit(&mut c, 30, "python").success());
+    let pid = python_post(&d, &sink, script, &text);
     sink.wait_request("the POST", |r| contains(r, secret.as_bytes()));
     let a = wait_finding(&d, &fp, "socket", "http.client's body", |a| {
         n(a, "pid") == pid as u64
@@ -823,6 +829,34 @@ assert r.status == 200, r.status
     // http.client sends headers, then the body, in two calls: the body completes the key.
     assert_eq!(n(&a, "bytes"), body_len as u64, "{a:#}");
     assert_eq!(n(&a, "ppid"), std::process::id() as u64, "{a:#}");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+/// An agent's HTTP client compresses the request body (`Content-Encoding: gzip`, as
+/// SDKs and telemetry exporters do): the key inside is found in the inflated body and
+/// reported as itself, sent to the sink.
+#[test]
+fn write_python_gzip_request_body_is_inflated() {
+    let mut d = Daemon::start("w-pygzip");
+    let sink = HttpSink::start();
+    let (secret, text) = secret("slack-token");
+    let fp = fingerprint(&secret);
+    let script = r#"
+import gzip, json, sys, urllib.request
+key = open(sys.argv[1]).read()
+body = gzip.compress(json.dumps({"messages": [{"role": "user", "content": "use " + key}]}).encode())
+req = urllib.request.Request("http://127.0.0.1:%s/v1/messages" % sys.argv[2], data=body,
+    headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+assert urllib.request.urlopen(req, timeout=10).status == 200
+"#;
+    let pid = python_post(&d, &sink, script, &text);
+    sink.wait_request("the gzip POST", |r| !contains(r, secret.as_bytes()));
+    let a = wait_finding(&d, &fp, "socket", "the gzip body", |a| {
+        n(a, "pid") == pid as u64
+    });
+    check(&a, &secret, "slack-token", "socket", pid, "python3");
+    assert_eq!(s(&a, "remote"), sink.addr(), "{a:#}");
     d.stop();
     d.assert_no_plaintext(&[&secret]);
 }

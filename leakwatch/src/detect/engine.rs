@@ -74,6 +74,8 @@ enum Pass {
     Percent,
     /// Base64-decoded text with the words around it: logins.
     Base64,
+    /// What a gzip member inflates to: as `Raw`, without gzip again.
+    Gzip,
     /// The text inside a login: nothing more.
     Login,
 }
@@ -225,15 +227,23 @@ impl Engine {
                 windows.push((r, start, end));
             }
         });
-        // Percent-encoded and base64 text may hide their keywords: they are decoded below.
-        let runs = if pass == Pass::Raw {
+        // Percent-encoded, base64 and gzip data may hide their keywords: they are decoded
+        // below.
+        let raw = matches!(pass, Pass::Raw | Pass::Gzip);
+        let runs = if raw {
             super::b64::runs(hay)
+        } else {
+            Vec::new()
+        };
+        let members = if pass == Pass::Raw {
+            super::gz::members(hay)
         } else {
             Vec::new()
         };
         if windows.is_empty()
             && runs.is_empty()
-            && (pass != Pass::Raw || memchr::memchr(b'%', hay).is_none())
+            && members.is_empty()
+            && (!raw || memchr::memchr(b'%', hay).is_none())
         {
             return Vec::new();
         }
@@ -254,10 +264,11 @@ impl Engine {
             }
             self.confirm(r, hay, (s, e), &mut found, &mut vetoes, &mut decoded);
         }
-        if pass == Pass::Raw {
+        if raw {
             self.percent_encoded(hay, &mut found, &mut decoded);
-            self.base64_encoded(hay, &runs, &mut found, &mut decoded, open);
+            self.base64_encoded(hay, &runs, &mut found, &mut decoded, open.as_deref_mut());
         }
+        self.gzip_encoded(hay, &members, &mut found, &mut decoded, open);
         self.resolve(&mut found, &vetoes);
         let mut line = 1;
         let mut pos = 0;
@@ -424,6 +435,49 @@ impl Engine {
             }
             zeroize::Zeroize::zeroize(&mut view);
             zeroize::Zeroize::zeroize(&mut d.text);
+        }
+        if let (Some(o), Some(w)) = (open, cut) {
+            o.push(w);
+        }
+    }
+
+    /// Credentials inside gzip members (see `gz`): each is inflated and scanned as written
+    /// bytes are; what is found is reported inside the member's compressed span, at the
+    /// place its offset in the inflated bytes maps to (compressed bytes have no place of
+    /// their own), with the decoded credential's fingerprint and preview. A member the end
+    /// of `hay` cuts is left open, so a stream scanner inflates it again once more arrives.
+    fn gzip_encoded(
+        &self,
+        hay: &[u8],
+        members: &[usize],
+        found: &mut Vec<(usize, usize, usize)>,
+        decoded: &mut Vec<((usize, usize), Reported)>,
+        open: Option<&mut Vec<(usize, usize)>>,
+    ) {
+        let mut cut = None;
+        for &g in members {
+            let Some((mut text, used)) = super::gz::inflate(&hay[g..]) else {
+                continue;
+            };
+            let end = g + used;
+            if end == hay.len() {
+                cut = Some((g, hay.len() + 1));
+            }
+            let span = end - g;
+            let at = |o: usize| g + (o as u128 * span as u128 / text.len() as u128) as usize;
+            for f in self.scan_inner(&text, None, Pass::Gzip) {
+                let Some(r) = self.rules.iter().position(|x| x.id == f.rule) else {
+                    continue;
+                };
+                let fs = at(f.start).min(end - 1);
+                let fe = at(f.end).clamp(fs + 1, end);
+                if decoded.iter().any(|(d, _)| d.0 < fe && fs < d.1) {
+                    continue;
+                }
+                decoded.push(((fs, fe), (f.rule, f.fingerprint, f.redacted)));
+                found.push((fs, fe, r));
+            }
+            zeroize::Zeroize::zeroize(&mut text);
         }
         if let (Some(o), Some(w)) = (open, cut) {
             o.push(w);

@@ -4,12 +4,15 @@
 //!
 //! One keyword prefilter pass (SIMD on x86-64, see `keywords`) finds every rule keyword; each rule's regex runs only in a window
 //! around its keyword hits; candidates then pass entropy, validator and allowlist checks.
+//! Encoded data is decoded and scanned too: percent-encoding, base64 text (`b64`) and gzip
+//! members (`gz`).
 mod b64;
 mod bigrams;
 pub mod decode;
 pub mod detector;
 mod engine;
 pub mod frozen;
+mod gz;
 mod keywords;
 pub mod redact;
 pub mod rules;
@@ -28,6 +31,8 @@ pub use rules::{RuleSet, RuleSpec};
 mod tests;
 #[cfg(test)]
 mod tests_b64;
+#[cfg(test)]
+mod tests_gz;
 #[cfg(test)]
 mod tests_shapes;
 #[cfg(test)]
