@@ -20,6 +20,8 @@ use crate::procs::ProcInfo;
 const CHECKS: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(3)];
 /// Files watched at once; past this a finding is not watched (counted).
 const MAX_WATCHED: usize = 1024;
+/// Credentials kept per watched file.
+const MAX_HITS: usize = 64;
 /// Directory entries read per look: a huge directory is not walked whole.
 const MAX_ENTRIES: usize = 20_000;
 
@@ -56,6 +58,21 @@ pub fn watch(
     (dev, ino): (u64, u64),
 ) {
     if hits.is_empty() || ino == 0 || !path.starts_with('/') {
+        return;
+    }
+    // A file written again (a log repeating a key) is watched once; a new credential in it
+    // joins the watch.
+    if let Some(w) = p
+        .moves
+        .watched
+        .iter_mut()
+        .find(|w| w.ino == ino && w.dev == dev && w.path == path)
+    {
+        for h in hits {
+            if w.hits.len() < MAX_HITS && !w.hits.iter().any(|g| g.fingerprint == h.fingerprint) {
+                w.hits.push(h.clone());
+            }
+        }
         return;
     }
     if p.moves.watched.len() >= MAX_WATCHED {
