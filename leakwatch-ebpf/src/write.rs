@@ -251,7 +251,6 @@ pub fn handle(
     };
     let (mut fdt, mut arr) = (0, 0);
     let mut ciphertext = false;
-    let mut ends_run = true;
     match o {
         Some((o, same)) => {
             (fdt, arr) = (o.fdt, o.arr);
@@ -263,10 +262,7 @@ pub fn handle(
             if is_sock && tls && probe != PROBE_SSL_WRITE {
                 ciphertext = crate::tls::note_socket(pid_tgid as u32, fd);
             }
-            // A thread's run is on a held regular file, and LAST_FILE named that file when
-            // the run began: a call on another kind of file ends none unless the fd was
-            // reused since (a new file).
-            ends_run = !same || o.id.mode & fdinfo::S_IFMT == fdinfo::S_IFREG;
+
             if !same {
                 new_file = true;
                 // What LAST_FILE remembers once a record naming it reached the ring.
@@ -326,9 +322,7 @@ pub fn handle(
             return Some(());
         }
     }
-    if ends_run {
-        runs::end_fd(pid_tgid as u32, fd as i32);
-    }
+    runs::end_fd(pid_tgid as u32, fd as i32);
     match src {
         Src::Buf { len, .. } if is_ref => sc.walk.total = len,
         Src::Buf { ptr, len } => {
