@@ -262,7 +262,6 @@ pub fn handle(
             if is_sock && tls && probe != PROBE_SSL_WRITE {
                 ciphertext = crate::tls::note_socket(pid_tgid as u32, fd);
             }
-
             if !same {
                 new_file = true;
                 // What LAST_FILE remembers once a record naming it reached the ring.

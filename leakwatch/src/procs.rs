@@ -294,15 +294,22 @@ pub fn read(pid: u32) -> Option<ProcInfo> {
 /// `image` (the process's /proc exe) when it is not `exe` because `exe` is a script: the
 /// file starts with `#!`. Read only for an alert.
 pub fn interpreter(exe: &str, image: &str) -> Option<String> {
-    use std::io::Read;
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
     if image.is_empty() || exe == image || !exe.starts_with('/') {
         return None;
     }
+    // Non-blocking and no symlink: a FIFO or device renamed over the script must not stall
+    // the pipeline thread.
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(exe)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
     let mut head = [0u8; 2];
-    let script = fs::File::open(exe)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok()
-        && &head == b"#!";
+    let script = f.read_exact(&mut head).is_ok() && &head == b"#!";
     script.then(|| image.to_string())
 }
 

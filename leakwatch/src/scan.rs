@@ -365,14 +365,10 @@ fn read_whole(f: &mut File, size: usize, buf: &mut Vec<u8>) -> std::io::Result<u
     }
 }
 
-/// A NUL byte makes a file binary, unless the rest is text or it is gzip: a saved `/proc/PID/environ` or
+/// A NUL byte makes a file binary, unless the rest is text: a saved `/proc/PID/environ` or
 /// `cmdline`, a crash report's string table — `KEY=value` separated by NULs, which is
 /// exactly where credentials sit.
 fn is_binary(head: &[u8]) -> bool {
-    // gzip: the engine inflates it (the first 256 KiB of each member).
-    if head.starts_with(b"\x1f\x8b\x08") {
-        return false;
-    }
     let h = &head[..head.len().min(SNIFF)];
     if memchr::memchr(0, h).is_none() {
         return false;
@@ -608,9 +604,6 @@ mod tests {
     fn nul_separated_text_is_text() {
         assert!(!is_binary(b"HOME=/root\0PATH=/usr/bin\0TOKEN=abc\0"));
         assert!(!is_binary(b"plain text\n"));
-        assert!(!is_binary(
-            b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\x01\x02\0\0\0"
-        ));
         assert!(is_binary(
             b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x03\0>\0\x01\0"
         ));

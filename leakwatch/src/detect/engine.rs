@@ -455,29 +455,38 @@ impl Engine {
         open: Option<&mut Vec<(usize, usize)>>,
     ) {
         let mut cut = None;
+        let mut budget = super::gz::budget(hay.len());
         for &g in members {
-            let Some((mut text, used)) = super::gz::inflate(&hay[g..]) else {
+            if budget == 0 {
+                break;
+            }
+            let Some(z) = super::gz::inflate(&hay[g..], budget) else {
                 continue;
             };
-            let end = g + used;
+            budget -= z.text.len();
+            let end = g + z.used;
             if end == hay.len() {
                 cut = Some((g, hay.len() + 1));
             }
-            let span = end - g;
-            let at = |o: usize| g + (o as u128 * span as u128 / text.len() as u128) as usize;
-            for f in self.scan_inner(&text, None, Pass::Gzip) {
+            // Findings come in order: each is placed at or after the one before, so two
+            // close together in the text do not share a place (and one is not lost).
+            let mut next = g;
+            for f in self.scan_inner(&z.text, None, Pass::Gzip) {
                 let Some(r) = self.rules.iter().position(|x| x.id == f.rule) else {
                     continue;
                 };
-                let fs = at(f.start).min(end - 1);
-                let fe = at(f.end).clamp(fs + 1, end);
+                let fs = (g + z.at(f.start)).max(next);
+                if fs >= end {
+                    continue;
+                }
+                let fe = (g + z.at(f.end.saturating_sub(1)) + 1).clamp(fs + 1, end);
                 if decoded.iter().any(|(d, _)| d.0 < fe && fs < d.1) {
                     continue;
                 }
+                next = fe;
                 decoded.push(((fs, fe), (f.rule, f.fingerprint, f.redacted)));
                 found.push((fs, fe, r));
             }
-            zeroize::Zeroize::zeroize(&mut text);
         }
         if let (Some(o), Some(w)) = (open, cut) {
             o.push(w);

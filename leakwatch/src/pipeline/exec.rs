@@ -16,13 +16,17 @@ use crate::{
 /// script, and `interpreter` what the kernel runs it with.
 pub fn describe(procs: &mut Procs, ev: &ExecEvent) -> ProcInfo {
     let comm = ev.new_comm();
-    let seen = procs.exe_seen(ev.task.tgid, &comm);
+    // A killed exec was not remembered (`saw_exec`): an image seen under this comm is an
+    // earlier one.
+    let seen = (!ev.killed())
+        .then(|| procs.exe_seen(ev.task.tgid, &comm))
+        .flatten();
     let mut info = ProcInfo {
         pid: ev.task.tgid,
         ppid: ev.task.ppid,
         uid: ev.task.uid,
         comm: comm.clone(),
-        exe: seen.clone().unwrap_or_else(|| ev.filename.clone()),
+        exe: ev.filename.clone(),
         ..Default::default()
     };
     if let Some(l) = procs.live(ev.task.tgid) {
@@ -30,10 +34,17 @@ pub fn describe(procs: &mut Procs, ev: &ExecEvent) -> ProcInfo {
             info.ppid = l.ppid;
         }
         if l.comm == comm && !l.exe.is_empty() {
-            if seen.is_none() {
-                info.exe = l.exe;
-            } else {
-                info.interpreter = crate::procs::interpreter(&info.exe, &l.exe);
+            // /proc's image, as before, unless the file exec'd is a script: then the
+            // script (as write alerts name it) and its interpreter.
+            let script = seen
+                .as_deref()
+                .and_then(|s| crate::procs::interpreter(s, &l.exe).map(|i| (s, i)));
+            match script {
+                Some((s, i)) => {
+                    info.exe = s.to_string();
+                    info.interpreter = Some(i);
+                }
+                None => info.exe = l.exe,
             }
         }
         info.cgroup = l.cgroup;

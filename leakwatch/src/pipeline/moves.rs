@@ -24,6 +24,10 @@ const MAX_WATCHED: usize = 1024;
 const MAX_HITS: usize = 64;
 /// Directory entries read per look: a huge directory is not walked whole.
 const MAX_ENTRIES: usize = 20_000;
+/// Directory entries read per tick, over all looks: the rest wait for the next tick.
+const TICK_ENTRIES: usize = 50_000;
+/// Bytes of a renamed-to file read to confirm the credentials are in it.
+const CONFIRM_BYTES: u64 = 1 << 20;
 
 struct Watched {
     info: ProcInfo,
@@ -66,7 +70,7 @@ pub fn watch(
         .moves
         .watched
         .iter_mut()
-        .find(|w| w.ino == ino && w.dev == dev && w.path == path)
+        .find(|w| w.ino == ino && w.dev == dev && w.path == path && w.info.pid == info.pid)
     {
         for h in hits {
             if w.hits.len() < MAX_HITS && !w.hits.iter().any(|g| g.fingerprint == h.fingerprint) {
@@ -81,7 +85,7 @@ pub fn watch(
     }
     p.moves.watched.push(Watched {
         info: info.clone(),
-        hits: hits.to_vec(),
+        hits: hits.iter().take(MAX_HITS).cloned().collect(),
         ktime_ns,
         path: path.to_string(),
         dev,
@@ -91,19 +95,24 @@ pub fn watch(
     });
 }
 
-/// Looks for the watched files that are due.
+/// Looks for the watched files that are due, within a budget of directory entries.
 pub fn tick(p: &mut Pipeline) {
     if p.moves.watched.is_empty() {
         return;
     }
     let now = Instant::now();
+    let mut budget = TICK_ENTRIES;
     for mut w in std::mem::take(&mut p.moves.watched) {
-        if now.duration_since(w.since) < CHECKS[w.checks] {
+        if budget == 0 || now.duration_since(w.since) < CHECKS[w.checks] {
             p.moves.watched.push(w);
             continue;
         }
         w.checks += 1;
-        match look(&w.path, w.dev, w.ino) {
+        match look(&w.path, w.dev, w.ino, &mut budget) {
+            Look::Later => {
+                w.checks -= 1;
+                p.moves.watched.push(w);
+            }
             Look::InPlace if w.checks < CHECKS.len() => p.moves.watched.push(w),
             Look::InPlace => {
                 p.metrics.renames.with_label_values(&["in_place"]).inc();
@@ -112,9 +121,15 @@ pub fn tick(p: &mut Pipeline) {
                 p.metrics.renames.with_label_values(&["not_found"]).inc();
             }
             Look::Renamed(to) => {
+                // An inode number freed by the old file can go to a new one in the same
+                // directory at once: report only the credentials the file really holds.
+                let held = confirm(p, &to, &w.hits);
+                if held.is_empty() {
+                    p.metrics.renames.with_label_values(&["not_found"]).inc();
+                    continue;
+                }
                 p.metrics.renames.with_label_values(&["renamed"]).inc();
-                let hits = w
-                    .hits
+                let hits = held
                     .into_iter()
                     .map(|mut h| {
                         h.path = Some(to.clone());
@@ -127,11 +142,40 @@ pub fn tick(p: &mut Pipeline) {
     }
 }
 
+/// The `hits` whose credentials the file at `path` holds (its first `CONFIRM_BYTES`).
+fn confirm(p: &Pipeline, path: &str, hits: &[Hit]) -> Vec<Hit> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let Ok(f) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+    else {
+        return Vec::new();
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Vec::new();
+    }
+    let mut buf = Vec::with_capacity(CONFIRM_BYTES as usize);
+    if f.take(CONFIRM_BYTES).read_to_end(&mut buf).is_err() {
+        zeroize::Zeroize::zeroize(&mut buf);
+        return Vec::new();
+    }
+    let fz = p.shared.frozen.read().ok();
+    let found = crate::detect::Detector::new(&p.engine, fz.as_deref()).scan(&buf);
+    zeroize::Zeroize::zeroize(&mut buf);
+    hits.iter()
+        .filter(|h| found.iter().any(|f| f.fingerprint == h.fingerprint))
+        .cloned()
+        .collect()
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Look {
     InPlace,
     Renamed(String),
     Gone,
+    /// The tick's entry budget ran out first: look again at the next tick.
+    Later,
 }
 
 fn same(m: &fs::Metadata, dev: u64, ino: u64) -> bool {
@@ -140,7 +184,7 @@ fn same(m: &fs::Metadata, dev: u64, ino: u64) -> bool {
 
 /// Where the file (`dev`, `ino`) written as `path` is now: still there, under another
 /// name in the same directory, or neither.
-fn look(path: &str, dev: u64, ino: u64) -> Look {
+fn look(path: &str, dev: u64, ino: u64, budget: &mut usize) -> Look {
     let p = Path::new(path);
     if fs::symlink_metadata(p).is_ok_and(|m| same(&m, dev, ino)) {
         return Look::InPlace;
@@ -151,7 +195,8 @@ fn look(path: &str, dev: u64, ino: u64) -> Look {
     let Ok(entries) = fs::read_dir(dir) else {
         return Look::Gone;
     };
-    for e in entries.take(MAX_ENTRIES).flatten() {
+    for e in entries.take(MAX_ENTRIES.min(*budget)).flatten() {
+        *budget = budget.saturating_sub(1);
         // The entry's inode number comes with the directory listing: stat only a match.
         if e.ino() != ino {
             continue;
@@ -160,7 +205,11 @@ fn look(path: &str, dev: u64, ino: u64) -> Look {
             return Look::Renamed(e.path().to_string_lossy().into_owned());
         }
     }
-    Look::Gone
+    if *budget == 0 {
+        Look::Later
+    } else {
+        Look::Gone
+    }
 }
 
 #[cfg(test)]
@@ -177,16 +226,19 @@ mod tests {
         let m = fs::metadata(&tmp).unwrap();
         let (dev, ino) = (m.dev(), m.ino());
         let t = tmp.to_str().unwrap();
-        assert_eq!(look(t, dev, ino), Look::InPlace);
+        let mut b = usize::MAX;
+        assert_eq!(look(t, dev, ino, &mut b), Look::InPlace);
         fs::rename(&tmp, &dst).unwrap();
         assert_eq!(
-            look(t, dev, ino),
+            look(t, dev, ino, &mut b),
             Look::Renamed(dst.to_str().unwrap().to_string())
         );
         // The same inode number on another device is another file.
-        assert_eq!(look(t, dev ^ 1, ino), Look::Gone);
+        assert_eq!(look(t, dev ^ 1, ino, &mut b), Look::Gone);
+        let mut none = 0;
+        assert_eq!(look(t, dev, ino, &mut none), Look::Later);
         fs::remove_file(&dst).unwrap();
-        assert_eq!(look(t, dev, ino), Look::Gone);
+        assert_eq!(look(t, dev, ino, &mut b), Look::Gone);
         fs::remove_dir_all(&dir).unwrap();
     }
 
