@@ -293,7 +293,7 @@ impl Metrics {
             renames: counter_vec(
                 &r,
                 "leakwatch_findings_renamed_total",
-                "File findings whose file was looked for after the finding, by result: in_place (still under its name at the last look), renamed (found under another name in its directory and alerted again there), not_found (deleted, or moved out of its directory), not_watched (too many watched at once).",
+                "File findings whose file was looked for after the finding, by result: in_place (still under its name at the last look), renamed (found under another name in its directory and alerted again there), not_found (deleted, or moved out of its directory), not_watched (too many watched at once), not_local (on FUSE, a network filesystem or another not looked in).",
                 &["result"],
             ),
             streams: gauge(

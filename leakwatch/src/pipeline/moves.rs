@@ -6,6 +6,7 @@
 //! ticks after the finding; no rename probe is needed, and a file renamed into another
 //! directory is not followed.
 use std::{
+    collections::HashMap,
     fs,
     os::unix::fs::{DirEntryExt, MetadataExt},
     path::Path,
@@ -44,6 +45,60 @@ struct Watched {
 #[derive(Default)]
 pub struct Moves {
     watched: Vec<Watched>,
+    /// Whether each mounted device (`st_dev` encoding) is a local disk-like filesystem,
+    /// from /proc/self/mountinfo: a directory on FUSE or a network filesystem is never
+    /// listed (a hung mount would stall the pipeline thread).
+    local: HashMap<u64, bool>,
+    /// When mountinfo was last read (a device not in it is looked up again at most once a
+    /// second).
+    mounts_read: Option<Instant>,
+}
+
+/// Filesystems looked in: those `held` reads back too.
+const LOCAL_FS: [&str; 9] = [
+    "tmpfs", "ext2", "ext3", "ext4", "xfs", "btrfs", "overlay", "f2fs", "zfs",
+];
+
+impl Moves {
+    /// Is the device `dev` (`st_dev` encoding) a local disk-like filesystem?
+    fn local(&mut self, dev: u64) -> bool {
+        if let Some(&l) = self.local.get(&dev) {
+            return l;
+        }
+        if self
+            .mounts_read
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return false;
+        }
+        self.mounts_read = Some(Instant::now());
+        if let Ok(text) = fs::read_to_string("/proc/self/mountinfo") {
+            self.local = mount_kinds(&text);
+        }
+        self.local.get(&dev).copied().unwrap_or(false)
+    }
+}
+
+/// Device (`st_dev` encoding) -> local disk-like, from mountinfo lines
+/// (`ID PARENT MAJOR:MINOR ROOT POINT OPTIONS [TAGS] - TYPE SOURCE OPTIONS`).
+fn mount_kinds(text: &str) -> HashMap<u64, bool> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let Some((head, tail)) = line.split_once(" - ") else {
+            continue;
+        };
+        let (Some(dev), Some(kind)) = (head.split(' ').nth(2), tail.split(' ').next()) else {
+            continue;
+        };
+        let Some((major, minor)) = dev.split_once(':') else {
+            continue;
+        };
+        let (Ok(major), Ok(minor)) = (major.parse::<u32>(), minor.parse::<u32>()) else {
+            continue;
+        };
+        out.insert(libc::makedev(major, minor), LOCAL_FS.contains(&kind));
+    }
+    out
 }
 
 /// The kernel's `s_dev` (`major << 20 | minor`) as `stat` reports it.
@@ -62,6 +117,10 @@ pub fn watch(
     (dev, ino): (u64, u64),
 ) {
     if hits.is_empty() || ino == 0 || !path.starts_with('/') {
+        return;
+    }
+    if !p.moves.local(dev) {
+        p.metrics.renames.with_label_values(&["not_local"]).inc();
         return;
     }
     // A file written again (a log repeating a key) is watched once; a new credential in it
@@ -240,6 +299,19 @@ mod tests {
         fs::remove_file(&dst).unwrap();
         assert_eq!(look(t, dev, ino, &mut b), Look::Gone);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn mountinfo_says_which_devices_are_local() {
+        let text = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                    30 22 0:45 / /mnt/nfs rw - nfs4 srv:/x rw,vers=4.2\n\
+                    31 22 0:46 / /home/u/fuse rw,nosuid - fuse.sshfs u@h: rw\n\
+                    32 22 0:27 / /tmp rw shared:5 master:2 - tmpfs tmpfs rw\n";
+        let k = mount_kinds(text);
+        assert_eq!(k.get(&libc::makedev(8, 1)), Some(&true));
+        assert_eq!(k.get(&libc::makedev(0, 45)), Some(&false));
+        assert_eq!(k.get(&libc::makedev(0, 46)), Some(&false));
+        assert_eq!(k.get(&libc::makedev(0, 27)), Some(&true));
     }
 
     #[test]
