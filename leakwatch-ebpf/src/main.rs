@@ -1,9 +1,10 @@
 //! leakwatch kernel programs, one module per hook family (exec: the record from the new
 //! image in `exec_capture`, the frozen checks in `exec` and `exec_image`; write with its
 //! `payload` copy; connect; floor) over shared pieces: `header` (who made the call), `maps`
-//! (ring + per-probe counters), `args` (syscall arguments from the record), `frozen` (credential hash + kill), `scope` (whose writes are
-//! copied), `task`/`fdinfo`/`sockaddr`/`span` (kernel and user structs; kernel offsets come
-//! from BTF via loader-set globals). Built for `bpfel-unknown-none` by `cargo xtask build-ebpf`.
+//! (ring + per-probe counters), `args` (syscall arguments from the record), `frozen`
+//! (credential hash + kill), `scope` (whose writes are copied), `task`/`fdinfo`/
+//! `sockaddr`/`span` (kernel and user structs; kernel offsets come from BTF via
+//! loader-set globals). Built for `bpfel-unknown-none` by `cargo xtask build-ebpf`.
 #![no_std]
 #![no_main]
 

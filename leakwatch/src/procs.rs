@@ -294,23 +294,27 @@ pub fn read(pid: u32) -> Option<ProcInfo> {
 /// `image` (the process's /proc exe) when it is not `exe` because `exe` is a script: the
 /// file starts with `#!`. Read only for an alert.
 pub fn interpreter(exe: &str, image: &str) -> Option<String> {
-    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    use std::io::Read;
     if image.is_empty() || exe == image || !exe.starts_with('/') {
         return None;
     }
-    // Non-blocking and no symlink: a FIFO or device renamed over the script must not stall
-    // the pipeline thread.
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-        .open(exe)
-        .ok()?;
-    if !f.metadata().ok()?.is_file() {
-        return None;
-    }
+    let mut f = open_regular(exe)?;
     let mut head = [0u8; 2];
     let script = f.read_exact(&mut head).is_ok() && &head == b"#!";
     script.then(|| image.to_string())
+}
+
+/// A regular file at a path a watched process controls, opened for reading without
+/// following a symlink and without blocking: a FIFO or device put in its place must not
+/// stall the pipeline thread. None for anything else.
+pub fn open_regular(path: &str) -> Option<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    f.metadata().ok()?.is_file().then_some(f)
 }
 
 /// A relative exec filename (`./tool`, a script run from its own directory) made absolute

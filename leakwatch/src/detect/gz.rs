@@ -71,27 +71,24 @@ pub fn inflate(data: &[u8], cap: usize) -> Option<Inflated> {
         used: data.len(),
         marks: Vec::new(),
     };
-    let mut n = 0;
-    let mut cut = true;
+    let (mut n, mut failed) = (0, false);
     while n < cap {
         let end = (n + MARK).min(cap);
         match dec.read(&mut z.text[n..end]) {
-            Ok(0) => {
-                cut = false;
-                break;
-            }
+            Ok(0) => break,
             Ok(k) => {
                 n += k;
                 z.marks.push((n, data.len() - dec.get_ref().len()));
             }
             // Cut or corrupt: what inflated before stays.
-            Err(_) => break,
+            Err(_) => {
+                failed = true;
+                break;
+            }
         }
     }
-    if n == cap {
-        cut = false;
-    }
-    if !cut {
+    // A cut or corrupt member takes all of `data` (`used` as set above).
+    if !failed {
         z.used = (data.len() - dec.get_ref().len()).max(1);
     }
     z.text[n..].fill(0);
@@ -99,16 +96,18 @@ pub fn inflate(data: &[u8], cap: usize) -> Option<Inflated> {
     (n > 0).then_some(z)
 }
 
+/// `b` as one gzip member (for tests).
+#[cfg(test)]
+pub fn gzip(b: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    fn gzip(b: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(b).unwrap();
-        e.finish().unwrap()
-    }
 
     #[test]
     fn finds_and_inflates_members_whole_and_cut() {

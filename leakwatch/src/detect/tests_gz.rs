@@ -2,18 +2,11 @@
 //! compressed into a `.gz`, a body cut across two writes. Reported inside the member's
 //! compressed span with the fingerprint of the credential itself, never with plaintext.
 //! Every secret is generated here.
-use std::io::Write;
-
 use super::detector::Detector;
+use super::gz::gzip;
 use super::samples::{checksummed, sample, Rng};
 use super::stream::StreamScanner;
 use super::*;
-
-fn gzip(b: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(b).unwrap();
-    e.finish().unwrap()
-}
 
 /// An HTTP request whose gzip body holds `body`: (request, the body's span).
 fn request(body: &str) -> (Vec<u8>, (usize, usize)) {

@@ -90,10 +90,16 @@ impl Event {
     }
 }
 
-/// Does a userspace `st_dev` name the device the kernel recorded as `s_dev` (major in the
-/// top 12 bits, minor in the low 20)? A kernel 0 (not read) matches any.
+/// The kernel's `s_dev` (major in the top 12 bits, minor in the low 20) as `stat`'s
+/// `st_dev` encodes it.
+pub fn user_dev(kdev: u32) -> u64 {
+    libc::makedev(kdev >> 20, kdev & 0xf_ffff)
+}
+
+/// Does a userspace `st_dev` name the device the kernel recorded as `s_dev`? A kernel 0
+/// (not read) matches any.
 pub fn same_dev(kdev: u32, st_dev: u64) -> bool {
-    kdev == 0 || (libc::major(st_dev) == kdev >> 20 && libc::minor(st_dev) == kdev & 0xf_ffff)
+    kdev == 0 || user_dev(kdev) == st_dev
 }
 
 /// Now on the clock of the kernel's `ktime_ns` (CLOCK_MONOTONIC), in ns.
@@ -143,6 +149,16 @@ pub(crate) fn record<T: Copy>(h: T, tail: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_device_numbers_convert_to_stat_ones() {
+        // sda1 (8:1) and an extended minor (259:65536).
+        assert_eq!(user_dev((8 << 20) | 1), libc::makedev(8, 1));
+        assert_eq!(user_dev((259 << 20) | 65536), libc::makedev(259, 65536));
+        assert!(same_dev((8 << 20) | 1, libc::makedev(8, 1)));
+        assert!(!same_dev((8 << 20) | 1, libc::makedev(8, 2)));
+        assert!(same_dev(0, libc::makedev(8, 2)));
+    }
 
     #[test]
     fn rejects_short_and_unknown_records() {

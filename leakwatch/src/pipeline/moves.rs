@@ -35,7 +35,7 @@ struct Watched {
     hits: Vec<Hit>,
     ktime_ns: u64,
     path: String,
-    /// `st_dev` (userspace encoding; 0: unknown) and inode number of the file.
+    /// `st_dev` (userspace encoding) and inode number of the file.
     dev: u64,
     ino: u64,
     since: Instant,
@@ -101,12 +101,7 @@ fn mount_kinds(text: &str) -> HashMap<u64, bool> {
     out
 }
 
-/// The kernel's `s_dev` (`major << 20 | minor`) as `stat` reports it.
-pub fn user_dev(kernel_dev: u32) -> u64 {
-    libc::makedev(kernel_dev >> 20, kernel_dev & 0xfffff)
-}
-
-/// Watches the file at `path` (`dev` in `stat`'s encoding, 0 when unknown; `ino`) that
+/// Watches the file at `path` (`dev` in `stat`'s encoding; `ino`) that
 /// `hits` were found in, to report them again if it is renamed.
 pub fn watch(
     p: &mut Pipeline,
@@ -203,17 +198,10 @@ pub fn tick(p: &mut Pipeline) {
 
 /// The `hits` whose credentials the file at `path` holds (its first `CONFIRM_BYTES`).
 fn confirm(p: &Pipeline, path: &str, hits: &[Hit]) -> Vec<Hit> {
-    use std::{io::Read, os::unix::fs::OpenOptionsExt};
-    let Ok(f) = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-        .open(path)
-    else {
+    use std::io::Read;
+    let Some(f) = crate::procs::open_regular(path) else {
         return Vec::new();
     };
-    if !f.metadata().is_ok_and(|m| m.is_file()) {
-        return Vec::new();
-    }
     let mut buf = Vec::with_capacity(CONFIRM_BYTES as usize);
     if f.take(CONFIRM_BYTES).read_to_end(&mut buf).is_err() {
         zeroize::Zeroize::zeroize(&mut buf);
@@ -238,7 +226,7 @@ enum Look {
 }
 
 fn same(m: &fs::Metadata, dev: u64, ino: u64) -> bool {
-    m.ino() == ino && (dev == 0 || m.dev() == dev) && m.is_file()
+    m.ino() == ino && m.dev() == dev && m.is_file()
 }
 
 /// Where the file (`dev`, `ino`) written as `path` is now: still there, under another
@@ -312,12 +300,5 @@ mod tests {
         assert_eq!(k.get(&libc::makedev(0, 45)), Some(&false));
         assert_eq!(k.get(&libc::makedev(0, 46)), Some(&false));
         assert_eq!(k.get(&libc::makedev(0, 27)), Some(&true));
-    }
-
-    #[test]
-    fn kernel_device_numbers_convert_to_stat_ones() {
-        // sda1 (8:1) and an extended minor (259:65536).
-        assert_eq!(user_dev((8 << 20) | 1), libc::makedev(8, 1));
-        assert_eq!(user_dev((259 << 20) | 65536), libc::makedev(259, 65536));
     }
 }

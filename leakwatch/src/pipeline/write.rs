@@ -48,6 +48,13 @@ struct Stream {
     tls: bool,
 }
 
+impl Stream {
+    /// The written file's (`st_dev`, inode), for `moves`.
+    fn file_id(&self) -> Option<(u64, u64)> {
+        Some((crate::events::user_dev(self.dev), self.file.1))
+    }
+}
+
 #[derive(Default)]
 pub struct Streams {
     map: FastMap<(u32, i32), Stream>,
@@ -230,7 +237,7 @@ pub(super) fn scan(p: &mut Pipeline, w: WriteEvent, target: Target, source: Sour
     if !found.is_empty() {
         let (stream_task, stream_target, fd, dump) =
             (s.task.clone(), s.target.clone(), s.fd, s.dump);
-        let file = Some((super::moves::user_dev(s.dev), s.file.1));
+        let file = s.file_id();
         emit(
             p,
             &d,
@@ -369,7 +376,7 @@ fn report(p: &mut Pipeline, d: &Detector, s: &Stream, found: Vec<StreamFinding>)
             found,
             s.last_bytes,
             if s.tls { Via::Tls } else { Via::Copied },
-            Some((super::moves::user_dev(s.dev), s.file.1)),
+            s.file_id(),
         );
     }
 }
