@@ -45,7 +45,7 @@ fn enter(probe: u32, src_fd: u64, off_ptr: u64, dst_fd: u64) {
         // SAFETY: user pointer, read checked by the helper.
         unsafe { bpf_probe_read_user(off_ptr as *const i64) }.unwrap_or(-1)
     } else {
-        fdinfo::resolve(src_fd as u32)
+        fdinfo::resolve(fdinfo::LANE_TRACEPOINT, src_fd as u32)
             .and_then(|o| fdinfo::pos_of(o.id.file, o.inode, false))
             .unwrap_or(-1)
     };
@@ -98,14 +98,14 @@ fn exit(ctx: &TracePointContext, probe: u32) {
 #[inline(always)]
 fn end(e: &mut CopyEnd, fd: i32, path: *mut u8) {
     e.fd = fd;
-    let Some(o) = fdinfo::resolve(fd as u32) else {
+    let Some(o) = fdinfo::resolve(fdinfo::LANE_TRACEPOINT, fd as u32) else {
         e.flags |= WRITE_F_NO_FILE;
         return;
     };
     e.file = o.id;
     let kind = o.id.mode & fdinfo::S_IFMT;
     if kind == fdinfo::S_IFSOCK {
-        if let Some(peer) = fdinfo::sock_peer(o.private_data) {
+        if let Some(peer) = fdinfo::sock_peer(fdinfo::LANE_TRACEPOINT, o.private_data) {
             e.peer = peer;
             e.flags |= WRITE_F_PEER;
         }

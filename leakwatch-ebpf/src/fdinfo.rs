@@ -209,22 +209,42 @@ pub fn pos_of(file: u64, inode: u64, append: bool) -> Option<i64> {
 
 /// Resolves `fd` of the current task; `None` if it is not open or offsets are unknown.
 #[inline(always)]
-pub fn resolve(fd: u32) -> Option<Open> {
+pub fn resolve(lane: u32, fd: u32) -> Option<Open> {
     let (fdt, arr, file) = file(fd)?;
-    Some(resolve_file(fdt, arr, file))
+    Some(resolve_file(lane, fdt, arr, file))
+}
+
+/// Whether a program may use per-CPU buffers (`span::Span`): the tracepoints may (they run
+/// with preemption off and never nest on a CPU); the TLS uprobe may not (it can be
+/// preempted, and another program then runs on its CPU).
+pub const LANE_TRACEPOINT: u32 = 0;
+pub const LANE_UPROBE: u32 = 1;
+
+#[inline(always)]
+pub fn lane(probe: u32) -> u32 {
+    if probe == leakwatch_common::PROBE_SSL_WRITE {
+        LANE_UPROBE
+    } else {
+        LANE_TRACEPOINT
+    }
 }
 
 /// The open `file` found in table `fdt` (array `arr`), every fact read: three helper
 /// calls (the file's fields, the inode's, the device) instead of eight.
 #[inline(always)]
-pub fn resolve_file(fdt: u64, arr: u64, file: u64) -> Open {
+pub fn resolve_file(lane: u32, fdt: u64, arr: u64, file: u64) -> Open {
     let (off_inode, off_dentry, off_mnt, off_private) = (
         global(&OFF_FILE_INODE),
         global(&OFF_FILE_DENTRY),
         global(&OFF_FILE_MNT),
         global(&OFF_FILE_PRIVATE),
     );
-    let f = Span::read(0, file, &[off_inode, off_dentry, off_mnt, off_private]);
+    let f = Span::read(
+        lane,
+        0,
+        file,
+        &[off_inode, off_dentry, off_mnt, off_private],
+    );
     let inode: u64 = f.get(off_inode);
     let mut id = FileId {
         file,
@@ -236,7 +256,7 @@ pub fn resolve_file(fdt: u64, arr: u64, file: u64) -> Open {
             global(&OFF_INODE_MODE),
             global(&OFF_INODE_SB),
         );
-        let i = Span::read(1, inode, &[off_ino, off_mode, off_sb]);
+        let i = Span::read(lane, 1, inode, &[off_ino, off_mode, off_sb]);
         id.ino = i.get(off_ino);
         id.mode = i.get::<u16>(off_mode) as u32;
         let sb: u64 = i.get(off_sb);
@@ -280,7 +300,7 @@ pub fn write_pos(file: u64, inode: u64) -> Option<(i64, bool)> {
 /// Remote end of a socket file (`private_data` is its `struct socket`): two helper calls,
 /// the socket's `sk` and the fields of its `sock_common`.
 #[inline(always)]
-pub fn sock_peer(private_data: u64) -> Option<Peer> {
+pub fn sock_peer(lane: u32, private_data: u64) -> Option<Peer> {
     if private_data == 0 || global(&OFF_SOCKET_SK) == 0 {
         return None;
     }
@@ -296,7 +316,7 @@ pub fn sock_peer(private_data: u64) -> Option<Peer> {
         global(&OFF_SK_V6_DADDR),
     );
     // The IPv6 address is read on its own (16 bytes, and only for IPv6).
-    let c = Span::read(0, sk, &[off_family, off_dport, off_num, off_daddr]);
+    let c = Span::read(lane, 0, sk, &[off_family, off_dport, off_num, off_daddr]);
     let mut p = Peer {
         family: c.get(off_family),
         ..Default::default()

@@ -1,4 +1,4 @@
-//! The per-CPU record buffer of the write probes and the payload copy into it: one user
+//! The per-CPU record buffers of the write probes and the payload copy into it: one user
 //! buffer, or iovecs (writev, sendmsg, sendmmsg messages) walked with `bpf_loop`, capped,
 //! with everything cut counted in `Walk`.
 use core::ffi::c_void;
@@ -46,10 +46,12 @@ impl Walk {
 
 const BUF: usize = WRITE_PATH_MAX + 2 * WRITE_DATA_MAX;
 
-/// Per-CPU working memory; `rec` and `buf` are contiguous, so the record is emitted from
-/// `rec` with one `bpf_ringbuf_output` of header + path + data bytes.
+/// What a write's record is built in, apart from its bytes. The tracepoints' is at the
+/// head of their `Scratch`; the TLS uprobe has its own (`tls::TLS_HEAD`): a uprobe program
+/// can be preempted, and a tracepoint program run meanwhile on its CPU must not write over
+/// its record.
 #[repr(C)]
-pub struct Scratch {
+pub struct Head {
     /// What `LAST_FILE` is to remember for the fd of the current call, when it is new.
     pub known: crate::fdinfo::Known,
     pub walk: Walk,
@@ -57,6 +59,13 @@ pub struct Scratch {
     pub run: RefRun,
     /// The record: sent as `rec` and the first bytes of `buf` in one piece.
     pub rec: WriteHeader,
+}
+
+/// The tracepoints' per-CPU working memory; `head.rec` and `buf` are contiguous, so the
+/// record is emitted from `rec` with one `bpf_ringbuf_output` of header + path + data bytes.
+#[repr(C)]
+pub struct Scratch {
+    pub head: Head,
     /// Path, then payload. Sized for a payload starting anywhere up to WRITE_PATH_MAX +
     /// WRITE_DATA_MAX (the verifier cannot relate offset and length).
     pub buf: [u8; BUF],
@@ -104,7 +113,7 @@ pub fn read_msghdr(addr: u64) -> Option<MsgHdr> {
 /// Appends up to `len` bytes at user address `src` to the payload, counting what is cut.
 #[inline(always)]
 pub fn copy_seg(sc: &mut Scratch, src: u64, len: u64) {
-    let w = &mut sc.walk;
+    let w = &mut sc.head.walk;
     w.total += len;
     let room = if w.cap > w.off { w.cap - w.off } else { 0 };
     let n = if len < room { len } else { room };
@@ -129,7 +138,7 @@ pub fn copy_seg(sc: &mut Scratch, src: u64, len: u64) {
             src as *const c_void,
         )
     };
-    let w = &mut sc.walk;
+    let w = &mut sc.head.walk;
     if ret < 0 {
         // Unreadable (page not present): the bytes are lost, not silently.
         w.dropped += n;
@@ -142,7 +151,7 @@ pub fn copy_seg(sc: &mut Scratch, src: u64, len: u64) {
 /// Walks the iovecs (and, for sendmmsg, the following messages) with `bpf_loop`.
 #[inline(always)]
 pub fn walk(sc: &mut Scratch, cpu: u32, iov: u64, iovlen: u64, mmsg: u64, msgs: u64) {
-    let w = &mut sc.walk;
+    let w = &mut sc.head.walk;
     w.iov = iov;
     w.iovlen = iovlen;
     w.mmsg = mmsg;
@@ -162,7 +171,7 @@ pub fn walk(sc: &mut Scratch, cpu: u32, iov: u64, iovlen: u64, mmsg: u64, msgs: 
         return;
     };
     // SAFETY: this CPU's value.
-    let w = unsafe { &mut (*sp).walk };
+    let w = unsafe { &mut (*sp).head.walk };
     // Budget ran out: what was not visited is dropped, its size unknown.
     let left = w.iovlen.saturating_sub(w.idx)
         + if w.mmsg != 0 {
@@ -185,7 +194,7 @@ unsafe extern "C" fn walk_step(_i: u32, ctx: *mut c_void) -> i64 {
     };
     // SAFETY: this CPU's value.
     let sc = unsafe { &mut *sp };
-    let w = &mut sc.walk;
+    let w = &mut sc.head.walk;
     if w.idx >= w.iovlen {
         if w.mmsg == 0 || w.msg_idx >= w.msgs {
             return 1;

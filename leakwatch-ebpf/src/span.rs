@@ -6,7 +6,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, macros::map, maps::PerCpuArray};
 
-use crate::task::kread;
+use crate::{fdinfo::LANE_TRACEPOINT, task::kread};
 
 /// Longest span; fields outside it (another kernel's layout) are read one by one.
 const SPAN_MAX: u64 = 128;
@@ -25,10 +25,11 @@ pub struct Span {
 
 impl Span {
     /// Reads the bytes of `base` covering `fields` (offsets, each of a field of at most 8
-    /// bytes) into buffer `slot` (0 or 1). A span too long, or a failed read, leaves every
-    /// field to its own read in `get`.
+    /// bytes) into buffer `slot` (0 or 1). A span too long, a failed read, or a caller that
+    /// may be preempted (`fdinfo::LANE_UPROBE`: the buffers are per CPU) leaves every field
+    /// to its own read in `get`.
     #[inline(always)]
-    pub fn read(slot: u32, base: u64, fields: &[u64]) -> Span {
+    pub fn read(lane: u32, slot: u32, base: u64, fields: &[u64]) -> Span {
         let (mut lo, mut hi) = (u64::MAX, 0u64);
         for &f in fields {
             if f < lo {
@@ -49,7 +50,7 @@ impl Span {
         let Some(p) = SPANS.get_ptr_mut(slot) else {
             return s;
         };
-        if base == 0 || len == 0 || len > SPAN_MAX {
+        if lane != LANE_TRACEPOINT || base == 0 || len == 0 || len > SPAN_MAX {
             return s;
         }
         // SAFETY: 0 < len <= SPAN_MAX, the buffer's size; the helper checks the source.

@@ -10,13 +10,15 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
-    maps::LruHashMap,
+    maps::{Array, HashMap, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
 use leakwatch_common::*;
 
 use crate::{
-    maps, scope,
+    maps,
+    payload::Head,
+    scope,
     write::{handle, Src},
 };
 
@@ -36,6 +38,26 @@ pub struct TlsCall {
 /// By thread id.
 #[map]
 static TLS_CALLS: LruHashMap<u32, TlsCall> = LruHashMap::with_max_entries(8192, 0);
+
+/// By thread id: where a return probe builds its record, while it runs. Not a per-CPU
+/// scratch: a uprobe program runs with preemption on (only migration off), so on a
+/// preemptible kernel another task can run a write tracepoint, or this return probe, on
+/// the same CPU mid-record. A thread runs one at a time.
+#[map]
+static TLS_FRAMES: HashMap<u32, Head> = HashMap::with_max_entries(TLS_FRAMES_MAX, 0);
+
+/// Return probes in progress at once, at most (one per CPU, plus those preempted).
+const TLS_FRAMES_MAX: u32 = 4096;
+
+/// A zeroed `Head`, what a frame starts as (too big for the 512-byte stack).
+#[map]
+static ZERO_HEAD: Array<Head> = Array::with_max_entries(1, 0);
+
+/// The current thread's frame, for `write::handle`.
+#[inline(always)]
+pub fn head(tid: u32) -> Option<*mut Head> {
+    TLS_FRAMES.get_ptr_mut(&tid)
+}
 
 #[inline(always)]
 fn enter(buf: u64, len: u64, written: u64) {
@@ -115,6 +137,13 @@ pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
     if n == 0 {
         return 0;
     }
+    let Some(zero) = ZERO_HEAD.get(0) else {
+        return 0;
+    };
+    if TLS_FRAMES.insert(&tid, zero, 0).is_err() {
+        maps::count(PROBE_SSL_WRITE, STAT_LOST);
+        return 0;
+    }
     handle(
         PROBE_SSL_WRITE,
         c.fd as u32,
@@ -123,6 +152,7 @@ pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
         0,
         0,
     );
+    let _ = TLS_FRAMES.remove(&tid);
     0
 }
 

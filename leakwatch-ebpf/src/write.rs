@@ -19,7 +19,7 @@ use leakwatch_common::*;
 use crate::{
     args::arg,
     fdinfo, header, maps, mem,
-    payload::{copy_seg, read_msghdr, walk, Scratch, WRITE_SCRATCH},
+    payload::{copy_seg, read_msghdr, walk, Head, Scratch, WRITE_SCRATCH},
     runs, scope, sockaddr,
 };
 
@@ -203,11 +203,21 @@ pub fn handle(
     };
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let sp = WRITE_SCRATCH.get_ptr_mut(cpu)?;
-    // SAFETY: this CPU's scratch value; tracepoint programs do not nest on one CPU.
-    let sc = unsafe { &mut *sp };
+    // The TLS uprobe builds its record in a frame of its thread (see `tls::TLS_FRAMES`) and
+    // never needs `buf`: its fd is a socket or none, so no path, one buffer, straight into
+    // the ring.
+    let (hp, sp): (*mut Head, *mut Scratch) = if probe == PROBE_SSL_WRITE {
+        (crate::tls::head(pid_tgid as u32)?, core::ptr::null_mut())
+    } else {
+        let sp = WRITE_SCRATCH.get_ptr_mut(cpu)?;
+        // SAFETY: this CPU's scratch value; tracepoint programs do not nest on one CPU.
+        (unsafe { &mut (*sp).head }, sp)
+    };
+    let lane = fdinfo::lane(probe);
+    // SAFETY: this CPU's head, or this thread's frame: used only by this program run.
+    let h = unsafe { &mut *hp };
 
-    let r = &mut sc.rec;
+    let r = &mut h.rec;
     header::fill_cached(&mut r.hdr, EVENT_WRITE, probe, pid_tgid, who);
     if probe == PROBE_SSL_WRITE {
         r.hdr.flags |= WRITE_F_TLS;
@@ -242,20 +252,20 @@ pub fn handle(
                     Some((o, true))
                 }
                 fdinfo::Check::Other(fdt, arr, file) => {
-                    Some((fdinfo::resolve_file(fdt, arr, file), false))
+                    Some((fdinfo::resolve_file(lane, fdt, arr, file), false))
                 }
                 fdinfo::Check::Gone => None,
             }
         }
-        None => fdinfo::resolve(fd).map(|o| (o, false)),
+        None => fdinfo::resolve(lane, fd).map(|o| (o, false)),
     };
     let (mut fdt, mut arr) = (0, 0);
     let mut ciphertext = false;
     match o {
         Some((o, same)) => {
             (fdt, arr) = (o.fdt, o.arr);
-            sc.rec.file = o.id;
-            sc.rec.inode = o.inode;
+            h.rec.file = o.id;
+            h.rec.inode = o.inode;
             let is_sock = o.id.mode & fdinfo::S_IFMT == fdinfo::S_IFSOCK;
             // SAFETY: `who` is this process's map value (see `scope::in_scope`).
             let tls = unsafe { (*who).flags } & scope::WHO_TLS != 0;
@@ -265,7 +275,7 @@ pub fn handle(
             if !same {
                 new_file = true;
                 // What LAST_FILE remembers once a record naming it reached the ring.
-                let k = &mut sc.known;
+                let k = &mut h.known;
                 k.file = o.id.file;
                 k.inode = o.inode;
                 k.ino = o.id.ino;
@@ -274,19 +284,21 @@ pub fn handle(
                 k.mode = o.id.mode;
                 k.fdt = o.fdt;
                 k.arr = o.arr;
-                sc.rec.hdr.flags |= WRITE_F_NEW_FILE;
-                if !is_sock {
+                h.rec.hdr.flags |= WRITE_F_NEW_FILE;
+                // SAFETY: the tracepoints' scratch (null for the TLS lane, whose fd is a
+                // socket), holding `h`: `copy_path` goes through its `head`.
+                if let (false, Some(sc)) = (is_sock, unsafe { sp.as_mut() }) {
                     copy_path(sc, &o);
                 }
             }
             if is_sock {
-                if let Some(p) = fdinfo::sock_peer(o.private_data) {
-                    sc.rec.peer = p;
-                    sc.rec.hdr.flags |= WRITE_F_PEER;
+                if let Some(p) = fdinfo::sock_peer(lane, o.private_data) {
+                    h.rec.peer = p;
+                    h.rec.hdr.flags |= WRITE_F_PEER;
                 }
             }
         }
-        None => sc.rec.hdr.flags |= WRITE_F_NO_FILE,
+        None => h.rec.hdr.flags |= WRITE_F_NO_FILE,
     }
     // A socket write made inside `SSL_write` is its ciphertext: the plaintext record
     // carries the bytes. Only the socket's first record goes (a ClientHello sent by a
@@ -300,38 +312,41 @@ pub fn handle(
         Some(c) if c.capture_max != 0 => c.capture_max as u64,
         _ => WRITE_CAPTURE_DEFAULT as u64,
     };
-    sc.walk.reset(
+    h.walk.reset(
         if cap > WRITE_DATA_MAX as u64 {
             WRITE_DATA_MAX as u64
         } else {
             cap
         },
-        sc.rec.path_len as u64,
+        h.rec.path_len as u64,
     );
-    let is_ref = may_run && matches!(src, Src::Buf { .. }) && by_ref(sc, offset);
+    let is_ref = may_run && matches!(src, Src::Buf { .. }) && by_ref(h, offset);
     if is_ref && !new_file {
         if let Src::Buf { len, .. } = src {
             // A run continued takes the fast path above; this call starts one.
-            let r = &mut sc.rec;
+            let r = &mut h.rec;
             r.total = len;
             r.bytes_dropped = 0;
             r.iov_dropped = 0;
             r.data_len = 0;
-            runs::start(r, &mut sc.run, fdt, arr);
+            runs::start(r, &mut h.run, fdt, arr);
             return Some(());
         }
     }
     runs::end_fd(pid_tgid as u32, fd as i32);
-    match src {
-        Src::Buf { len, .. } if is_ref => sc.walk.total = len,
-        Src::Buf { ptr, len } => {
-            if sc.rec.path_len == 0 {
-                // One buffer and no path: straight into a ring reservation.
-                apply_dest(sc, dest, dest_len);
-                return direct(sc, probe, ptr, len, sc.walk.cap, &key, slot, new_file);
-            }
-            copy_seg(sc, ptr, len)
+    if let Src::Buf { ptr, len } = src {
+        if !is_ref && h.rec.path_len == 0 {
+            // One buffer and no path: straight into a ring reservation.
+            apply_dest(h, dest, dest_len);
+            let cap = h.walk.cap;
+            return direct(h, probe, ptr, len, cap, &key, slot, new_file);
         }
+    }
+    // SAFETY: as above; from here on only `sc` (its `head` is `h`) is used.
+    let sc = unsafe { sp.as_mut() }?;
+    match src {
+        Src::Buf { len, .. } if is_ref => sc.head.walk.total = len,
+        Src::Buf { ptr, len } => copy_seg(sc, ptr, len),
         Src::Iov { iov, vlen } => walk(sc, cpu, iov, vlen, 0, 0),
         Src::Msg { msg } => {
             if let Some(m) = read_msghdr(msg) {
@@ -345,8 +360,8 @@ pub fn handle(
                 dest = m.name;
                 dest_len = m.namelen;
                 let msgs = if vlen > WRITE_MMSG_MAX as u64 {
-                    sc.walk.iov_dropped += vlen - WRITE_MMSG_MAX as u64;
-                    sc.walk.truncated = 1;
+                    sc.head.walk.iov_dropped += vlen - WRITE_MMSG_MAX as u64;
+                    sc.head.walk.truncated = 1;
                     WRITE_MMSG_MAX as u64
                 } else {
                     vlen
@@ -356,13 +371,13 @@ pub fn handle(
         }
     }
     // SAFETY: same value; `walk` may have re-borrowed it inside the callback.
-    let sc = unsafe { &mut *sp };
-    apply_dest(sc, dest, dest_len);
-    let w = &sc.walk;
+    let h = unsafe { &mut (*sp).head };
+    apply_dest(h, dest, dest_len);
+    let w = &h.walk;
     if w.total == 0 {
         return None;
     }
-    let r = &mut sc.rec;
+    let r = &mut h.rec;
     r.total = w.total;
     r.bytes_dropped = w.dropped;
     r.iov_dropped = w.iov_dropped as u32;
@@ -383,9 +398,10 @@ pub fn handle(
     }
     size += core::mem::size_of::<WriteHeader>() as u64;
     let wake = maps::write_wakeup(r.hdr.ktime_ns);
+    // `rec` is followed by `buf` (see `Scratch`): one output of header + path + data.
     if maps::emit_write(probe, r as *const _ as *const u8, size, wake) && new_file {
         // Remember only what reached the ring: a lost record must not hide the next path.
-        remember(&key, slot, &sc.known);
+        remember(&key, slot, &h.known);
     }
     Some(())
 }
@@ -419,8 +435,8 @@ fn remember(key: &FdKey, slot: *mut fdinfo::Known, k: &fdinfo::Known) {
 /// The fd is a regular file the daemon holds (see `HELD`) and where the bytes land is
 /// known: the record goes by reference (position in `offset`, no bytes).
 #[inline(always)]
-fn by_ref(sc: &mut Scratch, offset: i64) -> bool {
-    let r = &mut sc.rec;
+fn by_ref(h: &mut Head, offset: i64) -> bool {
+    let r = &mut h.rec;
     if r.inode == 0
         || r.file.mode & fdinfo::S_IFMT != fdinfo::S_IFREG
         || HELD.get_ptr(&r.inode).is_none()
@@ -446,16 +462,16 @@ fn by_ref(sc: &mut Scratch, offset: i64) -> bool {
 
 /// An explicit destination (UDP) names the peer better than the socket does.
 #[inline(always)]
-fn apply_dest(sc: &mut Scratch, dest: u64, dest_len: u64) {
+fn apply_dest(h: &mut Head, dest: u64, dest_len: u64) {
     if dest == 0 {
         return;
     }
     let p = sockaddr::read_user(dest, dest_len);
     if p.family == AF_INET || p.family == AF_INET6 {
-        let lport = sc.rec.peer.lport;
-        sc.rec.peer = p;
-        sc.rec.peer.lport = lport;
-        sc.rec.hdr.flags |= WRITE_F_PEER;
+        let lport = h.rec.peer.lport;
+        h.rec.peer = p;
+        h.rec.peer.lport = lport;
+        h.rec.hdr.flags |= WRITE_F_PEER;
     }
 }
 
@@ -466,7 +482,7 @@ const HDR: usize = core::mem::size_of::<WriteHeader>();
 /// header + data by the class slack; the reader goes by `data_len`.
 #[inline(always)]
 fn direct(
-    sc: &mut Scratch,
+    h: &mut Head,
     probe: u32,
     ptr: u64,
     len: u64,
@@ -476,31 +492,31 @@ fn direct(
     new_file: bool,
 ) -> Option<()> {
     let n = if len < cap { len } else { cap };
-    let r = &mut sc.rec;
+    let r = &mut h.rec;
     r.total = len;
     r.bytes_dropped = len - n;
     r.iov_dropped = 0;
     r.data_len = 0;
     let wake = maps::write_wakeup(r.hdr.ktime_ns);
     let sent = if n <= 256 {
-        class::<{ HDR + 256 }>(sc, probe, ptr, n, wake)
+        class::<{ HDR + 256 }>(h, probe, ptr, n, wake)
     } else if n <= 1024 {
-        class::<{ HDR + 1024 }>(sc, probe, ptr, n, wake)
+        class::<{ HDR + 1024 }>(h, probe, ptr, n, wake)
     } else if n <= 4096 {
-        class::<{ HDR + 4096 }>(sc, probe, ptr, n, wake)
+        class::<{ HDR + 4096 }>(h, probe, ptr, n, wake)
     } else if n <= 16384 {
-        class::<{ HDR + 16384 }>(sc, probe, ptr, n, wake)
+        class::<{ HDR + 16384 }>(h, probe, ptr, n, wake)
     } else {
-        class::<{ HDR + WRITE_DATA_MAX }>(sc, probe, ptr, n, wake)
+        class::<{ HDR + WRITE_DATA_MAX }>(h, probe, ptr, n, wake)
     };
     if sent && new_file {
-        remember(key, slot, &sc.known);
+        remember(key, slot, &h.known);
     }
     Some(())
 }
 
 #[inline(always)]
-fn class<const N: usize>(sc: &mut Scratch, probe: u32, ptr: u64, n: u64, wake: u64) -> bool {
+fn class<const N: usize>(h: &mut Head, probe: u32, ptr: u64, n: u64, wake: u64) -> bool {
     let Some(p) = maps::reserve_write::<N>(probe) else {
         return false;
     };
@@ -513,7 +529,7 @@ fn class<const N: usize>(sc: &mut Scratch, probe: u32, ptr: u64, n: u64, wake: u
     // SAFETY: HDR + n <= N bytes of the reservation; the helper checks the source.
     let ret =
         unsafe { bpf_probe_read_user(p.add(HDR) as *mut c_void, n as u32, ptr as *const c_void) };
-    let r = &mut sc.rec;
+    let r = &mut h.rec;
     if ret < 0 {
         // Unreadable (page not present): the bytes are lost, not silently.
         r.bytes_dropped += n;
@@ -525,7 +541,7 @@ fn class<const N: usize>(sc: &mut Scratch, probe: u32, ptr: u64, n: u64, wake: u
         maps::count(probe, STAT_TRUNCATED);
         maps::add(probe, STAT_BYTES_DROPPED, r.bytes_dropped);
     }
-    // The first HDR bytes of the reservation, from the per-CPU scratch header.
+    // The first HDR bytes of the reservation, from the lane's head.
     mem::copy(p, r as *const WriteHeader as *const u8, HDR as u32);
     maps::submit_write(probe, p, wake);
     true
@@ -534,11 +550,11 @@ fn class<const N: usize>(sc: &mut Scratch, probe: u32, ptr: u64, n: u64, wake: u
 #[inline(always)]
 fn copy_path(sc: &mut Scratch, o: &fdinfo::Open) {
     let Some((src, len, partial)) = fdinfo::path(o.dentry, o.mnt) else {
-        sc.rec.hdr.flags |= WRITE_F_PATH_PARTIAL;
+        sc.head.rec.hdr.flags |= WRITE_F_PATH_PARTIAL;
         return;
     };
     if partial {
-        sc.rec.hdr.flags |= WRITE_F_PATH_PARTIAL;
+        sc.head.rec.hdr.flags |= WRITE_F_PATH_PARTIAL;
     }
     if len == 0 || len > WRITE_PATH_MAX as u32 {
         return;
@@ -552,6 +568,6 @@ fn copy_path(sc: &mut Scratch, o: &fdinfo::Open) {
         )
     };
     if ret == 0 {
-        sc.rec.path_len = len;
+        sc.head.rec.path_len = len;
     }
 }
