@@ -3,7 +3,7 @@
 //! the daemon's own parser through `leakwatch rules --config`.
 use std::process::Command;
 
-use leakwatch_tests::bin;
+use leakwatch_tests::{bin, TempDir};
 
 fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -16,8 +16,7 @@ fn root() -> std::path::PathBuf {
 fn systemd_unit_verifies() {
     let unit = std::fs::read_to_string(root().join("deploy/leakwatch.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/leakwatch daemon"));
-    let dir = std::env::temp_dir().join(format!("leakwatch-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("unit");
     let path = dir.join("leakwatch.service");
     std::fs::write(
         &path,
@@ -66,8 +65,7 @@ fn example_config_is_accepted() {
 
 #[test]
 fn bad_config_is_one_clear_error() {
-    let dir = std::env::temp_dir().join(format!("leakwatch-badcfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("badcfg");
     let p = dir.join("bad.toml");
     std::fs::write(&p, "metrics_adr = 3\n").unwrap();
     let out = Command::new(bin())
@@ -154,8 +152,7 @@ fn systemd_unit_exposure_is_at_most_4_5() {
 
 #[test]
 fn install_into_a_root_verifies_is_idempotent_and_uninstall_keeps_the_config() {
-    let r = std::env::temp_dir().join(format!("leakwatch-root-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&r);
+    let r = TempDir::new("root");
     // The OS part the unit relies on (ExecReload's kill), and a Prometheus to feed rules.
     std::fs::create_dir_all(r.join("bin")).unwrap();
     std::fs::copy(

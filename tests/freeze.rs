@@ -414,8 +414,7 @@ fn argv_and_non_root_callers_are_refused() {
 
     // The checkout may sit in a directory only root can enter: run a copy nobody can reach.
     use std::os::unix::{fs::PermissionsExt, process::CommandExt};
-    let pub_dir = std::env::temp_dir().join(format!("leakwatch-nobody-{}", std::process::id()));
-    std::fs::create_dir_all(&pub_dir).unwrap();
+    let pub_dir = TempDir::new("nobody");
     let pub_bin = pub_dir.join("leakwatch");
     install_exe(&pub_bin, &std::fs::read(bin()).unwrap());
     std::fs::set_permissions(&pub_dir, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -7,9 +7,8 @@ use std::{
 
 use leakwatch_tests::*;
 
-fn tree(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("leakwatch-scan-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+fn tree(name: &str) -> TempDir {
+    let d = TempDir::new(&format!("scan-{name}"));
     std::fs::create_dir_all(d.join("sub/deeper")).unwrap();
     d
 }

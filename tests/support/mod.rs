@@ -402,6 +402,12 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // A passed test's files go (every CI run used to leave ~360 directories in /tmp);
+        // a failed one's stay for the post-mortem.
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+            let _ = fs::remove_dir_all(self.dir.with_extension("scratch"));
+        }
     }
 }
 
@@ -485,6 +491,47 @@ pub fn install_exe(dst: &Path, contents: &[u8]) {
         .unwrap();
     assert!(st.success(), "install {} failed", dst.display());
     let _ = fs::remove_file(staged);
+}
+
+/// A directory of a test's own, removed when the test passes (kept when it fails, for the
+/// post-mortem).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// `$TMPDIR/leakwatch-NAME-PID`, empty.
+    pub fn new(name: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!("leakwatch-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 pub fn fresh_dir(name: &str) -> PathBuf {
