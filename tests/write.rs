@@ -1764,6 +1764,69 @@ assert libc.sendmmsg(u6.fileno(), msgs, 1, 0) == 1, ctypes.get_errno()
     d.assert_no_plaintext(&all);
 }
 
+#[test]
+fn write_vmsplice_into_a_pipe_is_a_pipe_finding_and_into_user_memory_is_not() {
+    let mut d = Daemon::start("w-vmsplice");
+    let (sent, sent_text) = secret("anthropic-api-key");
+    let (stale, stale_text) = secret("github-pat");
+    let scratch = d.scratch();
+    let (ka, kb) = (
+        keyfile(&scratch, "sent", &sent_text),
+        keyfile(&scratch, "stale", &stale_text),
+    );
+    // First a vmsplice on the read end: it copies out of the pipe into a buffer that held
+    // the stale key (a read, not a leak). Then one on the write end with the key split
+    // across two iovecs, read back through the pipe.
+    let script = r#"
+import ctypes, os, sys
+sent, stale = open(sys.argv[1]).read(), open(sys.argv[2]).read()
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+libc.vmsplice.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
+libc.vmsplice.restype = ctypes.c_ssize_t
+r, w = os.pipe()
+os.write(w, b"x" * 64)
+old = ctypes.create_string_buffer(("key=" + stale + "\n").encode(), 4096)
+iov = iovec(ctypes.cast(old, ctypes.c_void_p), len(old.raw))
+assert libc.vmsplice(r, ctypes.byref(iov), 1, 0) == 64, ctypes.get_errno()
+data = ("key=" + sent + "\n").encode()
+half = len(data) // 2
+bufs = [ctypes.create_string_buffer(data[:half], half),
+        ctypes.create_string_buffer(data[half:], len(data) - half)]
+iovs = (iovec * 2)(*[iovec(ctypes.cast(b, ctypes.c_void_p), len(b.raw)) for b in bufs])
+assert libc.vmsplice(w, iovs, 2, 0) == len(data), ctypes.get_errno()
+assert os.read(r, 4096) == data
+"#;
+    let mut c = python()
+        .arg("-c")
+        .arg(script)
+        .arg(&ka)
+        .arg(&kb)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    assert!(wait_exit(&mut c, 30, "python").success());
+    let a = wait_finding(&d, &fingerprint(&sent), "pipe", "the vmsplice", |a| {
+        n(a, "pid") == pid as u64
+    });
+    check(&a, &sent, "anthropic-api-key", "pipe", pid, "python3");
+    assert_eq!(s(&a, "probe"), "sys_enter_vmsplice", "{a:#}");
+    // Records of one process arrive in order: the read came first.
+    let read: Vec<Value> = d
+        .findings(&fingerprint(&stale))
+        .into_iter()
+        .filter(|a| n(a, "pid") == pid as u64)
+        .collect();
+    assert_eq!(
+        read,
+        Vec::<Value>::new(),
+        "a vmsplice reading from the pipe was reported as a write of its buffer"
+    );
+    d.stop();
+    d.assert_no_plaintext(&[&sent, &stale]);
+}
+
 // ---------------------------------------------------------------------------------------
 // frozen credentials
 

@@ -49,7 +49,10 @@ pub const PROBE_IO_URING: u32 = 18;
 /// TLS plaintext: OpenSSL's `SSL_write` / `SSL_write_ex` (uprobes, record sent at return
 /// with the bytes really written).
 pub const PROBE_SSL_WRITE: u32 = 19;
-pub const PROBE_COUNT: u32 = 20;
+/// `vmsplice` into a pipe: user pages handed to the pipe with no write call (a writev
+/// by another name; the pipe's reader, or a `splice` on to a socket or file, moves them on).
+pub const PROBE_VMSPLICE: u32 = 20;
+pub const PROBE_COUNT: u32 = 21;
 
 pub const PROBE_NAMES: [&str; PROBE_COUNT as usize] = [
     "sys_enter_execve",
@@ -72,6 +75,7 @@ pub const PROBE_NAMES: [&str; PROBE_COUNT as usize] = [
     "sys_exit_tee",
     "io_uring_submit_req",
     "uprobe_ssl_write",
+    "sys_enter_vmsplice",
 ];
 
 /// Per-probe kernel counters: the `STATS` per-CPU array holds `STAT_KINDS` slots per probe,

@@ -54,6 +54,8 @@ offsets!(
 pub const S_IFMT: u32 = 0o170000;
 pub const S_IFREG: u32 = 0o100000;
 const O_APPEND: u32 = 0o2000;
+const O_ACCMODE: u32 = 0o3;
+const O_RDONLY: u32 = 0;
 pub const S_IFSOCK: u32 = 0o140000;
 pub const S_IFIFO: u32 = 0o010000;
 
@@ -273,6 +275,17 @@ pub fn resolve_file(lane: u32, fdt: u64, arr: u64, file: u64) -> Open {
         fdt,
         arr,
     }
+}
+
+/// `file` was opened for writing (`O_WRONLY` or `O_RDWR`); false when unknown.
+#[inline(always)]
+pub fn writable(file: u64) -> bool {
+    let off = global(&OFF_FILE_FLAGS);
+    if off == 0 || file == 0 {
+        return false;
+    }
+    let f: u32 = kread(file + off);
+    f & O_ACCMODE != O_RDONLY
 }
 
 /// Where a `write` on `file` lands: the end of the file with O_APPEND, else the file

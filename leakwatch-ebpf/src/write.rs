@@ -1,5 +1,5 @@
 //! Write-family probes (write, writev, pwrite64, pwritev, pwritev2, sendto, sendmsg,
-//! sendmmsg): for processes in scope, one record per call with the bytes as passed
+//! sendmmsg, vmsplice): for processes in scope, one record per call with the bytes as passed
 //! (iovecs concatenated, capped), what the fd refers to, and its path when the fd names a
 //! different file than the last record for that (tgid, fd). Everything cut is counted.
 //! Writes to a file the daemon holds go by reference and are joined into runs (`runs`).
@@ -149,6 +149,19 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// `vmsplice(fd, iov, nr_segs, flags)`: the iovecs go into the pipe like a `writev`. Only on
+/// a write end: on a read end the call copies out of the pipe into the iovecs, whose bytes
+/// at entry are whatever the buffers held (checked in `handle`).
+#[tracepoint]
+pub fn sys_enter_vmsplice(ctx: TracePointContext) -> u32 {
+    let src = Src::Iov {
+        iov: arg(&ctx, 24),
+        vlen: arg(&ctx, 32),
+    };
+    handle(PROBE_VMSPLICE, arg(&ctx, 16) as u32, src, -1, 0, 0);
+    0
+}
+
 #[tracepoint]
 pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
     let src = Src::Mmsg {
@@ -259,6 +272,11 @@ pub fn handle(
         }
         None => fdinfo::resolve(lane, fd).map(|o| (o, false)),
     };
+    // A vmsplice on a read end reads; one on an fd that is not open fails.
+    if probe == PROBE_VMSPLICE && !matches!(&o, Some((o, _)) if fdinfo::writable(o.id.file)) {
+        maps::count(probe, STAT_SKIPPED);
+        return None;
+    }
     let (mut fdt, mut arr) = (0, 0);
     let mut ciphertext = false;
     match o {

@@ -60,6 +60,7 @@ fn nr(name: &str) -> u32 {
         "sendto" => libc::SYS_sendto,
         "sendmsg" => libc::SYS_sendmsg,
         "sendmmsg" => libc::SYS_sendmmsg,
+        "vmsplice" => libc::SYS_vmsplice,
         "connect" => libc::SYS_connect,
         "copy_file_range" => libc::SYS_copy_file_range,
         "sendfile64" => libc::SYS_sendfile,

@@ -93,6 +93,12 @@ const TRACEPOINTS: &[(&str, &str, &str, &str)] = &[
         "socket sends",
     ),
     (
+        "sys_enter_vmsplice",
+        "syscalls",
+        "sys_enter_vmsplice",
+        "writes",
+    ),
+    (
         "sys_enter_connect",
         "syscalls",
         "sys_enter_connect",
