@@ -19,6 +19,7 @@
 mod actions_bench;
 mod core_bench;
 mod cost_bench;
+mod cost_latency;
 mod fleet_bench;
 mod freeze_bench;
 mod hooks_bench;
