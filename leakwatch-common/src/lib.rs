@@ -276,6 +276,11 @@ pub const RUN_BYTES_MAX: u64 = 1 << 20;
 /// TSC read per call in a VM and the coarse one is not offered to tracepoint programs.
 /// The daemon reads runs still pending (`RefRun`) every tick of its own.
 pub const RUN_AGE_JIFFIES: u64 = 2;
+/// A thread whose last by-reference write was at least this many ticks ago has paused: its
+/// next write goes alone at once (the daemon reads it once settled, `SETTLE` after entry)
+/// instead of waiting as a run for the write after it. A steady writer still goes in runs;
+/// one that writes a line now and then is read in milliseconds, not at its next line.
+pub const RUN_PAUSE_JIFFIES: u64 = 1;
 /// Threads with a pending run at once; beyond, writes are sent one record each.
 pub const RUNS_MAX: u32 = 8192;
 
@@ -292,6 +297,9 @@ pub struct RefRun {
     pub started_jiffies: u64,
     /// Bytes of the run's last call (it may still be in flight).
     pub last_len: u64,
+    /// `jiffies` at the run's last call. An entry with `rec.calls` 0 holds no run: it only
+    /// remembers when the thread's last write (sent alone) was.
+    pub last_jiffies: u64,
     /// The writer's fd table and its fd array at the first call: while the table is
     /// unchanged, a call is checked against the run with three reads.
     pub fdt: u64,

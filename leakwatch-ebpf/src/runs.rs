@@ -6,7 +6,8 @@
 //! sends its run — at its next write that does not continue it, at a bound
 //! (`RUN_CALLS_MAX`, `RUN_BYTES_MAX`, `RUN_AGE_JIFFIES`), at a copied write to the same fd, or
 //! at its exit — so every call in a sent run has returned (`WRITE_F_SETTLED`), and no
-//! other CPU ever writes the entry. The daemon reads, never writes, the runs of threads
+//! other CPU ever writes the entry. A write after a pause (`RUN_PAUSE_JIFFIES`) starts no
+//! run: it is sent alone at once, so a slow writer's lines are not held until its next. The daemon reads, never writes, the runs of threads
 //! that went quiet.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_jiffies64},
@@ -37,7 +38,8 @@ pub fn extend(tid: u32, fd: u32, probe: u32, len: u64, offset: i64) -> bool {
     // SAFETY: map value; only this thread writes its entry (see the module comment).
     let run = unsafe { &mut *p };
     let r = &run.rec;
-    if r.fd != fd as i32
+    if r.calls == 0
+        || r.fd != fd as i32
         || r.hdr.probe != probe
         || r.calls >= RUN_CALLS_MAX
         || r.total + len > RUN_BYTES_MAX
@@ -71,13 +73,15 @@ pub fn extend(tid: u32, fd: u32, probe: u32, len: u64, offset: i64) -> bool {
     run.rec.total += len;
     run.rec.calls += 1;
     run.last_len = len;
+    run.last_jiffies = now;
     true
 }
 
 /// `r` is a complete by-reference record (`offset`, `total`, one call) that did not
-/// continue the calling thread's run (`extend`): it starts the next one, and the run it
-/// ends is sent. `fdt`/`arr` are where its fd was found; `spare` is per-CPU room to build
-/// a new map entry in.
+/// continue the calling thread's run (`extend`): the run it ends is sent, and it starts the
+/// next one — or, after a pause (`RUN_PAUSE_JIFFIES`), goes alone at once, leaving an entry
+/// with no calls that dates the write. `fdt`/`arr` are where its fd was found; `spare` is
+/// per-CPU room to build a new map entry in.
 #[inline(always)]
 pub fn start(r: &mut WriteHeader, spare: &mut RefRun, fdt: u64, arr: u64) {
     let tid = r.hdr.pid;
@@ -85,14 +89,15 @@ pub fn start(r: &mut WriteHeader, spare: &mut RefRun, fdt: u64, arr: u64) {
     r.calls = 1;
     // SAFETY: helper without preconditions.
     let jiffies = unsafe { bpf_jiffies64() };
-    let (run, fresh) = match RUNS.get_ptr_mut(&tid) {
+    let (run, fresh, paused) = match RUNS.get_ptr_mut(&tid) {
         Some(p) => {
             // SAFETY: map value; only this thread writes its entry.
             let run = unsafe { &mut *p };
+            let paused = jiffies.wrapping_sub(run.last_jiffies) >= RUN_PAUSE_JIFFIES;
             send(run, now);
-            (run, false)
+            (run, false, paused)
         }
-        None => (spare, true),
+        None => (spare, true, true),
     };
     mem::copy(
         &mut run.rec as *mut WriteHeader as *mut u8,
@@ -101,11 +106,16 @@ pub fn start(r: &mut WriteHeader, spare: &mut RefRun, fdt: u64, arr: u64) {
     );
     run.started_ns = now;
     run.started_jiffies = jiffies;
+    run.last_jiffies = jiffies;
     run.last_len = r.total;
     run.fdt = fdt;
     run.arr = arr;
-    if fresh && RUNS.insert(&tid, &*run, BPF_NOEXIST).is_err() {
-        // No room for another run: this call goes alone, as it would without runs.
+    if paused {
+        run.rec.calls = 0;
+    }
+    let stored = !fresh || RUNS.insert(&tid, &*run, BPF_NOEXIST).is_ok();
+    if paused || !stored {
+        // Alone: after a pause, or with no room for another run.
         let wake = maps::write_wakeup(now);
         maps::emit_write(
             r.hdr.probe,
@@ -120,6 +130,9 @@ pub fn start(r: &mut WriteHeader, spare: &mut RefRun, fdt: u64, arr: u64) {
 #[inline(always)]
 fn send(run: &mut RefRun, now: u64) {
     let rec = &mut run.rec;
+    if rec.calls == 0 {
+        return;
+    }
     rec.hdr.flags |= WRITE_F_SETTLED;
     let wake = maps::write_wakeup(now);
     let probe = rec.hdr.probe;

@@ -543,7 +543,8 @@ fn peek(p: &mut Pipeline) {
     for item in runs.iter() {
         let Ok((tid, run)) = item else { continue };
         let r = run.0;
-        if !p.held.files.contains_key(&r.rec.inode) {
+        // No calls: no run, only when the thread's last write (sent alone) was.
+        if r.rec.calls == 0 || !p.held.files.contains_key(&r.rec.inode) {
             continue;
         }
         let start = r.rec.offset.max(0) as u64;
