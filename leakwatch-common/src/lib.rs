@@ -276,11 +276,12 @@ pub const RUN_BYTES_MAX: u64 = 1 << 20;
 /// TSC read per call in a VM and the coarse one is not offered to tracepoint programs.
 /// The daemon reads runs still pending (`RefRun`) every tick of its own.
 pub const RUN_AGE_JIFFIES: u64 = 2;
-/// A thread whose last by-reference write was at least this many ticks ago has paused: its
+/// A thread whose last by-reference write was at least this many ticks ago (two: one tick
+/// boundary can fall between two back-to-back writes) has paused: its
 /// next write goes alone at once (the daemon reads it once settled, `SETTLE` after entry)
 /// instead of waiting as a run for the write after it. A steady writer still goes in runs;
 /// one that writes a line now and then is read in milliseconds, not at its next line.
-pub const RUN_PAUSE_JIFFIES: u64 = 1;
+pub const RUN_PAUSE_JIFFIES: u64 = 2;
 /// Threads with a pending run at once; beyond, writes are sent one record each.
 pub const RUNS_MAX: u32 = 8192;
 

@@ -7,8 +7,8 @@
 //! (`RUN_CALLS_MAX`, `RUN_BYTES_MAX`, `RUN_AGE_JIFFIES`), at a copied write to the same fd, or
 //! at its exit — so every call in a sent run has returned (`WRITE_F_SETTLED`), and no
 //! other CPU ever writes the entry. A write after a pause (`RUN_PAUSE_JIFFIES`) starts no
-//! run: it is sent alone at once, so a slow writer's lines are not held until its next. The daemon reads, never writes, the runs of threads
-//! that went quiet.
+//! run: it is sent alone at once, so a slow writer's lines are not held until its next.
+//! The daemon reads, never writes, the runs of threads that went quiet.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_jiffies64},
     macros::map,
@@ -99,20 +99,23 @@ pub fn start(r: &mut WriteHeader, spare: &mut RefRun, fdt: u64, arr: u64) {
         }
         None => (spare, true, true),
     };
+    // After a pause the entry holds no calls: copied so, a `peek` of the daemon never sees
+    // the lone write as a run of one.
+    if paused {
+        r.calls = 0;
+    }
     mem::copy(
         &mut run.rec as *mut WriteHeader as *mut u8,
         r as *const WriteHeader as *const u8,
         HDR,
     );
+    r.calls = 1;
     run.started_ns = now;
     run.started_jiffies = jiffies;
     run.last_jiffies = jiffies;
     run.last_len = r.total;
     run.fdt = fdt;
     run.arr = arr;
-    if paused {
-        run.rec.calls = 0;
-    }
     let stored = !fresh || RUNS.insert(&tid, &*run, BPF_NOEXIST).is_ok();
     if paused || !stored {
         // Alone: after a pause, or with no room for another run.

@@ -303,10 +303,12 @@ pub fn handle(
                 k.fdt = o.fdt;
                 k.arr = o.arr;
                 h.rec.hdr.flags |= WRITE_F_NEW_FILE;
-                // SAFETY: the tracepoints' scratch (null for the TLS lane, whose fd is a
-                // socket), holding `h`: `copy_path` goes through its `head`.
-                if let (false, Some(sc)) = (is_sock, unsafe { sp.as_mut() }) {
-                    copy_path(sc, &o);
+                // The path goes into the tracepoints' `buf` (there is none for the TLS lane,
+                // whose fd is a socket): a field apart from `h`.
+                if !is_sock && !sp.is_null() {
+                    // SAFETY: `sp` is this CPU's scratch value.
+                    let buf = unsafe { (*sp).buf.as_mut_ptr() };
+                    copy_path(h, buf, &o);
                 }
             }
             if is_sock {
@@ -565,27 +567,23 @@ fn class<const N: usize>(h: &mut Head, probe: u32, ptr: u64, n: u64, wake: u64) 
     true
 }
 
+/// Copies the path `o` was opened by into `buf` (`Scratch::buf`, WRITE_PATH_MAX bytes at
+/// least) and records its length in `h`.
 #[inline(always)]
-fn copy_path(sc: &mut Scratch, o: &fdinfo::Open) {
+fn copy_path(h: &mut Head, buf: *mut u8, o: &fdinfo::Open) {
     let Some((src, len, partial)) = fdinfo::path(o.dentry, o.mnt) else {
-        sc.head.rec.hdr.flags |= WRITE_F_PATH_PARTIAL;
+        h.rec.hdr.flags |= WRITE_F_PATH_PARTIAL;
         return;
     };
     if partial {
-        sc.head.rec.hdr.flags |= WRITE_F_PATH_PARTIAL;
+        h.rec.hdr.flags |= WRITE_F_PATH_PARTIAL;
     }
     if len == 0 || len > WRITE_PATH_MAX as u32 {
         return;
     }
-    // SAFETY: len <= WRITE_PATH_MAX <= buf; source is the per-CPU path buffer.
-    let ret = unsafe {
-        bpf_probe_read_kernel(
-            sc.buf.as_mut_ptr() as *mut c_void,
-            len,
-            src as *const c_void,
-        )
-    };
+    // SAFETY: len <= WRITE_PATH_MAX <= buf's size; source is the per-CPU path buffer.
+    let ret = unsafe { bpf_probe_read_kernel(buf as *mut c_void, len, src as *const c_void) };
     if ret == 0 {
-        sc.head.rec.path_len = len;
+        h.rec.path_len = len;
     }
 }

@@ -12,9 +12,11 @@
 //! `RUNS` map every tick (`peek`) as far as they have settled, so a writer that goes quiet
 //! mid-run, or writes slowly, is scanned within a tick or two; the record, when it comes,
 //! only counts its calls and scans what was not read yet.
-//! A record the kernel sent at syscall entry (a run of one, when `RUNS` is full) is read
-//! once settled: its thread has made a later write, or `SETTLE` has passed; and after a
-//! pause the last write of each file is read once more.
+//! A record the kernel sent at syscall entry (a thread's first write after a pause, or any
+//! write when `RUNS` is full) is read once settled: its thread has made a later write, or
+//! `SETTLE` has passed; bytes still missing then (a write slower than that) are read again
+//! until `LATE` after the last write before they count as unread. After a pause the last
+//! write of each file is read once more.
 //! What it cannot see: bytes overwritten or truncated away before it reads them (a short
 //! read is counted in `leakwatch_held_bytes_unread_total`).
 //! Writers racing on one file are read across: with O_APPEND the read runs on to the end of
@@ -108,6 +110,12 @@ struct HeldFile {
     used: Instant,
     flushed: bool,
 }
+
+/// Bytes a settled write should have put in the file but the file does not hold yet are
+/// read again until this long after the file's last write (a write can take longer than
+/// `SETTLE`: a big one, or one throttled on dirty pages); after that they count as unread
+/// (truncated, or never written).
+const LATE: Duration = Duration::from_secs(1);
 
 impl HeldFile {
     /// Forgets writes in flight that have had `SETTLE` to complete; true when none is left.
@@ -434,7 +442,9 @@ fn read(p: &mut Pipeline, d: &Detector, inode: u64) {
     p.held.buf = buf;
     let unread = until.saturating_sub(at);
     h.cursor = Some(at);
-    if unread > 0 {
+    // Short of `until` at the end of the file soon after a write: that write may still be
+    // copying in. Read on from `at` at the next look (`waiting`).
+    if unread > 0 && h.used.elapsed() >= LATE {
         // Truncated (or unreadable) before it was read: the bytes are gone.
         h.cursor = Some(until);
         h.scanner = StreamScanner::new(&p.engine);
