@@ -219,14 +219,14 @@ pub fn handle(
     // The TLS uprobe builds its record in a frame of its thread (see `tls::TLS_FRAMES`) and
     // never needs `buf`: its fd is a socket or none, so no path, one buffer, straight into
     // the ring.
-    let (hp, sp): (*mut Head, *mut Scratch) = if probe == PROBE_SSL_WRITE {
+    let lane = fdinfo::lane(probe);
+    let (hp, sp): (*mut Head, *mut Scratch) = if lane == fdinfo::LANE_UPROBE {
         (crate::tls::head(pid_tgid as u32)?, core::ptr::null_mut())
     } else {
         let sp = WRITE_SCRATCH.get_ptr_mut(cpu)?;
         // SAFETY: this CPU's scratch value; tracepoint programs do not nest on one CPU.
         (unsafe { &mut (*sp).head }, sp)
     };
-    let lane = fdinfo::lane(probe);
     // SAFETY: this CPU's head, or this thread's frame: used only by this program run.
     let h = unsafe { &mut *hp };
 

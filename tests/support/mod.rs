@@ -402,12 +402,16 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // A passed test's files go (every CI run used to leave ~360 directories in /tmp);
-        // a failed one's stay for the post-mortem.
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.dir);
-            let _ = fs::remove_dir_all(self.dir.with_extension("scratch"));
-        }
+        remove_if_passed(&self.dir);
+        remove_if_passed(&self.dir.with_extension("scratch"));
+    }
+}
+
+/// A passed test's files go (every CI run used to leave ~360 directories in /tmp); a failed
+/// one's stay for the post-mortem.
+fn remove_if_passed(dir: &Path) {
+    if !std::thread::panicking() {
+        let _ = fs::remove_dir_all(dir);
     }
 }
 
@@ -528,9 +532,7 @@ impl AsRef<std::ffi::OsStr> for TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+        remove_if_passed(&self.0);
     }
 }
 
