@@ -23,6 +23,7 @@ mod moves;
 mod names;
 pub mod report;
 mod tls;
+mod wake;
 mod write;
 
 use std::{
@@ -286,12 +287,6 @@ struct Queued {
 
 type Ring = aya::maps::RingBuf<aya::maps::MapData>;
 
-/// While records keep coming, the reader takes them in turns this far apart instead of
-/// being woken by each. Daemon CPU per exec in a 1,400/s exec loop (50 variables): 35–45 µs
-/// at 2 ms, 31–32 µs at 5 ms (each turn costs the reader and the worker a switch). At
-/// idle a record still wakes the reader at once.
-const BUSY_POLL_MS: i32 = 5;
-
 /// Starts the reader (rings → decode → queue) and the worker (queue → stages) threads.
 pub fn start(
     events: Ring,
@@ -336,20 +331,22 @@ fn read(
         events: libc::POLLIN,
         revents: 0,
     });
-    // Records wake this thread only when it asked (a wakeup is costly in the probe, and
-    // each turn costs this thread and the worker a context switch): after a turn that read
-    // something it looks again in BUSY_POLL_MS; after an empty one it asks the next record
-    // to wake it and sleeps. poll() sees records already in the ring, so one committed
-    // before the request was seen is not missed. Asleep, it asks for a short time slice
-    // (its wakeup then preempts the process that just exec'd); taking turns, it keeps the
-    // default one and never preempts the workload.
+    // Records wake this thread only when it asked (`wake`): after a turn that read
+    // something it looks again in BUSY_POLL_MS, unless the turn was sparse traffic; after
+    // an empty one it asks the next record to wake it and sleeps. poll() sees records
+    // already in the ring, so one committed before the request was seen is not missed.
+    // Asking, it also asks for a short time slice (its wakeup then preempts the process
+    // that just exec'd); taking turns, it keeps the default one and never preempts the
+    // workload.
     let mut busy = false;
+    let mut sparse = false;
+    let mut wake = wake::Wake::new(Instant::now());
     let mut slice = crate::slice::Slice::default();
     let mut held_back: Vec<Queued> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        let timeout = if busy { BUSY_POLL_MS } else { 200 };
-        slice.set(!busy);
-        if !busy {
+        let timeout = if busy { wake::BUSY_POLL_MS } else { 200 };
+        slice.set(!busy || sparse);
+        if !busy || sparse {
             if let Err(e) = asleep.set(0, 1, 0) {
                 log::warn!("asking the write probes for a wakeup failed: {e}");
             }
@@ -369,11 +366,13 @@ fn read(
         let mut batch: Vec<Queued> = Vec::new();
         // (thread, fd) -> index in `batch` of its latest by-reference write.
         let mut runs: FastMap<(u32, i32), usize> = FastMap::default();
+        let mut records = 0;
         for ring in rings.iter_mut() {
             // Bounded per turn, so a flood on one ring never starves the other.
             for _ in 0..4096 {
                 let Some(item) = ring.next() else { break };
                 busy = true;
+                records += 1;
                 // A by-reference write continuing its stream's last one is folded into it
                 // from its header alone: no decode, no allocation.
                 if let Some(h) = leakwatch_common::WriteHeader::read(&item) {
@@ -403,6 +402,7 @@ fn read(
                 }
             }
         }
+        sparse = busy && wake.early(records, Instant::now());
         batch.sort_by_key(|q| q.ev.ktime());
         // Writes by reference held back from a full queue go first, merged with their
         // continuation.
