@@ -57,6 +57,9 @@ pub struct WriteEvent {
     pub data: Vec<u8>,
     /// Calls this event stands for: 1, or more for merged by-reference writes.
     pub calls: u32,
+    /// Kernel time of the first of them (`task.ktime_ns` is the last's, which settling
+    /// needs; latency is timed from the first).
+    pub first_ktime_ns: u64,
 }
 
 impl WriteEvent {
@@ -144,6 +147,7 @@ pub(super) fn decode(rec: &[u8]) -> Result<WriteEvent> {
         peer,
         data: rest[plen..plen + dlen].to_vec(),
         calls: h.calls.max(1),
+        first_ktime_ns: h.hdr.ktime_ns,
     })
 }
 

@@ -83,6 +83,8 @@ pub const SETTLE: Duration = Duration::from_millis(1);
 const INFLIGHT: usize = 16;
 /// Bytes of a file's last write read again after a pause.
 const REREAD: u64 = 64 << 10;
+/// Writes remembered per file for timing findings.
+const MARKS: usize = 256;
 
 struct Writer {
     task: Task,
@@ -109,6 +111,9 @@ struct HeldFile {
     inflight: VecDeque<(u32, u64, u64)>,
     /// The last write: position and end, to read again after a pause.
     last: (u64, u64),
+    /// (start, end, kernel time) of recent writes, oldest first: a finding is timed by the
+    /// write that completed it, not by the writer's latest (the detection latency metric).
+    marks: VecDeque<(u64, u64, u64)>,
     used: Instant,
     flushed: bool,
 }
@@ -213,6 +218,7 @@ pub(super) fn consider(p: &mut Pipeline, w: &WriteEvent, calls: u32) {
                     append: false,
                     writers: VecDeque::new(),
                     inflight: VecDeque::new(),
+                    marks: VecDeque::new(),
                     last: (0, 0),
                     used: Instant::now(),
                     flushed: false,
@@ -298,6 +304,11 @@ pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
     h.used = Instant::now();
     h.flushed = false;
     h.last = (from, end);
+    if h.marks.len() >= MARKS {
+        h.marks.pop_front();
+    }
+    h.marks
+        .push_back((from, end, w.first_ktime_ns.min(w.task.ktime_ns)));
     // This thread's earlier write has returned: it is no longer in flight.
     h.inflight.retain(|&(tid, _, _)| tid != w.task.pid);
     if !w.settled() {
@@ -483,7 +494,9 @@ fn report(
     let Some(h) = p.held.files.get(&inode) else {
         return;
     };
-    let mut by_writer: Vec<(usize, Vec<crate::detect::stream::StreamFinding>)> = Vec::new();
+    // (writer, kernel time of the write that completed the secret, findings)
+    type Group = (usize, u64, Vec<crate::detect::stream::StreamFinding>);
+    let mut by_writer: Vec<Group> = Vec::new();
     for mut f in found {
         let at = h.base + f.offset;
         f.offset = at;
@@ -493,17 +506,23 @@ fn report(
             .rposition(|w| w.start <= at && at < w.end)
             .or_else(|| h.writers.iter().rposition(|w| w.start <= at))
             .unwrap_or(h.writers.len().saturating_sub(1));
-        match by_writer.iter_mut().find(|(j, _)| *j == i) {
-            Some((_, v)) => v.push(f),
-            None => by_writer.push((i, vec![f])),
+        let done = at + (f.finding.end - f.finding.start) as u64;
+        let t = written_at(&h.marks, done);
+        match by_writer.iter_mut().find(|(j, u, _)| *j == i && *u == t) {
+            Some((_, _, v)) => v.push(f),
+            None => by_writer.push((i, t, vec![f])),
         }
     }
     let hits: Vec<_> = by_writer
         .into_iter()
-        .filter_map(|(i, v)| {
-            h.writers
-                .get(i)
-                .map(|w| (w.task.clone(), w.target.clone(), w.fd, w.last_bytes, v))
+        .filter_map(|(i, t, v)| {
+            h.writers.get(i).map(|w| {
+                let mut task = w.task.clone();
+                if t != 0 {
+                    task.ktime_ns = t;
+                }
+                (task, w.target.clone(), w.fd, w.last_bytes, v)
+            })
         })
         .collect();
     for (task, target, fd, bytes, v) in hits {
@@ -524,6 +543,17 @@ fn report(
             );
         }
     }
+}
+
+/// Kernel time of the latest remembered write holding the byte before `done` (a rewrite's
+/// write over an older one), else of the latest write; 0 when none is remembered.
+fn written_at(marks: &VecDeque<(u64, u64, u64)>, done: u64) -> u64 {
+    marks
+        .iter()
+        .rev()
+        .find(|&&(start, end, _)| start < done && done <= end)
+        .or(marks.back())
+        .map_or(0, |&(_, _, t)| t)
 }
 
 /// Lets a file go: unlisted in the kernel first (later writes are copied again), then what
@@ -676,5 +706,26 @@ pub(super) fn release_all(p: &mut Pipeline) {
     let all: Vec<u64> = p.held.files.keys().copied().collect();
     for k in all {
         release(p, &d, k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finding_is_timed_by_the_write_that_completed_it() {
+        // Three appends, then a rewrite of the first 100 bytes.
+        let marks: VecDeque<(u64, u64, u64)> =
+            [(0, 100, 10), (100, 200, 20), (200, 300, 30), (0, 100, 40)].into();
+        // A secret ending in the second write (one starting in the first included).
+        assert_eq!(written_at(&marks, 150), 20);
+        assert_eq!(written_at(&marks, 200), 20);
+        assert_eq!(written_at(&marks, 201), 30);
+        // In the rewritten range: the rewrite's time, not the first write's.
+        assert_eq!(written_at(&marks, 50), 40);
+        // Past every remembered write: the latest one.
+        assert_eq!(written_at(&marks, 400), 40);
+        assert_eq!(written_at(&VecDeque::new(), 1), 0);
     }
 }
