@@ -282,6 +282,11 @@ pub const RUN_AGE_JIFFIES: u64 = 2;
 /// instead of waiting as a run for the write after it. A steady writer still goes in runs;
 /// one that writes a line now and then is read in milliseconds, not at its next line.
 pub const RUN_PAUSE_JIFFIES: u64 = 2;
+/// Writes after a pause that go alone before the thread's writes are joined into runs
+/// again: a burst of a few log lines (a key in the third) is read in milliseconds, not
+/// when the thread next writes or the daemon's tick finds the run; a steady writer pays this
+/// many records per pause.
+pub const RUN_LONE_MAX: u32 = 8;
 /// Threads with a pending run at once; beyond, writes are sent one record each.
 pub const RUNS_MAX: u32 = 8192;
 
@@ -301,6 +306,8 @@ pub struct RefRun {
     /// `jiffies` at the run's last call. An entry with `rec.calls` 0 holds no run: it only
     /// remembers when the thread's last write (sent alone) was.
     pub last_jiffies: u64,
+    /// Writes sent alone since the thread's last pause (up to `RUN_LONE_MAX`).
+    pub lone: u64,
     /// The writer's fd table and its fd array at the first call: while the table is
     /// unchanged, a call is checked against the run with three reads.
     pub fdt: u64,

@@ -7,7 +7,8 @@
 //! (`RUN_CALLS_MAX`, `RUN_BYTES_MAX`, `RUN_AGE_JIFFIES`), at a copied write to the same fd, or
 //! at its exit — so every call in a sent run has returned (`WRITE_F_SETTLED`), and no
 //! other CPU ever writes the entry. A write after a pause (`RUN_PAUSE_JIFFIES`) starts no
-//! run: it is sent alone at once, so a slow writer's lines are not held until its next.
+//! run: it and the next few (`RUN_LONE_MAX`) are sent alone at once, so a slow writer's
+//! lines, or a short burst of them, are not held until its next write.
 //! The daemon reads, never writes, the runs of threads that went quiet.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_jiffies64},
@@ -79,8 +80,8 @@ pub fn extend(tid: u32, fd: u32, probe: u32, len: u64, offset: i64) -> bool {
 
 /// `r` is a complete by-reference record (`offset`, `total`, one call) that did not
 /// continue the calling thread's run (`extend`): the run it ends is sent, and it starts the
-/// next one — or, after a pause (`RUN_PAUSE_JIFFIES`), goes alone at once, leaving an entry
-/// with no calls that dates the write. `fdt`/`arr` are where its fd was found; `spare` is
+/// next one — or, after a pause (`RUN_PAUSE_JIFFIES`) and for `RUN_LONE_MAX` writes, goes
+/// alone at once, leaving an entry with no calls that dates the write. `fdt`/`arr` are where its fd was found; `spare` is
 /// per-CPU room to build a new map entry in.
 #[inline(always)]
 pub fn start(r: &mut WriteHeader, spare: &mut RefRun, fdt: u64, arr: u64) {
@@ -89,19 +90,26 @@ pub fn start(r: &mut WriteHeader, spare: &mut RefRun, fdt: u64, arr: u64) {
     r.calls = 1;
     // SAFETY: helper without preconditions.
     let jiffies = unsafe { bpf_jiffies64() };
-    let (run, fresh, paused) = match RUNS.get_ptr_mut(&tid) {
+    // `lone`: writes sent alone since the pause, this one included; 0 starts a run.
+    let (run, fresh, lone) = match RUNS.get_ptr_mut(&tid) {
         Some(p) => {
             // SAFETY: map value; only this thread writes its entry.
             let run = unsafe { &mut *p };
-            let paused = jiffies.wrapping_sub(run.last_jiffies) >= RUN_PAUSE_JIFFIES;
+            let lone = if jiffies.wrapping_sub(run.last_jiffies) >= RUN_PAUSE_JIFFIES {
+                1
+            } else if run.rec.calls == 0 && run.lone < RUN_LONE_MAX as u64 {
+                run.lone + 1
+            } else {
+                0
+            };
             send(run, now);
-            (run, false, paused)
+            (run, false, lone)
         }
-        None => (spare, true, true),
+        None => (spare, true, 1),
     };
-    // After a pause the entry holds no calls: copied so, a `peek` of the daemon never sees
-    // the lone write as a run of one.
-    if paused {
+    // Alone, the entry holds no calls: copied so, a `peek` of the daemon never sees the
+    // lone write as a run of one.
+    if lone != 0 {
         r.calls = 0;
     }
     mem::copy(
@@ -116,8 +124,9 @@ pub fn start(r: &mut WriteHeader, spare: &mut RefRun, fdt: u64, arr: u64) {
     run.last_len = r.total;
     run.fdt = fdt;
     run.arr = arr;
+    run.lone = lone;
     let stored = !fresh || RUNS.insert(&tid, &*run, BPF_NOEXIST).is_ok();
-    if paused || !stored {
+    if lone != 0 || !stored {
         // Alone: after a pause, or with no room for another run.
         let wake = maps::write_wakeup(now);
         maps::emit_write(

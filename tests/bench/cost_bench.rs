@@ -1133,7 +1133,7 @@ fn report_footprint(md: &mut String, res: &Results, f: &Footprint) {
     );
     writeln!(md, "| start, spawn to `ready:` | {} |", ms(&res.starts)).unwrap();
     writeln!(md, "| stop, SIGTERM to exit | {} |", ms(&res.stops)).unwrap();
-    writeln!(md, "\nLatency is `leakwatch_detection_latency_seconds` (kernel event time to the alert written by the sinks), its increase over 200 alerts of each source: execs of `/bin/true` sent at 20/s with a fresh key in the environment (`source=\"env\"`), then one python process appending a line with a fresh key to its log file (`file`) and POSTing a JSON body with another to a local HTTP server (`socket`), 20 of each per second. Quantiles are the histogram bucket they fall in. Under the agent workload, the macro part's agent runs again and again (pinned to CPU 0) meanwhile. Targets: RSS < 64 MB at idle: {}; p99 < 10 ms at idle: {}.\n",
+    writeln!(md, "\nLatency is `leakwatch_detection_latency_seconds` (kernel event time to the alert written by the sinks), its increase over 200 alerts of each source: execs of `/bin/true` sent at 20/s with a fresh key in the environment (`source=\"env\"`), then one python process writing bursts of three lines to its log file (opened without O_APPEND), a fresh key in the third (`file`) and POSTing a JSON body with another to a local HTTP server (`socket`), 20 of each per second. Quantiles are the histogram bucket they fall in. Under the agent workload, the macro part's agent runs again and again (pinned to CPU 0) meanwhile. Targets: RSS < 64 MB at idle: {}; p99 < 10 ms at idle: {}.\n",
         if f.idle_rss.0 < 64.0 { "met" } else { "**not met**" },
         if f.lat_idle.worst_p99() < 10.0 { "met" } else { "**not met**" }).unwrap();
 }

@@ -63,7 +63,9 @@ pub fn latency(before: &str, after: &str, source: &str) -> Quantiles {
 const LEAK_PY: &str = r#"
 import http.client, http.server, sys, threading, time
 keys = open(sys.argv[1]).read().split()
-log = open(sys.argv[2], 'a')
+# Opened for writing, not appending (as Go's os.Create or Java's FileOutputStream do), so
+# the daemon cannot read on to the end of the file: each line is read where it landed.
+log = open(sys.argv[2], 'w')
 class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         self.rfile.read(int(self.headers['Content-Length']))
@@ -76,8 +78,11 @@ srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)
 threading.Thread(target=srv.serve_forever, daemon=True).start()
 port = srv.server_address[1]
 for i in range(len(keys) // 2):
-    log.write('%.3f INFO calling the model, api_key=%s\n' % (time.time(), keys[2 * i]))
-    log.flush()
+    # A burst of three lines, the key in the last.
+    for line in ('%.3f INFO calling the model\n' % time.time(), 'DEBUG model=m retries=0\n',
+                 'DEBUG api_key=%s\n' % keys[2 * i]):
+        log.write(line)
+        log.flush()
     c = http.client.HTTPConnection('127.0.0.1', port)
     body = '{"model": "m", "api_key": "%s", "messages": []}' % keys[2 * i + 1]
     c.request('POST', '/v1/messages', body=body, headers={'Content-Type': 'application/json'})
@@ -136,7 +141,7 @@ pub fn report(md: &mut String, conditions: &[(&str, &Lat)]) {
     for (what, l) in conditions {
         for (source, q) in [
             ("exec environment", &l.env),
-            ("log line", &l.file),
+            ("log burst", &l.file),
             ("HTTP request body", &l.socket),
         ] {
             writeln!(
