@@ -259,6 +259,9 @@ pub const WRITE_F_SETTLED: u32 = 128;
 /// TLS plaintext (`PROBE_SSL_WRITE`), before encryption; `fd` is the socket the library
 /// wrote the ciphertext to during the call, or -1 when it wrote none (a memory BIO: node).
 pub const WRITE_F_TLS: u32 = 256;
+/// A by-reference write sent alone, the last of those after a pause (`RUN_LONE_MAX`): the
+/// thread's next writes go in a run, which the daemon looks up soon instead of at its tick.
+pub const WRITE_F_RUN_NEXT: u32 = 512;
 /// Bytes of each ring buffer (`EVENTS`, `WRITES`) in the object; the daemon sizes them at
 /// load (`[capture] events_ring_mb`, `writes_ring_mb`).
 pub const RING_BYTES: u32 = 4 << 20;

@@ -126,6 +126,9 @@ pub fn start(r: &mut WriteHeader, spare: &mut RefRun, fdt: u64, arr: u64) {
     run.arr = arr;
     run.lone = lone;
     let stored = !fresh || RUNS.insert(&tid, &*run, BPF_NOEXIST).is_ok();
+    if lone == RUN_LONE_MAX as u64 {
+        r.hdr.flags |= WRITE_F_RUN_NEXT;
+    }
     if lone != 0 || !stored {
         // Alone: after a pause, or with no room for another run.
         let wake = maps::write_wakeup(now);

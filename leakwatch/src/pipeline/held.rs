@@ -12,7 +12,9 @@
 //! `RUNS` map every tick (`peek`) as far as they have settled, so a writer that goes quiet
 //! mid-run, or writes slowly, is scanned within a tick or two; the record, when it comes,
 //! only counts its calls and scans what was not read yet.
-//! A record the kernel sent at syscall entry (a thread's first write after a pause, or any
+//! A run that follows a burst's lone writes (`WRITE_F_RUN_NEXT`) is looked up at every
+//! look for `SOON`, not only at the tick, so a key further down a burst waits no tick.
+//! A record the kernel sent at syscall entry (a thread's first writes after a pause, or any
 //! write when `RUNS` is full) is read once settled: its thread has made a later write, or
 //! `SETTLE` has passed; bytes still missing then (a write slower than that) are read again
 //! until `LATE` after the last write before they count as unread. After a pause the last
@@ -37,12 +39,14 @@ use crate::{
     probes::{HeldMap, RunsMap},
 };
 
-/// Held files have writes not read yet (the worker looks again within `SETTLE`).
+/// Held files have writes not read yet, or a run is looked up soon (the worker looks again
+/// within `SETTLE`).
 pub(super) fn waiting(p: &Pipeline) -> bool {
-    p.held
-        .files
-        .values()
-        .any(|h| h.cursor.is_some_and(|c| h.until > c) || !h.inflight.is_empty())
+    !p.held.soon.is_empty()
+        || p.held
+            .files
+            .values()
+            .any(|h| h.cursor.is_some_and(|c| h.until > c) || !h.inflight.is_empty())
 }
 
 /// Builds `$d`, a `Detector` over the pipeline's engine and frozen set (borrowing clones
@@ -83,6 +87,8 @@ pub const SETTLE: Duration = Duration::from_millis(1);
 const INFLIGHT: usize = 16;
 /// Bytes of a file's last write read again after a pause.
 const REREAD: u64 = 64 << 10;
+/// How long a run after a burst's lone writes is looked up at every look.
+const SOON: Duration = Duration::from_millis(50);
 /// Writes remembered per file for timing findings.
 const MARKS: usize = 256;
 
@@ -154,6 +160,9 @@ pub struct Held {
     runs: Option<RunsMap>,
     /// Thread id -> its pending run.
     peeks: HashMap<u32, Peek>,
+    /// Threads whose writes went into a run after their lone ones (`WRITE_F_RUN_NEXT`):
+    /// their runs are looked up at every look until then, not only at the tick.
+    soon: HashMap<u32, Instant>,
     files: HashMap<u64, HeldFile>,
     /// (tgid, fd, struct file) that could not be held: not tried again.
     refused: HashMap<(u32, i32, u64), Instant>,
@@ -304,6 +313,9 @@ pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
     h.used = Instant::now();
     h.flushed = false;
     h.last = (from, end);
+    if w.task.flags & leakwatch_common::WRITE_F_RUN_NEXT != 0 {
+        p.held.soon.insert(w.task.pid, h.used + SOON);
+    }
     if h.marks.len() >= MARKS {
         h.marks.pop_front();
     }
@@ -391,6 +403,7 @@ pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
 /// large reads cost the daemon less, and reading well behind the writer keeps it off the
 /// pages (and their cache lines) the writer is still working on.
 pub(super) fn read_all(p: &mut Pipeline) {
+    peek_soon(p);
     detector!(p, d);
     let now = monotonic_ns();
     let pending: Vec<u64> = p
@@ -581,38 +594,14 @@ fn peek(p: &mut Pipeline) {
         return;
     };
     let now = Instant::now();
+    let all: Vec<_> = runs
+        .iter()
+        .filter_map(|item| item.ok())
+        .map(|(tid, run)| (tid, run.0))
+        .collect();
     let mut ready = Vec::new();
-    for item in runs.iter() {
-        let Ok((tid, run)) = item else { continue };
-        let r = run.0;
-        // No calls: no run, only when the thread's last write (sent alone) was.
-        if r.rec.calls == 0 || !p.held.files.contains_key(&r.rec.inode) {
-            continue;
-        }
-        let start = r.rec.offset.max(0) as u64;
-        let end = start + r.rec.total;
-        match p.held.peeks.get_mut(&tid) {
-            Some(k) if k.started_ns == r.started_ns && k.inode == r.rec.inode => {
-                k.seen = now;
-                let settled = if k.calls == r.rec.calls { end } else { k.end };
-                (k.calls, k.end) = (r.rec.calls, end);
-                if settled > k.read_to {
-                    ready.push((tid, r, settled));
-                }
-            }
-            _ => {
-                let k = Peek {
-                    started_ns: r.started_ns,
-                    seen: now,
-                    inode: r.rec.inode,
-                    start,
-                    calls: r.rec.calls,
-                    end,
-                    read_to: start,
-                };
-                p.held.peeks.insert(tid, k);
-            }
-        }
+    for (tid, r) in all {
+        look(p, tid, r, now, &mut ready);
     }
     // A run read early waits for its record (which takes its peek); one gone from the map
     // unread, or long gone, is forgotten.
@@ -620,6 +609,79 @@ fn peek(p: &mut Pipeline) {
         let age = now.duration_since(k.seen);
         age.is_zero() || (k.read_to > k.start && age < Duration::from_secs(60))
     });
+    read_early(p, ready);
+}
+
+/// `peek` for the threads in `soon` only: one lookup each.
+fn peek_soon(p: &mut Pipeline) {
+    let Some(runs) = p.held.runs.as_ref() else {
+        return;
+    };
+    if p.held.soon.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    p.held.soon.retain(|_, until| now < *until);
+    let found: Vec<_> = p
+        .held
+        .soon
+        .keys()
+        .filter_map(|&tid| runs.get(&tid, 0).ok().map(|run| (tid, run.0)))
+        .collect();
+    let mut ready = Vec::new();
+    for (tid, r) in found {
+        look(p, tid, r, now, &mut ready);
+    }
+    // A run read to its end unchanged since the last look is done with.
+    for (tid, r, settled) in &ready {
+        if *settled == r.rec.offset.max(0) as u64 + r.rec.total {
+            p.held.soon.remove(tid);
+        }
+    }
+    read_early(p, ready);
+}
+
+/// What `tid`'s pending run `r`, seen at `now`, has settled beyond what was read: all of it
+/// when unchanged since the last look, else up to where it ended then.
+fn look(
+    p: &mut Pipeline,
+    tid: u32,
+    r: leakwatch_common::RefRun,
+    now: Instant,
+    ready: &mut Vec<(u32, leakwatch_common::RefRun, u64)>,
+) {
+    // No calls: no run, only when the thread's last write (sent alone) was.
+    if r.rec.calls == 0 || !p.held.files.contains_key(&r.rec.inode) {
+        return;
+    }
+    let start = r.rec.offset.max(0) as u64;
+    let end = start + r.rec.total;
+    match p.held.peeks.get_mut(&tid) {
+        Some(k) if k.started_ns == r.started_ns && k.inode == r.rec.inode => {
+            k.seen = now;
+            let settled = if k.calls == r.rec.calls { end } else { k.end };
+            (k.calls, k.end) = (r.rec.calls, end);
+            if settled > k.read_to {
+                ready.push((tid, r, settled));
+            }
+        }
+        _ => {
+            let k = Peek {
+                started_ns: r.started_ns,
+                seen: now,
+                inode: r.rec.inode,
+                start,
+                calls: r.rec.calls,
+                end,
+                read_to: start,
+            };
+            p.held.peeks.insert(tid, k);
+        }
+    }
+}
+
+/// Reads what `look` found settled, as by-reference writes that count no calls.
+fn read_early(p: &mut Pipeline, ready: Vec<(u32, leakwatch_common::RefRun, u64)>) {
     for (tid, r, settled) in ready {
         // SAFETY: `WriteHeader` is #[repr(C)] integers and integer arrays.
         let bytes = unsafe {
