@@ -277,12 +277,13 @@ pub const RUN_BYTES_MAX: u64 = 1 << 20;
 /// A run this many timer ticks old is sent at the thread's next write (a slow writer's
 /// records are not held back; 4-8 ms at HZ=250). Jiffies, because the fine clock costs a
 /// TSC read per call in a VM and the coarse one is not offered to tracepoint programs.
-/// The daemon reads runs still pending (`RefRun`) every tick of its own.
+/// The daemon reads runs still pending (`RefRun`) every tick of its own, and a run flagged
+/// to follow lone writes (`WRITE_F_RUN_NEXT`) at every look.
 pub const RUN_AGE_JIFFIES: u64 = 2;
 /// A thread whose last by-reference write was at least this many ticks ago (two: one tick
-/// boundary can fall between two back-to-back writes) has paused: its
-/// next write goes alone at once (the daemon reads it once settled, `SETTLE` after entry)
-/// instead of waiting as a run for the write after it. A steady writer still goes in runs;
+/// boundary can fall between two back-to-back writes) has paused: its next writes (up to
+/// `RUN_LONE_MAX`) go alone at once (the daemon reads each once settled, `SETTLE` after
+/// entry) instead of waiting as a run for the write after them. A steady writer still goes in runs;
 /// one that writes a line now and then is read in milliseconds, not at its next line.
 pub const RUN_PAUSE_JIFFIES: u64 = 2;
 /// Writes after a pause that go alone before the thread's writes are joined into runs

@@ -130,7 +130,7 @@ pub fn start(r: &mut WriteHeader, spare: &mut RefRun, fdt: u64, arr: u64) {
         r.hdr.flags |= WRITE_F_RUN_NEXT;
     }
     if lone != 0 || !stored {
-        // Alone: after a pause, or with no room for another run.
+        // Alone: one of the first writes after a pause, or with no room for another run.
         let wake = maps::write_wakeup(now);
         maps::emit_write(
             r.hdr.probe,

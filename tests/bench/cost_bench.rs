@@ -376,7 +376,7 @@ fn summary(res: &Results, macro_worst: f64, growth: f64, f: &Footprint) -> Strin
         "",
     );
     row(
-        "latency, event to alert, idle p99 (worst of exec, log line, HTTP body)",
+        "latency, event to alert, idle p99 (worst of exec, log burst, HTTP body)",
         format!("<= {} ms", f.lat_idle.worst_p99()),
         "< 10 ms",
         ok(f.lat_idle.worst_p99() < 10.0),

@@ -83,12 +83,18 @@ const WRITERS: usize = 32;
 /// because it is what a log line waits before its alert (5 ms put 183 of 200 log lines in
 /// the 5–10 ms latency bucket); a write still copying in then is read again (`LATE`).
 pub const SETTLE: Duration = Duration::from_millis(1);
+/// The same for a write over bytes already in the file: read too early, those would be the
+/// old bytes, and nothing reads them again.
+const SETTLE_IN_PLACE: Duration = Duration::from_millis(5);
 /// Writes in flight tracked per file (beyond, the oldest is taken as settled).
 const INFLIGHT: usize = 16;
 /// Bytes of a file's last write read again after a pause.
 const REREAD: u64 = 64 << 10;
-/// How long a run after a burst's lone writes is looked up at every look.
-const SOON: Duration = Duration::from_millis(50);
+/// A run after a burst's lone writes is looked up at every look until it has not changed
+/// for `SOON_IDLE`, at most `SOON_FOR` after the flag; for at most `SOON_MAX` threads.
+const SOON_IDLE: Duration = Duration::from_millis(20);
+const SOON_FOR: Duration = Duration::from_millis(200);
+const SOON_MAX: usize = 64;
 /// Writes remembered per file for timing findings.
 const MARKS: usize = 256;
 
@@ -113,7 +119,8 @@ struct HeldFile {
     /// Some pending write appended (read on to the end of the file).
     append: bool,
     writers: VecDeque<Writer>,
-    /// (thread, position, kernel time) of writes maybe still in flight, oldest first.
+    /// (thread, position, kernel time by which it is taken as settled) of writes maybe
+    /// still in flight, oldest first.
     inflight: VecDeque<(u32, u64, u64)>,
     /// The last write: position and end, to read again after a pause.
     last: (u64, u64),
@@ -131,11 +138,10 @@ struct HeldFile {
 const LATE: Duration = Duration::from_secs(1);
 
 impl HeldFile {
-    /// Forgets writes in flight that have had `SETTLE` to complete; true when none is left.
+    /// Forgets writes in flight that have had their time to complete; true when none is
+    /// left.
     fn settle(&mut self, now: u64) -> bool {
-        let settle = SETTLE.as_nanos() as u64;
-        self.inflight
-            .retain(|&(_, _, t)| now.saturating_sub(t) < settle);
+        self.inflight.retain(|&(_, _, ready)| now < ready);
         self.inflight.is_empty()
     }
 }
@@ -161,8 +167,8 @@ pub struct Held {
     /// Thread id -> its pending run.
     peeks: HashMap<u32, Peek>,
     /// Threads whose writes went into a run after their lone ones (`WRITE_F_RUN_NEXT`):
-    /// their runs are looked up at every look until then, not only at the tick.
-    soon: HashMap<u32, Instant>,
+    /// their runs are looked up at every look, not only at the tick. (flagged, last change)
+    soon: HashMap<u32, (Instant, Instant)>,
     files: HashMap<u64, HeldFile>,
     /// (tgid, fd, struct file) that could not be held: not tried again.
     refused: HashMap<(u32, i32, u64), Instant>,
@@ -313,8 +319,8 @@ pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
     h.used = Instant::now();
     h.flushed = false;
     h.last = (from, end);
-    if w.task.flags & leakwatch_common::WRITE_F_RUN_NEXT != 0 {
-        p.held.soon.insert(w.task.pid, h.used + SOON);
+    if w.task.flags & leakwatch_common::WRITE_F_RUN_NEXT != 0 && p.held.soon.len() < SOON_MAX {
+        p.held.soon.insert(w.task.pid, (h.used, h.used));
     }
     if h.marks.len() >= MARKS {
         h.marks.pop_front();
@@ -327,7 +333,11 @@ pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
         if h.inflight.len() >= INFLIGHT {
             h.inflight.pop_front();
         }
-        h.inflight.push_back((w.task.pid, pos, w.task.ktime_ns));
+        let append = w.task.flags & leakwatch_common::WRITE_F_APPEND != 0;
+        let in_place = !append && h.cursor.is_some_and(|c| pos < h.until.max(c));
+        let wait = if in_place { SETTLE_IN_PLACE } else { SETTLE };
+        let ready = w.task.ktime_ns + wait.as_nanos() as u64;
+        h.inflight.push_back((w.task.pid, pos, ready));
     }
     match h.writers.back_mut() {
         Some(l)
@@ -559,13 +569,20 @@ fn report(
 }
 
 /// Kernel time of the latest remembered write holding the byte before `done` (a rewrite's
-/// write over an older one), else of the latest write; 0 when none is remembered.
+/// write over an older one); else of the latest write when `done` is past them all, or
+/// of the oldest remembered (the write was forgotten: earlier still); 0 when none is.
 fn written_at(marks: &VecDeque<(u64, u64, u64)>, done: u64) -> u64 {
-    marks
+    let holding = marks
         .iter()
         .rev()
-        .find(|&&(start, end, _)| start < done && done <= end)
-        .or(marks.back())
+        .find(|&&(start, end, _)| start < done && done <= end);
+    let past_all = marks.iter().all(|&(_, end, _)| end < done);
+    holding
+        .or(if past_all {
+            marks.back()
+        } else {
+            marks.front()
+        })
         .map_or(0, |&(_, _, t)| t)
 }
 
@@ -598,6 +615,7 @@ fn peek(p: &mut Pipeline) {
         .iter()
         .filter_map(|item| item.ok())
         .map(|(tid, run)| (tid, run.0))
+        .filter(|(_, r)| r.rec.calls != 0)
         .collect();
     let mut ready = Vec::new();
     for (tid, r) in all {
@@ -607,12 +625,13 @@ fn peek(p: &mut Pipeline) {
     // unread, or long gone, is forgotten.
     p.held.peeks.retain(|_, k| {
         let age = now.duration_since(k.seen);
-        age.is_zero() || (k.read_to > k.start && age < Duration::from_secs(60))
+        age <= SETTLE || (k.read_to > k.start && age < Duration::from_secs(60))
     });
     read_early(p, ready);
 }
 
-/// `peek` for the threads in `soon` only: one lookup each.
+/// `peek` for the threads in `soon` only: one lookup each. A thread no longer in the map
+/// has exited.
 fn peek_soon(p: &mut Pipeline) {
     let Some(runs) = p.held.runs.as_ref() else {
         return;
@@ -621,49 +640,66 @@ fn peek_soon(p: &mut Pipeline) {
         return;
     }
     let now = Instant::now();
-    p.held.soon.retain(|_, until| now < *until);
-    let found: Vec<_> = p
-        .held
-        .soon
-        .keys()
-        .filter_map(|&tid| runs.get(&tid, 0).ok().map(|run| (tid, run.0)))
-        .collect();
+    let mut found = Vec::new();
+    p.held.soon.retain(|&tid, (flagged, changed)| {
+        if now.duration_since(*changed) >= SOON_IDLE || now.duration_since(*flagged) >= SOON_FOR {
+            return false;
+        }
+        match runs.get(&tid, 0) {
+            Ok(run) => {
+                found.push((tid, run.0));
+                true
+            }
+            Err(_) => false,
+        }
+    });
     let mut ready = Vec::new();
     for (tid, r) in found {
-        look(p, tid, r, now, &mut ready);
-    }
-    // A run read to its end unchanged since the last look is done with.
-    for (tid, r, settled) in &ready {
-        if *settled == r.rec.offset.max(0) as u64 + r.rec.total {
-            p.held.soon.remove(tid);
+        if look(p, tid, r, now, &mut ready) {
+            if let Some((_, changed)) = p.held.soon.get_mut(&tid) {
+                *changed = now;
+            }
         }
     }
     read_early(p, ready);
 }
 
 /// What `tid`'s pending run `r`, seen at `now`, has settled beyond what was read: all of it
-/// when unchanged since the last look, else up to where it ended then.
+/// when unchanged since a look at least `SETTLE` before, else up to where it ended then.
+/// True when the run is new or has grown since the last look.
 fn look(
     p: &mut Pipeline,
     tid: u32,
     r: leakwatch_common::RefRun,
     now: Instant,
     ready: &mut Vec<(u32, leakwatch_common::RefRun, u64)>,
-) {
+) -> bool {
     // No calls: no run, only when the thread's last write (sent alone) was.
     if r.rec.calls == 0 || !p.held.files.contains_key(&r.rec.inode) {
-        return;
+        return false;
     }
     let start = r.rec.offset.max(0) as u64;
     let end = start + r.rec.total;
     match p.held.peeks.get_mut(&tid) {
         Some(k) if k.started_ns == r.started_ns && k.inode == r.rec.inode => {
+            // Too soon after the last look to tell a finished call from one in flight.
+            if now.duration_since(k.seen) < SETTLE {
+                return false;
+            }
             k.seen = now;
-            let settled = if k.calls == r.rec.calls { end } else { k.end };
+            // Unchanged in both: the map copy is not atomic, a torn one differs in one.
+            let same = k.calls == r.rec.calls && k.end == end;
+            let settled = if same { end } else { k.end };
             (k.calls, k.end) = (r.rec.calls, end);
             if settled > k.read_to {
                 ready.push((tid, r, settled));
             }
+            !same
+        }
+        // An earlier run read in part waits for its record, which says where reading
+        // resumes; unless that record was lost.
+        Some(k) if k.read_to > k.start && now.duration_since(k.seen) < Duration::from_secs(1) => {
+            false
         }
         _ => {
             let k = Peek {
@@ -676,6 +712,7 @@ fn look(
                 read_to: start,
             };
             p.held.peeks.insert(tid, k);
+            true
         }
     }
 }
@@ -788,6 +825,9 @@ mod tests {
         assert_eq!(written_at(&marks, 50), 40);
         // Past every remembered write: the latest one.
         assert_eq!(written_at(&marks, 400), 40);
+        // Before every remembered write (it was forgotten): the oldest one.
+        let later: VecDeque<(u64, u64, u64)> = [(500, 600, 50), (600, 700, 60)].into();
+        assert_eq!(written_at(&later, 300), 50);
         assert_eq!(written_at(&VecDeque::new(), 1), 0);
     }
 }
