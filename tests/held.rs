@@ -55,6 +55,14 @@ fn wait_finding(d: &Daemon, fp: &str, pid: u32, what: &str) -> Value {
     }
 }
 
+/// This test's findings of `secret` by `pid`.
+fn findings_by(d: &Daemon, secret: &str, pid: u32) -> Vec<Value> {
+    d.findings(&fingerprint(secret))
+        .into_iter()
+        .filter(|a| n(a, "pid") == pid as u64)
+        .collect()
+}
+
 /// A python writer of `out` (argv [key file, out file], `key` read, `f` the file opened
 /// line-buffered in `mode`) that logs its warm-up lines, so its file is held, then runs
 /// `rest`.
@@ -189,12 +197,34 @@ time.sleep(1.5)
     );
     check(&a, &secret, "openai-project-key", pid, &out);
     std::thread::sleep(Duration::from_millis(1500));
-    let found: Vec<Value> = d
-        .findings(&fingerprint(&secret))
-        .into_iter()
-        .filter(|a| n(a, "pid") == pid as u64)
-        .collect();
+    let found = findings_by(&d, &secret, pid);
     assert_eq!(found.len(), 1, "found exactly once: {found:#?}");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
+fn held_key_is_reported_once_when_its_writer_pauses() {
+    // After a pause the daemon reads the file's last write again (it may have been read
+    // while still copying in); a key it had already reported must not be reported twice.
+    let mut d = Daemon::start_with_config("h-once", "dedupe_seconds = 0\n");
+    let (secret, text) = secret("anthropic-api-key");
+    let key = keyfile(&d.scratch(), &text);
+    let out = d.scratch().join("once.log");
+    let script = log_writer(
+        "w",
+        r#"time.sleep(0.5)
+f.write("DEBUG key=" + key + "\n")
+time.sleep(2.5)
+"#,
+    );
+    let pid = run(&script, &key, &out);
+    let a = wait_finding(&d, &fingerprint(&secret), pid, "the key before a pause");
+    check(&a, &secret, "anthropic-api-key", pid, &out);
+    // The re-read comes 1 s into the pause; the writer paused 2.5 s and has exited.
+    std::thread::sleep(Duration::from_millis(1000));
+    let found = findings_by(&d, &secret, pid);
+    assert_eq!(found.len(), 1, "reported exactly once: {found:#?}");
     d.stop();
     d.assert_no_plaintext(&[&secret]);
 }

@@ -97,6 +97,8 @@ const SOON_FOR: Duration = Duration::from_millis(200);
 const SOON_MAX: usize = 64;
 /// Writes remembered per file for timing findings.
 const MARKS: usize = 256;
+/// Findings remembered per file against the re-read's repeats.
+const REPORTED: usize = 64;
 
 struct Writer {
     task: Task,
@@ -127,6 +129,9 @@ struct HeldFile {
     /// (start, end, kernel time) of recent writes, oldest first: a finding is timed by the
     /// write that completed it, not by the writer's latest (the detection latency metric).
     marks: VecDeque<(u64, u64, u64)>,
+    /// (file offset, fingerprint) of recent findings: the re-read after a pause reports
+    /// only what they do not hold (a write read whole the first time is not reported twice).
+    reported: VecDeque<(u64, String)>,
     used: Instant,
     flushed: bool,
 }
@@ -234,6 +239,7 @@ pub(super) fn consider(p: &mut Pipeline, w: &WriteEvent, calls: u32) {
                     writers: VecDeque::new(),
                     inflight: VecDeque::new(),
                     marks: VecDeque::new(),
+                    reported: VecDeque::new(),
                     last: (0, 0),
                     used: Instant::now(),
                     flushed: false,
@@ -514,9 +520,17 @@ fn report(
     if found.is_empty() {
         return;
     }
-    let Some(h) = p.held.files.get(&inode) else {
+    let Some(h) = p.held.files.get_mut(&inode) else {
         return;
     };
+    for f in &found {
+        if h.reported.len() >= REPORTED {
+            h.reported.pop_front();
+        }
+        h.reported
+            .push_back((h.base + f.offset, f.finding.fingerprint.clone()));
+    }
+    let h = &*h;
     // (writer, kernel time of the write that completed the secret, findings)
     type Group = (usize, u64, Vec<crate::detect::stream::StreamFinding>);
     let mut by_writer: Vec<Group> = Vec::new();
@@ -780,14 +794,16 @@ pub(super) fn tick(p: &mut Pipeline) {
             let mut f = sc.feed(&d, &again[..n]);
             f.extend(sc.finish(&d));
             for mut x in f {
-                // `report` adds `base`: express the offset relative to it.
-                x.offset = (from + x.offset).saturating_sub(h.base);
-                if !found
-                    .iter()
-                    .any(|y| y.finding.fingerprint == x.finding.fingerprint)
+                let at = from + x.offset;
+                let fp = &x.finding.fingerprint;
+                if h.reported.iter().any(|(o, g)| *o == at && g == fp)
+                    || found.iter().any(|y| y.finding.fingerprint == *fp)
                 {
-                    found.push(x);
+                    continue;
                 }
+                // `report` adds `base`: express the offset relative to it.
+                x.offset = at.saturating_sub(h.base);
+                found.push(x);
             }
         }
         use zeroize::Zeroize;
