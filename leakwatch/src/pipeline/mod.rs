@@ -351,6 +351,8 @@ fn read(
                 log::warn!("asking the write probes for a wakeup failed: {e}");
             }
         }
+        // This poll waited for a wakeup, not a turn.
+        let from_idle = !busy;
         busy = false;
         // SAFETY: two valid pollfds; the rings (and their fds) outlive this call.
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout) };
@@ -402,7 +404,7 @@ fn read(
                 }
             }
         }
-        sparse = busy && wake.early(records, Instant::now());
+        sparse = busy && wake.early(records, from_idle, Instant::now());
         batch.sort_by_key(|q| q.ev.ktime());
         // Writes by reference held back from a full queue go first, merged with their
         // continuation.
