@@ -279,24 +279,29 @@ fn open_same(w: &WriteEvent) -> Option<File> {
 /// Filesystems whose files read back what was written, without side effects or waits:
 /// not /proc, sysfs, cgroupfs, tracefs or debugfs (their regular files are generated, and
 /// some block or act on read), nor FUSE or network filesystems (a read could hang the
-/// pipeline). Writes to anything else stay copied.
+/// pipeline). Writes to anything else stay copied; `moves` looks in these alone too.
+/// (name in mountinfo, `statfs` magic)
+pub(super) const LOCAL_FS: [(&str, i64); 9] = [
+    ("tmpfs", 0x0102_1994),
+    ("ext2", 0xEF53),
+    ("ext3", 0xEF53),
+    ("ext4", 0xEF53),
+    ("xfs", 0x5846_5342),
+    ("btrfs", 0x9123_683E),
+    ("overlay", 0x794C_7630),
+    ("f2fs", 0xF2F5_2010),
+    ("zfs", 0x2FC1_2FC1),
+];
+
+/// `file` is on one of `LOCAL_FS`.
 fn disk_like(file: &File) -> bool {
     use std::os::fd::AsRawFd;
-    const KINDS: [i64; 7] = [
-        0x0102_1994, // tmpfs
-        0xEF53,      // ext2/3/4
-        0x5846_5342, // xfs
-        0x9123_683E, // btrfs
-        0x794C_7630, // overlayfs
-        0xF2F5_2010, // f2fs
-        0x2FC1_2FC1, // zfs
-    ];
     // SAFETY: an fd we own and a zeroed out-struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
         return false;
     }
-    KINDS.contains(&(st.f_type as i64))
+    LOCAL_FS.iter().any(|&(_, m)| m == st.f_type as i64)
 }
 
 /// A write by reference: `total` bytes at `offset` of a held file (a record, or with

@@ -54,11 +54,6 @@ pub struct Moves {
     mounts_read: Option<Instant>,
 }
 
-/// Filesystems looked in: those `held` reads back too.
-const LOCAL_FS: [&str; 9] = [
-    "tmpfs", "ext2", "ext3", "ext4", "xfs", "btrfs", "overlay", "f2fs", "zfs",
-];
-
 impl Moves {
     /// Is the device `dev` (`st_dev` encoding) a local disk-like filesystem?
     fn local(&mut self, dev: u64) -> bool {
@@ -96,7 +91,8 @@ fn mount_kinds(text: &str) -> HashMap<u64, bool> {
         let (Ok(major), Ok(minor)) = (major.parse::<u32>(), minor.parse::<u32>()) else {
             continue;
         };
-        out.insert(libc::makedev(major, minor), LOCAL_FS.contains(&kind));
+        let local = super::held::LOCAL_FS.iter().any(|&(n, _)| n == kind);
+        out.insert(libc::makedev(major, minor), local);
     }
     out
 }
