@@ -310,6 +310,7 @@ pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
     detector!(p, d);
     let from = w.offset.max(0) as u64;
     let end = from + w.total;
+    let append = w.task.flags & leakwatch_common::WRITE_F_APPEND != 0;
     // The record of a run read early: only what was not read then is new.
     let mut pos = from;
     let early = w.calls == 0;
@@ -336,15 +337,13 @@ pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
     if h.marks.len() >= MARKS {
         h.marks.pop_front();
     }
-    h.marks
-        .push_back((from, end, w.first_ktime_ns.min(w.task.ktime_ns)));
+    h.marks.push_back((from, end, w.first_ktime_ns));
     // This thread's earlier write has returned: it is no longer in flight.
     h.inflight.retain(|&(tid, _, _)| tid != w.task.pid);
     if !w.settled() {
         if h.inflight.len() >= INFLIGHT {
             h.inflight.pop_front();
         }
-        let append = w.task.flags & leakwatch_common::WRITE_F_APPEND != 0;
         let in_place = !append && h.cursor.is_some_and(|c| pos < h.until.max(c));
         let wait = if in_place { SETTLE_IN_PLACE } else { SETTLE };
         let ready = w.task.ktime_ns + wait.as_nanos() as u64;
@@ -372,7 +371,6 @@ pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
             });
         }
     }
-    let append = w.task.flags & leakwatch_common::WRITE_F_APPEND != 0;
     let cursor = match h.cursor {
         Some(c) => c,
         None => {
