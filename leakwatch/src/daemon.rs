@@ -87,8 +87,15 @@ pub async fn run(o: Overrides) -> Result<()> {
     let shared = Shared::default();
     let actions = if cfg.actions.enabled {
         let path = cfg.state_dir.join("actions.db");
-        let frozen = shared.frozen.clone();
-        crate::actions::ActionLog::start(path, cfg.actions.clone(), metrics.clone(), frozen)?.0
+        let (frozen, responding) = (shared.frozen.clone(), shared.responding.clone());
+        crate::actions::ActionLog::start(
+            path,
+            cfg.actions.clone(),
+            metrics.clone(),
+            frozen,
+            responding,
+        )?
+        .0
     } else {
         crate::actions::ActionLog::disabled(metrics.clone())
     };
@@ -134,6 +141,14 @@ pub async fn run(o: Overrides) -> Result<()> {
         store,
     )?;
     let ctx = Arc::new(ctx);
+    // The sweeps' thread pool, started now rather than by the first freeze (its threads
+    // and the CPU count it reads from cgroups cost ~1 ms there).
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("lw-sweep-{i}"))
+        .build_global()
+    {
+        log::debug!("sweep thread pool: {e}");
+    }
     ctx.restore().await;
     let report = Reporter::new(alerts.clone(), metrics.clone(), cfg.dedupe_seconds);
     let mut pipeline = Pipeline::new(engine, shared, report, ctx.clone(), metrics.clone());

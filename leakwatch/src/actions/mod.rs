@@ -29,6 +29,7 @@ pub use writes::{Over, WriteLog};
 
 use crate::{
     config::Actions as Limits, detect::frozen::FrozenSet, metrics::Metrics, procs::ProcInfo,
+    respond::Responding,
 };
 
 /// Rows queued for the writer before new ones are dropped (and counted).
@@ -37,6 +38,8 @@ const QUEUE: usize = 65_536;
 const BATCH: usize = 4096;
 /// How long the writer lets rows gather after the first before writing them.
 const LINGER: Duration = Duration::from_millis(100);
+/// Longest the writer waits for a freeze or kill under way (see `respond::Responding`).
+const DEFER_MAX: Duration = Duration::from_secs(2);
 /// How often the log is pruned by age and size.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -118,12 +121,14 @@ impl ActionLog {
 
     /// Starts the writer thread on `STATE_DIR/actions.db`. A database that cannot be
     /// opened is logged and counted, and the daemon runs on without the log. `frozen` is
-    /// the daemon's frozen set: no exec row keeps a key in it (see `scrub`).
+    /// the daemon's frozen set: no exec row keeps a key in it (see `scrub`). The writer
+    /// waits while `responding` says a freeze or kill is under way.
     pub fn start(
         path: PathBuf,
         limits: Limits,
         metrics: Arc<Metrics>,
         frozen: Arc<RwLock<FrozenSet>>,
+        responding: Responding,
     ) -> Result<(ActionLog, JoinHandle<()>)> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let argv = limits.argv != "none";
@@ -131,7 +136,7 @@ impl ActionLog {
             .name("lw-actions".into())
             .spawn({
                 let metrics = metrics.clone();
-                move || run(rx, &path, &limits, &metrics, &frozen)
+                move || run(rx, &path, &limits, &metrics, &frozen, &responding)
             })
             .context("starting the action log thread")?;
         Ok((
@@ -178,6 +183,7 @@ fn run(
     limits: &Limits,
     metrics: &Metrics,
     frozen: &RwLock<FrozenSet>,
+    responding: &Responding,
 ) {
     let mut swept = frozen
         .read()
@@ -224,6 +230,9 @@ fn run(
             }
         }
         if let Some(db) = db.as_mut() {
+            // Rows and the rewrite of a new key can wait a few milliseconds; a freeze on a
+            // busy 2-core host should not.
+            responding.wait_idle(DEFER_MAX);
             if let Ok(f) = frozen.read() {
                 for r in batch.iter_mut() {
                     scrub::row(r, &f);
@@ -356,6 +365,7 @@ pub(crate) mod testing {
                 dir.join("a.db"),
                 Default::default(),
                 metrics,
+                Default::default(),
                 Default::default(),
             )
             .unwrap();

@@ -78,6 +78,8 @@ pub struct Shared {
     pub dumps: crate::crash::Inbox,
     /// Programs connecting out with TLS the probes cannot read (`status`).
     pub tls_blind: blind::BlindList,
+    /// Freezes and kills under way: background work (the action log) waits for them.
+    pub responding: crate::respond::Responding,
 }
 
 /// What a reload changes in the pipeline.

@@ -6,6 +6,7 @@
 mod peers;
 pub mod pidfd;
 pub mod procscan;
+mod responding;
 pub mod sever;
 pub mod store;
 
@@ -33,6 +34,7 @@ use crate::{
     source::Source,
 };
 use procscan::Proc;
+pub use responding::Responding;
 use store::{kernel_hash, FrozenEntry, Store};
 
 /// Memory scanned per process by `--deep`.
@@ -140,6 +142,8 @@ pub struct Context {
     in_force: Mutex<HashMap<String, u64>>,
     /// The fleet store as `fleet::watch` last saw it (`None`: no fleet configured).
     fleet_status: Mutex<Option<serde_json::Value>>,
+    /// Set while a sweep runs, so the action log waits (see `responding`).
+    responding: Responding,
 }
 
 impl Context {
@@ -225,6 +229,7 @@ impl Context {
             in_force: Mutex::new(HashMap::new()),
             fleet_status: Mutex::new(None),
             verified: Mutex::new(HashSet::new()),
+            responding: shared.responding.clone(),
         })
     }
 
@@ -257,6 +262,7 @@ impl Context {
             return;
         }
         let _guard = self.busy.lock().await;
+        let _responding = self.responding.start();
         let set = FrozenSet::new(keys.clone());
         let fps: Vec<String> = keys.iter().map(FrozenKey::fingerprint).collect();
         let r = tokio::task::block_in_place(|| self.sweep(&set, &fps, false, None));
@@ -271,6 +277,9 @@ impl Context {
     pub async fn freeze(&self, req: FreezeRequest) -> Result<Report> {
         let t0 = Instant::now();
         let _guard = self.busy.lock().await;
+        // Before the key is published: the action log would start rewriting it out of old
+        // rows at once, on a core the sweep needs.
+        let _responding = self.responding.start();
         let (key, hash, redacted) = match (&req.secret, &req.fingerprint, &req.fleet) {
             (None, None, Some(k)) => (k.clone(), None, None),
             (Some(s), None, None) => {
@@ -798,8 +807,10 @@ impl Context {
                         e.kills += 1;
                     }
                 }
-                let _ = store.save();
             }
+            // Written by the saver within seconds, and at stop: an fsync here would come
+            // before the report (~1 ms on this host's disk), for a counter.
+            self.kills_unsaved.store(true, Ordering::Relaxed);
         }
         for k in &report.killed {
             let mut a = base_alert("kill", &k.info())
@@ -852,6 +863,7 @@ impl Context {
         );
         let (me, fp) = (self.clone(), fp.to_string());
         let run = move || {
+            let _responding = me.responding.start();
             let procs = procscan::list();
             let reasons: Reasons = [(tgid, (why, fp))].into_iter().collect();
             me.act(procs, reasons, HashMap::new(), None, "write");
@@ -1020,7 +1032,7 @@ impl Context {
         self.emit(crate::alerts::Alert::new("state").with("problem", problem));
     }
 
-    /// Writes kernel kill counts that `on_enforce` kept in memory (called every few
+    /// Writes kill counts kept in memory by `on_enforce` and the sweeps (called every few
     /// seconds and at shutdown).
     pub fn save_kill_counts(&self) {
         if self.kills_unsaved.swap(false, Ordering::Relaxed) {
