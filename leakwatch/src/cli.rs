@@ -264,7 +264,17 @@ pub fn print_report(v: &Value) {
     for e in arr(v, "errors") {
         println!("error: {}", e.as_str().unwrap_or(""));
     }
-    println!("done in {:.1} ms", v["elapsed_ms"].as_f64().unwrap_or(0.0));
+    let p = &v["phases_ms"];
+    let f = |k: &str| p[k].as_f64().unwrap_or(0.0);
+    println!(
+        "done in {:.1} ms (persist {:.1}, scan {:.1}, stop {:.1}, sever {:.1}, kill and confirm {:.1})",
+        v["elapsed_ms"].as_f64().unwrap_or(0.0),
+        f("persist"),
+        f("scan"),
+        f("stop"),
+        f("sever"),
+        f("kill")
+    );
 }
 
 /// A fingerprint argument, refused without being echoed (or sent anywhere) when it is not

@@ -99,6 +99,27 @@ pub struct Report {
     pub units: Vec<String>,
     pub errors: Vec<String>,
     pub elapsed_ms: f64,
+    /// Where `elapsed_ms` went.
+    pub phases_ms: Phases,
+}
+
+/// A sweep's phases, in ms: `persist` (store written, key in force), `scan` (every
+/// process's environment and command line), `find` (descendants, handles, shield),
+/// `stop`, `sever`, `kill` (SIGKILL sent until every holder is confirmed gone: the
+/// kernel's teardown, which no monitor can shorten) and `report` (counts, alerts).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Phases {
+    pub persist: f64,
+    pub scan: f64,
+    pub find: f64,
+    pub stop: f64,
+    pub sever: f64,
+    pub kill: f64,
+    pub report: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// What a fleet unfreeze did here.
@@ -382,10 +403,12 @@ impl Context {
         );
 
         log::debug!("freeze: persisted and in force after {:?}", t0.elapsed());
+        let persist = ms(t0.elapsed());
         let set = FrozenSet::new(vec![key]);
         let mut report = tokio::task::block_in_place(|| {
             self.sweep(&set, std::slice::from_ref(&fp), req.deep, req.client_pid)
         });
+        report.phases_ms.persist = persist;
         report.fingerprint = fp;
         report.already_frozen = already;
         report.kernel_enforced = self
@@ -643,7 +666,10 @@ impl Context {
             procs.len(),
             reasons.len()
         );
-        self.act(procs, reasons, prepared, client, "freeze")
+        let scan = ms(t0.elapsed());
+        let mut report = self.act(procs, reasons, prepared, client, "freeze");
+        report.phases_ms.scan = scan;
+        report
     }
 
     /// Stops, severs, kills and confirms the processes in `reasons` and what they spawned
@@ -762,6 +788,7 @@ impl Context {
             h.signal(libc::SIGKILL);
         }
         let gone = pidfd::wait_all_gone(&handles, Instant::now() + Duration::from_secs(3));
+        let t_gone = t0.elapsed();
         for ((p, mut pr), gone) in targets.into_iter().zip(gone) {
             pr.confirmed = gone;
             if !pr.confirmed {
@@ -777,7 +804,7 @@ impl Context {
             t_find,
             t_stop - t_find,
             t_sever - t_stop,
-            t0.elapsed() - t_sever,
+            t_gone - t_sever,
             report.killed.len()
         );
         let mut units: Vec<String> = report
@@ -834,6 +861,14 @@ impl Context {
                     .with("ok", s.error.is_none()),
             );
         }
+        report.phases_ms = Phases {
+            find: ms(t_find),
+            stop: ms(t_stop - t_find),
+            sever: ms(t_sever - t_stop),
+            kill: ms(t_gone - t_sever),
+            report: ms(t0.elapsed() - t_gone),
+            ..Default::default()
+        };
         report
     }
 
