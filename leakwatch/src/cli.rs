@@ -267,13 +267,16 @@ pub fn print_report(v: &Value) {
     let p = &v["phases_ms"];
     let f = |k: &str| p[k].as_f64().unwrap_or(0.0);
     println!(
-        "done in {:.1} ms (persist {:.1}, scan {:.1}, stop {:.1}, sever {:.1}, kill and confirm {:.1})",
+        "done in {:.1} ms (queued {:.1}, persist {:.1}, scan {:.1}, find {:.1}, stop {:.1}, sever {:.1}, kill and confirm {:.1}, report {:.1})",
         v["elapsed_ms"].as_f64().unwrap_or(0.0),
+        f("queued"),
         f("persist"),
         f("scan"),
+        f("find"),
         f("stop"),
         f("sever"),
-        f("kill")
+        f("kill"),
+        f("report")
     );
 }
 

@@ -209,7 +209,8 @@ pub async fn run(o: Overrides) -> Result<()> {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => ctx.save_kill_counts(),
+                    // Not while a sweep runs: the fsync holds the store's lock.
+                    _ = tick.tick() => if !ctx.sweeping() { ctx.save_kill_counts() },
                     _ = stop.changed() => break,
                 }
             }
@@ -310,6 +311,8 @@ pub async fn run(o: Overrides) -> Result<()> {
         // Revokes the host's lease: the fleet sees it gone at once.
         let _ = tokio::time::timeout(Duration::from_secs(3), f).await;
     }
+    // A kill thread or a freeze still finishing counts its kills first.
+    ctx.wait_sweeps(Duration::from_secs(5));
     ctx.save_kill_counts();
     if let Ok(mut p) = probes.lock() {
         p.detach_all();

@@ -112,7 +112,9 @@ pub fn run() -> String {
         };
         share_inner = median_gap(&inner);
         share_wall = median_gap(&wall);
-        phase_md = phase_table(n, &phases, ms(floor[RUNS / 2]));
+        let mut sorted = floor.clone();
+        sorted.sort();
+        phase_md = phase_table(n, &phases, ms(sorted[RUNS / 2]));
         wall.sort();
         inner.sort();
         reaped.sort();
@@ -182,13 +184,17 @@ fn floor_run(python: &str, port: u16, n: usize) -> Duration {
 }
 
 /// The report's `phases_ms` keys, and what each is.
-const PHASES: [(&str, &str); 7] = [
+const PHASES: [(&str, &str); 8] = [
+    ("queued", "behind another freeze (none here)"),
     ("persist", "store written (fsync), key in the kernel map"),
     (
         "scan",
-        "every process's environment and command line, holders' pidfds",
+        "every process's environment and command line, holders' pidfds and details",
     ),
-    ("find", "descendants, shield, protected list"),
+    (
+        "find",
+        "descendants and their handles, shield, protected list",
+    ),
     ("stop", "SIGSTOP to every holder"),
     (
         "sever",

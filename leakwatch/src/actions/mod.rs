@@ -3,7 +3,8 @@
 //! the process holding the key do since the leak" is a query (`leakwatch actions`, which
 //! reads the file directly, also after the daemon died). The pipeline hands small rows to
 //! a bounded queue and never waits (a full queue drops and counts); one thread writes them
-//! in batched transactions and prunes by age and size. Never payloads, never plaintext:
+//! in batched transactions and prunes by age and size, and defers a batch (at most 2 s)
+//! while a freeze or kill is under way. Never payloads, never plaintext:
 //! argv keeps detected credentials only as their previews, and frozen ones (see `scrub`).
 mod connects;
 pub mod db;
@@ -38,8 +39,11 @@ const QUEUE: usize = 65_536;
 const BATCH: usize = 4096;
 /// How long the writer lets rows gather after the first before writing them.
 const LINGER: Duration = Duration::from_millis(100);
-/// Longest the writer waits for a freeze or kill under way (see `respond::Responding`).
+/// Longest the writer waits for a freeze or kill under way (see `respond::Responding`),
+/// and how long after a wait that ran out it does not wait again (a stream of kills, or
+/// a `--deep` sweep, must not slow the log to a batch per wait).
 const DEFER_MAX: Duration = Duration::from_secs(2);
+const DEFER_COOLDOWN: Duration = Duration::from_secs(10);
 /// How often the log is pruned by age and size.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -203,6 +207,7 @@ fn run(
     };
     let mut last_prune: Option<Instant> = None;
     let mut last_error: Option<Instant> = None;
+    let mut gave_up: Option<Instant> = None;
     let mut batch: Vec<Row> = Vec::new();
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(500)) {
@@ -230,9 +235,16 @@ fn run(
             }
         }
         if let Some(db) = db.as_mut() {
-            // Rows and the rewrite of a new key can wait a few milliseconds; a freeze on a
-            // busy 2-core host should not.
-            responding.wait_idle(DEFER_MAX);
+            // Rows and the rewrite of a new key can wait a few milliseconds for a freeze or
+            // kill under way, which on a 2-core host needs both cores; a flush, a full
+            // batch, or a writer whose last wait ran out cannot.
+            let work = !batch.is_empty() || frozen.read().is_ok_and(|f| swept.pending(&f));
+            let urgent = !flushes.is_empty()
+                || batch.len() >= BATCH
+                || gave_up.is_some_and(|t| t.elapsed() < DEFER_COOLDOWN);
+            if work && !urgent && responding.wait_idle(DEFER_MAX) >= DEFER_MAX {
+                gave_up = Some(Instant::now());
+            }
             if let Ok(f) = frozen.read() {
                 for r in batch.iter_mut() {
                     scrub::row(r, &f);

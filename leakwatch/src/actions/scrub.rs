@@ -68,6 +68,13 @@ impl Swept {
         Swept(set.keys().iter().map(|k| k.fingerprint()).collect())
     }
 
+    /// Whether `set` holds a key not swept yet.
+    pub fn pending(&self, set: &FrozenSet) -> bool {
+        set.keys()
+            .iter()
+            .any(|k| !self.0.contains(&k.fingerprint()))
+    }
+
     /// The keys of `set` not swept yet, as a set of their own (empty: nothing to do).
     pub fn fresh(&self, set: &FrozenSet) -> FrozenSet {
         FrozenSet::new(

@@ -103,12 +103,15 @@ pub struct Report {
     pub phases_ms: Phases,
 }
 
-/// A sweep's phases, in ms: `persist` (store written, key in force), `scan` (every
-/// process's environment and command line), `find` (descendants, handles, shield),
-/// `stop`, `sever`, `kill` (SIGKILL sent until every holder is confirmed gone: the
-/// kernel's teardown, which no monitor can shorten) and `report` (counts, alerts).
+/// A sweep's phases, in ms: `queued` (behind another freeze or the startup sweep),
+/// `persist` (store written, key in force), `scan` (every process's environment and
+/// command line, `--deep` memory, the holders' pidfds and details), `find` (descendants
+/// and their handles, shield, protected list), `stop`, `sever`, `kill` (SIGKILL sent until
+/// every holder is confirmed gone: the kernel's teardown, which no monitor can shorten)
+/// and `report` (counts, alerts).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Phases {
+    pub queued: f64,
     pub persist: f64,
     pub scan: f64,
     pub find: f64,
@@ -298,6 +301,7 @@ impl Context {
     pub async fn freeze(&self, req: FreezeRequest) -> Result<Report> {
         let t0 = Instant::now();
         let _guard = self.busy.lock().await;
+        let queued = ms(t0.elapsed());
         // Before the key is published: the action log would start rewriting it out of old
         // rows at once, on a core the sweep needs.
         let _responding = self.responding.start();
@@ -403,12 +407,12 @@ impl Context {
         );
 
         log::debug!("freeze: persisted and in force after {:?}", t0.elapsed());
-        let persist = ms(t0.elapsed());
+        let persist = ms(t0.elapsed()) - queued;
         let set = FrozenSet::new(vec![key]);
         let mut report = tokio::task::block_in_place(|| {
             self.sweep(&set, std::slice::from_ref(&fp), req.deep, req.client_pid)
         });
-        report.phases_ms.persist = persist;
+        (report.phases_ms.queued, report.phases_ms.persist) = (queued, persist);
         report.fingerprint = fp;
         report.already_frozen = already;
         report.kernel_enforced = self
@@ -1065,6 +1069,16 @@ impl Context {
         );
         log::error!("{problem}");
         self.emit(crate::alerts::Alert::new("state").with("problem", problem));
+    }
+
+    /// A freeze, restore or kill is under way.
+    pub fn sweeping(&self) -> bool {
+        self.responding.active()
+    }
+
+    /// Waits (at most `max`) until no freeze, restore or kill is under way.
+    pub fn wait_sweeps(&self, max: Duration) {
+        self.responding.wait_idle(max);
     }
 
     /// Writes kill counts kept in memory by `on_enforce` and the sweeps (called every few

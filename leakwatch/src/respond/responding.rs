@@ -35,8 +35,8 @@ impl Responding {
         self.0.load(Ordering::Acquire) > 0
     }
 
-    /// Sleeps until no sweep is under way, or `max` has passed (a stream of kills must not
-    /// starve the waiter). How long it waited.
+    /// Sleeps until no sweep is under way, or `max` has passed (sweeps may follow one
+    /// another; the caller bounds how often it waits). How long it waited.
     pub fn wait_idle(&self, max: Duration) -> Duration {
         let t0 = Instant::now();
         while self.active() && t0.elapsed() < max {
