@@ -230,6 +230,52 @@ time.sleep(2.5)
 }
 
 #[test]
+fn key_found_while_copied_is_not_found_again_when_the_file_is_held() {
+    // Every line holds the key: the first ones are copied, then the file is held (when
+    // depends on the daemon), and the first read by reference goes back up to 8 KiB for
+    // context (a key split across the switch). That read must not report the copied
+    // lines a second time: each line is one finding. (Before, the last few copied lines
+    // came twice.) A second key after a pause shows the file was held and read back.
+    const LINES: usize = 200;
+    let mut d = Daemon::start_with_config("h-backfill", "dedupe_seconds = 0\n");
+    let (later, later_text) = secret("github-pat");
+    let (secret, text) = secret("anthropic-api-key");
+    let key2 = d.scratch().join("key2");
+    fs::write(&key2, &later_text).unwrap();
+    let key = keyfile(&d.scratch(), &text);
+    let out = d.scratch().join("switch.log");
+    let script = format!(
+        r#"
+import sys, time
+key = open(sys.argv[1]).read()
+f = open(sys.argv[2], "a", buffering=1)
+for i in range({LINES}):
+    f.write("DEBUG key=" + key + "\n")
+time.sleep(0.5)
+f.write("DEBUG token=" + open("{}").read() + "\n")
+time.sleep(2.0)
+"#,
+        key2.display()
+    );
+    let pid = run(&script, &key, &out);
+    let b = wait_finding(&d, &fingerprint(&later), pid, "the key after the switch");
+    check(&b, &later, "github-pat", pid, &out);
+    // Past the re-read after the writer's pause.
+    std::thread::sleep(Duration::from_millis(1500));
+    let found = findings_by(&d, &secret, pid);
+    let mut offsets: Vec<u64> = found.iter().map(|a| n(a, "offset")).collect();
+    offsets.sort();
+    offsets.dedup();
+    assert_eq!(
+        (found.len(), offsets.len()),
+        (LINES, LINES),
+        "each line reported exactly once: {offsets:?}"
+    );
+    d.stop();
+    d.assert_no_plaintext(&[&secret, &later]);
+}
+
+#[test]
 fn held_last_write_before_exit_is_read() {
     // The key is the writer's very last write and it exits at once: the range is read once
     // it settles, from the daemon's own open file.

@@ -132,6 +132,10 @@ struct HeldFile {
     /// (file offset, fingerprint) of recent findings: the re-read after a pause reports
     /// only what they do not hold (a write read whole the first time is not reported twice).
     reported: VecDeque<(u64, String)>,
+    /// What the backfill reads again: the file offset where writes by reference began (the
+    /// bytes before it came through the copied stream), and the fingerprints that stream
+    /// reported. A finding before it with one of them is that stream's, not a new one.
+    backfill: (u64, Vec<String>),
     used: Instant,
     flushed: bool,
 }
@@ -191,8 +195,9 @@ impl Held {
     }
 }
 
-/// After a copied write: hold its file once its stream has written enough.
-pub(super) fn consider(p: &mut Pipeline, w: &WriteEvent, calls: u32) {
+/// After a copied write: hold its file once its stream has written enough. `prior`: the
+/// fingerprints that stream reported (the backfill does not report them again).
+pub(super) fn consider(p: &mut Pipeline, w: &WriteEvent, calls: u32, prior: &[String]) {
     if calls < HOLD_AFTER_CALLS
         || p.held.map.is_none()
         || w.inode == 0
@@ -240,6 +245,7 @@ pub(super) fn consider(p: &mut Pipeline, w: &WriteEvent, calls: u32) {
                     inflight: VecDeque::new(),
                     marks: VecDeque::new(),
                     reported: VecDeque::new(),
+                    backfill: (0, prior.to_vec()),
                     last: (0, 0),
                     used: Instant::now(),
                     flushed: false,
@@ -375,6 +381,7 @@ pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
         Some(c) => c,
         None => {
             let c = pos.saturating_sub(BACKFILL);
+            h.backfill.0 = pos;
             h.base = c;
             h.cursor = Some(c);
             h.until = c;
@@ -414,6 +421,8 @@ pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
         h.cursor = Some(pos);
         h.until = end;
         h.append = append;
+        // New bytes where the backfill was (a truncated log written again): new findings.
+        h.backfill.1.clear();
     }
 }
 
@@ -526,6 +535,12 @@ fn report(
     let Some(h) = p.held.files.get_mut(&inode) else {
         return;
     };
+    let mut found = found;
+    let (hold_at, prior) = (h.backfill.0, &h.backfill.1);
+    found.retain(|f| {
+        let end = h.base + f.offset + (f.finding.end - f.finding.start) as u64;
+        end > hold_at || !prior.contains(&f.finding.fingerprint)
+    });
     for f in &found {
         if h.reported.len() >= REPORTED {
             h.reported.pop_front();

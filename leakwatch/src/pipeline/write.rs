@@ -46,7 +46,12 @@ struct Stream {
     dump: Option<&'static str>,
     /// TLS plaintext (keyed apart from the socket's ciphertext).
     tls: bool,
+    /// Fingerprints of its recent findings (a file it gets held for reads them again).
+    found: Vec<String>,
 }
+
+/// Fingerprints a stream remembers.
+const FOUND_KEPT: usize = 64;
 
 impl Stream {
     /// The written file's (`st_dev`, inode), for `moves`.
@@ -215,6 +220,7 @@ pub(super) fn scan(p: &mut Pipeline, w: WriteEvent, target: Target, source: Sour
         calls: 0,
         dump: None,
         tls,
+        found: Vec::new(),
     });
     if s.dump.is_none() {
         s.dump = super::dumps::by_content(&w.data)
@@ -234,6 +240,15 @@ pub(super) fn scan(p: &mut Pipeline, w: WriteEvent, target: Target, source: Sour
         s.scanner = StreamScanner::new(&p.engine);
     }
     let bytes = w.total;
+    for f in &found {
+        if s.found.contains(&f.finding.fingerprint) {
+            continue;
+        }
+        if s.found.len() >= FOUND_KEPT {
+            s.found.remove(0);
+        }
+        s.found.push(f.finding.fingerprint.clone());
+    }
     if !found.is_empty() {
         let (stream_task, stream_target, fd, dump) =
             (s.task.clone(), s.target.clone(), s.fd, s.dump);
@@ -253,8 +268,14 @@ pub(super) fn scan(p: &mut Pipeline, w: WriteEvent, target: Target, source: Sour
         );
     }
     drop(fz);
-    if !tls {
-        super::held::consider(p, &w, calls);
+    if !tls && calls >= super::held::HOLD_AFTER_CALLS {
+        let prior = p
+            .streams
+            .map
+            .get(&key)
+            .map(|s| s.found.clone())
+            .unwrap_or_default();
+        super::held::consider(p, &w, calls, &prior);
     }
     if w.truncated() {
         // Named already (the stream holds the target): no second classify.
