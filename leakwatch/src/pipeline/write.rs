@@ -269,13 +269,17 @@ pub(super) fn scan(p: &mut Pipeline, w: WriteEvent, target: Target, source: Sour
     }
     drop(fz);
     if !tls && calls >= super::held::HOLD_AFTER_CALLS {
+        // Lent, not cloned: this runs for every later copied write of the stream.
         let prior = p
             .streams
             .map
-            .get(&key)
-            .map(|s| s.found.clone())
+            .get_mut(&key)
+            .map(|s| std::mem::take(&mut s.found))
             .unwrap_or_default();
         super::held::consider(p, &w, calls, &prior);
+        if let Some(s) = p.streams.map.get_mut(&key) {
+            s.found = prior;
+        }
     }
     if w.truncated() {
         // Named already (the stream holds the target): no second classify.
