@@ -112,15 +112,13 @@ pub fn run() -> String {
         };
         share_inner = median_gap(&inner);
         share_wall = median_gap(&wall);
-        let mut sorted = floor.clone();
-        sorted.sort();
-        phase_md = phase_table(n, &phases, ms(sorted[RUNS / 2]));
         wall.sort();
         inner.sort();
         reaped.sort();
         floor.sort();
         last_median_ms = ms(wall[RUNS / 2]);
         last_floor_ms = ms(floor[RUNS / 2]);
+        phase_md = phase_table(n, &phases, last_floor_ms);
         last_inner_ms = ms(inner[RUNS / 2]);
         writeln!(
             md,
@@ -210,11 +208,7 @@ const PHASES: [(&str, &str); 8] = [
 /// Where `n` holders' freezes went, phase by phase (medians over runs, so they need not
 /// add up to the total's median).
 fn phase_table(n: usize, runs: &[Vec<f64>], floor_ms: f64) -> String {
-    let med = |i: usize| {
-        let mut v: Vec<f64> = runs.iter().map(|r| r[i]).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let med = |i: usize| super::write_bench::median(runs.iter().map(|r| r[i]).collect());
     let mut md = format!("Where a freeze of {n} holders goes (`phases_ms` of its report, medians over the runs):\n\n| phase | what | median |\n|---|---|---|\n");
     for (i, (k, what)) in PHASES.iter().enumerate() {
         writeln!(md, "| {k} | {what} | {:.1} ms |", med(i)).unwrap();

@@ -238,11 +238,15 @@ fn run(
             // Rows and the rewrite of a new key can wait a few milliseconds for a freeze or
             // kill under way, which on a 2-core host needs both cores; a flush, a full
             // batch, or a writer whose last wait ran out cannot.
-            let work = !batch.is_empty() || frozen.read().is_ok_and(|f| swept.pending(&f));
+            // (The frozen set is hashed only while a sweep runs, not at every turn.)
             let urgent = !flushes.is_empty()
                 || batch.len() >= BATCH
                 || gave_up.is_some_and(|t| t.elapsed() < DEFER_COOLDOWN);
-            if work && !urgent && responding.wait_idle(DEFER_MAX) >= DEFER_MAX {
+            if !urgent
+                && responding.active()
+                && (!batch.is_empty() || frozen.read().is_ok_and(|f| swept.pending(&f)))
+                && responding.wait_idle(DEFER_MAX) >= DEFER_MAX
+            {
                 gave_up = Some(Instant::now());
             }
             if let Ok(f) = frozen.read() {

@@ -424,7 +424,7 @@ impl Context {
                     .map(|i| s.frozen[i].kernel_hash.is_some())
             })
             .unwrap_or(false);
-        report.elapsed_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        report.elapsed_ms = ms(t0.elapsed());
         Ok(report)
     }
 
