@@ -230,26 +230,44 @@ time.sleep(2.5)
 }
 
 #[test]
+fn many_keys_in_the_last_record_before_a_pause_are_each_reported_once() {
+    // The file is held, then 100 key lines are written by reference: the kernel joins the
+    // last ones into a run sent with the next write, 0.5 s later, so the last record read
+    // before the pause spans many lines. The pause re-read goes over that record again,
+    // and it must not report a line the daemon no longer remembers reporting (it keeps
+    // the last 64 per file): each line once. (Before, the run's first line came twice.)
+    let warmup =
+        format!("for i in range({WARMUP}):\n    f.write(\"step %d ok\\n\" % i)\ntime.sleep(0.5)\n");
+    each_key_line_reported_once("h-reread", 100, &warmup);
+}
+
+#[test]
 fn key_found_while_copied_is_not_found_again_when_the_file_is_held() {
     // Every line holds the key: the first ones are copied, then the file is held (when
     // depends on the daemon), and the first read by reference goes back up to 8 KiB for
     // context (a key split across the switch). That read must not report the copied
     // lines a second time: each line is one finding. (Before, the last few copied lines
-    // came twice.) A second key after a pause shows the file was held and read back.
-    const LINES: usize = 200;
-    let mut d = Daemon::start_with_config("h-backfill", "dedupe_seconds = 0\n");
+    // came twice.)
+    each_key_line_reported_once("h-backfill", 200, "");
+}
+
+/// A python process appends `before` (python, `f` is the log), then `lines` lines each
+/// holding the same key, then after a pause a second key (which shows the file was held
+/// and read back); every key line must be one finding at its own offset.
+fn each_key_line_reported_once(name: &str, lines: usize, before: &str) {
+    let mut d = Daemon::start_with_config(name, "dedupe_seconds = 0\n");
     let (later, later_text) = secret("github-pat");
     let (secret, text) = secret("anthropic-api-key");
     let key2 = d.scratch().join("key2");
     fs::write(&key2, &later_text).unwrap();
     let key = keyfile(&d.scratch(), &text);
-    let out = d.scratch().join("switch.log");
+    let out = d.scratch().join("lines.log");
     let script = format!(
         r#"
 import sys, time
 key = open(sys.argv[1]).read()
 f = open(sys.argv[2], "a", buffering=1)
-for i in range({LINES}):
+{before}for i in range({lines}):
     f.write("DEBUG key=" + key + "\n")
 time.sleep(0.5)
 f.write("DEBUG token=" + open("{}").read() + "\n")
@@ -258,7 +276,7 @@ time.sleep(2.0)
         key2.display()
     );
     let pid = run(&script, &key, &out);
-    let b = wait_finding(&d, &fingerprint(&later), pid, "the key after the switch");
+    let b = wait_finding(&d, &fingerprint(&later), pid, "the key after the pause");
     check(&b, &later, "github-pat", pid, &out);
     // Past the re-read after the writer's pause.
     std::thread::sleep(Duration::from_millis(1500));
@@ -268,7 +286,7 @@ time.sleep(2.0)
     offsets.dedup();
     assert_eq!(
         (found.len(), offsets.len()),
-        (LINES, LINES),
+        (lines, lines),
         "each line reported exactly once: {offsets:?}"
     );
     d.stop();

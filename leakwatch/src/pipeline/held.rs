@@ -805,7 +805,15 @@ pub(super) fn tick(p: &mut Pipeline) {
         let mut found = h.scanner.finish(&d);
         // The last write again, alone: read at entry + SETTLE it may have been incomplete.
         let (pos, end) = h.last;
-        let from = pos.max(end.saturating_sub(REREAD));
+        let mut from = pos.max(end.saturating_sub(REREAD));
+        // Only as far back as `reported` still tells a repeat: the last record may be a run
+        // of many writes with more findings than it keeps, and the write that may have been
+        // incomplete is the last one, after them.
+        if h.reported.len() >= REPORTED {
+            if let Some(oldest) = h.reported.iter().map(|(o, _)| *o).min() {
+                from = from.max(oldest).min(end);
+            }
+        }
         let mut again = vec![0u8; (end - from) as usize];
         if let Ok(n) = h.file.read_at(&mut again, from) {
             let mut sc = StreamScanner::new(&p.engine);
