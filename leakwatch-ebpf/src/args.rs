@@ -10,3 +10,10 @@ pub fn arg(ctx: &TracePointContext, off: usize) -> u64 {
     // the format files, within the record (the verifier checks them).
     unsafe { core::ptr::read(ctx.as_ptr().add(off) as *const u64) }
 }
+
+/// The byte at `off` (a `bool` or `u8` field).
+#[inline(always)]
+pub fn byte(ctx: &TracePointContext, off: usize) -> u8 {
+    // SAFETY: as for `arg`.
+    unsafe { core::ptr::read(ctx.as_ptr().add(off) as *const u8) }
+}

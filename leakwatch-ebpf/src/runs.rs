@@ -4,7 +4,8 @@
 //! writer pays a map lookup and four reads per call (`extend`) instead of resolving its
 //! fd and sending a ring record. Only the thread itself
 //! sends its run — at its next write that does not continue it, at a bound
-//! (`RUN_CALLS_MAX`, `RUN_BYTES_MAX`, `RUN_AGE_JIFFIES`), at a copied write to the same fd, or
+//! (`RUN_CALLS_MAX`, `RUN_BYTES_MAX`, `RUN_AGE_JIFFIES`), at a copied write to the same fd
+//! while it still names a regular file, or
 //! at its exit — so every call in a sent run has returned (`WRITE_F_SETTLED`), and no
 //! other CPU ever writes the entry. A write after a pause (`RUN_PAUSE_JIFFIES`) starts no
 //! run: it and the next few (`RUN_LONE_MAX`) are sent alone at once, so a slow writer's

@@ -353,7 +353,13 @@ pub fn handle(
             return Some(());
         }
     }
-    runs::end_fd(pid_tgid as u32, fd as i32);
+    // Runs are of regular files: a socket, pipe or terminal write (or an fd that is not
+    // open) ends none, and skips the `RUNS` lookup. A run on a file whose fd number now
+    // names something else is sent by the thread's next run or exit, or read by the
+    // daemon's tick.
+    if h.rec.file.mode & fdinfo::S_IFMT == fdinfo::S_IFREG {
+        runs::end_fd(pid_tgid as u32, fd as i32);
+    }
     if let Src::Buf { ptr, len } = src {
         if !is_ref && h.rec.path_len == 0 {
             // One buffer and no path: straight into a ring reservation.
