@@ -126,10 +126,7 @@ fn open_verified(p: &Proc) -> std::io::Result<Option<OwnedFd>> {
 
 /// The start time in /proc/PID/stat still matches `p`'s.
 fn same(p: &Proc) -> bool {
-    std::fs::read_to_string(format!("/proc/{}/stat", p.pid))
-        .ok()
-        .and_then(|t| procscan::parse_stat(p.pid, &t))
-        .is_some_and(|(q, _)| q.start_time == p.start_time)
+    procscan::stat(p.pid).is_some_and(|(q, _)| q.start_time == p.start_time)
 }
 
 /// Waits until every target is gone (every thread exited) or `deadline`; for each, whether

@@ -1,7 +1,15 @@
 //! Finding the processes that hold a credential: /proc/PID/environ and cmdline of every
 //! process, the process tree for descendants, and (with `--deep`) their writable memory
 //! read with process_vm_readv, where a key set with setenv or read from a file lives.
-use std::{collections::HashMap, fs, os::unix::fs::MetadataExt};
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    fs,
+    io::{ErrorKind, Read},
+    os::unix::fs::MetadataExt,
+};
+
+use zeroize::Zeroize;
 
 use crate::detect::frozen::FrozenSet;
 
@@ -14,6 +22,65 @@ pub struct Proc {
     pub comm: String,
     pub state: char,
     pub start_time: u64,
+}
+
+/// Room a thread keeps for /proc reads between calls; a larger environment grows it for
+/// that read only.
+const KEEP: usize = 64 << 10;
+
+thread_local! {
+    static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Reads a /proc file whole into this thread's buffer and hands the bytes to `f`; they are
+/// wiped afterwards (an environment may hold a key). `fs::read` starts at 32 bytes and
+/// doubles, with an fstat first: a 1 KiB environ took 9 reads, each a walk of the target's
+/// memory under its mmap lock, and /proc/PID/stat 7. Here a read fills what fits, and one
+/// more finds the end. `None` when the file cannot be opened or read (the process is gone).
+pub fn with_file<R>(path: &str, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    BUF.with(|cell| {
+        // `f` reading /proc itself would find the buffer taken: it gets one of its own.
+        let mut own = Vec::new();
+        let mut borrowed = cell.try_borrow_mut();
+        let buf = match borrowed.as_mut() {
+            Ok(b) => &mut **b,
+            Err(_) => &mut own,
+        };
+        let mut file = fs::File::open(path).ok()?;
+        let mut n = 0;
+        let ok = loop {
+            if n == buf.len() {
+                // Grown by hand: a reallocation would leave the bytes read so far in freed
+                // memory.
+                let mut bigger = vec![0; (buf.len() * 2).max(16 << 10)];
+                bigger[..n].copy_from_slice(&buf[..n]);
+                buf.zeroize();
+                *buf = bigger;
+            }
+            match file.read(&mut buf[n..]) {
+                Ok(0) => break true,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break false,
+            }
+        };
+        let out = ok.then(|| f(&buf[..n]));
+        buf[..n].zeroize();
+        if buf.len() > KEEP {
+            buf.truncate(KEEP);
+            buf.shrink_to_fit();
+        }
+        out
+    })
+}
+
+/// /proc/PID/stat of `pid`, parsed.
+pub fn stat(pid: u32) -> Option<(Proc, u64)> {
+    stat_at(&format!("/proc/{pid}/stat"), pid)
+}
+
+fn stat_at(path: &str, pid: u32) -> Option<(Proc, u64)> {
+    with_file(path, |b| parse_stat(pid, std::str::from_utf8(b).ok()?)).flatten()
 }
 
 /// Parses /proc/PID/stat (comm may hold spaces and parentheses: split at the last ')').
@@ -42,11 +109,7 @@ pub fn parse_stat(pid: u32, text: &str) -> Option<(Proc, u64)> {
 /// zombie (dead, waiting for its parent to reap it). Checking the leader alone is not
 /// enough: a leader that called pthread_exit is a zombie while its other threads run.
 pub fn gone(p: &Proc) -> bool {
-    let stat = |path: String| {
-        fs::read_to_string(path)
-            .ok()
-            .and_then(|t| parse_stat(p.pid, &t))
-    };
+    let stat = |path: String| stat_at(&path, p.pid);
     match stat(format!("/proc/{}/stat", p.pid)) {
         None => return true,
         Some((q, _)) if q.start_time != p.start_time => return true,
@@ -79,8 +142,7 @@ pub fn list() -> Vec<Proc> {
         .collect();
     pids.into_par_iter()
         .filter_map(|pid| {
-            let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (p, flags) = parse_stat(pid, &text)?;
+            let (p, flags) = stat(pid)?;
             (flags & PF_KTHREAD == 0).then_some(p)
         })
         .collect()
@@ -94,16 +156,15 @@ pub fn holds_in_proc(
     mut seen: impl FnMut(usize, &[u8]),
 ) -> Option<usize> {
     ["environ", "cmdline"].iter().find_map(|f| {
-        fs::read(format!("/proc/{pid}/{f}")).ok().and_then(|mut b| {
-            let hit = set.find(&b).first().copied();
+        with_file(&format!("/proc/{pid}/{f}"), |b| {
+            let hit = set.find(b).first().copied();
             if let Some(h) = hit {
                 // The exact bytes, before they are wiped: the caller may derive the kernel's hash.
                 seen(h.key, &b[h.start..h.end]);
             }
-            let hit = hit.map(|h| h.key);
-            zeroize::Zeroize::zeroize(&mut b);
-            hit
+            hit.map(|h| h.key)
         })
+        .flatten()
     })
 }
 
@@ -145,10 +206,7 @@ pub fn ancestors(procs: &[Proc], pid: u32) -> Vec<u32> {
 pub fn ancestors_live(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let mut cur = pid;
-    while let Some((p, _)) = fs::read_to_string(format!("/proc/{cur}/stat"))
-        .ok()
-        .and_then(|t| parse_stat(cur, &t))
-    {
+    while let Some((p, _)) = stat(cur) {
         if p.ppid == 0 || out.contains(&p.ppid) {
             break;
         }
@@ -264,6 +322,34 @@ fn read_remote(pid: u32, addr: usize, dst: &mut [u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_file_reads_whole_files_of_any_size_and_none_when_missing() {
+        let dir = std::env::temp_dir().join(format!("lw-procscan-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        // Past the first 16 KiB and past what a thread keeps (64 KiB).
+        for len in [0usize, 5, 16 << 10, (16 << 10) + 1, 100_000] {
+            let p = dir.join(format!("f{len}"));
+            let want: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            fs::write(&p, &want).unwrap();
+            let got = with_file(p.to_str().unwrap(), |b| b.to_vec()).unwrap();
+            assert_eq!(got, want, "{len} bytes");
+        }
+        assert!(with_file(dir.join("missing").to_str().unwrap(), |b| b.len()).is_none());
+        // A read inside `f` gets a buffer of its own.
+        let p = dir.join("f5");
+        let nested = with_file(p.to_str().unwrap(), |outer| {
+            (
+                outer.to_vec(),
+                with_file(p.to_str().unwrap(), |inner| inner.to_vec()),
+            )
+        })
+        .unwrap();
+        assert_eq!(nested.1.as_deref(), Some(&nested.0[..]));
+        // /proc itself: this process's stat parses.
+        assert_eq!(stat(std::process::id()).unwrap().0.pid, std::process::id());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn live_ancestors_start_with_the_parent_and_agree_with_the_listing() {
