@@ -625,6 +625,50 @@ pub(crate) fn min_max(v: &[f64]) -> (f64, f64) {
         .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)))
 }
 
+/// A confidence interval for the median of `v` that assumes nothing about the spread: the
+/// k-th smallest and k-th largest values, k the largest with coverage >= 95 % (the chance
+/// that the true median lies outside is that of <k of n fair coin flips landing on either
+/// side). Returns (low, high, coverage); with fewer than 6 values not even min–max reaches
+/// 95 %, and its coverage says so.
+pub(crate) fn median_ci(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN, 0.0);
+    }
+    // P(Bin(n, 1/2) <= j) for j = 0..n.
+    let mut cdf = Vec::with_capacity(n + 1);
+    let (mut c, mut acc) = (1.0f64, 0.0);
+    for j in 0..=n {
+        if j > 0 {
+            c = c * (n + 1 - j) as f64 / j as f64;
+        }
+        acc += c / 2f64.powi(n as i32);
+        cdf.push(acc);
+    }
+    let coverage = |k: usize| 1.0 - 2.0 * cdf[k - 1];
+    let mut k = 1;
+    while k < n.div_ceil(2) && coverage(k + 1) >= 0.95 {
+        k += 1;
+    }
+    (s[k - 1], s[n - k], coverage(k))
+}
+
+/// Whether `v`'s median meets `target` (higher is better) beyond its noise: "met" when
+/// the interval of `median_ci` lies at or above it, "not met" when it lies below, else
+/// "within noise".
+pub(crate) fn verdict_ci(v: &[f64], target: f64) -> &'static str {
+    let (lo, hi, _) = median_ci(v);
+    if lo >= target {
+        "met"
+    } else if hi < target {
+        "**not met**"
+    } else {
+        "within noise"
+    }
+}
+
 fn m(rate: f64) -> String {
     format!("{:.2}M", rate / 1e6)
 }
@@ -798,4 +842,34 @@ fn outrun_section(o: &Outrun) -> String {
     )
     .unwrap();
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_ci_widens_to_reach_95_percent() {
+        // 7 values: only min–max covers >= 95 % (98.4 %; the 2nd–6th cover 87.5 %).
+        let v = [5.0, 1.0, 7.0, 3.0, 2.0, 6.0, 4.0];
+        let (lo, hi, cov) = median_ci(&v);
+        assert_eq!((lo, hi), (1.0, 7.0));
+        assert!((cov - 0.984375).abs() < 1e-9, "{cov}");
+        // 9 values: 2nd–8th (96.1 %).
+        let v: Vec<f64> = (1..=9).map(f64::from).collect();
+        let (lo, hi, cov) = median_ci(&v);
+        assert_eq!((lo, hi), (2.0, 8.0));
+        assert!((cov - 0.9609375).abs() < 1e-9, "{cov}");
+        // 5 values: min–max is all there is, and it says it covers less.
+        let (_, _, cov) = median_ci(&[1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert!(cov < 0.95);
+    }
+
+    #[test]
+    fn verdict_ci_says_within_noise_when_the_interval_straddles() {
+        let v = [0.95, 0.96, 0.98, 0.99, 1.0, 1.01, 0.97];
+        assert_eq!(verdict_ci(&v, 0.97), "within noise");
+        assert_eq!(verdict_ci(&v, 0.9), "met");
+        assert_eq!(verdict_ci(&v, 1.05), "**not met**");
+    }
 }
