@@ -421,8 +421,10 @@ pub(super) fn on_ref(p: &mut Pipeline, w: &WriteEvent, target: Target) {
         h.cursor = Some(pos);
         h.until = end;
         h.append = append;
-        // New bytes where the backfill was (a truncated log written again): new findings.
+        // New bytes where the backfill was (a truncated log written again): new findings,
+        // and what was reported before says nothing about them.
         h.backfill.1.clear();
+        h.reported.clear();
     }
 }
 
@@ -808,10 +810,13 @@ pub(super) fn tick(p: &mut Pipeline) {
         let mut from = pos.max(end.saturating_sub(REREAD));
         // Only as far back as `reported` still tells a repeat: the last record may be a run
         // of many writes with more findings than it keeps, and the write that may have been
-        // incomplete is the last one, after them.
+        // incomplete is the last one, after them. Only when what it keeps starts inside the
+        // record: otherwise (a rewrite near the start) it tells every repeat there.
         if h.reported.len() >= REPORTED {
             if let Some(oldest) = h.reported.iter().map(|(o, _)| *o).min() {
-                from = from.max(oldest).min(end);
+                if (pos..end).contains(&oldest) {
+                    from = from.max(oldest);
+                }
             }
         }
         let mut again = vec![0u8; (end - from) as usize];
