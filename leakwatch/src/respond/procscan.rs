@@ -80,7 +80,9 @@ pub fn stat(pid: u32) -> Option<(Proc, u64)> {
 }
 
 fn stat_at(path: &str, pid: u32) -> Option<(Proc, u64)> {
-    with_file(path, |b| parse_stat(pid, std::str::from_utf8(b).ok()?)).flatten()
+    // Lossy: a name is any 15 bytes (`PR_SET_NAME`), and a process must not drop out of a
+    // sweep, or count as gone, for naming itself in something other than UTF-8.
+    with_file(path, |b| parse_stat(pid, &String::from_utf8_lossy(b))).flatten()
 }
 
 /// Parses /proc/PID/stat (comm may hold spaces and parentheses: split at the last ')').
@@ -348,6 +350,16 @@ mod tests {
         assert_eq!(nested.1.as_deref(), Some(&nested.0[..]));
         // /proc itself: this process's stat parses.
         assert_eq!(stat(std::process::id()).unwrap().0.pid, std::process::id());
+        // A name that is not UTF-8 (any bytes but NUL may be set with PR_SET_NAME).
+        let p = dir.join("stat");
+        let mut line =
+            b"4242 (a\xff\xfe) b) S 1 4242 4242 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 777 0 0"
+                .to_vec();
+        line.extend_from_slice(b" 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n");
+        fs::write(&p, &line).unwrap();
+        let (q, _) =
+            stat_at(p.to_str().unwrap(), 4242).expect("a stat line with a non-UTF-8 name parses");
+        assert_eq!((q.ppid, q.start_time, q.state), (1, 777, 'S'));
         fs::remove_dir_all(&dir).unwrap();
     }
 
