@@ -659,8 +659,11 @@ pub(crate) fn median_ci(v: &[f64]) -> (f64, f64, f64) {
 /// the interval of `median_ci` lies at or above it, "not met" when it lies below, else
 /// "within noise".
 pub(crate) fn verdict_ci(v: &[f64], target: f64) -> &'static str {
-    let (lo, hi, _) = median_ci(v);
-    if lo >= target {
+    let (lo, hi, coverage) = median_ci(v);
+    if coverage < 0.95 {
+        // Too few values for an interval: no claim either way.
+        "within noise"
+    } else if lo >= target {
         "met"
     } else if hi < target {
         "**not met**"
@@ -871,5 +874,7 @@ mod tests {
         assert_eq!(verdict_ci(&v, 0.97), "within noise");
         assert_eq!(verdict_ci(&v, 0.9), "met");
         assert_eq!(verdict_ci(&v, 1.05), "**not met**");
+        // Five values cannot make a 95 % interval: no claim.
+        assert_eq!(verdict_ci(&v[..5], 0.9), "within noise");
     }
 }
