@@ -401,6 +401,48 @@ fn deep_finds_a_key_held_only_in_memory() {
 }
 
 #[test]
+fn holder_that_names_itself_in_non_utf8_bytes_is_killed() {
+    // A process name is any 15 bytes (PR_SET_NAME). Such a process dropped out of the
+    // sweep's listing (its /proc/PID/stat was read as UTF-8), so it kept its key alive.
+    let mut d = Daemon::start("freeze-name");
+    let (secret, _) = secret("openai-project-key");
+    let ready = d.scratch().join("ready");
+    let mut h = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import ctypes,sys,time\n\
+             ctypes.CDLL(None).prctl(15, b'agent\\xff\\xfe)x', 0, 0, 0)\n\
+             open(sys.argv[1], 'w').write('1')\n\
+             time.sleep(600)",
+        )
+        .arg(&ready)
+        .env("OPENAI_API_KEY", &secret)
+        .spawn()
+        .unwrap();
+    wait_for(|| ready.exists().then_some(()), "holder to rename itself");
+    let comm = std::fs::read(format!("/proc/{}/comm", h.id())).unwrap();
+    assert!(
+        std::str::from_utf8(&comm).is_err(),
+        "the holder's name is not UTF-8: {comm:?}"
+    );
+    let r = report(&freeze(&d, &secret, &[]));
+    let killed = r["killed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| n(k, "pid") == h.id() as u64);
+    if !killed {
+        // Not left sleeping for 10 minutes with the test's output pipe open.
+        let _ = h.kill();
+    }
+    assert!(killed, "holder not killed: {r:#}");
+    let _ = h.wait();
+    assert!(!alive(h.id()), "holder still alive");
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+#[test]
 fn argv_and_non_root_callers_are_refused() {
     let mut d = Daemon::start("refuse");
     let (secret, _) = secret("gitlab-pat");
