@@ -716,10 +716,7 @@ fn cpu_account(dir: &Path, script: &Path, proj: &Path) -> Vec<Cpu> {
     let work: [(&'static str, &dyn Fn() -> Command); 2] = [("agent", &agent), ("build", &build)];
     let mut none = Vec::new();
     for (_, w) in &work {
-        let c = w();
-        let t0 = children_cpu();
-        timed(c);
-        none.push(children_cpu() - t0);
+        none.push(timed_cpu(w()).1);
     }
     let (mut d, _) = daemon("cost-macro-cpu", "");
     quiet(&d, 5);
@@ -735,9 +732,8 @@ fn cpu_account(dir: &Path, script: &Path, proj: &Path) -> Vec<Cpu> {
     let mut out = Vec::new();
     for ((name, w), none_s) in work.iter().zip(none) {
         let c = w();
-        let (t0, d0, b0) = (children_cpu(), cpu_s(&d), bpf_ns());
-        timed(c);
-        let with_s = children_cpu() - t0;
+        let (d0, b0) = (cpu_s(&d), bpf_ns());
+        let (_, with_s) = timed_cpu(c);
         quiet(&d, 5);
         out.push(Cpu {
             work: name,

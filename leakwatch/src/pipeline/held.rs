@@ -529,7 +529,7 @@ fn report(
     p: &mut Pipeline,
     d: &Detector,
     inode: u64,
-    found: Vec<crate::detect::stream::StreamFinding>,
+    mut found: Vec<crate::detect::stream::StreamFinding>,
 ) {
     if found.is_empty() {
         return;
@@ -537,7 +537,6 @@ fn report(
     let Some(h) = p.held.files.get_mut(&inode) else {
         return;
     };
-    let mut found = found;
     let (hold_at, prior) = (h.backfill.0, &h.backfill.1);
     found.retain(|f| {
         let end = h.base + f.offset + (f.finding.end - f.finding.start) as u64;
