@@ -279,7 +279,10 @@ pub fn http_host(d: &[u8]) -> Option<String> {
         return None;
     }
     let head = &d[..d.len().min(8192)];
-    let end = memchr::memmem::find(head, b"\r\n\r\n").unwrap_or(head.len());
+    // The searcher is built once: `memmem::find` builds one per call.
+    static BLANK: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    let end = BLANK.find(head).unwrap_or(head.len());
     for line in head[..end].split(|&b| b == b'\n').skip(1) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.len() > 5 && line[..5].eq_ignore_ascii_case(b"host:") {

@@ -13,6 +13,14 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, BuildError,
 
 use super::teddy::Teddy;
 
+thread_local! {
+    /// Candidate positions, reused across calls (offsets only, nothing secret).
+    static STARTS: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Candidate capacity kept for the next call (256 KiB); a bigger one is freed.
+const STARTS_KEPT: usize = 1 << 16;
+
 pub struct Keywords {
     /// Unanchored automaton: the portable path.
     all: AhoCorasick,
@@ -88,18 +96,20 @@ impl Keywords {
             }
             return;
         }
-        let mut starts = Vec::new();
+        // The thread's candidate buffer: allocating one per call cost the daemon more
+        // than the filter, on the small writes it scans most.
+        let mut starts = STARTS.take();
+        starts.clear();
         // SAFETY: `simd` is only true when the CPU has what `candidates` needs.
         #[cfg(target_arch = "x86_64")]
         let done = unsafe { self.teddy.candidates(hay, &mut starts) };
         #[cfg(not(target_arch = "x86_64"))]
         let done = 0;
-        for s in starts
-            .into_iter()
-            .map(|s| s as usize)
-            .chain(done..hay.len())
-        {
+        for s in starts.iter().map(|&s| s as usize).chain(done..hay.len()) {
             self.confirm(hay, s, &mut f);
+        }
+        if starts.capacity() <= STARTS_KEPT {
+            STARTS.set(starts);
         }
     }
 

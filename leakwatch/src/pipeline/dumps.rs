@@ -39,7 +39,9 @@ pub fn by_content(data: &[u8]) -> Option<&'static str> {
         .count();
     let data = &data[start..];
     let head = &data[..data.len().min(256)];
-    let has = |s: &[u8]| memchr::memmem::find(head, s).is_some();
+    // A plain window compare: 256 bytes at most, so building a `memmem` searcher per
+    // call (every new stream) would cost more than the search.
+    let has = |s: &[u8]| head.windows(s.len()).any(|w| w == s);
     if head.starts_with(b"{") && has(b"\"header\"") && has(b"\"reportVersion\"") {
         Some("node-report")
     } else if head.starts_with(b"#") && has(b"A fatal error has been detected by the Java Runtime")
