@@ -102,7 +102,24 @@ fn dump_jvm_fatal_error_log_with_the_key_in_a_property() {
 /// finds the file from a file `core_pattern` and scans it.
 #[test]
 fn dump_core_file_from_python_abort_with_the_key_in_its_environment() {
-    let mut d = Daemon::start("dump-core-file");
+    core_file_from_python_abort(Daemon::start("dump-core-file"));
+}
+
+/// Kernels whose `sched_process_exit` record has no `group_dead` field: the kernel program
+/// tells the process's last thread by its thread group's live count instead, and a core is
+/// still noticed (forced here, where the kernel has the field).
+#[test]
+fn dump_core_file_is_noticed_when_the_last_thread_is_told_by_the_live_count() {
+    let d = Daemon::start_with_env("dump-core-live", &[("LEAKWATCH_GROUP_DEAD", "signal")]);
+    let log = fs::read_to_string(d.stderr_path()).unwrap();
+    assert!(
+        log.contains("told by its thread group's live count"),
+        "fallback not in use: {log}"
+    );
+    core_file_from_python_abort(d);
+}
+
+fn core_file_from_python_abort(mut d: Daemon) {
     let (secret, text) = secret("stripe-secret-key");
     let fp = fingerprint(&secret);
     let cores = d.scratch().join("cores");

@@ -226,16 +226,36 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// format: group_dead @32. The tgid may be reused: drop its verdict with its last thread.
-/// Every exiting thread sends its pending run of by-reference writes.
+/// Where `group_dead` sits in the `sched_process_exit` record, from its format file (set
+/// by the loader); 0: this kernel's record has no such field (older kernels), so the
+/// last thread is the one that finds its thread group's `signal->live` count at 0.
+#[unsafe(no_mangle)]
+static EXIT_GROUP_DEAD: u64 = 0;
+
+/// The tgid may be reused: drop its verdict with its last thread. Every exiting thread
+/// sends its pending run of by-reference writes.
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     crate::runs::on_exit();
-    // Offset from the tracepoint format file; a direct load, not a helper call: every
-    // thread exit on the host runs this.
-    if crate::args::byte(&ctx, 32) != 0 {
+    if group_dead(&ctx) {
         forget_current();
         crate::coredump::on_group_exit();
     }
     0
+}
+
+/// Is the exiting thread its process's last? The loader's global is a read-only constant
+/// to the verifier, so only the branch this kernel needs is kept.
+#[inline(always)]
+fn group_dead(ctx: &TracePointContext) -> bool {
+    match crate::task::global(&EXIT_GROUP_DEAD) {
+        // This layout (6.18): a direct load, not a helper call; every thread exit on the
+        // host runs this.
+        32 => crate::args::byte(ctx, 32) != 0,
+        // No field: `do_exit` has decremented `live` before this tracepoint. Two threads
+        // exiting at once may both read 0 (both then count as the last: a repeated
+        // cleanup, harmless, and a dumped core noticed twice, which the daemon joins).
+        0 => crate::task::live_threads() == Some(0),
+        off => crate::args::byte_at(ctx, off) != 0,
+    }
 }

@@ -15,6 +15,10 @@ static OFF_TASK_FILES: u64 = 0;
 #[unsafe(no_mangle)]
 static OFF_TASK_MM: u64 = 0;
 #[unsafe(no_mangle)]
+static OFF_TASK_SIGNAL: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_SIGNAL_LIVE: u64 = 0;
+#[unsafe(no_mangle)]
 static OFF_MM_ARG_START: u64 = 0;
 #[unsafe(no_mangle)]
 static OFF_MM_ARG_END: u64 = 0;
@@ -41,6 +45,22 @@ pub fn kread<T: Copy + Default>(addr: u64) -> T {
 pub fn current() -> u64 {
     // SAFETY: helper without preconditions.
     unsafe { bpf_get_current_task() }
+}
+
+/// `current->signal->live`: the thread group's threads that have not yet begun to exit;
+/// None when the offsets are unknown or a read failed.
+#[inline(always)]
+pub fn live_threads() -> Option<u32> {
+    let (off_signal, off_live) = (global(&OFF_TASK_SIGNAL), global(&OFF_SIGNAL_LIVE));
+    if off_signal == 0 {
+        return None;
+    }
+    let signal: u64 = kread(current() + off_signal);
+    if signal == 0 {
+        return None;
+    }
+    // SAFETY: the helper checks the address.
+    unsafe { bpf_probe_read_kernel((signal + off_live) as *const u32) }.ok()
 }
 
 /// Thread-group id of the current task's parent, or 0 when the offsets are unknown.

@@ -9,7 +9,7 @@ use std::{
     io::Read,
     path::{Path, PathBuf},
     sync::{mpsc, Arc, RwLock},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use super::Pipeline;
@@ -25,6 +25,10 @@ const CORE_USES_PID: &str = "/proc/sys/kernel/core_uses_pid";
 const FRESH: Duration = Duration::from_secs(120);
 /// Cores waiting for the scanner thread; more are counted and skipped.
 const WAITING: usize = 16;
+/// Core notices for one process this close together are one core: where the kernel's
+/// exit record has no `group_dead`, two threads exiting at once may both count as the
+/// last (see the kernel's `scope::group_dead`).
+const JOIN: Duration = Duration::from_secs(5);
 
 /// One core file to scan, and who dumped it.
 pub struct Job {
@@ -36,6 +40,8 @@ pub struct Job {
 #[derive(Default)]
 pub struct Scanner {
     tx: Option<mpsc::SyncSender<Job>>,
+    /// Processes whose core was noticed within `JOIN`, and when.
+    recent: Vec<(u32, Instant)>,
 }
 
 pub(super) fn on_core(p: &mut Pipeline, c: CoreEvent) {
@@ -43,6 +49,9 @@ pub(super) fn on_core(p: &mut Pipeline, c: CoreEvent) {
         .events
         .with_label_values(&[c.task.probe_name()])
         .inc();
+    if p.cores.repeat(c.task.tgid, Instant::now()) {
+        return;
+    }
     let pattern = std::fs::read_to_string(CORE_PATTERN)
         .map(|s| s.trim_end_matches('\n').to_string())
         .unwrap_or_default();
@@ -128,6 +137,16 @@ pub(super) fn on_core(p: &mut Pipeline, c: CoreEvent) {
 }
 
 impl Scanner {
+    /// Was a core of `tgid` noticed within `JOIN` before `now`? Remembers this one if not.
+    fn repeat(&mut self, tgid: u32, now: Instant) -> bool {
+        self.recent.retain(|&(_, t)| now.duration_since(t) < JOIN);
+        if self.recent.iter().any(|&(p, _)| p == tgid) {
+            return true;
+        }
+        self.recent.push((tgid, now));
+        false
+    }
+
     /// Queues a core for the scanner thread (started on first use). False when the queue
     /// is full or the thread cannot start.
     fn send(
@@ -304,6 +323,26 @@ fn matcher(name: &str, k: &Known) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_core_notice_of_one_process_is_joined_for_a_while() {
+        let mut s = Scanner::default();
+        let t = Instant::now();
+        assert!(!s.repeat(7, t));
+        assert!(
+            s.repeat(7, t + Duration::from_millis(10)),
+            "two last threads, one core"
+        );
+        assert!(
+            !s.repeat(8, t + Duration::from_millis(10)),
+            "another process"
+        );
+        assert!(
+            !s.repeat(7, t + JOIN + Duration::from_secs(1)),
+            "a later core"
+        );
+        assert_eq!(s.recent.len(), 1, "old notices are forgotten");
+    }
 
     fn k() -> Known<'static> {
         Known {

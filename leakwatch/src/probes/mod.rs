@@ -4,6 +4,7 @@ mod btf;
 pub mod floor;
 pub mod ring_fill;
 pub mod tls;
+mod tpformat;
 
 pub use floor::{load_floor, Floor};
 
@@ -183,6 +184,8 @@ const OFFSETS: &[(&str, &str, &str, bool)] = &[
     ("OFF_TASK_MM", "task_struct", "mm", true),
     ("OFF_TASK_EXIT_CODE", "task_struct", "exit_code", false),
     ("OFF_TASK_FS", "task_struct", "fs", false),
+    ("OFF_TASK_SIGNAL", "task_struct", "signal", false),
+    ("OFF_SIGNAL_LIVE", "signal_struct", "live", false),
     ("OFF_FS_PWD_MNT", "fs_struct", "pwd.mnt", false),
     ("OFF_FS_PWD_DENTRY", "fs_struct", "pwd.dentry", false),
     ("OFF_REQ_CMD", "io_kiocb", "cmd", false),
@@ -364,6 +367,25 @@ fn tracefs_root() -> Option<&'static Path> {
         .find(|p| p.join("events").exists())
 }
 
+/// Where `group_dead` sits in this kernel's `sched_process_exit` record; 0 when it has no
+/// such field (older kernels: the program then reads the thread group's live count), or
+/// when `LEAKWATCH_GROUP_DEAD=signal` asks for that fallback (so tests run it here).
+fn exit_group_dead() -> u64 {
+    if std::env::var("LEAKWATCH_GROUP_DEAD").as_deref() == Ok("signal") {
+        return 0;
+    }
+    let Some(root) = tracefs_root() else {
+        return 0;
+    };
+    match std::fs::read_to_string(root.join("events/sched/sched_process_exit/format")) {
+        Ok(text) => match tpformat::field(&text, "group_dead") {
+            Some((off, 1)) if off > 0 => off,
+            _ => 0,
+        },
+        Err(_) => 0,
+    }
+}
+
 fn nr_cpus() -> Result<u32> {
     Ok(aya::util::nr_cpus().map_err(|(what, e)| anyhow!("reading {what}: {e}"))? as u32)
 }
@@ -396,7 +418,19 @@ impl Probes {
         for (global, v) in &offsets {
             loader.override_global(global, v, true);
         }
+        let group_dead = exit_group_dead();
+        if group_dead == 0 {
+            log::info!("sched_process_exit has no group_dead field here: a process's last thread is told by its thread group's live count");
+        }
+        if group_dead == 0
+            && offsets
+                .iter()
+                .any(|&(g, v)| g == "OFF_TASK_SIGNAL" && v == 0)
+        {
+            log::warn!("this kernel tells no process's last thread apart (no group_dead in sched_process_exit, no task_struct.signal in BTF): core dumps go unnoticed and per-process caches are not dropped at exit");
+        }
         loader
+            .override_global("EXIT_GROUP_DEAD", &group_dead, true)
             .override_global("HASH_SEED", &o.hash_seed, true)
             .override_global("OWN_TGID", &o.own_tgid, true);
         for m in PER_CPU_ARRAYS {
