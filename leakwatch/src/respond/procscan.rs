@@ -47,31 +47,45 @@ pub fn with_file<R>(path: &str, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
             Err(_) => &mut own,
         };
         let mut file = fs::File::open(path).ok()?;
-        let mut n = 0;
+        // Wipes what was read when dropped: after `f`, and if `f` panics.
+        let mut w = Wipe { buf, n: 0 };
         let ok = loop {
-            if n == buf.len() {
+            if w.n == w.buf.len() {
                 // Grown by hand: a reallocation would leave the bytes read so far in freed
                 // memory.
-                let mut bigger = vec![0; (buf.len() * 2).max(16 << 10)];
-                bigger[..n].copy_from_slice(&buf[..n]);
-                buf.zeroize();
-                *buf = bigger;
+                let mut bigger = vec![0; (w.buf.len() * 2).max(16 << 10)];
+                bigger[..w.n].copy_from_slice(&w.buf[..w.n]);
+                w.buf.zeroize();
+                *w.buf = bigger;
             }
-            match file.read(&mut buf[n..]) {
+            let n = w.n;
+            match file.read(&mut w.buf[n..]) {
                 Ok(0) => break true,
-                Ok(k) => n += k,
+                Ok(k) => w.n += k,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => break false,
             }
         };
-        let out = ok.then(|| f(&buf[..n]));
-        buf[..n].zeroize();
+        let out = ok.then(|| f(&w.buf[..w.n]));
+        drop(w);
         if buf.len() > KEEP {
             buf.truncate(KEEP);
             buf.shrink_to_fit();
         }
         out
     })
+}
+
+/// The bytes `with_file` read into its buffer, wiped when this is dropped.
+struct Wipe<'a> {
+    buf: &'a mut Vec<u8>,
+    n: usize,
+}
+
+impl Drop for Wipe<'_> {
+    fn drop(&mut self) {
+        self.buf[..self.n].zeroize();
+    }
 }
 
 /// /proc/PID/stat of `pid`, parsed.
@@ -324,6 +338,27 @@ fn read_remote(pid: u32, addr: usize, dst: &mut [u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_file_wipes_what_it_read_when_the_reader_panics() {
+        let dir = std::env::temp_dir().join(format!("lw-procscan-wipe-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("environ");
+        fs::write(&p, b"HOME=/root\0API_KEY=marker-3f9c2a\0").unwrap();
+        let path = p.to_str().unwrap().to_string();
+        // Same thread: the buffer checked is the one the read used.
+        let r = std::panic::catch_unwind(|| with_file(&path, |_| panic!("reader failed")));
+        assert!(r.is_err());
+        BUF.with(|b| {
+            let b = b.borrow();
+            assert!(b.len() >= 16 << 10, "the thread's buffer was used");
+            assert!(b.iter().all(|&x| x == 0), "bytes left after a panic");
+        });
+        // And after a normal read.
+        assert_eq!(with_file(&path, |b| b.len()), Some(33));
+        BUF.with(|b| assert!(b.borrow().iter().all(|&x| x == 0)));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn with_file_reads_whole_files_of_any_size_and_none_when_missing() {
