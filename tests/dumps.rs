@@ -119,6 +119,19 @@ fn dump_core_file_is_noticed_when_the_last_thread_is_told_by_the_live_count() {
     core_file_from_python_abort(d);
 }
 
+/// Kernels whose record has `group_dead` at another offset than here: read with a helper
+/// call (forced here).
+#[test]
+fn dump_core_file_is_noticed_when_group_dead_is_read_with_a_helper() {
+    let d = Daemon::start_with_env("dump-core-helper", &[("LEAKWATCH_GROUP_DEAD", "helper")]);
+    let log = fs::read_to_string(d.stderr_path()).unwrap();
+    assert!(
+        log.contains("read with a helper call"),
+        "helper read not in use: {log}"
+    );
+    core_file_from_python_abort(d);
+}
+
 fn core_file_from_python_abort(mut d: Daemon) {
     let (secret, text) = secret("stripe-secret-key");
     let fp = fingerprint(&secret);

@@ -228,7 +228,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 
 /// Where `group_dead` sits in the `sched_process_exit` record, from its format file (set
 /// by the loader); 0: this kernel's record has no such field (older kernels), so the
-/// last thread is the one that finds its thread group's `signal->live` count at 0.
+/// last thread is the one that finds its thread group's `signal->live` count at 0. Bit
+/// `GROUP_DEAD_BY_HELPER` asks for the helper read even at offset 32 (tests).
 #[unsafe(no_mangle)]
 static EXIT_GROUP_DEAD: u64 = 0;
 
@@ -248,6 +249,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 /// to the verifier, so only the branch this kernel needs is kept.
 #[inline(always)]
 fn group_dead(ctx: &TracePointContext) -> bool {
+    use leakwatch_common::GROUP_DEAD_BY_HELPER;
     match crate::task::global(&EXIT_GROUP_DEAD) {
         // This layout (6.18): a direct load, not a helper call; every thread exit on the
         // host runs this.
@@ -256,6 +258,6 @@ fn group_dead(ctx: &TracePointContext) -> bool {
         // exiting at once may both read 0 (both then count as the last: a repeated
         // cleanup, harmless, and a dumped core noticed twice, which the daemon joins).
         0 => crate::task::live_threads() == Some(0),
-        off => crate::args::byte_at(ctx, off) != 0,
+        off => crate::args::byte_at(ctx, off & !GROUP_DEAD_BY_HELPER) != 0,
     }
 }

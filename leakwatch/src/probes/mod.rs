@@ -368,22 +368,31 @@ fn tracefs_root() -> Option<&'static Path> {
 }
 
 /// Where `group_dead` sits in this kernel's `sched_process_exit` record; 0 when it has no
-/// such field (older kernels: the program then reads the thread group's live count), or
-/// when `LEAKWATCH_GROUP_DEAD=signal` asks for that fallback (so tests run it here).
+/// such field (older kernels: the program then reads the thread group's live count).
+/// `LEAKWATCH_GROUP_DEAD` makes this kernel take another kernel's path, for tests:
+/// `signal` the live count, `helper` the helper read of an offset other than 32.
 fn exit_group_dead() -> u64 {
-    if std::env::var("LEAKWATCH_GROUP_DEAD").as_deref() == Ok("signal") {
+    let force = std::env::var("LEAKWATCH_GROUP_DEAD").unwrap_or_default();
+    if force == "signal" {
         return 0;
     }
     let Some(root) = tracefs_root() else {
         return 0;
     };
-    match std::fs::read_to_string(root.join("events/sched/sched_process_exit/format")) {
+    let off = match std::fs::read_to_string(root.join("events/sched/sched_process_exit/format")) {
         Ok(text) => match tpformat::field(&text, "group_dead") {
-            Some((off, 1)) if off > 0 => off,
+            Some((off, 1)) if off > 0 && off < GROUP_DEAD_BY_HELPER => off,
             _ => 0,
         },
         Err(_) => 0,
+    };
+    if force == "helper" && off != 0 {
+        log::info!(
+            "sched_process_exit: group_dead read with a helper call (LEAKWATCH_GROUP_DEAD=helper)"
+        );
+        return off | GROUP_DEAD_BY_HELPER;
     }
+    off
 }
 
 fn nr_cpus() -> Result<u32> {
@@ -420,7 +429,7 @@ impl Probes {
         }
         let group_dead = exit_group_dead();
         if group_dead == 0 {
-            log::info!("sched_process_exit has no group_dead field here: a process's last thread is told by its thread group's live count");
+            log::info!("sched_process_exit: group_dead not read from the record (none here, or LEAKWATCH_GROUP_DEAD=signal): a process's last thread is told by its thread group's live count");
         }
         if group_dead == 0
             && offsets
