@@ -110,26 +110,29 @@ fn dump_core_file_from_python_abort_with_the_key_in_its_environment() {
 /// still noticed (forced here, where the kernel has the field).
 #[test]
 fn dump_core_file_is_noticed_when_the_last_thread_is_told_by_the_live_count() {
-    let d = Daemon::start_with_env("dump-core-live", &[("LEAKWATCH_GROUP_DEAD", "signal")]);
-    let log = fs::read_to_string(d.stderr_path()).unwrap();
-    assert!(
-        log.contains("told by its thread group's live count"),
-        "fallback not in use: {log}"
-    );
-    core_file_from_python_abort(d);
+    core_file_from_python_abort(forced_exit_path(
+        "signal",
+        "told by its thread group's live count",
+    ));
 }
 
 /// Kernels whose record has `group_dead` at another offset than here: read with a helper
 /// call (forced here).
 #[test]
 fn dump_core_file_is_noticed_when_group_dead_is_read_with_a_helper() {
-    let d = Daemon::start_with_env("dump-core-helper", &[("LEAKWATCH_GROUP_DEAD", "helper")]);
-    let log = fs::read_to_string(d.stderr_path()).unwrap();
-    assert!(
-        log.contains("read with a helper call"),
-        "helper read not in use: {log}"
+    core_file_from_python_abort(forced_exit_path("helper", "read with a helper call"));
+}
+
+/// A daemon whose exit program takes another kernel's path (`LEAKWATCH_GROUP_DEAD`), checked
+/// in use by its log line.
+fn forced_exit_path(mode: &str, says: &str) -> Daemon {
+    let d = Daemon::start_with_env(
+        &format!("dump-core-{mode}"),
+        &[("LEAKWATCH_GROUP_DEAD", mode)],
     );
-    core_file_from_python_abort(d);
+    let log = fs::read_to_string(d.stderr_path()).unwrap();
+    assert!(log.contains(says), "{mode} path not in use: {log}");
+    d
 }
 
 fn core_file_from_python_abort(mut d: Daemon) {
