@@ -181,22 +181,25 @@ impl Procs {
             ppid: t.ppid,
             uid: t.uid,
             comm: t.comm.clone(),
-            exe: match self.exe_seen(t.tgid, &t.comm) {
-                Some(e) => e,
-                None => {
-                    // Started before the daemon: one readlink, remembered like an exec.
-                    let e = fs::read_link(format!("/proc/{}/exe", t.tgid))
-                        .ok()
-                        .map(|p| p.to_string_lossy().into_owned());
-                    if let Some(e) = &e {
-                        self.remember(t.tgid, &t.comm, e.clone());
-                    }
-                    e.unwrap_or_default()
-                }
-            },
+            exe: self.exe(t),
             unit: cgroup.as_deref().and_then(unit_of),
             cgroup,
         }
+    }
+
+    /// `quick`'s image alone ("" when unknown): for a caller that needs nothing else.
+    pub fn exe(&mut self, t: &crate::events::Task) -> String {
+        if let Some(e) = self.exe_seen(t.tgid, &t.comm) {
+            return e;
+        }
+        // Started before the daemon: one readlink, remembered like an exec.
+        let e = fs::read_link(format!("/proc/{}/exe", t.tgid))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        if let Some(e) = &e {
+            self.remember(t.tgid, &t.comm, e.clone());
+        }
+        e.unwrap_or_default()
     }
 
     pub fn exe_seen(&self, tgid: u32, comm: &str) -> Option<String> {

@@ -40,18 +40,20 @@ pub(super) fn on_connect(p: &mut Pipeline, c: &ConnectEvent) {
     if !matches!(c.peer.family, AF_INET | AF_INET6) {
         return;
     }
-    let who = p.procs.quick(&c.task);
-    if who.exe.is_empty() {
+    // Only the image is needed to know the answer (a cgroup path and unit per connect
+    // cost more than the rest of the connect's handling).
+    let exe = p.procs.exe(&c.task);
+    if exe.is_empty() {
         return;
     }
-    let reason = match p.blind_checked.0.get(&who.exe) {
+    let reason = match p.blind_checked.0.get(&exe) {
         Some(r) => *r,
         None => {
-            let r = reason(c.task.tgid, &who.exe, &p.tls.visible());
+            let r = reason(c.task.tgid, &exe, &p.tls.visible());
             if p.blind_checked.0.len() >= 65_536 {
                 p.blind_checked.0.clear();
             }
-            p.blind_checked.0.insert(who.exe.clone(), r);
+            p.blind_checked.0.insert(exe.clone(), r);
             r
         }
     };
@@ -59,7 +61,7 @@ pub(super) fn on_connect(p: &mut Pipeline, c: &ConnectEvent) {
     let Ok(mut list) = p.shared.tls_blind.lock() else {
         return;
     };
-    if list.len() >= MAX && !list.contains_key(&who.exe) {
+    if list.len() >= MAX && !list.contains_key(&exe) {
         if let Some(oldest) = list
             .iter()
             .min_by_key(|(_, b)| b.last_ms)
@@ -69,11 +71,11 @@ pub(super) fn on_connect(p: &mut Pipeline, c: &ConnectEvent) {
         }
     }
     list.insert(
-        who.exe.clone(),
+        exe,
         Blind {
             reason,
             pid: c.task.tgid,
-            comm: who.comm.clone(),
+            comm: c.task.comm.clone(),
             remote: crate::events::format_peer(&c.peer).unwrap_or_default(),
             last_ms: crate::actions::now_ms() as u64,
         },
