@@ -2,13 +2,10 @@
 //! once; its repeats (an HTTP client reconnecting to its API, a health check) are summed
 //! and recorded as one row with `count` when they pause or after a minute — a process
 //! reconnecting a thousand times a second makes a row a minute per remote, not a thousand.
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use super::{now_ms, wall_ms, ActionLog, Row};
-use crate::procs::ProcInfo;
+use crate::{fastmap::FastMap, procs::ProcInfo};
 
 /// Repeats of a (process, remote) unseen this long are recorded.
 const PAUSE: Duration = Duration::from_secs(2);
@@ -26,7 +23,7 @@ struct Repeats {
 
 #[derive(Default)]
 pub struct ConnectLog {
-    map: HashMap<(u32, String), Repeats>,
+    map: FastMap<(u32, String), Repeats>,
 }
 
 impl ConnectLog {

@@ -4,14 +4,14 @@
 //! inet connect; each is listed by `leakwatch status` (`tls_blind`), so the operator knows
 //! which sends would go unseen.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, Mutex},
 };
 
 use serde::Serialize;
 
 use super::Pipeline;
-use crate::events::ConnectEvent;
+use crate::{events::ConnectEvent, fastmap::FastMap};
 
 /// Programs listed at most (the oldest sighting goes first).
 const MAX: usize = 256;
@@ -33,7 +33,7 @@ pub type BlindList = Arc<Mutex<BTreeMap<String, Blind>>>;
 /// Executables already checked: their reason, or None when their TLS is visible or they
 /// show no TLS stack.
 #[derive(Default)]
-pub struct Checked(HashMap<String, Option<&'static str>>);
+pub struct Checked(FastMap<String, Option<&'static str>>);
 
 pub(super) fn on_connect(p: &mut Pipeline, c: &ConnectEvent) {
     use leakwatch_common::{AF_INET, AF_INET6};

@@ -345,6 +345,8 @@ fn read(
     let mut wake = wake::Wake::new(Instant::now());
     let mut slice = crate::slice::Slice::default();
     let mut held_back: Vec<Queued> = Vec::new();
+    // Records in the last turn: the next batch starts that large, not grown by copying.
+    let mut last_records = 0;
     while !stop.load(Ordering::Relaxed) {
         let timeout = if busy { wake::BUSY_POLL_MS } else { 200 };
         slice.set(!busy || sparse);
@@ -367,7 +369,7 @@ fn read(
         }
         // One batch from both rings, in kernel time order: a short-lived process's exec
         // (EVENTS) must reach the stages before its writes (WRITES) do.
-        let mut batch: Vec<Queued> = Vec::new();
+        let mut batch: Vec<Queued> = Vec::with_capacity(last_records);
         // (thread, fd) -> index in `batch` of its latest by-reference write.
         let mut runs: FastMap<(u32, i32), usize> = FastMap::default();
         let mut records = 0;
@@ -407,11 +409,22 @@ fn read(
             }
         }
         sparse = busy && wake.early(records, from_idle, Instant::now());
-        batch.sort_by_key(|q| q.ev.ktime());
+        last_records = batch.len();
+        // A record is a few hundred bytes: moved only where there is something to do
+        // (a batch from one ring is usually in order already; it goes as it is when nothing
+        // was held back and nothing is refused, see `enqueue`).
+        if !batch.is_sorted_by_key(|q| q.ev.ktime()) {
+            batch.sort_by_key(|q| q.ev.ktime());
+        }
         // Writes by reference held back from a full queue go first, merged with their
         // continuation.
-        let mut all = std::mem::take(&mut held_back);
-        all.extend(batch);
+        let all = if held_back.is_empty() {
+            batch
+        } else {
+            let mut all = std::mem::take(&mut held_back);
+            all.extend(batch);
+            all
+        };
         held_back = enqueue(merge_refs(all), tx, queued, metrics);
         busy |= !held_back.is_empty();
     }
@@ -497,6 +510,11 @@ fn continues(
 /// into one, counting the calls: a busy writer's batch becomes one queue entry instead of
 /// thousands. Any other record of the same (thread, fd) ends its run.
 fn merge_refs(batch: Vec<Queued>) -> Vec<Queued> {
+    let by_ref = |q: &Queued| matches!(&q.ev, Event::Write(w) if w.by_ref() && !w.new_file());
+    if batch.iter().filter(|q| by_ref(q)).nth(1).is_none() {
+        // Fewer than two: nothing to fold.
+        return batch;
+    }
     let mut out: Vec<Queued> = Vec::with_capacity(batch.len());
     // (thread, fd) -> index in `out` of its run's entry.
     let mut runs: FastMap<(u32, i32), usize> = FastMap::default();
@@ -545,18 +563,16 @@ fn enqueue(
     metrics: &Metrics,
 ) -> Vec<Queued> {
     let mut back = Vec::new();
-    let mut out = Vec::with_capacity(batch.len());
-    let mut must_keep = false;
-    for q in batch {
-        let keep = !matches!(q.ev, Event::Write(_));
-        if !keep && queued.load(Ordering::Relaxed) + q.bytes > QUEUE_BYTES {
-            refused(q, &mut back, metrics);
-            continue;
-        }
-        queued.fetch_add(q.bytes, Ordering::Relaxed);
-        must_keep |= keep;
-        out.push(q);
-    }
+    // Records that are not writes always go, so one among them means the send waits.
+    let must_keep = batch.iter().any(|q| !matches!(q.ev, Event::Write(_)));
+    let bytes: usize = batch.iter().map(|q| q.bytes).sum();
+    // Room for all of it (the usual case): the batch goes as it is, not copied.
+    let out = if queued.load(Ordering::Relaxed) + bytes <= QUEUE_BYTES {
+        queued.fetch_add(bytes, Ordering::Relaxed);
+        batch
+    } else {
+        admit(batch, queued, metrics, &mut back)
+    };
     if out.is_empty() {
         return back;
     }
@@ -575,6 +591,26 @@ fn enqueue(
     // Held back in kernel order, so runs still merge with what follows.
     back.sort_by_key(|q| q.ev.ktime());
     back
+}
+
+/// What of `batch` the queue has room for, in order; writes without room go to `refused`.
+fn admit(
+    batch: Vec<Queued>,
+    queued: &AtomicUsize,
+    metrics: &Metrics,
+    back: &mut Vec<Queued>,
+) -> Vec<Queued> {
+    let mut out = Vec::with_capacity(batch.len());
+    for q in batch {
+        let keep = !matches!(q.ev, Event::Write(_));
+        if !keep && queued.load(Ordering::Relaxed) + q.bytes > QUEUE_BYTES {
+            refused(q, back, metrics);
+            continue;
+        }
+        queued.fetch_add(q.bytes, Ordering::Relaxed);
+        out.push(q);
+    }
+    out
 }
 
 /// A record the queue had no room for: held back if it is a write by reference, else
