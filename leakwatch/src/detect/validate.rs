@@ -232,8 +232,10 @@ pub fn generic(v: &[u8], name: &[u8]) -> bool {
     if code_identifier(v) || (!all_hex && !symbol && keyboard_mash(v)) {
         return false;
     }
-    // AWS documentation marks example ids and tokens with `XMPL` (`ACCAQFODXMPL4YFHP7DZE`).
-    if v.windows(4).any(|w| w.eq_ignore_ascii_case(b"xmpl")) {
+    // AWS documentation marks example ids with `XMPL` (`ACCAQFODXMPL4YFHP7DZE`): upper
+    // case, in a value without lower case. Any case in any value would drop one random
+    // mixed-case secret in ~50,000 (`…hXmPl4ml…`).
+    if !v.iter().any(u8::is_ascii_lowercase) && v.windows(4).any(|w| w == b"XMPL") {
         return false;
     }
     // Lowercase hex of a digest length is a key when named like one (`DD_API_KEY`,
@@ -789,6 +791,9 @@ mod tests {
             b"cache_key"
         ));
         assert!(generic_(b"Zq8vJr2LkP0wXy7TbN4m"));
+        // `XMPL` marks AWS's upper-case example ids only, not a random value's letters.
+        assert!(generic_(b"V0pKte65sG9HhXmPl4mlrFYk"));
+        assert!(generic_(b"K7mQ2xP9vL4nR8xmplwY6zA1b"));
         assert!(generic_(b"5CeVmFS0jDnutd00x9Xl"));
         assert!(generic_(b"3f9a0c1d2b4e5f60718293a4b5c6d7e8f9"));
     }
