@@ -7,6 +7,9 @@
 //! loader-set globals). Built for `bpfel-unknown-none` by `cargo xtask build-ebpf`.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: this target's `core` has no atomic read-modify-write types (see `maps::add`).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod args;
 mod connect;

@@ -1,13 +1,18 @@
 //! The maps every family shares: the event ring and the per-probe counters. Family state
 //! (scratch areas, caches) lives in the family's own module, so nothing here depends on one.
-use core::ffi::c_void;
+use core::{
+    ffi::c_void,
+    intrinsics::{atomic_xadd, AtomicOrdering},
+};
 
 use aya_ebpf::{
     helpers::generated::{bpf_ringbuf_output, bpf_ringbuf_reserve, bpf_ringbuf_submit},
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
 };
-use leakwatch_common::{stat_slot, RING_BYTES, STAT_COUNT, STAT_EVENTS, STAT_LOST};
+use leakwatch_common::{
+    stat_slot, PROBE_SSL_WRITE, RING_BYTES, STAT_COUNT, STAT_EVENTS, STAT_LOST,
+};
 
 /// Exec records (up to ~132 KiB), kill notices and connects.
 #[map]
@@ -24,8 +29,17 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0
 
 #[inline(always)]
 pub fn add(probe: u32, stat: u32, n: u64) {
-    if let Some(p) = STATS.get_ptr_mut(stat_slot(probe, stat)) {
-        // SAFETY: this CPU's slot; a tracepoint program does not nest with itself on a CPU.
+    let Some(p) = STATS.get_ptr_mut(stat_slot(probe, stat)) else {
+        return;
+    };
+    if probe == PROBE_SSL_WRITE {
+        // A uprobe program runs with preemption on: another thread's `SSL_write` probe can
+        // run on this CPU between a load and a store, and a plain `+=` would lose its count.
+        // SAFETY: this CPU's slot, 8-byte aligned map memory.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, n) };
+    } else {
+        // SAFETY: this CPU's slot; tracepoint programs run with preemption off and do not
+        // nest on a CPU (the probe is a constant here: only one branch is kept).
         unsafe { *p += n };
     }
 }

@@ -273,7 +273,7 @@ fn build_ebpf() -> Result<()> {
             "bpfel-unknown-none",
         ])
         .env("RUSTC", "/usr/bin/rustc")
-        .env("RUSTC_BOOTSTRAP", "aya_ebpf")
+        .env("RUSTC_BOOTSTRAP", "aya_ebpf,leakwatch")
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
             "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
