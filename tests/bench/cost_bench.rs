@@ -45,8 +45,6 @@ enum Mon {
 }
 
 const MONS: [Mon; 3] = [Mon::None, Mon::Floor, Mon::Daemon];
-/// The macro part's: the agent also runs out of scope.
-const MACRO_MONS: [Mon; 4] = [Mon::None, Mon::Floor, Mon::Daemon, Mon::OutOfScope];
 /// A scope that leaves the bench's workloads out (no process is called this).
 const SCOPE_OUT: &str = "[scope]\ncomms = [\"lw-bench-none\"]\n";
 
@@ -328,12 +326,8 @@ pub fn run() -> String {
         eprintln!("cost bench: micro round {}/{rounds} done", round + 1);
     }
     took("micro");
-    // Rounds set the interval's coverage (9: the 2nd–8th of them, 96 %; 7: min–max); two
-    // runs a round, not three, keep the part's time with 9 rounds.
-    let macro_ = macro_rounds(
-        env_or("LW_BENCH_MACRO_ROUNDS", 9),
-        env_or("LW_BENCH_MACRO_RUNS", 2),
-    );
+    // Nine rounds (18 pairs for the agent) keep the part under 10 minutes.
+    let macro_ = macro_rounds(env_or("LW_BENCH_MACRO_ROUNDS", 9));
     took("macro");
     let (loss, footprint) = loss_and_footprint();
     took("loss, footprint and latency");
@@ -505,7 +499,8 @@ fn report_micro(md: &mut String, res: &Results, rounds: usize, secs: f64) {
     .unwrap();
 }
 
-/// A round's median wall time and median CPU of one macro workload under one monitor.
+/// A round's wall time and CPU of one macro workload under one monitor (the mean of the
+/// round's two runs where it has two).
 struct Run {
     work: &'static str,
     mon: Mon,
@@ -517,8 +512,8 @@ struct Run {
 /// Wall time and CPU of each macro workload per (monitor, round).
 struct Macro {
     runs: Vec<Run>,
-    /// Runs per workload, monitor and round.
-    per_round: usize,
+    /// The agent's adjacent pairs: (wall, CPU) of no monitor over the daemon.
+    pairs: Vec<(f64, f64)>,
     /// CPU accounting, one extra run of each workload (see `cpu_account`).
     cpu: Vec<Cpu>,
 }
@@ -635,10 +630,13 @@ fn load_floor() -> leakwatch::probes::Floor {
         .unwrap_or_else(|e| panic!("loading the floor failed: {e:#}"))
 }
 
-/// Each round runs the agent `runs` times with no monitor, the floor and the daemon, and
-/// the build once with no monitor and once with the daemon (one daemon per round, order
-/// rotated); a round's time per workload and monitor is the median of its runs.
-fn macro_rounds(rounds: usize, runs: usize) -> Macro {
+/// Each round: the agent with no monitor and with the daemon as two adjacent pairs (none
+/// then leakwatch, leakwatch then none; one daemon serves both leakwatch runs, with the
+/// build between them), the build with no monitor, then the agent once with the floor and
+/// once scoped out. Pairs are adjacent because a run's time drifts with the host: rounds of
+/// config blocks put blocks apart by ten seconds and more, and their ratios spread twice as
+/// wide.
+fn macro_rounds(rounds: usize) -> Macro {
     let dir = std::env::temp_dir().join(format!("leakwatch-bench-cost-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
@@ -648,47 +646,48 @@ fn macro_rounds(rounds: usize, runs: usize) -> Macro {
     c_project(&proj);
     let mut m = Macro {
         runs: Vec::new(),
-        per_round: runs,
+        pairs: Vec::new(),
         cpu: Vec::new(),
     };
+    let agent = || timed_cpu(agent_run(&dir, &script));
+    let start = |toml: &str| {
+        let (d, _) = daemon("cost-macro", toml);
+        quiet(&d, 5);
+        d
+    };
     for round in 0..rounds {
-        for k in 0..MACRO_MONS.len() {
-            let mon = MACRO_MONS[(round + k) % MACRO_MONS.len()];
-            let d = matches!(mon, Mon::Daemon | Mon::OutOfScope).then(|| {
-                let toml = if mon == Mon::OutOfScope {
-                    SCOPE_OUT
-                } else {
-                    ""
-                };
-                let (d, _) = daemon("cost-macro", toml);
-                quiet(&d, 5);
-                d
+        let none_a = agent();
+        let mut d = start("");
+        let in_a = agent();
+        let build_in = timed_cpu(build_run(&proj));
+        let in_b = agent();
+        d.stop();
+        let none_b = agent();
+        let build_none = timed_cpu(build_run(&proj));
+        let floor = load_floor();
+        let with_floor = agent();
+        drop(floor);
+        let mut d = start(SCOPE_OUT);
+        let out = agent();
+        d.stop();
+        for (none, with) in [(none_a, in_a), (none_b, in_b)] {
+            m.pairs.push((none.0 / with.0, none.1 / with.1));
+        }
+        let mid = |a: (f64, f64), b: (f64, f64)| ((a.0 + b.0) / 2.0, (a.1 + b.1) / 2.0);
+        for (work, mon, (wall, cpu)) in [
+            ("agent", Mon::None, mid(none_a, none_b)),
+            ("agent", Mon::Daemon, mid(in_a, in_b)),
+            ("agent", Mon::Floor, with_floor),
+            ("agent", Mon::OutOfScope, out),
+            ("build", Mon::None, build_none),
+            ("build", Mon::Daemon, build_in),
+        ] {
+            m.runs.push(Run {
+                work,
+                mon,
+                wall,
+                cpu,
             });
-            let floor = (mon == Mon::Floor).then(load_floor);
-            let (mut agent, mut build) = (Vec::new(), Vec::new());
-            for i in 0..runs {
-                agent.push(timed_cpu(agent_run(&dir, &script)));
-                // The build against the floor would add a minute and split nothing the
-                // agent does not: only the agent runs there. The build, far from its
-                // target, runs once a round: the cost part stays under 10 minutes.
-                if matches!(mon, Mon::None | Mon::Daemon) && i == 0 {
-                    build.push(timed_cpu(build_run(&proj)));
-                }
-            }
-            for (work, runs) in [("agent", agent), ("build", build)] {
-                if !runs.is_empty() {
-                    m.runs.push(Run {
-                        work,
-                        mon,
-                        wall: median(runs.iter().map(|r| r.0).collect()),
-                        cpu: median(runs.iter().map(|r| r.1).collect()),
-                    });
-                }
-            }
-            drop(floor);
-            if let Some(mut d) = d {
-                d.stop();
-            }
         }
         eprintln!("cost bench: macro round {}/{rounds} done", round + 1);
     }
@@ -788,11 +787,11 @@ fn report_macro(md: &mut String, m: &Macro) -> MacroVerdict {
         .iter()
         .filter(|r| r.work == "agent" && r.mon == Mon::None)
         .count();
-    let runs = m.per_round;
-    writeln!(md, "**agent**: python3 with a local HTTP server; {AGENT_REQUESTS} chat-style POSTs with JSON bodies (the last 20 messages), each reply logged to a file, `ls` run every 25 requests; pinned to CPU 0 (the daemon is not pinned: it runs where the scheduler puts it). Pinned, because unpinned its run time depended mostly on where the scheduler put its two threads. It ends without `srv.shutdown()`: reports before 2026-12-05 timed a fixed 0.5 s shutdown sleep with every run, which diluted the ratio by a third. **build**: `make -j2` of 24 generated C files (`cc -O2`) into an archive, from clean, on both cores. {rounds} rounds; in each, the agent runs {runs} times with no monitor, with the floor, with the daemon and with the daemon scoped away from it (`[scope] comms` naming no process of the bench), the build once with no monitor and once with the daemon (order rotated between rounds), and a round's time is the median of its runs. Wall time; a ratio is the slower configuration's rate over the faster's from the same round (no-monitor time / leakwatch time; 1.0 = no cost), its median over rounds. The floor splits the agent's cost: **floor vs none** is what any probe on these tracepoints costs (the syscall tracing slow path and a program call per hooked syscall), **leakwatch vs floor** what leakwatch adds to that. **out of scope** is what a process leakwatch does not watch pays on a host where it watches others (its connects, execs and exits still go through the programs; its writes stop at the scope check).\n\nA run's wall time moves from one run to the next (on the bench VM when this was written, 2026-12-06: 16 paired runs of none and leakwatch by hand, standard deviation 4.4 %), so the median ratio over rounds carries an interval: **95 % CI** is the order-statistic interval of the median over the rounds (no assumption on the spread; its coverage in the note under the table). The verdict is met when the interval lies at or above the target, not met when below it, and *within noise* when it straddles it (or when fewer than 6 rounds make no 95 % interval). **its CPU** is the same ratio over the user + system CPU of the workload's own processes (the kernel programs run in them, so their time is in it; the daemon's own CPU is not, see the next table), which host scheduling noise moves far less; against the floor it splits what any probe on these hooks costs the workload from what leakwatch adds.\n").unwrap();
+    let pairs = m.pairs.len();
+    writeln!(md, "**agent**: python3 with a local HTTP server; {AGENT_REQUESTS} chat-style POSTs with JSON bodies (the last 20 messages), each reply logged to a file, `ls` run every 25 requests; pinned to CPU 0 (the daemon is not pinned: it runs where the scheduler puts it). Pinned, because unpinned its run time depended mostly on where the scheduler put its two threads. It ends without `srv.shutdown()`: reports before 2026-12-05 timed a fixed 0.5 s shutdown sleep with every run, which diluted the ratio by a third. **build**: `make -j2` of 24 generated C files (`cc -O2`) into an archive, from clean, on both cores. {rounds} rounds; in each, in this order: the agent with no monitor; the daemon started, the agent, the build, the agent, the daemon stopped; the agent with no monitor; the build with no monitor; the agent with the floor; the agent with the daemon scoped away from it (`[scope] comms` naming no process of the bench). So each round gives the agent two **adjacent pairs** (no monitor then leakwatch, leakwatch then no monitor), {pairs} in all, and the agent's ratio is the median over the pairs of no-monitor time / leakwatch time (1.0 = no cost). Adjacent, because a run's time drifts with the host: in the earlier design (every configuration's runs in a block, blocks rotated), pairs were ten seconds and more apart and the 95 % interval spanned 0.940–1.017; 30 adjacent pairs by hand gave a standard deviation of 1.7 % per pair (2026-12-06). The build's ratio and the agent's other columns are per round (the mean of a round's two runs where it has two), medians over rounds. The floor splits the agent's cost: **floor vs none** is what any probe on these tracepoints costs (the syscall tracing slow path and a program call per hooked syscall), **leakwatch vs floor** what leakwatch adds to that. **out of scope** is what a process leakwatch does not watch pays on a host where it watches others (its connects, execs and exits still go through the programs; its writes stop at the scope check).\n\n**95 % CI** is the order-statistic interval of the median (no assumption on the spread; its coverage under the table). The verdict is met when the interval lies at or above the target, not met when below it, and *within noise* when it straddles it (or when too few values make no 95 % interval). **its CPU** is the same ratio over the user + system CPU of the workload's own processes (the kernel programs run in them, so their time is in it; the daemon's own CPU is not, see the next table), with its own interval; against the floor it splits what any probe on these hooks costs the workload from what leakwatch adds.\n").unwrap();
     writeln!(
         md,
-        "| workload | no monitor (s) | floor (s) | leakwatch (s) | floor vs none | leakwatch vs floor | **leakwatch vs none** | 95 % CI | min–max | its CPU: floor vs none | its CPU: leakwatch vs none | out of scope vs none (its CPU) |"
+        "| workload | no monitor (s) | floor (s) | leakwatch (s) | floor vs none | leakwatch vs floor | **leakwatch vs none** | 95 % CI | min–max | its CPU: floor vs none | its CPU: leakwatch vs none (95 % CI) | out of scope vs none (its CPU) |"
     )
     .unwrap();
     writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|").unwrap();
@@ -801,7 +800,7 @@ fn report_macro(md: &mut String, m: &Macro) -> MacroVerdict {
         verdict: "met",
         out_of_scope: None,
     };
-    let mut coverage = 0.0;
+    let mut coverage = Vec::new();
     for w in ["agent", "build"] {
         let t = |mon: Mon, cpu: bool| -> Vec<f64> {
             m.runs
@@ -817,12 +816,29 @@ fn report_macro(md: &mut String, m: &Macro) -> MacroVerdict {
         );
         let ratio_of =
             |x: &[f64], y: &[f64]| -> Vec<f64> { x.iter().zip(y).map(|(x, y)| x / y).collect() };
-        let ratios = ratio_of(&a, &b);
+        // The agent's from its adjacent pairs, the build's from its rounds.
+        let (ratios, cpus) = if w == "agent" {
+            (
+                m.pairs.iter().map(|p| p.0).collect(),
+                m.pairs.iter().map(|p| p.1).collect(),
+            )
+        } else {
+            (
+                ratio_of(&a, &b),
+                ratio_of(&t(Mon::None, true), &t(Mon::Daemon, true)),
+            )
+        };
         let (lo, hi) = min_max(&ratios);
         let (ci_lo, ci_hi, cov) = median_ci(&ratios);
-        coverage = cov;
+        let (cpu_lo, cpu_hi, _) = median_ci(&cpus);
+        coverage.push(format!(
+            "{w}: {:.1} % over {} {}",
+            cov * 100.0,
+            ratios.len(),
+            if w == "agent" { "pairs" } else { "rounds" }
+        ));
         let ratio = median(ratios.clone());
-        let cpu = median(ratio_of(&t(Mon::None, true), &t(Mon::Daemon, true)));
+        let cpu = median(cpus);
         let floor_cpu = ratio_of(&t(Mon::None, true), &t(Mon::Floor, true));
         let out_of_scope = match t(Mon::OutOfScope, false) {
             o if o.is_empty() => "—".to_string(),
@@ -850,7 +866,7 @@ fn report_macro(md: &mut String, m: &Macro) -> MacroVerdict {
         };
         writeln!(
             md,
-            "| {w} | {:.2} | {} | {:.2} | {} | {} | **{ratio:.3}** | {ci_lo:.3}–{ci_hi:.3} | {lo:.3}–{hi:.3} | {} | {cpu:.3} | {out_of_scope} |",
+            "| {w} | {:.2} | {} | {:.2} | {} | {} | **{ratio:.3}** | {ci_lo:.3}–{ci_hi:.3} | {lo:.3}–{hi:.3} | {} | {cpu:.3} ({cpu_lo:.3}–{cpu_hi:.3}) | {out_of_scope} |",
             median(a.clone()),
             cell(f.clone(), 2),
             median(b.clone()),
@@ -862,9 +878,9 @@ fn report_macro(md: &mut String, m: &Macro) -> MacroVerdict {
     }
     writeln!(
         md,
-        "\nTarget >= 0.97: {} (the interval covers the median with {:.1} % confidence over {rounds} rounds).\n",
+        "\nTarget >= 0.97: {} (each interval covers the median with the confidence given: {}).\n",
         out.verdict,
-        coverage * 100.0
+        coverage.join("; ")
     )
     .unwrap();
     writeln!(md, "**The same in CPU**, which this VM's scheduling noise does not move: one more run of each workload without and with the daemon. The workload's CPU is user + system of its processes (the kernel programs run in them: with the daemon it includes their time); the daemon's is its own until it went quiet; kernel program time is bpf_stats' `run_time_ns` over the daemon's programs, switched on for this run only. leakwatch's share is (daemon CPU + kernel program time) / the workload's CPU with no monitor.\n").unwrap();
