@@ -265,18 +265,17 @@ pub fn print_report(v: &Value) {
         println!("error: {}", e.as_str().unwrap_or(""));
     }
     let p = &v["phases_ms"];
-    let f = |k: &str| p[k].as_f64().unwrap_or(0.0);
+    let phases: Vec<String> = crate::respond::Phases::NAMES
+        .iter()
+        .map(|&k| {
+            let name = if k == "kill" { "kill and confirm" } else { k };
+            format!("{name} {:.1}", p[k].as_f64().unwrap_or(0.0))
+        })
+        .collect();
     println!(
-        "done in {:.1} ms (queued {:.1}, persist {:.1}, scan {:.1}, find {:.1}, stop {:.1}, sever {:.1}, kill and confirm {:.1}, report {:.1})",
+        "done in {:.1} ms ({})",
         v["elapsed_ms"].as_f64().unwrap_or(0.0),
-        f("queued"),
-        f("persist"),
-        f("scan"),
-        f("find"),
-        f("stop"),
-        f("sever"),
-        f("kill"),
-        f("report")
+        phases.join(", ")
     );
 }
 

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use leakwatch::respond::{pidfd, procscan};
+use leakwatch::respond::{pidfd, procscan, Phases};
 use leakwatch_tests::{bin, secret, Daemon};
 
 /// Runs per size (and as many of the kernel floor).
@@ -84,9 +84,9 @@ pub fn run() -> String {
                     serde_json::from_slice(&out.stdout).expect("freeze report");
                 let elapsed = r["elapsed_ms"].as_f64().unwrap();
                 inner.push(Duration::from_secs_f64(elapsed / 1000.0));
-                let mut p: Vec<f64> = PHASES
+                let mut p: Vec<f64> = Phases::NAMES
                     .iter()
-                    .map(|(k, _)| r["phases_ms"][k].as_f64().expect("phases in the report"))
+                    .map(|&k| r["phases_ms"][k].as_f64().expect("phases in the report"))
                     .collect();
                 p.push(ms(*wall.last().unwrap()) - elapsed);
                 phases.push(p);
@@ -181,28 +181,16 @@ fn floor_run(python: &str, port: u16, n: usize) -> Duration {
     took
 }
 
-/// The report's `phases_ms` keys, and what each is.
-const PHASES: [(&str, &str); 8] = [
-    ("queued", "behind another freeze (none here)"),
-    ("persist", "store written (fsync), key in the kernel map"),
-    (
-        "scan",
-        "every process's environment and command line, holders' pidfds and details",
-    ),
-    (
-        "find",
-        "descendants and their handles, shield, protected list",
-    ),
-    ("stop", "SIGSTOP to every holder"),
-    (
-        "sever",
-        "fd tables, sockets, SOCK_DESTROY (RST to every peer)",
-    ),
-    (
-        "kill",
-        "SIGKILL until every holder is confirmed gone (the kernel's teardown)",
-    ),
-    ("report", "counts, kill and sever alerts queued"),
+/// What each of the report's phases (`Phases::NAMES`, in that order) is.
+const PHASE_WHAT: [&str; 8] = [
+    "behind another freeze (none here)",
+    "store written (fsync), key in the kernel map",
+    "every process's environment and command line, holders' pidfds and details",
+    "descendants and their handles, shield, protected list",
+    "SIGSTOP to every holder",
+    "fd tables, sockets, SOCK_DESTROY (RST to every peer)",
+    "SIGKILL until every holder is confirmed gone (the kernel's teardown)",
+    "counts, kill and sever alerts queued",
 ];
 
 /// Where `n` holders' freezes went, phase by phase (medians over runs, so they need not
@@ -210,13 +198,13 @@ const PHASES: [(&str, &str); 8] = [
 fn phase_table(n: usize, runs: &[Vec<f64>], floor_ms: f64) -> String {
     let med = |i: usize| super::write_bench::median(runs.iter().map(|r| r[i]).collect());
     let mut md = format!("Where a freeze of {n} holders goes (`phases_ms` of its report, medians over the runs):\n\n| phase | what | median |\n|---|---|---|\n");
-    for (i, (k, what)) in PHASES.iter().enumerate() {
+    for (i, (k, what)) in Phases::NAMES.iter().zip(PHASE_WHAT).enumerate() {
         writeln!(md, "| {k} | {what} | {:.1} ms |", med(i)).unwrap();
     }
     writeln!(
         md,
         "| outside the daemon | the client's start, the control socket, the report's JSON | {:.1} ms |",
-        med(PHASES.len())
+        med(Phases::NAMES.len())
     )
     .unwrap();
     writeln!(md, "\nThe floor run's kill took {floor_ms:.1} ms (median) against the freeze's kill phase above: the freeze has reset the connections already (in its sever phase), which the floor's kill does as part of the teardown.\n").unwrap();

@@ -121,6 +121,13 @@ pub struct Phases {
     pub report: f64,
 }
 
+impl Phases {
+    /// The report's keys, in order (what the CLI prints and the bench describes).
+    pub const NAMES: [&'static str; 8] = [
+        "queued", "persist", "scan", "find", "stop", "sever", "kill", "report",
+    ];
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -1165,4 +1172,26 @@ fn info(pid: u32) -> ProcInfo {
         pid,
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Phases;
+
+    #[test]
+    fn phase_names_are_the_report_keys_in_order() {
+        let text = serde_json::to_string(&Phases::default()).unwrap();
+        let keys = serde_json::from_str::<serde_json::Value>(&text).unwrap();
+        assert_eq!(
+            keys.as_object().unwrap().len(),
+            Phases::NAMES.len(),
+            "{text}"
+        );
+        // Each name is a key, in the order the report writes them.
+        let at: Vec<usize> = Phases::NAMES
+            .iter()
+            .map(|k| text.find(&format!("\"{k}\"")).expect(k))
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+    }
 }
