@@ -59,20 +59,18 @@ pub fn row(r: &mut Row, set: &FrozenSet) {
 
 /// Which of `set`'s keys the rows on disk have not been rewritten for yet.
 #[derive(Default)]
-pub struct Swept(HashSet<String>);
+pub struct Swept(HashSet<[u8; 32]>);
 
 impl Swept {
     /// Starts from the keys frozen when the log opened: those rows were rewritten by the
     /// run that froze them.
     pub fn from(set: &FrozenSet) -> Swept {
-        Swept(set.keys().iter().map(|k| k.fingerprint()).collect())
+        Swept(set.keys().iter().map(|k| k.sha256).collect())
     }
 
     /// Whether `set` holds a key not swept yet.
     pub fn pending(&self, set: &FrozenSet) -> bool {
-        set.keys()
-            .iter()
-            .any(|k| !self.0.contains(&k.fingerprint()))
+        set.keys().iter().any(|k| !self.0.contains(&k.sha256))
     }
 
     /// The keys of `set` not swept yet, as a set of their own (empty: nothing to do).
@@ -80,14 +78,14 @@ impl Swept {
         FrozenSet::new(
             set.keys()
                 .iter()
-                .filter(|k| !self.0.contains(&k.fingerprint()))
+                .filter(|k| !self.0.contains(&k.sha256))
                 .cloned()
                 .collect(),
         )
     }
 
     pub fn mark(&mut self, set: &FrozenSet) {
-        self.0.extend(set.keys().iter().map(|k| k.fingerprint()));
+        self.0.extend(set.keys().iter().map(|k| k.sha256));
     }
 }
 
