@@ -262,11 +262,11 @@ pub const WRITE_F_TLS: u32 = 256;
 /// A by-reference write sent alone, the last of those after a pause (`RUN_LONE_MAX`): the
 /// thread's next writes go in a run, which the daemon looks up soon instead of at its tick.
 pub const WRITE_F_RUN_NEXT: u32 = 512;
-/// Bytes of each ring buffer (`EVENTS`, `WRITES`) in the object; the daemon sizes them at
-/// load (`[capture] events_ring_mb`, `writes_ring_mb`).
 /// Set in the exit program's `group_dead` offset: read it with a helper call even where
 /// the direct load would do (so tests run the path other record layouts take).
 pub const GROUP_DEAD_BY_HELPER: u64 = 1 << 16;
+/// Bytes of each ring buffer (`EVENTS`, `WRITES`) in the object; the daemon sizes them at
+/// load (`[capture] events_ring_mb`, `writes_ring_mb`).
 pub const RING_BYTES: u32 = 4 << 20;
 /// Regular files the daemon holds open for by-reference capture, at most.
 pub const HELD_MAX: u32 = 1024;

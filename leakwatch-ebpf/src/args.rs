@@ -17,14 +17,3 @@ pub fn byte(ctx: &TracePointContext, off: usize) -> u8 {
     // SAFETY: as for `arg`.
     unsafe { core::ptr::read(ctx.as_ptr().add(off) as *const u8) }
 }
-
-/// The byte at an offset known only at load time (a context load needs a constant one):
-/// a helper read, 0 when it fails.
-#[inline(always)]
-pub fn byte_at(ctx: &TracePointContext, off: u64) -> u8 {
-    // SAFETY: the helper checks the address.
-    unsafe {
-        aya_ebpf::helpers::bpf_probe_read_kernel((ctx.as_ptr() as *const u8).add(off as usize))
-    }
-    .unwrap_or(0)
-}

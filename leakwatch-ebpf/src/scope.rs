@@ -249,6 +249,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 /// to the verifier, so only the branch this kernel needs is kept.
 #[inline(always)]
 fn group_dead(ctx: &TracePointContext) -> bool {
+    use aya_ebpf::EbpfContext;
     use leakwatch_common::GROUP_DEAD_BY_HELPER;
     match crate::task::global(&EXIT_GROUP_DEAD) {
         // This layout (6.18): a direct load, not a helper call; every thread exit on the
@@ -258,6 +259,8 @@ fn group_dead(ctx: &TracePointContext) -> bool {
         // exiting at once may both read 0 (both then count as the last: a repeated
         // cleanup, harmless, and a dumped core noticed twice, which the daemon joins).
         0 => crate::task::live_threads() == Some(0),
-        off => crate::args::byte_at(ctx, off & !GROUP_DEAD_BY_HELPER) != 0,
+        // Another layout: an offset known only at load time, which a context load cannot
+        // take (it needs a constant one).
+        off => crate::task::kread::<u8>(ctx.as_ptr() as u64 + (off & !GROUP_DEAD_BY_HELPER)) != 0,
     }
 }
