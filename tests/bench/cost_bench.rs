@@ -632,8 +632,8 @@ fn load_floor() -> leakwatch::probes::Floor {
 
 /// Each round: the agent with no monitor and with the daemon as two adjacent pairs (none
 /// then leakwatch, leakwatch then none; one daemon serves both leakwatch runs, with the
-/// build between them), the build with no monitor, then the agent once with the floor and
-/// once scoped out. Pairs are adjacent because a run's time drifts with the host: rounds of
+/// build between them), the build with no monitor (after them in even rounds, before them
+/// in odd ones), then the agent once with the floor and once scoped out. Pairs are adjacent because a run's time drifts with the host: rounds of
 /// config blocks put blocks apart by ten seconds and more, and their ratios spread twice as
 /// wide.
 fn macro_rounds(rounds: usize) -> Macro {
@@ -656,6 +656,9 @@ fn macro_rounds(rounds: usize) -> Macro {
         d
     };
     for round in 0..rounds {
+        // The build's two runs take turns at going first, as the agent's pairs do.
+        let build_first = round % 2 == 1;
+        let early_build = build_first.then(|| timed_cpu(build_run(&proj)));
         let none_a = agent();
         let mut d = start("");
         let in_a = agent();
@@ -663,7 +666,7 @@ fn macro_rounds(rounds: usize) -> Macro {
         let in_b = agent();
         d.stop();
         let none_b = agent();
-        let build_none = timed_cpu(build_run(&proj));
+        let build_none = early_build.unwrap_or_else(|| timed_cpu(build_run(&proj)));
         let floor = load_floor();
         let with_floor = agent();
         drop(floor);
@@ -788,7 +791,7 @@ fn report_macro(md: &mut String, m: &Macro) -> MacroVerdict {
         .filter(|r| r.work == "agent" && r.mon == Mon::None)
         .count();
     let pairs = m.pairs.len();
-    writeln!(md, "**agent**: python3 with a local HTTP server; {AGENT_REQUESTS} chat-style POSTs with JSON bodies (the last 20 messages), each reply logged to a file, `ls` run every 25 requests; pinned to CPU 0 (the daemon is not pinned: it runs where the scheduler puts it). Pinned, because unpinned its run time depended mostly on where the scheduler put its two threads. It ends without `srv.shutdown()`: reports before 2026-12-05 timed a fixed 0.5 s shutdown sleep with every run, which diluted the ratio by a third. **build**: `make -j2` of 24 generated C files (`cc -O2`) into an archive, from clean, on both cores. {rounds} rounds; in each, in this order: the agent with no monitor; the daemon started, the agent, the build, the agent, the daemon stopped; the agent with no monitor; the build with no monitor; the agent with the floor; the agent with the daemon scoped away from it (`[scope] comms` naming no process of the bench). So each round gives the agent two **adjacent pairs** (no monitor then leakwatch, leakwatch then no monitor), {pairs} in all, and the agent's ratio is the median over the pairs of no-monitor time / leakwatch time (1.0 = no cost). Adjacent, because a run's time drifts with the host: in the earlier design (every configuration's runs in a block, blocks rotated), pairs were ten seconds and more apart and the 95 % interval spanned 0.940–1.017; 30 adjacent pairs by hand gave a standard deviation of 1.7 % per pair (2026-12-06). The build's ratio and the agent's other columns are per round (the mean of a round's two runs where it has two), medians over rounds. The floor splits the agent's cost: **floor vs none** is what any probe on these tracepoints costs (the syscall tracing slow path and a program call per hooked syscall), **leakwatch vs floor** what leakwatch adds to that. **out of scope** is what a process leakwatch does not watch pays on a host where it watches others (its connects, execs and exits still go through the programs; its writes stop at the scope check).\n\n**95 % CI** is the order-statistic interval of the median (no assumption on the spread; its coverage under the table). The verdict is met when the interval lies at or above the target, not met when below it, and *within noise* when it straddles it (or when too few values make no 95 % interval). **its CPU** is the same ratio over the user + system CPU of the workload's own processes (the kernel programs run in them, so their time is in it; the daemon's own CPU is not, see the next table), with its own interval; against the floor it splits what any probe on these hooks costs the workload from what leakwatch adds.\n").unwrap();
+    writeln!(md, "**agent**: python3 with a local HTTP server; {AGENT_REQUESTS} chat-style POSTs with JSON bodies (the last 20 messages), each reply logged to a file, `ls` run every 25 requests; pinned to CPU 0 (the daemon is not pinned: it runs where the scheduler puts it). Pinned, because unpinned its run time depended mostly on where the scheduler put its two threads. It ends without `srv.shutdown()`: reports before 2026-12-05 timed a fixed 0.5 s shutdown sleep with every run, which diluted the ratio by a third. **build**: `make -j2` of 24 generated C files (`cc -O2`) into an archive, from clean, on both cores. {rounds} rounds; in each, in this order: the agent with no monitor; the daemon started, the agent, the build, the agent, the daemon stopped; the agent with no monitor; the build with no monitor (moved to the start of the round in every second round, so the build's two runs take turns at going first); the agent with the floor; the agent with the daemon scoped away from it (`[scope] comms` naming no process of the bench). So each round gives the agent two **adjacent pairs** (no monitor then leakwatch, leakwatch then no monitor), {pairs} in all, and the agent's ratio is the median over the pairs of no-monitor time / leakwatch time (1.0 = no cost). Adjacent, because a run's time drifts with the host: in the earlier design (every configuration's runs in a block, blocks rotated), pairs were ten seconds and more apart and the 95 % interval spanned 0.940–1.017; 30 adjacent pairs by hand gave a standard deviation of 1.7 % per pair (2026-12-06). The build's ratio and the agent's other columns are per round (the mean of a round's two runs where it has two), medians over rounds. The floor splits the agent's cost: **floor vs none** is what any probe on these tracepoints costs (the syscall tracing slow path and a program call per hooked syscall), **leakwatch vs floor** what leakwatch adds to that. **out of scope** is what a process leakwatch does not watch pays on a host where it watches others (its connects, execs and exits still go through the programs; its writes stop at the scope check).\n\n**95 % CI** is the order-statistic interval of the median (no assumption on the spread; its coverage under the table). The verdict is met when the interval lies at or above the target, not met when below it, and *within noise* when it straddles it (or when too few values make no 95 % interval). **its CPU** is the same ratio over the user + system CPU of the workload's own processes (the kernel programs run in them, so their time is in it; the daemon's own CPU is not, see the next table), with its own interval; against the floor it splits what any probe on these hooks costs the workload from what leakwatch adds.\n").unwrap();
     writeln!(
         md,
         "| workload | no monitor (s) | floor (s) | leakwatch (s) | floor vs none | leakwatch vs floor | **leakwatch vs none** | 95 % CI | min–max | its CPU: floor vs none | its CPU: leakwatch vs none (95 % CI) | out of scope vs none (its CPU) |"
