@@ -58,18 +58,42 @@ impl Masks {
     }
 
     /// Expected share of positions in source text this bucket lets through.
-    fn rate(&self) -> f64 {
+    fn rate(&self, t: &Freq) -> f64 {
         (0..WIDTH)
-            .map(|j| {
-                let mut sum = 0u32;
-                for hi in bits(self.hi[j]) {
-                    for lo in bits(self.lo[j]) {
-                        sum += u32::from(BYTES[hi << 4 | lo]);
-                    }
-                }
-                f64::from(sum) / 65536.0
-            })
+            .map(|j| f64::from(t.accepted(self.hi[j], self.lo[j])) / 65536.0)
             .product()
+    }
+}
+
+/// `BYTES` summed by high nibble over sets of low nibbles, a byte of the low-nibble mask at
+/// a time: what a bucket accepts at one position costs 16 lookups instead of 256 adds.
+struct Freq {
+    /// [high nibble][low nibbles 0-7 as a bit set], [high nibble][low nibbles 8-15].
+    low: [[u32; 256]; 16],
+    high: [[u32; 256]; 16],
+}
+
+impl Freq {
+    fn new() -> Box<Freq> {
+        let mut t = Box::new(Freq {
+            low: [[0; 256]; 16],
+            high: [[0; 256]; 16],
+        });
+        for h in 0..16 {
+            for set in 0..256 {
+                for n in bits(set as u16) {
+                    t.low[h][set] += u32::from(BYTES[h << 4 | n]);
+                    t.high[h][set] += u32::from(BYTES[h << 4 | (n + 8)]);
+                }
+            }
+        }
+        t
+    }
+
+    /// Summed frequency of the bytes whose high nibble is in `hi` and low nibble in `lo`.
+    fn accepted(&self, hi: u16, lo: u16) -> u32 {
+        let (a, b) = (usize::from(lo & 0xff), usize::from(lo >> 8));
+        bits(hi).map(|h| self.low[h][a] + self.high[h][b]).sum()
     }
 }
 
@@ -190,52 +214,62 @@ impl Teddy {
     }
 }
 
+/// Distinct masks above which keywords sharing their first two bytes are merged before the
+/// greedy merge, which is cubic in the masks (the built-in rules have ~240; 500 take
+/// about a second).
+const MERGE_FIRST_OVER: usize = 512;
+
 /// Splits `keywords` into at most 16 buckets: keywords the filter cannot tell apart share
 /// one; then, until 16 are left, the two buckets whose merge adds least to the expected
-/// candidate rate are merged.
+/// candidate rate are merged. Merging by first byte up front, as this once did to save
+/// build time, let 6 % of source positions through instead of 4 % (engine 814 vs 926 MB/s).
 fn buckets(keywords: &[Vec<u8>]) -> Vec<Masks> {
+    let freq = Freq::new();
     let mut cl: Vec<Masks> = keywords.iter().map(|k| Masks::of(k)).collect();
     cl.sort_unstable_by_key(|m| (m.lo, m.hi));
     cl.dedup_by_key(|m| (m.lo, m.hi));
-    // The greedy merge below is quadratic per step: with very many keywords, first merge
-    // those that share a first byte (at most 128 groups once case is folded).
-    if cl.len() > 128 {
+    if cl.len() > MERGE_FIRST_OVER {
         let mut by_first: Vec<Masks> = Vec::new();
+        let first = |m: &Masks| (m.lo[0], m.hi[0], m.lo[1], m.hi[1]);
         for m in cl {
-            match by_first
-                .iter_mut()
-                .find(|g| (g.lo[0], g.hi[0]) == (m.lo[0], m.hi[0]))
-            {
+            match by_first.iter_mut().find(|g| first(g) == first(&m)) {
                 Some(g) => *g = g.union(m),
                 None => by_first.push(m),
             }
         }
         cl = by_first;
     }
-    // Cost of merging a and b (a < b); recomputed for the merged bucket only.
-    let cost = |a: &Masks, b: &Masks| a.union(*b).rate() - a.rate() - b.rate();
-    let mut delta: Vec<Vec<f64>> = (0..cl.len())
-        .map(|a| (0..cl.len()).map(|b| cost(&cl[a], &cl[b])).collect())
-        .collect();
-    let mut alive: Vec<bool> = vec![true; cl.len()];
-    let mut left = cl.len();
+    let n = cl.len();
+    let mut rate: Vec<f64> = cl.iter().map(|m| m.rate(&freq)).collect();
+    // Cost of merging a and b, for a < b only; recomputed for the merged bucket's pairs.
+    let cost = |cl: &[Masks], rate: &[f64], a: usize, b: usize| {
+        cl[a].union(cl[b]).rate(&freq) - rate[a] - rate[b]
+    };
+    let mut delta = vec![f64::INFINITY; n * n];
+    for a in 0..n {
+        for b in a + 1..n {
+            delta[a * n + b] = cost(&cl, &rate, a, b);
+        }
+    }
+    let mut alive: Vec<bool> = vec![true; n];
+    let mut left = n;
     while left > BUCKETS {
         let mut best = (f64::INFINITY, 0, 0);
-        for a in 0..cl.len() {
-            for b in a + 1..cl.len() {
-                if alive[a] && alive[b] && delta[a][b] < best.0 {
-                    best = (delta[a][b], a, b);
+        for a in (0..n).filter(|&a| alive[a]) {
+            for b in a + 1..n {
+                if delta[a * n + b] < best.0 && alive[b] {
+                    best = (delta[a * n + b], a, b);
                 }
             }
         }
         let (_, a, b) = best;
         cl[a] = cl[a].union(cl[b]);
+        rate[a] = cl[a].rate(&freq);
         alive[b] = false;
         left -= 1;
-        for c in 0..cl.len() {
-            let d = cost(&cl[a], &cl[c]);
-            delta[a][c] = d;
-            delta[c][a] = d;
+        for c in (0..n).filter(|&c| alive[c] && c != a) {
+            let (x, y) = (a.min(c), a.max(c));
+            delta[x * n + y] = cost(&cl, &rate, x, y);
         }
     }
     cl.into_iter()
@@ -266,3 +300,41 @@ const BYTES: [u16; 256] = [
     5, 20, 9, 3, 1, 1, 1, 1, 1, 1, 4, 3, 7, 2, 2, 3,
     16, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::samples::Rng;
+
+    #[test]
+    fn accepted_is_the_sum_over_the_accepted_bytes() {
+        let freq = Freq::new();
+        let mut rng = Rng::seeded(7);
+        for _ in 0..2000 {
+            let (hi, lo) = (rng.below(1 << 16) as u16, rng.below(1 << 16) as u16);
+            let naive: u32 = bits(hi)
+                .flat_map(|h| bits(lo).map(move |l| u32::from(BYTES[h << 4 | l])))
+                .sum();
+            assert_eq!(freq.accepted(hi, lo), naive, "hi {hi:#x} lo {lo:#x}");
+        }
+    }
+
+    #[test]
+    fn every_keyword_has_a_bucket_that_accepts_it() {
+        let words: Vec<Vec<u8>> = crate::detect::RuleSet::builtin()
+            .rules
+            .iter()
+            .flat_map(|r| r.keywords.iter())
+            .map(|k| k.to_ascii_lowercase().into_bytes())
+            .collect();
+        let b = buckets(&words);
+        assert!(b.len() <= BUCKETS);
+        for w in &words {
+            let m = Masks::of(w);
+            let covers = |c: &Masks| {
+                (0..WIDTH).all(|j| c.lo[j] & m.lo[j] == m.lo[j] && c.hi[j] & m.hi[j] == m.hi[j])
+            };
+            assert!(b.iter().any(covers), "{}", String::from_utf8_lossy(w));
+        }
+    }
+}
