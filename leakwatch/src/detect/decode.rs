@@ -59,6 +59,15 @@ pub fn escapes(hay: &[u8]) -> impl Iterator<Item = usize> + '_ {
     memchr::memchr_iter(b'%', hay).filter(move |&i| escape(hay, i).is_some())
 }
 
+/// Does `raw` hold what no percent-encoder leaves as it is: a space, one of `"#<>\^`{|}`,
+/// or a `%` that starts no escape? Then its escapes are literal text (a Django key drawn
+/// with `%28` and `^` in it), not encoding.
+pub fn literal(raw: &[u8]) -> bool {
+    raw.iter()
+        .enumerate()
+        .any(|(i, &b)| b" \"#<>\\^`{|}".contains(&b) || b == b'%' && escape(raw, i).is_none())
+}
+
 /// The byte `%XX` at `i` stands for, if an encoder would have escaped it: printable ASCII
 /// punctuation, a space or a line break. Letters, digits and `-_.~` are never escaped,
 /// and no credential holds a control byte, so `p%dA55` stays a password and `%02x` a

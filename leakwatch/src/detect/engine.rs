@@ -343,7 +343,8 @@ impl Engine {
                 let Some(r) = self.rules.iter().position(|x| x.id == f.rule) else {
                     continue;
                 };
-                if found.iter().any(|g| (g.0, g.1) == (s, e)) {
+                if found.iter().any(|g| (g.0, g.1) == (s, e)) || super::decode::literal(&hay[s..e])
+                {
                     continue;
                 }
                 // An escape inside (3 bytes raw, 1 decoded): the decoded credential replaces

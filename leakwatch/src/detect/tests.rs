@@ -270,3 +270,48 @@ fn random_generic_values_are_found_nearly_always() {
         "{missed} of {n} generic secrets missed"
     );
 }
+
+/// Django's `get_random_secret_key` alphabet.
+const DJANGO: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789!@#$%^&*(-_=+)";
+
+/// A fresh Django key with `part` written over it at a random place (after the first 5).
+fn django_key(rng: &mut Rng, alphabet: &[u8], part: &[u8]) -> String {
+    let mut key = rng.string(alphabet, 50).into_bytes();
+    let at = 5 + rng.below(40);
+    key[at..at + part.len()].copy_from_slice(part);
+    String::from_utf8(key).unwrap()
+}
+
+fn found_as_itself(engine: &Engine, key: &str) -> bool {
+    let want = fingerprint(key.as_bytes());
+    engine
+        .scan(format!("SECRET_KEY={key}\n").as_bytes())
+        .iter()
+        .any(|f| f.fingerprint == want)
+}
+
+#[test]
+fn django_keys_that_spell_a_template_slot_are_found() {
+    // A fixed seed: every key must be found. No `%` drawn: escapes are the next test's.
+    let engine = Engine::builtin();
+    let mut rng = Rng::new(0xd1a9);
+    let alphabet: Vec<u8> = DJANGO.iter().copied().filter(|&b| b != b'%').collect();
+    for i in 0..200 {
+        let slot: &[u8] = if i % 2 == 0 { b"$(of)" } else { b"%(ab)s" };
+        let key = django_key(&mut rng, &alphabet, slot);
+        assert!(found_as_itself(&engine, &key), "{key}");
+    }
+}
+
+#[test]
+fn django_keys_with_an_escape_and_raw_punctuation_are_not_decoded() {
+    // `%28` is `(` encoded, but `^` is never left raw by an encoder: the key is literal
+    // and its fingerprint is that of its own bytes.
+    let engine = Engine::builtin();
+    let mut rng = Rng::new(0xd1aa);
+    for i in 0..200 {
+        let part: &[u8] = if i % 2 == 0 { b"%28x^" } else { b"#x%2B" };
+        let key = django_key(&mut rng, DJANGO, part);
+        assert!(found_as_itself(&engine, &key), "{key}");
+    }
+}

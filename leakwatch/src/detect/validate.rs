@@ -667,7 +667,6 @@ pub fn placeholder(s: &[u8]) -> bool {
             r"(?i)^(?:x+|\*+|\.+|-+|_+|0+|#+)$",
             r"(?i)(?:your|my)[-_]?(?:[a-z]+[-_])?(?:api[-_]?)?(?:key|token|secret|pass)",
             r"(?i)(?:example|placeholder|changeme|change_me|redacted|dummy|insert[-_]?here|replace[-_]?me|xxxxx|\*\*\*\*|fake[-_]?(?:key|token))",
-            r"\$\{[^}]*\}|\$\([a-z_]+\)|^\$[A-Za-z_][A-Za-z0-9_]*$|\{\{[^}]*\}\}|%\([a-z_]+\)s|<[A-Za-z_ -]+>",
             r"(?i)^(?:none|null|true|false|undefined|secret|password|token)$",
             // Credentials published as examples in vendor docs and RFCs (Stripe's test key,
             // RFC 6749 and RFC 5849 examples).
@@ -675,7 +674,21 @@ pub fn placeholder(s: &[u8]) -> bool {
         ])
         .expect("built-in placeholder patterns compile")
     });
-    set.is_match(s)
+    set.is_match(s) || template(s)
+}
+
+/// A template: its slots (`${VAR}`, `$(cmd)`, `$VAR`, `{{ x }}`, `%(name)s`, `<NAME>`) leave
+/// less literal text than a credential's 12 bytes. A random key whose characters happen
+/// to spell a slot (`…c8c4$(of)wr`: about one Django key in 2,000) is still a key.
+fn template(s: &[u8]) -> bool {
+    static SLOT: OnceLock<Regex> = OnceLock::new();
+    let slot = SLOT.get_or_init(|| {
+        Regex::new(
+            r"\$\{[^}]*\}|\$\([a-z_]+\)|^\$[A-Za-z_][A-Za-z0-9_]*$|\{\{[^}]*\}\}|%\([a-z_]+\)s|<[A-Za-z_ -]+>",
+        )
+        .expect("built-in template pattern compiles")
+    });
+    slot.is_match(s) && slot.replace_all(s, &b""[..]).len() < 12
 }
 
 #[cfg(test)]
@@ -739,6 +752,19 @@ mod tests {
             assert!(placeholder(p.as_bytes()), "{p}");
         }
         assert!(!placeholder(b"Zq8vJr2LkP0wXy7TbN4m"));
+        // Slots with little literal text around them are templates; a random key that
+        // spells one is not.
+        for t in [
+            "sk-${SUFFIX}",
+            "%(db_password)s",
+            "$(pass)-$(host)",
+            "Bearer {{token}}",
+        ] {
+            assert!(placeholder(t.as_bytes()), "{t}");
+        }
+        assert!(!placeholder(
+            b"m(r-*y=7-hq%df*15rpfo0u^o7egrd!ljm07)!@c8c4$(of)wr"
+        ));
     }
 
     #[test]
