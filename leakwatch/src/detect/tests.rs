@@ -315,3 +315,43 @@ fn django_keys_with_an_escape_and_raw_punctuation_are_not_decoded() {
         assert!(found_as_itself(&engine, &key), "{key}");
     }
 }
+
+#[test]
+fn random_passwords_are_found_nearly_always() {
+    // Passwords as people pick them for services (the scan bench's): 14-24 characters,
+    // upper, lower, two digits, one to three of `=*$!#%&^()+@`. Fixed seed: a miss rate.
+    const PUNCT: &[u8] = b"=*$!#%&^()+@";
+    let engine = Engine::builtin();
+    let mut rng = Rng::new(0x9a55);
+    let n = 20_000;
+    let mut missed = Vec::new();
+    for _ in 0..n {
+        let len = 14 + rng.below(11);
+        let mut v = rng.string(ALNUM, len).into_bytes();
+        for _ in 0..1 + rng.below(3) {
+            let i = rng.below(len);
+            v[i] = PUNCT[rng.below(PUNCT.len())];
+        }
+        let (a, b) = (rng.below(len), rng.below(len));
+        v[a] = b'0' + rng.below(10) as u8;
+        v[b] = b'0' + rng.below(10) as u8;
+        v[0] = b'A' + rng.below(26) as u8;
+        v[len - 1] = b'a' + rng.below(26) as u8;
+        let v = String::from_utf8(v).unwrap();
+        let want = fingerprint(v.as_bytes());
+        let found = engine.scan(format!("DB_PASSWORD={v}\n").as_bytes());
+        if !found.iter().any(|f| f.fingerprint == want) {
+            missed.push(v);
+        }
+    }
+    // Measured: 25 of 20,000, two kinds: `&` then `=` inside (`Zj2Mw&mJct=n3pnzl` reads as
+    // a query string of fields) and letters that split into identifier-like words
+    // (`IGEPEuierlg*05EFb`). One in 800: the scan bench's 780 planted passwords miss one
+    // now and then.
+    assert!(
+        missed.len() * 500 <= n,
+        "{} missed: {:?}",
+        missed.len(),
+        &missed[..missed.len().min(20)]
+    );
+}
