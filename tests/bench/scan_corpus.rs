@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use leakwatch::detect::{
-    samples::{checksummed, pem, sample, uuid_v4, Rng, ALNUM, B64, HEX, URLSAFE},
+    samples::{checksummed, password, pem, sample, uuid_v4, Rng, ALNUM, B64, HEX, URLSAFE},
     Engine, RuleSet,
 };
 
@@ -98,24 +98,6 @@ pub fn cases(engine: &Engine, rng: &mut Rng, rounds: usize) -> Vec<Case> {
         }
     }
     out
-}
-
-/// A password as people pick them for services: 14-24 characters, upper, lower, two
-/// digits and at least one of `= * $ ! # % & ^ ( ) + @`.
-fn password(rng: &mut Rng) -> String {
-    const PUNCT: &[u8] = b"=*$!#%&^()+@";
-    let n = 14 + rng.below(11);
-    let mut v: Vec<u8> = rng.string(ALNUM, n).into_bytes();
-    for _ in 0..1 + rng.below(3) {
-        let i = rng.below(n);
-        v[i] = PUNCT[rng.below(PUNCT.len())];
-    }
-    let (a, b) = (rng.below(n), rng.below(n));
-    v[a] = b'0' + rng.below(10) as u8;
-    v[b] = b'0' + rng.below(10) as u8;
-    v[0] = b'A' + rng.below(26) as u8;
-    v[n - 1] = b'a' + rng.below(26) as u8;
-    String::from_utf8(v).unwrap()
 }
 
 pub fn json_escape(s: &str) -> String {

@@ -65,6 +65,24 @@ pub fn checksummed(rng: &mut Rng, prefix: &str) -> String {
     format!("{prefix}{body}{}", String::from_utf8_lossy(&crc))
 }
 
+/// A password as people pick them for services: 14-24 characters, upper, lower, two
+/// digits and at least one of `= * $ ! # % & ^ ( ) + @`.
+pub fn password(rng: &mut Rng) -> String {
+    const PUNCT: &[u8] = b"=*$!#%&^()+@";
+    let n = 14 + rng.below(11);
+    let mut v: Vec<u8> = rng.string(ALNUM, n).into_bytes();
+    for _ in 0..1 + rng.below(3) {
+        let i = rng.below(n);
+        v[i] = PUNCT[rng.below(PUNCT.len())];
+    }
+    let (a, b) = (rng.below(n), rng.below(n));
+    v[a] = b'0' + rng.below(10) as u8;
+    v[b] = b'0' + rng.below(10) as u8;
+    v[0] = b'A' + rng.below(26) as u8;
+    v[n - 1] = b'a' + rng.below(26) as u8;
+    String::from_utf8(v).unwrap()
+}
+
 /// A random version-4 UUID (lowercase hex, variant `a`).
 pub fn uuid_v4(rng: &mut Rng) -> String {
     format!(
