@@ -6,9 +6,9 @@
 //! Instead three filters, each cheaper per position than the next, narrow the positions:
 //! `teddy` (AVX2 shuffles, 16 bytes at a time) passes ~4 % of positions in source text;
 //! a hashed set of the keywords' folded four-byte prefixes, small enough for L1, drops
-//! nine in ten of those; the keywords that start with a survivor's three bytes are then compared
-//! exactly. Without AVX2 the crate's own overlapping search is used; a test holds the two
-//! paths to one answer.
+//! nine in ten of those; the keywords that start with a survivor's three bytes are then
+//! compared exactly. Without AVX2 the crate's own overlapping search is used; a test holds
+//! the two paths to one answer.
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, BuildError, MatchKind};
 
 use super::teddy::Teddy;

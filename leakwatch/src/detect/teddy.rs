@@ -215,8 +215,8 @@ impl Teddy {
 }
 
 /// Distinct masks above which keywords sharing their first two bytes are merged before the
-/// greedy merge, which is cubic in the masks (the built-in rules have ~240; 500 take
-/// about a second).
+/// greedy merge, which is cubic in the masks (the built-in rules' ~240 add ~2 ms to the
+/// engine's 68 ms build here).
 const MERGE_FIRST_OVER: usize = 512;
 
 /// Splits `keywords` into at most 16 buckets: keywords the filter cannot tell apart share
@@ -309,7 +309,7 @@ mod tests {
     #[test]
     fn accepted_is_the_sum_over_the_accepted_bytes() {
         let freq = Freq::new();
-        let mut rng = Rng::seeded(7);
+        let mut rng = Rng::new(7);
         for _ in 0..2000 {
             let (hi, lo) = (rng.below(1 << 16) as u16, rng.below(1 << 16) as u16);
             let naive: u32 = bits(hi)
