@@ -633,9 +633,9 @@ fn load_floor() -> leakwatch::probes::Floor {
 /// Each round: the agent with no monitor and with the daemon as two adjacent pairs (none
 /// then leakwatch, leakwatch then none; one daemon serves both leakwatch runs, with the
 /// build between them), the build with no monitor (after them in even rounds, before them
-/// in odd ones), then the agent once with the floor and once scoped out. Pairs are adjacent because a run's time drifts with the host: rounds of
-/// config blocks put blocks apart by ten seconds and more, and their ratios spread twice as
-/// wide.
+/// in odd ones), then the agent once with the floor and once scoped out. Pairs are
+/// adjacent because a run's time drifts with the host: rounds of config blocks put blocks
+/// apart by ten seconds and more, and their ratios spread twice as wide.
 fn macro_rounds(rounds: usize) -> Macro {
     let dir = std::env::temp_dir().join(format!("leakwatch-bench-cost-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
