@@ -343,14 +343,17 @@ impl Engine {
                 let Some(r) = self.rules.iter().position(|x| x.id == f.rule) else {
                     continue;
                 };
-                if found.iter().any(|g| (g.0, g.1) == (s, e)) || super::decode::literal(&hay[s..e])
-                {
+                if found.iter().any(|g| (g.0, g.1) == (s, e)) {
                     continue;
                 }
                 // An escape inside (3 bytes raw, 1 decoded): the decoded credential replaces
-                // what its encoded text gave. Escapes only around it (a name's `%3D`): the
-                // raw bytes are the credential.
+                // what its encoded text gave, unless raw punctuation beside it says the
+                // escape is literal text (`decode::literal`). Escapes only around it (a
+                // name's `%3D`): the raw bytes are the credential.
                 if e - s != f.end - f.start {
+                    if super::decode::literal(&hay[s..e]) {
+                        continue;
+                    }
                     found.retain(|g| !(g.0 < e && s < g.1));
                     decoded.retain(|(span, _)| !(span.0 < e && s < span.1));
                     decoded.push(((s, e), (f.rule, f.fingerprint, f.redacted)));
