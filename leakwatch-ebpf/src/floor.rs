@@ -3,9 +3,9 @@
 //! `load_floor`, never by the daemon.
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
     maps::{Array, PerCpuArray, ProgramArray},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
 
@@ -18,6 +18,21 @@ pub fn floor(_ctx: TracePointContext) -> u32 {
         // SAFETY: this CPU's slot.
         unsafe { *p += 1 };
     }
+    0
+}
+
+/// The same counter as an entry uprobe, for the TLS probes' floor (the cost of the traps
+/// themselves: breakpoint, single step of the displaced instruction).
+#[uprobe]
+pub fn floor_uprobe(_ctx: ProbeContext) -> u32 {
+    count();
+    0
+}
+
+/// And as a return probe (the return address hijacked and the trampoline taken).
+#[uretprobe]
+pub fn floor_uretprobe(_ctx: RetProbeContext) -> u32 {
+    count();
     0
 }
 

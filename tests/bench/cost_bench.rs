@@ -623,7 +623,7 @@ fn pinned(c: &mut Command) {
 }
 
 /// The floor: a bare counter on every tracepoint the daemon attaches.
-fn load_floor() -> leakwatch::probes::Floor {
+pub fn load_floor() -> leakwatch::probes::Floor {
     let tracepoints = leakwatch::probes::all_tracepoints();
     let names: Vec<&str> = tracepoints.iter().map(|s| s.as_str()).collect();
     leakwatch::probes::load_floor(&names)

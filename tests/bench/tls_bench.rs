@@ -166,6 +166,27 @@ fn start_daemon(dir: &Path, round: usize) -> Daemon {
     d
 }
 
+/// What watches a run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mon {
+    None,
+    /// A bare counter on the daemon's tracepoints and at the TLS probes' uprobe points.
+    Floor,
+    Leakwatch,
+}
+
+const MONS: [Mon; 3] = [Mon::None, Mon::Floor, Mon::Leakwatch];
+
+/// The floor: `cost_bench`'s counter on every tracepoint the daemon attaches, plus the same
+/// counter as entry and return uprobes where the TLS probes sit in the system libssl.
+fn load_floor() -> leakwatch::probes::Floor {
+    let mut f = crate::cost_bench::load_floor();
+    let lib = leakwatch::probes::tls::system_libssl().expect("no system libssl.so.3 on this host");
+    f.attach_tls(&lib)
+        .unwrap_or_else(|e| panic!("attaching the uprobe floor failed: {e:#}"));
+    f
+}
+
 pub fn run() -> String {
     let rounds: usize = std::env::var("LW_BENCH_TLS_ROUNDS")
         .ok()
@@ -175,18 +196,20 @@ pub fn run() -> String {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     let (_srv, port) = server(&dir);
-    // (load, monitored, rate)
-    let mut runs: Vec<(Load, bool, f64)> = Vec::new();
+    // (round, load, monitor, rate)
+    let mut runs: Vec<(usize, Load, Mon, f64)> = Vec::new();
     for round in 0..rounds {
-        for k in 0..2 {
-            let monitored = (round + k) % 2 == 1;
-            let mut d = monitored.then(|| start_daemon(&dir, round));
+        for k in 0..MONS.len() {
+            let mon = MONS[(round + k) % MONS.len()];
+            let mut d = (mon == Mon::Leakwatch).then(|| start_daemon(&dir, round));
+            let floor = (mon == Mon::Floor).then(load_floor);
             for l in LOADS {
-                runs.push((l, monitored, run_load(l, port)));
+                runs.push((round, l, mon, run_load(l, port)));
             }
             if let Some(d) = d.as_mut() {
                 d.stop();
             }
+            drop(floor);
         }
         eprintln!("tls bench: round {}/{rounds} done", round + 1);
     }
@@ -195,37 +218,50 @@ pub fn run() -> String {
     let mut md = format!("## {TITLE}\n\n");
     writeln!(
         md,
-        "`cargo xtask bench --only tls` on {} ({} rounds, each alternating no monitor and leakwatch watching every process with the TLS probes on the system libssl; median, min–max):\n",
+        "`cargo xtask bench --only tls` on {} ({} rounds; in each, no monitor, the floor and leakwatch watching every process with the TLS probes on the system libssl take one turn each, the order rotated by one each round). Rates are medians over rounds (min–max); a ratio is the median over rounds of the two rates from the same round. **floor**: a bare per-CPU counter on every tracepoint the daemon attaches and, as entry and return uprobes, at the points of libssl where leakwatch's TLS probes sit (`SSL_write`, `SSL_write_ex`): the traps every uprobe takes, with nothing done in them. The client and server are python (`ssl`), unpinned.\n",
         cpu_model(),
         rounds
     )
     .unwrap();
-    md.push_str("| load | no monitor /s | leakwatch /s | ratio |\n|---|---|---|---|\n");
+    md.push_str("| load | no monitor /s | floor /s | leakwatch /s | floor vs none | leakwatch vs none | **leakwatch vs floor** |\n|---|---|---|---|---|---|---|\n");
     for l in LOADS {
-        let of = |m: bool| -> Vec<f64> {
+        let of = |m: Mon| -> Vec<f64> {
             runs.iter()
-                .filter(|r| r.0 == l && r.1 == m && r.2.is_finite())
-                .map(|r| r.2)
+                .filter(|r| r.1 == l && r.2 == m && r.3.is_finite())
+                .map(|r| r.3)
                 .collect()
         };
-        let (none, lw) = (of(false), of(true));
-        let (a, b) = (min_max(&none), min_max(&lw));
+        let rate = |m: Mon| {
+            let v = of(m);
+            let (lo, hi) = min_max(&v);
+            format!("{:.0} ({lo:.0}–{hi:.0})", median(v))
+        };
+        // Per round: the ratio of two monitors' rates in that round.
+        let ratio = |a: Mon, b: Mon| {
+            let v: Vec<f64> = (0..rounds)
+                .filter_map(|r| {
+                    let at = |m: Mon| runs.iter().find(|x| x.0 == r && x.1 == l && x.2 == m);
+                    Some(at(a)?.3 / at(b)?.3)
+                })
+                .filter(|x| x.is_finite())
+                .collect();
+            median(v)
+        };
         writeln!(
             md,
-            "| {} | {:.0} ({:.0}–{:.0}) | {:.0} ({:.0}–{:.0}) | {:.3} |",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | **{:.3}** |",
             l.label(),
-            median(none.clone()),
-            a.0,
-            a.1,
-            median(lw.clone()),
-            b.0,
-            b.1,
-            median(lw) / median(none)
+            rate(Mon::None),
+            rate(Mon::Floor),
+            rate(Mon::Leakwatch),
+            ratio(Mon::Floor, Mon::None),
+            ratio(Mon::Leakwatch, Mon::None),
+            ratio(Mon::Leakwatch, Mon::Floor),
         )
         .unwrap();
     }
     md.push('\n');
-    md.push_str("A tight `SSL_write` loop is the worst case: each call takes four traps (the entry uprobe, its single step, the return probe's trampoline and its return), the plaintext is copied to the ring and scanned, and on this 2-vCPU host client, server and daemon compete for the cores. An agent's HTTPS requests pay it once or twice per request (last row).\n\n");
+    md.push_str("A tight `SSL_write` loop is the worst case: each call takes the uprobe's traps (the breakpoint, the single step of the instruction it displaced, the return probe's trampoline: the floor's cost), the plaintext is copied to the ring and scanned, and on this 2-vCPU host client, server and daemon compete for the cores. An agent's HTTPS requests pay it once or twice per request (last row).\n\n");
     md.push_str(&costs);
     md
 }

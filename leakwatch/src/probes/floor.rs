@@ -2,10 +2,12 @@
 //! floor every cost is set against), and the same hooks taken from the raw `sys_enter` /
 //! `sys_exit` tracepoints instead, to measure what that choice would cost. Never loaded by
 //! the daemon.
+use std::path::Path;
+
 use anyhow::{Context, Result};
 use aya::{
     maps::{Array, PerCpuArray, ProgramArray},
-    programs::{RawTracePoint, TracePoint},
+    programs::{uprobe::UProbeScope, RawTracePoint, TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 
@@ -130,6 +132,25 @@ impl Floor {
                 .context("FLOOR_CALLS map missing")?,
         )?;
         Ok(map.get(&0, 0)?.iter().sum())
+    }
+
+    /// Adds the counter as the TLS probes' entry and return uprobes, at the same points
+    /// of `path` (see `tls::POINTS`): what any probe there costs, the traps included.
+    pub fn attach_tls(&mut self, path: &Path) -> Result<()> {
+        for (prog, sym) in super::tls::POINTS {
+            let floor = if prog.ends_with("_ret") {
+                "floor_uretprobe"
+            } else {
+                "floor_uprobe"
+            };
+            let p: &mut UProbe = program(&mut self.ebpf, floor)?.try_into()?;
+            if p.fd().is_err() {
+                p.load().map_err(|e| explain_prog(floor, e))?;
+            }
+            p.attach(sym, path, UProbeScope::AllProcesses)
+                .with_context(|| format!("attaching {floor} to {sym} in {}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// The loaded object (program info, for run-time statistics).

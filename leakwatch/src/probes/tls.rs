@@ -11,7 +11,7 @@ use object::{read::ReadCache, Object, ObjectSymbol};
 use super::Probes;
 
 /// (program, symbol): entry probes take the buffer, the return probe sends it.
-const POINTS: [(&str, &str); 4] = [
+pub(super) const POINTS: [(&str, &str); 4] = [
     ("ssl_write", "SSL_write"),
     ("ssl_write_ex", "SSL_write_ex"),
     ("ssl_write_ret", "SSL_write"),
