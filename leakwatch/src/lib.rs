@@ -29,3 +29,4 @@ pub mod scope;
 pub mod sinks;
 pub mod slice;
 pub mod source;
+pub mod wipe;

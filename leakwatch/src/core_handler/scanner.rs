@@ -58,7 +58,7 @@ impl ScanThread {
             .and_then(|t| t.join().ok())
             .unwrap_or_default();
         while let Ok(mut b) = self.back.try_recv() {
-            b.zeroize();
+            crate::wipe::vec(&mut b);
         }
         s
     }
@@ -75,10 +75,10 @@ impl Feed for ScanThread {
         if let Some(tx) = &self.tx {
             if let Err(e) = tx.send((buf, len)) {
                 let (mut b, _) = e.0;
-                b.zeroize();
+                crate::wipe::vec(&mut b);
             }
         } else {
-            buf.zeroize();
+            crate::wipe::vec(&mut buf);
         }
     }
 }

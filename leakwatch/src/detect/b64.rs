@@ -271,7 +271,7 @@ pub fn text(run: &[u8]) -> Option<Decoded> {
     let end = chars.len() - usize::from((chars.len() - off) % 4 == 1);
     let mut text = engine.decode(&chars[off..end]).ok()?;
     if !is_text(&text) {
-        zeroize::Zeroize::zeroize(&mut text);
+        crate::wipe::vec(&mut text);
         return None;
     }
     let at = (0..text.len())

@@ -28,7 +28,7 @@ pub fn basic(blob: &[u8]) -> Option<(Vec<u8>, usize)> {
         // Not the colon alone: a user name, a password or both.
         Some(c) if printable && (c > 0 || c + 1 < text.len()) => Some((text, c + 1)),
         _ => {
-            zeroize::Zeroize::zeroize(&mut text);
+            crate::wipe::vec(&mut text);
             None
         }
     }

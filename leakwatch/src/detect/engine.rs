@@ -360,7 +360,7 @@ impl Engine {
                 }
                 found.push((s, e, r));
             }
-            zeroize::Zeroize::zeroize(&mut text);
+            crate::wipe::vec(&mut text);
         }
     }
 
@@ -437,8 +437,8 @@ impl Engine {
                 decoded.push(((fs, fe), (f.rule, f.fingerprint, f.redacted)));
                 found.push((fs, fe, r));
             }
-            zeroize::Zeroize::zeroize(&mut view);
-            zeroize::Zeroize::zeroize(&mut d.text);
+            crate::wipe::vec(&mut view);
+            crate::wipe::vec(&mut d.text);
         }
         if let (Some(o), Some(w)) = (open, cut) {
             o.push(w);
@@ -521,7 +521,7 @@ impl Engine {
                 }
             }
         };
-        zeroize::Zeroize::zeroize(&mut text);
+        crate::wipe::vec(&mut text);
         out
     }
 

@@ -63,7 +63,7 @@ impl Inflated {
 
 impl Drop for Inflated {
     fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.text);
+        crate::wipe::vec(&mut self.text);
     }
 }
 

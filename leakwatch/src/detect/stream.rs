@@ -149,7 +149,7 @@ impl StreamScanner {
 
 impl Drop for StreamScanner {
     fn drop(&mut self) {
-        self.buf.zeroize();
+        crate::wipe::vec(&mut self.buf);
     }
 }
 

@@ -3,7 +3,6 @@
 //! call (file identity, the path when the fd changed, the peer of a socket).
 use anyhow::{bail, Result};
 use leakwatch_common::*;
-use zeroize::Zeroize;
 
 use super::Task;
 
@@ -97,7 +96,7 @@ impl WriteEvent {
 
 impl Drop for WriteEvent {
     fn drop(&mut self) {
-        self.data.zeroize();
+        crate::wipe::vec(&mut self.data);
     }
 }
 

@@ -32,7 +32,7 @@ pub fn findings(args: &[&[u8]], d: &Detector, alone: &[(usize, String)]) -> Vec<
         f.line = 1;
         out.push((i, f));
     }
-    zeroize::Zeroize::zeroize(&mut joined);
+    crate::wipe::vec(&mut joined);
     out
 }
 

@@ -145,7 +145,7 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
                 hits.push(annotate(Hit::new(Source::Argv, f), args[i], i));
             }
         }
-        zeroize::Zeroize::zeroize(&mut line);
+        crate::wipe::vec(&mut line);
     }
     if !env_clean && !env_found && !ev.truncated() {
         clean.insert_area(env_area);
@@ -166,7 +166,7 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
         if !ev.killed() {
             p.ctx.check_kernel_hash(&fp, &plain);
         }
-        zeroize::Zeroize::zeroize(&mut plain);
+        crate::wipe::vec(&mut plain);
     }
     let truncated = ev.truncated();
     if hits.is_empty() && !truncated {
@@ -276,8 +276,8 @@ fn recover(p: &mut Pipeline, t: &mut Truncated) -> bool {
     }
     drop(args);
     drop(fz);
-    zeroize::Zeroize::zeroize(&mut argv);
-    zeroize::Zeroize::zeroize(&mut env);
+    crate::wipe::vec(&mut argv);
+    crate::wipe::vec(&mut env);
     hits.retain(|h| !t.seen.contains(&h.fingerprint));
     p.metrics.exec_recovered.inc();
     if hits.is_empty() {

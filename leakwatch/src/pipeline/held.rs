@@ -836,8 +836,7 @@ pub(super) fn tick(p: &mut Pipeline) {
                 found.push(x);
             }
         }
-        use zeroize::Zeroize;
-        again.zeroize();
+        crate::wipe::vec(&mut again);
         report(p, &d, k, found);
     }
     p.held

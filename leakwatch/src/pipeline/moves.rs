@@ -200,12 +200,12 @@ fn confirm(p: &Pipeline, path: &str, hits: &[Hit]) -> Vec<Hit> {
     };
     let mut buf = Vec::with_capacity(CONFIRM_BYTES as usize);
     if f.take(CONFIRM_BYTES).read_to_end(&mut buf).is_err() {
-        zeroize::Zeroize::zeroize(&mut buf);
+        crate::wipe::vec(&mut buf);
         return Vec::new();
     }
     let fz = p.shared.frozen.read().ok();
     let found = crate::detect::Detector::new(&p.engine, fz.as_deref()).scan(&buf);
-    zeroize::Zeroize::zeroize(&mut buf);
+    crate::wipe::vec(&mut buf);
     hits.iter()
         .filter(|h| found.iter().any(|f| f.fingerprint == h.fingerprint))
         .cloned()

@@ -105,9 +105,8 @@ fn process(p: &mut Pipeline, mut w: WriteEvent, target: Target) {
     if !decoded.is_empty() {
         w.data.push(b'\n');
         w.data.extend_from_slice(&decoded);
-        use zeroize::Zeroize;
         let mut decoded = decoded;
-        decoded.zeroize();
+        crate::wipe::vec(&mut decoded);
     }
     scan(p, w, target, source, true);
 }

@@ -55,7 +55,7 @@ pub fn with_file<R>(path: &str, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
                 // memory.
                 let mut bigger = vec![0; (w.buf.len() * 2).max(16 << 10)];
                 bigger[..w.n].copy_from_slice(&w.buf[..w.n]);
-                w.buf.zeroize();
+                crate::wipe::vec(w.buf);
                 *w.buf = bigger;
             }
             let n = w.n;
@@ -304,7 +304,7 @@ pub fn holds_in_memory(pid: u32, set: &FrozenSet, budget: usize) -> Option<usize
             }
             scanned += n;
             if let Some(h) = set.find(&buf[..n]).first() {
-                zeroize::Zeroize::zeroize(&mut buf);
+                crate::wipe::vec(&mut buf);
                 return Some(h.key);
             }
             if n < want {
@@ -313,7 +313,7 @@ pub fn holds_in_memory(pid: u32, set: &FrozenSet, budget: usize) -> Option<usize
             at += CHUNK;
         }
     }
-    zeroize::Zeroize::zeroize(&mut buf);
+    crate::wipe::vec(&mut buf);
     None
 }
 
