@@ -47,7 +47,7 @@ impl Walk {
 const BUF: usize = WRITE_PATH_MAX + 2 * WRITE_DATA_MAX;
 
 /// What a write's record is built in, apart from its bytes. The tracepoints' is at the
-/// head of their `Scratch`; the TLS uprobe has one per thread (`tls::TLS_FRAMES`): a uprobe program
+/// head of their `Scratch`; the TLS uprobe has one per thread (`tls::TLS_THREADS`): a uprobe program
 /// can be preempted, and a tracepoint program run meanwhile on its CPU must not write over
 /// its record.
 #[repr(C)]

@@ -52,7 +52,7 @@ static SCOPE_VERDICT: LruHashMap<u32, Who> = LruHashMap::with_max_entries(32768,
 const IN: u8 = 1;
 const OUT: u8 = 2;
 /// The process has called `SSL_write` since its exec (set by the TLS probes): only its
-/// socket writes can be ciphertext, so only its look in `TLS_CALLS`.
+/// socket writes can be ciphertext, so only its look in `TLS_THREADS`.
 pub const WHO_TLS: u32 = 1;
 /// How stale a cached parent, name, uid or cgroup may get (reparenting,
 /// `prctl(PR_SET_NAME)`, `setuid`, a move to another cgroup).
@@ -238,6 +238,7 @@ static EXIT_GROUP_DEAD: u64 = 0;
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     crate::runs::on_exit();
+    crate::tls::on_exit(aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32);
     if group_dead(&ctx) {
         forget_current();
         crate::coredump::on_group_exit();

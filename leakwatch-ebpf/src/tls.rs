@@ -10,7 +10,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, HashMap},
     programs::{ProbeContext, RetProbeContext},
 };
 use leakwatch_common::*;
@@ -22,10 +22,10 @@ use crate::{
     write::{handle, Src},
 };
 
-/// A call between entry and return.
+/// A call between entry and return (`len` 0: none).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct TlsCall {
+struct TlsCall {
     buf: u64,
     len: u64,
     /// `SSL_write_ex`'s `size_t *written`; 0 for `SSL_write`.
@@ -35,28 +35,42 @@ pub struct TlsCall {
     _pad: u32,
 }
 
-/// By thread id.
-#[map]
-static TLS_CALLS: LruHashMap<u32, TlsCall> = LruHashMap::with_max_entries(8192, 0);
+/// A thread's TLS state: its call in progress, and where its return probe builds the
+/// record. Not a per-CPU scratch: a uprobe program runs with preemption on (only migration
+/// off), so on a preemptible kernel another task can run a write tracepoint, or this
+/// return probe, on the same CPU mid-record. A thread runs one at a time.
+#[repr(C)]
+struct TlsThread {
+    call: TlsCall,
+    head: Head,
+}
 
-/// By thread id: where a return probe builds its record, while it runs. Not a per-CPU
-/// scratch: a uprobe program runs with preemption on (only migration off), so on a
-/// preemptible kernel another task can run a write tracepoint, or this return probe, on
-/// the same CPU mid-record. A thread runs one at a time.
+/// By thread id: made at the thread's first `SSL_write` in scope, kept until it exits
+/// (`on_exit`), so a call costs lookups and no insert or delete.
 #[map]
-static TLS_FRAMES: HashMap<u32, Head> = HashMap::with_max_entries(TLS_FRAMES_MAX, 0);
+static TLS_THREADS: HashMap<u32, TlsThread> = HashMap::with_max_entries(TLS_THREADS_MAX, 0);
 
-/// Return probes in progress at once, at most (one per CPU, plus those preempted).
-const TLS_FRAMES_MAX: u32 = 4096;
+/// Threads that have written through OpenSSL and live, at most; past it a call is lost
+/// and counted.
+const TLS_THREADS_MAX: u32 = 16384;
 
-/// A zeroed `Head`, what a frame starts as (too big for the 512-byte stack).
+/// A zeroed `TlsThread`, what an entry starts as (too big for the 512-byte stack).
 #[map]
-static ZERO_HEAD: Array<Head> = Array::with_max_entries(1, 0);
+static ZERO_THREAD: Array<TlsThread> = Array::with_max_entries(1, 0);
 
 /// The current thread's frame, for `write::handle`.
 #[inline(always)]
 pub fn head(tid: u32) -> Option<*mut Head> {
-    TLS_FRAMES.get_ptr_mut(&tid)
+    // SAFETY: map value pointer returned by the lookup.
+    TLS_THREADS
+        .get_ptr_mut(&tid)
+        .map(|t| unsafe { &mut (*t).head } as *mut Head)
+}
+
+/// The exiting thread's entry goes (every thread exit on the host: a failed delete for most).
+#[inline(always)]
+pub fn on_exit(tid: u32) {
+    let _ = TLS_THREADS.remove(&tid);
 }
 
 #[inline(always)]
@@ -79,14 +93,29 @@ fn enter(buf: u64, len: u64, written: u64) {
     };
     // SAFETY: map value pointer returned by the lookup.
     unsafe { (*who).flags |= scope::WHO_TLS };
-    let c = TlsCall {
-        buf,
-        len,
-        written,
-        fd: -1,
-        _pad: 0,
+    let tid = id as u32;
+    let t = match TLS_THREADS.get_ptr_mut(&tid) {
+        Some(t) => t,
+        None => {
+            let Some(zero) = ZERO_THREAD.get(0) else {
+                return;
+            };
+            if TLS_THREADS.insert(&tid, zero, 0).is_err() {
+                maps::count(PROBE_SSL_WRITE, STAT_LOST);
+                return;
+            }
+            let Some(t) = TLS_THREADS.get_ptr_mut(&tid) else {
+                return;
+            };
+            t
+        }
     };
-    let _ = TLS_CALLS.insert(&(id as u32), &c, 0);
+    // SAFETY: map value; only this thread uses its entry.
+    let c = unsafe { &mut (*t).call };
+    c.buf = buf;
+    c.written = written;
+    c.fd = -1;
+    c.len = len;
 }
 
 /// `SSL_write(SSL *ssl, const void *buf, int num)`.
@@ -118,11 +147,18 @@ pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: value copied out before the delete.
-    let Some(c) = (unsafe { TLS_CALLS.get(&tid) }).copied() else {
+    let Some(t) = TLS_THREADS.get_ptr_mut(&tid) else {
         return 0;
     };
-    let _ = TLS_CALLS.remove(&tid);
+    // SAFETY: map value; only this thread uses its entry. The call ends here.
+    let c = unsafe {
+        let c = (*t).call;
+        (*t).call.len = 0;
+        c
+    };
+    if c.len == 0 {
+        return 0;
+    }
     let rc: i64 = ctx.ret::<i32>() as i64;
     if rc <= 0 {
         return 0;
@@ -137,13 +173,6 @@ pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
     if n == 0 {
         return 0;
     }
-    let Some(zero) = ZERO_HEAD.get(0) else {
-        return 0;
-    };
-    if TLS_FRAMES.insert(&tid, zero, 0).is_err() {
-        maps::count(PROBE_SSL_WRITE, STAT_LOST);
-        return 0;
-    }
     handle(
         PROBE_SSL_WRITE,
         c.fd as u32,
@@ -152,7 +181,6 @@ pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
         0,
         0,
     );
-    let _ = TLS_FRAMES.remove(&tid);
     0
 }
 
@@ -161,11 +189,14 @@ pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
 /// True in that case.
 #[inline(always)]
 pub fn note_socket(tid: u32, fd: u32) -> bool {
-    let Some(c) = TLS_CALLS.get_ptr_mut(&tid) else {
+    let Some(t) = TLS_THREADS.get_ptr_mut(&tid) else {
         return false;
     };
     // SAFETY: map value pointer returned by the lookup.
-    let c = unsafe { &mut *c };
+    let c = unsafe { &mut (*t).call };
+    if c.len == 0 {
+        return false;
+    }
     if c.fd < 0 {
         c.fd = fd as i32;
     }

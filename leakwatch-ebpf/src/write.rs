@@ -216,7 +216,7 @@ pub fn handle(
     };
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    // The TLS uprobe builds its record in a frame of its thread (see `tls::TLS_FRAMES`) and
+    // The TLS uprobe builds its record in a frame of its thread (see `tls::TLS_THREADS`) and
     // never needs `buf`: its fd is a socket or none, so no path, one buffer, straight into
     // the ring.
     let lane = fdinfo::lane(probe);
