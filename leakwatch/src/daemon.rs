@@ -360,10 +360,17 @@ fn hash_seed(dir: &Path) -> Result<u64> {
 /// block that big is its own mapping, returned whole when freed. Measured by hand (fresh
 /// daemon, then exec storms): RSS 60.6 -> 56.6 MB at idle, 69.2 -> 63.7 MB after the storms.
 /// Nothing on the event path allocates that much per event.
+///
+/// Fixing it also fixes the trim threshold at glibc's 128 KiB, and the event path then
+/// churned: the reader thread's arena grew for a batch of payloads, the pipeline freed them,
+/// the arena's top was handed back, and the next batch faulted it in again (a tenth of the
+/// daemon's CPU under a TLS write loop). Up to 8 MiB of free top stays; the periodic trim
+/// (`release_free_memory`) still hands it back.
 pub fn tune_malloc() {
-    // SAFETY: mallopt only sets an allocator parameter; callable at any time.
+    // SAFETY: mallopt only sets allocator parameters; callable at any time.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 512 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
     }
 }
 
