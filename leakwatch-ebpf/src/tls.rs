@@ -46,9 +46,15 @@ struct TlsThread {
 }
 
 /// By thread id: made at the thread's first `SSL_write` in scope, kept until it exits
-/// (`on_exit`), so a call costs lookups and no insert or delete.
+/// (`on_exit`), so a call costs lookups and no insert or delete. Not preallocated: the
+/// limit's worth of entries would pin ~10 MB of kernel memory for the few threads that
+/// use TLS; an entry is allocated once per thread.
 #[map]
-static TLS_THREADS: HashMap<u32, TlsThread> = HashMap::with_max_entries(TLS_THREADS_MAX, 0);
+static TLS_THREADS: HashMap<u32, TlsThread> =
+    HashMap::with_max_entries(TLS_THREADS_MAX, BPF_F_NO_PREALLOC);
+
+/// `BPF_F_NO_PREALLOC` (uapi `bpf.h`).
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Threads that have written through OpenSSL and live, at most; past it a call is lost
 /// and counted.
