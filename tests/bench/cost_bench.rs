@@ -236,6 +236,43 @@ fn rss(d: &Daemon) -> (f64, f64, f64) {
     (kb("VmRSS:"), kb("RssAnon:"), kb("RssFile:"))
 }
 
+/// Kernel memory the daemon's BPF objects hold, MB (10^6): (maps, programs), each counted
+/// once by id, from the `memlock` line the kernel gives in `/proc/PID/fdinfo` for every
+/// map and program fd. The maps include the two rings, whose pages are also in RssFile
+/// once the daemon has read them.
+fn kernel_mem(d: &Daemon) -> (f64, f64) {
+    let pid = d.child.as_ref().expect("daemon running").id();
+    let mut seen = std::collections::HashSet::new();
+    let (mut maps, mut progs) = (0u64, 0u64);
+    for e in fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(info) = fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let Some(mem) = field("memlock:") else {
+            continue;
+        };
+        if let Some(id) = field("map_id:") {
+            if seen.insert(("map", id)) {
+                maps += mem;
+            }
+        } else if let Some(id) = field("prog_id:") {
+            if seen.insert(("prog", id)) {
+                progs += mem;
+            }
+        }
+    }
+    (maps as f64 / 1e6, progs as f64 / 1e6)
+}
+
 /// Waits until the daemon's CPU time stops rising (caught up), at most `secs`.
 pub fn quiet(d: &Daemon, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -399,6 +436,12 @@ fn summary(res: &Results, m: &MacroVerdict, growth: f64, f: &Footprint) -> Strin
         format!("{:.1} MB", f.idle_rss.0),
         "< 64 MB",
         ok(f.idle_rss.0 < 64.0),
+    );
+    row(
+        "kernel memory of its BPF maps and programs",
+        format!("{:.1} MB", f.kernel_mem.0 + f.kernel_mem.1),
+        "",
+        "",
     );
     row(
         "CPU at idle",
@@ -911,6 +954,8 @@ struct Footprint {
     /// Storms accounted exactly, of all.
     exact: (usize, usize),
     idle_rss: (f64, f64, f64),
+    /// Kernel memory of the BPF maps and programs, MB (`kernel_mem`).
+    kernel_mem: (f64, f64),
     idle_cpu_pct: f64,
     load_rss: (f64, f64, f64),
     /// Latency at idle, with two exec loops busy on both cores, under the agent workload.
@@ -1040,6 +1085,7 @@ fn loss_and_footprint() -> (String, Footprint) {
     let (d, _) = daemon("cost-loss", "");
     std::thread::sleep(Duration::from_secs(12));
     let idle_rss = rss(&d);
+    let kernel_mem = kernel_mem(&d);
     let c0 = cpu_s(&d);
     std::thread::sleep(Duration::from_secs(10));
     let idle_cpu_pct = (cpu_s(&d) - c0) / 10.0 * 100.0;
@@ -1167,6 +1213,7 @@ fn loss_and_footprint() -> (String, Footprint) {
             settled_rss,
             exact: (storms.iter().filter(|s| s.exact()).count(), storms.len()),
             idle_rss,
+            kernel_mem,
             idle_cpu_pct,
             load_rss,
             lat_idle,
@@ -1264,6 +1311,14 @@ fn report_footprint(md: &mut String, res: &Results, f: &Footprint) {
         md,
         "| RSS at idle (12 s after ready, every family attached) | **{:.1} MB** (anon {:.1}, file {:.1}: the binary's pages and the two rings) |",
         f.idle_rss.0, f.idle_rss.1, f.idle_rss.2
+    )
+    .unwrap();
+    writeln!(
+        md,
+        "| kernel memory of its BPF maps and programs (`memlock` in fdinfo, each counted once) | **{:.1} MB** (maps {:.1}, the two rings among them; programs {:.1}) |",
+        f.kernel_mem.0 + f.kernel_mem.1,
+        f.kernel_mem.0,
+        f.kernel_mem.1
     )
     .unwrap();
     writeln!(
