@@ -11,6 +11,20 @@ pub fn vec(v: &mut Vec<u8>) {
     v.clear();
 }
 
+/// Appends `bytes` to `v`. When `v` must grow, its bytes move to a new allocation here and
+/// the old one is zeroed: `Vec`'s own growth reallocates and leaves them in freed memory.
+/// Grows at least twofold, as `Vec` does.
+pub fn extend(v: &mut Vec<u8>, bytes: &[u8]) {
+    let need = v.len() + bytes.len();
+    if need > v.capacity() {
+        let mut bigger = Vec::with_capacity(need.max(v.capacity() * 2));
+        bigger.extend_from_slice(v);
+        vec(v);
+        *v = bigger;
+    }
+    v.extend_from_slice(bytes);
+}
+
 /// The same for a `String`.
 pub fn string(s: &mut String) {
     // SAFETY: emptied below; no byte of it is read as UTF-8 meanwhile.
@@ -42,5 +56,25 @@ mod tests {
         assert!(unsafe { std::slice::from_raw_parts(p, n) }
             .iter()
             .all(|&b| b == 0));
+    }
+
+    #[test]
+    fn extend_keeps_the_bytes_and_grows_at_least_twofold() {
+        let mut v = Vec::with_capacity(4);
+        let mut want = Vec::new();
+        for i in 0..100u8 {
+            let piece = vec![i; (i % 7) as usize];
+            let cap = v.capacity();
+            extend(&mut v, &piece);
+            want.extend_from_slice(&piece);
+            assert_eq!(v, want);
+            if v.capacity() != cap {
+                assert!(
+                    v.capacity() >= (2 * cap).max(want.len()),
+                    "{cap} -> {}",
+                    v.capacity()
+                );
+            }
+        }
     }
 }

@@ -62,7 +62,7 @@ impl StreamScanner {
     /// Scans `chunk` with the context it needs from earlier chunks.
     pub fn feed(&mut self, d: &Detector, chunk: &[u8]) -> Vec<StreamFinding> {
         let new_start = self.buf.len();
-        self.buf.extend_from_slice(chunk);
+        crate::wipe::extend(&mut self.buf, chunk);
         let out = self.scan(d, new_start, false);
         self.trim(d);
         out

@@ -103,8 +103,8 @@ fn process(p: &mut Pipeline, mut w: WriteEvent, target: Target) {
     // HTTP/2: header values are HPACK-coded; scan them decoded too.
     let decoded = p.h2.feed((w.task.tgid, w.fd), &w.data);
     if !decoded.is_empty() {
-        w.data.push(b'\n');
-        w.data.extend_from_slice(&decoded);
+        crate::wipe::extend(&mut w.data, b"\n");
+        crate::wipe::extend(&mut w.data, &decoded);
         let mut decoded = decoded;
         crate::wipe::vec(&mut decoded);
     }
