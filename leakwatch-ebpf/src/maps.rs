@@ -146,3 +146,6 @@ fn emit_to(ring: &RingBuf, probe: u32, rec: *const u8, size: u64, flags: u64) ->
     count(probe, if ret < 0 { STAT_LOST } else { STAT_EVENTS });
     ret >= 0
 }
+
+/// `BPF_F_NO_PREALLOC` (uapi `bpf.h`): a hash map whose entries are allocated as inserted.
+pub const BPF_F_NO_PREALLOC: u32 = 1;

@@ -18,10 +18,12 @@ use aya_ebpf::{
 };
 use leakwatch_common::*;
 
-use crate::{fdinfo, maps, mem};
+use crate::{fdinfo, maps, maps::BPF_F_NO_PREALLOC, mem};
 
+/// Not preallocated: the limit's worth of entries would pin 2.4 MB of kernel memory for
+/// the few threads with a run pending at any moment.
 #[map]
-pub static RUNS: HashMap<u32, RefRun> = HashMap::with_max_entries(RUNS_MAX, 0);
+pub static RUNS: HashMap<u32, RefRun> = HashMap::with_max_entries(RUNS_MAX, BPF_F_NO_PREALLOC);
 
 const BPF_NOEXIST: u64 = 1;
 const HDR: u32 = core::mem::size_of::<WriteHeader>() as u32;

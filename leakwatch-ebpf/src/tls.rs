@@ -16,7 +16,7 @@ use aya_ebpf::{
 use leakwatch_common::*;
 
 use crate::{
-    maps,
+    maps::{self, BPF_F_NO_PREALLOC},
     payload::Head,
     scope,
     write::{handle, Src},
@@ -52,9 +52,6 @@ struct TlsThread {
 #[map]
 static TLS_THREADS: HashMap<u32, TlsThread> =
     HashMap::with_max_entries(TLS_THREADS_MAX, BPF_F_NO_PREALLOC);
-
-/// `BPF_F_NO_PREALLOC` (uapi `bpf.h`).
-const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Threads that have written through OpenSSL and live, at most; past it a call is lost
 /// and counted.
