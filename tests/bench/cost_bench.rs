@@ -241,36 +241,19 @@ fn rss(d: &Daemon) -> (f64, f64, f64) {
 /// map and program fd. The maps include the two rings, whose pages are also in RssFile
 /// once the daemon has read them.
 fn kernel_mem(d: &Daemon) -> (f64, f64) {
+    use crate::write_bench::{bpf_fdinfo, fdinfo_field};
     let pid = d.child.as_ref().expect("daemon running").id();
-    let mut seen = std::collections::HashSet::new();
-    let (mut maps, mut progs) = (0u64, 0u64);
-    for e in fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let Ok(info) = fs::read_to_string(e.path()) else {
-            continue;
-        };
-        let field = |k: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        let Some(mem) = field("memlock:") else {
-            continue;
-        };
-        if let Some(id) = field("map_id:") {
-            if seen.insert(("map", id)) {
-                maps += mem;
-            }
-        } else if let Some(id) = field("prog_id:") {
-            if seen.insert(("prog", id)) {
-                progs += mem;
-            }
-        }
-    }
-    (maps as f64 / 1e6, progs as f64 / 1e6)
+    // The memlock of each distinct `id_key` among the fds of `kind`.
+    let sum = |kind: &str, id_key: &str| {
+        let mut seen = std::collections::HashSet::new();
+        bpf_fdinfo(pid, kind)
+            .iter()
+            .filter(|info| fdinfo_field(info, id_key).is_some_and(|id| seen.insert(id)))
+            .filter_map(|info| fdinfo_field(info, "memlock"))
+            .sum::<u64>() as f64
+            / 1e6
+    };
+    (sum("bpf-map", "map_id"), sum("bpf-prog", "prog_id"))
 }
 
 /// Waits until the daemon's CPU time stops rising (caught up), at most `secs`.

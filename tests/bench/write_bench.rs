@@ -505,31 +505,44 @@ fn outrun(dir: &Path, big: &Target, res: &mut Results) -> Outrun {
     }
 }
 
-/// (prog id, run_time_ns, run_cnt) of every eBPF program `pid` holds (needs bpf_stats on).
-pub(crate) fn prog_stats(pid: u32) -> Vec<(u64, u64, u64)> {
+/// The fdinfo text of every fd `pid` holds whose link names `kind` (`bpf-prog`, `bpf-map`).
+pub(crate) fn bpf_fdinfo(pid: u32, kind: &str) -> Vec<String> {
     let mut out = Vec::new();
     for e in fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
         .flatten()
         .flatten()
     {
-        if !fs::read_link(e.path()).is_ok_and(|l| l.display().to_string().contains("bpf-prog")) {
+        if !fs::read_link(e.path()).is_ok_and(|l| l.display().to_string().contains(kind)) {
             continue;
         }
-        let info = fs::read_to_string(format!(
-            "/proc/{pid}/fdinfo/{}",
-            e.file_name().to_string_lossy()
-        ))
-        .unwrap_or_default();
-        let field = |k: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .and_then(|v| v.trim_start_matches(':').trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        out.push((field("prog_id"), field("run_time_ns"), field("run_cnt")));
+        out.push(
+            fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                e.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default(),
+        );
     }
     out
+}
+
+/// A numeric field (`key:` then the value) of an fdinfo text.
+pub(crate) fn fdinfo_field(info: &str, key: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim_start_matches(':').trim().parse::<u64>().ok())
+}
+
+/// (prog id, run_time_ns, run_cnt) of every eBPF program `pid` holds (needs bpf_stats on).
+pub(crate) fn prog_stats(pid: u32) -> Vec<(u64, u64, u64)> {
+    bpf_fdinfo(pid, "bpf-prog")
+        .iter()
+        .map(|info| {
+            let field = |k| fdinfo_field(info, k).unwrap_or(0);
+            (field("prog_id"), field("run_time_ns"), field("run_cnt"))
+        })
+        .collect()
 }
 
 /// (ns per call, calls) of the program that ran most between two `prog_stats` snapshots.
