@@ -3,7 +3,8 @@
 //! counter on every tracepoint the daemon attaches), and what it costs itself.
 //! - micro: fork+exec loops of `/bin/true` (50 variables / 3 KiB and 200 / 30 KiB of
 //!   environment) and a loopback connect loop, each with one loop and with one per core;
-//! - macro: an agent-like python workload and a C build, against no monitor;
+//! - macro: an agent-like python workload and a C build, against no monitor, and where
+//!   the agent's CPU goes with each (see `cost_profile`);
 //! - loss: exec and connect storms and a paced exec ladder, with the daemon's processed +
 //!   lost + dropped set against a second counter program on the same tracepoints;
 //! - the daemon's CPU per exec, per 1,000 alerting execs batch after batch, latency from
@@ -210,7 +211,7 @@ fn run_work(w: Work, secs: f64) -> f64 {
     }
 }
 
-fn daemon(name: &str, toml: &str) -> (Daemon, Duration) {
+pub fn daemon(name: &str, toml: &str) -> (Daemon, Duration) {
     let t0 = Instant::now();
     let d = Daemon::start_with_config(name, toml);
     (d, t0.elapsed())
@@ -542,6 +543,8 @@ struct Macro {
     pairs: Vec<(f64, f64)>,
     /// CPU accounting, one extra run of each workload (see `cpu_account`).
     cpu: Vec<Cpu>,
+    /// Where the agent's CPU goes (see `cost_profile`).
+    profile: crate::cost_profile::Profile,
 }
 
 /// What one run of a workload cost in CPU, without and with the daemon.
@@ -632,6 +635,24 @@ fn timed_cpu(c: Command) -> (f64, f64) {
     (wall, children_cpu() - c0)
 }
 
+/// The interpreter `python3` runs, resolved once: a shim in front of it (pyenv's, on this
+/// host) would add ~70 ms of bash and a dozen execs to every agent run.
+fn python() -> &'static Path {
+    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        let o = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("running python3");
+        let exe = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        assert!(
+            o.status.success() && !exe.is_empty(),
+            "python3 did not say where its interpreter is"
+        );
+        exe.into()
+    })
+}
+
 /// Pins a command to CPU 0 (the agent workload: see `report_macro`).
 fn pinned(c: &mut Command) {
     use std::os::unix::process::CommandExt;
@@ -674,6 +695,7 @@ fn macro_rounds(rounds: usize) -> Macro {
         runs: Vec::new(),
         pairs: Vec::new(),
         cpu: Vec::new(),
+        profile: crate::cost_profile::Profile::default(),
     };
     let agent = || timed_cpu(agent_run(&dir, &script));
     let start = |toml: &str| {
@@ -721,13 +743,14 @@ fn macro_rounds(rounds: usize) -> Macro {
         eprintln!("cost bench: macro round {}/{rounds} done", round + 1);
     }
     m.cpu = cpu_account(&dir, &script, &proj);
+    m.profile = crate::cost_profile::profile(&dir, &script);
     let _ = fs::remove_dir_all(&dir);
     m
 }
 
 /// One agent run, pinned to CPU 0 (see `report_macro`).
-fn agent_run(dir: &Path, script: &Path) -> Command {
-    let mut py = Command::new("python3");
+pub fn agent_run(dir: &Path, script: &Path) -> Command {
+    let mut py = Command::new(python());
     py.arg(script)
         .arg(dir.join("agent.log"))
         .arg(AGENT_REQUESTS.to_string());
@@ -817,7 +840,7 @@ fn report_macro(md: &mut String, m: &Macro) -> MacroVerdict {
         .filter(|r| r.work == "agent" && r.mon == Mon::None)
         .count();
     let pairs = m.pairs.len();
-    writeln!(md, "**agent**: python3 with a local HTTP server; {AGENT_REQUESTS} chat-style POSTs with JSON bodies (the last 20 messages), each reply logged to a file, `ls` run every 25 requests; pinned to CPU 0 (the daemon is not pinned: it runs where the scheduler puts it). Pinned, because unpinned its run time depended mostly on where the scheduler put its two threads. It ends without `srv.shutdown()`: reports before 2026-12-05 timed a fixed 0.5 s shutdown sleep with every run, which diluted the ratio by a third. **build**: `make -j2` of 24 generated C files (`cc -O2`) into an archive, from clean, on both cores. {rounds} rounds; in each, in this order: the agent with no monitor; the daemon started, the agent, the build, the agent, the daemon stopped; the agent with no monitor; the build with no monitor (moved to the start of the round in every second round, so the build's two runs take turns at going first); the agent with the floor; the agent with the daemon scoped away from it (`[scope] comms` naming no process of the bench). So each round gives the agent two **adjacent pairs** (no monitor then leakwatch, leakwatch then no monitor), {pairs} in all, and the agent's ratio is the median over the pairs of no-monitor time / leakwatch time (1.0 = no cost). Adjacent, because a run's time drifts with the host: in the earlier design (every configuration's runs in a block, blocks rotated), pairs were ten seconds and more apart and the 95 % interval spanned 0.940–1.017; 30 adjacent pairs by hand gave a standard deviation of 1.7 % per pair (2026-12-06). The build's ratio and the agent's other columns are per round (the mean of a round's two runs where it has two), medians over rounds. The floor splits the agent's cost: **floor vs none** is what any probe on these tracepoints costs (the syscall tracing slow path and a program call per hooked syscall), **leakwatch vs floor** what leakwatch adds to that. **out of scope** is what a process leakwatch does not watch pays on a host where it watches others (its connects, execs and exits still go through the programs; its writes stop at the scope check).\n\n**95 % CI** is the order-statistic interval of the median (no assumption on the spread; its coverage under the table). The verdict is met when the interval lies at or above the target, not met when below it, and *within noise* when it straddles it (or when too few values make no 95 % interval). **its CPU** is the same ratio over the user + system CPU of the workload's own processes (the kernel programs run in them, so their time is in it; the daemon's own CPU is not, see the next table), with its own interval; against the floor it splits what any probe on these hooks costs the workload from what leakwatch adds.\n").unwrap();
+    writeln!(md, "**agent**: python3 with a local HTTP server, run by the interpreter itself (`sys.executable`, resolved once: before 2026-12-06 every run went through this host's pyenv shim, ~70 ms of bash and a dozen execs); {AGENT_REQUESTS} chat-style POSTs with JSON bodies (the last 20 messages), each reply logged to a file, `ls` run every 25 requests; pinned to CPU 0 (the daemon is not pinned: it runs where the scheduler puts it). Pinned, because unpinned its run time depended mostly on where the scheduler put its two threads. It ends without `srv.shutdown()`: reports before 2026-12-05 timed a fixed 0.5 s shutdown sleep with every run, which diluted the ratio by a third. **build**: `make -j2` of 24 generated C files (`cc -O2`) into an archive, from clean, on both cores. {rounds} rounds; in each, in this order: the agent with no monitor; the daemon started, the agent, the build, the agent, the daemon stopped; the agent with no monitor; the build with no monitor (moved to the start of the round in every second round, so the build's two runs take turns at going first); the agent with the floor; the agent with the daemon scoped away from it (`[scope] comms` naming no process of the bench). So each round gives the agent two **adjacent pairs** (no monitor then leakwatch, leakwatch then no monitor), {pairs} in all, and the agent's ratio is the median over the pairs of no-monitor time / leakwatch time (1.0 = no cost). Adjacent, because a run's time drifts with the host: in the earlier design (every configuration's runs in a block, blocks rotated), pairs were ten seconds and more apart and the 95 % interval spanned 0.940–1.017; 30 adjacent pairs by hand gave a standard deviation of 1.7 % per pair (2026-12-06). The build's ratio and the agent's other columns are per round (the mean of a round's two runs where it has two), medians over rounds. The floor splits the agent's cost: **floor vs none** is what any probe on these tracepoints costs (the syscall tracing slow path and a program call per hooked syscall), **leakwatch vs floor** what leakwatch adds to that. **out of scope** is what a process leakwatch does not watch pays on a host where it watches others (its connects, execs and exits still go through the programs; its writes stop at the scope check).\n\n**95 % CI** is the order-statistic interval of the median (no assumption on the spread; its coverage under the table). The verdict is met when the interval lies at or above the target, not met when below it, and *within noise* when it straddles it (or when too few values make no 95 % interval). **its CPU** is the same ratio over the user + system CPU of the workload's own processes (the kernel programs run in them, so their time is in it; the daemon's own CPU is not, see the next table), with its own interval; against the floor it splits what any probe on these hooks costs the workload from what leakwatch adds.\n").unwrap();
     writeln!(
         md,
         "| workload | no monitor (s) | floor (s) | leakwatch (s) | floor vs none | leakwatch vs floor | **leakwatch vs none** | 95 % CI | min–max | its CPU: floor vs none | its CPU: leakwatch vs none (95 % CI) | out of scope vs none (its CPU) |"
@@ -929,6 +952,7 @@ fn report_macro(md: &mut String, m: &Macro) -> MacroVerdict {
         .unwrap();
     }
     writeln!(md).unwrap();
+    m.profile.report(md);
     out
 }
 

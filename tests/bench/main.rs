@@ -20,6 +20,7 @@ mod actions_bench;
 mod core_bench;
 mod cost_bench;
 mod cost_latency;
+mod cost_profile;
 mod fleet_bench;
 mod freeze_bench;
 mod hooks_bench;

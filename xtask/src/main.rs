@@ -421,10 +421,17 @@ fn install_peers() -> Result<()> {
 }
 
 /// Every part, or only `only` (freeze, write, tls, cost, hooks, scan, actions, core, fleet): the peers are needed by scan
-/// alone.
+/// alone, perf by cost alone.
 fn bench(only: Option<&str>) -> Result<()> {
     if only.is_none_or(|p| p == "scan") {
         install_peers()?;
+    }
+    // The cost part profiles the agent's core with perf.
+    if only.is_none_or(|p| p == "cost") && !have("perf") {
+        sh(Command::new("apt-get").args(["update", "-qq"]))?;
+        sh(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "linux-perf"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     let mut c = cargo();
     c.args([
