@@ -203,7 +203,11 @@ fn cgroup_listed() -> bool {
 #[inline(always)]
 fn forget_current() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let _ = SCOPE_VERDICT.remove(&tgid);
+    // Looked up first: a process that never wrote has no verdict, and a delete locks the
+    // bucket before it looks.
+    if SCOPE_VERDICT.get_ptr(&tgid).is_some() {
+        let _ = SCOPE_VERDICT.remove(&tgid);
+    }
     if let Some(s) = SCOPE_SEEN.get_ptr_mut(tgid & (SCOPE_SEEN_SLOTS - 1)) {
         // SAFETY: array value pointer.
         unsafe {
