@@ -407,6 +407,18 @@ fn summary(res: &Results, m: &MacroVerdict, growth: f64, f: &Footprint) -> Strin
         ">= 0.97",
         m.verdict,
     );
+    let (floor, lw) = m.attributable;
+    row(
+        "agent: its core's CPU attributable to watching (perf call chains)",
+        format!(
+            "{:.2} % (implies {:.3}); the floor's {:.2} %",
+            lw * 100.0,
+            1.0 / (1.0 + lw),
+            floor * 100.0
+        ),
+        "",
+        "",
+    );
     if let Some((wall, cpu)) = m.out_of_scope {
         row(
             "agent workload out of scope (leakwatch watching other processes) vs no monitor",
@@ -830,6 +842,8 @@ struct MacroVerdict {
     verdict: &'static str,
     /// The agent out of scope: (wall, CPU) ratio to no monitor.
     out_of_scope: Option<(f64, f64)>,
+    /// The floor's and leakwatch's share of the agent's core (see `cost_profile`).
+    attributable: (f64, f64),
 }
 
 fn report_macro(md: &mut String, m: &Macro) -> MacroVerdict {
@@ -851,6 +865,7 @@ fn report_macro(md: &mut String, m: &Macro) -> MacroVerdict {
         rows: Vec::new(),
         verdict: "met",
         out_of_scope: None,
+        attributable: (m.profile.share(1), m.profile.share(2)),
     };
     let mut coverage = Vec::new();
     for w in ["agent", "build"] {
