@@ -61,16 +61,8 @@ const TLS_THREADS_MAX: u32 = 16384;
 #[map]
 static ZERO_THREAD: Array<TlsThread> = Array::with_max_entries(1, 0);
 
-/// The current thread's frame, for `write::handle`.
-#[inline(always)]
-pub fn head(tid: u32) -> Option<*mut Head> {
-    // SAFETY: map value pointer returned by the lookup.
-    TLS_THREADS
-        .get_ptr_mut(&tid)
-        .map(|t| unsafe { &mut (*t).head } as *mut Head)
-}
-
-/// The exiting thread's entry goes (every thread exit on the host: a failed delete for most).
+/// The exiting thread's entry goes (every thread exit on the host: for most, a lookup that
+/// finds none).
 #[inline(always)]
 pub fn on_exit(tid: u32) {
     // Most threads never call SSL_write: a lookup is lock-free, a delete locks the bucket
@@ -183,7 +175,12 @@ pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
     handle(
         PROBE_SSL_WRITE,
         c.fd as u32,
-        Src::Buf { ptr: c.buf, len: n },
+        Src::Tls {
+            ptr: c.buf,
+            len: n,
+            // SAFETY: map value, this thread's.
+            frame: unsafe { &mut (*t).head },
+        },
         -1,
         0,
         0,

@@ -44,10 +44,28 @@ static HELD: HashMap<u64, u8> = HashMap::with_max_entries(HELD_MAX, 0);
 
 /// How the payload is passed.
 pub enum Src {
-    Buf { ptr: u64, len: u64 },
-    Iov { iov: u64, vlen: u64 },
-    Msg { msg: u64 },
-    Mmsg { mmsg: u64, vlen: u64 },
+    Buf {
+        ptr: u64,
+        len: u64,
+    },
+    /// The TLS return probe's plaintext, with its thread's frame (`tls::TLS_THREADS`), which
+    /// it has looked up already: the record is built there.
+    Tls {
+        ptr: u64,
+        len: u64,
+        frame: *mut Head,
+    },
+    Iov {
+        iov: u64,
+        vlen: u64,
+    },
+    Msg {
+        msg: u64,
+    },
+    Mmsg {
+        mmsg: u64,
+        vlen: u64,
+    },
 }
 
 // Field offsets from /sys/kernel/tracing/events/syscalls/sys_enter_*/format: fd @16 always.
@@ -184,6 +202,11 @@ pub fn handle(
     mut dest: u64,
     mut dest_len: u64,
 ) -> Option<()> {
+    // From here on TLS plaintext is one buffer, as a `write`'s is.
+    let (src, frame) = match src {
+        Src::Tls { ptr, len, frame } => (Src::Buf { ptr, len }, frame),
+        s => (s, core::ptr::null_mut()),
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if scope::own(tgid) {
@@ -221,7 +244,10 @@ pub fn handle(
     // the ring.
     let lane = fdinfo::lane(probe);
     let (hp, sp): (*mut Head, *mut Scratch) = if lane == fdinfo::LANE_UPROBE {
-        (crate::tls::head(pid_tgid as u32)?, core::ptr::null_mut())
+        if frame.is_null() {
+            return None;
+        }
+        (frame, core::ptr::null_mut())
     } else {
         let sp = WRITE_SCRATCH.get_ptr_mut(cpu)?;
         // SAFETY: this CPU's scratch value; tracepoint programs do not nest on one CPU.
@@ -373,6 +399,8 @@ pub fn handle(
     match src {
         Src::Buf { len, .. } if is_ref => sc.head.walk.total = len,
         Src::Buf { ptr, len } => copy_seg(sc, ptr, len),
+        // Made a `Buf` at the top.
+        Src::Tls { .. } => return None,
         Src::Iov { iov, vlen } => walk(sc, cpu, iov, vlen, 0, 0),
         Src::Msg { msg } => {
             if let Some(m) = read_msghdr(msg) {
