@@ -4,7 +4,7 @@
 //! - micro: fork+exec loops of `/bin/true` (50 variables / 3 KiB and 200 / 30 KiB of
 //!   environment) and a loopback connect loop, each with one loop and with one per core;
 //! - macro: an agent-like python workload and a C build, against no monitor, and where
-//!   the agent's CPU goes with each (see `cost_profile`);
+//!   the agent's CPU goes with no monitor, the floor and leakwatch (see `cost_profile`);
 //! - loss: exec and connect storms and a paced exec ladder, with the daemon's processed +
 //!   lost + dropped set against a second counter program on the same tracepoints;
 //! - the daemon's CPU per exec, per 1,000 alerting execs batch after batch, latency from

@@ -149,7 +149,7 @@ fn record(out: &Path) -> Child {
         .unwrap_or_else(|e| {
             panic!("starting perf failed: {e}; install linux-perf (`cargo xtask bench` does)")
         });
-    // perf opens its events before it writes the file's header.
+    // The file appears as perf starts; its events open soon after, within the 300 ms.
     let t0 = std::time::Instant::now();
     while !out.exists() && t0.elapsed() < std::time::Duration::from_secs(10) {
         std::thread::sleep(std::time::Duration::from_millis(50));
