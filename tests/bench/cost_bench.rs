@@ -409,7 +409,7 @@ fn summary(res: &Results, m: &MacroVerdict, growth: f64, f: &Footprint) -> Strin
     );
     let (floor, lw) = m.attributable;
     row(
-        "agent: its core's CPU attributable to watching (perf call chains)",
+        "agent: its core's CPU attributable to watching (perf call chains; a lower bound)",
         format!(
             "{:.2} % (implies {:.3}); the floor's {:.2} %",
             lw * 100.0,
