@@ -35,9 +35,11 @@ pub const TITLE: &str = "Cost of watching";
 /// Where the at-a-glance table goes once every part has run.
 const SUMMARY: &str = "<!-- summary -->\n";
 
+/// What watches a run (the TLS part takes turns over the first three too).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mon {
+pub enum Mon {
     None,
+    /// A bare counter on the daemon's hooks (`load_floor`).
     Floor,
     Daemon,
     /// The daemon with the workload out of its scope: what a process leakwatch is not
@@ -45,7 +47,7 @@ enum Mon {
     OutOfScope,
 }
 
-const MONS: [Mon; 3] = [Mon::None, Mon::Floor, Mon::Daemon];
+pub const MONS: [Mon; 3] = [Mon::None, Mon::Floor, Mon::Daemon];
 /// A scope that leaves the bench's workloads out (no process is called this).
 const SCOPE_OUT: &str = "[scope]\ncomms = [\"lw-bench-none\"]\n";
 

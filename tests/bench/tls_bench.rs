@@ -20,7 +20,10 @@ use std::{
 
 use leakwatch_tests::{python, test_cert, Daemon, Reaped};
 
-use crate::write_bench::{cpu_model, median, min_max, prog_stats};
+use crate::{
+    cost_bench::{Mon, MONS},
+    write_bench::{cpu_model, median, min_max, prog_stats},
+};
 
 pub const TITLE: &str = "TLS plaintext cost";
 
@@ -166,17 +169,6 @@ fn start_daemon(dir: &Path, round: usize) -> Daemon {
     d
 }
 
-/// What watches a run.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mon {
-    None,
-    /// A bare counter on the daemon's tracepoints and at the TLS probes' uprobe points.
-    Floor,
-    Leakwatch,
-}
-
-const MONS: [Mon; 3] = [Mon::None, Mon::Floor, Mon::Leakwatch];
-
 /// The floor: `cost_bench`'s counter on every tracepoint the daemon attaches, plus the same
 /// counter as entry and return uprobes where the TLS probes sit in the system libssl.
 fn load_floor() -> leakwatch::probes::Floor {
@@ -201,7 +193,7 @@ pub fn run() -> String {
     for round in 0..rounds {
         for k in 0..MONS.len() {
             let mon = MONS[(round + k) % MONS.len()];
-            let mut d = (mon == Mon::Leakwatch).then(|| start_daemon(&dir, round));
+            let mut d = (mon == Mon::Daemon).then(|| start_daemon(&dir, round));
             let floor = (mon == Mon::Floor).then(load_floor);
             for l in LOADS {
                 runs.push((round, l, mon, run_load(l, port)));
@@ -249,7 +241,7 @@ pub fn run() -> String {
                 .collect();
             median(v)
         };
-        let vs_floor = ratio(Mon::Leakwatch, Mon::Floor);
+        let vs_floor = ratio(Mon::Daemon, Mon::Floor);
         if l == Load::Writes(4096) {
             at_4k = vs_floor;
         }
@@ -259,9 +251,9 @@ pub fn run() -> String {
             l.label(),
             rate(Mon::None),
             rate(Mon::Floor),
-            rate(Mon::Leakwatch),
+            rate(Mon::Daemon),
             ratio(Mon::Floor, Mon::None),
-            ratio(Mon::Leakwatch, Mon::None),
+            ratio(Mon::Daemon, Mon::None),
             vs_floor,
         )
         .unwrap();
