@@ -296,14 +296,30 @@ pub async fn run(o: Overrides) -> Result<()> {
         }
     }
     crate::notify::send("STOPPING=1");
-    let _ = stop_tx.send(true);
-    stop_reader.store(true, Ordering::Relaxed);
     let t = std::time::Instant::now();
+    // The probes go first, while the reader and the worker still run: what the programs
+    // record until the last one is detached (the kernel takes ~1.5 s over it) is read and
+    // scanned, not dropped with the daemon. Off the runtime: the control socket and the
+    // metrics endpoint still answer meanwhile.
+    let detach = {
+        let probes = probes.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Ok(mut p) = probes.lock() {
+                p.detach_all();
+            }
+        })
+    };
+    let _ = detach.await;
+    log::debug!("stop: detach {:?}", t.elapsed());
+    // No record can come now: the reader reads the rings dry and ends; with its end of the
+    // queue gone, the worker handles what is queued, reports what it held back, and stops.
+    stop_reader.store(true, Ordering::Relaxed);
     let _ = reader.join();
     log::debug!("stop: reader {:?}", t.elapsed());
-    // The reader's end of the queue is gone: the worker drains what is queued and stops.
     let _ = worker.join();
     log::debug!("stop: worker {:?}", t.elapsed());
+    // The loss poller's last look counts what the kernel lost while stopping.
+    let _ = stop_tx.send(true);
     let _ = poller.await;
     let _ = saver.await;
     log::debug!("stop: tasks {:?}", t.elapsed());
@@ -314,10 +330,6 @@ pub async fn run(o: Overrides) -> Result<()> {
     // A kill thread or a freeze still finishing counts its kills first.
     ctx.wait_sweeps(Duration::from_secs(5));
     ctx.save_kill_counts();
-    if let Ok(mut p) = probes.lock() {
-        p.detach_all();
-    }
-    log::debug!("stop: detach {:?}", t.elapsed());
     alerts.flush();
     actions.flush();
     log::debug!("stop: flush {:?}", t.elapsed());
@@ -397,10 +409,12 @@ async fn poll_stats(
     let mut last_queue = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks: u64 = 0;
-    loop {
+    let mut stopping = false;
+    while !stopping {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => break,
+            // One more look, so what was lost while stopping is counted too.
+            _ = stop.changed() => stopping = true,
         }
         ticks += 1;
         // Also once the TLS library scan after start-up is done.
@@ -413,11 +427,14 @@ async fn poll_stats(
                 .with_label_values(&[f.name])
                 .set(f.ratio());
         }
-        let Ok(now) = probes
-            .lock()
-            .map_err(|_| ())
-            .and_then(|p| p.stats().map_err(|_| ()))
-        else {
+        // Busy (the detach at stop holds it for a second or more): the counters only grow,
+        // so the next look counts what this one would have.
+        let probes = if stopping {
+            probes.lock().ok()
+        } else {
+            probes.try_lock().ok()
+        };
+        let Some(now) = probes.and_then(|p| p.stats().ok()) else {
             continue;
         };
         for (i, (before, after)) in last.per.iter().zip(now.per.iter()).enumerate() {

@@ -429,7 +429,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+    !needle.is_empty() && memchr::memmem::find(hay, needle).is_some()
 }
 
 /// Field accessors for alert JSON.

@@ -293,11 +293,12 @@ fn recover(p: &mut Pipeline, t: &mut Truncated) -> bool {
     true
 }
 
-/// Recovers cut captures from the new image's /proc entries, or reports them lost.
-pub(super) fn tick(p: &mut Pipeline) {
+/// Recovers cut captures from the new image's /proc entries, or reports them lost (`all`:
+/// every one now, at stop).
+pub(super) fn tick(p: &mut Pipeline, all: bool) {
     let (due, wait): (Vec<Truncated>, Vec<Truncated>) = std::mem::take(&mut p.pending_lost)
         .into_iter()
-        .partition(|t| t.since.elapsed() >= PENDING_FOR);
+        .partition(|t| all || t.since.elapsed() >= PENDING_FOR);
     p.pending_lost = wait;
     for mut t in due {
         // Recovered from /proc: nothing was lost after all (counted, not alerted).

@@ -244,16 +244,30 @@ impl Pipeline {
         }
     }
 
+    /// At stop, after the last record: what waits for a pause or a later record (TLS
+    /// plaintext waiting for its socket, runs pending in the kernel, held-back findings of
+    /// streams and held files, cut exec captures) is reported now, not dropped with the
+    /// daemon.
+    fn finish(&mut self) {
+        exec::tick(self, true);
+        tls::tick(self, true);
+        held::finish(self);
+        write::tick(self, true);
+        self.write_log.tick(&self.actions, true);
+        self.connect_log.tick(&self.actions, true);
+        names::tick(self, true);
+    }
+
     /// Periodic work: flush paused streams, drop idle ones, report held exec attempts.
     pub fn tick(&mut self) {
         self.write_log.tick(&self.actions, false);
         self.connect_log.tick(&self.actions, false);
-        write::tick(self);
-        tls::tick(self);
+        write::tick(self, false);
+        tls::tick(self, false);
         held::tick(self);
         names::tick(self, false);
         moves::tick(self);
-        exec::tick(self);
+        exec::tick(self, false);
         let reports: Vec<_> = match self.shared.dumps.lock() {
             Ok(mut q) => q.drain(..).collect(),
             Err(_) => Vec::new(),
@@ -347,8 +361,18 @@ fn read(
     let mut held_back: Vec<Queued> = Vec::new();
     // Records in the last turn: the next batch starts that large, not grown by copying.
     let mut last_records = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let timeout = if busy { wake::BUSY_POLL_MS } else { 200 };
+    // Asked to stop once every probe is detached (see `daemon`): no record can come any
+    // more, so the rings are read dry before the thread ends, none left unread.
+    let mut stopping = false;
+    loop {
+        stopping |= stop.load(Ordering::Relaxed);
+        let timeout = if stopping {
+            0
+        } else if busy {
+            wake::BUSY_POLL_MS
+        } else {
+            200
+        };
         slice.set(!busy || sparse);
         if !busy || sparse {
             if let Err(e) = asleep.set(0, 1, 0) {
@@ -427,6 +451,9 @@ fn read(
         };
         held_back = enqueue(merge_refs(all), tx, queued, metrics);
         busy |= !held_back.is_empty();
+        if stopping && !busy {
+            return;
+        }
     }
 }
 
@@ -665,10 +692,7 @@ fn work(p: &mut Pipeline, rx: Receiver<Vec<Queued>>, queued: &AtomicUsize) {
             }
             Err(RecvTimeoutError::Timeout) => held::read_all(p),
             Err(RecvTimeoutError::Disconnected) => {
-                p.write_log.tick(&p.actions, true);
-                p.connect_log.tick(&p.actions, true);
-                held::release_all(p);
-                names::tick(p, true);
+                p.finish();
                 return;
             }
         }

@@ -72,15 +72,17 @@ pub(super) fn on_socket_write(p: &mut Pipeline, w: &WriteEvent, target: &Target)
     }
 }
 
-/// Reports records that waited `WAIT` without a socket write.
-pub(super) fn tick(p: &mut Pipeline) {
+/// Reports records that waited `WAIT` without a socket write (`all`: every waiting one,
+/// at stop).
+pub(super) fn tick(p: &mut Pipeline, all: bool) {
     let now = Instant::now();
     let stale: Vec<u32> = p
         .tls_wait
         .by_tid
         .iter()
         .filter(|(_, q)| {
-            q.front()
+            all || q
+                .front()
                 .is_some_and(|(t, _)| now.duration_since(*t) >= WAIT)
         })
         .map(|(k, _)| *k)

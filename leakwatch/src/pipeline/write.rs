@@ -423,8 +423,9 @@ fn evict_oldest(p: &mut Pipeline, d: &Detector) {
     }
 }
 
-/// Periodic: paused streams report what they held back; idle ones are dropped.
-pub(super) fn tick(p: &mut Pipeline) {
+/// Periodic: paused streams report what they held back; idle ones are dropped. `all` (at
+/// stop): every stream reports what it holds back, paused or not.
+pub(super) fn tick(p: &mut Pipeline, all: bool) {
     let now = Instant::now();
     let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
     let fz = frozen.read().ok();
@@ -433,7 +434,7 @@ pub(super) fn tick(p: &mut Pipeline) {
         .streams
         .map
         .iter()
-        .filter(|(_, s)| !s.flushed && now.duration_since(s.used) >= FLUSH_AFTER)
+        .filter(|(_, s)| !s.flushed && (all || now.duration_since(s.used) >= FLUSH_AFTER))
         .map(|(k, _)| *k)
         .collect();
     for k in pausing {

@@ -290,6 +290,8 @@ pub struct Probes {
     scope_generation: u32,
     /// Files the TLS plaintext uprobes are attached to.
     pub tls_attached: Vec<String>,
+    /// `detach_all` has run (the daemon is stopping): nothing is attached again.
+    detached: bool,
 }
 
 impl Probes {
@@ -300,6 +302,7 @@ impl Probes {
     /// waits still run one after another.
     pub fn detach_all(&mut self) {
         use aya::programs::Program;
+        self.detached = true;
         let progs: Vec<&mut Program> = self.ebpf.programs_mut().map(|(_, p)| p).collect();
         std::thread::scope(|s| {
             for p in progs {
@@ -454,6 +457,7 @@ impl Probes {
             attached: Vec::new(),
             scope_generation: 0,
             tls_attached: Vec::new(),
+            detached: false,
         };
         p.set_scope(&o.scope)
             .context("loading the [scope] lists into the kernel")?;
