@@ -5,10 +5,7 @@
 use std::{
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -171,7 +168,7 @@ pub async fn run(o: Overrides) -> Result<()> {
         tokio::spawn(metrics::serve(l, metrics.clone()));
     }
     let control = crate::control::serve(&cfg.socket, ctx.clone(), stop_rx.clone()).await?;
-    let stop_reader = Arc::new(AtomicBool::new(false));
+    let stop_reader = crate::pipeline::StopReader::new()?;
     let fills = {
         use crate::probes::ring_fill::RingFill;
         use std::os::fd::AsRawFd;
@@ -313,7 +310,7 @@ pub async fn run(o: Overrides) -> Result<()> {
     log::debug!("stop: detach {:?}", t.elapsed());
     // No record can come now: the reader reads the rings dry and ends; with its end of the
     // queue gone, the worker handles what is queued, reports what it held back, and stops.
-    stop_reader.store(true, Ordering::Relaxed);
+    stop_reader.stop();
     let _ = reader.join();
     log::debug!("stop: reader {:?}", t.elapsed());
     let _ = worker.join();

@@ -109,6 +109,8 @@ enum Msg {
 #[derive(Clone)]
 pub struct ActionLog {
     tx: Option<SyncSender<Msg>>,
+    /// The writer thread, unparked by `flush` so it does not linger.
+    writer: Option<std::thread::Thread>,
     metrics: Arc<Metrics>,
     /// `[actions] argv = "none"`: exec rows carry no argv at all.
     pub argv: bool,
@@ -118,6 +120,7 @@ impl ActionLog {
     pub fn disabled(metrics: Arc<Metrics>) -> ActionLog {
         ActionLog {
             tx: None,
+            writer: None,
             metrics,
             argv: false,
         }
@@ -146,6 +149,7 @@ impl ActionLog {
         Ok((
             ActionLog {
                 tx: Some(tx),
+                writer: Some(t.thread().clone()),
                 metrics,
                 argv,
             },
@@ -176,6 +180,9 @@ impl ActionLog {
         let Some(tx) = &self.tx else { return };
         let (done, wait) = mpsc::sync_channel(1);
         if tx.send(Msg::Flush(done)).is_ok() {
+            if let Some(w) = &self.writer {
+                w.unpark();
+            }
             let _ = wait.recv_timeout(Duration::from_secs(10));
         }
     }
@@ -222,10 +229,11 @@ fn run(
         };
         if let Some(m) = first {
             take(m, &mut batch, &mut flushes);
-            // Rows come one per exec or connect: let them gather (sleeping, not woken by
+            // Rows come one per exec or connect: let them gather (parked, not woken by
             // each), so a storm costs a transaction and a wakeup per LINGER, not per row.
+            // A flush (a stop, a query) unparks it at once.
             if flushes.is_empty() {
-                std::thread::sleep(LINGER);
+                std::thread::park_timeout(LINGER);
             }
             while batch.len() < BATCH {
                 match rx.try_recv() {

@@ -303,13 +303,47 @@ struct Queued {
 
 type Ring = aya::maps::RingBuf<aya::maps::MapData>;
 
+/// Asks the reader to stop (once every probe is detached): sets its flag and wakes its
+/// poll through an eventfd in its poll set, so the stop does not wait out an idle poll.
+#[derive(Clone)]
+pub struct StopReader {
+    flag: Arc<AtomicBool>,
+    wake: Arc<std::os::fd::OwnedFd>,
+}
+
+impl StopReader {
+    pub fn new() -> Result<StopReader> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: eventfd(2) with valid flags.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("creating the event reader's stop eventfd");
+        }
+        Ok(StopReader {
+            flag: Arc::new(AtomicBool::new(false)),
+            // SAFETY: a new fd, owned by nothing else.
+            wake: Arc::new(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }),
+        })
+    }
+
+    pub fn stop(&self) {
+        use std::os::fd::AsRawFd;
+        self.flag.store(true, Ordering::Relaxed);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: 8 bytes from a live buffer to an eventfd this value owns. Never read
+        // back: it stays readable, and the reader no longer sleeps once stopping.
+        let _ = unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+}
+
 /// Starts the reader (rings → decode → queue) and the worker (queue → stages) threads.
 pub fn start(
     events: Ring,
     writes: Ring,
     asleep: aya::maps::Array<aya::maps::MapData, u32>,
     mut pipeline: Pipeline,
-    stop: Arc<AtomicBool>,
+    stop: StopReader,
 ) -> Result<(JoinHandle<()>, JoinHandle<()>)> {
     let (tx, rx) = mpsc::sync_channel::<Vec<Queued>>(BATCHES);
     let queued = Arc::new(AtomicUsize::new(0));
@@ -339,11 +373,16 @@ fn read(
     tx: &SyncSender<Vec<Queued>>,
     queued: &AtomicUsize,
     metrics: &Metrics,
-    stop: &AtomicBool,
+    stop: &StopReader,
 ) {
     use std::os::fd::AsRawFd;
-    let mut pfds = rings.each_ref().map(|r| libc::pollfd {
-        fd: r.as_raw_fd(),
+    let mut pfds = [
+        rings[0].as_raw_fd(),
+        rings[1].as_raw_fd(),
+        stop.wake.as_raw_fd(),
+    ]
+    .map(|fd| libc::pollfd {
+        fd,
         events: libc::POLLIN,
         revents: 0,
     });
@@ -365,7 +404,7 @@ fn read(
     // more, so the rings are read dry before the thread ends, none left unread.
     let mut stopping = false;
     loop {
-        stopping |= stop.load(Ordering::Relaxed);
+        stopping |= stop.flag.load(Ordering::Relaxed);
         let timeout = if stopping {
             0
         } else if busy {
@@ -382,8 +421,8 @@ fn read(
         // This poll waited for a wakeup, not a turn.
         let from_idle = !busy;
         busy = false;
-        // SAFETY: two valid pollfds; the rings (and their fds) outlive this call.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout) };
+        // SAFETY: three valid pollfds; the rings and the eventfd outlive this call.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 3, timeout) };
         if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             log::error!(
                 "polling the event ring buffers failed: {}; no more events will be read",

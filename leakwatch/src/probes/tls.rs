@@ -210,6 +210,8 @@ impl Watcher {
             return;
         }
         let r = match self.probes.lock() {
+            // The daemon is stopping: its probes are gone, none is added.
+            Ok(p) if p.detached() => return,
             Ok(mut p) => p.attach_tls(path),
             Err(_) => return,
         };
