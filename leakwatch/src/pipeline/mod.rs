@@ -246,9 +246,10 @@ impl Pipeline {
 
     /// At stop, after the last record: what waits for a pause or a later record (TLS
     /// plaintext waiting for its socket, runs pending in the kernel, held-back findings of
-    /// streams and held files, cut exec captures) is reported now, not dropped with the
-    /// daemon.
+    /// streams and held files, cut exec captures, queued crash dump reports) is reported
+    /// now, not dropped with the daemon.
     fn finish(&mut self) {
+        self.dump_reports();
         exec::tick(self, true);
         tls::tick(self, true);
         held::finish(self);
@@ -268,6 +269,11 @@ impl Pipeline {
         names::tick(self, false);
         moves::tick(self);
         exec::tick(self, false);
+        self.dump_reports();
+    }
+
+    /// Crash dump reports queued by the control socket and the core scanner.
+    fn dump_reports(&mut self) {
         let reports: Vec<_> = match self.shared.dumps.lock() {
             Ok(mut q) => q.drain(..).collect(),
             Err(_) => Vec::new(),
