@@ -294,10 +294,10 @@ pub async fn run(o: Overrides) -> Result<()> {
     }
     crate::notify::send("STOPPING=1");
     let t = std::time::Instant::now();
-    // The probes go first, while the reader and the worker still run: what the programs
-    // record until the last one is detached (the kernel takes ~1.5 s over it) is read and
-    // scanned, not dropped with the daemon. Off the runtime: the control socket and the
-    // metrics endpoint still answer meanwhile.
+    // The probes go first, while the reader and the worker still run, so no record the
+    // programs made is left unread (each is off its hook within milliseconds; the kernel's
+    // teardown then takes ~1.5 s). Off the runtime: the control socket and the metrics
+    // endpoint still answer meanwhile.
     let detach = {
         let probes = probes.clone();
         tokio::task::spawn_blocking(move || {
@@ -426,12 +426,12 @@ async fn poll_stats(
         }
         // Busy (the detach at stop holds it for a second or more): the counters only grow,
         // so the next look counts what this one would have.
-        let probes = if stopping {
+        let guard = if stopping {
             probes.lock().ok()
         } else {
             probes.try_lock().ok()
         };
-        let Some(now) = probes.and_then(|p| p.stats().ok()) else {
+        let Some(now) = guard.and_then(|p| p.stats().ok()) else {
             continue;
         };
         for (i, (before, after)) in last.per.iter().zip(now.per.iter()).enumerate() {

@@ -844,17 +844,16 @@ pub(super) fn tick(p: &mut Pipeline) {
         .retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
 }
 
-/// Unlists every held file (daemon stop): writes are not left by reference to nobody.
 /// At stop, once the probes are gone: every run still pending in `RUNS` is final, so two
 /// looks `SETTLE` apart read each in full; then every file is let go (read to its end).
 pub(super) fn finish(p: &mut Pipeline) {
     peek(p);
     std::thread::sleep(SETTLE * 2);
     peek(p);
-    read_all(p);
     release_all(p);
 }
 
+/// Unlists every held file (daemon stop): writes are not left by reference to nobody.
 fn release_all(p: &mut Pipeline) {
     detector!(p, d);
     let all: Vec<u64> = p.held.files.keys().copied().collect();

@@ -290,7 +290,8 @@ pub struct Probes {
     scope_generation: u32,
     /// Files the TLS plaintext uprobes are attached to.
     pub tls_attached: Vec<String>,
-    /// `detach_all` has run (the daemon is stopping): nothing is attached again.
+    /// `detach_all` has run (the daemon is stopping): the TLS watcher attaches nothing more
+    /// (it checks under the same lock).
     detached: bool,
 }
 
