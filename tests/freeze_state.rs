@@ -44,7 +44,9 @@ fn startup_sweep_kill_names_the_credential_that_matched() {
     freeze(&d, &a);
     freeze(&d, &b);
     d.stop();
-    // Started while no daemon runs: nothing kills it at exec.
+    // Started while no daemon runs and nothing enforces (the pinned exec kill removed, as a
+    // reboot would): nothing kills it at exec.
+    remove_pins(&d.state_dir());
     let mut holder = Command::new("sleep")
         .arg("300")
         .env("PAYMENTS_KEY", &b)
@@ -170,5 +172,71 @@ fn a_wrong_kernel_hash_is_repaired_by_the_first_exec_it_misses() {
         s(a, "kind") == "kill" && s(a, "by") == "kernel"
     });
     d.stop();
+    d.assert_no_plaintext(&[&k]);
+}
+
+/// A frozen key cannot run while the daemon is down. With something frozen the exec kill
+/// stays attached (pinned) through a stop and through a crash; the next start takes it over;
+/// an empty frozen set unpins it, and a stop then leaves no program behind.
+#[test]
+fn a_frozen_key_cannot_run_while_the_daemon_is_down() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut d = Daemon::start("state-pinned");
+    let (k, _) = secret("anthropic-api-key");
+    let pins = leakwatch::probes::pins::dir_for(&d.state_dir());
+    assert_eq!(d.status()["exec_kill_pinned"], false, "nothing frozen");
+    assert!(
+        !pins.exists(),
+        "{} exists with nothing frozen",
+        pins.display()
+    );
+    freeze(&d, &k);
+    assert_eq!(d.status()["exec_kill_pinned"], true);
+    let mark = d.scratch().join("ran");
+    // The key in the environment, and as an argument; the first action makes `mark`.
+    let run = |in_env: bool| {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(format!("touch {}", mark.display()));
+        if in_env {
+            c.env("ANTHROPIC_API_KEY", &k);
+        } else {
+            c.args(["sh", &k]);
+        }
+        c.status().unwrap()
+    };
+    let killed = |what: &str, st: std::process::ExitStatus| {
+        assert_eq!(st.signal(), Some(libc::SIGKILL), "{what}: {st}");
+        assert!(!mark.exists(), "{what}: the frozen key ran");
+    };
+
+    d.stop();
+    killed("env, daemon stopped", run(true));
+    killed("argv, daemon stopped", run(false));
+
+    d.restart();
+    assert_eq!(d.status()["exec_kill_pinned"], true);
+    let pinned: Vec<_> = std::fs::read_dir(&pins).unwrap().flatten().collect();
+    assert_eq!(pinned.len(), 3, "one pin per killer: {pinned:?}");
+    killed("env, after the restart", run(true));
+
+    // A crash: nothing runs the stop path.
+    let mut c = d.child.take().unwrap();
+    c.kill().unwrap();
+    c.wait().unwrap();
+    killed("env, daemon killed", run(true));
+    killed("argv, daemon killed", run(false));
+
+    d.restart();
+    let out = Command::new(bin())
+        .args(["unfreeze", &fingerprint(&k), "--socket"])
+        .arg(d.socket())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(d.status()["exec_kill_pinned"], false);
+    assert!(!pins.exists(), "unfrozen, still pinned");
+    d.stop();
+    assert!(run(true).success(), "unfrozen, the key is blocked still");
+    assert!(mark.exists());
     d.assert_no_plaintext(&[&k]);
 }

@@ -380,7 +380,17 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
         }
     }
     let frozen = arr(&v, "frozen");
-    println!("frozen: {}", frozen.len());
+    match (frozen.is_empty(), v["exec_kill_pinned"] == true) {
+        (true, _) => println!("frozen: 0"),
+        (false, true) => println!(
+            "frozen: {} (exec kill pinned: it stays in force if the daemon stops)",
+            frozen.len()
+        ),
+        (false, false) => println!(
+            "frozen: {} (exec kill NOT pinned: a frozen key can run while the daemon is down; see the log)",
+            frozen.len()
+        ),
+    }
     for f in frozen {
         println!(
             "  {}  since {}  kills {}{}{}",

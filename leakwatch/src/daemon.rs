@@ -114,6 +114,7 @@ pub async fn run(o: Overrides) -> Result<()> {
         scope: crate::scope::resolve(&cfg.scope, cfg.capture.max_bytes),
         frozen: store.kernel_entries(),
         rings: cfg.capture.ring_bytes(),
+        pin_dir: Some(probes::pins::dir_for(&cfg.state_dir)),
     })?;
     metrics.probes_attached.set(probes.attached.len() as i64);
     metrics.probes_expected.set(probes::TRACEPOINT_COUNT as i64);

@@ -402,9 +402,24 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // A daemon stopped with something frozen leaves its exec kill pinned (as it should
+        // on a host); a test's must not outlive the test, passed or failed.
+        remove_pins(&self.state_dir());
         remove_if_passed(&self.dir);
         remove_if_passed(&self.dir.with_extension("scratch"));
     }
+}
+
+/// Removes the exec-kill links a daemon on `state_dir` left pinned (see
+/// `leakwatch::probes::pins`); the kernel detaches them.
+pub fn remove_pins(state_dir: &Path) {
+    let dir = leakwatch::probes::pins::dir_for(state_dir);
+    if let Ok(rd) = fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    let _ = fs::remove_dir(&dir);
 }
 
 /// A passed test's files go (every CI run used to leave ~360 directories in /tmp); a failed

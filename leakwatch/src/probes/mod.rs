@@ -2,6 +2,7 @@
 //! that uses aya. Failures are turned into one sentence an operator can act on.
 mod btf;
 pub mod floor;
+pub mod pins;
 pub mod ring_fill;
 pub mod tls;
 mod tpformat;
@@ -244,6 +245,9 @@ pub struct LoadOptions {
     pub frozen: Vec<(u64, u32)>,
     /// Bytes of the `EVENTS` and `WRITES` rings (powers of two, at least a page).
     pub rings: (u32, u32),
+    /// Where the exec kill's links are pinned while anything is frozen (`pins::dir_for`);
+    /// `None`: never pinned.
+    pub pin_dir: Option<std::path::PathBuf>,
 }
 
 /// Whose write payloads the kernel copies. A process is in scope if it matches any enabled
@@ -293,6 +297,8 @@ pub struct Probes {
     /// `detach_all` has run (the daemon is stopping): the TLS watcher attaches nothing more
     /// (it checks under the same lock).
     detached: bool,
+    /// The exec kill's links, pinned while anything is frozen.
+    pins: Option<pins::Pins>,
 }
 
 impl Probes {
@@ -310,8 +316,12 @@ impl Probes {
     pub fn detach_all(&mut self) {
         use aya::programs::Program;
         self.detached = true;
+        let pins = self.pins.take();
         let progs: Vec<&mut Program> = self.ebpf.programs_mut().map(|(_, p)| p).collect();
         std::thread::scope(|s| {
+            if let Some(pins) = pins {
+                s.spawn(move || pins.release());
+            }
             for p in progs {
                 s.spawn(move || {
                     let _ = match p {
@@ -465,6 +475,7 @@ impl Probes {
             scope_generation: 0,
             tls_attached: Vec::new(),
             detached: false,
+            pins: None,
         };
         p.set_scope(&o.scope)
             .context("loading the [scope] lists into the kernel")?;
@@ -473,10 +484,32 @@ impl Probes {
         let t_object = t0.elapsed();
         load_all(&mut p.ebpf)?;
         let t_verified = t0.elapsed();
+        let mut pins = o.pin_dir.clone().map(pins::Pins::new);
+        // Owning a link needs a bpf_link (kernel 5.15+); without one aya's link is the perf
+        // event itself, which cannot be pinned.
+        if pins.is_some() && !aya::features().bpf_perf_link() {
+            log::warn!("frozen credentials are blocked only while the daemon runs: this kernel cannot pin a tracepoint link (no bpf_link for perf events)");
+            pins = None;
+        }
         for (prog, cat, name, _) in TRACEPOINTS {
             let t: &mut TracePoint = program(&mut p.ebpf, prog)?.try_into()?;
-            attach_loaded(t, prog, cat, name)?;
+            let id = attach_loaded(t, prog, cat, name)?;
+            if let Some(pins) = pins.as_mut().filter(|_| pins::KILLERS.contains(prog)) {
+                let link = t.take_link(id)?;
+                pins.add(prog, aya::programs::links::FdLink::try_from(link)?);
+            }
             p.attached.push(format!("{cat}:{name}"));
+        }
+        if let Some(mut pins) = pins {
+            let n = pins.retire_old();
+            if n != 0 {
+                log::info!(
+                    "retired {n} exec-kill links an earlier leakwatch left pinned in {}",
+                    pins.dir().display()
+                );
+            }
+            pins.sync(!o.frozen.is_empty());
+            p.pins = Some(pins);
         }
         log::debug!(
             "probes: BTF offsets and maps {t_object:?}, programs verified {:?}, attached {:?}",
@@ -559,7 +592,15 @@ impl Probes {
                 .context("FROZEN_ON map missing")?,
         )?;
         on.set(0, u32::from(!entries.is_empty()), 0)?;
+        if let Some(p) = self.pins.as_mut() {
+            p.sync(!entries.is_empty());
+        }
         Ok(())
+    }
+
+    /// The exec kill is pinned: it stays attached if the daemon stops or dies.
+    pub fn kill_pinned(&self) -> bool {
+        self.pins.as_ref().is_some_and(|p| p.pinned())
     }
 
     /// Replaces the scope lists and config, then drops every cached verdict. New entries go
@@ -715,11 +756,15 @@ fn load_all(ebpf: &mut Ebpf) -> Result<()> {
     })
 }
 
-fn attach_loaded(p: &mut TracePoint, prog: &str, cat: &str, name: &str) -> Result<()> {
+fn attach_loaded(
+    p: &mut TracePoint,
+    prog: &str,
+    cat: &str,
+    name: &str,
+) -> Result<aya::programs::trace_point::TracePointLinkId> {
     p.attach(cat, name).map_err(|e| {
         anyhow!("attaching {prog} to tracepoint {cat}:{name} failed: {e}; check that tracefs is mounted and the tracepoint exists")
-    })?;
-    Ok(())
+    })
 }
 
 fn explain_load(e: aya::EbpfError) -> anyhow::Error {

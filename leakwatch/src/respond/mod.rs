@@ -569,10 +569,10 @@ impl Context {
             .ok()
             .and_then(|p| p.stats().ok())
             .unwrap_or_default();
-        let attached = self
+        let (attached, pinned) = self
             .probes
             .lock()
-            .map(|p| p.attached.clone())
+            .map(|p| (p.attached.clone(), p.kill_pinned()))
             .unwrap_or_default();
         let mut kernel = serde_json::Map::new();
         for (i, st) in stats.per.iter().enumerate() {
@@ -602,6 +602,8 @@ impl Context {
                 "len": e.len,
                 "fleet": e.fleet,
             })).collect::<Vec<_>>(),
+            // The exec kill stays attached if the daemon stops or dies (see `probes::pins`).
+            "exec_kill_pinned": pinned,
             "fleet": self.fleet_status.lock().ok().and_then(|f| f.clone()),
             "probes": attached,
             "tls_blind": self.tls_blind.lock().map(|l| l.iter().map(|(exe, b)| {
