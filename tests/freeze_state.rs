@@ -176,13 +176,15 @@ fn a_wrong_kernel_hash_is_repaired_by_the_first_exec_it_misses() {
 }
 
 /// A frozen key cannot run while the daemon is down. With something frozen the exec kill
-/// stays attached (pinned) through a stop and through a crash; the next start takes it over;
-/// an empty frozen set unpins it, and a stop then leaves no program behind.
+/// stays attached (pinned) through a stop and through a crash; the next start takes it
+/// over and reports the kills it made meanwhile; an empty frozen set unpins it, and a stop
+/// then leaves no program behind.
 #[test]
 fn a_frozen_key_cannot_run_while_the_daemon_is_down() {
     use std::os::unix::process::ExitStatusExt;
     let mut d = Daemon::start("state-pinned");
     let (k, _) = secret("anthropic-api-key");
+    let fp = fingerprint(&k);
     let pins = leakwatch::probes::pins::dir_for(&d.state_dir());
     assert_eq!(d.status()["exec_kill_pinned"], false, "nothing frozen");
     assert!(
@@ -193,42 +195,80 @@ fn a_frozen_key_cannot_run_while_the_daemon_is_down() {
     freeze(&d, &k);
     assert_eq!(d.status()["exec_kill_pinned"], true);
     let mark = d.scratch().join("ran");
-    // The key in the environment, and as an argument; the first action makes `mark`.
+    // The key in the environment, or as an argument; the first action makes `mark`. Each
+    // exec comes from a process of its own name: kernel kills are reported once per
+    // credential and program name, and each kill here must be reported.
+    let next = std::cell::Cell::new(0);
     let run = |in_env: bool| {
+        use std::os::unix::process::CommandExt;
+        next.set(next.get() + 1);
+        let name = std::ffi::CString::new(format!("lw-pinned-{}", next.get())).unwrap();
         let mut c = Command::new("/bin/sh");
         c.arg("-c").arg(format!("touch {}", mark.display()));
+        // SAFETY: prctl(2) only, between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+                Ok(())
+            });
+        }
         if in_env {
             c.env("ANTHROPIC_API_KEY", &k);
         } else {
             c.args(["sh", &k]);
         }
-        c.status().unwrap()
+        let mut c = c.spawn().unwrap();
+        (c.id() as u64, c.wait().unwrap())
     };
-    let killed = |what: &str, st: std::process::ExitStatus| {
+    let killed = |what: &str, (pid, st): (u64, std::process::ExitStatus)| {
         assert_eq!(st.signal(), Some(libc::SIGKILL), "{what}: {st}");
         assert!(!mark.exists(), "{what}: the frozen key ran");
+        pid
+    };
+    // The kills made while no daemon ran reach the next start: reported (once per
+    // credential and program, as any kernel kill) and each counted.
+    let reported = |d: &Daemon, pids: &[u64]| {
+        for &pid in pids {
+            let a = d.wait_alert("a kill made while the daemon was down", |a| {
+                s(a, "kind") == "kill" && n(a, "pid") == pid
+            });
+            assert_eq!(s(&a, "fingerprint"), fp, "{a:#}");
+            assert_eq!(s(&a, "by"), "kernel", "{a:#}");
+        }
     };
 
+    let before = kills(&d, &fp);
     d.stop();
-    killed("env, daemon stopped", run(true));
-    killed("argv, daemon stopped", run(false));
-
+    let down = [
+        killed("env, daemon stopped", run(true)),
+        killed("argv, daemon stopped", run(false)),
+    ];
     d.restart();
+    reported(&d, &down);
+    wait_until(10, "both kills made while down counted", || {
+        (kills(&d, &fp) >= before + 2).then_some(())
+    });
+    assert_eq!(kills(&d, &fp), before + 2, "a kill counted twice");
     assert_eq!(d.status()["exec_kill_pinned"], true);
-    let pinned: Vec<_> = std::fs::read_dir(&pins).unwrap().flatten().collect();
-    assert_eq!(pinned.len(), 3, "one pin per killer: {pinned:?}");
+    let stamps: Vec<_> = std::fs::read_dir(&pins).unwrap().flatten().collect();
+    assert_eq!(stamps.len(), 1, "one build's pins: {stamps:?}");
+    let pinned = std::fs::read_dir(stamps[0].path()).unwrap().count();
+    assert_eq!(pinned, 5, "three killers, their ring and their counters");
     killed("env, after the restart", run(true));
 
     // A crash: nothing runs the stop path.
     let mut c = d.child.take().unwrap();
     c.kill().unwrap();
     c.wait().unwrap();
-    killed("env, daemon killed", run(true));
-    killed("argv, daemon killed", run(false));
-
+    let down = [
+        killed("env, daemon killed", run(true)),
+        killed("argv, daemon killed", run(false)),
+    ];
     d.restart();
+    reported(&d, &down);
+
     let out = Command::new(bin())
-        .args(["unfreeze", &fingerprint(&k), "--socket"])
+        .args(["unfreeze", &fp, "--socket"])
         .arg(d.socket())
         .output()
         .unwrap();
@@ -236,7 +276,7 @@ fn a_frozen_key_cannot_run_while_the_daemon_is_down() {
     assert_eq!(d.status()["exec_kill_pinned"], false);
     assert!(!pins.exists(), "unfrozen, still pinned");
     d.stop();
-    assert!(run(true).success(), "unfrozen, the key is blocked still");
+    assert!(run(true).1.success(), "unfrozen, the key is blocked still");
     assert!(mark.exists());
     d.assert_no_plaintext(&[&k]);
 }

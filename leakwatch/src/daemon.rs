@@ -119,6 +119,8 @@ pub async fn run(o: Overrides) -> Result<()> {
     metrics.probes_attached.set(probes.attached.len() as i64);
     metrics.probes_expected.set(probes::TRACEPOINT_COUNT as i64);
     let events = probes.take_events()?;
+    let left = probes.take_left();
+    report_left(&left, &alerts, &metrics);
     let writes = probes.take_writes()?;
     let asleep = probes.take_reader_asleep()?;
     let held = match cfg.capture.by_reference {
@@ -190,8 +192,14 @@ pub async fn run(o: Overrides) -> Result<()> {
         )
         .collect::<Vec<_>>()
     };
-    let (reader, worker) =
-        crate::pipeline::start(events, writes, asleep, pipeline, stop_reader.clone())?;
+    let (reader, worker) = crate::pipeline::start(
+        events,
+        writes,
+        left.events,
+        asleep,
+        pipeline,
+        stop_reader.clone(),
+    )?;
     let poller = tokio::spawn(poll_stats(
         probes.clone(),
         alerts.clone(),
@@ -396,6 +404,36 @@ fn release_free_memory() {
 
 /// Every second: kernel counters become metrics, and ring-buffer loss (and events the
 /// pipeline queue could not take) becomes `lost` alerts.
+/// What an earlier daemon's pinned exec kill could not record while no daemon ran: its
+/// ring's losses and the execs it killed unchecked. Its records themselves are read by the
+/// reader ahead of the live rings.
+fn report_left(left: &crate::probes::pins::Left, alerts: &Alerts, metrics: &Metrics) {
+    if left.foreign {
+        log::warn!("retired an exec kill pinned by another leakwatch build: execs it killed while leakwatch was down are not reported (its records are in another format)");
+        alerts.emit(
+            Alert::new("lost")
+                .with("probe", "pinned_exec_kill")
+                .with("reason", "pinned_by_another_build"),
+        );
+    }
+    let Some(st) = &left.stats else { return };
+    for (i, s) in st.per.iter().enumerate() {
+        let probe = probe_name(i as u32);
+        if s.lost > 0 {
+            metrics.lost.with_label_values(&[probe]).inc_by(s.lost);
+            alerts.emit(
+                Alert::new("lost")
+                    .with("probe", probe)
+                    .with("count", s.lost)
+                    .with("reason", "ring_buffer_full_while_down"),
+            );
+        }
+        if s.unchecked > 0 {
+            metrics.exec_unchecked.inc_by(s.unchecked);
+        }
+    }
+}
+
 async fn poll_stats(
     probes: Arc<Mutex<Probes>>,
     alerts: Alerts,

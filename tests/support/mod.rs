@@ -413,13 +413,19 @@ impl Drop for Daemon {
 /// Removes the exec-kill links a daemon on `state_dir` left pinned (see
 /// `leakwatch::probes::pins`); the kernel detaches them.
 pub fn remove_pins(state_dir: &Path) {
-    let dir = leakwatch::probes::pins::dir_for(state_dir);
-    if let Ok(rd) = fs::read_dir(&dir) {
-        for e in rd.flatten() {
-            let _ = fs::remove_file(e.path());
+    // bpffs has no recursive removal: files, then the directories that held them.
+    fn rm(dir: &Path) {
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                rm(&p);
+            } else {
+                let _ = fs::remove_file(&p);
+            }
         }
+        let _ = fs::remove_dir(dir);
     }
-    let _ = fs::remove_dir(&dir);
+    rm(&leakwatch::probes::pins::dir_for(state_dir));
 }
 
 /// A passed test's files go (every CI run used to leave ~360 directories in /tmp); a failed

@@ -347,6 +347,7 @@ impl StopReader {
 pub fn start(
     events: Ring,
     writes: Ring,
+    left: Option<Ring>,
     asleep: aya::maps::Array<aya::maps::MapData, u32>,
     mut pipeline: Pipeline,
     stop: StopReader,
@@ -358,7 +359,12 @@ pub fn start(
         let (stop, queued) = (stop.clone(), queued.clone());
         std::thread::Builder::new()
             .name("lw-events".into())
-            .spawn(move || read([events, writes], asleep, &tx, &queued, &metrics, &stop))
+            .spawn(move || {
+                if let Some(ring) = left {
+                    drain_left(ring, &tx, &queued, &metrics);
+                }
+                read([events, writes], asleep, &tx, &queued, &metrics, &stop)
+            })
             .context("starting the event reader thread")?
     };
     let worker = std::thread::Builder::new()
@@ -369,6 +375,39 @@ pub fn start(
         })
         .context("starting the pipeline thread")?;
     Ok((reader, worker))
+}
+
+/// Reads to its end, once, the ring an earlier daemon's pinned exec kill wrote while no
+/// daemon ran (see `probes::pins`): its exec records and kill notices, before any live one.
+fn drain_left(mut ring: Ring, tx: &SyncSender<Vec<Queued>>, queued: &AtomicUsize, m: &Metrics) {
+    let mut n = 0;
+    loop {
+        let mut batch = Vec::new();
+        while let Some(item) = ring.next() {
+            n += 1;
+            match decode(&item) {
+                Ok(ev) => batch.push(Queued {
+                    ev,
+                    bytes: item.len() + HELD_IN_MEMORY,
+                }),
+                Err(e) => {
+                    m.decode_errors.inc();
+                    log::warn!("dropped a malformed kernel record: {e}");
+                }
+            }
+            if batch.len() == 4096 {
+                break;
+            }
+        }
+        if batch.is_empty() {
+            break;
+        }
+        // No writes in this ring: every record waits for room, none comes back.
+        let _ = enqueue(batch, tx, queued, m);
+    }
+    if n != 0 {
+        log::info!("read {n} records the pinned exec kill made while leakwatch was down");
+    }
 }
 
 /// The reader runs on its own OS thread: a burst of events must never delay the control

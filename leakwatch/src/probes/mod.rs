@@ -299,6 +299,8 @@ pub struct Probes {
     detached: bool,
     /// The exec kill's links, pinned while anything is frozen.
     pins: Option<pins::Pins>,
+    /// What an earlier daemon's pinned exec kill left (taken once, by the daemon).
+    left: Option<pins::Left>,
 }
 
 impl Probes {
@@ -333,6 +335,25 @@ impl Probes {
             }
         });
     }
+}
+
+/// Sums the per-CPU counters of a `STATS` map.
+fn stats_of<T: std::borrow::Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<KernelStats> {
+    let sum = |p: u32, s: u32| -> Result<u64> { Ok(map.get(&stat_slot(p, s), 0)?.iter().sum()) };
+    let mut out = KernelStats::default();
+    for (p, st) in out.per.iter_mut().enumerate() {
+        let p = p as u32;
+        *st = ProbeStats {
+            events: sum(p, STAT_EVENTS)?,
+            lost: sum(p, STAT_LOST)?,
+            skipped: sum(p, STAT_SKIPPED)?,
+            truncated: sum(p, STAT_TRUNCATED)?,
+            bytes_dropped: sum(p, STAT_BYTES_DROPPED)?,
+            kills: sum(p, STAT_KILLS)?,
+            unchecked: sum(p, STAT_UNCHECKED)?,
+        };
+    }
+    Ok(out)
 }
 
 /// Checks what loading needs before trying, so the error names the real cause.
@@ -476,6 +497,7 @@ impl Probes {
             tls_attached: Vec::new(),
             detached: false,
             pins: None,
+            left: None,
         };
         p.set_scope(&o.scope)
             .context("loading the [scope] lists into the kernel")?;
@@ -484,7 +506,18 @@ impl Probes {
         let t_object = t0.elapsed();
         load_all(&mut p.ebpf)?;
         let t_verified = t0.elapsed();
-        let mut pins = o.pin_dir.clone().map(pins::Pins::new);
+        let mut pins = o.pin_dir.clone().map(|d| pins::Pins::new(d, OBJECT));
+        if let Some(pins) = pins.as_mut() {
+            for name in ["EVENTS", "STATS"] {
+                let id = match p.ebpf.map(name) {
+                    Some(aya::maps::Map::RingBuf(m) | aya::maps::Map::PerCpuArray(m)) => {
+                        m.info()?.id()
+                    }
+                    _ => bail!("{name} map missing"),
+                };
+                pins.add_map(name, id);
+            }
+        }
         // Owning a link needs a bpf_link (kernel 5.15+); without one aya's link is the perf
         // event itself, which cannot be pinned.
         if pins.is_some() && !aya::features().bpf_perf_link() {
@@ -501,15 +534,17 @@ impl Probes {
             p.attached.push(format!("{cat}:{name}"));
         }
         if let Some(mut pins) = pins {
-            let n = pins.retire_old();
-            if n != 0 {
+            let left = pins.retire_old();
+            if left.links != 0 {
                 log::info!(
-                    "retired {n} exec-kill links an earlier leakwatch left pinned in {}",
-                    pins.dir().display()
+                    "retired the exec kill an earlier leakwatch left pinned in {} ({} links)",
+                    pins.dir().display(),
+                    left.links
                 );
             }
             pins.sync(!o.frozen.is_empty());
             p.pins = Some(pins);
+            p.left = Some(left);
         }
         log::debug!(
             "probes: BTF offsets and maps {t_object:?}, programs verified {:?}, attached {:?}",
@@ -555,22 +590,12 @@ impl Probes {
     pub fn stats(&self) -> Result<KernelStats> {
         let map =
             PerCpuArray::<_, u64>::try_from(self.ebpf.map("STATS").context("STATS map missing")?)?;
-        let sum =
-            |p: u32, s: u32| -> Result<u64> { Ok(map.get(&stat_slot(p, s), 0)?.iter().sum()) };
-        let mut out = KernelStats::default();
-        for (p, st) in out.per.iter_mut().enumerate() {
-            let p = p as u32;
-            *st = ProbeStats {
-                events: sum(p, STAT_EVENTS)?,
-                lost: sum(p, STAT_LOST)?,
-                skipped: sum(p, STAT_SKIPPED)?,
-                truncated: sum(p, STAT_TRUNCATED)?,
-                bytes_dropped: sum(p, STAT_BYTES_DROPPED)?,
-                kills: sum(p, STAT_KILLS)?,
-                unchecked: sum(p, STAT_UNCHECKED)?,
-            };
-        }
-        Ok(out)
+        stats_of(&map)
+    }
+
+    /// What an earlier daemon's pinned exec kill left (see `pins::Left`), once.
+    pub fn take_left(&mut self) -> pins::Left {
+        self.left.take().unwrap_or_default()
     }
 
     /// Replaces the kernel's frozen set with these (hash, length) pairs.

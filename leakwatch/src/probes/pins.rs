@@ -13,7 +13,10 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::programs::links::FdLink;
+use aya::{
+    maps::{Map, MapData, PerCpuArray, RingBuf},
+    programs::links::FdLink,
+};
 use sha2::{Digest, Sha256};
 
 /// The programs that kill a frozen credential's exec: at syscall entry (argv and
@@ -37,20 +40,44 @@ pub fn dir_for(state_dir: &Path) -> PathBuf {
     Path::new(BPFFS).join("leakwatch").join(id)
 }
 
-/// The killers' links, owned here rather than by their programs, so they can be pinned.
+/// The killers' links, owned here rather than by their programs, so they can be pinned;
+/// with them the exec ring and the counters they write, so the next daemon can read what
+/// they recorded while none ran.
 pub struct Pins {
     dir: PathBuf,
+    /// This object's stamp: a subdirectory per build, since only the same build's records
+    /// can be read back.
+    stamp: String,
     links: Vec<(&'static str, FdLink)>,
+    /// (name, kernel map id)
+    maps: Vec<(&'static str, u32)>,
     pinned: bool,
     /// Pinning failed once: said once, not on every freeze.
     warned: bool,
 }
 
+/// What an earlier daemon left pinned, retired by this one: its programs are off their
+/// hooks and finished when this is returned, so nothing more comes into its ring.
+#[derive(Default)]
+pub struct Left {
+    /// Links removed.
+    pub links: usize,
+    /// Its exec ring, to read to the end (the same build: the same record format).
+    pub events: Option<RingBuf<MapData>>,
+    /// Its counters: records its ring had no room for while no daemon read it.
+    pub stats: Option<super::KernelStats>,
+    /// Left by another build: what it recorded cannot be decoded here.
+    pub foreign: bool,
+}
+
 impl Pins {
-    pub fn new(dir: PathBuf) -> Pins {
+    pub fn new(dir: PathBuf, object: &[u8]) -> Pins {
+        let digest = Sha256::digest(object);
         Pins {
             dir,
+            stamp: digest[..8].iter().map(|b| format!("{b:02x}")).collect(),
             links: Vec::new(),
+            maps: Vec::new(),
             pinned: false,
             warned: false,
         }
@@ -60,8 +87,16 @@ impl Pins {
         &self.dir
     }
 
+    fn here(&self) -> PathBuf {
+        self.dir.join(&self.stamp)
+    }
+
     pub fn add(&mut self, prog: &'static str, link: FdLink) {
         self.links.push((prog, link));
+    }
+
+    pub fn add_map(&mut self, name: &'static str, id: u32) {
+        self.maps.push((name, id));
     }
 
     /// True while the killers are pinned.
@@ -69,24 +104,61 @@ impl Pins {
         self.pinned
     }
 
-    /// Removes what an earlier daemon left pinned here (its programs leave their hooks; the
-    /// kernel tears them down in the background). Called once this daemon's own killers are
-    /// attached, so no exec goes unchecked in between. Returns how many were retired.
-    pub fn retire_old(&self) -> usize {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return 0;
-        };
-        let mut n = 0;
-        for e in entries.flatten() {
-            match std::fs::remove_file(e.path()) {
-                Ok(()) => n += 1,
-                Err(err) => log::warn!(
-                    "could not remove {} (left by an earlier leakwatch): {err}; remove it by hand",
-                    e.path().display()
-                ),
+    /// Retires what an earlier daemon left pinned here. Called once this daemon's own
+    /// killers are attached, so no exec goes unchecked in between. Its links are closed
+    /// here, each on a thread of its own (a close returns once the kernel has torn the
+    /// program down, ~50-100 ms), so its ring is final when this returns.
+    pub fn retire_old(&self) -> Left {
+        let mut left = Left::default();
+        let mut links: Vec<OwnedFd> = Vec::new();
+        let mut stats = None;
+        for sub in read_dir(&self.dir) {
+            let ours = sub.file_name().is_some_and(|n| n == self.stamp.as_str());
+            left.foreign |= !ours;
+            for f in read_dir(&sub) {
+                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let opened = match (ours, name) {
+                    (true, "EVENTS") => MapData::from_pin(&f)
+                        .map_err(|e| anyhow!("{e}"))
+                        .and_then(|m| RingBuf::try_from(Map::RingBuf(m)).map_err(Into::into))
+                        .map(|r| left.events = Some(r)),
+                    (true, "STATS") => MapData::from_pin(&f)
+                        .map_err(|e| anyhow!("{e}"))
+                        .map(|m| stats = Some(m)),
+                    (_, "EVENTS" | "STATS") => Ok(()),
+                    _ => get(&f).map(|fd| links.push(fd)),
+                };
+                if let Err(e) = opened {
+                    log::warn!(
+                        "reading {} (left by an earlier leakwatch): {e:#}",
+                        f.display()
+                    );
+                }
+                if let Err(e) = std::fs::remove_file(&f) {
+                    log::warn!(
+                        "could not remove {} (left by an earlier leakwatch): {e}; remove it by hand",
+                        f.display()
+                    );
+                }
+            }
+            let _ = std::fs::remove_dir(&sub);
+        }
+        left.links = links.len();
+        std::thread::scope(|s| {
+            for fd in links {
+                s.spawn(move || drop(fd));
+            }
+        });
+        if let Some(m) = stats {
+            match PerCpuArray::try_from(Map::PerCpuArray(m))
+                .map_err(anyhow::Error::from)
+                .and_then(|a| super::stats_of(&a))
+            {
+                Ok(st) => left.stats = Some(st),
+                Err(e) => log::warn!("reading the counters an earlier leakwatch left: {e:#}"),
             }
         }
-        n
+        left
     }
 
     /// Pins the killers while `frozen` (anything is frozen), unpins them otherwise.
@@ -113,49 +185,67 @@ impl Pins {
 
     fn pin_all(&mut self) -> Result<()> {
         ensure_bpffs()?;
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let here = self.here();
+        std::fs::create_dir_all(&here).with_context(|| format!("creating {}", here.display()))?;
+        // The maps first: a link pinned without its ring would record what nobody reads.
+        for (name, id) in &self.maps {
+            let path = here.join(name);
+            let fd = by_id(BPF_MAP_GET_FD_BY_ID, *id).context("opening a map by id")?;
+            pin(&fd, &path).with_context(|| format!("pinning {name} at {}", path.display()))?;
+        }
         for (prog, link) in &self.links {
-            let path = self.dir.join(prog);
-            pin(link, &path)
+            let path = here.join(prog);
+            let id = link
+                .info()
+                .map_err(|e| anyhow!("reading the link's id: {e}"))?
+                .id();
+            let fd = by_id(BPF_LINK_GET_FD_BY_ID, id).context("opening the link by id")?;
+            pin(&fd, &path)
                 .with_context(|| format!("pinning {prog}'s link at {}", path.display()))?;
         }
         Ok(())
     }
 
     fn unpin_all(&mut self) {
-        for (prog, _) in &self.links {
-            let path = self.dir.join(prog);
+        let here = self.here();
+        let names = self
+            .links
+            .iter()
+            .map(|l| l.0)
+            .chain(self.maps.iter().map(|m| m.0));
+        for name in names {
+            let path = here.join(name);
             if let Err(e) = std::fs::remove_file(&path) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     log::warn!("could not unpin {}: {e}; remove it by hand", path.display());
                 }
             }
         }
+        let _ = std::fs::remove_dir(&here);
         let _ = std::fs::remove_dir(&self.dir);
         self.pinned = false;
     }
 
     /// At stop: drops the daemon's references. Pinned killers stay attached (the pins hold
-    /// them); unpinned ones are detached. Returns whether they stay.
-    pub fn release(self) -> bool {
+    /// them); unpinned ones are detached.
+    pub fn release(self) {
         if self.pinned {
             log::info!(
-                "the exec kill stays attached while leakwatch is down (pinned in {}): frozen credentials still cannot run; the next start takes over",
-                self.dir.display()
+                "the exec kill stays attached while leakwatch is down (pinned in {}): frozen credentials still cannot run; the next start takes over and reports what it killed",
+                self.here().display()
             );
         }
-        self.pinned
     }
 }
 
-/// Pins the link behind `link` at `path` through a second descriptor (aya's `FdLink::pin`
-/// consumes the link and drops it on failure, which would detach a killer).
-fn pin(link: &FdLink, path: &Path) -> Result<()> {
-    let id = link
-        .info()
-        .map_err(|e| anyhow!("reading the link's id: {e}"))?
-        .id();
+fn read_dir(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// A new descriptor for the bpf object with this id (`cmd`: a `*_GET_FD_BY_ID`).
+fn by_id(cmd: libc::c_long, id: u32) -> Result<OwnedFd> {
     #[repr(C)]
     struct ById {
         id: u32,
@@ -163,26 +253,46 @@ fn pin(link: &FdLink, path: &Path) -> Result<()> {
         open_flags: u32,
     }
     let fd = bpf(
-        BPF_LINK_GET_FD_BY_ID,
+        cmd,
         &ById {
             id,
             next_id: 0,
             open_flags: 0,
         },
-    )
-    .context("opening the link by id")?;
+    )?;
     // SAFETY: a new descriptor the kernel just returned, owned from here on.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A descriptor for the object pinned at `path`.
+fn get(path: &Path) -> Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes()).context("a NUL in the pin path")?;
-    #[repr(C)]
-    struct ObjPin {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        // The kernel wants every byte past the command's fields zero: no padding left unset.
-        zero: u32,
-    }
+    let attr = ObjPin {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        zero: 0,
+    };
+    let fd = bpf(BPF_OBJ_GET, &attr)?;
+    // SAFETY: as in `by_id`.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[repr(C)]
+struct ObjPin {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    // The kernel wants every byte past the command's fields zero: no padding left unset.
+    zero: u32,
+}
+
+/// Pins the object behind `fd` at `path` (aya's `FdLink::pin` consumes the link and drops
+/// it on failure, which would detach a killer; this pins a second descriptor).
+fn pin(fd: &OwnedFd, path: &Path) -> Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).context("a NUL in the pin path")?;
     let attr = ObjPin {
         pathname: c.as_ptr() as u64,
         bpf_fd: fd.as_raw_fd() as u32,
@@ -202,6 +312,8 @@ fn pin(link: &FdLink, path: &Path) -> Result<()> {
 }
 
 const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 
 fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<libc::c_long> {
