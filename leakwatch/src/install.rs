@@ -161,5 +161,13 @@ pub fn uninstall(root: &Path) -> Result<()> {
         "kept: config {} and state /var/lib/leakwatch (the frozen set); remove them by hand",
         under(root, CONFIG_PATH).display()
     );
+    let pins = Path::new(crate::probes::pins::ROOT);
+    if root == Path::new("/") && fs::read_dir(pins).is_ok_and(|mut d| d.next().is_some()) {
+        println!(
+            "kept: the exec kill pinned in {} (frozen credentials stay blocked until reboot); `rm -r {}` removes it",
+            pins.display(),
+            pins.display()
+        );
+    }
     Ok(())
 }

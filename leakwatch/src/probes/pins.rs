@@ -29,6 +29,8 @@ pub const KILLERS: [&str; 3] = [
 
 /// Where the bpf filesystem is mounted on a systemd host.
 const BPFFS: &str = "/sys/fs/bpf";
+/// Every daemon's pin directory is under this one.
+pub const ROOT: &str = "/sys/fs/bpf/leakwatch";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The pin directory of the daemon keeping its state in `state_dir`: one per state dir,
@@ -37,7 +39,7 @@ pub fn dir_for(state_dir: &Path) -> PathBuf {
     let abs = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     let digest = Sha256::digest(abs.as_os_str().as_bytes());
     let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    Path::new(BPFFS).join("leakwatch").join(id)
+    Path::new(ROOT).join(id)
 }
 
 /// The killers' links, owned here rather than by their programs, so they can be pinned;
