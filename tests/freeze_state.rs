@@ -192,8 +192,10 @@ fn a_frozen_key_cannot_run_while_the_daemon_is_down() {
         "{} exists with nothing frozen",
         pins.display()
     );
+    assert_eq!(d.metric("leakwatch_exec_kill_pinned", &[]), 0.0);
     freeze(&d, &k);
     assert_eq!(d.status()["exec_kill_pinned"], true);
+    assert_eq!(d.metric("leakwatch_exec_kill_pinned", &[]), 1.0);
     let mark = d.scratch().join("ran");
     // The key in the environment, or as an argument; the first action makes `mark`. Each
     // exec comes from a process of its own name: kernel kills are reported once per
@@ -274,6 +276,7 @@ fn a_frozen_key_cannot_run_while_the_daemon_is_down() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(d.status()["exec_kill_pinned"], false);
+    assert_eq!(d.metric("leakwatch_exec_kill_pinned", &[]), 0.0);
     assert!(!pins.exists(), "unfrozen, still pinned");
     d.stop();
     assert!(run(true).1.success(), "unfrozen, the key is blocked still");

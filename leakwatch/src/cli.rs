@@ -380,13 +380,14 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
         }
     }
     let frozen = arr(&v, "frozen");
-    match (frozen.is_empty(), v["exec_kill_pinned"] == true) {
-        (true, _) => println!("frozen: 0"),
-        (false, true) => println!(
+    let in_kernel = frozen.iter().any(|f| f["kernel_enforced"] == true);
+    match (in_kernel, v["exec_kill_pinned"] == true) {
+        (false, _) => println!("frozen: {}", frozen.len()),
+        (true, true) => println!(
             "frozen: {} (exec kill pinned: it stays in force if the daemon stops)",
             frozen.len()
         ),
-        (false, false) => println!(
+        (true, false) => println!(
             "frozen: {} (exec kill NOT pinned: a frozen key can run while the daemon is down; see the log)",
             frozen.len()
         ),

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub severed: IntCounter,
     pub frozen: IntGauge,
     pub probes_attached: IntGauge,
+    pub exec_kill_pinned: IntGauge,
     pub probes_expected: IntGauge,
     pub queue_dropped: IntCounterVec,
     pub pipeline_dropped: IntCounterVec,
@@ -200,6 +201,11 @@ impl Metrics {
                 "Credentials currently frozen.",
             ),
             probes_attached: gauge(&r, "leakwatch_probes_attached", "Kernel probes attached."),
+            exec_kill_pinned: gauge(
+                &r,
+                "leakwatch_exec_kill_pinned",
+                "1 while the exec kill is pinned in bpffs (something is frozen): it stays attached if the daemon stops or dies.",
+            ),
             probes_expected: gauge(
                 &r,
                 "leakwatch_probes_expected",

@@ -339,9 +339,23 @@ fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<libc::c_long> {
 /// a host without systemd may have none).
 fn ensure_bpffs() -> Result<()> {
     let path = CString::new(BPFFS).expect("no NUL");
-    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type == BPF_FS_MAGIC {
+    let is_bpffs = || {
+        // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statfs(path.as_ptr(), &mut st) };
+        rc == 0 && st.f_type == BPF_FS_MAGIC
+    };
+    if is_bpffs() {
+        return Ok(());
+    }
+    // Two daemons mounting at once would stack two bpffs, the first one's pins hidden under
+    // the second: the mount is made under a lock on the directory, and checked again.
+    let dir = std::fs::File::open(BPFFS).with_context(|| format!("opening {BPFFS}"))?;
+    // SAFETY: flock on a descriptor this function owns; released when it is closed.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } != 0 {
+        bail!("locking {BPFFS}: {}", std::io::Error::last_os_error());
+    }
+    if is_bpffs() {
         return Ok(());
     }
     let fstype = CString::new("bpf").expect("no NUL");

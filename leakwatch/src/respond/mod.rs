@@ -270,11 +270,17 @@ impl Context {
             .store
             .lock()
             .map_err(|_| anyhow::anyhow!("frozen store lock poisoned"))?;
-        self.probes
+        let mut probes = self
+            .probes
             .lock()
-            .map_err(|_| anyhow::anyhow!("probes lock poisoned"))?
+            .map_err(|_| anyhow::anyhow!("probes lock poisoned"))?;
+        probes
             .set_frozen(&store.kernel_entries())
             .context("loading the frozen set into the kernel map")?;
+        self.metrics
+            .exec_kill_pinned
+            .set(i64::from(probes.kill_pinned()));
+        drop(probes);
         if let Ok(mut f) = self.frozen.write() {
             *f = FrozenSet::new(store.keys());
         }
