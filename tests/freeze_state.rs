@@ -250,6 +250,7 @@ fn a_frozen_key_cannot_run_while_the_daemon_is_down() {
     wait_until(10, "both kills made while down counted", || {
         (kills(&d, &fp) >= before + 2).then_some(())
     });
+    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(kills(&d, &fp), before + 2, "a kill counted twice");
     assert_eq!(d.status()["exec_kill_pinned"], true);
     let stamps: Vec<_> = std::fs::read_dir(&pins).unwrap().flatten().collect();
@@ -257,6 +258,32 @@ fn a_frozen_key_cannot_run_while_the_daemon_is_down() {
     let pinned = std::fs::read_dir(stamps[0].path()).unwrap().count();
     assert_eq!(pinned, 5, "three killers, their ring and their counters");
     killed("env, after the restart", run(true));
+
+    // Through a whole restart (stop, the gap, the next start), an exec every few ms.
+    let during = d.scratch().join("ran-during-restart");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let tries = std::thread::scope(|sc| {
+        let t = sc.spawn(|| {
+            let mut tries = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = Command::new("/bin/sh")
+                    .arg("-c")
+                    .arg(format!("touch {}", during.display()))
+                    .env("ANTHROPIC_API_KEY", &k)
+                    .status();
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(3));
+            }
+            tries
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        d.restart();
+        std::thread::sleep(Duration::from_millis(200));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        t.join().unwrap()
+    });
+    assert!(tries > 20, "only {tries} execs through the restart");
+    assert!(!during.exists(), "the frozen key ran during a restart");
 
     // A crash: nothing runs the stop path.
     let mut c = d.child.take().unwrap();

@@ -120,7 +120,7 @@ pub async fn run(o: Overrides) -> Result<()> {
     metrics.probes_expected.set(probes::TRACEPOINT_COUNT as i64);
     let events = probes.take_events()?;
     let left = probes.take_left();
-    report_left(&left, &alerts, &metrics);
+    report_left(&left, &cfg.state_dir, &alerts, &metrics);
     let writes = probes.take_writes()?;
     let asleep = probes.take_reader_asleep()?;
     let held = match cfg.capture.by_reference {
@@ -195,7 +195,7 @@ pub async fn run(o: Overrides) -> Result<()> {
     let (reader, worker) = crate::pipeline::start(
         events,
         writes,
-        left.events,
+        left.events.map(|r| (r, left.after_ns)),
         asleep,
         pipeline,
         stop_reader.clone(),
@@ -205,6 +205,7 @@ pub async fn run(o: Overrides) -> Result<()> {
         alerts.clone(),
         metrics.clone(),
         fills,
+        cfg.state_dir.clone(),
         stop_rx.clone(),
     ));
     let (scope_tx, scope_rx) = watch::channel((cfg.scope.clone(), cfg.capture.max_bytes));
@@ -402,12 +403,16 @@ fn release_free_memory() {
     }
 }
 
-/// Every second: kernel counters become metrics, and ring-buffer loss (and events the
-/// pipeline queue could not take) becomes `lost` alerts.
 /// What an earlier daemon's pinned exec kill could not record while no daemon ran: its
-/// ring's losses and the execs it killed unchecked. Its records themselves are read by the
-/// reader ahead of the live rings.
-fn report_left(left: &crate::probes::pins::Left, alerts: &Alerts, metrics: &Metrics) {
+/// ring's losses and the execs it killed unchecked, beyond what that daemon reported
+/// itself (`Reported`). Its records themselves are read by the reader ahead of the live
+/// rings.
+fn report_left(
+    left: &crate::probes::pins::Left,
+    state_dir: &Path,
+    alerts: &Alerts,
+    metrics: &Metrics,
+) {
     if left.foreign {
         log::warn!("retired an exec kill pinned by another leakwatch build: execs it killed while leakwatch was down are not reported (its records are in another format)");
         alerts.emit(
@@ -416,31 +421,88 @@ fn report_left(left: &crate::probes::pins::Left, alerts: &Alerts, metrics: &Metr
                 .with("reason", "pinned_by_another_build"),
         );
     }
-    let Some(st) = &left.stats else { return };
+    if left.lingering {
+        alerts.emit(
+            Alert::new("lost")
+                .with("probe", "pinned_exec_kill")
+                .with("reason", "retired_program_lingering"),
+        );
+    }
+    let Some((id, st)) = &left.stats else { return };
+    // Its own reports, when they were of this very map (else the whole totals count).
+    let base = Reported::load(state_dir).filter(|r| r.stats_map == *id);
     for (i, s) in st.per.iter().enumerate() {
         let probe = probe_name(i as u32);
-        if s.lost > 0 {
-            metrics.lost.with_label_values(&[probe]).inc_by(s.lost);
+        let was = |v: Option<&Vec<u64>>| v.and_then(|v| v.get(i).copied()).unwrap_or(0);
+        let lost = s.lost.saturating_sub(was(base.as_ref().map(|b| &b.lost)));
+        if lost > 0 {
+            metrics.lost.with_label_values(&[probe]).inc_by(lost);
             alerts.emit(
                 Alert::new("lost")
                     .with("probe", probe)
-                    .with("count", s.lost)
+                    .with("count", lost)
                     .with("reason", "ring_buffer_full_while_down"),
             );
         }
-        if s.unchecked > 0 {
-            metrics.exec_unchecked.inc_by(s.unchecked);
+        let unchecked = s
+            .unchecked
+            .saturating_sub(was(base.as_ref().map(|b| &b.unchecked)));
+        if unchecked > 0 {
+            metrics.exec_unchecked.inc_by(unchecked);
         }
     }
 }
 
+/// What the loss poller has reported of the kernel's `lost` and `unchecked` counters (per
+/// probe, totals since load) and from which map: the next daemon, retiring this one's
+/// pinned exec kill, reports only what came after. Saved when they grow and at stop.
+#[derive(serde::Serialize, serde::Deserialize, Default, PartialEq)]
+struct Reported {
+    stats_map: u32,
+    lost: Vec<u64>,
+    unchecked: Vec<u64>,
+}
+
+impl Reported {
+    const FILE: &'static str = "kernel-reported.json";
+
+    fn of(stats_map: u32, st: &KernelStats) -> Reported {
+        Reported {
+            stats_map,
+            lost: st.per.iter().map(|p| p.lost).collect(),
+            unchecked: st.per.iter().map(|p| p.unchecked).collect(),
+        }
+    }
+
+    fn load(state_dir: &Path) -> Option<Reported> {
+        let text = std::fs::read_to_string(state_dir.join(Self::FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    fn save(&self, state_dir: &Path) -> Result<()> {
+        let tmp = state_dir.join(format!("{}.tmp", Self::FILE));
+        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
+        std::fs::rename(&tmp, state_dir.join(Self::FILE))?;
+        Ok(())
+    }
+}
+
+/// Every second: kernel counters become metrics, and ring-buffer loss (and events the
+/// pipeline queue could not take) becomes `lost` alerts.
 async fn poll_stats(
     probes: Arc<Mutex<Probes>>,
     alerts: Alerts,
     metrics: Arc<Metrics>,
     fills: Vec<crate::probes::ring_fill::RingFill>,
+    state_dir: PathBuf,
     mut stop: watch::Receiver<bool>,
 ) {
+    let stats_map = probes
+        .lock()
+        .ok()
+        .and_then(|p| p.stats_map_id())
+        .unwrap_or(0);
+    let mut saved = Reported::default();
     let mut last = KernelStats::default();
     let mut last_queue = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -516,6 +578,13 @@ async fn poll_stats(
                     .with("reason", "pipeline_queue_full"),
             );
             last_queue = queue;
+        }
+        let reported = Reported::of(stats_map, &now);
+        if reported != saved {
+            if let Err(e) = reported.save(&state_dir) {
+                log::warn!("saving what was reported of the kernel counters: {e:#}");
+            }
+            saved = reported;
         }
         last = now;
     }

@@ -347,7 +347,7 @@ impl StopReader {
 pub fn start(
     events: Ring,
     writes: Ring,
-    left: Option<Ring>,
+    left: Option<(Ring, u64)>,
     asleep: aya::maps::Array<aya::maps::MapData, u32>,
     mut pipeline: Pipeline,
     stop: StopReader,
@@ -360,8 +360,8 @@ pub fn start(
         std::thread::Builder::new()
             .name("lw-events".into())
             .spawn(move || {
-                if let Some(ring) = left {
-                    drain_left(ring, &tx, &queued, &metrics);
+                if let Some((ring, after_ns)) = left {
+                    drain_left(ring, after_ns, &tx, &queued, &metrics);
                 }
                 read([events, writes], asleep, &tx, &queued, &metrics, &stop)
             })
@@ -379,13 +379,22 @@ pub fn start(
 
 /// Reads to its end, once, the ring an earlier daemon's pinned exec kill wrote while no
 /// daemon ran (see `probes::pins`): its exec records and kill notices, before any live one.
-fn drain_left(mut ring: Ring, tx: &SyncSender<Vec<Queued>>, queued: &AtomicUsize, m: &Metrics) {
-    let mut n = 0;
+/// A record made after `after_ns` is skipped: this daemon's programs were on the same
+/// hooks then and made it too.
+fn drain_left(
+    mut ring: Ring,
+    after_ns: u64,
+    tx: &SyncSender<Vec<Queued>>,
+    queued: &AtomicUsize,
+    m: &Metrics,
+) {
+    let (mut n, mut twice) = (0, 0);
     loop {
         let mut batch = Vec::new();
         while let Some(item) = ring.next() {
             n += 1;
             match decode(&item) {
+                Ok(ev) if ev.ktime() > after_ns => twice += 1,
                 Ok(ev) => batch.push(Queued {
                     ev,
                     bytes: item.len() + HELD_IN_MEMORY,
@@ -406,7 +415,7 @@ fn drain_left(mut ring: Ring, tx: &SyncSender<Vec<Queued>>, queued: &AtomicUsize
         let _ = enqueue(batch, tx, queued, m);
     }
     if n != 0 {
-        log::info!("read {n} records the pinned exec kill made while leakwatch was down");
+        log::info!("read {n} records the pinned exec kill made while leakwatch was down ({twice} made again by this daemon's programs, skipped)");
     }
 }
 

@@ -318,11 +318,20 @@ impl Probes {
     pub fn detach_all(&mut self) {
         use aya::programs::Program;
         self.detached = true;
-        let pins = self.pins.take();
+        // Pinned killers stay, and stay in `self`: a freeze or unfreeze while stopping
+        // still reaches them (through the frozen map they share, and the pins).
+        let pins = match self.pins.take() {
+            Some(p) if p.pinned() => {
+                p.stays();
+                self.pins = Some(p);
+                None
+            }
+            other => other,
+        };
         let progs: Vec<&mut Program> = self.ebpf.programs_mut().map(|(_, p)| p).collect();
         std::thread::scope(|s| {
             if let Some(pins) = pins {
-                s.spawn(move || pins.release());
+                s.spawn(move || drop(pins));
             }
             for p in progs {
                 s.spawn(move || {
@@ -534,6 +543,8 @@ impl Probes {
             p.attached.push(format!("{cat}:{name}"));
         }
         if let Some(mut pins) = pins {
+            // Ours pinned before the earlier ones go: a crash in between leaves one set.
+            pins.sync(!o.frozen.is_empty());
             let left = pins.retire_old();
             if left.links != 0 {
                 log::info!(
@@ -542,7 +553,6 @@ impl Probes {
                     left.links
                 );
             }
-            pins.sync(!o.frozen.is_empty());
             p.pins = Some(pins);
             p.left = Some(left);
         }
@@ -621,6 +631,15 @@ impl Probes {
             p.sync(!entries.is_empty());
         }
         Ok(())
+    }
+
+    /// The kernel id of the `STATS` map (the key of what was reported from it, see
+    /// `daemon::report_left`).
+    pub fn stats_map_id(&self) -> Option<u32> {
+        match self.ebpf.map("STATS")? {
+            aya::maps::Map::PerCpuArray(m) => m.info().ok().map(|i| i.id()),
+            _ => None,
+        }
     }
 
     /// The exec kill is pinned: it stays attached if the daemon stops or dies.

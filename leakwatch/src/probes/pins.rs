@@ -47,9 +47,10 @@ pub fn dir_for(state_dir: &Path) -> PathBuf {
 /// they recorded while none ran.
 pub struct Pins {
     dir: PathBuf,
-    /// This object's stamp: a subdirectory per build, since only the same build's records
-    /// can be read back.
+    /// This object's stamp: only the same build's records can be read back.
     stamp: String,
+    /// This run's subdirectory: `stamp_pid_start`.
+    run: String,
     links: Vec<(&'static str, FdLink)>,
     /// (name, kernel map id)
     maps: Vec<(&'static str, u32)>,
@@ -59,25 +60,44 @@ pub struct Pins {
 }
 
 /// What an earlier daemon left pinned, retired by this one: its programs are off their
-/// hooks and finished when this is returned, so nothing more comes into its ring.
+/// hooks and finished when this is returned (unless `lingering`), so nothing more comes
+/// into its ring.
 #[derive(Default)]
 pub struct Left {
     /// Links removed.
     pub links: usize,
     /// Its exec ring, to read to the end (the same build: the same record format).
     pub events: Option<RingBuf<MapData>>,
-    /// Its counters: records its ring had no room for while no daemon read it.
-    pub stats: Option<super::KernelStats>,
+    /// Its counters (totals since it was loaded) and the kernel id of that map.
+    pub stats: Option<(u32, super::KernelStats)>,
     /// Left by another build: what it recorded cannot be decoded here.
     pub foreign: bool,
+    /// Its programs were still loaded after `RETIRE_WAIT`: records may follow the drain.
+    pub lingering: bool,
+    /// CLOCK_MONOTONIC ns once this daemon's killers were all attached: an old record made
+    /// later was made by this daemon's programs too.
+    pub after_ns: u64,
 }
+
+/// How long a retired program may take to be torn down before it is reported lingering.
+const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl Pins {
     pub fn new(dir: PathBuf, object: &[u8]) -> Pins {
         let digest = Sha256::digest(object);
+        let stamp: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        // One directory per daemon run (pid and start time: pids repeat): this run pins
+        // its own before it retires any other, so something is pinned at every moment.
+        // (bpffs refuses `.` in names.)
+        let run = format!(
+            "{stamp}_{}_{}",
+            std::process::id(),
+            crate::events::monotonic_ns()
+        );
         Pins {
             dir,
-            stamp: digest[..8].iter().map(|b| format!("{b:02x}")).collect(),
+            stamp,
+            run,
             links: Vec::new(),
             maps: Vec::new(),
             pinned: false,
@@ -90,7 +110,7 @@ impl Pins {
     }
 
     fn here(&self) -> PathBuf {
-        self.dir.join(&self.stamp)
+        self.dir.join(&self.run)
     }
 
     pub fn add(&mut self, prog: &'static str, link: FdLink) {
@@ -106,20 +126,28 @@ impl Pins {
         self.pinned
     }
 
-    /// Retires what an earlier daemon left pinned here. Called once this daemon's own
-    /// killers are attached, so no exec goes unchecked in between. Its links are closed
-    /// here, each on a thread of its own (a close returns once the kernel has torn the
-    /// program down, ~50-100 ms), so its ring is final when this returns.
+    /// Retires what earlier daemons left pinned here. Called once this daemon's own
+    /// killers are attached (and pinned, when anything is frozen), so no exec goes
+    /// unchecked in between. Their links are closed here, each on a thread of its own (a
+    /// close returns once the kernel has torn the program down, ~50-100 ms); then each
+    /// program is looked for by id until it is gone, so the ring is final when this returns.
     pub fn retire_old(&self) -> Left {
-        let mut left = Left::default();
+        let mut left = Left {
+            after_ns: crate::events::monotonic_ns(),
+            ..Left::default()
+        };
         let mut links: Vec<OwnedFd> = Vec::new();
         let mut stats = None;
         for sub in read_dir(&self.dir) {
-            let ours = sub.file_name().is_some_and(|n| n == self.stamp.as_str());
-            left.foreign |= !ours;
+            let name = sub.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name == self.run {
+                continue;
+            }
+            let same_build = name.split('_').next() == Some(self.stamp.as_str());
+            left.foreign |= !same_build;
             for f in read_dir(&sub) {
                 let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                let opened = match (ours, name) {
+                let opened = match (same_build, name) {
                     (true, "EVENTS") => MapData::from_pin(&f)
                         .map_err(|e| anyhow!("{e}"))
                         .and_then(|m| RingBuf::try_from(Map::RingBuf(m)).map_err(Into::into))
@@ -146,17 +174,31 @@ impl Pins {
             let _ = std::fs::remove_dir(&sub);
         }
         left.links = links.len();
+        let progs: Vec<u32> = links.iter().filter_map(|fd| prog_id(fd).ok()).collect();
         std::thread::scope(|s| {
             for fd in links {
                 s.spawn(move || drop(fd));
             }
         });
+        // The close is the last reference on this kernel, and returns after the teardown;
+        // a kernel that frees the pin's reference later, or a pin another task still
+        // holds, would leave the program running a while: wait until it is gone.
+        let deadline = std::time::Instant::now() + RETIRE_WAIT;
+        while progs.iter().any(|&id| prog_loaded(id)) {
+            if std::time::Instant::now() > deadline {
+                log::warn!("an exec kill retired from an earlier leakwatch is still loaded after {RETIRE_WAIT:?}: records it makes from now on are not read");
+                left.lingering = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         if let Some(m) = stats {
+            let id = m.info().map(|i| i.id()).unwrap_or(0);
             match PerCpuArray::try_from(Map::PerCpuArray(m))
                 .map_err(anyhow::Error::from)
                 .and_then(|a| super::stats_of(&a))
             {
-                Ok(st) => left.stats = Some(st),
+                Ok(st) => left.stats = Some((id, st)),
                 Err(e) => log::warn!("reading the counters an earlier leakwatch left: {e:#}"),
             }
         }
@@ -228,9 +270,8 @@ impl Pins {
         self.pinned = false;
     }
 
-    /// At stop: drops the daemon's references. Pinned killers stay attached (the pins hold
-    /// them); unpinned ones are detached.
-    pub fn release(self) {
+    /// At stop, when pinned: the killers stay attached after the daemon exits.
+    pub fn stays(&self) {
         if self.pinned {
             log::info!(
                 "the exec kill stays attached while leakwatch is down (pinned in {}): frozen credentials still cannot run; the next start takes over and reports what it killed",
@@ -281,6 +322,37 @@ fn get(path: &Path) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// The program id behind a link descriptor (`bpf_link_info.prog_id`).
+fn prog_id(link: &OwnedFd) -> Result<u32> {
+    // type, id, prog_id, then a union this does not read: room for the whole of it.
+    let mut info = [0u32; 32];
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let attr = InfoByFd {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &attr)?;
+    Ok(info[2])
+}
+
+/// A program with this id is still loaded.
+fn prog_loaded(id: u32) -> bool {
+    match by_id(BPF_PROG_GET_FD_BY_ID, id) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|e| e.raw_os_error()),
+            Some(libc::ENOENT)
+        ),
+    }
+}
+
 #[repr(C)]
 struct ObjPin {
     pathname: u64,
@@ -315,7 +387,9 @@ fn pin(fd: &OwnedFd, path: &Path) -> Result<()> {
 
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 
 fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<libc::c_long> {
@@ -347,6 +421,11 @@ fn ensure_bpffs() -> Result<()> {
     };
     if is_bpffs() {
         return Ok(());
+    }
+    // Under systemd the unit filters mount(2) (a filtered call kills the process) and its
+    // mounts are private (gone with the service): systemd mounts bpffs at boot.
+    if std::env::var_os("INVOCATION_ID").is_some() {
+        bail!("{BPFFS} is not a bpf filesystem (systemd mounts one there at boot); mount it (`mount -t bpf bpf {BPFFS}`) so the exec kill can stay attached while leakwatch is down");
     }
     // Two daemons mounting at once would stack two bpffs, the first one's pins hidden under
     // the second: the mount is made under a lock on the directory, and checked again.

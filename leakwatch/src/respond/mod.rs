@@ -314,6 +314,15 @@ impl Context {
     pub async fn freeze(&self, req: FreezeRequest) -> Result<Report> {
         let t0 = Instant::now();
         let _guard = self.busy.lock().await;
+        // Stopping, with the exec kill off its hooks (not pinned): a freeze now would be
+        // acknowledged and not enforced until the next start.
+        if self
+            .probes
+            .lock()
+            .is_ok_and(|p| p.detached() && !p.kill_pinned())
+        {
+            bail!("leakwatch is stopping and its exec kill is detached: nothing was frozen; run the freeze again once it is back (it restarts within seconds under systemd)");
+        }
         let queued = ms(t0.elapsed());
         // Before the key is published: the action log would start rewriting it out of old
         // rows at once, on a core the sweep needs.
