@@ -47,9 +47,11 @@ pub fn dir_for(state_dir: &Path) -> PathBuf {
 /// they recorded while none ran.
 pub struct Pins {
     dir: PathBuf,
-    /// This object's stamp: only the same build's records can be read back.
-    stamp: String,
-    /// This run's subdirectory: `stamp_pid_start`.
+    /// The eBPF object, whose stamp names the build: only the same build's records can
+    /// be read back.
+    object: &'static [u8],
+    stamp: std::sync::OnceLock<String>,
+    /// This run: `<pid>_<start ns>`.
     run: String,
     links: Vec<(&'static str, FdLink)>,
     /// (name, kernel map id)
@@ -83,21 +85,15 @@ pub struct Left {
 const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl Pins {
-    pub fn new(dir: PathBuf, object: &[u8]) -> Pins {
-        let digest = Sha256::digest(object);
-        let stamp: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        // One directory per daemon run (pid and start time: pids repeat): this run pins
-        // its own before it retires any other, so something is pinned at every moment.
-        // (bpffs refuses `.` in names.)
-        let run = format!(
-            "{stamp}_{}_{}",
-            std::process::id(),
-            crate::events::monotonic_ns()
-        );
+    pub fn new(dir: PathBuf, object: &'static [u8]) -> Pins {
         Pins {
             dir,
-            stamp,
-            run,
+            object,
+            stamp: std::sync::OnceLock::new(),
+            // One directory per daemon run (pid and start time: pids repeat): this run pins
+            // its own before it retires any other, so something is pinned at every moment.
+            // (bpffs refuses `.` in names.)
+            run: format!("{}_{}", std::process::id(), crate::events::monotonic_ns()),
             links: Vec::new(),
             maps: Vec::new(),
             pinned: false,
@@ -109,8 +105,17 @@ impl Pins {
         &self.dir
     }
 
+    /// The object's stamp, hashed only when needed (the object is ~4 MB: ~10 ms).
+    fn stamp(&self) -> &str {
+        self.stamp.get_or_init(|| {
+            let digest = Sha256::digest(self.object);
+            digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        })
+    }
+
+    /// This run's directory: `<stamp>_<pid>_<start ns>`.
     fn here(&self) -> PathBuf {
-        self.dir.join(&self.run)
+        self.dir.join(format!("{}_{}", self.stamp(), self.run))
     }
 
     pub fn add(&mut self, prog: &'static str, link: FdLink) {
@@ -140,10 +145,11 @@ impl Pins {
         let mut stats = None;
         for sub in read_dir(&self.dir) {
             let name = sub.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name == self.run {
+            let (stamp, run) = name.split_once('_').unwrap_or((name, ""));
+            if run == self.run {
                 continue;
             }
-            let same_build = name.split('_').next() == Some(self.stamp.as_str());
+            let same_build = stamp == self.stamp();
             left.foreign |= !same_build;
             for f in read_dir(&sub) {
                 let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
