@@ -253,9 +253,9 @@ fn a_frozen_key_cannot_run_while_the_daemon_is_down() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(kills(&d, &fp), before + 2, "a kill counted twice");
     assert_eq!(d.status()["exec_kill_pinned"], true);
-    let stamps: Vec<_> = std::fs::read_dir(&pins).unwrap().flatten().collect();
-    assert_eq!(stamps.len(), 1, "one build's pins: {stamps:?}");
-    let pinned = std::fs::read_dir(stamps[0].path()).unwrap().count();
+    let runs: Vec<_> = std::fs::read_dir(&pins).unwrap().flatten().collect();
+    assert_eq!(runs.len(), 1, "the earlier run retired: {runs:?}");
+    let pinned = std::fs::read_dir(runs[0].path()).unwrap().count();
     assert_eq!(pinned, 5, "three killers, their ring and their counters");
     killed("env, after the restart", run(true));
 
