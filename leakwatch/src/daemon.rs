@@ -195,7 +195,7 @@ pub async fn run(o: Overrides) -> Result<()> {
     let (reader, worker) = crate::pipeline::start(
         events,
         writes,
-        left.events.map(|r| (r, left.after_ns)),
+        (left.events, left.attached),
         asleep,
         pipeline,
         stop_reader.clone(),
@@ -428,13 +428,24 @@ fn report_left(
                 .with("reason", "retired_program_lingering"),
         );
     }
-    let Some((id, st)) = &left.stats else { return };
-    // Its own reports, when they were of this very map (else the whole totals count).
-    let base = Reported::load(state_dir).filter(|r| r.stats_map == *id);
+    let reported = Reported::load(state_dir);
+    for (id, st) in &left.stats {
+        // Its own reports, when they were of this very map (else the whole totals count).
+        let base = reported.as_ref().filter(|r| r.stats_map == *id);
+        report_left_stats(st, base, alerts, metrics);
+    }
+}
+
+fn report_left_stats(
+    st: &KernelStats,
+    base: Option<&Reported>,
+    alerts: &Alerts,
+    metrics: &Metrics,
+) {
     for (i, s) in st.per.iter().enumerate() {
         let probe = probe_name(i as u32);
         let was = |v: Option<&Vec<u64>>| v.and_then(|v| v.get(i).copied()).unwrap_or(0);
-        let lost = s.lost.saturating_sub(was(base.as_ref().map(|b| &b.lost)));
+        let lost = s.lost.saturating_sub(was(base.map(|b| &b.lost)));
         if lost > 0 {
             metrics.lost.with_label_values(&[probe]).inc_by(lost);
             alerts.emit(
@@ -444,9 +455,7 @@ fn report_left(
                     .with("reason", "ring_buffer_full_while_down"),
             );
         }
-        let unchecked = s
-            .unchecked
-            .saturating_sub(was(base.as_ref().map(|b| &b.unchecked)));
+        let unchecked = s.unchecked.saturating_sub(was(base.map(|b| &b.unchecked)));
         if unchecked > 0 {
             metrics.exec_unchecked.inc_by(unchecked);
         }
@@ -535,6 +544,15 @@ async fn poll_stats(
         let Some(now) = guard.and_then(|p| p.stats().ok()) else {
             continue;
         };
+        // Saved before the alerts go: a crash in between loses a report rather than
+        // having the next start repeat it.
+        let reported = Reported::of(stats_map, &now);
+        if reported != saved {
+            if let Err(e) = reported.save(&state_dir) {
+                log::warn!("saving what was reported of the kernel counters: {e:#}");
+            }
+            saved = reported;
+        }
         for (i, (before, after)) in last.per.iter().zip(now.per.iter()).enumerate() {
             let probe = probe_name(i as u32);
             let inc = |c: &prometheus::IntCounterVec, b: u64, a: u64| {
@@ -578,13 +596,6 @@ async fn poll_stats(
                     .with("reason", "pipeline_queue_full"),
             );
             last_queue = queue;
-        }
-        let reported = Reported::of(stats_map, &now);
-        if reported != saved {
-            if let Err(e) = reported.save(&state_dir) {
-                log::warn!("saving what was reported of the kernel counters: {e:#}");
-            }
-            saved = reported;
         }
         last = now;
     }

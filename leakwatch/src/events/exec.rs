@@ -77,6 +77,8 @@ impl Drop for ExecEvent {
 pub struct EnforceNotice {
     pub task: Task,
     pub hash: u64,
+    /// The exec hook whose program killed (`PROBE_EXECVE`, `_EXECVEAT`, `_EXEC_IMAGE`).
+    pub exec_probe: u32,
 }
 
 pub(super) fn decode_enforce(rec: &[u8]) -> Result<EnforceNotice> {
@@ -86,6 +88,7 @@ pub(super) fn decode_enforce(rec: &[u8]) -> Result<EnforceNotice> {
     Ok(EnforceNotice {
         task: Task::from_header(&e.hdr),
         hash: e.hash,
+        exec_probe: e.exec_probe,
     })
 }
 

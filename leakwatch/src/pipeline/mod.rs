@@ -347,7 +347,7 @@ impl StopReader {
 pub fn start(
     events: Ring,
     writes: Ring,
-    left: Option<(Ring, u64)>,
+    left: (Vec<Ring>, Vec<(u32, u64)>),
     asleep: aya::maps::Array<aya::maps::MapData, u32>,
     mut pipeline: Pipeline,
     stop: StopReader,
@@ -360,8 +360,9 @@ pub fn start(
         std::thread::Builder::new()
             .name("lw-events".into())
             .spawn(move || {
-                if let Some((ring, after_ns)) = left {
-                    drain_left(ring, after_ns, &tx, &queued, &metrics);
+                let (rings, attached) = left;
+                for ring in rings {
+                    drain_left(ring, &attached, &tx, &queued, &metrics);
                 }
                 read([events, writes], asleep, &tx, &queued, &metrics, &stop)
             })
@@ -379,11 +380,11 @@ pub fn start(
 
 /// Reads to its end, once, the ring an earlier daemon's pinned exec kill wrote while no
 /// daemon ran (see `probes::pins`): its exec records and kill notices, before any live one.
-/// A record made after `after_ns` is skipped: this daemon's programs were on the same
-/// hooks then and made it too.
+/// A record its exec hook made after this daemon's program on that hook was attached
+/// (`attached`: probe, ns) is skipped: that program made it too.
 fn drain_left(
     mut ring: Ring,
-    after_ns: u64,
+    attached: &[(u32, u64)],
     tx: &SyncSender<Vec<Queued>>,
     queued: &AtomicUsize,
     m: &Metrics,
@@ -394,7 +395,7 @@ fn drain_left(
         while let Some(item) = ring.next() {
             n += 1;
             match decode(&item) {
-                Ok(ev) if ev.ktime() > after_ns => twice += 1,
+                Ok(ev) if made_twice(&ev, attached) => twice += 1,
                 Ok(ev) => batch.push(Queued {
                     ev,
                     bytes: item.len() + HELD_IN_MEMORY,
@@ -417,6 +418,17 @@ fn drain_left(
     if n != 0 {
         log::info!("read {n} records the pinned exec kill made while leakwatch was down ({twice} made again by this daemon's programs, skipped)");
     }
+}
+
+fn made_twice(ev: &Event, attached: &[(u32, u64)]) -> bool {
+    let hook = match ev {
+        Event::Exec(e) => e.task.probe,
+        Event::Enforce(n) => n.exec_probe,
+        _ => return false,
+    };
+    attached
+        .iter()
+        .any(|&(probe, at)| probe == hook && ev.ktime() > at)
 }
 
 /// The reader runs on its own OS thread: a burst of events must never delay the control

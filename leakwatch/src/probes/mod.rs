@@ -543,7 +543,8 @@ impl Probes {
             p.attached.push(format!("{cat}:{name}"));
         }
         if let Some(mut pins) = pins {
-            // Ours pinned before the earlier ones go: a crash in between leaves one set.
+            // Ours pinned before the earlier ones go: a crash in between leaves two sets
+            // pinned (the next start retires both), never none.
             pins.sync(!o.frozen.is_empty());
             let left = pins.retire_old();
             if left.links != 0 {
@@ -629,6 +630,11 @@ impl Probes {
         on.set(0, u32::from(!entries.is_empty()), 0)?;
         if let Some(p) = self.pins.as_mut() {
             p.sync(!entries.is_empty());
+        }
+        // Decided under the same lock as `detach_all`: stopping, with the exec kill off its
+        // hooks, the set is saved but enforced only from the next start.
+        if self.detached && !entries.is_empty() && !self.kill_pinned() {
+            bail!("leakwatch is stopping and its exec kill is detached: the frozen set is saved and enforced from the next start (its sweep kills what started meanwhile)");
         }
         Ok(())
     }

@@ -54,6 +54,8 @@ pub struct Pins {
     /// This run: `<pid>_<start ns>`.
     run: String,
     links: Vec<(&'static str, FdLink)>,
+    /// (probe, ns) when each killer was attached (see `Left::attached`).
+    attached: Vec<(u32, u64)>,
     /// (name, kernel map id)
     maps: Vec<(&'static str, u32)>,
     pinned: bool,
@@ -68,17 +70,18 @@ pub struct Pins {
 pub struct Left {
     /// Links removed.
     pub links: usize,
-    /// Its exec ring, to read to the end (the same build: the same record format).
-    pub events: Option<RingBuf<MapData>>,
-    /// Its counters (totals since it was loaded) and the kernel id of that map.
-    pub stats: Option<(u32, super::KernelStats)>,
+    /// Their exec rings, to read to the end (the same build: the same record format). More
+    /// than one when a daemon died between pinning its own and retiring the earlier.
+    pub events: Vec<RingBuf<MapData>>,
+    /// Their counters (totals since each was loaded), by the kernel id of the map.
+    pub stats: Vec<(u32, super::KernelStats)>,
     /// Left by another build: what it recorded cannot be decoded here.
     pub foreign: bool,
     /// Its programs were still loaded after `RETIRE_WAIT`: records may follow the drain.
     pub lingering: bool,
-    /// CLOCK_MONOTONIC ns once this daemon's killers were all attached: an old record made
-    /// later was made by this daemon's programs too.
-    pub after_ns: u64,
+    /// (probe, CLOCK_MONOTONIC ns) when this daemon's killer on that hook was attached: an
+    /// old record of that hook made later was made by this daemon's program too.
+    pub attached: Vec<(u32, u64)>,
 }
 
 /// How long a retired program may take to be torn down before it is reported lingering.
@@ -95,6 +98,7 @@ impl Pins {
             // (bpffs refuses `.` in names.)
             run: format!("{}_{}", std::process::id(), crate::events::monotonic_ns()),
             links: Vec::new(),
+            attached: Vec::new(),
             maps: Vec::new(),
             pinned: false,
             warned: false,
@@ -118,7 +122,14 @@ impl Pins {
         self.dir.join(format!("{}_{}", self.stamp(), self.run))
     }
 
+    /// A killer's link, just attached.
     pub fn add(&mut self, prog: &'static str, link: FdLink) {
+        let probe = match prog {
+            "sys_enter_execve" => leakwatch_common::PROBE_EXECVE,
+            "sys_enter_execveat" => leakwatch_common::PROBE_EXECVEAT,
+            _ => leakwatch_common::PROBE_EXEC_IMAGE,
+        };
+        self.attached.push((probe, crate::events::monotonic_ns()));
         self.links.push((prog, link));
     }
 
@@ -138,11 +149,11 @@ impl Pins {
     /// program is looked for by id until it is gone, so the ring is final when this returns.
     pub fn retire_old(&self) -> Left {
         let mut left = Left {
-            after_ns: crate::events::monotonic_ns(),
+            attached: self.attached.clone(),
             ..Left::default()
         };
         let mut links: Vec<OwnedFd> = Vec::new();
-        let mut stats = None;
+        let mut stats = Vec::new();
         for sub in read_dir(&self.dir) {
             let name = sub.file_name().and_then(|n| n.to_str()).unwrap_or("");
             let (stamp, run) = name.split_once('_').unwrap_or((name, ""));
@@ -157,10 +168,10 @@ impl Pins {
                     (true, "EVENTS") => MapData::from_pin(&f)
                         .map_err(|e| anyhow!("{e}"))
                         .and_then(|m| RingBuf::try_from(Map::RingBuf(m)).map_err(Into::into))
-                        .map(|r| left.events = Some(r)),
+                        .map(|r| left.events.push(r)),
                     (true, "STATS") => MapData::from_pin(&f)
                         .map_err(|e| anyhow!("{e}"))
-                        .map(|m| stats = Some(m)),
+                        .map(|m| stats.push(m)),
                     (_, "EVENTS" | "STATS") => Ok(()),
                     _ => get(&f).map(|fd| links.push(fd)),
                 };
@@ -198,13 +209,13 @@ impl Pins {
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        if let Some(m) = stats {
+        for m in stats {
             let id = m.info().map(|i| i.id()).unwrap_or(0);
             match PerCpuArray::try_from(Map::PerCpuArray(m))
                 .map_err(anyhow::Error::from)
                 .and_then(|a| super::stats_of(&a))
             {
-                Ok(st) => left.stats = Some((id, st)),
+                Ok(st) => left.stats.push((id, st)),
                 Err(e) => log::warn!("reading the counters an earlier leakwatch left: {e:#}"),
             }
         }
@@ -303,7 +314,7 @@ fn by_id(cmd: libc::c_long, id: u32) -> Result<OwnedFd> {
     }
     let fd = bpf(
         cmd,
-        &ById {
+        &mut ById {
             id,
             next_id: 0,
             open_flags: 0,
@@ -316,14 +327,14 @@ fn by_id(cmd: libc::c_long, id: u32) -> Result<OwnedFd> {
 /// A descriptor for the object pinned at `path`.
 fn get(path: &Path) -> Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes()).context("a NUL in the pin path")?;
-    let attr = ObjPin {
+    let mut attr = ObjPin {
         pathname: c.as_ptr() as u64,
         bpf_fd: 0,
         file_flags: 0,
         path_fd: 0,
         zero: 0,
     };
-    let fd = bpf(BPF_OBJ_GET, &attr)?;
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: as in `by_id`.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -338,12 +349,12 @@ fn prog_id(link: &OwnedFd) -> Result<u32> {
         info_len: u32,
         info: u64,
     }
-    let attr = InfoByFd {
+    let mut attr = InfoByFd {
         bpf_fd: link.as_raw_fd() as u32,
         info_len: std::mem::size_of_val(&info) as u32,
         info: info.as_mut_ptr() as u64,
     };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &attr)?;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(info[2])
 }
 
@@ -373,19 +384,19 @@ struct ObjPin {
 /// it on failure, which would detach a killer; this pins a second descriptor).
 fn pin(fd: &OwnedFd, path: &Path) -> Result<()> {
     let c = CString::new(path.as_os_str().as_bytes()).context("a NUL in the pin path")?;
-    let attr = ObjPin {
+    let mut attr = ObjPin {
         pathname: c.as_ptr() as u64,
         bpf_fd: fd.as_raw_fd() as u32,
         file_flags: 0,
         path_fd: 0,
         zero: 0,
     };
-    match bpf(BPF_OBJ_PIN, &attr) {
+    match bpf(BPF_OBJ_PIN, &mut attr) {
         Ok(_) => Ok(()),
         // This daemon's own pin from before an unpin that failed: replace it.
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             std::fs::remove_file(path)?;
-            bpf(BPF_OBJ_PIN, &attr).map(|_| ()).map_err(Into::into)
+            bpf(BPF_OBJ_PIN, &mut attr).map(|_| ()).map_err(Into::into)
         }
         Err(e) => Err(e.into()),
     }
@@ -398,16 +409,10 @@ const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 
-fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live, fully initialised bpf_attr prefix of its own size.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *const T,
-            std::mem::size_of::<T>(),
-        )
-    };
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live, fully initialised bpf_attr prefix of its own size, writable
+    // (some commands write fields back, e.g. `info_len`).
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
     if rc < 0 {
         Err(std::io::Error::last_os_error())
     } else {
@@ -428,9 +433,15 @@ fn ensure_bpffs() -> Result<()> {
     if is_bpffs() {
         return Ok(());
     }
-    // Under systemd the unit filters mount(2) (a filtered call kills the process) and its
-    // mounts are private (gone with the service): systemd mounts bpffs at boot.
-    if std::env::var_os("INVOCATION_ID").is_some() {
+    // Under a seccomp filter (the systemd unit's filters mount(2), and a filtered call kills
+    // the process) no mount is tried; systemd mounts bpffs at boot.
+    let filtered = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Seccomp:") && l[8..].trim() != "0")
+        })
+        .unwrap_or(true);
+    if filtered {
         bail!("{BPFFS} is not a bpf filesystem (systemd mounts one there at boot); mount it (`mount -t bpf bpf {BPFFS}`) so the exec kill can stay attached while leakwatch is down");
     }
     // Two daemons mounting at once would stack two bpffs, the first one's pins hidden under
