@@ -257,9 +257,12 @@ fn a_frozen_key_cannot_run_while_the_daemon_is_down() {
     assert_eq!(runs.len(), 1, "the earlier run retired: {runs:?}");
     let pinned = std::fs::read_dir(runs[0].path()).unwrap().count();
     assert_eq!(pinned, 5, "three killers, their ring and their counters");
+    let before = kills(&d, &fp);
     killed("env, after the restart", run(true));
 
-    // Through a whole restart (stop, the gap, the next start), an exec every few ms.
+    // Through a whole restart (stop, the gap, the next start), an exec every few ms: none
+    // runs, and each is counted once (the old programs' records that the new ones made
+    // too are skipped).
     let during = d.scratch().join("ran-during-restart");
     let done = std::sync::atomic::AtomicBool::new(false);
     let tries = std::thread::scope(|sc| {
@@ -284,6 +287,13 @@ fn a_frozen_key_cannot_run_while_the_daemon_is_down() {
     });
     assert!(tries > 20, "only {tries} execs through the restart");
     assert!(!during.exists(), "the frozen key ran during a restart");
+    // One more: the kill just before the restart.
+    let want = before + 1 + tries;
+    wait_until(10, "every kill through the restart counted", || {
+        (kills(&d, &fp) >= want).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(kills(&d, &fp), want, "a kill counted twice");
 
     // A crash: nothing runs the stop path.
     let mut c = d.child.take().unwrap();
