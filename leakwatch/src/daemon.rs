@@ -447,19 +447,24 @@ fn report_left_stats(
         let was = |v: Option<&Vec<u64>>| v.and_then(|v| v.get(i).copied()).unwrap_or(0);
         let lost = s.lost.saturating_sub(was(base.map(|b| &b.lost)));
         if lost > 0 {
-            metrics.lost.with_label_values(&[probe]).inc_by(lost);
-            alerts.emit(
-                Alert::new("lost")
-                    .with("probe", probe)
-                    .with("count", lost)
-                    .with("reason", "ring_buffer_full_while_down"),
-            );
+            ring_loss(metrics, alerts, probe, lost, "ring_buffer_full_while_down");
         }
         let unchecked = s.unchecked.saturating_sub(was(base.map(|b| &b.unchecked)));
         if unchecked > 0 {
             metrics.exec_unchecked.inc_by(unchecked);
         }
     }
+}
+
+/// `n` records `probe` could not put in its ring: counted and alerted.
+fn ring_loss(metrics: &Metrics, alerts: &Alerts, probe: &str, n: u64, reason: &str) {
+    metrics.lost.with_label_values(&[probe]).inc_by(n);
+    alerts.emit(
+        Alert::new("lost")
+            .with("probe", probe)
+            .with("count", n)
+            .with("reason", reason),
+    );
 }
 
 /// What the loss poller has reported of the kernel's `lost` and `unchecked` counters (per
@@ -578,13 +583,7 @@ async fn poll_stats(
             );
             if after.lost > before.lost {
                 let n = after.lost - before.lost;
-                metrics.lost.with_label_values(&[probe]).inc_by(n);
-                alerts.emit(
-                    Alert::new("lost")
-                        .with("probe", probe)
-                        .with("count", n)
-                        .with("reason", "ring_buffer_full"),
-                );
+                ring_loss(&metrics, &alerts, probe, n, "ring_buffer_full");
             }
         }
         let queue = metrics.queue_dropped.with_label_values(&["events"]).get();

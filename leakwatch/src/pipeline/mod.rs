@@ -394,16 +394,13 @@ fn drain_left(
         let mut batch = Vec::new();
         while let Some(item) = ring.next() {
             n += 1;
-            match decode(&item) {
-                Ok(ev) if made_twice(&ev, attached) => twice += 1,
-                Ok(ev) => batch.push(Queued {
+            match decoded(&item, m) {
+                Some(ev) if made_twice(&ev, attached) => twice += 1,
+                Some(ev) => batch.push(Queued {
                     ev,
                     bytes: item.len() + HELD_IN_MEMORY,
                 }),
-                Err(e) => {
-                    m.decode_errors.inc();
-                    log::warn!("dropped a malformed kernel record: {e}");
-                }
+                None => {}
             }
             if batch.len() == 4096 {
                 break;
@@ -417,6 +414,18 @@ fn drain_left(
     }
     if n != 0 {
         log::info!("read {n} records the pinned exec kill made while leakwatch was down ({twice} made again by this daemon's programs, skipped)");
+    }
+}
+
+/// A ring record decoded; a malformed one is counted and dropped.
+fn decoded(item: &[u8], m: &Metrics) -> Option<Event> {
+    match decode(item) {
+        Ok(ev) => Some(ev),
+        Err(e) => {
+            m.decode_errors.inc();
+            log::warn!("dropped a malformed kernel record: {e}");
+            None
+        }
     }
 }
 
@@ -515,25 +524,19 @@ fn read(
                         continue;
                     }
                 }
-                match decode(&item) {
-                    Ok(ev) => {
-                        if let Event::Write(w) = &ev {
-                            let key = (w.task.pid, w.fd);
-                            if w.by_ref() {
-                                runs.insert(key, batch.len());
-                            } else {
-                                runs.remove(&key);
-                            }
+                if let Some(ev) = decoded(&item, metrics) {
+                    if let Event::Write(w) = &ev {
+                        let key = (w.task.pid, w.fd);
+                        if w.by_ref() {
+                            runs.insert(key, batch.len());
+                        } else {
+                            runs.remove(&key);
                         }
-                        batch.push(Queued {
-                            ev,
-                            bytes: item.len() + HELD_IN_MEMORY,
-                        })
                     }
-                    Err(e) => {
-                        metrics.decode_errors.inc();
-                        log::warn!("dropped a malformed kernel record: {e}");
-                    }
+                    batch.push(Queued {
+                        ev,
+                        bytes: item.len() + HELD_IN_MEMORY,
+                    })
                 }
             }
         }

@@ -346,6 +346,14 @@ impl Probes {
     }
 }
 
+/// The kernel id of one of the object's maps (a ring or per-CPU array: the ones pinned).
+fn map_id(ebpf: &Ebpf, name: &str) -> Result<u32> {
+    match ebpf.map(name) {
+        Some(aya::maps::Map::RingBuf(m) | aya::maps::Map::PerCpuArray(m)) => Ok(m.info()?.id()),
+        _ => bail!("{name} map missing"),
+    }
+}
+
 /// Sums the per-CPU counters of a `STATS` map.
 fn stats_of<T: std::borrow::Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<KernelStats> {
     let sum = |p: u32, s: u32| -> Result<u64> { Ok(map.get(&stat_slot(p, s), 0)?.iter().sum()) };
@@ -518,12 +526,7 @@ impl Probes {
         let mut pins = o.pin_dir.clone().map(|d| pins::Pins::new(d, OBJECT));
         if let Some(pins) = pins.as_mut() {
             for name in ["EVENTS", "STATS"] {
-                let id = match p.ebpf.map(name) {
-                    Some(aya::maps::Map::RingBuf(m) | aya::maps::Map::PerCpuArray(m)) => {
-                        m.info()?.id()
-                    }
-                    _ => bail!("{name} map missing"),
-                };
+                let id = map_id(&p.ebpf, name).with_context(|| format!("{name} map id"))?;
                 pins.add_map(name, id);
             }
         }
@@ -633,7 +636,7 @@ impl Probes {
         }
         // Decided under the same lock as `detach_all`: stopping, with the exec kill off its
         // hooks, the set is saved but enforced only from the next start.
-        if self.detached && !entries.is_empty() && !self.kill_pinned() {
+        if !entries.is_empty() && self.kill_detached() {
             bail!("leakwatch is stopping and its exec kill is detached: the frozen set is saved and enforced from the next start (its sweep kills what started meanwhile)");
         }
         Ok(())
@@ -642,10 +645,13 @@ impl Probes {
     /// The kernel id of the `STATS` map (the key of what was reported from it, see
     /// `daemon::report_left`).
     pub fn stats_map_id(&self) -> Option<u32> {
-        match self.ebpf.map("STATS")? {
-            aya::maps::Map::PerCpuArray(m) => m.info().ok().map(|i| i.id()),
-            _ => None,
-        }
+        map_id(&self.ebpf, "STATS").ok()
+    }
+
+    /// Stopping, with the exec kill off its hooks (it was not pinned): a frozen set given
+    /// now is enforced only from the next start.
+    pub fn kill_detached(&self) -> bool {
+        self.detached && !self.kill_pinned()
     }
 
     /// The exec kill is pinned: it stays attached if the daemon stops or dies.

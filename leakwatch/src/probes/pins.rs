@@ -15,7 +15,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{Map, MapData, PerCpuArray, RingBuf},
-    programs::links::FdLink,
+    programs::links::{FdLink, PinnedLink},
 };
 use sha2::{Digest, Sha256};
 
@@ -152,7 +152,7 @@ impl Pins {
             attached: self.attached.clone(),
             ..Left::default()
         };
-        let mut links: Vec<OwnedFd> = Vec::new();
+        let mut links: Vec<FdLink> = Vec::new();
         let mut stats = Vec::new();
         for sub in read_dir(&self.dir) {
             let name = sub.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -173,7 +173,9 @@ impl Pins {
                         .map_err(|e| anyhow!("{e}"))
                         .map(|m| stats.push(m)),
                     (_, "EVENTS" | "STATS") => Ok(()),
-                    _ => get(&f).map(|fd| links.push(fd)),
+                    _ => PinnedLink::from_pin(&f)
+                        .map_err(|e| anyhow!("{e}"))
+                        .map(|l| links.push(FdLink::from(l))),
                 };
                 if let Err(e) = opened {
                     log::warn!(
@@ -191,10 +193,13 @@ impl Pins {
             let _ = std::fs::remove_dir(&sub);
         }
         left.links = links.len();
-        let progs: Vec<u32> = links.iter().filter_map(|fd| prog_id(fd).ok()).collect();
+        let progs: Vec<u32> = links
+            .iter()
+            .filter_map(|l| l.info().ok().map(|i| i.program_id()))
+            .collect();
         std::thread::scope(|s| {
-            for fd in links {
-                s.spawn(move || drop(fd));
+            for l in links {
+                s.spawn(move || drop(l));
             }
         });
         // The close is the last reference on this kernel, and returns after the teardown;
@@ -324,40 +329,6 @@ fn by_id(cmd: libc::c_long, id: u32) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// A descriptor for the object pinned at `path`.
-fn get(path: &Path) -> Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes()).context("a NUL in the pin path")?;
-    let mut attr = ObjPin {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-        path_fd: 0,
-        zero: 0,
-    };
-    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
-    // SAFETY: as in `by_id`.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// The program id behind a link descriptor (`bpf_link_info.prog_id`).
-fn prog_id(link: &OwnedFd) -> Result<u32> {
-    // type, id, prog_id, then a union this does not read: room for the whole of it.
-    let mut info = [0u32; 32];
-    #[repr(C)]
-    struct InfoByFd {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    let mut attr = InfoByFd {
-        bpf_fd: link.as_raw_fd() as u32,
-        info_len: std::mem::size_of_val(&info) as u32,
-        info: info.as_mut_ptr() as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info[2])
-}
-
 /// A program with this id is still loaded.
 fn prog_loaded(id: u32) -> bool {
     match by_id(BPF_PROG_GET_FD_BY_ID, id) {
@@ -403,10 +374,8 @@ fn pin(fd: &OwnedFd, path: &Path) -> Result<()> {
 }
 
 const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {

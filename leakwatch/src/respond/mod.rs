@@ -316,11 +316,7 @@ impl Context {
         let _guard = self.busy.lock().await;
         // Stopping, with the exec kill off its hooks (not pinned): a freeze now would be
         // acknowledged and not enforced until the next start.
-        if self
-            .probes
-            .lock()
-            .is_ok_and(|p| p.detached() && !p.kill_pinned())
-        {
+        if self.probes.lock().is_ok_and(|p| p.kill_detached()) {
             bail!("leakwatch is stopping and its exec kill is detached: nothing was frozen; run the freeze again once it is back (it restarts within seconds under systemd)");
         }
         let queued = ms(t0.elapsed());
