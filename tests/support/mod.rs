@@ -557,6 +557,42 @@ impl Drop for TempDir {
     }
 }
 
+/// A test's own directory (and its `.scratch` sibling), removed when the test passes; see
+/// `remove_if_passed`.
+pub struct TestDir(PathBuf);
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        TestDir(fresh_dir(name))
+    }
+}
+
+impl std::ops::Deref for TestDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TestDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        remove_if_passed(&self.0);
+        remove_if_passed(&self.0.with_extension("scratch"));
+    }
+}
+
 pub fn fresh_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("leakwatch-it-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
