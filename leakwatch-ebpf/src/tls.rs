@@ -74,47 +74,78 @@ pub fn on_exit(tid: u32) {
 
 #[inline(always)]
 fn enter(buf: u64, len: u64, written: u64) {
-    let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
-    if scope::own(tgid) || len == 0 {
-        return;
-    }
-    if scope::known_out(tgid) {
-        maps::count(PROBE_SSL_WRITE, STAT_SKIPPED);
-        return;
-    }
-    // Out of scope, the plaintext would be skipped at return; in scope, mark the process
-    // so its socket writes look for the call (`note_socket`). Marked at every call: the
-    // mark goes with the cached verdict (exec, eviction, new scope lists).
-    let Some(who) = scope::in_scope(tgid) else {
-        maps::count(PROBE_SSL_WRITE, STAT_SKIPPED);
-        return;
-    };
-    // SAFETY: map value pointer returned by the lookup.
-    unsafe { (*who).flags |= scope::WHO_TLS };
-    let tid = id as u32;
-    let t = match TLS_THREADS.get_ptr_mut(&tid) {
-        Some(t) => t,
-        None => {
-            let Some(zero) = ZERO_THREAD.get(0) else {
-                return;
-            };
-            if TLS_THREADS.insert(&tid, zero, 0).is_err() {
-                maps::count(PROBE_SSL_WRITE, STAT_LOST);
-                return;
-            }
-            let Some(t) = TLS_THREADS.get_ptr_mut(&tid) else {
-                return;
-            };
-            t
-        }
-    };
+    let Some(t) = thread() else { return };
     // SAFETY: map value; only this thread uses its entry.
     let c = unsafe { &mut (*t).call };
     c.buf = buf;
     c.written = written;
     c.fd = -1;
     c.len = len;
+}
+
+/// The calling thread's entry, made at its first call, when its process is in scope
+/// (counted as skipped when not). Marks the process `WHO_TLS`.
+#[inline(always)]
+fn thread() -> Option<*mut TlsThread> {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if scope::own(tgid) {
+        return None;
+    }
+    if scope::known_out(tgid) {
+        maps::count(PROBE_SSL_WRITE, STAT_SKIPPED);
+        return None;
+    }
+    // Out of scope, the plaintext would be skipped at return; in scope, mark the process
+    // so its socket writes look for the call (`note_socket`). Marked at every call: the
+    // mark goes with the cached verdict (exec, eviction, new scope lists).
+    let Some(who) = scope::in_scope(tgid) else {
+        maps::count(PROBE_SSL_WRITE, STAT_SKIPPED);
+        return None;
+    };
+    // SAFETY: map value pointer returned by the lookup.
+    unsafe { (*who).flags |= scope::WHO_TLS };
+    let tid = id as u32;
+    if let Some(t) = TLS_THREADS.get_ptr_mut(&tid) {
+        return Some(t);
+    }
+    let zero = ZERO_THREAD.get(0)?;
+    if TLS_THREADS.insert(&tid, zero, 0).is_err() {
+        maps::count(PROBE_SSL_WRITE, STAT_LOST);
+        return None;
+    }
+    TLS_THREADS.get_ptr_mut(&tid)
+}
+
+/// Go's `func (c *crypto/tls.Conn) Write(b []byte) (int, error)`, at entry. Go (1.17 and
+/// later) passes arguments in registers on x86-64: the receiver in RAX, `b`'s pointer and
+/// length in RBX and RCX. No return probe: a uretprobe rewrites the return address on the
+/// stack, which Go moves when it grows a goroutine's stack. So the whole buffer is sent
+/// at entry (`Write` writes it all or fails with the connection) with no socket (fd -1):
+/// the daemon ties it to the thread's next socket write, the ciphertext the call makes
+/// on the same thread, as for node's memory BIO.
+#[uprobe]
+pub fn go_tls_write(ctx: ProbeContext) -> u32 {
+    // SAFETY: a uprobe's context is the task's saved registers.
+    let (buf, len) = unsafe { ((*ctx.regs).rbx, (*ctx.regs).rcx) };
+    if len == 0 || len > i64::MAX as u64 {
+        return 0;
+    }
+    let Some(t) = thread() else { return 0 };
+    handle(
+        PROBE_SSL_WRITE,
+        u32::MAX,
+        Src::Tls {
+            ptr: buf,
+            len,
+            // SAFETY: map value, this thread's.
+            frame: unsafe { &mut (*t).head },
+        },
+        -1,
+        0,
+        0,
+    );
+    0
 }
 
 /// `SSL_write(SSL *ssl, const void *buf, int num)`.

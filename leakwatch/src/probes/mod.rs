@@ -2,6 +2,7 @@
 //! that uses aya. Failures are turned into one sentence an operator can act on.
 mod btf;
 pub mod floor;
+pub mod gotls;
 pub mod pins;
 pub mod ring_fill;
 pub mod tls;

@@ -1,7 +1,8 @@
 //! TLS plaintext uprobes: which files on this host define OpenSSL's `SSL_write` and
 //! `SSL_write_ex` (the system `libssl.so.3`; executables that carry OpenSSL and export
-//! them, like node), and attaching the kernel's `tls` programs to each such file once —
-//! a uprobe on a file fires in every process that maps it.
+//! them, like node) or are Go programs with `crypto/tls` (`gotls`), and attaching the
+//! kernel's `tls` programs to each such file once — a uprobe on a file fires in every
+//! process that maps it.
 use std::{fs::File, path::Path};
 
 use anyhow::{Context as _, Result};
@@ -73,6 +74,28 @@ impl Probes {
             p.attach(sym, path, UProbeScope::AllProcesses)
                 .with_context(|| format!("attaching {prog} to {sym} in {}", path.display()))?;
         }
+        self.tls_attached.push(path.to_string_lossy().into_owned());
+        Ok(())
+    }
+
+    /// Attaches the Go TLS probe to `path` at `offset` (`gotls::find`'s).
+    pub fn attach_go_tls(&mut self, path: &Path, offset: u64) -> Result<()> {
+        let p: &mut UProbe = self
+            .ebpf
+            .program_mut("go_tls_write")
+            .context("program go_tls_write missing")?
+            .try_into()?;
+        if p.fd().is_err() {
+            p.load().context("loading go_tls_write")?;
+        }
+        p.attach(offset, path, UProbeScope::AllProcesses)
+            .with_context(|| {
+                format!(
+                    "attaching go_tls_write to {} in {}",
+                    super::gotls::WRITE,
+                    path.display()
+                )
+            })?;
         self.tls_attached.push(path.to_string_lossy().into_owned());
         Ok(())
     }
@@ -154,10 +177,9 @@ impl TlsWatch {
                     let Ok(rd) = std::fs::read_dir(dir) else {
                         continue;
                     };
+                    // Links too (`/usr/bin/kubectl` is one here): `check` sees each file once.
                     for e in rd.flatten() {
-                        if e.file_type().is_ok_and(|t| t.is_file()) {
-                            w.check(&e.path());
-                        }
+                        w.check(&e.path());
                     }
                 }
                 for tgid in rx {
@@ -194,24 +216,50 @@ impl Watcher {
         let Ok(m) = std::fs::metadata(path) else {
             return;
         };
+        // By its real name: the one `/proc/PID/exe` gives (see `pipeline::blind`).
+        let Ok(path) = std::fs::canonicalize(path) else {
+            return;
+        };
+        let path = path.as_path();
         if !m.is_file() || m.mode() & 0o111 == 0 && !path.to_string_lossy().contains(".so") {
             return;
         }
         if !self.seen.insert((m.dev(), m.ino())) || self.seen.len() > 1 << 20 {
             return;
         }
-        if !exports_ssl_write(path) {
-            return;
-        }
+        let go = if exports_ssl_write(path) {
+            None
+        } else {
+            match super::gotls::find(path) {
+                super::gotls::Go::Write { offset, version } => Some((offset, version)),
+                super::gotls::Go::Unsupported(why) => {
+                    log::info!(
+                        "{}: a Go program whose TLS is not seen ({why})",
+                        path.display()
+                    );
+                    return;
+                }
+                _ => return,
+            }
+        };
         let r = match self.probes.lock() {
             // The daemon is stopping: its probes are gone, none is added.
             Ok(p) if p.detached() => return,
-            Ok(mut p) => p.attach_tls(path),
+            Ok(mut p) => match &go {
+                None => p.attach_tls(path),
+                Some((offset, _)) => p.attach_go_tls(path, *offset),
+            },
             Err(_) => return,
         };
         let outcome = match r {
             Ok(()) => {
-                log::info!("TLS plaintext probes attached to {}", path.display());
+                match &go {
+                    None => log::info!("TLS plaintext probes attached to {}", path.display()),
+                    Some((_, v)) => log::info!(
+                        "TLS plaintext probe attached to {} (Go {v}, crypto/tls)",
+                        path.display()
+                    ),
+                }
                 if let Ok(mut v) = self.visible.write() {
                     v.push(path.to_string_lossy().into_owned());
                 }
