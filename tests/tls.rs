@@ -186,6 +186,68 @@ fn tls_node_https_request() {
     d.assert_no_plaintext(&[&secret]);
 }
 
+/// Go does TLS in Go (`crypto/tls`), not through OpenSSL. kubectl (a stripped Go
+/// program, as released Go tools are) sends the token from its kubeconfig as a bearer
+/// header: the key is only in what `crypto/tls.(*Conn).Write` is given.
+#[test]
+fn tls_kubectl_bearer_token_through_go_crypto_tls() {
+    let mut d = Daemon::start("tls-go");
+    let srv = TlsServer::start(&d.scratch());
+    let exe = std::fs::canonicalize(
+        which("kubectl").expect("kubectl is installed on this machine kind (google-cloud-cli)"),
+    )
+    .unwrap();
+    let exe = exe.to_str().unwrap().to_string();
+    // Found in the background at start (the `/usr/bin` links are followed).
+    wait_until(60, "the Go TLS probe attached to kubectl", || {
+        d.status()["tls_visible"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|f| f.as_str() == Some(exe.as_str())))
+            .then_some(())
+    });
+    let (secret, text) = secret("anthropic-api-key");
+    let fp = fingerprint(&secret);
+    let dir = d.scratch();
+    let config = dir.join("kubeconfig");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: {text}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+            srv.addr()
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(&exe)
+        .args([
+            "--request-timeout=10s",
+            "get",
+            "--raw",
+            "/version",
+            "--kubeconfig",
+        ])
+        .arg(&config)
+        .env("HOME", &dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    wait_exit(&mut c, 30, "kubectl");
+    let a = tls_finding(&d, &fp, pid, "the token in kubectl's Go TLS plaintext");
+    assert_eq!(s(&a, "source"), "socket", "{a:#}");
+    assert_eq!(s(&a, "remote"), srv.addr(), "{a:#}");
+    assert_eq!(s(&a, "probe"), "uprobe_go_tls_write", "{a:#}");
+    assert_eq!(s(&a, "comm"), "kubectl", "{a:#}");
+    // Its TLS is seen, so it is no blind spot.
+    let blind = d.status()["tls_blind"].clone();
+    assert!(
+        !blind.to_string().contains(&exe),
+        "kubectl listed as a TLS blind spot: {blind:#}"
+    );
+    drop(srv);
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
 /// curl to `host` (resolved to the local server), the key in a header read from a file
 /// (not argv): SNI and `Host:` name `host`.
 fn curl_as(d: &Daemon, srv: &TlsServer, host: &str, header: &str) -> u32 {

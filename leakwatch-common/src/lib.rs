@@ -52,7 +52,15 @@ pub const PROBE_SSL_WRITE: u32 = 19;
 /// `vmsplice` into a pipe: user pages handed to the pipe with no write call (a writev
 /// by another name; the pipe's reader, or a `splice` on to a socket or file, moves them on).
 pub const PROBE_VMSPLICE: u32 = 20;
-pub const PROBE_COUNT: u32 = 21;
+/// TLS plaintext: Go's `crypto/tls.(*Conn).Write` (a uprobe at entry, the whole buffer).
+pub const PROBE_GO_TLS_WRITE: u32 = 21;
+pub const PROBE_COUNT: u32 = 22;
+
+/// The probes that read TLS plaintext (uprobes: preemptible, fd of the socket unknown at
+/// the call).
+pub const fn is_tls_plaintext(probe: u32) -> bool {
+    probe == PROBE_SSL_WRITE || probe == PROBE_GO_TLS_WRITE
+}
 
 pub const PROBE_NAMES: [&str; PROBE_COUNT as usize] = [
     "sys_enter_execve",
@@ -76,6 +84,7 @@ pub const PROBE_NAMES: [&str; PROBE_COUNT as usize] = [
     "io_uring_submit_req",
     "uprobe_ssl_write",
     "sys_enter_vmsplice",
+    "uprobe_go_tls_write",
 ];
 
 /// Per-probe kernel counters: the `STATS` per-CPU array holds `STAT_KINDS` slots per probe,

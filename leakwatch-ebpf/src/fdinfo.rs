@@ -224,7 +224,7 @@ pub const LANE_UPROBE: u32 = 1;
 
 #[inline(always)]
 pub fn lane(probe: u32) -> u32 {
-    if probe == leakwatch_common::PROBE_SSL_WRITE {
+    if is_tls_plaintext(probe) {
         LANE_UPROBE
     } else {
         LANE_TRACEPOINT

@@ -11,7 +11,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, RingBuf},
 };
 use leakwatch_common::{
-    stat_slot, PROBE_SSL_WRITE, RING_BYTES, STAT_COUNT, STAT_EVENTS, STAT_LOST,
+    is_tls_plaintext, stat_slot, RING_BYTES, STAT_COUNT, STAT_EVENTS, STAT_LOST,
 };
 
 /// Exec records (up to ~132 KiB), kill notices and connects.
@@ -32,7 +32,7 @@ pub fn add(probe: u32, stat: u32, n: u64) {
     let Some(p) = STATS.get_ptr_mut(stat_slot(probe, stat)) else {
         return;
     };
-    if probe == PROBE_SSL_WRITE {
+    if is_tls_plaintext(probe) {
         // A uprobe program runs with preemption on: another thread's `SSL_write` probe can
         // run on this CPU between a load and a store, and a plain `+=` would lose its count.
         // SAFETY: this CPU's slot, 8-byte aligned map memory.

@@ -1,5 +1,6 @@
 //! TLS plaintext: uprobes on OpenSSL's `SSL_write` and `SSL_write_ex` (the system
-//! `libssl.so.3`, and executables that carry OpenSSL and export them, like node). The
+//! `libssl.so.3`, and executables that carry OpenSSL and export them, like node), and on
+//! Go's `crypto/tls.(*Conn).Write` (`go_tls_write`, `PROBE_GO_TLS_WRITE`). The
 //! buffer is taken at entry and sent at return with the bytes really written: node calls
 //! `SSL_write` again with the same buffer while the handshake is not done, and only the
 //! call that wrote counts. The socket is the fd of the write or send the library makes on
@@ -74,7 +75,9 @@ pub fn on_exit(tid: u32) {
 
 #[inline(always)]
 fn enter(buf: u64, len: u64, written: u64) {
-    let Some(t) = thread() else { return };
+    let Some(t) = thread(PROBE_SSL_WRITE) else {
+        return;
+    };
     // SAFETY: map value; only this thread uses its entry.
     let c = unsafe { &mut (*t).call };
     c.buf = buf;
@@ -86,21 +89,21 @@ fn enter(buf: u64, len: u64, written: u64) {
 /// The calling thread's entry, made at its first call, when its process is in scope
 /// (counted as skipped when not). Marks the process `WHO_TLS`.
 #[inline(always)]
-fn thread() -> Option<*mut TlsThread> {
+fn thread(probe: u32) -> Option<*mut TlsThread> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     if scope::own(tgid) {
         return None;
     }
     if scope::known_out(tgid) {
-        maps::count(PROBE_SSL_WRITE, STAT_SKIPPED);
+        maps::count(probe, STAT_SKIPPED);
         return None;
     }
     // Out of scope, the plaintext would be skipped at return; in scope, mark the process
     // so its socket writes look for the call (`note_socket`). Marked at every call: the
     // mark goes with the cached verdict (exec, eviction, new scope lists).
     let Some(who) = scope::in_scope(tgid) else {
-        maps::count(PROBE_SSL_WRITE, STAT_SKIPPED);
+        maps::count(probe, STAT_SKIPPED);
         return None;
     };
     // SAFETY: map value pointer returned by the lookup.
@@ -111,7 +114,7 @@ fn thread() -> Option<*mut TlsThread> {
     }
     let zero = ZERO_THREAD.get(0)?;
     if TLS_THREADS.insert(&tid, zero, 0).is_err() {
-        maps::count(PROBE_SSL_WRITE, STAT_LOST);
+        maps::count(probe, STAT_LOST);
         return None;
     }
     TLS_THREADS.get_ptr_mut(&tid)
@@ -131,9 +134,11 @@ pub fn go_tls_write(ctx: ProbeContext) -> u32 {
     if len == 0 || len > i64::MAX as u64 {
         return 0;
     }
-    let Some(t) = thread() else { return 0 };
+    let Some(t) = thread(PROBE_GO_TLS_WRITE) else {
+        return 0;
+    };
     handle(
-        PROBE_SSL_WRITE,
+        PROBE_GO_TLS_WRITE,
         u32::MAX,
         Src::Tls {
             ptr: buf,

@@ -258,7 +258,7 @@ pub fn handle(
 
     let r = &mut h.rec;
     header::fill_cached(&mut r.hdr, EVENT_WRITE, probe, pid_tgid, who);
-    if probe == PROBE_SSL_WRITE {
+    if is_tls_plaintext(probe) {
         r.hdr.flags |= WRITE_F_TLS;
     }
     r.fd = fd as i32;
@@ -313,7 +313,7 @@ pub fn handle(
             let is_sock = o.id.mode & fdinfo::S_IFMT == fdinfo::S_IFSOCK;
             // SAFETY: `who` is this process's map value (see `scope::in_scope`).
             let tls = unsafe { (*who).flags } & scope::WHO_TLS != 0;
-            if is_sock && tls && probe != PROBE_SSL_WRITE {
+            if is_sock && tls && !is_tls_plaintext(probe) {
                 ciphertext = crate::tls::note_socket(pid_tgid as u32, fd);
             }
             if !same {

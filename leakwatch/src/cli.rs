@@ -345,6 +345,16 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
         u["files_held"],
         u["held_bytes_unread"]
     );
+    let seen = arr(&v, "tls_visible");
+    println!(
+        "TLS plaintext read in {} files (OpenSSL's SSL_write, Go's crypto/tls){}{}",
+        seen.len(),
+        if seen.is_empty() { "" } else { ": " },
+        seen.iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let blind = arr(&v, "tls_blind");
     if !blind.is_empty() {
         println!(

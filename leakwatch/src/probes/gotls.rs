@@ -143,7 +143,9 @@ pub fn pclntab_find(tab: &[u8], name: &str, text: u64) -> Option<u64> {
         usize::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok()
     };
     let u32_at = |off: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(tab.get(off..off.checked_add(4)?)?.try_into().ok()?))
+        Some(u32::from_le_bytes(
+            tab.get(off..off.checked_add(4)?)?.try_into().ok()?,
+        ))
     };
     let (nfunc, names, funcs) = (word(0)?, word(3)?, word(7)?);
     let text = match word(2)? {
@@ -243,7 +245,10 @@ mod tests {
         old[15] = 0;
         assert_eq!(version(&old), None);
         assert_eq!(version(&info[..36]), None);
-        assert_eq!(version(b"not build info at all, long enough to index"), None);
+        assert_eq!(
+            version(b"not build info at all, long enough to index"),
+            None
+        );
     }
 
     /// Go programs on this host: stripped ones are found through the function table; one
@@ -256,7 +261,10 @@ mod tests {
             let p = Path::new(exe);
             match find(p) {
                 Go::Write { offset, version } => {
-                    assert!(offset > 0 && version.starts_with("go1."), "{exe}: {version}")
+                    assert!(
+                        offset > 0 && version.starts_with("go1."),
+                        "{exe}: {version}"
+                    )
                 }
                 other => panic!("{exe}: {other:?}"),
             }

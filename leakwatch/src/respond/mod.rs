@@ -580,10 +580,10 @@ impl Context {
             .ok()
             .and_then(|p| p.stats().ok())
             .unwrap_or_default();
-        let (attached, pinned) = self
+        let (attached, pinned, tls_visible) = self
             .probes
             .lock()
-            .map(|p| (p.attached.clone(), p.kill_pinned()))
+            .map(|p| (p.attached.clone(), p.kill_pinned(), p.tls_attached.clone()))
             .unwrap_or_default();
         let mut kernel = serde_json::Map::new();
         for (i, st) in stats.per.iter().enumerate() {
@@ -617,6 +617,8 @@ impl Context {
             "exec_kill_pinned": pinned,
             "fleet": self.fleet_status.lock().ok().and_then(|f| f.clone()),
             "probes": attached,
+            // Files whose TLS plaintext the uprobes read (OpenSSL's or Go's).
+            "tls_visible": tls_visible,
             "tls_blind": self.tls_blind.lock().map(|l| l.iter().map(|(exe, b)| {
                 let mut v = serde_json::to_value(b).unwrap_or_default();
                 v["exe"] = serde_json::json!(exe);
