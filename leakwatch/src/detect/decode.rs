@@ -54,6 +54,35 @@ pub fn percent(hay: &[u8]) -> Option<(Vec<u8>, Vec<u32>)> {
     Some((text, at))
 }
 
+/// Where `hay` holds a line-break or tab escape (`\n`, `\r`, `\t`) as JSON and most
+/// loggers write them inside a string: a structured log line's message, a traceback or an
+/// environment dumped into one JSON field. An escaped backslash (`\\n`) is no escape.
+pub fn breaks(hay: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    memchr::memchr_iter(b'\\', hay).filter(move |&i| {
+        matches!(hay.get(i + 1), Some(b'n' | b'r' | b't'))
+            && hay[..i].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 0
+    })
+}
+
+/// `hay` with each escape `breaks` finds made the break it stands for, in place: `\n`
+/// becomes a space and a newline, so the view has `hay`'s length and every offset is the
+/// same in both. Rules then see the line end or tab where the writer meant one (a value
+/// stops there, a token after it starts a word). `None` when there is none.
+pub fn broken(hay: &[u8]) -> Option<Vec<u8>> {
+    let mut at = breaks(hay).peekable();
+    at.peek()?;
+    let mut view = hay.to_vec();
+    for i in at {
+        view[i] = b' ';
+        view[i + 1] = match hay[i + 1] {
+            b'n' => b'\n',
+            b'r' => b'\r',
+            _ => b'\t',
+        };
+    }
+    Some(view)
+}
+
 /// Where `hay` holds an escape `percent` decodes.
 pub fn escapes(hay: &[u8]) -> impl Iterator<Item = usize> + '_ {
     memchr::memchr_iter(b'%', hay).filter(move |&i| escape(hay, i).is_some())

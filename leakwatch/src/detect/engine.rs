@@ -255,6 +255,7 @@ impl Engine {
         let mut decoded: Vec<((usize, usize), Reported)> = Vec::new();
         let mut vetoes: Vec<(usize, usize)> = Vec::new();
         let mut i = 0;
+        let mut merged = Vec::new();
         while i < windows.len() {
             let (r, s, mut e) = windows[i];
             i += 1;
@@ -263,8 +264,10 @@ impl Engine {
                 i += 1;
             }
             self.confirm(r, hay, (s, e), &mut found, &mut vetoes, &mut decoded);
+            merged.push((r, s, e));
         }
         if raw {
+            self.escaped_breaks(hay, &merged, &mut found, &mut vetoes, &mut decoded);
             self.percent_encoded(hay, &mut found, &mut decoded);
             self.base64_encoded(hay, &runs, &mut found, &mut decoded, open.as_deref_mut());
         }
@@ -299,6 +302,54 @@ impl Engine {
                 })
             })
             .collect()
+    }
+
+    /// Credentials on a line whose breaks are escaped (`\n` inside a JSON string): each
+    /// keyword window (`windows`: rule, start, end) that holds such an escape is confirmed
+    /// again in a view of `hay` with the escapes made real breaks, which has the same
+    /// offsets (`decode::broken`). Only those windows: source code is full of `"\n"`, and
+    /// scanning everything twice would halve the speed. A raw finding that runs across an
+    /// escape (a value read on past `\n`) gives way to the view's finding it overlaps; one
+    /// the raw bytes gave without crossing any stays.
+    fn escaped_breaks(
+        &self,
+        hay: &[u8],
+        windows: &[(usize, usize, usize)],
+        found: &mut Vec<(usize, usize, usize)>,
+        vetoes: &mut Vec<(usize, usize)>,
+        decoded: &mut Vec<((usize, usize), Reported)>,
+    ) {
+        let crosses = |s: usize, e: usize| super::decode::breaks(&hay[s..e]).next().is_some();
+        let mut view: Option<Vec<u8>> = None;
+        let mut seen = Vec::new();
+        let mut seen_decoded = Vec::new();
+        for &(r, s, e) in windows {
+            // An escape's backslash just before the window counts: its `n` is inside.
+            if !crosses(s.saturating_sub(1), e) {
+                continue;
+            }
+            let v = view.get_or_insert_with(|| super::decode::broken(hay).unwrap_or_default());
+            self.confirm(r, v, (s, e), &mut seen, vetoes, &mut seen_decoded);
+        }
+        for (s, e, r) in seen {
+            if found.iter().any(|g| (g.0, g.1) == (s, e)) {
+                continue;
+            }
+            let overlapping = |g: &(usize, usize, usize)| g.0 < e && s < g.1;
+            if found.iter().any(|g| overlapping(g) && !crosses(g.0, g.1)) {
+                continue;
+            }
+            found.retain(|g| !overlapping(g));
+            decoded.retain(|(span, _)| !(span.0 < e && s < span.1));
+            // A login judged inside the view keeps its judgement.
+            if let Some(i) = seen_decoded.iter().position(|(span, _)| *span == (s, e)) {
+                decoded.push(seen_decoded.swap_remove(i));
+            }
+            found.push((s, e, r));
+        }
+        if let Some(mut v) = view {
+            crate::wipe::vec(&mut v);
+        }
     }
 
     /// Credentials that `hay` carries percent-encoded (`%2F`…, `+`): found in the decoded

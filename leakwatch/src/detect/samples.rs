@@ -221,8 +221,24 @@ pub fn sample(rule: &str, rng: &mut Rng) -> Option<(String, String)> {
             rng.string(ALNUM, 22),
             rng.string(ALNUM, 59)
         )),
-        "gitlab-pat" => same(format!("glpat-{}", rng.string(URLSAFE, 20))),
-        "gitlab-runner-token" => same(format!("glrt-{}", rng.string(URLSAFE, 20))),
+        // Legacy (20 characters) or routable (base64url, a dot, version and CRC in base36).
+        "gitlab-pat" => same(match rng.below(2) {
+            0 => format!("glpat-{}", rng.string(URLSAFE, 20)),
+            _ => format!(
+                "glpat-{}.01{}",
+                rng.string(URLSAFE, 27),
+                rng.string(LOWER36, 7)
+            ),
+        }),
+        "gitlab-runner-token" => same(match rng.below(3) {
+            0 => format!("glrt-{}", rng.string(URLSAFE, 20)),
+            1 => format!(
+                "glrt-t1_{}.01{}",
+                rng.string(URLSAFE, 27),
+                rng.string(LOWER36, 7)
+            ),
+            _ => format!("GR1348941{}", rng.string(URLSAFE, 20)),
+        }),
         "npm-access-token" => same(checksummed(rng, "npm_")),
         "pypi-upload-token" => same(format!("pypi-AgEIcHlwaS5vcmc{}", rng.string(URLSAFE, 120))),
         "docker-hub-pat" => same(format!("dckr_pat_{}", rng.string(URLSAFE, 27))),
@@ -350,6 +366,11 @@ pub fn sample(rule: &str, rng: &mut Rng) -> Option<(String, String)> {
             let k = rng.string(URLSAFE, 40);
             Some((k.clone(), format!("Authorization: Bearer {k}")))
         }
+        "authorization-token" => {
+            let k = rng.string(URLSAFE, 40);
+            let scheme = ["Token", "token", "Api-Key", "ApiKey", "Key", "sso-key"][rng.below(6)];
+            Some((k.clone(), format!("Authorization: {scheme} {k}")))
+        }
         "generic-secret" => {
             let k = format!("{}{}", rng.string(ALNUM, 22), rng.below(90) + 10);
             Some((k.clone(), format!("INTERNAL_SERVICE_TOKEN={k}")))
@@ -357,3 +378,6 @@ pub fn sample(rule: &str, rng: &mut Rng) -> Option<(String, String)> {
         _ => super::samples_saas::sample(rule, rng),
     }
 }
+
+/// Base36 as GitLab writes it (routable tokens' suffix).
+const LOWER36: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";

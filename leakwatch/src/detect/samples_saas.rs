@@ -11,6 +11,8 @@ const UPPER_ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 const LOWER_ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 const HEX_UPPER: &[u8] = b"0123456789ABCDEF";
 const DIGITS: &[u8] = b"0123456789";
+/// NuGet's key alphabet (lowercase base32).
+const BASE32_LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
 /// The characters of a 1Password Secret Key (no 0/O, 1/I/L, U).
 const ONEPASSWORD: &[u8] = b"23456789ABCDEFGHJKMNPQRSTVWXYZ";
 
@@ -255,6 +257,73 @@ pub fn sample(rule: &str, rng: &mut Rng) -> Option<(String, String)> {
             format!("pk_test_{}", STANDARD.encode(host))
         }
         "posthog-project-api-key" => format!("phc_{}", rng.string(ALNUM, 43)),
+        // ---- third round
+        "azure-devops-pat" => format!(
+            "{}JQQJ99{}AZDO{}",
+            rng.string(ALNUM, 52),
+            rng.string(ALNUM, 18),
+            rng.string(ALNUM, 4)
+        ),
+        "alibaba-access-key-id" => format!("LTAI5t{}", rng.string(ALNUM, 16)),
+        "nvidia-api-key" => format!("nvapi-{}", rng.string(URLSAFE, 64)),
+        "nuget-api-key" => format!("oy2{}", rng.string(BASE32_LOWER, 43)),
+        "jfrog-api-key" => match rng.below(2) {
+            0 => format!("AKCp8{}", rng.string(ALNUM, 68)),
+            _ => format!("cmVmdGtuOjAxOj{}", rng.string(ALNUM, 50)),
+        },
+        "sonarqube-token" => format!(
+            "{}{}",
+            pick(rng, &["squ_", "sqp_", "sqa_"]),
+            rng.string(HEX, 40)
+        ),
+        "tailscale-key" => format!(
+            "tskey-{}-k{}CNTRL-{}",
+            pick(rng, &["api", "auth", "client"]),
+            rng.string(ALNUM, 11),
+            rng.string(ALNUM, 33)
+        ),
+        "mongodb-atlas-service-account-secret" => format!("mdb_sa_sk_{}", rng.string(URLSAFE, 40)),
+        "crates-io-api-token" => format!("cio{}", rng.string(ALNUM, 32)),
+        "posthog-personal-api-key" => format!("phx_{}", rng.string(ALNUM, 43)),
+        "prefect-api-key" => format!("pnu_{}", rng.string(ALNUM, 36)),
+        "contentful-pat" => format!("CFPAT-{}", rng.string(URLSAFE, 43)),
+        "e2b-api-key" => format!("e2b_{}", rng.string(HEX, 40)),
+        "jina-api-key" => format!("jina_{}", rng.string(ALNUM, 60)),
+        "browserbase-api-key" => format!("bb_live_{}", rng.string(URLSAFE, 27)),
+        "readme-api-key" => format!("rdme_{}", rng.string(LOWER_ALNUM, 70)),
+        "typeform-token" => format!("tfp_{}_{}", rng.string(ALNUM, 44), rng.string(ALNUM, 14)),
+        "easypost-api-key" => format!("{}{}", pick(rng, &["EZAK", "EZTK"]), rng.string(ALNUM, 54)),
+        "adafruit-io-key" => format!("aio_{}", rng.string(ALNUM, 28)),
+        "grafana-api-key" => {
+            let json = format!(
+                "{{\"k\":\"{}\",\"n\":\"ci-{}\",\"id\":{}}}",
+                rng.string(ALNUM, 32),
+                rng.string(LOWER_ALNUM, 6),
+                1 + rng.below(999)
+            );
+            STANDARD.encode(json).trim_end_matches('=').to_string()
+        }
+        "slack-config-token" => match rng.below(2) {
+            0 => format!("xoxe.xoxp-1-{}", rng.string(ALNUM, 146)),
+            _ => format!("xoxe-1-{}", rng.string(ALNUM, 146)),
+        },
+        "microsoft-teams-webhook" => format!(
+            "https://{}.webhook.office.com/webhookb2/{}@{}/IncomingWebhook/{}/{}",
+            pick(rng, &["contoso", "acme-corp", "fabrikam"]),
+            uuid(rng),
+            uuid(rng),
+            rng.string(HEX, 32),
+            uuid(rng)
+        ),
+        "zapier-webhook-url" => {
+            let url = format!(
+                "https://hooks.zapier.com/hooks/catch/{}/{}",
+                1_000_000 + rng.below(9_000_000),
+                rng.string(LOWER_ALNUM, 6)
+            );
+            // Written with the trailing slash Zapier shows; the credential is without it.
+            return Some((url.clone(), format!("{url}/")));
+        }
         _ => return None,
     };
     Some((s.clone(), s))
@@ -540,6 +609,22 @@ mod tests {
             | "planetscale-token"
             | "flyio-token"
             | "hashicorp-vault-batch-token" => (false, '#'),
+            // Third round.
+            "sonarqube-token" | "e2b-api-key" => (true, 'g'),
+            "azure-devops-pat"
+            | "crates-io-api-token"
+            | "posthog-personal-api-key"
+            | "prefect-api-key"
+            | "easypost-api-key"
+            | "adafruit-io-key" => (true, '-'),
+            "nvidia-api-key" | "mongodb-atlas-service-account-secret" | "contentful-pat" => {
+                (true, '+')
+            }
+            "nuget-api-key" | "readme-api-key" => (true, 'A'),
+            "microsoft-teams-webhook" => (true, 'g'),
+            "alibaba-access-key-id" | "jfrog-api-key" | "jina-api-key" => (false, '-'),
+            "browserbase-api-key" | "typeform-token" | "slack-config-token" => (false, '+'),
+            "tailscale-key" | "grafana-api-key" | "zapier-webhook-url" => (false, '#'),
             _ => panic!("{id}: add it to near()"),
         }
     }
@@ -569,7 +654,10 @@ mod tests {
                 let first = secret.chars().next().unwrap();
                 if first.is_ascii_alphabetic()
                     && matches!(kind(&secret, &text), Kind::Token)
-                    && !matches!(id, "azure-openai-key" | "terraform-cloud-token")
+                    && !matches!(
+                        id,
+                        "azure-openai-key" | "terraform-cloud-token" | "azure-devops-pat"
+                    )
                 {
                     let flipped = if first.is_ascii_uppercase() {
                         first.to_ascii_lowercase()

@@ -12,6 +12,8 @@ fn contexts(text: &str) -> Vec<String> {
         format!("Traceback (most recent call last):\n  File \"agent.py\", line 12, in <module>\nValueError: bad request to https://api.internal/v1?key={text}\n"),
         format!("Environment Variables:\nPATH=/usr/bin:/bin\nAPP_CONFIG={text}\nSHELL=/bin/bash\n"),
         format!("curl -s -H 'X-Auth: {text}' https://api.example.org/"),
+        // A structured log line: the message's newline and tab escaped right against it.
+        format!("{{\"level\":\"error\",\"msg\":\"request failed\\n{text}\\tretrying\"}}"),
         // A form body (python `urlencode`, curl `--data-urlencode`): `/`, `+`, `=`, `:`,
         // quotes, spaces and newlines sent as `%XX` and `+`. (A body with no `%XX` at all
         // is not decoded: `+` alone is too common to mean a space.)

@@ -453,3 +453,72 @@ fn a_key_block_whose_body_spells_a_placeholder_word_is_still_a_key() {
         "-----BEGIN RSA PRIVATE KEY-----\nxxxxxxxxxxxxxxxx\n-----END RSA PRIVATE KEY-----",
     );
 }
+
+/// Structured logs escape line breaks inside a string: the break still ends a value and
+/// starts a word, so a key right after `\n` is found and one before it stops there.
+#[test]
+fn escaped_line_breaks_end_values_and_start_tokens() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    let token = generic_ok(&mut rng, "SERVICE_TOKEN", |r| r.string(ALNUM, 32));
+    let shop = format!("shpat_{}", rng.string(HEX, 32));
+    let line = format!(
+        "{{\"level\":\"error\",\"msg\":\"env:\\nSERVICE_TOKEN={token}\\nHOME=/root\\r\\n{shop}\\tend\"}}"
+    );
+    let found = engine.scan(line.as_bytes());
+    for want in [&token, &shop] {
+        assert!(
+            found
+                .iter()
+                .any(|f| f.fingerprint == fingerprint(want.as_bytes())),
+            "{} not found exactly in {:?}: {:?}",
+            redact(want.as_bytes()),
+            redact(line.as_bytes()),
+            found.iter().map(|f| &f.rule).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(found.len(), 2, "{found:?}");
+    // An escaped backslash before `n` is text, not a break.
+    assert_eq!(decode::breaks(br"a\\nb").count(), 0);
+    assert_eq!(decode::breaks(br"a\\\nb").count(), 1);
+    assert_eq!(decode::broken(br"x\ty").unwrap(), b"x \ty");
+}
+
+/// A token right after a percent-encoded character (`%22`, `%3D`) starts there; one glued
+/// to a word does not (`task_test_…` holds no Stripe key).
+#[test]
+fn token_boundaries_after_encoded_characters_and_inside_words() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    let key = format!("sk_live_{}", rng.string(ALNUM, 30));
+    for text in [format!("data=%22{key}%22"), format!("q=token%3D{key}&x=1")] {
+        let found = engine.scan(text.as_bytes());
+        assert!(
+            found
+                .iter()
+                .any(|f| f.fingerprint == fingerprint(key.as_bytes())),
+            "{:?}: {found:?}",
+            redact(text.as_bytes())
+        );
+    }
+    let glued = format!("task_test_{}", rng.string(ALNUM, 30));
+    assert!(engine.scan(glued.as_bytes()).is_empty());
+    let blob = format!("{}AIza{}", rng.string(ALNUM, 40), rng.string(ALNUM, 35));
+    assert!(engine.scan(format!("{blob}+rest").as_bytes()).is_empty());
+}
+
+/// GitLab's routable tokens carry a dot and a checksum: the whole token is the credential.
+#[test]
+fn gitlab_routable_tokens_are_reported_whole() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    let tok = format!(
+        "glpat-{}.01{}",
+        rng.string(ALNUM, 27),
+        rng.string(b"0123456789abcdefghijklmnopqrstuvwxyz", 7)
+    );
+    let found = engine.scan(format!("GITLAB_TOKEN={tok}. Done").as_bytes());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].fingerprint, fingerprint(tok.as_bytes()));
+    assert_eq!(found[0].rule, "gitlab-pat");
+}
