@@ -366,6 +366,19 @@ pub fn sample(rule: &str, rng: &mut Rng) -> Option<(String, String)> {
             let k = rng.string(URLSAFE, 40);
             Some((k.clone(), format!("Authorization: Bearer {k}")))
         }
+        "xml-secret" => {
+            let k = generic_ok(rng, "password", |r| r.string(ALNUM, 20));
+            let tag = ["password", "apiKey", "clientSecret", "accessToken"][rng.below(4)];
+            Some((
+                k.clone(),
+                format!("<server><id>corp</id><{tag}>{k}</{tag}></server>"),
+            ))
+        }
+        "xml-add-secret" => {
+            let k = generic_ok(rng, "ApiKey", |r| r.string(ALNUM, 24));
+            let name = ["ApiKey", "ClearTextPassword", "StorageSecret"][rng.below(3)];
+            Some((k.clone(), format!("<add key=\"{name}\" value=\"{k}\" />")))
+        }
         "authorization-token" => {
             let k = rng.string(URLSAFE, 40);
             let scheme = ["Token", "token", "Api-Key", "ApiKey", "Key", "sso-key"][rng.below(6)];
