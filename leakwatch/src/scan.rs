@@ -86,14 +86,12 @@ pub fn load_ignore(path: &Path, into: &mut HashSet<String>) -> Result<()> {
 
 /// Does the line of `buf` around `at` carry an allow marker?
 fn allowed_inline(buf: &[u8], at: usize) -> bool {
-    let start = buf[..at]
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |p| p + 1);
-    let end = buf[at..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(buf.len(), |p| at + p);
+    // The marker is a comment beside the value: on a megabyte-long line (minified code, a
+    // JSON log line) with thousands of findings, only its neighbourhood is looked at.
+    let lo = at.saturating_sub(ALLOW_REACH);
+    let hi = (at + ALLOW_REACH).min(buf.len());
+    let start = memchr::memrchr(b'\n', &buf[lo..at]).map_or(lo, |p| lo + p + 1);
+    let end = memchr::memchr(b'\n', &buf[at..hi]).map_or(hi, |p| at + p);
     let line = &buf[start..end];
     ALLOW_MARKERS
         .iter()
@@ -383,14 +381,25 @@ fn is_binary(head: &[u8]) -> bool {
 
 /// Whole-buffer scan: rule findings plus frozen credentials.
 fn hits_in(engine: &Engine, opts: &Options, path: &Path, buf: &[u8]) -> Vec<Hit> {
-    Detector::new(engine, opts.frozen.as_ref())
-        .scan(buf)
+    let mut found = Detector::new(engine, opts.frozen.as_ref()).scan(buf);
+    found.sort_by_key(|f| f.start);
+    // Where the line of the last hit began, carried forward: one pass over the buffer
+    // however many hits a long line holds.
+    let (mut pos, mut line_start) = (0, 0);
+    found
         .into_iter()
-        .map(|f| Hit {
+        .map(|f| {
+            if let Some(p) = memchr::memrchr(b'\n', &buf[pos..f.start]) {
+                line_start = pos + p + 1;
+            }
+            pos = f.start;
+            (f, line_start)
+        })
+        .map(|(f, line_start)| Hit {
             // Built per hit: most files have none.
             path: path.display().to_string(),
             line: f.line,
-            column: column(buf, f.start),
+            column: f.start - line_start + 1,
             offset: f.start as u64,
             rule: f.rule,
             fingerprint: f.fingerprint,
@@ -400,13 +409,8 @@ fn hits_in(engine: &Engine, opts: &Options, path: &Path, buf: &[u8]) -> Vec<Hit>
         .collect()
 }
 
-fn column(buf: &[u8], at: usize) -> usize {
-    at - buf[..at]
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |p| p + 1)
-        + 1
-}
+/// How far from a finding an inline allow marker is looked for on its line.
+const ALLOW_REACH: usize = 4096;
 
 /// Streams a reader in 1 MiB chunks with a bounded tail, so a secret across a chunk edge
 /// is still found and memory stays flat whatever the size.

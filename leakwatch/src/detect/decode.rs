@@ -54,25 +54,41 @@ pub fn percent(hay: &[u8]) -> Option<(Vec<u8>, Vec<u32>)> {
     Some((text, at))
 }
 
-/// Where `hay` holds a line-break or tab escape (`\n`, `\r`, `\t`) as JSON and most
-/// loggers write them inside a string: a structured log line's message, a traceback or an
-/// environment dumped into one JSON field. An escaped backslash (`\\n`) is no escape.
-pub fn breaks(hay: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    memchr::memchr_iter(b'\\', hay).filter(move |&i| {
-        matches!(hay.get(i + 1), Some(b'n' | b'r' | b't'))
-            && hay[..i].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 0
-    })
+/// Where `hay` holds a line-break or tab escape (`\n`, `\r`, `\t`) inside a quoted string,
+/// as JSON and most loggers write them: a structured log line's message, a traceback or
+/// an environment dumped into one JSON field. Only after a `"` on the same line: in an
+/// env file, a command line or a `.netrc` a backslash is a character of the value. An
+/// escaped backslash (`\\n`) is no escape. Offsets in order; one pass over `hay`.
+pub fn breaks(hay: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut quoted = false;
+    // The byte after a backslash is the escape's, whatever it is.
+    let mut skip_to = 0;
+    for i in memchr::memchr3_iter(b'\n', b'"', b'\\', hay) {
+        if i < skip_to {
+            continue;
+        }
+        match hay[i] {
+            b'\n' => quoted = false,
+            b'"' => quoted = true,
+            _ => {
+                if quoted && matches!(hay.get(i + 1), Some(b'n' | b'r' | b't')) {
+                    out.push(i);
+                }
+                skip_to = i + 2;
+            }
+        }
+    }
+    out
 }
 
-/// `hay` with each escape `breaks` finds made the break it stands for, in place: `\n`
-/// becomes a space and a newline, so the view has `hay`'s length and every offset is the
-/// same in both. Rules then see the line end or tab where the writer meant one (a value
-/// stops there, a token after it starts a word). `None` when there is none.
-pub fn broken(hay: &[u8]) -> Option<Vec<u8>> {
-    let mut at = breaks(hay).peekable();
-    at.peek()?;
+/// `hay` with the escapes at `at` (from `breaks`) made the breaks they stand for, in
+/// place: `\n` becomes a space and a newline, so the view has `hay`'s length and every
+/// offset is the same in both. Rules then see the line end or tab where the writer meant
+/// one (a value stops there, a token after it starts a word).
+pub fn broken(hay: &[u8], at: &[usize]) -> Vec<u8> {
     let mut view = hay.to_vec();
-    for i in at {
+    for &i in at {
         view[i] = b' ';
         view[i + 1] = match hay[i + 1] {
             b'n' => b'\n',
@@ -80,7 +96,7 @@ pub fn broken(hay: &[u8]) -> Option<Vec<u8>> {
             _ => b'\t',
         };
     }
-    Some(view)
+    view
 }
 
 /// Where `hay` holds an escape `percent` decodes.

@@ -22,6 +22,8 @@ enum Validator {
     Generic,
     /// A password placed by a tool's syntax (netrc, `curl -u`, `mysql -p`).
     Password,
+    /// A random body behind a prefix identifiers share too (`aio_`, `cio`).
+    NotWords,
 }
 
 struct Rule {
@@ -310,7 +312,8 @@ impl Engine {
     /// offsets (`decode::broken`). Only those windows: source code is full of `"\n"`, and
     /// scanning everything twice would halve the speed. A raw finding that runs across an
     /// escape (a value read on past `\n`) gives way to the view's finding it overlaps; one
-    /// the raw bytes gave without crossing any stays.
+    /// the raw bytes gave without crossing any stays. Linear in findings: a megabyte JSON
+    /// line with tens of thousands of them must not stall the pipeline.
     fn escaped_breaks(
         &self,
         hay: &[u8],
@@ -319,37 +322,69 @@ impl Engine {
         vetoes: &mut Vec<(usize, usize)>,
         decoded: &mut Vec<((usize, usize), Reported)>,
     ) {
-        let crosses = |s: usize, e: usize| super::decode::breaks(&hay[s..e]).next().is_some();
+        if windows.is_empty() || memchr::memchr(b'\\', hay).is_none() {
+            return;
+        }
+        let at = super::decode::breaks(hay);
+        if at.is_empty() {
+            return;
+        }
+        // Does [s, e) hold an escape's byte (its backslash or its letter)?
+        let crosses = |s: usize, e: usize| {
+            let k = at.partition_point(|&p| p + 1 < s);
+            at.get(k).is_some_and(|&p| p < e)
+        };
         let mut view: Option<Vec<u8>> = None;
         let mut seen = Vec::new();
         let mut seen_decoded = Vec::new();
         for &(r, s, e) in windows {
-            // An escape's backslash just before the window counts: its `n` is inside.
-            if !crosses(s.saturating_sub(1), e) {
+            if !crosses(s, e) {
                 continue;
             }
-            let v = view.get_or_insert_with(|| super::decode::broken(hay).unwrap_or_default());
+            let v = view.get_or_insert_with(|| super::decode::broken(hay, &at));
             self.confirm(r, v, (s, e), &mut seen, vetoes, &mut seen_decoded);
-        }
-        for (s, e, r) in seen {
-            if found.iter().any(|g| (g.0, g.1) == (s, e)) {
-                continue;
-            }
-            let overlapping = |g: &(usize, usize, usize)| g.0 < e && s < g.1;
-            if found.iter().any(|g| overlapping(g) && !crosses(g.0, g.1)) {
-                continue;
-            }
-            found.retain(|g| !overlapping(g));
-            decoded.retain(|(span, _)| !(span.0 < e && s < span.1));
-            // A login judged inside the view keeps its judgement.
-            if let Some(i) = seen_decoded.iter().position(|(span, _)| *span == (s, e)) {
-                decoded.push(seen_decoded.swap_remove(i));
-            }
-            found.push((s, e, r));
         }
         if let Some(mut v) = view {
             crate::wipe::vec(&mut v);
         }
+        if seen.is_empty() {
+            return;
+        }
+        // Raw findings by start, and how far back one can begin and still reach a span.
+        found.sort_unstable();
+        let longest = found.iter().map(|g| g.1 - g.0).max().unwrap_or(0);
+        let mut gone = vec![false; found.len()];
+        let mut added = Vec::new();
+        for (s, e, r) in seen {
+            let from = found.partition_point(|g| g.0 + longest < s);
+            let to = found.partition_point(|g| g.0 < e);
+            let near = (from..to).filter(|&i| found[i].1 > s);
+            if near.clone().any(|i| found[i].0 == s && found[i].1 == e) {
+                continue;
+            }
+            if near
+                .clone()
+                .any(|i| !gone[i] && !crosses(found[i].0, found[i].1))
+            {
+                continue;
+            }
+            for i in near {
+                gone[i] = true;
+            }
+            // A login judged inside the view keeps its judgement.
+            if let Some(i) = seen_decoded.iter().position(|(span, _)| *span == (s, e)) {
+                let (span, rep) = seen_decoded.swap_remove(i);
+                decoded.retain(|(d, _)| !(d.0 < e && s < d.1));
+                decoded.push((span, rep));
+            }
+            added.push((s, e, r));
+        }
+        let mut i = 0;
+        found.retain(|_| {
+            i += 1;
+            !gone[i - 1]
+        });
+        found.extend(added);
     }
 
     /// Credentials that `hay` carries percent-encoded (`%2F`…, `+`): found in the decoded
@@ -659,6 +694,7 @@ impl Engine {
             Validator::Jwt => validate::jwt(secret),
             Validator::Generic => validate::generic(secret, name),
             Validator::Password => validate::password(secret),
+            Validator::NotWords => validate::not_words(secret),
         };
         // A vendor rule that recognised the shape and then refused it (a wrong checksum, a
         // documented example) has judged these bytes for every rule.
@@ -737,9 +773,10 @@ fn compile(spec: &RuleSpec) -> Result<Rule> {
         Some("jwt") => Validator::Jwt,
         Some("generic") => Validator::Generic,
         Some("password") => Validator::Password,
+        Some("not-words") => Validator::NotWords,
         Some(v) => {
             return Err(anyhow!(
-                "rule `{}`: unknown validator `{v}`; use github-crc32, jwt, generic or password",
+                "rule `{}`: unknown validator `{v}`; use github-crc32, jwt, generic, password or not-words",
                 spec.id
             ))
         }

@@ -478,10 +478,12 @@ fn escaped_line_breaks_end_values_and_start_tokens() {
         );
     }
     assert_eq!(found.len(), 2, "{found:?}");
-    // An escaped backslash before `n` is text, not a break.
-    assert_eq!(decode::breaks(br"a\\nb").count(), 0);
-    assert_eq!(decode::breaks(br"a\\\nb").count(), 1);
-    assert_eq!(decode::broken(br"x\ty").unwrap(), b"x \ty");
+    // An escaped backslash before `n` is text, not a break; outside a quoted string a
+    // backslash is the value's own character.
+    assert!(decode::breaks(br#""a\\nb""#).is_empty());
+    assert_eq!(decode::breaks(br#""a\\\nb""#), vec![4]);
+    assert!(decode::breaks(br"PASSWORD=ab\tcd").is_empty());
+    assert_eq!(decode::broken(br#""x\ty"#, &[2]), b"\"x \ty");
 }
 
 /// A token right after a percent-encoded character (`%22`, `%3D`) starts there; one glued
@@ -505,6 +507,22 @@ fn token_boundaries_after_encoded_characters_and_inside_words() {
     assert!(engine.scan(glued.as_bytes()).is_empty());
     let blob = format!("{}AIza{}", rng.string(ALNUM, 40), rng.string(ALNUM, 35));
     assert!(engine.scan(format!("{blob}+rest").as_bytes()).is_empty());
+    // Identifiers behind the short prefixes of Adafruit IO and crates.io tokens.
+    for code in [
+        "pool = aio_DefaultConnectionPoolManager()",
+        "import { cioServiceConfigurationProviderImpl } from './cio';",
+    ] {
+        assert!(engine.scan(code.as_bytes()).is_empty(), "{code}");
+    }
+    // A backslash is a character of an unquoted value (env file, argv, `.netrc`).
+    let pw = format!("Zx9k{}\\tQ2#v", rng.string(ALNUM, 8));
+    let found = engine.scan(format!("DB_PASSWORD={pw}\n").as_bytes());
+    assert!(
+        found
+            .iter()
+            .any(|f| f.fingerprint == fingerprint(pw.as_bytes())),
+        "{found:?}"
+    );
 }
 
 /// GitLab's routable tokens carry a dot and a checksum: the whole token is the credential.

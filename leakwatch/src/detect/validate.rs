@@ -258,6 +258,12 @@ pub fn password(v: &[u8]) -> bool {
     !(one_case && (bigrams::wordlike(v) || keyboard_mash(v) || v.len() <= 8))
 }
 
+/// A token whose prefix identifiers start with too (`aio_DefaultConnectionPool`,
+/// `cioServiceConfigurationProvider`): its letters must not pair like words.
+pub fn not_words(v: &[u8]) -> bool {
+    !bigrams::wordlike(v) && !mostly_words(v)
+}
+
 /// Does this name (any case) hold one of the words credentials are named by?
 fn names_a_credential(name: &[u8]) -> bool {
     let lower = name.to_ascii_lowercase();
