@@ -5,7 +5,7 @@
 //! (`.gopclntab`, what tracebacks use) still names every function. It is read by hand:
 //! no maintained Rust crate reads it, and the lookup needs only its header, the function
 //! table and the names (the layout of Go 1.18 and later, as `debug/gosym` reads it).
-use std::{fs::File, path::Path};
+use std::fs::File;
 
 use object::{read::ReadCache, Object, ObjectSection, ObjectSymbol};
 
@@ -25,17 +25,30 @@ pub enum Go {
     Write { offset: u64, version: String },
 }
 
-/// Finds `WRITE` in the executable at `path`.
-pub fn find(path: &Path) -> Go {
-    let Ok(f) = File::open(path) else {
+/// Executables larger than this are not read (the largest Go tool here is 122 MB).
+const FILE_MAX: u64 = 512 << 20;
+/// Sections read whole at most this big (terraform's function table: 25 MB).
+const SECTION_MAX: u64 = 96 << 20;
+/// Function tables tried in one section, found by their header.
+const CANDIDATES_MAX: usize = 16;
+
+/// Finds `WRITE` in the executable open as `file` (the daemon parses any exec'd file, as
+/// root: every size is checked before it is read, every table before it is walked). The
+/// caller attaches through the same open file, so what was parsed is what gets probed.
+pub fn find(file: &File) -> Go {
+    if file
+        .metadata()
+        .map_or(true, |m| !m.is_file() || m.len() > FILE_MAX)
+    {
         return Go::NotGo;
-    };
-    let cache = ReadCache::new(f);
+    }
+    let cache = ReadCache::new(file);
     let Ok(obj) = object::File::parse(&cache) else {
         return Go::NotGo;
     };
     let Some(info) = obj
         .section_by_name(".go.buildinfo")
+        .filter(|s| s.size() <= 1 << 20)
         .and_then(|s| s.data().ok())
     else {
         return Go::NotGo;
@@ -48,45 +61,87 @@ pub fn find(path: &Path) -> Go {
     if obj.architecture() != object::Architecture::X86_64 {
         return Go::Unsupported("not x86-64");
     }
-    let Some(text) = obj.section_by_name(".text") else {
-        return Go::Unsupported("no .text section");
-    };
     let addr = obj
         .symbols()
         .find(|s| s.name() == Ok(WRITE))
         .map(|s| s.address())
-        .or_else(|| table_find(&obj, text.address()));
+        .or_else(|| table_find(&obj));
     let Some(addr) = addr else {
         return Go::NoTls;
     };
-    let (start, size) = (text.address(), text.size());
-    let Some((file_start, _)) = text.file_range() else {
-        return Go::Unsupported("no .text in the file");
+    // The file offset of the code at `addr`, through the section that holds it.
+    let Some(offset) = obj.sections().find_map(|s| {
+        let (start, size) = (s.address(), s.size());
+        let (file_start, _) = s.file_range()?;
+        (addr >= start && addr - start < size).then(|| file_start + (addr - start))
+    }) else {
+        return Go::Unsupported("function table does not match the sections");
     };
-    if addr < start || addr >= start + size {
-        return Go::Unsupported("function table does not match .text");
+    // A wrong offset would put a breakpoint mid-instruction: the bytes there must be a Go
+    // function's stack check.
+    if !prologue(&cache, offset) {
+        return Go::Unsupported("no Go function at the table's address");
     }
-    Go::Write {
-        offset: addr - start + file_start,
-        version,
-    }
+    Go::Write { offset, version }
 }
 
-/// `WRITE`'s address through the function table: the `.gopclntab` section, or, in a
-/// program linked by the system linker (cgo), the table inside `.data.rel.ro`, found by
-/// its header.
-fn table_find<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, text: u64) -> Option<u64> {
-    if let Some(tab) = obj.section_by_name(".gopclntab") {
-        return pclntab_find(tab.data().ok()?, WRITE, text);
+/// Does the code at `offset` start as a Go function that checks its stack (ABIInternal,
+/// g in R14): `cmp rsp, [r14+16]`, or `lea r12, [rsp-N]` then `cmp r12, [r14+16]` with a
+/// one- or four-byte N?
+fn prologue<'d, R: object::ReadRef<'d>>(data: R, offset: u64) -> bool {
+    let Ok(b) = data.read_bytes_at(offset, 12) else {
+        return false;
+    };
+    prologue_bytes(b)
+}
+
+fn prologue_bytes(b: &[u8]) -> bool {
+    const CMP: [u8; 4] = [0x4d, 0x3b, 0x66, 0x10];
+    b.starts_with(&[0x49, 0x3b, 0x66, 0x10])
+        || (b.starts_with(&[0x4c, 0x8d, 0x64, 0x24]) && b.get(5..9) == Some(&CMP[..]))
+        || (b.starts_with(&[0x4d, 0x8d, 0xa4, 0x24]) && b.get(8..12) == Some(&CMP[..]))
+}
+
+/// `WRITE`'s address through the function table: its own section (`.gopclntab`; in a
+/// position-independent program `.data.rel.ro.gopclntab`), the `runtime.pclntab` symbol,
+/// or, stripped and linked by the system linker (cgo), inside `.data.rel.ro`, found by its
+/// header. The code's start is the table header's `textStart`, else `runtime.text`.
+fn table_find<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Option<u64> {
+    let text = obj
+        .symbols()
+        .find(|s| s.name() == Ok("runtime.text"))
+        .map(|s| s.address());
+    for name in [".gopclntab", ".data.rel.ro.gopclntab"] {
+        if let Some(tab) = obj.section_by_name(name) {
+            if tab.size() > SECTION_MAX {
+                return None;
+            }
+            return pclntab_find(tab.data().ok()?, WRITE, text);
+        }
+    }
+    if let Some(sym) = obj.symbols().find(|s| s.name() == Ok("runtime.pclntab")) {
+        let a = sym.address();
+        let sec = obj
+            .sections()
+            .find(|s| a >= s.address() && a - s.address() < s.size())?;
+        if sec.size() > SECTION_MAX {
+            return None;
+        }
+        let at = usize::try_from(a - sec.address()).ok()?;
+        return pclntab_find(sec.data().ok()?.get(at..)?, WRITE, text);
     }
     for name in [".data.rel.ro", ".rodata"] {
-        let Some(data) = obj.section_by_name(name).and_then(|s| s.data().ok()) else {
+        let Some(data) = obj
+            .section_by_name(name)
+            .filter(|s| s.size() <= SECTION_MAX)
+            .and_then(|s| s.data().ok())
+        else {
             continue;
         };
         for magic in [MAGIC_120, MAGIC_118] {
             let mut head = magic.to_le_bytes().to_vec();
             head.extend_from_slice(&[0, 0, 1, 8]);
-            for at in memchr::memmem::find_iter(data, &head) {
+            for at in memchr::memmem::find_iter(data, &head).take(CANDIDATES_MAX) {
                 if let Some(a) = pclntab_find(&data[at..], WRITE, text) {
                     return Some(a);
                 }
@@ -108,7 +163,8 @@ fn version(info: &[u8]) -> Option<String> {
         return None;
     }
     let (len, n) = uvarint(&info[32..])?;
-    let s = info.get(32 + n..32 + n + usize::try_from(len).ok()?)?;
+    let end = (32 + n).checked_add(usize::try_from(len).ok()?)?;
+    let s = info.get(32 + n..end)?;
     Some(String::from_utf8_lossy(s).into_owned())
 }
 
@@ -124,16 +180,16 @@ fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-/// The address of function `name` in a Go 1.18+ `.gopclntab` (64-bit). Its code starts
-/// at the header's `textStart`, or at `text` (the `.text` section's address) when that is
-/// 0 (a position-independent program's copy may be left for the loader to fill in; with
-/// the system linker, C code can come first in `.text`, so the header is preferred).
-/// Header: magic, 4 bytes, then 8 words: nfunc, nfiles, textStart,
-/// and the offsets of the name table, cu table, file table, pc table and function data.
-/// The function table (at the function data) is nfunc pairs of u32 (entry offset from
-/// `text`, offset of the function's record in the function data); a record starts with
-/// its entry offset and its name's offset in the name table (a C string).
-pub fn pclntab_find(tab: &[u8], name: &str, text: u64) -> Option<u64> {
+/// The address of function `name` in a Go 1.18+ function table (64-bit). Its code starts
+/// at the header's `textStart`, else at `text` (`runtime.text`: a position-independent
+/// program's header copy may be left for the loader to fill in), else it is unknown.
+/// Header: magic, 4 bytes, then 8 words: nfunc, nfiles, textStart, and the offsets of the
+/// name table, cu table, file table, pc table and function data. The function table (at
+/// the function data) is nfunc pairs of u32 (entry offset from the code's start, offset
+/// of the function's record in the function data); a record starts with its entry offset
+/// and its name's offset in the name table (a C string). A header whose tables do not fit
+/// in `tab` is refused before anything is walked.
+pub fn pclntab_find(tab: &[u8], name: &str, text: Option<u64>) -> Option<u64> {
     let magic = u32::from_le_bytes(tab.get(..4)?.try_into().ok()?);
     if !matches!(magic, MAGIC_118 | MAGIC_120) || *tab.get(7)? != 8 {
         return None;
@@ -148,18 +204,21 @@ pub fn pclntab_find(tab: &[u8], name: &str, text: u64) -> Option<u64> {
         ))
     };
     let (nfunc, names, funcs) = (word(0)?, word(3)?, word(7)?);
+    if names >= tab.len() || funcs >= tab.len() || nfunc > (tab.len() - funcs) / 8 {
+        return None;
+    }
     let text = match word(2)? {
-        0 => text,
+        0 => text?,
         t => t as u64,
     };
     let want = name.as_bytes();
     for i in 0..nfunc {
-        let rec = funcs.checked_add(u32_at(funcs.checked_add(i * 8 + 4)?)? as usize)?;
+        let rec = funcs.checked_add(u32_at(funcs + i * 8 + 4)? as usize)?;
         let name_off = u32_at(rec.checked_add(4)?)? as usize;
         let at = names.checked_add(name_off)?;
         let Some(s) = tab.get(at..) else { continue };
         if s.starts_with(want) && s.get(want.len()) == Some(&0) {
-            return Some(text + u64::from(u32_at(rec)?));
+            return text.checked_add(u64::from(u32_at(rec)?));
         }
     }
     None
@@ -214,12 +273,12 @@ mod tests {
         ];
         // The header's start of code wins; the section's is for a header left at 0.
         let t = table(&funcs, 0x40_10e0);
-        assert_eq!(pclntab_find(&t, WRITE, 0x40_1000), Some(0x40_1480));
-        assert_eq!(pclntab_find(&t, "main.main", 0), Some(0x40_14e0));
-        assert_eq!(pclntab_find(&t, "crypto/tls.(*Conn).Wri", 0), None);
-        assert_eq!(pclntab_find(&t, "net/http.(*Client).Do", 0), None);
+        assert_eq!(pclntab_find(&t, WRITE, Some(0x40_1000)), Some(0x40_1480));
+        assert_eq!(pclntab_find(&t, "main.main", None), Some(0x40_14e0));
+        assert_eq!(pclntab_find(&t, "crypto/tls.(*Conn).Wri", None), None);
+        assert_eq!(pclntab_find(&t, "net/http.(*Client).Do", None), None);
         let t = table(&funcs, 0);
-        assert_eq!(pclntab_find(&t, WRITE, 0x40_1000), Some(0x40_13a0));
+        assert_eq!(pclntab_find(&t, WRITE, Some(0x40_1000)), Some(0x40_13a0));
     }
 
     #[test]
@@ -227,9 +286,13 @@ mod tests {
         let t = table(&[(WRITE, 0x10)], 0x40_1000);
         let mut old = t.clone();
         old[..4].copy_from_slice(&0xffff_fffau32.to_le_bytes());
-        assert_eq!(pclntab_find(&old, WRITE, 0), None);
+        assert_eq!(pclntab_find(&old, WRITE, None), None);
         for cut in [0, 3, 20, t.len() / 2, t.len() - 1] {
-            assert_eq!(pclntab_find(&t[..cut], WRITE, 0), None, "cut at {cut}");
+            assert_eq!(
+                pclntab_find(&t[..cut], WRITE, Some(0)),
+                None,
+                "cut at {cut}"
+            );
         }
     }
 
@@ -252,19 +315,19 @@ mod tests {
     }
 
     /// Go programs on this host: stripped ones are found through the function table; one
-    /// with a symbol table (docker here) must give the same address both ways.
+    /// with a symbol table (docker here) must give the same address both ways. The offset
+    /// found lands on a stack check.
     #[test]
     fn go_programs_on_this_host() {
-        assert_eq!(find(Path::new("/bin/true")), Go::NotGo);
-        assert_eq!(find(Path::new("/nonexistent")), Go::NotGo);
+        let open = |p: &str| File::open(p).unwrap();
+        assert_eq!(find(&open("/bin/true")), Go::NotGo);
+        assert_eq!(find(&open("/etc/hostname")), Go::NotGo);
         for exe in ["/usr/bin/kubectl", "/usr/local/bin/docker"] {
-            let p = Path::new(exe);
-            match find(p) {
+            match find(&open(exe)) {
                 Go::Write { offset, version } => {
-                    assert!(
-                        offset > 0 && version.starts_with("go1."),
-                        "{exe}: {version}"
-                    )
+                    assert!(version.starts_with("go1."), "{exe}: {version}");
+                    let code = std::fs::read(exe).unwrap();
+                    assert!(prologue_bytes(&code[offset as usize..]), "{exe}");
                 }
                 other => panic!("{exe}: {other:?}"),
             }
@@ -274,7 +337,32 @@ mod tests {
         let data = std::fs::read("/usr/local/bin/docker").unwrap();
         let obj = object::File::parse(&*data).unwrap();
         let sym = obj.symbols().find(|s| s.name() == Ok(WRITE)).unwrap();
-        let text = obj.section_by_name(".text").unwrap().address();
-        assert_eq!(table_find(&obj, text), Some(sym.address()));
+        assert_eq!(table_find(&obj), Some(sym.address()));
+    }
+
+    #[test]
+    fn a_table_claiming_more_functions_than_it_holds_is_refused_at_once() {
+        let mut t = table(&[(WRITE, 0x10)], 0x40_1000);
+        t[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(pclntab_find(&t, WRITE, None), None);
+        let mut t = table(&[(WRITE, 0x10)], 0);
+        assert_eq!(
+            pclntab_find(&t, WRITE, None),
+            None,
+            "no start of code known"
+        );
+        let len = t.len() as u64;
+        t[8 + 7 * 8..16 + 7 * 8].copy_from_slice(&len.to_le_bytes());
+        assert_eq!(pclntab_find(&t, WRITE, Some(1)), None);
+    }
+
+    #[test]
+    fn only_a_go_stack_check_counts_as_a_function_start() {
+        assert!(prologue_bytes(&[0x49, 0x3b, 0x66, 0x10, 0x76, 0x20]));
+        assert!(prologue_bytes(&[
+            0x4c, 0x8d, 0x64, 0x24, 0xc8, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x00
+        ]));
+        assert!(!prologue_bytes(&[0x55, 0x48, 0x89, 0xe5, 0x41, 0x57]));
+        assert!(!prologue_bytes(&[0x4c, 0x8d, 0x64, 0x24]));
     }
 }

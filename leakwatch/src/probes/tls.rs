@@ -78,8 +78,9 @@ impl Probes {
         Ok(())
     }
 
-    /// Attaches the Go TLS probe to `path` at `offset` (`gotls::find`'s).
-    pub fn attach_go_tls(&mut self, path: &Path, offset: u64) -> Result<()> {
+    /// Attaches the Go TLS probe at `offset` (`gotls::find`'s) of the file `target` names
+    /// (the open file that was parsed, by `/proc/self/fd`), known as `path`.
+    pub fn attach_go_tls(&mut self, target: &Path, path: &Path, offset: u64) -> Result<()> {
         let p: &mut UProbe = self
             .ebpf
             .program_mut("go_tls_write")
@@ -88,7 +89,7 @@ impl Probes {
         if p.fd().is_err() {
             p.load().context("loading go_tls_write")?;
         }
-        p.attach(offset, path, UProbeScope::AllProcesses)
+        p.attach(offset, target, UProbeScope::AllProcesses)
             .with_context(|| {
                 format!(
                     "attaching go_tls_write to {} in {}",
@@ -230,8 +231,13 @@ impl Watcher {
         let go = if exports_ssl_write(path) {
             None
         } else {
-            match super::gotls::find(path) {
-                super::gotls::Go::Write { offset, version } => Some((offset, version)),
+            // Parsed and attached through one open file: a path renamed over meanwhile
+            // (to libc, say) must not get a breakpoint at an offset meant for another file.
+            let Ok(file) = std::fs::File::open(path) else {
+                return;
+            };
+            match super::gotls::find(&file) {
+                super::gotls::Go::Write { offset, version } => Some((offset, version, file)),
                 super::gotls::Go::Unsupported(why) => {
                     log::info!(
                         "{}: a Go program whose TLS is not seen ({why})",
@@ -247,7 +253,11 @@ impl Watcher {
             Ok(p) if p.detached() => return,
             Ok(mut p) => match &go {
                 None => p.attach_tls(path),
-                Some((offset, _)) => p.attach_go_tls(path, *offset),
+                Some((offset, _, file)) => {
+                    use std::os::fd::AsRawFd;
+                    let fd = format!("/proc/self/fd/{}", file.as_raw_fd());
+                    p.attach_go_tls(Path::new(&fd), path, *offset)
+                }
             },
             Err(_) => return,
         };
@@ -255,7 +265,7 @@ impl Watcher {
             Ok(()) => {
                 match &go {
                     None => log::info!("TLS plaintext probes attached to {}", path.display()),
-                    Some((_, v)) => log::info!(
+                    Some((_, v, _)) => log::info!(
                         "TLS plaintext probe attached to {} (Go {v}, crypto/tls)",
                         path.display()
                     ),
