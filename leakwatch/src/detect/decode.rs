@@ -58,26 +58,48 @@ pub fn percent(hay: &[u8]) -> Option<(Vec<u8>, Vec<u32>)> {
 /// as JSON and most loggers write them: a structured log line's message, a traceback or
 /// an environment dumped into one JSON field. Only after a `"` on the same line: in an
 /// env file, a command line or a `.netrc` a backslash is a character of the value. An
-/// escaped backslash (`\\n`) is no escape. Offsets in order; one pass over `hay`.
+/// escaped backslash (`\\n`) is no escape. Offsets in order.
 pub fn breaks(hay: &[u8]) -> Vec<usize> {
+    breaks_near(hay, &[(0, hay.len())])
+}
+
+/// As `breaks`, only on the lines that hold `spans` (sorted by start): what a scan needs
+/// around its keyword windows. A pass over the whole buffer cost a third of the engine's
+/// speed on source code, which is full of `"` and `\n`.
+pub fn breaks_near(hay: &[u8], spans: &[(usize, usize)]) -> Vec<usize> {
     let mut out = Vec::new();
-    let mut quoted = false;
+    let (mut pos, mut quoted) = (0, false);
     // The byte after a backslash is the escape's, whatever it is.
     let mut skip_to = 0;
-    for i in memchr::memchr3_iter(b'\n', b'"', b'\\', hay) {
-        if i < skip_to {
+    for &(s, e) in spans {
+        let e = e.min(hay.len());
+        if e <= pos {
             continue;
         }
-        match hay[i] {
-            b'\n' => quoted = false,
-            b'"' => quoted = true,
-            _ => {
-                if quoted && matches!(hay.get(i + 1), Some(b'n' | b'r' | b't')) {
-                    out.push(i);
-                }
-                skip_to = i + 2;
+        // A line starts afresh: skip to the last one before the span.
+        if s > pos {
+            if let Some(nl) = memchr::memrchr(b'\n', &hay[pos..s]) {
+                pos += nl + 1;
+                quoted = false;
             }
         }
+        for i in memchr::memchr3_iter(b'\n', b'"', b'\\', &hay[pos..e]) {
+            let i = pos + i;
+            if i < skip_to {
+                continue;
+            }
+            match hay[i] {
+                b'\n' => quoted = false,
+                b'"' => quoted = true,
+                _ => {
+                    if quoted && matches!(hay.get(i + 1), Some(b'n' | b'r' | b't')) {
+                        out.push(i);
+                    }
+                    skip_to = i + 2;
+                }
+            }
+        }
+        pos = e;
     }
     out
 }

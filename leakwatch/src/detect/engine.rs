@@ -325,7 +325,12 @@ impl Engine {
         if windows.is_empty() || memchr::memchr(b'\\', hay).is_none() {
             return;
         }
-        let at = super::decode::breaks(hay);
+        let mut spans: Vec<(usize, usize)> = windows
+            .iter()
+            .map(|&(_, s, e)| (s.saturating_sub(1), e))
+            .collect();
+        spans.sort_unstable();
+        let at = super::decode::breaks_near(hay, &spans);
         if at.is_empty() {
             return;
         }

@@ -259,9 +259,11 @@ pub fn password(v: &[u8]) -> bool {
 }
 
 /// A token whose prefix identifiers start with too (`aio_DefaultConnectionPool`,
-/// `cioServiceConfigurationProvider`): its letters must not pair like words.
+/// `cioServiceConfigurationProvider`): it must not be mostly words. (Letter pairs alone,
+/// `bigrams::wordlike`, would refuse 3.3 % of random 28-character bodies; this refuses
+/// none of 20,000.)
 pub fn not_words(v: &[u8]) -> bool {
-    !bigrams::wordlike(v) && !mostly_words(v)
+    !mostly_words(v)
 }
 
 /// Does this name (any case) hold one of the words credentials are named by?
