@@ -141,7 +141,7 @@ fn actions_answer_by_fingerprint_tree_pid_kind_and_time() {
 
 #[test]
 fn actions_refuses_bad_input_with_one_sentence() {
-    let dir = TestDir::new("a-cli");
+    let dir = TempDir::new("a-cli");
     let run = |args: &[&str]| {
         let o = Command::new(bin())
             .arg("actions")

@@ -25,7 +25,7 @@ fn run(args: &[&str], stdin: &[u8]) -> Output {
 #[test]
 fn a_secret_given_as_a_fingerprint_is_neither_echoed_nor_sent() {
     let (secret, _) = secret("anthropic-api-key");
-    let dir = TestDir::new("cli-fp");
+    let dir = TempDir::new("cli-fp");
     // A listener that records anything it is sent: nothing must reach it.
     let sock = dir.join("control.sock");
     let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
@@ -55,7 +55,7 @@ fn a_secret_given_as_a_fingerprint_is_neither_echoed_nor_sent() {
 #[test]
 fn freeze_sends_nothing_to_a_socket_not_served_by_root() {
     let (secret, _) = secret("openai-project-key");
-    let dir = TestDir::new("cli-peer");
+    let dir = TempDir::new("cli-peer");
     // World-writable, so the listener can run as nobody.
     Command::new("chmod")
         .arg("0777")

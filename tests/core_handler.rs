@@ -321,7 +321,7 @@ fn core_handler_passes_64_mib_byte_for_byte_to_the_previous_pipe_handler() {
 /// daemon is down, so the alert goes straight to the alert file.
 #[test]
 fn core_handler_gives_up_on_a_stalled_previous_handler_in_time() {
-    let dir = TestDir::new("core-stall");
+    let dir = TempDir::new("core-stall");
     let scratch = dir.with_extension("scratch");
     fs::create_dir_all(&scratch).unwrap();
     let (secret, text) = secret("openai-project-key");
@@ -442,7 +442,7 @@ fn lw(args: &[&str]) -> Output {
 
 #[test]
 fn core_handler_install_and_uninstall_restore_the_previous_pattern() {
-    let root = TestDir::new("core-install");
+    let root = TempDir::new("core-install");
     let file = root.join("proc/sys/kernel/core_pattern");
     fs::create_dir_all(file.parent().unwrap()).unwrap();
     fs::write(&file, format!("{COREDUMP}\n")).unwrap();
@@ -477,7 +477,7 @@ fn core_handler_install_and_uninstall_restore_the_previous_pattern() {
 /// The same against the kernel's own file (`ROOT/proc` is the real /proc).
 #[test]
 fn core_handler_install_and_uninstall_on_the_real_core_pattern() {
-    let root = TestDir::new("core-install-real");
+    let root = TempDir::new("core-install-real");
     std::os::unix::fs::symlink("/proc", root.join("proc")).unwrap();
     let previous = "core.lwtest.%e.%p";
     let _guard = CorePattern::set(previous);
@@ -497,7 +497,7 @@ fn core_handler_install_and_uninstall_on_the_real_core_pattern() {
 
 #[test]
 fn core_handler_bad_arguments_are_one_sentence() {
-    let state = TestDir::new("core-args");
+    let state = TempDir::new("core-args");
     for args in [
         vec![],
         vec!["1".to_string(), "2".to_string()],

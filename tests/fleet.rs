@@ -399,7 +399,7 @@ fn two_daemons_acknowledge_and_malformed_entries_are_refused() {
 
 #[test]
 fn a_broken_fleet_config_stops_the_daemon_with_one_error() {
-    let dir = TestDir::new("fleet-broken");
+    let dir = TempDir::new("fleet-broken");
     let cfg = dir.join("leakwatch.toml");
     std::fs::write(
         &cfg,

@@ -142,7 +142,7 @@ fn reload_sighup_reopens_the_alert_file() {
 
 #[test]
 fn reload_config_error_at_start_names_file_line_and_column() {
-    let dir = TestDir::new("r-bad");
+    let dir = TempDir::new("r-bad");
     fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("bad.toml");
     fs::write(&cfg, "dedupe_seconds = 5\nmetrics_addr = 9477\n").unwrap();
@@ -171,7 +171,7 @@ fn reload_config_error_at_start_names_file_line_and_column() {
 fn reload_notifies_systemd_ready_reloading_and_stopping() {
     // What systemd's Type=notify expects on $NOTIFY_SOCKET, received by the test itself.
     use std::os::unix::net::UnixDatagram;
-    let dir = TestDir::new("r-notify-sock");
+    let dir = TempDir::new("r-notify-sock");
     fs::create_dir_all(&dir).unwrap();
     let path = dir.join("notify");
     let sock = UnixDatagram::bind(&path).unwrap();
@@ -290,7 +290,7 @@ fn stop_reports_what_was_written_before_it() {
     let toml = format!("dedupe_seconds = 0\n{}", rule("stop-drain-token", &prefix));
     // The key file is written before the daemon starts, so only the writer's calls carry
     // the tokens.
-    let dir = TestDir::new("r-stop-files");
+    let dir = TempDir::new("r-stop-files");
     let toks: Vec<String> = (0..600)
         .map(|_| format!("{prefix}{}", random(32)))
         .collect();

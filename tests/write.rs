@@ -2103,7 +2103,7 @@ for keyfile, out, at in ((sys.argv[1], sys.argv[3], 10240), (sys.argv[2], sys.ar
 
 #[test]
 fn write_invalid_scope_and_capture_config_exits_2_naming_the_field() {
-    let dir = TestDir::new("w-badcfg");
+    let dir = TempDir::new("w-badcfg");
     let cases = [
         ("[capture]\nmax_bytes = 0\n", "max_bytes"),
         ("[capture]\nmax_bytes = 65537\n", "max_bytes"),

@@ -393,18 +393,17 @@ fn hits_in(engine: &Engine, opts: &Options, path: &Path, buf: &[u8]) -> Vec<Hit>
                 line_start = pos + p + 1;
             }
             pos = f.start;
-            (f, line_start)
-        })
-        .map(|(f, line_start)| Hit {
-            // Built per hit: most files have none.
-            path: path.display().to_string(),
-            line: f.line,
-            column: f.start - line_start + 1,
-            offset: f.start as u64,
-            rule: f.rule,
-            fingerprint: f.fingerprint,
-            redacted: f.redacted,
-            commit: None,
+            Hit {
+                // Built per hit: most files have none.
+                path: path.display().to_string(),
+                line: f.line,
+                column: f.start - line_start + 1,
+                offset: f.start as u64,
+                rule: f.rule,
+                fingerprint: f.fingerprint,
+                redacted: f.redacted,
+                commit: None,
+            }
         })
         .collect()
 }

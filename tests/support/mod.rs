@@ -518,17 +518,14 @@ pub fn install_exe(dst: &Path, contents: &[u8]) {
     let _ = fs::remove_file(staged);
 }
 
-/// A directory of a test's own, removed when the test passes (kept when it fails, for the
-/// post-mortem).
+/// A directory of a test's own, and its `.scratch` sibling if the test makes one, removed
+/// when the test passes (kept when it fails, for the post-mortem).
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    /// `$TMPDIR/leakwatch-NAME-PID`, empty.
+    /// `$TMPDIR/leakwatch-it-NAME-PID`, empty (`fresh_dir`).
     pub fn new(name: &str) -> TempDir {
-        let d = std::env::temp_dir().join(format!("leakwatch-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        TempDir(d)
+        TempDir(fresh_dir(name))
     }
 }
 
@@ -552,41 +549,6 @@ impl AsRef<std::ffi::OsStr> for TempDir {
 }
 
 impl Drop for TempDir {
-    fn drop(&mut self) {
-        remove_if_passed(&self.0);
-    }
-}
-
-/// A test's own directory (and its `.scratch` sibling), removed when the test passes; see
-/// `remove_if_passed`.
-pub struct TestDir(PathBuf);
-
-impl TestDir {
-    pub fn new(name: &str) -> TestDir {
-        TestDir(fresh_dir(name))
-    }
-}
-
-impl std::ops::Deref for TestDir {
-    type Target = PathBuf;
-    fn deref(&self) -> &PathBuf {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for TestDir {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<std::ffi::OsStr> for TestDir {
-    fn as_ref(&self) -> &std::ffi::OsStr {
-        self.0.as_os_str()
-    }
-}
-
-impl Drop for TestDir {
     fn drop(&mut self) {
         remove_if_passed(&self.0);
         remove_if_passed(&self.0.with_extension("scratch"));

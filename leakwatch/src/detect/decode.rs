@@ -58,14 +58,10 @@ pub fn percent(hay: &[u8]) -> Option<(Vec<u8>, Vec<u32>)> {
 /// as JSON and most loggers write them: a structured log line's message, a traceback or
 /// an environment dumped into one JSON field. Only after a `"` on the same line: in an
 /// env file, a command line or a `.netrc` a backslash is a character of the value. An
-/// escaped backslash (`\\n`) is no escape. Offsets in order.
-pub fn breaks(hay: &[u8]) -> Vec<usize> {
-    breaks_near(hay, &[(0, hay.len())])
-}
-
-/// As `breaks`, only on the lines that hold `spans` (sorted by start): what a scan needs
-/// around its keyword windows. A pass over the whole buffer cost a third of the engine's
-/// speed on source code, which is full of `"` and `\n`.
+/// escaped backslash (`\\n`) is no escape. Offsets in order, looked for only on the lines
+/// that hold `spans` (sorted by start): what a scan needs around its keyword windows. A
+/// pass over the whole buffer cost a third of the engine's speed on source code, which is
+/// full of `"` and `\n`.
 pub fn breaks_near(hay: &[u8], spans: &[(usize, usize)]) -> Vec<usize> {
     let mut out = Vec::new();
     let (mut pos, mut quoted) = (0, false);
@@ -104,7 +100,7 @@ pub fn breaks_near(hay: &[u8], spans: &[(usize, usize)]) -> Vec<usize> {
     out
 }
 
-/// `hay` with the escapes at `at` (from `breaks`) made the breaks they stand for, in
+/// `hay` with the escapes at `at` (from `breaks_near`) made the breaks they stand for, in
 /// place: `\n` becomes a space and a newline, so the view has `hay`'s length and every
 /// offset is the same in both. Rules then see the line end or tab where the writer meant
 /// one (a value stops there, a token after it starts a word).

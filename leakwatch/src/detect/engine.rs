@@ -257,6 +257,8 @@ impl Engine {
         let mut decoded: Vec<((usize, usize), Reported)> = Vec::new();
         let mut vetoes: Vec<(usize, usize)> = Vec::new();
         let mut i = 0;
+        // The windows escaped breaks may change, kept only where there can be one.
+        let escaped = raw && memchr::memchr(b'\\', hay).is_some();
         let mut merged = Vec::new();
         while i < windows.len() {
             let (r, s, mut e) = windows[i];
@@ -266,7 +268,9 @@ impl Engine {
                 i += 1;
             }
             self.confirm(r, hay, (s, e), &mut found, &mut vetoes, &mut decoded);
-            merged.push((r, s, e));
+            if escaped {
+                merged.push((r, s, e));
+            }
         }
         if raw {
             self.escaped_breaks(hay, &merged, &mut found, &mut vetoes, &mut decoded);
@@ -312,7 +316,8 @@ impl Engine {
     /// offsets (`decode::broken`). Only those windows: source code is full of `"\n"`, and
     /// scanning everything twice would halve the speed. A raw finding that runs across an
     /// escape (a value read on past `\n`) gives way to the view's finding it overlaps; one
-    /// the raw bytes gave without crossing any stays. Linear in findings: a megabyte JSON
+    /// the raw bytes gave without crossing any stays. `windows` is empty when `hay` holds
+    /// no backslash. Linear in findings: a megabyte JSON
     /// line with tens of thousands of them must not stall the pipeline.
     fn escaped_breaks(
         &self,
@@ -322,7 +327,7 @@ impl Engine {
         vetoes: &mut Vec<(usize, usize)>,
         decoded: &mut Vec<((usize, usize), Reported)>,
     ) {
-        if windows.is_empty() || memchr::memchr(b'\\', hay).is_none() {
+        if windows.is_empty() {
             return;
         }
         let mut spans: Vec<(usize, usize)> = windows

@@ -60,18 +60,24 @@ pub fn exports_ssl_write(path: &Path) -> bool {
 }
 
 impl Probes {
+    /// The uprobe program `prog`, loaded at its first use.
+    fn uprobe(&mut self, prog: &str) -> Result<&mut UProbe> {
+        let p: &mut UProbe = self
+            .ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog} missing"))?
+            .try_into()?;
+        if p.fd().is_err() {
+            p.load().with_context(|| format!("loading {prog}"))?;
+        }
+        Ok(p)
+    }
+
     /// Attaches the TLS plaintext probes to `path` (which must export the symbols).
     pub fn attach_tls(&mut self, path: &Path) -> Result<()> {
         for (prog, sym) in POINTS {
-            let p: &mut UProbe = self
-                .ebpf
-                .program_mut(prog)
-                .with_context(|| format!("program {prog} missing"))?
-                .try_into()?;
-            if p.fd().is_err() {
-                p.load().with_context(|| format!("loading {prog}"))?;
-            }
-            p.attach(sym, path, UProbeScope::AllProcesses)
+            self.uprobe(prog)?
+                .attach(sym, path, UProbeScope::AllProcesses)
                 .with_context(|| format!("attaching {prog} to {sym} in {}", path.display()))?;
         }
         self.tls_attached.push(path.to_string_lossy().into_owned());
@@ -81,15 +87,8 @@ impl Probes {
     /// Attaches the Go TLS probe at `offset` (`gotls::find`'s) of the file `target` names
     /// (the open file that was parsed, by `/proc/self/fd`), known as `path`.
     pub fn attach_go_tls(&mut self, target: &Path, path: &Path, offset: u64) -> Result<()> {
-        let p: &mut UProbe = self
-            .ebpf
-            .program_mut("go_tls_write")
-            .context("program go_tls_write missing")?
-            .try_into()?;
-        if p.fd().is_err() {
-            p.load().context("loading go_tls_write")?;
-        }
-        p.attach(offset, target, UProbeScope::AllProcesses)
+        self.uprobe("go_tls_write")?
+            .attach(offset, target, UProbeScope::AllProcesses)
             .with_context(|| {
                 format!(
                     "attaching go_tls_write to {} in {}",
