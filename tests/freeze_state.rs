@@ -53,6 +53,11 @@ fn startup_sweep_kill_names_the_credential_that_matched() {
         .spawn()
         .unwrap();
     let pid = holder.id() as u64;
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        holder.try_wait().unwrap().is_none(),
+        "the holder died before the restart: the removed exec kill still ran"
+    );
     d.restart();
     let k = d.wait_alert("the startup sweep's kill", |x| {
         s(x, "kind") == "kill" && n(x, "pid") == pid

@@ -404,28 +404,22 @@ impl Drop for Daemon {
         }
         // A daemon stopped with something frozen leaves its exec kill pinned (as it should
         // on a host); a test's must not outlive the test, passed or failed.
-        remove_pins(&self.state_dir());
+        leakwatch::probes::pins::remove(&leakwatch::probes::pins::dir_for(&self.state_dir()));
         remove_if_passed(&self.dir);
         remove_if_passed(&self.dir.with_extension("scratch"));
     }
 }
 
 /// Removes the exec-kill links a daemon on `state_dir` left pinned (see
-/// `leakwatch::probes::pins`); the kernel detaches them.
+/// `leakwatch::probes::pins`), as a reboot would, and returns once the kernel has detached
+/// them: a test that then starts a holder must not have it killed at exec.
 pub fn remove_pins(state_dir: &Path) {
-    // bpffs has no recursive removal: files, then the directories that held them.
-    fn rm(dir: &Path) {
-        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                rm(&p);
-            } else {
-                let _ = fs::remove_file(&p);
-            }
-        }
-        let _ = fs::remove_dir(dir);
-    }
-    rm(&leakwatch::probes::pins::dir_for(state_dir));
+    let dir = leakwatch::probes::pins::dir_for(state_dir);
+    assert!(
+        leakwatch::probes::pins::remove(&dir),
+        "the exec kill pinned in {} was still loaded 3 s after its pins were removed",
+        dir.display()
+    );
 }
 
 /// A passed test's files go (every CI run used to leave ~360 directories in /tmp); a failed

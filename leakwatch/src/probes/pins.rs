@@ -205,14 +205,9 @@ impl Pins {
         // The close is the last reference on this kernel, and returns after the teardown;
         // a kernel that frees the pin's reference later, or a pin another task still
         // holds, would leave the program running a while: wait until it is gone.
-        let deadline = std::time::Instant::now() + RETIRE_WAIT;
-        while progs.iter().any(|&id| prog_loaded(id)) {
-            if std::time::Instant::now() > deadline {
-                log::warn!("an exec kill retired from an earlier leakwatch is still loaded after {RETIRE_WAIT:?}: records it makes from now on are not read");
-                left.lingering = true;
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+        if !wait_unloaded(&progs) {
+            log::warn!("an exec kill retired from an earlier leakwatch is still loaded after {RETIRE_WAIT:?}: records it makes from now on are not read");
+            left.lingering = true;
         }
         for m in stats {
             let id = m.info().map(|i| i.id()).unwrap_or(0);
@@ -301,6 +296,37 @@ impl Pins {
             );
         }
     }
+}
+
+/// Removes every pin under `dir` (a daemon's pin directory) and returns once the programs
+/// they kept attached are gone, as after a reboot: an unlinked pin lets go of its link
+/// only after an RCU grace period and a deferred put, so an exec right after the unlink
+/// can still be killed. False if a program was still loaded after `RETIRE_WAIT`.
+pub fn remove(dir: &Path) -> bool {
+    let mut progs = Vec::new();
+    for sub in read_dir(dir) {
+        for f in read_dir(&sub) {
+            if let Ok(l) = PinnedLink::from_pin(&f) {
+                progs.extend(FdLink::from(l).info().ok().map(|i| i.program_id()));
+            }
+            let _ = std::fs::remove_file(&f);
+        }
+        let _ = std::fs::remove_dir(&sub);
+    }
+    let _ = std::fs::remove_dir(dir);
+    wait_unloaded(&progs)
+}
+
+/// Waits up to `RETIRE_WAIT` for these programs to be unloaded; false if one still is.
+fn wait_unloaded(progs: &[u32]) -> bool {
+    let deadline = std::time::Instant::now() + RETIRE_WAIT;
+    while progs.iter().any(|&id| prog_loaded(id)) {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    true
 }
 
 fn read_dir(dir: &Path) -> Vec<PathBuf> {
