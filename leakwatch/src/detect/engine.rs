@@ -510,10 +510,7 @@ impl Engine {
                     s + d.at[i - da] as usize
                 }
             };
-            for f in self.scan_inner(&view, None, Pass::Base64) {
-                if f.end <= da || f.start >= db {
-                    continue;
-                }
+            for f in self.decoded_findings(&view, da, db) {
                 let (fs, fe) = (to_hay(f.start, false), to_hay(f.end, true));
                 let Some(r) = self.rules.iter().position(|x| x.id == f.rule) else {
                     continue;
@@ -539,6 +536,28 @@ impl Engine {
         if let (Some(o), Some(w)) = (open, cut) {
             o.push(w);
         }
+    }
+
+    /// The findings of a base64 view (`da..db`: the decoded text) that lie in the decoded
+    /// text. A value that begins in the words before the run, or reads on past its end,
+    /// would join raw and decoded bytes into one that is in neither: its fingerprint and
+    /// span would hold for nothing. One that reads on is scanned again with the run's end
+    /// as the end of the text, which is where the encoded value ended.
+    fn decoded_findings(&self, view: &[u8], da: usize, db: usize) -> Vec<Finding> {
+        let within = |f: &Finding| f.start >= da && f.end <= db;
+        let all = self.scan_inner(view, None, Pass::Base64);
+        let reads_on = all
+            .iter()
+            .any(|f| f.start >= da && f.start < db && f.end > db);
+        let mut kept: Vec<Finding> = all.into_iter().filter(within).collect();
+        if reads_on {
+            for f in self.scan_inner(&view[..db], None, Pass::Base64) {
+                if within(&f) && !kept.iter().any(|k| k.start < f.end && f.start < k.end) {
+                    kept.push(f);
+                }
+            }
+        }
+        kept
     }
 
     /// Credentials inside gzip members (see `gz`): each is inflated and scanned as written

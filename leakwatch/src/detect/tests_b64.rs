@@ -163,3 +163,42 @@ fn binary_tokens_and_jwts_stay_as_they_were() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].fingerprint, fingerprint(jwt.as_bytes()));
 }
+
+/// A value that reads on into a base64 run (a line of env assignments joined by literal
+/// `\n`s) is reported as written: its fingerprint is of bytes that are in the input.
+#[test]
+fn a_value_read_on_into_a_base64_run_is_fingerprinted_as_written() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    for _ in 0..20 {
+        let v = generic_ok(&mut rng, "PASSWORD", |r| r.string(ALNUM, 16));
+        let run = b64("x\tnot a credential, only a note");
+        let hay = format!("PASSWORD={v}\\nX=1\\nNEXT_PASSWORD={run}");
+        let found = engine.scan(hay.as_bytes());
+        assert!(!found.is_empty(), "{hay}");
+        for f in &found {
+            let written = fingerprint(&hay.as_bytes()[f.start..f.end]);
+            assert_eq!(f.fingerprint, written, "{f:?}");
+        }
+    }
+}
+
+/// A password encoded with its name, the run followed by more words without a break: the
+/// run's end ends the value, and the password is found as itself.
+#[test]
+fn a_decoded_value_ends_where_its_run_ends() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    for _ in 0..20 {
+        let pw = generic_ok(&mut rng, "DB_PASSWORD", |r| r.string(ALNUM, 20));
+        let run = b64(&format!("DB_PASSWORD={pw}"));
+        let hay = format!("echo {run}\\nmore words");
+        let at = hay.find(&run).unwrap();
+        assert_inside(
+            &engine,
+            &hay,
+            (at, at + run.len()),
+            &[(&pw, "generic-secret")],
+        );
+    }
+}
