@@ -221,3 +221,18 @@ fn a_credential_sent_base64_encoded_as_user_and_password_is_the_credential_insid
         assert_quiet(&engine, &quiet);
     }
 }
+
+/// A .NET `<add key=… value=…/>` setting inside a JSON string (a config or a diagnostic
+/// report quoting it) has its quotes escaped; the value is still found as itself.
+#[test]
+fn an_add_key_setting_inside_a_json_string_is_found() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    for _ in 0..20 {
+        let (secret, text) = sample("xml-add-secret", &mut rng).unwrap();
+        let json = serde_json::json!({ "appSettings": text }).to_string();
+        assert!(json.contains("\\\""), "{json}");
+        assert_found(&engine, &json, &secret, "xml-add-secret");
+        assert_found(&engine, &text, &secret, "xml-add-secret");
+    }
+}
