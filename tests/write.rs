@@ -2277,3 +2277,72 @@ fn renice(d: &Daemon, nice: i32) {
         unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
     }
 }
+
+/// A bug in the write stage (injected with `LEAKWATCH_FAULT_PANIC`: a write holding its
+/// mark panics, with the write's bytes in the panic message) costs the one record it met:
+/// it is counted under `stage="write"`, the log names the place but not the bytes, and a
+/// later leak is still found.
+#[test]
+fn a_panic_in_the_write_stage_costs_one_record_and_is_counted() {
+    let mark = format!("lw-fault-{:016x}", rand::random::<u64>());
+    let mut d = Daemon::start_with_env("w-panic", &[("LEAKWATCH_FAULT_PANIC", &mark)]);
+    let (first, first_text) = secret("anthropic-api-key");
+    let (second, second_text) = secret("openai-project-key");
+    let scratch = d.scratch();
+    // The mark only ever whole in python's write: argv carries it in two halves.
+    let (a, b) = mark.split_at(5);
+    let write = |key: &Path, out: &Path, halves: (&str, &str)| {
+        let script = "import sys; k = open(sys.argv[1]).read(); \
+                      open(sys.argv[2], 'w').write(sys.argv[3] + sys.argv[4] + ' key=' + k + '\\n')";
+        let mut c = python()
+            .arg("-c")
+            .arg(script)
+            .arg(key)
+            .arg(out)
+            .args([halves.0, halves.1])
+            .spawn()
+            .unwrap();
+        assert!(wait_exit(&mut c, 30, "python").success());
+    };
+    let k1 = keyfile(&scratch, "k1", &first_text);
+    write(&k1, &scratch.join("one.log"), (a, b));
+    d.wait_metric(
+        "leakwatch_internal_errors_total",
+        &[("stage", "write")],
+        "the injected panic counted",
+        |v| v >= 1.0,
+    );
+    let k2 = keyfile(&scratch, "k2", &second_text);
+    let out2 = scratch.join("two.log");
+    write(&k2, &out2, ("no", "mark"));
+    let a2 = wait_finding(
+        &d,
+        &fingerprint(&second),
+        "file",
+        "the leak after the panic",
+        |_| true,
+    );
+    assert_eq!(s(&a2, "path"), real(&out2), "{a2:#}");
+    assert!(
+        d.status()["frozen"].is_array(),
+        "the daemon answers after the panic"
+    );
+    let log = fs::read_to_string(d.stderr_path()).unwrap();
+    assert!(
+        log.contains("panicked at") && log.contains("message withheld"),
+        "the panic is logged by place, its message withheld:\n{log}"
+    );
+    assert!(
+        !log.contains(&mark),
+        "the panic message (the write's bytes) was logged"
+    );
+    for stage in ["exec", "connect", "periodic", "tls_watch"] {
+        assert_eq!(
+            d.metric("leakwatch_internal_errors_total", &[("stage", stage)]),
+            0.0,
+            "{stage}"
+        );
+    }
+    d.stop();
+    d.assert_no_plaintext(&[&first, &second]);
+}

@@ -18,6 +18,7 @@ pub mod fleet;
 pub mod install;
 pub mod metrics;
 pub mod notify;
+pub mod panics;
 pub mod pipeline;
 pub mod probes;
 pub mod procs;

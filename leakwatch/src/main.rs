@@ -306,6 +306,7 @@ fn main() -> ExitCode {
         Ok("warn") => log::LevelFilter::Warn,
         _ => log::LevelFilter::Info,
     });
+    leakwatch::panics::install_hook();
     let cli = Cli::parse();
     if !matches!(cli.cmd, Cmd::Daemon { .. } | Cmd::Scan(_)) {
         // A closed pipe (`leakwatch status | head -1`) ends a command quietly, as it ends

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub exec_strings_dropped: IntCounter,
     pub exec_bytes_dropped: IntCounter,
     pub decode_errors: IntCounter,
+    pub internal_errors: IntCounterVec,
     pub alerts: IntCounterVec,
     pub kills: IntCounterVec,
     pub severed: IntCounter,
@@ -123,6 +124,9 @@ impl Metrics {
         ] {
             m.core_dumps.with_label_values(&[o]);
         }
+        for stage in crate::panics::STAGES {
+            m.internal_errors.with_label_values(&[stage]);
+        }
         for q in ["events", "alerts", "actions", "dumps"] {
             m.queue_dropped.with_label_values(&[q]);
         }
@@ -177,6 +181,13 @@ impl Metrics {
                 &r,
                 "leakwatch_decode_errors_total",
                 "Malformed kernel records.",
+            ),
+            internal_errors: counter_vec(
+                &r,
+                "leakwatch_internal_errors_total",
+                "Records (or periodic passes, or files) dropped because leakwatch's own code \
+                 panicked on them, by stage: a bug (the log names its place); the daemon goes on.",
+                &["stage"],
             ),
             alerts: counter_vec(
                 &r,

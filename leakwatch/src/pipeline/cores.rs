@@ -106,6 +106,7 @@ pub(super) fn on_core(p: &mut Pipeline, c: CoreEvent) {
                     &p.engine,
                     &p.shared.frozen,
                     &p.shared.dumps,
+                    &p.metrics.internal_errors,
                 ) {
                     "scanned"
                 } else {
@@ -155,15 +156,27 @@ impl Scanner {
         engine: &Arc<Engine>,
         frozen: &Arc<RwLock<FrozenSet>>,
         inbox: &Inbox,
+        errors: &prometheus::IntCounterVec,
     ) -> bool {
         if self.tx.is_none() {
             let (tx, rx) = mpsc::sync_channel::<Job>(WAITING);
             let (engine, frozen, inbox) = (engine.clone(), frozen.clone(), inbox.clone());
+            let errors = errors.clone();
             let started = std::thread::Builder::new()
                 .name("lw-cores".into())
                 .spawn(move || {
                     for job in rx {
-                        let r = scan(job, &engine, &frozen);
+                        // A bug met while scanning one core still reports the crash.
+                        let mut stopped = job.report.clone();
+                        let r = crate::panics::guard("core_scan", &errors, || {
+                            scan(job, &engine, &frozen)
+                        })
+                        .unwrap_or_else(|| {
+                            stopped.problems.push(
+                                "scanning it stopped on an internal error (a bug: the log names its place); findings may be missing".into(),
+                            );
+                            stopped
+                        });
                         if !crate::crash::push(&inbox, r) {
                             log::warn!("crash dump inbox full: a core's findings were dropped");
                         }

@@ -769,18 +769,31 @@ fn refused(q: Queued, back: &mut Vec<Queued>, metrics: &Metrics) {
         .inc_by(calls);
 }
 
+/// The worker's loop. A panic in its own code drops the one record (or periodic pass) it
+/// was on, counted by `panics::guard`; detection goes on instead of ending with the thread.
 fn work(p: &mut Pipeline, rx: Receiver<Vec<Queued>>, queued: &AtomicUsize) {
+    use crate::panics::guard;
     let period = Duration::from_millis(250);
     let mut last_tick = Instant::now();
+    let errors = p.metrics.internal_errors.clone();
     let handle = |p: &mut Pipeline, batch: Vec<Queued>| {
         for q in batch {
             // A reload that came while the worker waited applies to this event already:
             // the daemon reports a reload done only once the worker has taken it.
             p.take_reload();
             queued.fetch_sub(q.bytes, Ordering::Relaxed);
-            p.handle(q.ev);
+            let stage = match &q.ev {
+                Event::Exec(_) => "exec",
+                Event::Enforce(_) => "enforce",
+                Event::Write(_) => "write",
+                Event::Connect(_) => "connect",
+                Event::Core(_) => "core",
+                Event::Copy(_) => "copy",
+            };
+            guard(stage, &errors, || p.handle(q.ev));
         }
     };
+    let periodic = |p: &mut Pipeline, f: fn(&mut Pipeline)| guard("periodic", &errors, || f(p));
     loop {
         // Writes by reference wait to settle: look again soon while some are pending.
         let wait = if held::waiting(p) {
@@ -796,16 +809,18 @@ fn work(p: &mut Pipeline, rx: Receiver<Vec<Queued>>, queued: &AtomicUsize) {
                 while let Ok(batch) = rx.try_recv() {
                     handle(p, batch);
                 }
-                held::read_all(p);
+                periodic(p, held::read_all);
             }
-            Err(RecvTimeoutError::Timeout) => held::read_all(p),
+            Err(RecvTimeoutError::Timeout) => {
+                periodic(p, held::read_all);
+            }
             Err(RecvTimeoutError::Disconnected) => {
-                p.finish();
+                periodic(p, Pipeline::finish);
                 return;
             }
         }
         if last_tick.elapsed() >= period {
-            p.tick();
+            periodic(p, Pipeline::tick);
             last_tick = Instant::now();
         }
     }

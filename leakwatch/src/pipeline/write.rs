@@ -137,6 +137,7 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
     let probe = w.task.probe as usize;
     p.counts.events.get(probe).inc_by(w.calls as u64);
     p.counts.captured.get(probe).inc_by(w.data.len() as u64);
+    crate::panics::injected_fault(&w.data);
     if w.tls() {
         return super::tls::on_tls(p, w);
     }

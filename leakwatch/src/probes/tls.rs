@@ -211,7 +211,14 @@ struct Watcher {
 }
 
 impl Watcher {
+    /// `check_file`; a bug met on one file (an ELF parser reads what any user can exec)
+    /// costs that file, counted, not the watcher.
     fn check(&mut self, path: &Path) {
+        let errors = self.metrics.internal_errors.clone();
+        crate::panics::guard("tls_watch", &errors, || self.check_file(path));
+    }
+
+    fn check_file(&mut self, path: &Path) {
         use std::os::unix::fs::MetadataExt;
         let Ok(m) = std::fs::metadata(path) else {
             return;
