@@ -244,6 +244,15 @@ impl Pipeline {
         }
     }
 
+    /// After a panic caught in the worker: the locks it shares with the rest of the
+    /// daemon are usable again (see `respond::Context::clear_poison`).
+    fn recover(&self) {
+        self.ctx.clear_poison();
+        self.shared.frozen.clear_poison();
+        self.shared.history.clear_poison();
+        self.shared.reload.clear_poison();
+    }
+
     /// At stop, after the last record: what waits for a pause or a later record (TLS
     /// plaintext waiting for its socket, runs pending in the kernel, held-back findings of
     /// streams and held files, cut exec captures, queued crash dump reports) is reported
@@ -790,10 +799,16 @@ fn work(p: &mut Pipeline, rx: Receiver<Vec<Queued>>, queued: &AtomicUsize) {
                 Event::Core(_) => "core",
                 Event::Copy(_) => "copy",
             };
-            guard(stage, &errors, || p.handle(q.ev));
+            if guard(stage, &errors, || p.handle(q.ev)).is_none() {
+                p.recover();
+            }
         }
     };
-    let periodic = |p: &mut Pipeline, f: fn(&mut Pipeline)| guard("periodic", &errors, || f(p));
+    let periodic = |p: &mut Pipeline, f: fn(&mut Pipeline)| {
+        if guard("periodic", &errors, || f(p)).is_none() {
+            p.recover();
+        }
+    };
     loop {
         // Writes by reference wait to settle: look again soon while some are pending.
         let wait = if held::waiting(p) {

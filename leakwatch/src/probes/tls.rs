@@ -215,7 +215,10 @@ impl Watcher {
     /// costs that file, counted, not the watcher.
     fn check(&mut self, path: &Path) {
         let errors = self.metrics.internal_errors.clone();
-        crate::panics::guard("tls_watch", &errors, || self.check_file(path));
+        if crate::panics::guard("tls_watch", &errors, || self.check_file(path)).is_none() {
+            // It may have held the probes' lock: freeze needs it.
+            self.probes.clear_poison();
+        }
     }
 
     fn check_file(&mut self, path: &Path) {

@@ -178,6 +178,26 @@ pub struct Context {
 }
 
 impl Context {
+    /// After a panic caught on a thread that may have held one of these locks (see
+    /// `panics::guard`): a poisoned lock would make every later freeze, status or kill
+    /// fail on "lock poisoned", a worse state at 3 a.m. than what one half-done update
+    /// leaves behind.
+    pub fn clear_poison(&self) {
+        self.probes.clear_poison();
+        self.store.clear_poison();
+        self.frozen.clear_poison();
+        self.history.clear_poison();
+        self.dumps.clear_poison();
+        self.tls_blind.clear_poison();
+        self.protected.clear_poison();
+        self.enforced_once.clear_poison();
+        self.killing.clear_poison();
+        self.verified.clear_poison();
+        self.clients.clear_poison();
+        self.in_force.clear_poison();
+        self.fleet_status.clear_poison();
+    }
+
     /// A crash dump scanned by someone else (the core-handler): queued for the pipeline,
     /// which reports it as `crash_dump` findings.
     pub fn dump_report(&self, r: crate::crash::DumpReport) -> Result<()> {
