@@ -181,6 +181,8 @@ fn tls_node_https_request() {
     assert!(wait_exit(&mut c, 30, "node https").success());
     let a = tls_finding(&d, &fp, pid, "the key in node's TLS plaintext");
     check(&a, &srv, "node");
+    let paired = [("probe", "uprobe_ssl_write"), ("socket", "paired")];
+    assert!(d.metric("leakwatch_tls_records_total", &paired) >= 1.0);
     drop(srv);
     d.stop();
     d.assert_no_plaintext(&[&secret]);
@@ -237,6 +239,17 @@ fn tls_kubectl_bearer_token_through_go_crypto_tls() {
     assert_eq!(s(&a, "remote"), srv.addr(), "{a:#}");
     assert_eq!(s(&a, "probe"), "uprobe_go_tls_write", "{a:#}");
     assert_eq!(s(&a, "comm"), "kubectl", "{a:#}");
+    // Its socket read from the `Conn`, not guessed from the thread's next write.
+    let named = [("probe", "uprobe_go_tls_write"), ("socket", "named")];
+    assert!(
+        d.metric("leakwatch_tls_records_total", &named) >= 1.0,
+        "{}",
+        d.scrape()
+            .lines()
+            .filter(|l| l.starts_with("leakwatch_tls_records_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     // Its TLS is seen, so it is no blind spot.
     let blind = d.status()["tls_blind"].clone();
     assert!(

@@ -124,22 +124,25 @@ fn thread(probe: u32) -> Option<*mut TlsThread> {
 /// later) passes arguments in registers on x86-64: the receiver in RAX, `b`'s pointer and
 /// length in RBX and RCX. No return probe: a uretprobe rewrites the return address on the
 /// stack, which Go moves when it grows a goroutine's stack. So the whole buffer is sent
-/// at entry (`Write` writes it all or fails with the connection) with no socket (fd -1):
-/// the daemon ties it to the thread's next socket write, the ciphertext the call makes
-/// on the same thread, as for node's memory BIO.
+/// at entry (`Write` writes it all or fails with the connection). Its socket is read from
+/// the `Conn` (`go_conn_fd`); `write::handle` keeps it only if it names a socket, and
+/// otherwise sends -1, which the daemon ties to the thread's next socket write, as for
+/// node's memory BIO. The fd from the `Conn` holds when the goroutine moves to another
+/// thread before its write (it parks when the socket is full); the next write does not.
 #[uprobe]
 pub fn go_tls_write(ctx: ProbeContext) -> u32 {
     // SAFETY: a uprobe's context is the task's saved registers.
-    let (buf, len) = unsafe { ((*ctx.regs).rbx, (*ctx.regs).rcx) };
+    let (conn, buf, len) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).rcx) };
     if len == 0 || len > i64::MAX as u64 {
         return 0;
     }
+    let fd = go_conn_fd(conn).unwrap_or(u32::MAX);
     let Some(t) = thread(PROBE_GO_TLS_WRITE) else {
         return 0;
     };
     handle(
         PROBE_GO_TLS_WRITE,
-        u32::MAX,
+        fd,
         Src::Tls {
             ptr: buf,
             len,
@@ -151,6 +154,20 @@ pub fn go_tls_write(ctx: ProbeContext) -> u32 {
         0,
     );
     0
+}
+
+/// The fd under a `*crypto/tls.Conn`, if its layout is the one every Go release since 1.9
+/// has: the `Conn` begins with its `net.Conn` interface (type word, data word); for a
+/// `*net.TCPConn` or `*net.UnixConn` the data points at a `conn` whose first word is the
+/// `*netFD`, which begins with a `poll.FD`, whose `Sysfd` follows the 16-byte `fdMutex`.
+/// Another `net.Conn` (a wrapper) gives a wrong number or none: the caller checks that it
+/// names a socket.
+fn go_conn_fd(conn: u64) -> Option<u32> {
+    // SAFETY: bpf_probe_read_user checks every address.
+    let data: u64 = unsafe { bpf_probe_read_user((conn + 8) as *const u64) }.ok()?;
+    let netfd: u64 = unsafe { bpf_probe_read_user(data as *const u64) }.ok()?;
+    let sysfd: i64 = unsafe { bpf_probe_read_user((netfd + 16) as *const i64) }.ok()?;
+    (0..1 << 24).contains(&sysfd).then_some(sysfd as u32)
 }
 
 /// `SSL_write(SSL *ssl, const void *buf, int num)`.

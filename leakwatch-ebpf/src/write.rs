@@ -298,6 +298,15 @@ pub fn handle(
         }
         None => fdinfo::resolve(lane, fd).map(|o| (o, false)),
     };
+    // Go's fd is read through types a program may have wrapped: kept only when it names
+    // a socket, else the record goes without one (-1), as node's does.
+    let sock = |o: &fdinfo::Open| o.id.mode & fdinfo::S_IFMT == fdinfo::S_IFSOCK;
+    let o = if probe == PROBE_GO_TLS_WRITE && !matches!(&o, Some((o, _)) if sock(o)) {
+        h.rec.fd = -1;
+        None
+    } else {
+        o
+    };
     // A vmsplice on a read end reads; one on an fd that is not open fails.
     if probe == PROBE_VMSPLICE && !matches!(&o, Some((o, _)) if fdinfo::writable(o.id.file)) {
         maps::count(probe, STAT_SKIPPED);

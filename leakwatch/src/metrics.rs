@@ -40,6 +40,7 @@ pub struct Metrics {
     pub scanned_bytes: IntCounterVec,
     pub core_dumps: IntCounterVec,
     pub tls_files: IntCounterVec,
+    pub tls_records: IntCounterVec,
     pub expected_sends: IntCounterVec,
     pub host_checks: IntCounterVec,
     pub renames: IntCounterVec,
@@ -114,6 +115,15 @@ impl Metrics {
         }
         for o in ["attached", "failed"] {
             m.tls_files.with_label_values(&[o]);
+        }
+        for probe in [
+            leakwatch_common::PROBE_SSL_WRITE,
+            leakwatch_common::PROBE_GO_TLS_WRITE,
+        ] {
+            for socket in ["named", "paired", "none"] {
+                let name = leakwatch_common::PROBE_NAMES[probe as usize];
+                m.tls_records.with_label_values(&[name, socket]);
+            }
         }
         for o in [
             "scanned",
@@ -289,6 +299,12 @@ impl Metrics {
                 "leakwatch_tls_files_total",
                 "Files found to define OpenSSL's SSL_write/SSL_write_ex (the system libssl, executables that carry OpenSSL), by outcome of attaching the TLS plaintext probes to them: attached, failed.",
                 &["outcome"],
+            ),
+            tls_records: counter_vec(
+                &r,
+                "leakwatch_tls_records_total",
+                "TLS plaintext records by probe and how their socket was known: named (the kernel saw it: the library's write during the call, or Go's Conn), paired (the thread's next socket write), none (reported without a remote).",
+                &["probe", "socket"],
             ),
             tls_blind: gauge(
                 &r,

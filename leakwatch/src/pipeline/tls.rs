@@ -1,6 +1,7 @@
 //! TLS plaintext records (`SSL_write`): scanned as the socket's own stream, apart from its
 //! ciphertext, with `tls: true`. The kernel names the socket when the library wrote the
-//! ciphertext during the call (python, curl). With a memory BIO (node) it cannot: such a
+//! ciphertext during the call (python, curl) or, for Go, from the `Conn` the call was
+//! given. With a memory BIO (node) it cannot: such a
 //! record waits (at most `WAIT`) for its thread's next socket write — the ciphertext going
 //! out — and takes that socket; one still unpaired then is reported without a remote.
 //! HTTP/2 header blocks are decoded (`h2`) and scanned with the raw bytes.
@@ -37,6 +38,7 @@ pub(super) fn on_tls(p: &mut Pipeline, w: WriteEvent) {
         return;
     }
     if w.fd >= 0 {
+        count(p, &w, "named");
         let (target, _) = p.fds.classify(&w);
         return process(p, w, target);
     }
@@ -46,6 +48,7 @@ pub(super) fn on_tls(p: &mut Pipeline, w: WriteEvent) {
             .get(&w.task.pid)
             .is_some_and(|q| q.len() >= PER_THREAD);
     if full {
+        count(p, &w, "none");
         return process(p, w, Target::Socket(None));
     }
     p.tls_wait.count += 1;
@@ -67,9 +70,22 @@ pub(super) fn on_socket_write(p: &mut Pipeline, w: &WriteEvent, target: &Target)
     };
     p.tls_wait.count -= q.len();
     for (_, mut t) in q {
+        count(p, &t, "paired");
         t.fd = w.fd;
         process(p, t, target.clone());
     }
+}
+
+/// `leakwatch_tls_records_total`: how a record's socket was known.
+fn count(p: &Pipeline, w: &WriteEvent, socket: &str) {
+    let probe = leakwatch_common::PROBE_NAMES
+        .get(w.task.probe as usize)
+        .copied()
+        .unwrap_or("unknown");
+    p.metrics
+        .tls_records
+        .with_label_values(&[probe, socket])
+        .inc();
 }
 
 /// Reports records that waited `WAIT` without a socket write (`all`: every waiting one,
@@ -91,6 +107,7 @@ pub(super) fn tick(p: &mut Pipeline, all: bool) {
         if let Some(q) = p.tls_wait.by_tid.remove(&tid) {
             p.tls_wait.count -= q.len();
             for (_, t) in q {
+                count(p, &t, "none");
                 process(p, t, Target::Socket(None));
             }
         }
