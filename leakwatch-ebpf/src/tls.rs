@@ -127,8 +127,8 @@ fn thread(probe: u32) -> Option<*mut TlsThread> {
 /// at entry (`Write` writes it all or fails with the connection). Its socket is read from
 /// the `Conn` (`go_conn_fd`); `write::handle` keeps it only if it names a socket, and
 /// otherwise sends -1, which the daemon ties to the thread's next socket write, as for
-/// node's memory BIO. The fd from the `Conn` holds when the goroutine moves to another
-/// thread before its write (it parks when the socket is full); the next write does not.
+/// node's memory BIO. Unlike that pairing, the `Conn`'s fd stays right when the goroutine
+/// moves to another thread before its write (it parks when the socket is full).
 #[uprobe]
 pub fn go_tls_write(ctx: ProbeContext) -> u32 {
     // SAFETY: a uprobe's context is the task's saved registers.
