@@ -32,6 +32,8 @@ mod tests;
 #[cfg(test)]
 mod tests_b64;
 #[cfg(test)]
+mod tests_calls;
+#[cfg(test)]
 mod tests_gz;
 #[cfg(test)]
 mod tests_shapes;

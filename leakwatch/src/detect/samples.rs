@@ -211,6 +211,10 @@ pub fn sample(rule: &str, rng: &mut Rng) -> Option<(String, String)> {
         )),
         "digitalocean-token" => same(format!("dop_v1_{}", rng.string(HEX, 64))),
         "hashicorp-vault-token" => same(format!("hvs.{}", rng.string(URLSAFE, 95))),
+        "hashicorp-vault-legacy-token" => {
+            let k = format!("s.{}", rng.string(ALNUM, 24));
+            Some((k.clone(), format!("VAULT_TOKEN={k}")))
+        }
         "github-pat" => same(checksummed(rng, "ghp_")),
         "github-oauth-token" => same(checksummed(rng, "gho_")),
         "github-user-to-server-token" => same(checksummed(rng, "ghu_")),

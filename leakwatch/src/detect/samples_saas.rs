@@ -13,6 +13,8 @@ const HEX_UPPER: &[u8] = b"0123456789ABCDEF";
 const DIGITS: &[u8] = b"0123456789";
 /// NuGet's key alphabet (lowercase base32).
 const BASE32_LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+/// The characters after the `!` of a Salesforce access token.
+const SALESFORCE: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._";
 /// The characters of a 1Password Secret Key (no 0/O, 1/I/L, U).
 const ONEPASSWORD: &[u8] = b"23456789ABCDEFGHJKMNPQRSTVWXYZ";
 
@@ -324,6 +326,35 @@ pub fn sample(rule: &str, rng: &mut Rng) -> Option<(String, String)> {
             // Written with the trailing slash Zapier shows; the credential is without it.
             return Some((url.clone(), format!("{url}/")));
         }
+        // ---- fourth round
+        "facebook-access-token" => {
+            let n = 150 + rng.below(80);
+            format!(
+                "EAA{}{}",
+                pick(rng, &["B", "C", "G", "J", "M"]),
+                rng.string(ALNUM, n)
+            )
+        }
+        "salesforce-access-token" => {
+            // Ends alphanumeric: a trailing `.` is sentence punctuation to the generic rule.
+            let k = format!(
+                "00D{}!{}{}",
+                rng.string(ALNUM, 12),
+                rng.string(SALESFORCE, 95),
+                rng.string(ALNUM, 1)
+            );
+            return Some((k.clone(), format!("Authorization: Bearer {k}")));
+        }
+        "azure-devops-legacy-pat" => {
+            return named("AZURE_DEVOPS_EXT_PAT", rng.string(BASE32_LOWER, 52));
+        }
+        "flutterwave-secret-key" => match rng.below(3) {
+            0 => format!("FLWSECK_TEST-{}-X", rng.string(HEX, 32)),
+            1 => format!("FLWSECK-{}-X", rng.string(HEX, 32)),
+            _ => format!("FLWSECK_TEST{}", rng.string(HEX, 12)),
+        },
+        "openshift-user-token" => format!("sha256~{}", rng.string(URLSAFE, 43)),
+        "adobe-client-secret" => format!("p8e-{}", rng.string(ALNUM, 32)),
         _ => return None,
     };
     Some((s.clone(), s))
@@ -625,6 +656,12 @@ mod tests {
             "alibaba-access-key-id" | "jfrog-api-key" | "jina-api-key" => (false, '-'),
             "browserbase-api-key" | "typeform-token" | "slack-config-token" => (false, '+'),
             "tailscale-key" | "grafana-api-key" | "zapier-webhook-url" => (false, '#'),
+            // Fourth round.
+            "salesforce-access-token" | "adobe-client-secret" => (true, '-'),
+            "azure-devops-legacy-pat" => (true, 'A'),
+            "flutterwave-secret-key" => (true, 'g'),
+            "openshift-user-token" => (true, '+'),
+            "facebook-access-token" => (false, '+'),
             _ => panic!("{id}: add it to near()"),
         }
     }

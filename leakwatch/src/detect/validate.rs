@@ -365,6 +365,8 @@ fn names_an_id(name: &[u8]) -> bool {
         // timestamp and nonce keep them from being replayed.
         || has("oauth_signature")
         || has("oauth_nonce")
+        // A WebSocket handshake's Sec-WebSocket-Key: a nonce per connection (RFC 6455).
+        || has("websocket-key")
 }
 
 /// Is a hex value under this (lower-cased) name a key rather than a digest or an id?
