@@ -22,11 +22,21 @@ pub const STAGES: [&str; 9] = [
     "tls_watch",
 ];
 
+/// Panics logged one by one; past these, every `LOG_EVERY`th (a bug met by every record,
+/// or every tick, would flood the journal; the counter has them all).
+const LOG_FIRST: u64 = 20;
+const LOG_EVERY: u64 = 1000;
+
 /// Installs the process's panic hook: the thread and the place in the source always;
 /// the message only when it is a literal (`panic!("...")`), since a formatted one may
 /// quote observed bytes.
 pub fn install_hook() {
+    static SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     std::panic::set_hook(Box::new(|info| {
+        let n = SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n > LOG_FIRST && !n.is_multiple_of(LOG_EVERY) {
+            return;
+        }
         let thread = std::thread::current();
         let place = info
             .location()
@@ -36,8 +46,13 @@ pub fn install_hook() {
             Some(s) => s,
             None => "(message withheld: it may quote the bytes being handled)",
         };
+        let more = if n < LOG_FIRST {
+            String::new()
+        } else {
+            format!(" ({n} panics so far; from here on one in {LOG_EVERY} is logged)")
+        };
         log::error!(
-            "bug: thread '{}' panicked at {place}: {message}; please report it with this line",
+            "bug: thread '{}' panicked at {place}: {message}; please report it with this line{more}",
             thread.name().unwrap_or("unnamed")
         );
     }));
