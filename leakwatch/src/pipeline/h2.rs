@@ -163,9 +163,7 @@ fn fragment(kind: u8, flags: u8, p: &[u8]) -> Option<&[u8]> {
 /// `name: value\n` for every field of a block; None when it does not decode. The
 /// decoder is an old crate: a panic in it must not take the daemon down.
 fn decode(d: &mut hpack::Decoder<'static>, block: &[u8]) -> Option<Vec<u8>> {
-    let fields = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.decode(block)))
-        .ok()?
-        .ok()?;
+    let fields = crate::panics::contained(|| d.decode(block))?.ok()?;
     let mut out = Vec::new();
     for (n, v) in fields {
         out.extend_from_slice(&n);

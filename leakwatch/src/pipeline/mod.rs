@@ -427,8 +427,10 @@ fn drain_left(
 }
 
 /// A ring record decoded; a malformed one is counted and dropped.
+/// A record decoded; a panic in the decoder (a bug met on one record) drops that record,
+/// counted, and the reader goes on.
 fn decoded(item: &[u8], m: &Metrics) -> Option<Event> {
-    match decode(item) {
+    match crate::panics::guard("decode", &m.internal_errors, || decode(item))? {
         Ok(ev) => Some(ev),
         Err(e) => {
             m.decode_errors.inc();

@@ -216,8 +216,9 @@ impl Watcher {
     fn check(&mut self, path: &Path) {
         let errors = self.metrics.internal_errors.clone();
         if crate::panics::guard("tls_watch", &errors, || self.check_file(path)).is_none() {
-            // It may have held the probes' lock: freeze needs it.
+            // It may have held the probes' lock (freeze needs it) or the visible list's.
             self.probes.clear_poison();
+            self.visible.clear_poison();
         }
     }
 
