@@ -258,7 +258,12 @@ fn freeze_kills_holders_resets_connections_and_keeps_it_dead() {
         .map(|k| r["phases_ms"][k].as_f64().unwrap_or(-1.0))
         .inspect(|v| assert!(*v >= 0.0, "a phase missing from the report: {r:#}"))
         .sum();
-    assert!(phases <= elapsed && phases > 0.8 * elapsed, "{r:#}");
+    // Unmeasured gaps stay small: at most a fifth of the time, or a scheduling delay of a
+    // few ms on a loaded 2-core CI host (27.2 ms elapsed, 21.1 ms in phases, once).
+    assert!(
+        phases <= elapsed && (phases > 0.8 * elapsed || elapsed - phases < 10.0),
+        "{r:#}"
+    );
     // Tearing down three python processes takes the kernel well over 0.1 ms.
     assert!(r["phases_ms"]["kill"].as_f64().unwrap() > 0.1, "{r:#}");
     d.wait_alert("freeze alert", |a| {
