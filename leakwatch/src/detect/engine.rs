@@ -542,20 +542,32 @@ impl Engine {
     /// text. A value that begins in the words before the run, or reads on past its end,
     /// would join raw and decoded bytes into one that is in neither: its fingerprint and
     /// span would hold for nothing. One that reads on is scanned again with the run's end
-    /// as the end of the text, which is where the encoded value ended.
+    /// as the end of the text, which is where the encoded value ended; one that reads in
+    /// hides what the decoded text begins with, which is scanned again on its own.
     fn decoded_findings(&self, view: &[u8], da: usize, db: usize) -> Vec<Finding> {
         let within = |f: &Finding| f.start >= da && f.end <= db;
         let all = self.scan_inner(view, None, Pass::Base64);
         let reads_on = all
             .iter()
             .any(|f| f.start >= da && f.start < db && f.end > db);
+        let reads_in = all.iter().any(|f| f.start < da && f.end > da);
         let mut kept: Vec<Finding> = all.into_iter().filter(within).collect();
-        if reads_on {
-            for f in self.scan_inner(&view[..db], None, Pass::Base64) {
+        // `view[lo..db]` scanned again: what lies in the decoded text and overlaps nothing
+        // kept joins it.
+        let again = |lo: usize, kept: &mut Vec<Finding>| {
+            for mut f in self.scan_inner(&view[lo..db], None, Pass::Base64) {
+                f.start += lo;
+                f.end += lo;
                 if within(&f) && !kept.iter().any(|k| k.start < f.end && f.start < k.end) {
                     kept.push(f);
                 }
             }
+        };
+        if reads_on {
+            again(0, &mut kept);
+        }
+        if reads_in {
+            again(da, &mut kept);
         }
         kept
     }

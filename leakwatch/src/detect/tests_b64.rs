@@ -202,3 +202,23 @@ fn a_decoded_value_ends_where_its_run_ends() {
         );
     }
 }
+
+/// A raw value that reads on into a run (`secret=ab:` and then the base64, with no break:
+/// `:` is a byte a value may hold) does not hide the password the run itself encodes.
+#[test]
+fn a_raw_value_read_into_a_run_does_not_hide_what_it_encodes() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::from_time();
+    for _ in 0..20 {
+        let pw = generic_ok(&mut rng, "DB_PASSWORD", |r| r.string(ALNUM, 20));
+        let run = b64(&format!("DB_PASSWORD={pw}\n"));
+        let hay = format!("secret=ab:{run}");
+        let at = hay.find(&run).unwrap();
+        assert_inside(
+            &engine,
+            &hay,
+            (at, at + run.len()),
+            &[(&pw, "generic-secret")],
+        );
+    }
+}
