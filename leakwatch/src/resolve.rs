@@ -140,9 +140,9 @@ impl Resolver {
 
     /// What `name` says about `ip` now; `Waiting` while it is looked up.
     pub fn check(&self, name: &str, ip: IpAddr) -> Answer {
-        let Ok(mut c) = self.cache.lock() else {
-            return Answer::Unresolved("the name cache is unusable".into());
-        };
+        // A thread that panicked holding the lock leaves at worst one half-updated name: a
+        // cache may drop or redo it, but a poisoned lock would answer nothing ever again.
+        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let (a, ask) = c.check(name, ip, now);
         if ask && self.ask.try_send(name.to_string()).is_err() {
@@ -156,18 +156,17 @@ impl Resolver {
 
 fn lookups(rx: &Mutex<Receiver<String>>, cache: &std::sync::Weak<Mutex<Cache>>) {
     loop {
-        let name = match rx.lock() {
-            Ok(r) => match r.recv() {
-                Ok(n) => n,
-                Err(_) => return,
-            },
+        // Poison is ignored here too (see `Resolver::check`).
+        let name = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+            Ok(n) => n,
             Err(_) => return,
         };
         let got = lookup(&name);
         let Some(cache) = cache.upgrade() else { return };
-        if let Ok(mut c) = cache.lock() {
-            c.answer(&name, got, Instant::now());
-        };
+        cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .answer(&name, got, Instant::now());
     }
 }
 
@@ -217,6 +216,36 @@ mod tests {
         c.answer("api.x", Ok(vec![ip("2.2.2.2")]), t2);
         assert_eq!(c.check("api.x", ip("2.2.2.2"), t2).0, Answer::Match);
         assert_eq!(c.check("api.x", ip("1.1.1.1"), t2).0, Answer::Match);
+    }
+
+    /// A thread that panicked holding the cache's lock does not leave every later check
+    /// unanswered.
+    #[test]
+    fn a_poisoned_cache_still_answers() {
+        let r = Resolver::start();
+        {
+            let cache = r.cache.clone();
+            let t = std::thread::spawn(move || {
+                let _held = cache.lock().unwrap();
+                panic!("a bug while holding the cache");
+            });
+            assert!(t.join().is_err());
+        }
+        assert!(r.cache.is_poisoned());
+        // `.invalid` never resolves: the lookup thread's answer, before or after the one
+        // given here, is an error, which keeps the address.
+        let name = "lw-test.invalid";
+        assert_eq!(r.check(name, ip("1.1.1.1")), Answer::Waiting);
+        r.cache.lock().unwrap_or_else(|e| e.into_inner()).answer(
+            name,
+            Ok(vec![ip("1.1.1.1")]),
+            Instant::now(),
+        );
+        assert_eq!(r.check(name, ip("1.1.1.1")), Answer::Match);
+        assert_eq!(
+            r.check(name, ip("6.6.6.6")),
+            Answer::Mismatch(vec![ip("1.1.1.1")])
+        );
     }
 
     #[test]
