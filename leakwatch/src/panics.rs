@@ -90,17 +90,27 @@ pub fn contained<T>(f: impl FnOnce() -> T) -> Option<T> {
     r
 }
 
+/// For tests only: the value of `LEAKWATCH_FAULT_PANIC`, when set and not empty.
+fn fault_mark() -> Option<&'static [u8]> {
+    static MARK: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    MARK.get_or_init(|| {
+        std::env::var_os("LEAKWATCH_FAULT_PANIC")
+            .filter(|v| !v.is_empty())
+            .map(|v| std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec())
+    })
+    .as_deref()
+}
+
+/// For tests only: whether `injected_fault` can strike at all.
+pub fn fault_armed() -> bool {
+    fault_mark().is_some()
+}
+
 /// For tests only: with `LEAKWATCH_FAULT_PANIC` set, a write whose payload holds its value
 /// panics, with the payload in the message, so a test can show that the daemon survives
 /// a bug in its write stage, counts it, and does not log what it was handling.
 pub fn injected_fault(payload: &[u8]) {
-    static MARK: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
-    let mark = MARK.get_or_init(|| {
-        std::env::var_os("LEAKWATCH_FAULT_PANIC")
-            .filter(|v| !v.is_empty())
-            .map(|v| std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec())
-    });
-    if let Some(m) = mark {
+    if let Some(m) = fault_mark() {
         if memchr::memmem::find(payload, m).is_some() {
             panic!(
                 "injected fault on a write of {:?}",
