@@ -101,22 +101,20 @@ fn fault_mark() -> Option<&'static [u8]> {
     .as_deref()
 }
 
-/// For tests only: whether `injected_fault` can strike at all.
-pub fn fault_armed() -> bool {
-    fault_mark().is_some()
+/// For tests only: whether `injected_fault` strikes on `payload`.
+pub fn fault_matches(payload: &[u8]) -> bool {
+    fault_mark().is_some_and(|m| memchr::memmem::find(payload, m).is_some())
 }
 
 /// For tests only: with `LEAKWATCH_FAULT_PANIC` set, a write whose payload holds its value
 /// panics, with the payload in the message, so a test can show that the daemon survives
 /// a bug in its write stage, counts it, and does not log what it was handling.
 pub fn injected_fault(payload: &[u8]) {
-    if let Some(m) = fault_mark() {
-        if memchr::memmem::find(payload, m).is_some() {
-            panic!(
-                "injected fault on a write of {:?}",
-                String::from_utf8_lossy(payload)
-            );
-        }
+    if fault_matches(payload) {
+        panic!(
+            "injected fault on a write of {:?}",
+            String::from_utf8_lossy(payload)
+        );
     }
 }
 

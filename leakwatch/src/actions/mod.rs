@@ -196,10 +196,7 @@ fn run(
     frozen: &RwLock<FrozenSet>,
     responding: &Responding,
 ) {
-    let mut swept = frozen
-        .read()
-        .map(|f| scrub::Swept::from(&f))
-        .unwrap_or_default();
+    let mut swept = scrub::Swept::from(&FrozenSet::read(frozen));
     let mut db = match db::Db::open(path) {
         Ok(db) => Some(db),
         Err(e) => {
@@ -252,12 +249,13 @@ fn run(
                 || gave_up.is_some_and(|t| t.elapsed() < DEFER_COOLDOWN);
             if !urgent
                 && responding.active()
-                && (!batch.is_empty() || frozen.read().is_ok_and(|f| swept.pending(&f)))
+                && (!batch.is_empty() || swept.pending(&FrozenSet::read(frozen)))
                 && responding.wait_idle(DEFER_MAX) >= DEFER_MAX
             {
                 gave_up = Some(Instant::now());
             }
-            if let Ok(f) = frozen.read() {
+            {
+                let f = FrozenSet::read(frozen);
                 for r in batch.iter_mut() {
                     scrub::row(r, &f);
                 }

@@ -1,6 +1,8 @@
 //! Matching frozen credentials without holding their plaintext: each is known by its
 //! SHA-256, length and (optionally) a short prefix. A prefix hit is confirmed by hashing the
 //! `len` bytes there; entries frozen by fingerprint alone are matched by hashing tokens.
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
+
 use aho_corasick::{AhoCorasick, MatchKind};
 
 /// Bytes of prefix kept for a frozen credential (public key prefixes like `sk-ant-` make up
@@ -91,6 +93,21 @@ static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 impl Default for FrozenSet {
     fn default() -> Self {
         FrozenSet::new(Vec::new())
+    }
+}
+
+impl FrozenSet {
+    /// The set behind `lock`, poisoned or not. The set is replaced whole (`replace`), so a
+    /// thread that panicked holding the lock left the old set or the new one; a poisoned
+    /// lock must never turn frozen-key matching off, which `.ok()` would do silently.
+    pub fn read(lock: &RwLock<FrozenSet>) -> RwLockReadGuard<'_, FrozenSet> {
+        lock.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Puts `new` in place of the set behind `lock`, poisoned or not (see `read`). `new` is
+    /// built before the lock is taken, so nothing that can panic runs under it.
+    pub fn replace(lock: &RwLock<FrozenSet>, new: FrozenSet) {
+        *lock.write().unwrap_or_else(PoisonError::into_inner) = new;
     }
 }
 

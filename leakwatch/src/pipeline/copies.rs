@@ -79,7 +79,7 @@ pub(super) fn on_copy(p: &mut Pipeline, c: CopyEvent) {
         .with_label_values(&[dst.as_str()])
         .inc_by(data.len() as u64);
     let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
-    let fz = frozen.read().ok();
+    let fz = Some(crate::detect::frozen::FrozenSet::read(&frozen));
     let d = Detector::new(&engine, fz.as_deref());
     let mut sc = StreamScanner::new(&engine);
     let mut found = sc.feed(&d, &data);

@@ -217,11 +217,11 @@ fn scan(job: Job, engine: &Engine, frozen: &RwLock<FrozenSet>) -> DumpReport {
             }
         };
         r.bytes += n as u64;
-        let fz = frozen.read().ok();
+        let fz = Some(crate::detect::frozen::FrozenSet::read(frozen));
         let d = Detector::new(engine, fz.as_deref());
         crate::crash::add_hits(&mut r.hits, sc.feed(&d, &buf[..n]));
     }
-    let fz = frozen.read().ok();
+    let fz = Some(crate::detect::frozen::FrozenSet::read(frozen));
     let d = Detector::new(engine, fz.as_deref());
     crate::crash::add_hits(&mut r.hits, sc.finish(&d));
     r

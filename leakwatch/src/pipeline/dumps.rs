@@ -68,11 +68,10 @@ pub fn at_exec(p: &Pipeline, tgid: u32) -> (usize, bool) {
                 .collect()
         })
         .unwrap_or_default();
-    let frozen = p.shared.frozen.read().is_ok_and(|f| {
-        f.keys()
-            .iter()
-            .any(|k| fps.iter().any(|fp| *fp == k.fingerprint()))
-    });
+    let frozen = crate::detect::frozen::FrozenSet::read(&p.shared.frozen)
+        .keys()
+        .iter()
+        .any(|k| fps.iter().any(|fp| *fp == k.fingerprint()));
     let mut uniq = fps;
     uniq.sort();
     uniq.dedup();

@@ -68,7 +68,7 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
         p.tls.exec(ev.task.tgid, &ev.filename);
     }
     let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
-    let fz = frozen.read().ok();
+    let fz = Some(crate::detect::frozen::FrozenSet::read(&frozen));
     let d = Detector::new(&engine, fz.as_deref());
     let clean = &mut p.clean;
     clean.under(&engine, fz.as_deref().map_or(0, |f| f.generation()));
@@ -260,7 +260,7 @@ fn recover(p: &mut Pipeline, t: &mut Truncated) -> bool {
     t.counted = true;
     p.metrics.exec_strings_dropped.inc_by(t.strings_dropped);
     let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
-    let fz = frozen.read().ok();
+    let fz = Some(crate::detect::frozen::FrozenSet::read(&frozen));
     let d = Detector::new(&engine, fz.as_deref());
     let mut hits = Vec::new();
     for (area, source) in [(&argv, Source::Argv), (&env, Source::Env)] {

@@ -54,7 +54,7 @@ pub(super) fn waiting(p: &Pipeline) -> bool {
 macro_rules! detector {
     ($p:expr, $d:ident) => {
         let (engine, frozen) = ($p.engine.clone(), $p.shared.frozen.clone());
-        let fz = frozen.read().ok();
+        let fz = Some(crate::detect::frozen::FrozenSet::read(&frozen));
         let $d = Detector::new(&engine, fz.as_deref());
     };
 }

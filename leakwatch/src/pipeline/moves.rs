@@ -203,7 +203,7 @@ fn confirm(p: &Pipeline, path: &str, hits: &[Hit]) -> Vec<Hit> {
         crate::wipe::vec(&mut buf);
         return Vec::new();
     }
-    let fz = p.shared.frozen.read().ok();
+    let fz = Some(crate::detect::frozen::FrozenSet::read(&p.shared.frozen));
     let found = crate::detect::Detector::new(&p.engine, fz.as_deref()).scan(&buf);
     crate::wipe::vec(&mut buf);
     hits.iter()

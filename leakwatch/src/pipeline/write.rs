@@ -137,9 +137,9 @@ pub(super) fn on_write(p: &mut Pipeline, w: WriteEvent) {
     let probe = w.task.probe as usize;
     p.counts.events.get(probe).inc_by(w.calls as u64);
     p.counts.captured.get(probe).inc_by(w.data.len() as u64);
-    if crate::panics::fault_armed() {
-        // Struck with the frozen set's lock held, as a bug in a frozen-key check would be:
-        // the lock is poisoned, and the test shows freezes still work after `recover`.
+    if crate::panics::fault_matches(&w.data) {
+        // Struck holding the frozen set's write lock, as a panic while the set is replaced
+        // would: the lock is poisoned, and the test shows frozen keys are still matched.
         let _held = p.shared.frozen.write();
         crate::panics::injected_fault(&w.data);
     }
@@ -196,7 +196,7 @@ pub(super) fn scan(p: &mut Pipeline, w: WriteEvent, target: Target, source: Sour
     );
     let now = Instant::now();
     let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
-    let fz = frozen.read().ok();
+    let fz = Some(crate::detect::frozen::FrozenSet::read(&frozen));
     let d = Detector::new(&engine, fz.as_deref());
     let mut found = Vec::new();
     // So does a datagram to another peer: bytes sent to different hosts are not one stream.
@@ -434,7 +434,7 @@ fn evict_oldest(p: &mut Pipeline, d: &Detector) {
 pub(super) fn tick(p: &mut Pipeline, all: bool) {
     let now = Instant::now();
     let (engine, frozen) = (p.engine.clone(), p.shared.frozen.clone());
-    let fz = frozen.read().ok();
+    let fz = Some(crate::detect::frozen::FrozenSet::read(&frozen));
     let d = Detector::new(&engine, fz.as_deref());
     let pausing: Vec<(u32, i32)> = p
         .streams

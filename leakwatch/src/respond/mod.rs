@@ -301,9 +301,7 @@ impl Context {
             .exec_kill_pinned
             .set(i64::from(probes.kill_pinned()));
         drop(probes);
-        if let Ok(mut f) = self.frozen.write() {
-            *f = FrozenSet::new(store.keys());
-        }
+        FrozenSet::replace(&self.frozen, FrozenSet::new(store.keys()));
         self.metrics.frozen.set(store.frozen.len() as i64);
         Ok(())
     }
