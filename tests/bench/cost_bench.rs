@@ -259,9 +259,20 @@ fn kernel_mem(d: &Daemon) -> (f64, f64) {
     (sum("bpf-map", "map_id"), sum("bpf-prog", "prog_id"))
 }
 
+/// Waits for an idle host that did not come within 5 s (see `host_quiet`): (gave up, waits).
+static QUIET_GAVE_UP: (
+    std::sync::atomic::AtomicUsize,
+    std::sync::atomic::AtomicUsize,
+) = (
+    std::sync::atomic::AtomicUsize::new(0),
+    std::sync::atomic::AtomicUsize::new(0),
+);
+
 /// Waits until the whole host is idle (under 3 % of its CPUs busy over 200 ms, from
-/// `/proc/stat`), at most 5 s.
+/// `/proc/stat`), at most 5 s; a wait that gives up is counted (`QUIET_GAVE_UP`).
 fn host_quiet() {
+    use std::sync::atomic::Ordering::Relaxed;
+    QUIET_GAVE_UP.1.fetch_add(1, Relaxed);
     let busy = || -> (u64, u64) {
         let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
         let v: Vec<u64> = stat
@@ -286,6 +297,7 @@ fn host_quiet() {
             return;
         }
     }
+    QUIET_GAVE_UP.0.fetch_add(1, Relaxed);
 }
 
 /// Waits until the daemon's CPU time stops rising (caught up), at most `secs`.
@@ -378,7 +390,8 @@ pub fn run() -> String {
         eprintln!("cost bench: micro round {}/{rounds} done", round + 1);
     }
     took("micro");
-    // Nine rounds (18 pairs for the agent) keep the part under 10 minutes.
+    // Eleven rounds (22 pairs for the agent), with the waits for an idle host, keep the
+    // part near 10 minutes.
     let macro_ = macro_rounds(env_or("LW_BENCH_MACRO_ROUNDS", 11));
     took("macro");
     let (loss, footprint) = loss_and_footprint();
@@ -755,16 +768,23 @@ fn macro_rounds(rounds: usize) -> Macro {
     for round in 0..rounds {
         // The build's two runs take turns at going first, as the agent's pairs do.
         let build_first = round % 2 == 1;
-        let early_build = build_first.then(|| timed_cpu(build_run(&proj)));
+        let build = |d: Option<&Daemon>| {
+            if let Some(d) = d {
+                quiet(d, 5);
+            }
+            host_quiet();
+            timed_cpu(build_run(&proj))
+        };
+        let early_build = build_first.then(|| build(None));
         let none_a = agent();
         let mut d = start("");
         let in_a = agent();
-        let build_in = timed_cpu(build_run(&proj));
+        let build_in = build(Some(&d));
         quiet(&d, 5);
         let in_b = agent();
         d.stop();
         let none_b = agent();
-        let build_none = early_build.unwrap_or_else(|| timed_cpu(build_run(&proj)));
+        let build_none = early_build.unwrap_or_else(|| build(None));
         let floor = load_floor();
         let with_floor = agent();
         drop(floor);
@@ -892,7 +912,11 @@ fn report_macro(md: &mut String, m: &Macro) -> MacroVerdict {
         .filter(|r| r.work == "agent" && r.mon == Mon::None)
         .count();
     let pairs = m.pairs.len();
-    writeln!(md, "**agent**: python3 with a local HTTP server, run by the interpreter itself (`sys.executable`, resolved once: before 2026-12-06 every run went through this host's pyenv shim, ~70 ms of bash and a dozen execs); {AGENT_REQUESTS} chat-style POSTs with JSON bodies (the last 20 messages), each reply logged to a file, `ls` run every 25 requests; pinned to CPU 0 (the daemon is not pinned: it runs where the scheduler puts it). Pinned, because unpinned its run time depended mostly on where the scheduler put its two threads. It ends without `srv.shutdown()`: reports before 2026-12-05 timed a fixed 0.5 s shutdown sleep with every run, which diluted the ratio by a third. **build**: `make -j2` of 24 generated C files (`cc -O2`) into an archive, from clean, on both cores. {rounds} rounds; in each, in this order: the agent with no monitor; the daemon started, the agent, the build, the agent, the daemon stopped; the agent with no monitor; the build with no monitor (moved to the start of the round in every second round, so the build's two runs take turns at going first); the agent with the floor; the agent with the daemon scoped away from it (`[scope] comms` naming no process of the bench). So each round gives the agent two **adjacent pairs** (no monitor then leakwatch, leakwatch then no monitor), {pairs} in all, and the agent's ratio is the median over the pairs of no-monitor time / leakwatch time (1.0 = no cost). Adjacent, because a run's time drifts with the host: in the earlier design (every configuration's runs in a block, blocks rotated), pairs were ten seconds and more apart and the 95 % interval spanned 0.940–1.017; 30 adjacent pairs by hand gave a standard deviation of 1.7 % per pair (2026-12-06). Every timed agent run waits first for the host to be idle (under 3 % of its CPUs busy over 200 ms), and the second leakwatch run also for the daemon to have caught up with the build: runs that started while the kernel was still freeing a stopped daemon's programs and maps, or while the daemon read the build's records, took up to 15 % longer (by hand, 2026-12-07: 12 pairs without the waits spread 6.2 % (one 1.27 s run among 1.06–1.17 s), with them 1.6 %). The build's ratio and the agent's other columns are per round (the mean of a round's two runs where it has two), medians over rounds. The floor splits the agent's cost: **floor vs none** is what any probe on these tracepoints costs (the syscall tracing slow path and a program call per hooked syscall), **leakwatch vs floor** what leakwatch adds to that. **out of scope** is what a process leakwatch does not watch pays on a host where it watches others (its connects, execs and exits still go through the programs; its writes stop at the scope check).\n\n**95 % CI** is the order-statistic interval of the median (no assumption on the spread; its coverage under the table). The verdict is met when the interval lies at or above the target, not met when below it, and *within noise* when it straddles it (or when too few values make no 95 % interval). **its CPU** is the same ratio over the user + system CPU of the workload's own processes (the kernel programs run in them, so their time is in it; the daemon's own CPU is not, see the next table), with its own interval; against the floor it splits what any probe on these hooks costs the workload from what leakwatch adds.\n").unwrap();
+    let (gave_up, waits) = (
+        QUIET_GAVE_UP.0.load(std::sync::atomic::Ordering::Relaxed),
+        QUIET_GAVE_UP.1.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    writeln!(md, "**agent**: python3 with a local HTTP server, run by the interpreter itself (`sys.executable`, resolved once: before 2026-12-06 every run went through this host's pyenv shim, ~70 ms of bash and a dozen execs); {AGENT_REQUESTS} chat-style POSTs with JSON bodies (the last 20 messages), each reply logged to a file, `ls` run every 25 requests; pinned to CPU 0 (the daemon is not pinned: it runs where the scheduler puts it). Pinned, because unpinned its run time depended mostly on where the scheduler put its two threads. It ends without `srv.shutdown()`: reports before 2026-12-05 timed a fixed 0.5 s shutdown sleep with every run, which diluted the ratio by a third. **build**: `make -j2` of 24 generated C files (`cc -O2`) into an archive, from clean, on both cores. {rounds} rounds; in each, in this order: the agent with no monitor; the daemon started, the agent, the build, the agent, the daemon stopped; the agent with no monitor; the build with no monitor (moved to the start of the round in every second round, so the build's two runs take turns at going first); the agent with the floor; the agent with the daemon scoped away from it (`[scope] comms` naming no process of the bench). So each round gives the agent two **adjacent pairs** (no monitor then leakwatch, leakwatch then no monitor), {pairs} in all, and the agent's ratio is the median over the pairs of no-monitor time / leakwatch time (1.0 = no cost). Adjacent, because a run's time drifts with the host: in the earlier design (every configuration's runs in a block, blocks rotated), pairs were ten seconds and more apart and the 95 % interval spanned 0.940–1.017; 30 adjacent pairs by hand gave a standard deviation of 1.7 % per pair (2026-12-06). Every timed run (agent and build) waits first for the host to be idle (under 3 % of its CPUs busy over 200 ms; at most 5 s: {gave_up} of {waits} waits gave up and ran anyway), and a run with the daemon also for the daemon to have caught up (after its start, and after the build): runs that started while the kernel was still freeing a stopped daemon's programs and maps, or while the daemon read the build's records, took up to 15 % longer (by hand, 2026-12-07: 12 pairs without the waits spread 6.2 % (one 1.27 s run among 1.06–1.17 s), with them 1.6 %). The build's ratio and the agent's other columns are per round (the mean of a round's two runs where it has two), medians over rounds. The floor splits the agent's cost: **floor vs none** is what any probe on these tracepoints costs (the syscall tracing slow path and a program call per hooked syscall), **leakwatch vs floor** what leakwatch adds to that. **out of scope** is what a process leakwatch does not watch pays on a host where it watches others (its connects, execs and exits still go through the programs; its writes stop at the scope check).\n\n**95 % CI** is the order-statistic interval of the median (no assumption on the spread; its coverage under the table). The verdict is met when the interval lies at or above the target, not met when below it, and *within noise* when it straddles it (or when too few values make no 95 % interval). **its CPU** is the same ratio over the user + system CPU of the workload's own processes (the kernel programs run in them, so their time is in it; the daemon's own CPU is not, see the next table), with its own interval; against the floor it splits what any probe on these hooks costs the workload from what leakwatch adds.\n").unwrap();
     writeln!(
         md,
         "| workload | no monitor (s) | floor (s) | leakwatch (s) | floor vs none | leakwatch vs floor | **leakwatch vs none** | 95 % CI | min–max | its CPU: floor vs none | its CPU: leakwatch vs none (95 % CI) | out of scope vs none (its CPU) |"
