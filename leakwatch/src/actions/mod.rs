@@ -249,7 +249,12 @@ fn run(
                 || gave_up.is_some_and(|t| t.elapsed() < DEFER_COOLDOWN);
             if !urgent
                 && responding.active()
-                && (!batch.is_empty() || swept.pending(&FrozenSet::read(frozen)))
+                // In a block: the guard must be gone before `wait_idle`, or a freeze
+                // replacing the set would wait for this thread while it waits for the freeze.
+                && (!batch.is_empty() || {
+                    let f = FrozenSet::read(frozen);
+                    swept.pending(&f)
+                })
                 && responding.wait_idle(DEFER_MAX) >= DEFER_MAX
             {
                 gave_up = Some(Instant::now());
