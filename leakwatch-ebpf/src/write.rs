@@ -319,7 +319,7 @@ pub fn handle(
             (fdt, arr) = (o.fdt, o.arr);
             h.rec.file = o.id;
             h.rec.inode = o.inode;
-            let is_sock = o.id.mode & fdinfo::S_IFMT == fdinfo::S_IFSOCK;
+            let is_sock = sock(&o);
             // SAFETY: `who` is this process's map value (see `scope::in_scope`).
             let tls = unsafe { (*who).flags } & scope::WHO_TLS != 0;
             if is_sock && tls && !is_tls_plaintext(probe) {

@@ -766,16 +766,17 @@ fn macro_rounds(rounds: usize) -> Macro {
         quiet(&d, 5);
         d
     };
+    // The same waits for the build; with the daemon, for it to catch up too.
+    let build = |d: Option<&Daemon>| {
+        if let Some(d) = d {
+            quiet(d, 5);
+        }
+        host_quiet();
+        timed_cpu(build_run(&proj))
+    };
     for round in 0..rounds {
         // The build's two runs take turns at going first, as the agent's pairs do.
         let build_first = round % 2 == 1;
-        let build = |d: Option<&Daemon>| {
-            if let Some(d) = d {
-                quiet(d, 5);
-            }
-            host_quiet();
-            timed_cpu(build_run(&proj))
-        };
         let early_build = build_first.then(|| build(None));
         let none_a = agent();
         let mut d = start("");

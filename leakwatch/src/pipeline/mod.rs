@@ -245,11 +245,10 @@ impl Pipeline {
     }
 
     /// After a panic caught in the worker: the locks it shares with the rest of the
-    /// daemon are usable again (see `respond::Context::clear_poison`).
+    /// daemon are usable again (see `respond::Context::clear_poison`, whose frozen set and
+    /// exec history are `shared`'s own: `Context::new` cloned them from it).
     fn recover(&self) {
         self.ctx.clear_poison();
-        self.shared.frozen.clear_poison();
-        self.shared.history.clear_poison();
         self.shared.reload.clear_poison();
     }
 
@@ -426,9 +425,8 @@ fn drain_left(
     }
 }
 
-/// A ring record decoded; a malformed one is counted and dropped.
-/// A record decoded; a panic in the decoder (a bug met on one record) drops that record,
-/// counted, and the reader goes on.
+/// A ring record decoded; a malformed one is counted and dropped, and so is one the
+/// decoder panicked on (a bug met on one record): the reader goes on.
 fn decoded(item: &[u8], m: &Metrics) -> Option<Event> {
     match crate::panics::guard("decode", &m.internal_errors, || decode(item))? {
         Ok(ev) => Some(ev),
