@@ -87,6 +87,16 @@ fn tls_ready(d: &Daemon) {
     });
 }
 
+/// Waits until `status` lists the executable at `path` as one whose TLS is read.
+fn tls_visible(d: &Daemon, path: &str) {
+    wait_until(60, &format!("the TLS probe attached to {path}"), || {
+        d.status()["tls_visible"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|f| f.as_str() == Some(path)))
+            .then_some(())
+    });
+}
+
 fn tls_finding(d: &Daemon, fp: &str, pid: u32, what: &str) -> Value {
     wait_until(20, what, || {
         d.findings(fp)
@@ -201,12 +211,7 @@ fn tls_kubectl_bearer_token_through_go_crypto_tls() {
     .unwrap();
     let exe = exe.to_str().unwrap().to_string();
     // Found in the background at start (the `/usr/bin` links are followed).
-    wait_until(60, "the Go TLS probe attached to kubectl", || {
-        d.status()["tls_visible"]
-            .as_array()
-            .is_some_and(|l| l.iter().any(|f| f.as_str() == Some(exe.as_str())))
-            .then_some(())
-    });
+    tls_visible(&d, &exe);
     let (secret, text) = secret("anthropic-api-key");
     let fp = fingerprint(&secret);
     let dir = d.scratch();
@@ -255,6 +260,125 @@ fn tls_kubectl_bearer_token_through_go_crypto_tls() {
     assert!(
         !blind.to_string().contains(&exe),
         "kubectl listed as a TLS blind spot: {blind:#}"
+    );
+    drop(srv);
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+/// A Go TLS client over a wrapper `net.Conn` (proxies, metrics and tracing libraries wrap
+/// connections so). The wrapper's first word points at a decoy whose third word holds
+/// another open socket's fd, where a `*net.TCPConn`'s `netFD` keeps its `Sysfd`.
+const GO_WRAPPED: &str = r#"
+package main
+
+import (
+	"bufio"
+	"crypto/tls"
+	"net"
+	"os"
+	"strings"
+)
+
+type wrapped struct {
+	decoy *[8]int64
+	net.Conn
+}
+
+func must(err error) {
+	if err != nil {
+		panic(err)
+	}
+}
+
+func main() {
+	if len(os.Args) < 4 {
+		return
+	}
+	key, err := os.ReadFile(os.Args[3])
+	must(err)
+	other, err := net.Dial("tcp", os.Args[2])
+	must(err)
+	raw, err := other.(*net.TCPConn).SyscallConn()
+	must(err)
+	decoy := new([8]int64)
+	must(raw.Control(func(fd uintptr) { decoy[2] = int64(fd) }))
+	c, err := net.Dial("tcp", os.Args[1])
+	must(err)
+	t := tls.Client(wrapped{decoy, c}, &tls.Config{InsecureSkipVerify: true})
+	req := "POST /v1/messages HTTP/1.1\r\nHost: api\r\nx-api-key: " + strings.TrimSpace(string(key)) + "\r\nContent-Length: 0\r\n\r\n"
+	_, err = t.Write([]byte(req))
+	must(err)
+	_, err = bufio.NewReader(t).ReadString('\n')
+	must(err)
+	t.Close()
+	other.Close()
+}
+"#;
+
+/// Go's plaintext over a wrapper `net.Conn` is tied to the connection it went out on, not
+/// to whatever socket the number where a `netFD`'s fd would be names (here, on purpose,
+/// another open connection's).
+#[test]
+fn tls_go_wrapped_conn_is_tied_to_its_own_connection() {
+    let go = which("go").expect("go is installed (cargo xtask install: golang-go)");
+    let mut d = Daemon::start("tls-go-wrapped");
+    let srv = TlsServer::start(&d.scratch());
+    let decoy = TcpPeer::start();
+    let dir = d.scratch();
+    let src = dir.join("wrapped.go");
+    let exe = dir.join("wrapped");
+    std::fs::write(&src, GO_WRAPPED).unwrap();
+    // The build cache outlives the run: the first build compiles crypto/tls (~30 s).
+    let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/go-cache");
+    let out = Command::new(&go)
+        .arg("build")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .env("GOCACHE", &cache)
+        .env("HOME", &dir)
+        .env("GO111MODULE", "off")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "go build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its first exec has it checked; the probe is on before the run that leaks.
+    let st = Command::new(&exe).status().unwrap();
+    assert!(st.success());
+    let path = std::fs::canonicalize(&exe).unwrap();
+    let path = path.to_str().unwrap().to_string();
+    tls_visible(&d, &path);
+    let (secret, text) = secret("anthropic-api-key");
+    let fp = fingerprint(&secret);
+    let keyfile = dir.join("key");
+    std::fs::write(&keyfile, &text).unwrap();
+    let mut c = Command::new(&exe)
+        .arg(srv.addr())
+        .arg(decoy.addr())
+        .arg(&keyfile)
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    let st = wait_exit(&mut c, 30, "the wrapped Go client");
+    assert!(st.success(), "the wrapped Go client failed: {st}");
+    let a = tls_finding(
+        &d,
+        &fp,
+        pid,
+        "the key in the wrapped Go client's TLS plaintext",
+    );
+    assert_eq!(s(&a, "probe"), "uprobe_go_tls_write", "{a:#}");
+    assert_eq!(s(&a, "source"), "socket", "{a:#}");
+    // Not the decoy's connection, whose fd sat where a `netFD`'s would.
+    assert_eq!(
+        s(&a, "remote"),
+        srv.addr(),
+        "decoy at {}: {a:#}",
+        decoy.addr()
     );
     drop(srv);
     d.stop();

@@ -160,14 +160,28 @@ pub fn go_tls_write(ctx: ProbeContext) -> u32 {
 /// has: the `Conn` begins with its `net.Conn` interface (type word, data word); for a
 /// `*net.TCPConn` or `*net.UnixConn` the data points at a `conn` whose first word is the
 /// `*netFD`, which begins with a `poll.FD`, whose `Sysfd` follows the 16-byte `fdMutex`.
-/// Another `net.Conn` (a wrapper) gives a wrong number or none: the caller checks that it
-/// names a socket.
+/// Another `net.Conn` (a wrapper, as proxies and tracing libraries make) puts other
+/// memory there, whose third word can be any number, another socket's fd included. So
+/// the number counts only when the `poll.FD`'s poll descriptor agrees: its `runtimeCtx`
+/// (at 24, or at 32 since Go 1.21 put `SysFile` before it) points at the runtime's
+/// `pollDesc`, whose `fd` follows its `link` (Go 1.17 and later). Else the caller sends
+/// -1, which the daemon ties to the thread's next socket write.
 fn go_conn_fd(conn: u64) -> Option<u32> {
     // SAFETY: bpf_probe_read_user checks every address.
-    let data: u64 = unsafe { bpf_probe_read_user((conn + 8) as *const u64) }.ok()?;
-    let netfd: u64 = unsafe { bpf_probe_read_user(data as *const u64) }.ok()?;
-    let sysfd: i64 = unsafe { bpf_probe_read_user((netfd + 16) as *const i64) }.ok()?;
-    (0..1 << 24).contains(&sysfd).then_some(sysfd as u32)
+    let read = |at: u64| unsafe { bpf_probe_read_user(at as *const u64) }.ok();
+    let data = read(conn + 8)?;
+    let netfd = read(data)?;
+    let sysfd = read(netfd + 16)?;
+    if sysfd >= 1 << 24 {
+        return None;
+    }
+    for at in [24, 32] {
+        let ctx = read(netfd + at).unwrap_or(0);
+        if ctx != 0 && read(ctx + 8) == Some(sysfd) {
+            return Some(sysfd as u32);
+        }
+    }
+    None
 }
 
 /// `SSL_write(SSL *ssl, const void *buf, int num)`.

@@ -25,6 +25,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     // etcd-client's build script compiles etcd's protobuf definitions with it.
     ("protoc", "protobuf-compiler"),
+    // Builds the Go TLS client the tls suite wraps (Debian's Go 1.19).
+    ("go", "golang-go"),
 ];
 
 #[derive(Parser)]
