@@ -121,10 +121,14 @@ const BIN_DIRS: [&str; 4] = ["/usr/bin", "/usr/local/bin", "/usr/sbin", "/usr/lo
 /// its next exec).
 const WAITING: usize = 1024;
 
+/// An exec to check: the process, and the absolute path it exec'd (`None`: relative, or
+/// by fd), for when the process has exited before the check.
+type Exec = (u32, Option<String>);
+
 /// Hands exec'd programs to the thread that attaches the TLS probes.
 #[derive(Clone, Default)]
 pub struct TlsWatch {
-    tx: Option<std::sync::mpsc::SyncSender<u32>>,
+    tx: Option<std::sync::mpsc::SyncSender<Exec>>,
     /// Files the probes are attached to.
     visible: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
     /// Absolute paths handed over lately: an exec loop of one program costs a lookup, not
@@ -138,13 +142,16 @@ impl TlsWatch {
     pub fn exec(&mut self, tgid: u32, filename: &str) {
         let Some(tx) = &self.tx else { return };
         // `/dev/fd/N` names a different image in every process that execs by fd.
-        if filename.starts_with('/') && !crate::procs::by_fd(filename) {
-            if self.recent.get(filename).is_some() {
-                return;
-            }
+        let by_path = filename.starts_with('/') && !crate::procs::by_fd(filename);
+        if by_path && self.recent.get(filename).is_some() {
+            return;
+        }
+        // Remembered only once handed over: an exec met by a full queue is not skipped
+        // again for 10 s.
+        let path = by_path.then(|| filename.to_string());
+        if tx.try_send((tgid, path)).is_ok() && by_path {
             self.recent.insert(filename, ());
         }
-        let _ = tx.try_send(tgid);
     }
 
     /// Files whose TLS plaintext the probes see.
@@ -158,7 +165,7 @@ impl TlsWatch {
         probes: std::sync::Arc<std::sync::Mutex<Probes>>,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> TlsWatch {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<u32>(WAITING);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Exec>(WAITING);
         let visible = std::sync::Arc::new(std::sync::RwLock::new(Vec::new()));
         let seen_by_thread = visible.clone();
         let started = std::thread::Builder::new()
@@ -182,9 +189,16 @@ impl TlsWatch {
                         w.check(&e.path());
                     }
                 }
-                for tgid in rx {
-                    if let Ok(exe) = std::fs::read_link(format!("/proc/{tgid}/exe")) {
-                        w.check(&exe);
+                for (tgid, path) in rx {
+                    // A short run may be over by now: then the file by the path it was
+                    // exec'd by (checked like any other, through one open file).
+                    match std::fs::read_link(format!("/proc/{tgid}/exe")) {
+                        Ok(exe) => w.check(&exe),
+                        Err(_) => {
+                            if let Some(p) = path {
+                                w.check(Path::new(&p));
+                            }
+                        }
                     }
                 }
             });
