@@ -395,7 +395,8 @@ pub fn tune_malloc() {
 
 /// Hands freed heap back to the kernel. Start-up parses the kernel's BTF twice and
 /// compiles every rule, peaking near 60 MB of heap that is then free but still resident;
-/// a burst does the same later. Trimmed, idle RSS is what is in use.
+/// a burst does the same later (trimmed once it is over, see `heap::Trim`). Trimmed, idle
+/// RSS is what is in use.
 fn release_free_memory() {
     // SAFETY: glibc's malloc_trim only releases free memory; callable from any thread.
     unsafe {
@@ -521,6 +522,7 @@ async fn poll_stats(
     let mut last_queue = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks: u64 = 0;
+    let mut trim = crate::heap::Trim::default();
     let mut stopping = false;
     while !stopping {
         tokio::select! {
@@ -529,9 +531,11 @@ async fn poll_stats(
             _ = stop.changed() => stopping = true,
         }
         ticks += 1;
-        // Also once the TLS library scan after start-up is done.
-        if ticks == 10 || ticks.is_multiple_of(60) {
+        // Also once the TLS library scan after start-up is done, and once a burst is over.
+        let burst_over = trim.due(crate::heap::rss());
+        if ticks == 10 || ticks.is_multiple_of(60) || burst_over {
             release_free_memory();
+            trim.trimmed(crate::heap::rss());
         }
         for f in &fills {
             metrics

@@ -15,6 +15,7 @@ pub mod detect;
 pub mod events;
 pub mod fastmap;
 pub mod fleet;
+pub mod heap;
 pub mod install;
 pub mod metrics;
 pub mod notify;
