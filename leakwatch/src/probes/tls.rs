@@ -38,9 +38,11 @@ pub fn system_libssl() -> Option<std::path::PathBuf> {
 /// Does the ELF file at `path` define (not merely import) both write functions in its
 /// dynamic symbol table? Reads only the headers and tables it needs.
 pub fn exports_ssl_write(path: &Path) -> bool {
-    let Ok(f) = File::open(path) else {
-        return false;
-    };
+    File::open(path).is_ok_and(|f| exports_ssl_write_in(&f))
+}
+
+/// `exports_ssl_write` of a file already open.
+pub fn exports_ssl_write_in(f: &File) -> bool {
     let cache = ReadCache::new(f);
     let Ok(obj) = object::File::parse(&cache) else {
         return false;
@@ -73,11 +75,12 @@ impl Probes {
         Ok(p)
     }
 
-    /// Attaches the TLS plaintext probes to `path` (which must export the symbols).
-    pub fn attach_tls(&mut self, path: &Path) -> Result<()> {
+    /// Attaches the TLS plaintext probes to the file `target` names (which must export the
+    /// symbols; an open file by `/proc/self/fd`), known as `path`.
+    pub fn attach_tls(&mut self, target: &Path, path: &Path) -> Result<()> {
         for (prog, sym) in POINTS {
             self.uprobe(prog)?
-                .attach(sym, path, UProbeScope::AllProcesses)
+                .attach(sym, target, UProbeScope::AllProcesses)
                 .with_context(|| format!("attaching {prog} to {sym} in {}", path.display()))?;
         }
         self.tls_attached.push(path.to_string_lossy().into_owned());
@@ -237,12 +240,27 @@ impl Watcher {
     }
 
     fn check_file(&mut self, path: &Path) {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(m) = std::fs::metadata(path) else {
+        use std::os::{
+            fd::AsRawFd,
+            unix::fs::{MetadataExt, OpenOptionsExt},
+        };
+        // One open file for everything: what is checked is what is parsed and probed,
+        // however the path changes meanwhile (an exec that ended before its check is
+        // checked by the path it was exec'd by, which its user can point elsewhere).
+        // Non-blocking: a FIFO put there must not stop the watcher.
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+        else {
             return;
         };
+        let Ok(m) = file.metadata() else {
+            return;
+        };
+        let target = format!("/proc/self/fd/{}", file.as_raw_fd());
         // By its real name: the one `/proc/PID/exe` gives (see `pipeline::blind`).
-        let Ok(path) = std::fs::canonicalize(path) else {
+        let Ok(path) = std::fs::read_link(&target) else {
             return;
         };
         let path = path.as_path();
@@ -252,16 +270,11 @@ impl Watcher {
         if !self.seen.insert((m.dev(), m.ino())) || self.seen.len() > 1 << 20 {
             return;
         }
-        let go = if exports_ssl_write(path) {
+        let go = if exports_ssl_write_in(&file) {
             None
         } else {
-            // Parsed and attached through one open file: a path renamed over meanwhile
-            // (to libc, say) must not get a breakpoint at an offset meant for another file.
-            let Ok(file) = std::fs::File::open(path) else {
-                return;
-            };
             match super::gotls::find(&file) {
-                super::gotls::Go::Write { offset, version } => Some((offset, version, file)),
+                super::gotls::Go::Write { offset, version } => Some((offset, version)),
                 super::gotls::Go::Unsupported(why) => {
                     log::info!(
                         "{}: a Go program whose TLS is not seen ({why})",
@@ -275,13 +288,11 @@ impl Watcher {
         let r = match self.probes.lock() {
             // The daemon is stopping: its probes are gone, none is added.
             Ok(p) if p.detached() => return,
+            // Attached through the open file too: a path renamed over meanwhile (to libc,
+            // say) must not get a breakpoint at an offset meant for another file.
             Ok(mut p) => match &go {
-                None => p.attach_tls(path),
-                Some((offset, _, file)) => {
-                    use std::os::fd::AsRawFd;
-                    let fd = format!("/proc/self/fd/{}", file.as_raw_fd());
-                    p.attach_go_tls(Path::new(&fd), path, *offset)
-                }
+                None => p.attach_tls(Path::new(&target), path),
+                Some((offset, _)) => p.attach_go_tls(Path::new(&target), path, *offset),
             },
             Err(_) => return,
         };
@@ -289,7 +300,7 @@ impl Watcher {
             Ok(()) => {
                 match &go {
                     None => log::info!("TLS plaintext probes attached to {}", path.display()),
-                    Some((_, v, _)) => log::info!(
+                    Some((_, v)) => log::info!(
                         "TLS plaintext probe attached to {} (Go {v}, crypto/tls)",
                         path.display()
                     ),
