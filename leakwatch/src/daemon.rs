@@ -532,10 +532,10 @@ async fn poll_stats(
         }
         ticks += 1;
         // Also once the TLS library scan after start-up is done, and once a burst is over.
-        let burst_over = trim.due(crate::heap::rss());
+        let burst_over = trim.due(crate::heap::anon_rss(), crate::heap::cpu_time());
         if ticks == 10 || ticks.is_multiple_of(60) || burst_over {
             release_free_memory();
-            trim.trimmed(crate::heap::rss());
+            trim.trimmed(crate::heap::anon_rss());
         }
         for f in &fills {
             metrics
