@@ -15,7 +15,7 @@ use crate::cost_bench::{agent_run, daemon, load_floor, quiet};
 /// Sampling rate, Hz: ~3,000 samples per one-second run.
 const FREQ: u32 = 2999;
 /// Agent runs per configuration: two passes over the three, this many runs each time.
-const RUNS_PER_PASS: usize = 3;
+const RUNS_PER_PASS: usize = 2;
 const PASSES: usize = 2;
 
 /// What a sample on CPU 0 was doing.
