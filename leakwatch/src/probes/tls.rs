@@ -244,18 +244,26 @@ impl Watcher {
             fd::AsRawFd,
             unix::fs::{MetadataExt, OpenOptionsExt},
         };
-        // One open file for everything: what is checked is what is parsed and probed,
-        // however the path changes meanwhile (an exec that ended before its check is
-        // checked by the path it was exec'd by, which its user can point elsewhere).
-        // Non-blocking: a FIFO put there must not stop the watcher.
-        let Ok(file) = std::fs::OpenOptions::new()
+        // One file for everything: what is checked is what is parsed and probed, however
+        // the path changes meanwhile (an exec that ended before its check is checked by
+        // the path it was exec'd by, which its user can point elsewhere). Found with
+        // O_PATH, which opens nothing (a device or FIFO put there is never opened, as
+        // root, with the side effects that can have), and opened for reading through it
+        // only once it is a regular file.
+        let Ok(handle) = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
             .open(path)
         else {
             return;
         };
-        let Ok(m) = file.metadata() else {
+        let Ok(m) = handle.metadata() else {
+            return;
+        };
+        if !m.is_file() {
+            return;
+        }
+        let Ok(file) = File::open(format!("/proc/self/fd/{}", handle.as_raw_fd())) else {
             return;
         };
         let target = format!("/proc/self/fd/{}", file.as_raw_fd());
@@ -264,7 +272,7 @@ impl Watcher {
             return;
         };
         let path = path.as_path();
-        if !m.is_file() || m.mode() & 0o111 == 0 && !path.to_string_lossy().contains(".so") {
+        if m.mode() & 0o111 == 0 && !path.to_string_lossy().contains(".so") {
             return;
         }
         if !self.seen.insert((m.dev(), m.ino())) || self.seen.len() > 1 << 20 {
