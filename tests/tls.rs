@@ -329,7 +329,8 @@ fn tls_go_wrapped_conn_is_tied_to_its_own_connection() {
     let src = dir.join("wrapped.go");
     let exe = dir.join("wrapped");
     std::fs::write(&src, GO_WRAPPED).unwrap();
-    // The build cache outlives the run: the first build compiles crypto/tls (~30 s).
+    // Its build cache outlives the run (a few seconds the first time, with Debian's
+    // prebuilt standard library).
     let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/go-cache");
     let out = Command::new(&go)
         .arg("build")

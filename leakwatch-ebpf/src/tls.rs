@@ -164,8 +164,9 @@ pub fn go_tls_write(ctx: ProbeContext) -> u32 {
 /// memory there, whose third word can be any number, another socket's fd included. So
 /// the number counts only when the `poll.FD`'s poll descriptor agrees: its `runtimeCtx`
 /// (at 24, or at 32 since Go 1.21 put `SysFile` before it) points at the runtime's
-/// `pollDesc`, whose `fd` follows its `link` (Go 1.17 and later). Else the caller sends
-/// -1, which the daemon ties to the thread's next socket write.
+/// `pollDesc`, whose `fd` follows its `link` (in every Go the probe reads, 1.18 on). Else
+/// the caller sends -1, which the daemon ties to the thread's next socket write. A
+/// heuristic: a wrapper whose memory held both the number and such a pointer would pass.
 fn go_conn_fd(conn: u64) -> Option<u32> {
     // SAFETY: bpf_probe_read_user checks every address.
     let read = |at: u64| unsafe { bpf_probe_read_user(at as *const u64) }.ok();
