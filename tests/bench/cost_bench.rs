@@ -1261,8 +1261,8 @@ fn loss_and_footprint() -> (String, Footprint) {
         },
     ));
     let load_rss = rss(&d);
-    // What stays once the daemon has seen the burst is over (its RSS flat for 3 s) and
-    // handed freed heap back (`leakwatch::heap::Trim`).
+    // What stays once the daemon has rested 3 s after the burst and handed freed heap
+    // back (`leakwatch::heap::Trim`).
     std::thread::sleep(Duration::from_secs(8));
     let settled_rss = rss(&d);
     drop(d);
