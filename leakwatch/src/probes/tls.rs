@@ -35,14 +35,9 @@ pub fn system_libssl() -> Option<std::path::PathBuf> {
         .and_then(|p| std::fs::canonicalize(p).ok())
 }
 
-/// Does the ELF file at `path` define (not merely import) both write functions in its
+/// Does the open ELF file `f` define (not merely import) both write functions in its
 /// dynamic symbol table? Reads only the headers and tables it needs.
-pub fn exports_ssl_write(path: &Path) -> bool {
-    File::open(path).is_ok_and(|f| exports_ssl_write_in(&f))
-}
-
-/// `exports_ssl_write` of a file already open.
-pub fn exports_ssl_write_in(f: &File) -> bool {
+pub fn exports_ssl_write(f: &File) -> bool {
     let cache = ReadCache::new(f);
     let Ok(obj) = object::File::parse(&cache) else {
         return false;
@@ -111,10 +106,11 @@ mod tests {
     #[test]
     fn libssl_exports_the_write_functions_and_libc_does_not() {
         let ssl = system_libssl().expect("libssl.so.3 is installed here");
-        assert!(exports_ssl_write(&ssl));
-        assert!(!exports_ssl_write(Path::new("/bin/true")));
-        assert!(!exports_ssl_write(Path::new("/nonexistent")));
-        assert!(!exports_ssl_write(Path::new("/etc/hostname")));
+        let exports = |p: &Path| File::open(p).is_ok_and(|f| exports_ssl_write(&f));
+        assert!(exports(&ssl));
+        assert!(!exports(Path::new("/bin/true")));
+        assert!(!exports(Path::new("/nonexistent")));
+        assert!(!exports(Path::new("/etc/hostname")));
     }
 }
 
@@ -278,7 +274,7 @@ impl Watcher {
         if !self.seen.insert((m.dev(), m.ino())) || self.seen.len() > 1 << 20 {
             return;
         }
-        let go = if exports_ssl_write_in(&file) {
+        let go = if exports_ssl_write(&file) {
             None
         } else {
             match super::gotls::find(&file) {
