@@ -7,6 +7,8 @@ use leakwatch_common::*;
 
 use crate::{args::arg, header, maps, scope, sockaddr};
 
+const SIZE: usize = core::mem::size_of::<ConnectEvent>();
+
 /// format: fd @16, uservaddr @24, addrlen @32.
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
@@ -16,21 +18,22 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let (fd, addr, len) = (arg(&ctx, 16), arg(&ctx, 24), arg(&ctx, 32) as u32 as u64);
-    let mut ev = ConnectEvent {
-        fd: fd as i32,
-        peer: sockaddr::read_user(addr, len),
-        ..Default::default()
+    // Built in the ring, every field written: no record on the stack to clear and copy.
+    let Some(p) = maps::reserve_event::<SIZE>(PROBE_CONNECT) else {
+        return 0;
     };
-    // A process that wrote before has its parent, name, uid and cgroup cached (refreshed
-    // as the write probes do): four kernel reads and two helper calls fewer.
-    match scope::who(tgid) {
+    // SAFETY: SIZE bytes of a live reservation, 8-byte aligned.
+    let ev = unsafe { &mut *(p as *mut ConnectEvent) };
+    // The parent, name, uid and cgroup are cached per process (refreshed as the write
+    // probes do), made at its first connect if it has not written: four kernel reads and
+    // two helper calls fewer on every connect after it.
+    match scope::who_or_new(tgid) {
         Some(w) => header::fill_cached(&mut ev.hdr, EVENT_CONNECT, PROBE_CONNECT, pid_tgid, w),
         None => header::fill(&mut ev.hdr, EVENT_CONNECT, PROBE_CONNECT),
     }
-    maps::emit(
-        PROBE_CONNECT,
-        &ev as *const _ as *const u8,
-        core::mem::size_of::<ConnectEvent>() as u64,
-    );
+    ev.fd = fd as i32;
+    ev._pad = 0;
+    sockaddr::read_user(&mut ev.peer, addr, len);
+    maps::submit_event(PROBE_CONNECT, p, maps::write_wakeup(ev.hdr.ktime_ns));
     0
 }

@@ -114,13 +114,30 @@ pub fn write_wakeup(now: u64) -> u64 {
 /// Reserves `N` bytes in `WRITES`; counts the loss under `probe` when the ring is full.
 #[inline(always)]
 pub fn reserve_write<const N: usize>(probe: u32) -> Option<*mut u8> {
+    reserve::<N>(&WRITES, probe)
+}
+
+/// Reserves `N` bytes in `EVENTS`; counts the loss under `probe` when the ring is full.
+#[inline(always)]
+pub fn reserve_event<const N: usize>(probe: u32) -> Option<*mut u8> {
+    reserve::<N>(&EVENTS, probe)
+}
+
+#[inline(always)]
+fn reserve<const N: usize>(ring: &RingBuf, probe: u32) -> Option<*mut u8> {
     // SAFETY: constant size; the helper returns null when the ring is full.
-    let p = unsafe { bpf_ringbuf_reserve(&WRITES as *const _ as *mut c_void, N as u64, 0) };
+    let p = unsafe { bpf_ringbuf_reserve(ring as *const _ as *mut c_void, N as u64, 0) };
     if p.is_null() {
         count(probe, STAT_LOST);
         return None;
     }
     Some(p as *mut u8)
+}
+
+/// Submits a reservation from `reserve_event`; counts the event.
+#[inline(always)]
+pub fn submit_event(probe: u32, p: *mut u8, flags: u64) {
+    submit_write(probe, p, flags);
 }
 
 /// Submits a reservation from `reserve_write`; counts the event.

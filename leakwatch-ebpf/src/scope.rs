@@ -146,6 +146,17 @@ pub fn who(tgid: u32) -> Option<*mut Who> {
     SCOPE_VERDICT.get_ptr_mut(&tgid)
 }
 
+/// `who`, made (with its verdict) when the process has none yet: for probes that record
+/// every process, in scope or not, and fill their headers from it.
+#[inline(always)]
+pub fn who_or_new(tgid: u32) -> Option<*mut Who> {
+    if let Some(w) = who(tgid) {
+        return Some(w);
+    }
+    let _ = in_scope(tgid);
+    who(tgid)
+}
+
 // Out of line (a BPF subprogram): it runs once per process and lists change, and inlined
 // it put several KiB of cold code (the cgroup ancestor walk) into every write program.
 #[inline(never)]

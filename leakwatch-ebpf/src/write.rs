@@ -529,10 +529,15 @@ fn apply_dest(h: &mut Head, dest: u64, dest_len: u64) {
     if dest == 0 {
         return;
     }
-    let p = sockaddr::read_user(dest, dest_len);
+    let mut a = core::mem::MaybeUninit::<sockaddr::Aligned>::uninit();
+    // SAFETY: `read_user` writes every byte of the (8-byte aligned) value first.
+    let p = unsafe {
+        sockaddr::read_user(&mut (*a.as_mut_ptr()).0, dest, dest_len);
+        &a.assume_init_ref().0
+    };
     if p.family == AF_INET || p.family == AF_INET6 {
         let lport = h.rec.peer.lport;
-        h.rec.peer = p;
+        h.rec.peer = *p;
         h.rec.peer.lport = lport;
         h.rec.hdr.flags |= WRITE_F_PEER;
     }
