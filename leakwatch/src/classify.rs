@@ -80,7 +80,8 @@ struct Entry {
 #[derive(Default)]
 pub struct FdTable {
     fds: FastMap<(u32, i32), Entry>,
-    connects: FastMap<(u32, i32), String>,
+    /// (tgid, fd) -> where it connected, raw and as alerts name it.
+    connects: FastMap<(u32, i32), (Peer, String)>,
 }
 
 impl FdTable {
@@ -93,15 +94,21 @@ impl FdTable {
         if self.connects.len() >= MAX_CONNECTS {
             self.connects.clear();
         }
-        let r = format_peer(&c.peer)?;
         let slot = self.connects.entry((c.task.tgid, c.fd)).or_default();
-        *slot = r;
-        Some(slot)
+        // A client reconnecting to its server often gets the same fd number: the name
+        // is made once (formatting was a tenth of the daemon's CPU in a connect loop).
+        if slot.0 != c.peer || slot.1.is_empty() {
+            *slot = (c.peer, format_peer(&c.peer).unwrap_or_default());
+        }
+        Some(slot.1.as_str()).filter(|r| !r.is_empty())
     }
 
     /// The remote the process connected `fd` to, if it was seen connecting it.
     pub fn connected(&self, (tgid, fd): (u32, i32)) -> Option<&str> {
-        self.connects.get(&(tgid, fd)).map(String::as_str)
+        self.connects
+            .get(&(tgid, fd))
+            .map(|(_, r)| r.as_str())
+            .filter(|r| !r.is_empty())
     }
 
     /// Names the target of `w`; the bool says whether it could be named (path or peer).
@@ -131,7 +138,9 @@ impl FdTable {
         let peer = w.peer.as_ref().and_then(format_peer);
         let name = w.path.clone().or_else(|| proc_fd_link(w.task.tgid, w.fd));
         let target = match w.kind() {
-            FileKind::Socket => Target::Socket(peer.or_else(|| self.connects.get(&key).cloned())),
+            FileKind::Socket => {
+                Target::Socket(peer.or_else(|| self.connected(key).map(str::to_string)))
+            }
             FileKind::Pipe => Target::Pipe(format!("pipe:[{}]", w.file.ino)),
             FileKind::Char => {
                 let p = name.unwrap_or_default();
@@ -144,7 +153,7 @@ impl FdTable {
             FileKind::Unknown => match name {
                 // The kernel could not read the fd: /proc may still say what it is.
                 Some(n) if n.starts_with("socket:") => {
-                    Target::Socket(self.connects.get(&key).cloned())
+                    Target::Socket(self.connected(key).map(str::to_string))
                 }
                 Some(n) if n.starts_with("pipe:") => Target::Pipe(n),
                 Some(n) if is_tty(&n) => Target::Tty(n),
@@ -298,6 +307,38 @@ mod tests {
         let (s2, named) = t.classify(&write(PID, 6, 80, 0o140777, None));
         assert_eq!(s2.remote(), Some("10.1.2.3:8443"));
         assert!(named);
+    }
+
+    #[test]
+    fn a_reconnected_fd_names_its_latest_remote() {
+        let mut t = FdTable::new();
+        let peer = |a: u8, port: u16| {
+            let mut p = Peer {
+                family: AF_INET,
+                port,
+                ..Default::default()
+            };
+            p.addr[..4].copy_from_slice(&[10, 0, 0, a]);
+            p
+        };
+        let connect = |peer: Peer| ConnectEvent {
+            task: Task {
+                tgid: PID,
+                ..Default::default()
+            },
+            fd: 7,
+            peer,
+        };
+        assert_eq!(t.on_connect(&connect(peer(1, 443))), Some("10.0.0.1:443"));
+        // The same remote again (its name is kept), then another one on the same fd.
+        assert_eq!(t.on_connect(&connect(peer(1, 443))), Some("10.0.0.1:443"));
+        assert_eq!(t.on_connect(&connect(peer(2, 443))), Some("10.0.0.2:443"));
+        assert_eq!(t.on_connect(&connect(peer(2, 80))), Some("10.0.0.2:80"));
+        assert_eq!(t.connected((PID, 7)), Some("10.0.0.2:80"));
+        // A connect to no address it can name (AF_UNSPEC dissolves a UDP association):
+        // the fd no longer names the old remote.
+        assert_eq!(t.on_connect(&connect(Peer::default())), None);
+        assert_eq!(t.connected((PID, 7)), None);
     }
 
     #[test]

@@ -93,13 +93,18 @@ impl ExecImages {
     }
 
     fn get(&self, tgid: u32, comm: &str) -> Option<String> {
+        self.shared(tgid, comm).map(|e| e.to_string())
+    }
+
+    /// `get` without a copy of the name.
+    fn shared(&self, tgid: u32, comm: &str) -> Option<Arc<str>> {
         self.new
             .get(&tgid)
             .or_else(|| self.old.get(&tgid))?
             .iter()
             .rev()
             .find(|(c, _)| &**c == comm)
-            .map(|(_, e)| e.to_string())
+            .map(|(_, e)| e.clone())
     }
 
     #[cfg(test)]
@@ -200,6 +205,17 @@ impl Procs {
             self.remember(t.tgid, &t.comm, e.clone());
         }
         e.unwrap_or_default()
+    }
+
+    /// `exe`, shared rather than copied (every connect on the host asks; empty: unknown).
+    pub fn exe_shared(&mut self, t: &crate::events::Task) -> Arc<str> {
+        if let Some(e) = self.execs.shared(t.tgid, &t.comm) {
+            return e;
+        }
+        let e = self.exe(t);
+        self.execs
+            .shared(t.tgid, &t.comm)
+            .unwrap_or_else(|| e.into())
     }
 
     pub fn exe_seen(&self, tgid: u32, comm: &str) -> Option<String> {
@@ -442,6 +458,15 @@ mod tests {
         assert_eq!(p.exe_seen(7, "curl").as_deref(), Some("relative/curl"));
         assert_eq!(p.exe_seen(7, "python3"), None);
         assert_eq!(p.exe_seen(8, "sh"), None);
+        // The shared form names the same image, and nothing for an unknown process
+        // (a pid far above any real one: the /proc fallback finds nothing either).
+        let task = |tgid: u32, comm: &str| crate::events::Task {
+            tgid,
+            comm: comm.into(),
+            ..Default::default()
+        };
+        assert_eq!(&*p.exe_shared(&task(7, "curl")), "relative/curl");
+        assert_eq!(&*p.exe_shared(&task(4_000_000_001, "curl")), "");
     }
 
     #[test]

@@ -24,6 +24,8 @@ struct Repeats {
 #[derive(Default)]
 pub struct ConnectLog {
     map: FastMap<(u32, String), Repeats>,
+    /// The lookup key's string, kept between calls: a repeat allocates nothing.
+    key: String,
 }
 
 impl ConnectLog {
@@ -32,7 +34,7 @@ impl ConnectLog {
         &mut self,
         log: &ActionLog,
         tgid: u32,
-        remote: String,
+        remote: &str,
         fd: i32,
         who: impl FnOnce() -> ProcInfo,
     ) {
@@ -40,7 +42,10 @@ impl ConnectLog {
             return;
         }
         let now = Instant::now();
-        let key = (tgid, remote);
+        let mut s = std::mem::take(&mut self.key);
+        s.clear();
+        s.push_str(remote);
+        let key = (tgid, s);
         if let Some(r) = self.map.get_mut(&key) {
             if now.duration_since(r.started) < SPAN {
                 if r.count == 0 {
@@ -48,6 +53,7 @@ impl ConnectLog {
                 }
                 r.count += 1;
                 r.last = now;
+                self.key = key.1;
                 return;
             }
             let r = self.map.remove(&key).expect("present");
@@ -116,9 +122,9 @@ mod tests {
             ..Default::default()
         };
         for fd in 3..103 {
-            c.note(&t.log, 7, "10.0.0.1:443".into(), fd, who);
+            c.note(&t.log, 7, "10.0.0.1:443", fd, who);
         }
-        c.note(&t.log, 7, "10.0.0.2:5432".into(), 9, who);
+        c.note(&t.log, 7, "10.0.0.2:5432", 9, who);
         let first = t.rows("connect");
         assert_eq!(first.len(), 2, "one row per new remote, at once: {first:?}");
         assert_eq!(first[0]["fd"], 3);

@@ -42,22 +42,23 @@ pub(super) fn on_connect(p: &mut Pipeline, c: &ConnectEvent) {
     }
     // Only the image is needed to know the answer (a cgroup path and unit per connect
     // cost more than the rest of the connect's handling).
-    let exe = p.procs.exe(&c.task);
+    let exe = p.procs.exe_shared(&c.task);
     if exe.is_empty() {
         return;
     }
-    let reason = match p.blind_checked.0.get(&exe) {
+    let reason = match p.blind_checked.0.get(&*exe) {
         Some(r) => *r,
         None => {
             let r = reason(c.task.tgid, &exe, &p.tls.visible());
             if p.blind_checked.0.len() >= 65_536 {
                 p.blind_checked.0.clear();
             }
-            p.blind_checked.0.insert(exe.clone(), r);
+            p.blind_checked.0.insert(exe.to_string(), r);
             r
         }
     };
     let Some(reason) = reason else { return };
+    let exe = exe.to_string();
     let Ok(mut list) = p.shared.tls_blind.lock() else {
         return;
     };

@@ -231,15 +231,17 @@ impl Pipeline {
                 self.counts.events.get(c.task.probe as usize).inc();
                 let logged = self.actions.enabled();
                 let remote = self.fds.on_connect(&c).filter(|_| logged);
-                let remote = remote.unwrap_or_default().to_string();
-                blind::on_connect(self, &c);
                 if logged {
                     let procs = &mut self.procs;
-                    self.connect_log
-                        .note(&self.actions, c.task.tgid, remote, c.fd, || {
-                            procs.quick(&c.task)
-                        });
+                    self.connect_log.note(
+                        &self.actions,
+                        c.task.tgid,
+                        remote.unwrap_or_default(),
+                        c.fd,
+                        || procs.quick(&c.task),
+                    );
                 }
+                blind::on_connect(self, &c);
             }
         }
     }
