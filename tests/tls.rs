@@ -278,6 +278,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 )
 
 type wrapped struct {
@@ -294,6 +295,19 @@ func must(err error) {
 func main() {
 	if len(os.Args) < 4 {
 		return
+	}
+	// Told to, it waits for a file before it leaks (a minute at most: a failed test
+	// leaves no process behind).
+	if f := os.Getenv("LW_GO_WAIT"); f != "" {
+		for i := 0; ; i++ {
+			if _, err := os.Stat(f); err == nil {
+				break
+			}
+			if i == 6000 {
+				os.Exit(3)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 	key, err := os.ReadFile(os.Args[3])
 	must(err)
@@ -316,16 +330,9 @@ func main() {
 }
 "#;
 
-/// Go's plaintext over a wrapper `net.Conn` is tied to the connection it went out on, not
-/// to whatever socket the number where a `netFD`'s fd would be names (here, on purpose,
-/// another open connection's).
-#[test]
-fn tls_go_wrapped_conn_is_tied_to_its_own_connection() {
+/// `GO_WRAPPED`, built into `dir`.
+fn go_wrapped(dir: &std::path::Path) -> std::path::PathBuf {
     let go = which("go").expect("go is installed (cargo xtask install: golang-go)");
-    let mut d = Daemon::start("tls-go-wrapped");
-    let srv = TlsServer::start(&d.scratch());
-    let decoy = TcpPeer::start();
-    let dir = d.scratch();
     let src = dir.join("wrapped.go");
     let exe = dir.join("wrapped");
     std::fs::write(&src, GO_WRAPPED).unwrap();
@@ -338,7 +345,7 @@ fn tls_go_wrapped_conn_is_tied_to_its_own_connection() {
         .arg(&exe)
         .arg(&src)
         .env("GOCACHE", &cache)
-        .env("HOME", &dir)
+        .env("HOME", dir)
         .env("GO111MODULE", "off")
         .output()
         .unwrap();
@@ -347,6 +354,29 @@ fn tls_go_wrapped_conn_is_tied_to_its_own_connection() {
         "go build: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    exe
+}
+
+/// The finding for `fp` from `c`, a Go client run to its end, taken by the Go probe.
+fn go_client_finding(d: &Daemon, c: &mut std::process::Child, fp: &str, what: &str) -> Value {
+    let pid = c.id();
+    let st = wait_exit(c, 30, what);
+    assert!(st.success(), "{what} failed: {st}");
+    let a = tls_finding(d, fp, pid, &format!("the key in {what}'s TLS plaintext"));
+    assert_eq!(s(&a, "probe"), "uprobe_go_tls_write", "{a:#}");
+    a
+}
+
+/// Go's plaintext over a wrapper `net.Conn` is tied to the connection it went out on, not
+/// to whatever socket the number where a `netFD`'s fd would be names (here, on purpose,
+/// another open connection's).
+#[test]
+fn tls_go_wrapped_conn_is_tied_to_its_own_connection() {
+    let mut d = Daemon::start("tls-go-wrapped");
+    let srv = TlsServer::start(&d.scratch());
+    let decoy = TcpPeer::start();
+    let dir = d.scratch();
+    let exe = go_wrapped(&dir);
     // Its first exec has it checked; the probe is on before the run that leaks.
     let st = Command::new(&exe).status().unwrap();
     assert!(st.success());
@@ -363,16 +393,7 @@ fn tls_go_wrapped_conn_is_tied_to_its_own_connection() {
         .arg(&keyfile)
         .spawn()
         .unwrap();
-    let pid = c.id();
-    let st = wait_exit(&mut c, 30, "the wrapped Go client");
-    assert!(st.success(), "the wrapped Go client failed: {st}");
-    let a = tls_finding(
-        &d,
-        &fp,
-        pid,
-        "the key in the wrapped Go client's TLS plaintext",
-    );
-    assert_eq!(s(&a, "probe"), "uprobe_go_tls_write", "{a:#}");
+    let a = go_client_finding(&d, &mut c, &fp, "the wrapped Go client");
     assert_eq!(s(&a, "source"), "socket", "{a:#}");
     // Not the decoy's connection, whose fd sat where a `netFD`'s would.
     assert_eq!(
@@ -381,6 +402,44 @@ fn tls_go_wrapped_conn_is_tied_to_its_own_connection() {
         "decoy at {}: {a:#}",
         decoy.addr()
     );
+    drop(srv);
+    d.stop();
+    d.assert_no_plaintext(&[&secret]);
+}
+
+/// A program whose file is renamed over while it runs (a package upgrade does that) is
+/// probed all the same: the watcher finds the image through `/proc/PID/exe`, which names
+/// the file the process runs, not whatever its path names by then (`… (deleted)`).
+#[test]
+fn tls_go_program_renamed_over_while_it_runs_is_probed() {
+    let mut d = Daemon::start("tls-go-renamed");
+    let srv = TlsServer::start(&d.scratch());
+    let decoy = TcpPeer::start();
+    let dir = d.scratch();
+    let exe = go_wrapped(&dir);
+    let path = std::fs::canonicalize(&exe).unwrap();
+    let path = path.to_str().unwrap().to_string();
+    let other = dir.join("other");
+    std::fs::copy("/bin/true", &other).unwrap();
+    let (secret, text) = secret("anthropic-api-key");
+    let fp = fingerprint(&secret);
+    let keyfile = dir.join("key");
+    std::fs::write(&keyfile, &text).unwrap();
+    let go_on = dir.join("go-on");
+    // Its first run, so no probe is on its file yet; renamed over at once, before the
+    // watcher (a few ms behind the exec) looks.
+    let mut c = Command::new(&exe)
+        .arg(srv.addr())
+        .arg(decoy.addr())
+        .arg(&keyfile)
+        .env("LW_GO_WAIT", &go_on)
+        .spawn()
+        .unwrap();
+    std::fs::rename(&other, &exe).unwrap();
+    tls_visible(&d, &format!("{path} (deleted)"));
+    std::fs::write(&go_on, "").unwrap();
+    let a = go_client_finding(&d, &mut c, &fp, "the renamed Go client");
+    assert_eq!(s(&a, "remote"), srv.addr(), "{a:#}");
     drop(srv);
     d.stop();
     d.assert_no_plaintext(&[&secret]);

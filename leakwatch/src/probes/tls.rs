@@ -189,14 +189,13 @@ impl TlsWatch {
                     }
                 }
                 for (tgid, path) in rx {
-                    // A short run may be over by now: then the file by the path it was
-                    // exec'd by (checked like any other, through one open file).
-                    match std::fs::read_link(format!("/proc/{tgid}/exe")) {
-                        Ok(exe) => w.check(&exe),
-                        Err(_) => {
-                            if let Some(p) = path {
-                                w.check(Path::new(&p));
-                            }
+                    // The image the process runs, through its magic link: that file,
+                    // whatever its path names by now. A short run may be over by then:
+                    // then the file by the path it was exec'd by (checked like any other,
+                    // through one open file).
+                    if !w.check(Path::new(&format!("/proc/{tgid}/exe"))) {
+                        if let Some(p) = path {
+                            w.check(Path::new(&p));
                         }
                     }
                 }
@@ -226,16 +225,21 @@ struct Watcher {
 impl Watcher {
     /// `check_file`; a bug met on one file (an ELF parser reads what any user can exec)
     /// costs that file, counted, not the watcher.
-    fn check(&mut self, path: &Path) {
+    /// False when nothing could be found at `path`.
+    fn check(&mut self, path: &Path) -> bool {
         let errors = self.metrics.internal_errors.clone();
-        if crate::panics::guard("tls_watch", &errors, || self.check_file(path)).is_none() {
-            // It may have held the probes' lock (freeze needs it) or the visible list's.
-            self.probes.clear_poison();
-            self.visible.clear_poison();
+        match crate::panics::guard("tls_watch", &errors, || self.check_file(path)) {
+            Some(found) => found,
+            None => {
+                // It may have held the probes' lock (freeze needs it) or the visible list's.
+                self.probes.clear_poison();
+                self.visible.clear_poison();
+                true
+            }
         }
     }
 
-    fn check_file(&mut self, path: &Path) {
+    fn check_file(&mut self, path: &Path) -> bool {
         use std::os::{
             fd::AsRawFd,
             unix::fs::{MetadataExt, OpenOptionsExt},
@@ -251,28 +255,28 @@ impl Watcher {
             .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
             .open(path)
         else {
-            return;
+            return false;
         };
         let Ok(m) = handle.metadata() else {
-            return;
+            return true;
         };
         if !m.is_file() {
-            return;
+            return true;
         }
         let Ok(file) = File::open(format!("/proc/self/fd/{}", handle.as_raw_fd())) else {
-            return;
+            return true;
         };
         let target = format!("/proc/self/fd/{}", file.as_raw_fd());
         // By its real name: the one `/proc/PID/exe` gives (see `pipeline::blind`).
         let Ok(path) = std::fs::read_link(&target) else {
-            return;
+            return true;
         };
         let path = path.as_path();
         if m.mode() & 0o111 == 0 && !path.to_string_lossy().contains(".so") {
-            return;
+            return true;
         }
         if !self.seen.insert((m.dev(), m.ino())) || self.seen.len() > 1 << 20 {
-            return;
+            return true;
         }
         let go = if exports_ssl_write(&file) {
             None
@@ -284,21 +288,21 @@ impl Watcher {
                         "{}: a Go program whose TLS is not seen ({why})",
                         path.display()
                     );
-                    return;
+                    return true;
                 }
-                _ => return,
+                _ => return true,
             }
         };
         let r = match self.probes.lock() {
             // The daemon is stopping: its probes are gone, none is added.
-            Ok(p) if p.detached() => return,
+            Ok(p) if p.detached() => return true,
             // Attached through the open file too: a path renamed over meanwhile (to libc,
             // say) must not get a breakpoint at an offset meant for another file.
             Ok(mut p) => match &go {
                 None => p.attach_tls(Path::new(&target), path),
                 Some((offset, _)) => p.attach_go_tls(Path::new(&target), path, *offset),
             },
-            Err(_) => return,
+            Err(_) => return true,
         };
         let outcome = match r {
             Ok(()) => {
@@ -320,5 +324,6 @@ impl Watcher {
             }
         };
         self.metrics.tls_files.with_label_values(&[outcome]).inc();
+        true
     }
 }
