@@ -426,16 +426,22 @@ fn tls_go_program_renamed_over_while_it_runs_is_probed() {
     let keyfile = dir.join("key");
     std::fs::write(&keyfile, &text).unwrap();
     let go_on = dir.join("go-on");
-    // Its first run, so no probe is on its file yet; renamed over at once, before the
-    // watcher (a few ms behind the exec) looks.
-    let mut c = Command::new(&exe)
+    // Its first run, so no probe is on its file yet; renamed over before the watcher
+    // looks: the daemon is stopped meanwhile (the exec record waits in its ring).
+    let daemon = d.child.as_ref().expect("the daemon runs").id() as i32;
+    // SAFETY: signals to the daemon this test started.
+    assert_eq!(unsafe { libc::kill(daemon, libc::SIGSTOP) }, 0);
+    let c = Command::new(&exe)
         .arg(srv.addr())
         .arg(decoy.addr())
         .arg(&keyfile)
         .env("LW_GO_WAIT", &go_on)
-        .spawn()
-        .unwrap();
-    std::fs::rename(&other, &exe).unwrap();
+        .spawn();
+    let renamed = std::fs::rename(&other, &exe);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(daemon, libc::SIGCONT) }, 0);
+    let mut c = c.unwrap();
+    renamed.unwrap();
     tls_visible(&d, &format!("{path} (deleted)"));
     std::fs::write(&go_on, "").unwrap();
     let a = go_client_finding(&d, &mut c, &fp, "the renamed Go client");

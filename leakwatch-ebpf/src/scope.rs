@@ -26,9 +26,9 @@ static SCOPE_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 static SCOPE_UIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static SCOPE_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(1024, 0);
-/// Per process: the verdict and, for one in scope, the parent, name, uid/gid and cgroup its
-/// write records carry, re-read at most every `WHO_REFRESH_NS` (four kernel reads and two
-/// helper calls fewer per call).
+/// Per process: the verdict (`UNDECIDED` until its first write) and the parent, name,
+/// uid/gid and cgroup its write and connect records carry, re-read at most every
+/// `WHO_REFRESH_NS` (four kernel reads and two helper calls fewer per call).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Who {
@@ -94,7 +94,8 @@ pub fn known_out(tgid: u32) -> bool {
     }
 }
 
-/// The process's `Who` when it is in scope, `None` when it is not. Callers have checked
+/// The process's `Who` when it is in scope, `None` when it is not (its verdict is reached
+/// here, at its first write after an exec or a change of lists). Callers have checked
 /// `known_out`.
 #[inline(always)]
 pub fn in_scope(tgid: u32) -> Option<*mut Who> {
@@ -139,23 +140,41 @@ pub fn in_scope(tgid: u32) -> Option<*mut Who> {
     who(tgid)
 }
 
-/// The process's cached `Who`, in scope or not (`None`: it has not written since its
-/// exec). Its facts are as fresh as `header::fill_cached` keeps them.
+/// The process's cached `Who`, in scope, out of it or undecided (`None`: it has neither
+/// written nor connected since its exec). Its facts are as fresh as `header::fill_cached`
+/// keeps them.
 #[inline(always)]
 pub fn who(tgid: u32) -> Option<*mut Who> {
     SCOPE_VERDICT.get_ptr_mut(&tgid)
 }
 
-/// `who`, made (with its verdict) when the process has none yet: for probes that record
-/// every process, in scope or not, and fill their headers from it.
+/// A `generation` no list ever has (the loader skips it): the verdict is still to be
+/// reached, by `in_scope` at the process's first write, under the lists and the uid and
+/// cgroup it has then.
+pub const UNDECIDED: u32 = u32::MAX;
+
+/// `who`, made when the process has none yet (`UNDECIDED`, its facts unread): for probes
+/// that record every process, in scope or not, and fill their headers from it. Made only
+/// if absent, so a racing first `SSL_write` keeps its `WHO_TLS` mark.
 #[inline(always)]
 pub fn who_or_new(tgid: u32) -> Option<*mut Who> {
     if let Some(w) = who(tgid) {
         return Some(w);
     }
-    let _ = in_scope(tgid);
+    let mut w = core::mem::MaybeUninit::<Who>::uninit();
+    crate::mem::zero(w.as_mut_ptr());
+    // SAFETY: all-zero is a valid Who; used in place (a move out of the MaybeUninit
+    // compiles to a `memset` call).
+    let w = unsafe {
+        (*w.as_mut_ptr()).generation = UNDECIDED;
+        w.assume_init_ref()
+    };
+    let _ = SCOPE_VERDICT.insert(&tgid, w, BPF_NOEXIST);
     who(tgid)
 }
+
+/// `BPF_NOEXIST` (uapi `bpf.h`): insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 // Out of line (a BPF subprogram): it runs once per process and lists change, and inlined
 // it put several KiB of cold code (the cgroup ancestor walk) into every write program.

@@ -673,7 +673,11 @@ impl Probes {
             uids: u32::from(s.use_uids),
             comms: u32::from(s.use_comms),
             capture_max: s.capture_max.min(WRITE_DATA_MAX as u32),
-            generation: self.scope_generation.wrapping_add(1).max(1),
+            // 0 is "no lists loaded yet", u32::MAX the kernel's "not decided yet".
+            generation: match self.scope_generation.wrapping_add(1) {
+                0 | u32::MAX => 1,
+                g => g,
+            },
             _pad: 0,
         };
         self.scope_generation = cfg.generation;

@@ -193,7 +193,16 @@ impl TlsWatch {
                     // whatever its path names by now. A short run may be over by then:
                     // then the file by the path it was exec'd by (checked like any other,
                     // through one open file).
-                    if !w.check(Path::new(&format!("/proc/{tgid}/exe"))) {
+                    let exe = format!("/proc/{tgid}/exe");
+                    // Except an image with no file (a memfd: runc re-execs itself from a
+                    // new one at every container start): a new inode each time, each
+                    // parsed whole and probed for good.
+                    if std::fs::read_link(&exe)
+                        .is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:"))
+                    {
+                        continue;
+                    }
+                    if !w.check(Path::new(&exe)) {
                         if let Some(p) = path {
                             w.check(Path::new(&p));
                         }
