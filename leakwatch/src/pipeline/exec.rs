@@ -44,7 +44,19 @@ pub fn describe(procs: &mut Procs, ev: &ExecEvent) -> ProcInfo {
                     info.exe = s.to_string();
                     info.interpreter = Some(i);
                 }
-                None => info.exe = l.exe,
+                None if this_image(
+                    seen.as_deref().unwrap_or(&ev.filename),
+                    &ev.filename,
+                    &l.exe,
+                ) =>
+                {
+                    info.exe = l.exe
+                }
+                // The process exec'd again since (`env` running what it was asked to):
+                // during an exec /proc shows the new image under the old name for a
+                // moment, and this exec's finding must not carry, nor be deduplicated
+                // as, the next one's.
+                None => info.exe = seen.unwrap_or_else(|| ev.filename.clone()),
             }
         }
         info.cgroup = l.cgroup;
@@ -351,6 +363,20 @@ fn annotate(h: Hit, bytes: &[u8], i: usize) -> Hit {
 /// Bytes of argv an exec row keeps; the rest is cut (marked `…`).
 const ARGV_KEPT: usize = 8192;
 
+/// Whether `live` (/proc's image of the process now) is the file this exec named
+/// (`path`, made absolute, or `filename` as exec'd): the same inode. True when it cannot
+/// tell (a path gone or relative to another cwd, an exec by fd): then /proc's, as before.
+fn this_image(path: &str, filename: &str, live: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if crate::procs::by_fd(filename) {
+        return true;
+    }
+    match (std::fs::metadata(path), std::fs::metadata(live)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => true,
+    }
+}
+
 /// The exec as an action-log row: argv with every credential found in it replaced by its
 /// preview (or no argv, with `[actions] argv = "none"`). From the event alone: no /proc
 /// read on the exec path.
@@ -445,6 +471,30 @@ fn redact(a: &[u8], d: &Detector, extra: &[(usize, usize, String)]) -> String {
 mod tests {
     use super::*;
     use crate::detect::{samples, Engine};
+
+    #[test]
+    fn an_exec_is_named_by_its_own_image_not_a_later_one() {
+        let me = std::fs::read_link("/proc/self/exe").unwrap();
+        let me = me.to_str().unwrap();
+        // This process, as if it had exec'd /bin/sh and then its present image (the test
+        // binary), and /proc were read after the second exec but under the first comm.
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+        let comm = comm.trim_end();
+        let mut procs = Procs::new();
+        let mut ev = ExecEvent::default();
+        ev.task.tgid = std::process::id();
+        ev.filename = format!("/lw-test-dir/{comm}");
+        // An exec of a path that names another file than /proc's image: not /proc's.
+        procs.saw_exec(ev.task.tgid, "/bin/sh", comm);
+        let sh = std::fs::canonicalize("/bin/sh").unwrap();
+        assert_eq!(describe(&mut procs, &ev).exe, sh.to_str().unwrap());
+        // The file /proc names: /proc's image.
+        procs.saw_exec(ev.task.tgid, me, comm);
+        assert_eq!(describe(&mut procs, &ev).exe, me);
+        assert!(this_image("/lw-no-such-file", "/lw-no-such-file", me));
+        assert!(this_image("/bin/sh", "/dev/fd/3", me));
+        assert!(!this_image("/bin/sh", "/bin/sh", me));
+    }
 
     #[test]
     fn an_argument_keeps_its_credentials_only_as_previews() {
