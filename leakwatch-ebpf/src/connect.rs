@@ -34,6 +34,6 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     ev.fd = fd as i32;
     ev._pad = 0;
     sockaddr::read_user(&mut ev.peer, addr, len);
-    maps::submit_event(PROBE_CONNECT, p, maps::write_wakeup(ev.hdr.ktime_ns));
+    maps::submit(PROBE_CONNECT, p, maps::write_wakeup(ev.hdr.ktime_ns));
     0
 }

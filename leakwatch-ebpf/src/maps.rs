@@ -134,15 +134,10 @@ fn reserve<const N: usize>(ring: &RingBuf, probe: u32) -> Option<*mut u8> {
     Some(p as *mut u8)
 }
 
-/// Submits a reservation from `reserve_event`; counts the event.
+/// Submits a reservation from `reserve_write` or `reserve_event` (the helper knows its
+/// ring); counts the event.
 #[inline(always)]
-pub fn submit_event(probe: u32, p: *mut u8, flags: u64) {
-    submit_write(probe, p, flags);
-}
-
-/// Submits a reservation from `reserve_write`; counts the event.
-#[inline(always)]
-pub fn submit_write(probe: u32, p: *mut u8, flags: u64) {
+pub fn submit(probe: u32, p: *mut u8, flags: u64) {
     // SAFETY: `p` is a live reservation.
     unsafe { bpf_ringbuf_submit(p as *mut c_void, flags) };
     count(probe, STAT_EVENTS);

@@ -611,7 +611,7 @@ fn class<const N: usize>(h: &mut Head, probe: u32, ptr: u64, n: u64, wake: u64) 
     }
     // The first HDR bytes of the reservation, from the lane's head.
     mem::copy(p, r as *const WriteHeader as *const u8, HDR as u32);
-    maps::submit_write(probe, p, wake);
+    maps::submit(probe, p, wake);
     true
 }
 

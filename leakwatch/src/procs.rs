@@ -194,17 +194,7 @@ impl Procs {
 
     /// `quick`'s image alone ("" when unknown): for a caller that needs nothing else.
     pub fn exe(&mut self, t: &crate::events::Task) -> String {
-        if let Some(e) = self.exe_seen(t.tgid, &t.comm) {
-            return e;
-        }
-        // Started before the daemon: one readlink, remembered like an exec.
-        let e = fs::read_link(format!("/proc/{}/exe", t.tgid))
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned());
-        if let Some(e) = &e {
-            self.remember(t.tgid, &t.comm, e.clone());
-        }
-        e.unwrap_or_default()
+        self.exe_shared(t).to_string()
     }
 
     /// `exe`, shared rather than copied (every connect on the host asks; empty: unknown).
@@ -212,10 +202,14 @@ impl Procs {
         if let Some(e) = self.execs.shared(t.tgid, &t.comm) {
             return e;
         }
-        let e = self.exe(t);
+        // Started before the daemon: one readlink, remembered like an exec.
+        let Ok(e) = fs::read_link(format!("/proc/{}/exe", t.tgid)) else {
+            return Arc::from("");
+        };
+        self.remember(t.tgid, &t.comm, e.to_string_lossy().into_owned());
         self.execs
             .shared(t.tgid, &t.comm)
-            .unwrap_or_else(|| e.into())
+            .unwrap_or_else(|| Arc::from(e.to_string_lossy()))
     }
 
     pub fn exe_seen(&self, tgid: u32, comm: &str) -> Option<String> {

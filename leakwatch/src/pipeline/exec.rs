@@ -368,7 +368,9 @@ const ARGV_KEPT: usize = 8192;
 /// tell (a path gone or relative to another cwd, an exec by fd): then /proc's, as before.
 fn this_image(path: &str, filename: &str, live: &str) -> bool {
     use std::os::unix::fs::MetadataExt;
-    if crate::procs::by_fd(filename) {
+    // The same absolute name (the usual case: `saw_exec` resolves it as /proc does) is
+    // the same file: no stat on the exec path.
+    if path == live || crate::procs::by_fd(filename) {
         return true;
     }
     match (std::fs::metadata(path), std::fs::metadata(live)) {

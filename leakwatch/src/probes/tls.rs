@@ -193,16 +193,7 @@ impl TlsWatch {
                     // whatever its path names by now. A short run may be over by then:
                     // then the file by the path it was exec'd by (checked like any other,
                     // through one open file).
-                    let exe = format!("/proc/{tgid}/exe");
-                    // Except an image with no file (a memfd: runc re-execs itself from a
-                    // new one at every container start): a new inode each time, each
-                    // parsed whole and probed for good.
-                    if std::fs::read_link(&exe)
-                        .is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:"))
-                    {
-                        continue;
-                    }
-                    if !w.check(Path::new(&exe)) {
+                    if !w.check(Path::new(&format!("/proc/{tgid}/exe"))) {
                         if let Some(p) = path {
                             w.check(Path::new(&p));
                         }
@@ -282,6 +273,11 @@ impl Watcher {
         };
         let path = path.as_path();
         if m.mode() & 0o111 == 0 && !path.to_string_lossy().contains(".so") {
+            return true;
+        }
+        // An image with no file (a memfd: runc re-execs itself from a new one at every
+        // container start) is a new inode each time, each parsed whole and probed for good.
+        if path.to_string_lossy().starts_with("/memfd:") {
             return true;
         }
         if !self.seen.insert((m.dev(), m.ino())) || self.seen.len() > 1 << 20 {
