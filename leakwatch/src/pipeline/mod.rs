@@ -18,6 +18,7 @@ mod cores;
 mod dumps;
 mod exec;
 mod h2;
+mod handoff;
 mod held;
 mod moves;
 mod names;
@@ -30,7 +31,7 @@ use std::{
     collections::{HashMap, VecDeque},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        mpsc::{RecvTimeoutError, TrySendError},
         Arc, RwLock,
     },
     thread::JoinHandle,
@@ -362,7 +363,7 @@ pub fn start(
     mut pipeline: Pipeline,
     stop: StopReader,
 ) -> Result<(JoinHandle<()>, JoinHandle<()>)> {
-    let (tx, rx) = mpsc::sync_channel::<Vec<Queued>>(BATCHES);
+    let (tx, rx) = handoff::bounded::<Vec<Queued>>(BATCHES);
     let queued = Arc::new(AtomicUsize::new(0));
     let metrics = pipeline.metrics.clone();
     let reader = {
@@ -395,7 +396,7 @@ pub fn start(
 fn drain_left(
     mut ring: Ring,
     attached: &[(u32, u64)],
-    tx: &SyncSender<Vec<Queued>>,
+    tx: &handoff::Sender<Vec<Queued>>,
     queued: &AtomicUsize,
     m: &Metrics,
 ) {
@@ -456,7 +457,7 @@ fn made_twice(ev: &Event, attached: &[(u32, u64)]) -> bool {
 fn read(
     mut rings: [Ring; 2],
     mut asleep: aya::maps::Array<aya::maps::MapData, u32>,
-    tx: &SyncSender<Vec<Queued>>,
+    tx: &handoff::Sender<Vec<Queued>>,
     queued: &AtomicUsize,
     metrics: &Metrics,
     stop: &StopReader,
@@ -704,7 +705,7 @@ fn merge_refs(batch: Vec<Queued>) -> Vec<Queued> {
 /// for room.
 fn enqueue(
     batch: Vec<Queued>,
-    tx: &SyncSender<Vec<Queued>>,
+    tx: &handoff::Sender<Vec<Queued>>,
     queued: &AtomicUsize,
     metrics: &Metrics,
 ) -> Vec<Queued> {
@@ -782,7 +783,7 @@ fn refused(q: Queued, back: &mut Vec<Queued>, metrics: &Metrics) {
 
 /// The worker's loop. A panic in its own code drops the one record (or periodic pass) it
 /// was on, counted by `panics::guard`; detection goes on instead of ending with the thread.
-fn work(p: &mut Pipeline, rx: Receiver<Vec<Queued>>, queued: &AtomicUsize) {
+fn work(p: &mut Pipeline, rx: handoff::Receiver<Vec<Queued>>, queued: &AtomicUsize) {
     use crate::panics::guard;
     let period = Duration::from_millis(250);
     let mut last_tick = Instant::now();
