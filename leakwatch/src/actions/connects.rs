@@ -29,10 +29,12 @@ pub struct ConnectLog {
 }
 
 impl ConnectLog {
-    /// Process `tgid` connected `fd` to `remote`; `who` is asked for only for a new row.
+    /// Process `tgid` connected `fd` to `remote` at about `now` (the worker's batch clock:
+    /// repeats are counted in seconds); `who` is asked for only for a new row.
     pub fn note(
         &mut self,
         log: &ActionLog,
+        now: Instant,
         tgid: u32,
         remote: &str,
         fd: i32,
@@ -41,7 +43,6 @@ impl ConnectLog {
         if !log.enabled() {
             return;
         }
-        let now = Instant::now();
         let mut s = std::mem::take(&mut self.key);
         s.clear();
         s.push_str(remote);
@@ -122,9 +123,9 @@ mod tests {
             ..Default::default()
         };
         for fd in 3..103 {
-            c.note(&t.log, 7, "10.0.0.1:443", fd, who);
+            c.note(&t.log, Instant::now(), 7, "10.0.0.1:443", fd, who);
         }
-        c.note(&t.log, 7, "10.0.0.2:5432", 9, who);
+        c.note(&t.log, Instant::now(), 7, "10.0.0.2:5432", 9, who);
         let first = t.rows("connect");
         assert_eq!(first.len(), 2, "one row per new remote, at once: {first:?}");
         assert_eq!(first[0]["fd"], 3);

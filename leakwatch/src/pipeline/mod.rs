@@ -117,6 +117,9 @@ pub struct Pipeline {
     actions: crate::actions::ActionLog,
     write_log: crate::actions::WriteLog,
     connect_log: crate::actions::ConnectLog,
+    /// When the worker took the batch it is on: a clock for bookkeeping that counts in
+    /// seconds (connect repeats), read once per batch instead of once per event.
+    now: Instant,
     /// This program's executable, and which processes run it (its CLI: freeze, scan).
     own_exe: Option<String>,
     ours: HashMap<u32, bool>,
@@ -153,6 +156,7 @@ impl Pipeline {
             actions: crate::actions::ActionLog::disabled(metrics.clone()),
             write_log: Default::default(),
             connect_log: Default::default(),
+            now: Instant::now(),
             counts: Counts::new(&metrics),
             metrics,
             own_exe: std::fs::read_link("/proc/self/exe")
@@ -236,6 +240,7 @@ impl Pipeline {
                     let procs = &mut self.procs;
                     self.connect_log.note(
                         &self.actions,
+                        self.now,
                         c.task.tgid,
                         remote.unwrap_or_default(),
                         c.fd,
@@ -789,10 +794,12 @@ fn work(p: &mut Pipeline, rx: handoff::Receiver<Vec<Queued>>, queued: &AtomicUsi
     let mut last_tick = Instant::now();
     let errors = p.metrics.internal_errors.clone();
     let handle = |p: &mut Pipeline, batch: Vec<Queued>| {
+        // A reload that came while the worker waited applies to this batch already (the
+        // daemon reports a reload done only once the worker has taken it); one that comes
+        // during a batch, to the next.
+        p.take_reload();
+        p.now = Instant::now();
         for q in batch {
-            // A reload that came while the worker waited applies to this event already:
-            // the daemon reports a reload done only once the worker has taken it.
-            p.take_reload();
             queued.fetch_sub(q.bytes, Ordering::Relaxed);
             let stage = match &q.ev {
                 Event::Exec(_) => "exec",
