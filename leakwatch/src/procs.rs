@@ -185,7 +185,7 @@ impl Procs {
             pid: t.tgid,
             ppid: t.ppid,
             uid: t.uid,
-            comm: t.comm.clone(),
+            comm: t.comm.to_string(),
             exe: self.exe(t),
             unit: cgroup.as_deref().and_then(unit_of),
             cgroup,

@@ -45,7 +45,7 @@ impl ExecEvent {
         // Exec'd by fd (`/dev/fd/N`): the kernel names the task after the file's own name
         // (the record's comm, read at `sched_process_exec`), not after `N`.
         if crate::procs::by_fd(&self.filename) && !self.task.comm.is_empty() {
-            return self.task.comm.clone();
+            return self.task.comm.to_string();
         }
         let base = self.filename.rsplit('/').next().unwrap_or(&self.filename);
         base.chars().take(15).collect()

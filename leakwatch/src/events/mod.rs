@@ -2,6 +2,7 @@
 //! record starts with the common `EventHeader`; its `kind` picks the family decoder.
 //! Decoding never panics on malformed input: a short or inconsistent record is an error the
 //! daemon counts and survives.
+mod comm;
 mod connect;
 mod copy;
 mod exec;
@@ -10,6 +11,7 @@ mod write;
 use anyhow::{bail, Result};
 use leakwatch_common::*;
 
+pub use comm::Comm;
 pub use connect::{format_peer, ConnectEvent};
 pub use copy::{CopyEnd, CopyEvent, CoreEvent};
 pub use exec::{EnforceNotice, ExecEvent, Strings};
@@ -28,7 +30,7 @@ pub struct Task {
     pub gid: u32,
     pub cgroup_id: u64,
     pub ktime_ns: u64,
-    pub comm: String,
+    pub comm: Comm,
     pub probe: u32,
     pub flags: u32,
 }
@@ -43,7 +45,7 @@ impl Task {
             gid: h.gid,
             cgroup_id: h.cgroup_id,
             ktime_ns: h.ktime_ns,
-            comm: comm_str(&h.comm),
+            comm: Comm::from_kernel(&h.comm),
             probe: h.probe,
             flags: h.flags,
         }
@@ -111,11 +113,6 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-pub fn comm_str(c: &[u8; 16]) -> String {
-    let n = c.iter().position(|&b| b == 0).unwrap_or(16);
-    String::from_utf8_lossy(&c[..n]).into_owned()
 }
 
 /// Decodes one ring-buffer record.

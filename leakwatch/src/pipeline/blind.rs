@@ -76,7 +76,7 @@ pub(super) fn on_connect(p: &mut Pipeline, c: &ConnectEvent) {
         Blind {
             reason,
             pid: c.task.tgid,
-            comm: c.task.comm.clone(),
+            comm: c.task.comm.to_string(),
             remote: crate::events::format_peer(&c.peer).unwrap_or_default(),
             last_ms: crate::actions::now_ms() as u64,
         },

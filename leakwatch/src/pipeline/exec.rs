@@ -191,7 +191,7 @@ pub(super) fn on_exec(p: &mut Pipeline, ev: ExecEvent) {
         let lost = Truncated {
             since: std::time::Instant::now(),
             info: info.clone(),
-            comm: ev.task.comm.clone(),
+            comm: ev.task.comm.to_string(),
             captured: ev.strings_count() as u64,
             strings_dropped: 0,
             bytes_dropped: ev.bytes_dropped,

@@ -128,7 +128,7 @@ pub fn describe(procs: &mut Procs, t: &Task) -> ProcInfo {
     if seen.is_some() && info.comm == t.comm {
         info.interpreter = crate::procs::interpreter(&exe, &info.exe);
     }
-    info.comm = t.comm.clone();
+    info.comm = t.comm.to_string();
     info.exe = exe;
     info
 }

@@ -1140,7 +1140,7 @@ impl Context {
         self.metrics.kills.with_label_values(&["kernel"]).inc();
         let cgroup = procs.cgroup_path(n.task.cgroup_id);
         let unit = cgroup.as_deref().and_then(crate::procs::unit_of);
-        let who = unit.clone().unwrap_or_else(|| n.task.comm.clone());
+        let who = unit.clone().unwrap_or_else(|| n.task.comm.to_string());
         let first = self
             .enforced_once
             .lock()
@@ -1180,7 +1180,7 @@ impl Context {
             pid: n.task.tgid,
             ppid: n.task.ppid,
             uid: n.task.uid,
-            comm: n.task.comm.clone(),
+            comm: n.task.comm.to_string(),
             exe: String::new(),
             cgroup,
             unit: unit.clone(),
