@@ -4,6 +4,8 @@
 //! reconnecting a thousand times a second makes a row a minute per remote, not a thousand.
 use std::time::{Duration, Instant};
 
+use leakwatch_common::Peer;
+
 use super::{now_ms, wall_ms, ActionLog, Row};
 use crate::{fastmap::FastMap, procs::ProcInfo};
 
@@ -21,21 +23,54 @@ struct Repeats {
     last: Instant,
 }
 
+/// A (process, remote) pair, by the remote's raw address (its local port left out): a
+/// repeat is looked up without hashing or comparing the formatted name.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    tgid: u32,
+    family: u16,
+    port: u16,
+    addr: [u8; 16],
+}
+
+impl Key {
+    fn of(tgid: u32, p: &Peer) -> Key {
+        use leakwatch_common::{AF_INET, AF_INET6};
+        // An IPv4-mapped IPv6 remote is named as the IPv4 one (`format_peer`): one row.
+        let mapped =
+            p.family == AF_INET6 && p.addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255];
+        let (family, addr) = if mapped {
+            let mut a = [0; 16];
+            a[..4].copy_from_slice(&p.addr[12..]);
+            (AF_INET, a)
+        } else {
+            (p.family, p.addr)
+        };
+        Key {
+            tgid,
+            family,
+            port: p.port,
+            addr,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct ConnectLog {
-    map: FastMap<(u32, String), Repeats>,
-    /// The lookup key's string, kept between calls: a repeat allocates nothing.
-    key: String,
+    map: FastMap<Key, Repeats>,
 }
 
 impl ConnectLog {
-    /// Process `tgid` connected `fd` to `remote` at about `now` (the worker's batch clock:
-    /// repeats are counted in seconds); `who` is asked for only for a new row.
+    /// Process `tgid` connected `fd` to `peer`, named `remote`, at about `now` (the
+    /// worker's batch clock: repeats are counted in seconds); `who` is asked for only for
+    /// a new row.
+    #[allow(clippy::too_many_arguments)]
     pub fn note(
         &mut self,
         log: &ActionLog,
         now: Instant,
         tgid: u32,
+        peer: &Peer,
         remote: &str,
         fd: i32,
         who: impl FnOnce() -> ProcInfo,
@@ -43,10 +78,7 @@ impl ConnectLog {
         if !log.enabled() {
             return;
         }
-        let mut s = std::mem::take(&mut self.key);
-        s.clear();
-        s.push_str(remote);
-        let key = (tgid, s);
+        let key = Key::of(tgid, peer);
         if let Some(r) = self.map.get_mut(&key) {
             if now.duration_since(r.started) < SPAN {
                 if r.count == 0 {
@@ -54,7 +86,6 @@ impl ConnectLog {
                 }
                 r.count += 1;
                 r.last = now;
-                self.key = key.1;
                 return;
             }
             let r = self.map.remove(&key).expect("present");
@@ -64,7 +95,7 @@ impl ConnectLog {
             self.tick(log, true);
         }
         let row = Row::new("connect", &who())
-            .with("remote", key.1.clone())
+            .with("remote", remote.to_string())
             .with("fd", fd);
         log.record(row.clone());
         self.map.insert(
@@ -81,13 +112,13 @@ impl ConnectLog {
     /// Records the repeats that paused (or all of them, at shutdown).
     pub fn tick(&mut self, log: &ActionLog, all: bool) {
         let now = Instant::now();
-        let done: Vec<(u32, String)> = self
+        let done: Vec<Key> = self
             .map
             .iter()
             .filter(|(_, r)| {
                 all || now.duration_since(r.last) >= PAUSE || now.duration_since(r.started) >= SPAN
             })
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| *k)
             .collect();
         for k in done {
             if let Some(r) = self.map.remove(&k) {
@@ -114,6 +145,18 @@ fn record(log: &ActionLog, r: Repeats) {
 mod tests {
     use super::*;
 
+    fn v4(a: [u8; 4], port: u16, lport: u16) -> Peer {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&a);
+        Peer {
+            family: leakwatch_common::AF_INET,
+            port,
+            lport,
+            addr,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn a_first_connect_is_a_row_at_once_and_its_repeats_one_row() {
         let t = super::super::testing::TestLog::new("connects");
@@ -122,17 +165,33 @@ mod tests {
             pid: 7,
             ..Default::default()
         };
+        let mut note = |tgid: u32, p: Peer, fd: i32| {
+            let remote = crate::events::format_peer(&p).unwrap();
+            c.note(&t.log, Instant::now(), tgid, &p, &remote, fd, who);
+        };
+        // Another local port each time: the same remote.
         for fd in 3..103 {
-            c.note(&t.log, Instant::now(), 7, "10.0.0.1:443", fd, who);
+            note(7, v4([10, 0, 0, 1], 443, 40_000 + fd as u16), fd);
         }
-        c.note(&t.log, Instant::now(), 7, "10.0.0.2:5432", 9, who);
+        // The same remote through an IPv4-mapped IPv6 socket.
+        let mut mapped = v4([0; 4], 443, 0);
+        mapped.family = leakwatch_common::AF_INET6;
+        mapped.addr[10..].copy_from_slice(&[255, 255, 10, 0, 0, 1]);
+        note(7, mapped, 103);
+        note(7, v4([10, 0, 0, 2], 5432, 0), 9);
+        note(8, v4([10, 0, 0, 1], 443, 0), 3);
         let first = t.rows("connect");
-        assert_eq!(first.len(), 2, "one row per new remote, at once: {first:?}");
+        assert_eq!(
+            first.len(),
+            3,
+            "one row per new (process, remote), at once: {first:?}"
+        );
         assert_eq!(first[0]["fd"], 3);
+        assert_eq!(first[1]["remote"], "10.0.0.2:5432");
         c.tick(&t.log, true);
         let all = t.rows("connect");
-        assert_eq!(all.len(), 3, "{all:?}");
-        assert_eq!(all[2]["remote"], "10.0.0.1:443");
-        assert_eq!(all[2]["count"], 99, "the repeats: {all:?}");
+        assert_eq!(all.len(), 4, "{all:?}");
+        assert_eq!(all[3]["remote"], "10.0.0.1:443");
+        assert_eq!(all[3]["count"], 100, "the repeats: {all:?}");
     }
 }

@@ -242,6 +242,7 @@ impl Pipeline {
                         &self.actions,
                         self.now,
                         c.task.tgid,
+                        &c.peer,
                         remote.unwrap_or_default(),
                         c.fd,
                         || procs.quick(&c.task),
