@@ -431,6 +431,7 @@ fn tls_go_program_renamed_over_while_it_runs_is_probed() {
     let daemon = d.child.as_ref().expect("the daemon runs").id() as i32;
     // SAFETY: signals to the daemon this test started.
     assert_eq!(unsafe { libc::kill(daemon, libc::SIGSTOP) }, 0);
+    all_stopped(daemon);
     let c = Command::new(&exe)
         .arg(srv.addr())
         .arg(decoy.addr())
@@ -449,6 +450,26 @@ fn tls_go_program_renamed_over_while_it_runs_is_probed() {
     drop(srv);
     d.stop();
     d.assert_no_plaintext(&[&secret]);
+}
+
+/// Waits until every thread of `pid` is stopped. A SIGSTOP stops a process's threads one
+/// by one (the thread that takes it stops the others), so a thread already running can
+/// go on for a while after `kill` returns: in CI one read an exec made after it.
+fn all_stopped(pid: i32) {
+    wait_until(10, "the daemon's threads to stop", || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let mut n = 0;
+        for t in tasks {
+            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+            // The state follows the name, which may hold spaces and parentheses.
+            let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+            if state != "T" {
+                return None;
+            }
+            n += 1;
+        }
+        (n > 0).then_some(())
+    })
 }
 
 /// curl to `host` (resolved to the local server), the key in a header read from a file
