@@ -280,7 +280,7 @@ pub async fn run(o: Overrides) -> Result<()> {
                 match reload(&o, &metrics, &running, &shared_reload, &ctx, &scope_tx) {
                     Ok(c) => {
                         // Done means in force: the worker takes the new rules between two
-                        // events, so an exec started after `systemctl reload` returns meets
+                        // batches, so an exec started after `systemctl reload` returns meets
                         // them (and its argv is redacted by them in the action log).
                         let taken = || shared_reload.lock().map(|s| s.is_none()).unwrap_or(true);
                         let until = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -646,7 +646,7 @@ async fn refresh_scope(
 }
 
 /// SIGHUP: reads the config again and, only if all of it is valid (rules compile), applies
-/// it: rules and `dedupe_seconds` to the pipeline (between two events), `protected` to
+/// it: rules and `dedupe_seconds` to the pipeline (between two batches), `protected` to
 /// freeze, `[scope]` and `[capture] max_bytes` to the kernel. What only a restart can
 /// change is named in a warning and left as it runs.
 fn reload(

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use leakwatch_common::Peer;
 
-use super::{now_ms, wall_ms, ActionLog, Row};
+use super::{wall_ms, ActionLog, Row};
 use crate::{fastmap::FastMap, procs::ProcInfo};
 
 /// Repeats of a (process, remote) unseen this long are recorded.
@@ -34,22 +34,25 @@ struct Key {
 }
 
 impl Key {
+    /// Keyed as `format_peer` names the remote: an IPv4-mapped IPv6 remote as the IPv4
+    /// one; every unix socket as `unix`; every family it cannot name as one unnamed remote.
     fn of(tgid: u32, p: &Peer) -> Key {
-        use leakwatch_common::{AF_INET, AF_INET6};
-        // An IPv4-mapped IPv6 remote is named as the IPv4 one (`format_peer`): one row.
-        let mapped =
-            p.family == AF_INET6 && p.addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255];
-        let (family, addr) = if mapped {
-            let mut a = [0; 16];
-            a[..4].copy_from_slice(&p.addr[12..]);
-            (AF_INET, a)
-        } else {
-            (p.family, p.addr)
+        use leakwatch_common::{AF_INET, AF_INET6, AF_UNIX};
+        const MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255];
+        let (family, port, addr) = match p.family {
+            AF_INET6 if p.addr[..12] == MAPPED => {
+                let mut a = [0; 16];
+                a[..4].copy_from_slice(&p.addr[12..]);
+                (AF_INET, p.port, a)
+            }
+            AF_INET | AF_INET6 => (p.family, p.port, p.addr),
+            AF_UNIX => (AF_UNIX, 0, [0; 16]),
+            _ => (0, 0, [0; 16]),
         };
         Key {
             tgid,
             family,
-            port: p.port,
+            port,
             addr,
         }
     }
@@ -82,7 +85,7 @@ impl ConnectLog {
         if let Some(r) = self.map.get_mut(&key) {
             if now.duration_since(r.started) < SPAN {
                 if r.count == 0 {
-                    r.row.ts_ms = now_ms();
+                    r.row.ts_ms = wall_ms(now);
                 }
                 r.count += 1;
                 r.last = now;
@@ -166,7 +169,7 @@ mod tests {
             ..Default::default()
         };
         let mut note = |tgid: u32, p: Peer, fd: i32| {
-            let remote = crate::events::format_peer(&p).unwrap();
+            let remote = crate::events::format_peer(&p).unwrap_or_default();
             c.note(&t.log, Instant::now(), tgid, &p, &remote, fd, who);
         };
         // Another local port each time: the same remote.
@@ -180,18 +183,31 @@ mod tests {
         note(7, mapped, 103);
         note(7, v4([10, 0, 0, 2], 5432, 0), 9);
         note(8, v4([10, 0, 0, 1], 443, 0), 3);
+        // Families that cannot be named (netlink, AF_UNSPEC) are one unnamed remote.
+        for family in [16, 0, 40] {
+            let mut p = v4([1, 2, 3, 4], 9, 0);
+            p.family = family;
+            note(8, p, 4);
+        }
         let first = t.rows("connect");
         assert_eq!(
             first.len(),
-            3,
+            4,
             "one row per new (process, remote), at once: {first:?}"
         );
+        assert_eq!(first[3]["remote"], "");
         assert_eq!(first[0]["fd"], 3);
         assert_eq!(first[1]["remote"], "10.0.0.2:5432");
         c.tick(&t.log, true);
         let all = t.rows("connect");
-        assert_eq!(all.len(), 4, "{all:?}");
-        assert_eq!(all[3]["remote"], "10.0.0.1:443");
-        assert_eq!(all[3]["count"], 100, "the repeats: {all:?}");
+        assert_eq!(all.len(), 6, "{all:?}");
+        let count = |remote: &str| {
+            all[4..]
+                .iter()
+                .find(|r| r["remote"] == remote)
+                .map(|r| r["count"].clone())
+        };
+        assert_eq!(count("10.0.0.1:443"), Some(100.into()), "{all:?}");
+        assert_eq!(count(""), Some(2.into()), "{all:?}");
     }
 }

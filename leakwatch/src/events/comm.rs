@@ -4,9 +4,10 @@
 
 use std::{fmt, ops::Deref};
 
-/// Bytes a name can hold: the kernel's 15, as UTF-8. Bytes that are not UTF-8 read as
-/// U+FFFD (three bytes each, as `from_utf8_lossy` gives); what does not fit is cut at a
-/// character boundary.
+/// Bytes a name can hold: the kernel's 15 and more. A sequence that is not UTF-8 reads as
+/// U+FFFD (three bytes, as `from_utf8_lossy` gives one per invalid sequence); a name with
+/// five or more of them is cut at a character boundary (the comm in alerts and rows is
+/// shorter than `from_utf8_lossy` made it; it was never a name /proc gives as text).
 const CAP: usize = 23;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]

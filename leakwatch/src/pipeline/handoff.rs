@@ -193,15 +193,31 @@ mod tests {
         );
     }
 
+    /// Waits (at most 10 s) until the queue's state shows `f`: a test reaches the blocked
+    /// or waiting state it means to test, not just a sleep that may come too early.
+    fn until<T>(inner: &Inner<T>, f: impl Fn(&State<T>) -> bool) {
+        let at = Instant::now();
+        while !f(&inner.lock()) {
+            assert!(
+                at.elapsed() < Duration::from_secs(10),
+                "state never reached"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn a_blocked_send_goes_through_once_the_worker_takes_one() {
         let (tx, rx) = bounded(1);
         tx.send(0).unwrap();
+        let inner = tx.inner.clone();
         let t = std::thread::spawn(move || {
             for i in 1..=100 {
                 tx.send(i).unwrap();
             }
         });
+        until(&inner, |s| s.sender_waits);
+        // A lost wakeup of the sender shows as a receive that times out.
         let got: Vec<i32> = (0..=100)
             .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
             .collect();
@@ -217,6 +233,7 @@ mod tests {
     #[test]
     fn a_waiting_worker_is_woken_by_a_send_and_sees_the_sender_go() {
         let (tx, rx) = bounded::<u32>(4);
+        let inner = tx.inner.clone();
         // A lost wakeup would show as a wait that ran to its 30 s timeout.
         let t = std::thread::spawn(move || {
             let at = Instant::now();
@@ -224,9 +241,10 @@ mod tests {
             let end = rx.recv_timeout(Duration::from_secs(30));
             (first, end, at.elapsed())
         });
-        std::thread::sleep(Duration::from_millis(50));
+        until(&inner, |s| s.receiver_waits);
         tx.send(7).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        // Waiting again, for what comes after 7: the drop must wake it.
+        until(&inner, |s| s.items.is_empty() && s.receiver_waits);
         drop(tx);
         let (first, end, took) = t.join().unwrap();
         assert_eq!(first, Ok(7));
@@ -238,9 +256,13 @@ mod tests {
     fn a_send_to_a_gone_worker_gives_the_item_back_even_when_full() {
         let (tx, rx) = bounded(1);
         tx.send(1).unwrap();
-        let t = std::thread::spawn(move || tx.send(2));
-        std::thread::sleep(Duration::from_millis(20));
+        let inner = tx.inner.clone();
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(tx.send(2)));
+        until(&inner, |s| s.sender_waits);
         drop(rx);
-        assert_eq!(t.join().unwrap(), Err(SendError(2)));
+        // Never woken, the sender would block for good: bounded, so the test fails instead.
+        let r = result.recv_timeout(Duration::from_secs(10));
+        assert_eq!(r, Ok(Err(SendError(2))));
     }
 }

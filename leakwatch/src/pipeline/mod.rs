@@ -63,7 +63,7 @@ const BATCHES: usize = 1024;
 /// can bring thousands of small ones).
 const QUEUE_BYTES: usize = 64 << 20;
 /// What a queued record costs beyond its kernel bytes: the decoded event and the heap
-/// blocks of its strings.
+/// blocks of its strings (path, payload).
 const HELD_IN_MEMORY: usize = std::mem::size_of::<Queued>() + 64;
 
 /// State the pipeline shares with `respond` (freeze reads and updates it).
@@ -72,8 +72,8 @@ pub struct Shared {
     pub frozen: Arc<RwLock<FrozenSet>>,
     /// Recent (tgid, fingerprint) pairs seen at exec, oldest first.
     pub history: Arc<RwLock<VecDeque<(u32, String)>>>,
-    /// A reloaded config waiting for the worker (SIGHUP): taken between two events, so every
-    /// event is handled under one config or the other, never a mix.
+    /// A reloaded config waiting for the worker (SIGHUP): taken between two batches, so
+    /// every event is handled under one config or the other, never a mix.
     pub reload: Arc<std::sync::Mutex<Option<Reload>>>,
     /// Crash dumps scanned outside the write path (core-handler, file core_pattern).
     pub dumps: crate::crash::Inbox,
