@@ -881,6 +881,41 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_decoded_record_is_pushed_and_a_malformed_one_counted_and_dropped() {
+        use leakwatch_common::{ConnectEvent, EventHeader, EVENT_CONNECT, PROBE_CONNECT};
+        let m = Metrics::new();
+        let mut c = ConnectEvent {
+            hdr: EventHeader {
+                kind: EVENT_CONNECT,
+                probe: PROBE_CONNECT,
+                tgid: 42,
+                ..Default::default()
+            },
+            fd: 5,
+            ..Default::default()
+        };
+        c.hdr.comm[..4].copy_from_slice(b"curl");
+        let rec = crate::events::record(c, &[]);
+        let mut batch = Vec::new();
+        assert!(decoded(&rec, &m, &mut batch));
+        assert!(!decoded(&rec[..8], &m, &mut batch), "a short record");
+        let mut unknown = c;
+        unknown.hdr.kind = 999;
+        assert!(!decoded(
+            &crate::events::record(unknown, &[]),
+            &m,
+            &mut batch
+        ));
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].bytes, rec.len() + HELD_IN_MEMORY);
+        let Event::Connect(e) = &batch[0].ev else {
+            panic!("not a connect: {:?}", batch[0].ev)
+        };
+        assert_eq!((e.task.tgid, e.fd, e.task.comm.as_str()), (42, 5, "curl"));
+        assert_eq!(m.decode_errors.get(), 2);
+    }
+
     fn ranges(v: &[Queued]) -> Vec<(i64, u64, u32)> {
         v.iter()
             .map(|q| match &q.ev {
