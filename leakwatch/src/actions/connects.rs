@@ -38,11 +38,11 @@ impl Key {
     /// one; every unix socket as `unix`; every family it cannot name as one unnamed remote.
     fn of(tgid: u32, p: &Peer) -> Key {
         use leakwatch_common::{AF_INET, AF_INET6, AF_UNIX};
-        const MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255];
+        let mapped = || std::net::Ipv6Addr::from(p.addr).to_ipv4_mapped();
         let (family, port, addr) = match p.family {
-            AF_INET6 if p.addr[..12] == MAPPED => {
+            AF_INET6 if let Some(v4) = mapped() => {
                 let mut a = [0; 16];
-                a[..4].copy_from_slice(&p.addr[12..]);
+                a[..4].copy_from_slice(&v4.octets());
                 (AF_INET, p.port, a)
             }
             AF_INET | AF_INET6 => (p.family, p.port, p.addr),
