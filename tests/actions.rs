@@ -331,3 +331,83 @@ fn a_password_given_as_an_argument_of_its_own_is_found_and_kept_only_as_a_previe
     d.stop();
     d.assert_no_plaintext(&[&curl_pass, &mysql_pass]);
 }
+
+/// A process reconnecting to one remote, as an HTTP client without keep-alive does: the
+/// kernel folds the repeats into the records around them, and the action log still counts
+/// every connect, exactly — those carried by a later connect's record, and those left when
+/// the process exec'd or exited, carried by a record of their own.
+#[test]
+fn actions_count_every_connect_the_kernel_folded() {
+    let d = Daemon::start("a-fold");
+    // Two bursts a pause apart (the second burst's first connect carries the first's
+    // repeats), then an exec or an exit with the second burst's repeats still in the kernel.
+    let script = r#"
+import os, socket, sys, time
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(64)
+port = l.getsockname()[1]
+print(port, flush=True)
+fds = set()
+def burst(n):
+    for _ in range(n):
+        c = socket.create_connection(("127.0.0.1", port))
+        fds.add(c.fileno())
+        a, _ = l.accept(); a.close(); c.close()
+burst(int(sys.argv[1])); time.sleep(1.3); burst(int(sys.argv[2]))
+assert len(fds) == 1, fds
+if sys.argv[3] == "exec":
+    os.execv("/bin/true", ["true"])
+"#;
+    let before = d.metric(
+        "leakwatch_kernel_folded_total",
+        &[("probe", "sys_enter_connect")],
+    );
+    let mut folded_here = 0;
+    for (first, second, end) in [(150u64, 100u64, "exec"), (120, 80, "exit")] {
+        let mut c = python()
+            .arg("-c")
+            .arg(script)
+            .args([first.to_string(), second.to_string(), end.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = c.id().to_string();
+        let mut port = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(c.stdout.take().unwrap()),
+            &mut port,
+        )
+        .unwrap();
+        assert!(wait_exit(&mut c, 60, "the reconnecting client").success());
+        let remote = format!("127.0.0.1:{}", port.trim());
+        let total = |rows: &[Value]| -> u64 {
+            rows.iter()
+                .filter(|r| s(r, "remote") == remote)
+                .map(|r| r.get("count").map_or(1, |c| c.as_u64().unwrap()))
+                .sum()
+        };
+        // Repeats are written once they pause (2 s), then batched.
+        let rows = wait_until(
+            30,
+            &format!("{} connects counted ({end})", first + second),
+            || {
+                let rows = actions(&d, &["--pid", &pid, "--kind", "connect"]);
+                (total(&rows) >= first + second).then_some(rows)
+            },
+        );
+        assert_eq!(total(&rows), first + second, "{end}: {rows:#?}");
+        assert!(
+            rows.iter().filter(|r| s(r, "remote") == remote).count() <= 4,
+            "the repeats are summed, not a row each: {rows:#?}"
+        );
+        // At most a record a second: the rest were folded.
+        folded_here += first + second - 4;
+    }
+    let after = d.metric(
+        "leakwatch_kernel_folded_total",
+        &[("probe", "sys_enter_connect")],
+    );
+    assert!(
+        after - before >= folded_here as f64,
+        "the kernel folded the repeats: {before} -> {after}, at least {folded_here} expected"
+    );
+}

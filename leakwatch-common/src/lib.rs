@@ -104,6 +104,9 @@ pub const STAT_KILLS: u32 = 5;
 /// Execs killed because the argument area could not be checked to its end while a
 /// credential was frozen (fail closed: loop budget or unreadable memory; `PROBE_EXEC_IMAGE`).
 pub const STAT_UNCHECKED: u32 = 6;
+/// Calls folded into a record sent before them instead of making their own (connect
+/// repeats, see `CONNECT_FOLD_NS`).
+pub const STAT_FOLDED: u32 = 7;
 pub const STAT_KINDS: u32 = 8;
 pub const STAT_COUNT: u32 = PROBE_COUNT * STAT_KINDS;
 
@@ -218,15 +221,31 @@ pub struct Peer {
     pub addr: [u8; 16],
 }
 
-/// A `connect(fd, addr)` as the process asked for it (at syscall entry).
+/// A `connect(fd, addr)` as the process asked for it (at syscall entry), with the repeats
+/// of the calling thread's previous connect that the kernel folded since it sent that one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnectEvent {
     pub hdr: EventHeader,
     pub fd: i32,
-    pub _pad: u32,
+    /// Connects folded since the thread's previous record: each repeated that record's
+    /// fd and remote (`prev_fd`, `prev`) within `CONNECT_FOLD_NS` of it; the last at
+    /// `prev_last_ns` (ktime). Counted under `STAT_FOLDED` as well.
+    pub folded: u32,
     pub peer: Peer,
+    pub prev: Peer,
+    pub prev_last_ns: u64,
+    pub prev_fd: i32,
+    /// `CONNECT_FOLDS_ONLY` or 0.
+    pub flags: u32,
 }
+
+/// A connect repeating the thread's last recorded one (same fd, same remote) this soon
+/// after it is folded in the kernel: counted, and carried by the thread's next record.
+pub const CONNECT_FOLD_NS: u64 = 1_000_000_000;
+/// The record is no connect: the thread exec'd or exited with folded repeats not yet
+/// carried, and carries them (`fd` and `peer` are empty).
+pub const CONNECT_FOLDS_ONLY: u32 = 1;
 
 // ---------------------------------------------------------------------------------------
 // write family

@@ -123,6 +123,23 @@ pub fn reserve_event<const N: usize>(probe: u32) -> Option<*mut u8> {
     reserve::<N>(&EVENTS, probe)
 }
 
+/// Reserves `N` bytes in `EVENTS` for a record that stands for no call of its own (see
+/// `connect::forget`): nothing is counted, so every probe's events, losses and folds still
+/// add up to its calls.
+#[inline(always)]
+pub fn reserve_event_uncounted<const N: usize>() -> Option<*mut u8> {
+    // SAFETY: constant size; the helper returns null when the ring is full.
+    let p = unsafe { bpf_ringbuf_reserve(&EVENTS as *const _ as *mut c_void, N as u64, 0) };
+    (!p.is_null()).then_some(p as *mut u8)
+}
+
+/// Submits a reservation from `reserve_event_uncounted`.
+#[inline(always)]
+pub fn submit_uncounted(p: *mut u8, flags: u64) {
+    // SAFETY: `p` is a live reservation.
+    unsafe { bpf_ringbuf_submit(p as *mut c_void, flags) };
+}
+
 #[inline(always)]
 fn reserve<const N: usize>(ring: &RingBuf, probe: u32) -> Option<*mut u8> {
     // SAFETY: constant size; the helper returns null when the ring is full.

@@ -302,6 +302,7 @@ mod tests {
             },
             fd: 6,
             peer,
+            ..Default::default()
         };
         t.on_connect(&c);
         let (s2, named) = t.classify(&write(PID, 6, 80, 0o140777, None));
@@ -328,6 +329,7 @@ mod tests {
             },
             fd: 7,
             peer,
+            ..Default::default()
         };
         assert_eq!(t.on_connect(&connect(peer(1, 443))), Some("10.0.0.1:443"));
         // The same remote again (its name is kept), then another one on the same fd.

@@ -570,6 +570,7 @@ async fn poll_stats(
                 }
             };
             inc(&metrics.kernel_skipped, before.skipped, after.skipped);
+            inc(&metrics.kernel_folded, before.folded, after.folded);
             if after.unchecked > before.unchecked {
                 metrics
                     .exec_unchecked

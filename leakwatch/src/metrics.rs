@@ -34,6 +34,7 @@ pub struct Metrics {
     pub queue_dropped: IntCounterVec,
     pub pipeline_dropped: IntCounterVec,
     pub kernel_skipped: IntCounterVec,
+    pub kernel_folded: IntCounterVec,
     pub capture_truncated: IntCounterVec,
     pub capture_bytes_dropped: IntCounterVec,
     pub captured_bytes: IntCounterVec,
@@ -250,6 +251,16 @@ impl Metrics {
                 &r,
                 "leakwatch_kernel_skipped_total",
                 "Write-family calls the kernel did not copy because the process is out of scope.",
+                &["probe"],
+            ),
+            kernel_folded: counter_vec(
+                &r,
+                "leakwatch_kernel_folded_total",
+                "Calls the kernel counted instead of sending a record, by probe: a connect \
+                 repeating its thread's last recorded one (same fd and remote) within a second \
+                 of it. Their number rides on the thread's next record (with \
+                 leakwatch_events_total, leakwatch_lost_events_total and \
+                 leakwatch_pipeline_dropped_total: every call the probe saw is counted once).",
                 &["probe"],
             ),
             capture_truncated: counter_vec(

@@ -1068,13 +1068,15 @@ struct Storm {
     secs: f64,
     seen: u64,
     events: u64,
+    /// Calls the kernel folded into a record before them (connect repeats).
+    folded: u64,
     lost: u64,
     dropped: u64,
 }
 
 impl Storm {
     fn exact(&self) -> bool {
-        self.events + self.lost + self.dropped == self.seen
+        self.events + self.folded + self.lost + self.dropped == self.seen
     }
 }
 
@@ -1114,14 +1116,16 @@ impl Scraper {
     }
 }
 
-fn counters(sc: &mut Scraper, probe: &str) -> (u64, u64, u64) {
+/// Processed, folded, ring-lost and queue-dropped, for `probe`.
+fn counters(sc: &mut Scraper, probe: &str) -> [u64; 4] {
     let t = sc.get();
     let g = |n: &str| metric(&t, n, &[("probe", probe)]) as u64;
-    (
+    [
         g("leakwatch_events_total"),
+        g("leakwatch_kernel_folded_total"),
         g("leakwatch_lost_events_total"),
         g("leakwatch_pipeline_dropped_total"),
-    )
+    ]
 }
 
 /// Runs `load` with a second counter on `tracepoints` and returns the accounting.
@@ -1145,9 +1149,10 @@ fn storm(d: &Daemon, what: &str, tracepoints: &[&str], probe: &str, load: impl F
         what: what.to_string(),
         secs,
         seen: f1 - f0,
-        events: c1.0 - c0.0,
-        lost: c1.1 - c0.1,
-        dropped: c1.2 - c0.2,
+        events: c1[0] - c0[0],
+        folded: c1[1] - c0[1],
+        lost: c1[2] - c0[2],
+        dropped: c1[3] - c0[3],
     }
 }
 
@@ -1268,21 +1273,22 @@ fn loss_and_footprint() -> (String, Footprint) {
     drop(d);
     let mut md = String::new();
     writeln!(md, "### Loss, exactly\n").unwrap();
-    writeln!(md, "One daemon (defaults, rings of {} MiB for events and {} MiB for writes). For each storm a second counter program is attached to the same tracepoint (`seen`: every call the kernel made, by any process on the host); the daemon's `leakwatch_events_total` (processed), `leakwatch_lost_events_total` (ring full) and `leakwatch_pipeline_dropped_total` (userspace queue full) deltas for that probe are read once it is idle again and its once-a-second loss poll has run. Exact means processed + lost + dropped = seen: nothing vanished uncounted. The write family's accounting under an outrunning writer is in the write section.\n", 4, 4).unwrap();
+    writeln!(md, "One daemon (defaults, rings of {} MiB for events and {} MiB for writes). For each storm a second counter program is attached to the same tracepoint (`seen`: every call the kernel made, by any process on the host); the daemon's `leakwatch_events_total` (processed), `leakwatch_kernel_folded_total` (connects repeating the process's last recorded one within a second, counted in the kernel and carried by its next record), `leakwatch_lost_events_total` (ring full) and `leakwatch_pipeline_dropped_total` (userspace queue full) deltas for that probe are read once it is idle again and its once-a-second loss poll has run. Exact means processed + folded + lost + dropped = seen: nothing vanished uncounted. The write family's accounting under an outrunning writer is in the write section.\n", 4, 4).unwrap();
     writeln!(
         md,
-        "| storm | calls/s | seen | processed | lost (ring) | dropped (queue) | loss | accounted |"
+        "| storm | calls/s | seen | processed | folded (kernel) | lost (ring) | dropped (queue) | loss | accounted |"
     )
     .unwrap();
-    writeln!(md, "|---|---|---|---|---|---|---|---|").unwrap();
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|").unwrap();
     for s in &storms {
         writeln!(
             md,
-            "| {} | {:.0} | {} | {} | {} | {} | {:.2} % | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {:.2} % | {} |",
             s.what,
             s.seen as f64 / s.secs,
             s.seen,
             s.events,
+            s.folded,
             s.lost,
             s.dropped,
             (s.lost + s.dropped) as f64 * 100.0 / s.seen.max(1) as f64,

@@ -2,12 +2,18 @@
 //! once; its repeats (an HTTP client reconnecting to its API, a health check) are summed
 //! and recorded as one row with `count` when they pause or after a minute — a process
 //! reconnecting a thousand times a second makes a row a minute per remote, not a thousand.
+//! Most repeats never reach the daemon as records: the kernel folds them and the process's
+//! next record carries their count (`folded`), summed here the same way.
 use std::time::{Duration, Instant};
 
 use leakwatch_common::Peer;
 
 use super::{wall_ms, ActionLog, Row};
-use crate::{fastmap::FastMap, procs::ProcInfo};
+use crate::{
+    events::{format_peer, Folded},
+    fastmap::FastMap,
+    procs::ProcInfo,
+};
 
 /// Repeats of a (process, remote) unseen this long are recorded.
 const PAUSE: Duration = Duration::from_secs(2);
@@ -112,6 +118,50 @@ impl ConnectLog {
         );
     }
 
+    /// `f.count` repeats of `tgid`'s connect to `f.peer` that the kernel folded, the last
+    /// at `last`: added to that remote's pending repeats, or pending on their own when it
+    /// has none (they were recorded at a pause, or the log filled): they go into the same
+    /// kind of row, `count` and `last_ms`, when they pause.
+    pub fn folded(
+        &mut self,
+        log: &ActionLog,
+        last: Instant,
+        tgid: u32,
+        f: &Folded,
+        who: impl FnOnce() -> ProcInfo,
+    ) {
+        if !log.enabled() || f.count == 0 {
+            return;
+        }
+        let key = Key::of(tgid, &f.peer);
+        let n = u64::from(f.count);
+        if let Some(r) = self.map.get_mut(&key) {
+            if r.count == 0 {
+                // They began after the record they repeat.
+                r.row.ts_ms = wall_ms(r.last);
+            }
+            r.count += n;
+            r.last = r.last.max(last);
+            return;
+        }
+        if self.map.len() >= MAX {
+            self.tick(log, true);
+        }
+        let mut row = Row::new("connect", &who())
+            .with("remote", format_peer(&f.peer).unwrap_or_default())
+            .with("fd", f.fd);
+        row.ts_ms = wall_ms(last);
+        self.map.insert(
+            key,
+            Repeats {
+                row,
+                count: n,
+                started: last,
+                last,
+            },
+        );
+    }
+
     /// Records the repeats that paused (or all of them, at shutdown).
     pub fn tick(&mut self, log: &ActionLog, all: bool) {
         let now = Instant::now();
@@ -209,5 +259,38 @@ mod tests {
         };
         assert_eq!(count("10.0.0.1:443"), Some(100.into()), "{all:?}");
         assert_eq!(count(""), Some(2.into()), "{all:?}");
+    }
+
+    #[test]
+    fn repeats_folded_in_the_kernel_join_their_remote_or_make_a_row_of_their_own() {
+        let t = super::super::testing::TestLog::new("folded");
+        let mut c = ConnectLog::default();
+        let who = || ProcInfo {
+            pid: 7,
+            ..Default::default()
+        };
+        let (api, db) = (v4([10, 0, 0, 1], 443, 0), v4([10, 0, 0, 2], 5432, 0));
+        let now = Instant::now();
+        let folded = |peer: Peer, count: u32| Folded {
+            count,
+            fd: 3,
+            peer,
+            ago_ns: 0,
+        };
+        c.note(&t.log, now, 7, &api, "10.0.0.1:443", 3, who);
+        // The next record carries 40 repeats of the first, then is a repeat itself.
+        c.folded(&t.log, now, 7, &folded(api, 40), who);
+        c.note(&t.log, now, 7, &api, "10.0.0.1:443", 3, who);
+        // Repeats of a remote with none pending (a first row recorded long ago), then 0.
+        c.folded(&t.log, now, 7, &folded(db, 5), who);
+        c.folded(&t.log, now, 8, &folded(db, 0), who);
+        assert_eq!(t.rows("connect").len(), 1, "only the first connect at once");
+        c.tick(&t.log, true);
+        let all = t.rows("connect");
+        assert_eq!(all.len(), 3, "{all:?}");
+        let row = |remote: &str| all[1..].iter().find(|r| r["remote"] == remote).unwrap();
+        assert_eq!(row("10.0.0.1:443")["count"], 41, "{all:?}");
+        assert_eq!(row("10.0.0.2:5432")["count"], 5, "{all:?}");
+        assert!(row("10.0.0.2:5432").get("fd").is_none(), "{all:?}");
     }
 }

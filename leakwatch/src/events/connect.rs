@@ -7,21 +7,45 @@ use leakwatch_common::*;
 
 use super::Task;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConnectEvent {
     pub task: Task,
     pub fd: i32,
     pub peer: Peer,
+    /// Repeats of the thread's previous connect that the kernel folded since it sent it.
+    pub folded: Option<Folded>,
+    /// The record carries only `folded` (the thread exec'd or exited): no connect of its
+    /// own, `fd` and `peer` are empty.
+    pub folds_only: bool,
+}
+
+/// Connects the kernel counted instead of sending: each repeated the thread's previous
+/// record (`fd` to `peer`) within `CONNECT_FOLD_NS` of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Folded {
+    pub count: u32,
+    pub fd: i32,
+    pub peer: Peer,
+    /// How long before this record the last of them was made, in nanoseconds.
+    pub ago_ns: u64,
 }
 
 pub(super) fn decode(rec: &[u8]) -> Result<ConnectEvent> {
     let Some(c) = leakwatch_common::ConnectEvent::read(rec) else {
         bail!("short connect record")
     };
+    let folded = (c.folded > 0).then_some(Folded {
+        count: c.folded,
+        fd: c.prev_fd,
+        peer: c.prev,
+        ago_ns: c.hdr.ktime_ns.saturating_sub(c.prev_last_ns),
+    });
     Ok(ConnectEvent {
         task: Task::from_header(&c.hdr),
         fd: c.fd,
         peer: c.peer,
+        folded,
+        folds_only: c.flags & CONNECT_FOLDS_ONLY != 0,
     })
 }
 

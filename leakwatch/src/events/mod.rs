@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use leakwatch_common::*;
 
 pub use comm::Comm;
-pub use connect::{format_peer, ConnectEvent};
+pub use connect::{format_peer, ConnectEvent, Folded};
 pub use copy::{CopyEnd, CopyEvent, CoreEvent};
 pub use exec::{EnforceNotice, ExecEvent, Strings};
 pub use leakwatch_common::PROBE_COUNT;

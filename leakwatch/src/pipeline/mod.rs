@@ -233,8 +233,25 @@ impl Pipeline {
             Event::Copy(c) => copies::on_copy(self, c),
             Event::Core(c) => cores::on_core(self, c),
             Event::Connect(c) => {
-                self.counts.events.get(c.task.probe as usize).inc();
+                // A record of folded repeats alone is no call: they were counted as folded.
+                if !c.folds_only {
+                    self.counts.events.get(c.task.probe as usize).inc();
+                }
                 let logged = self.actions.enabled();
+                if let (Some(f), true) = (&c.folded, logged) {
+                    let procs = &mut self.procs;
+                    let last = self.now.checked_sub(Duration::from_nanos(f.ago_ns));
+                    self.connect_log.folded(
+                        &self.actions,
+                        last.unwrap_or(self.now),
+                        c.task.tgid,
+                        f,
+                        || procs.quick(&c.task),
+                    );
+                }
+                if c.folds_only {
+                    return;
+                }
                 let remote = self.fds.on_connect(&c).filter(|_| logged);
                 if logged {
                     let procs = &mut self.procs;

@@ -279,6 +279,8 @@ pub struct ProbeStats {
     pub kills: u64,
     /// Execs killed because their arguments could not be checked to the end (fail closed).
     pub unchecked: u64,
+    /// Calls folded into a record sent before them (connect repeats).
+    pub folded: u64,
 }
 
 /// Counters of every probe, indexed by `PROBE_*`.
@@ -369,6 +371,7 @@ fn stats_of<T: std::borrow::Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Resul
             bytes_dropped: sum(p, STAT_BYTES_DROPPED)?,
             kills: sum(p, STAT_KILLS)?,
             unchecked: sum(p, STAT_UNCHECKED)?,
+            folded: sum(p, STAT_FOLDED)?,
         };
     }
     Ok(out)
