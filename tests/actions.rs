@@ -335,72 +335,64 @@ fn a_password_given_as_an_argument_of_its_own_is_found_and_kept_only_as_a_previe
 /// A process reconnecting to one remote, as an HTTP client without keep-alive does: the
 /// kernel folds the repeats into the records around them, and the action log still counts
 /// every connect, exactly — those carried by a later connect's record, and those left when
-/// the process exec'd or exited, carried by a record of their own.
+/// the process exec'd or exited, carried by records of their own.
 #[test]
 fn actions_count_every_connect_the_kernel_folded() {
     let d = Daemon::start("a-fold");
     // Two bursts a pause apart (the second burst's first connect carries the first's
-    // repeats), then an exec or an exit with the second burst's repeats still in the kernel.
+    // repeats), then an exit, or an exec into a new image that reconnects over the same
+    // fd number to the same listener (inherited) at once, then exits.
     let script = r#"
 import os, socket, sys, time
-l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(64)
+first, second, end = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+if len(sys.argv) > 4:
+    l = socket.socket(fileno=int(sys.argv[4]))
+else:
+    l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(64)
+    print(l.getsockname()[1], flush=True)
 port = l.getsockname()[1]
-print(port, flush=True)
 fds = set()
 def burst(n):
     for _ in range(n):
         c = socket.create_connection(("127.0.0.1", port))
         fds.add(c.fileno())
         a, _ = l.accept(); a.close(); c.close()
-burst(int(sys.argv[1])); time.sleep(1.3); burst(int(sys.argv[2]))
+burst(first)
+if second:
+    time.sleep(1.3); burst(second)
 assert len(fds) == 1, fds
-if sys.argv[3] == "exec":
-    os.execv("/bin/true", ["true"])
+if end.startswith("exec"):
+    os.set_inheritable(l.fileno(), True)
+    again = end.split(":")[1]
+    os.execv(sys.executable, [sys.executable, "-c", SCRIPT, again, "0", "exit", str(l.fileno())])
 "#;
+    // The script passes itself to the new image.
+    let script = format!("SCRIPT = {script:?}\n{script}");
     let before = d.metric(
         "leakwatch_kernel_folded_total",
         &[("probe", "sys_enter_connect")],
     );
     let mut folded_here = 0;
-    for (first, second, end) in [(150u64, 100u64, "exec"), (120, 80, "exit")] {
-        let mut c = python()
-            .arg("-c")
-            .arg(script)
-            .args([first.to_string(), second.to_string(), end.to_string()])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+    for (first, second, end, after_exec) in
+        [(150u64, 100u64, "exec:60", 60u64), (120, 80, "exit", 0)]
+    {
+        let args = [first.to_string(), second.to_string(), end.to_string()];
+        let (mut c, remote) = reconnecting(&script, &args);
         let pid = c.id().to_string();
-        let mut port = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(c.stdout.take().unwrap()),
-            &mut port,
-        )
-        .unwrap();
         assert!(wait_exit(&mut c, 60, "the reconnecting client").success());
-        let remote = format!("127.0.0.1:{}", port.trim());
-        let total = |rows: &[Value]| -> u64 {
-            rows.iter()
-                .filter(|r| s(r, "remote") == remote)
-                .map(|r| r.get("count").map_or(1, |c| c.as_u64().unwrap()))
-                .sum()
-        };
+        let all = first + second + after_exec;
         // Repeats are written once they pause (2 s), then batched.
-        let rows = wait_until(
-            30,
-            &format!("{} connects counted ({end})", first + second),
-            || {
-                let rows = actions(&d, &["--pid", &pid, "--kind", "connect"]);
-                (total(&rows) >= first + second).then_some(rows)
-            },
-        );
-        assert_eq!(total(&rows), first + second, "{end}: {rows:#?}");
+        let rows = wait_until(30, &format!("{all} connects counted ({end})"), || {
+            let rows = actions(&d, &["--pid", &pid, "--kind", "connect"]);
+            (connects_to(&rows, &remote) >= all).then_some(rows)
+        });
+        assert_eq!(connects_to(&rows, &remote), all, "{end}: {rows:#?}");
         assert!(
-            rows.iter().filter(|r| s(r, "remote") == remote).count() <= 4,
+            rows.iter().filter(|r| s(r, "remote") == remote).count() <= 5,
             "the repeats are summed, not a row each: {rows:#?}"
         );
-        // At most a record a second: the rest were folded.
-        folded_here += first + second - 4;
+        // At most a record a second per image: the rest were folded.
+        folded_here += all - 6;
     }
     let after = d.metric(
         "leakwatch_kernel_folded_total",
@@ -410,4 +402,60 @@ if sys.argv[3] == "exec":
         after - before >= folded_here as f64,
         "the kernel folded the repeats: {before} -> {after}, at least {folded_here} expected"
     );
+}
+
+/// A process that reconnected in a burst and then went quiet still has its repeats folded
+/// in the kernel when the daemon stops: the stop puts them into the action log.
+#[test]
+fn actions_keep_the_connects_still_folded_when_the_daemon_stops() {
+    let mut d = Daemon::start("a-fold-stop");
+    let script = r#"
+import socket, sys, time
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(64)
+port = l.getsockname()[1]
+for _ in range(int(sys.argv[1])):
+    c = socket.create_connection(("127.0.0.1", port))
+    a, _ = l.accept(); a.close(); c.close()
+print(port, flush=True)
+time.sleep(120)
+"#;
+    let (mut c, remote) = reconnecting(script, &["90".to_string()]);
+    let pid = c.id().to_string();
+    // The burst's first connect is a record; wait until the daemon has logged it.
+    wait_until(20, "the first connect's row", || {
+        let rows = actions(&d, &["--pid", &pid, "--kind", "connect"]);
+        rows.iter().any(|r| s(r, "remote") == remote).then_some(())
+    });
+    d.stop();
+    let rows = actions(&d, &["--pid", &pid, "--kind", "connect"]);
+    let _ = c.kill();
+    let _ = c.wait();
+    assert_eq!(connects_to(&rows, &remote), 90, "{rows:#?}");
+}
+
+/// Starts python on `script` with `args`; returns it and the remote it reconnects to
+/// (`127.0.0.1:` and the port it prints first).
+fn reconnecting(script: &str, args: &[String]) -> (std::process::Child, String) {
+    let mut c = python()
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(c.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    (c, format!("127.0.0.1:{}", port.trim()))
+}
+
+/// Connects to `remote` in connect rows: a first connect is one, a row of repeats its count.
+fn connects_to(rows: &[Value], remote: &str) -> u64 {
+    rows.iter()
+        .filter(|r| s(r, "remote") == remote)
+        .map(|r| r.get("count").map_or(1, |c| c.as_u64().unwrap()))
+        .sum()
 }

@@ -222,30 +222,56 @@ pub struct Peer {
 }
 
 /// A `connect(fd, addr)` as the process asked for it (at syscall entry), with the repeats
-/// of the calling thread's previous connect that the kernel folded since it sent that one.
+/// the kernel folded of an earlier record of the process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnectEvent {
     pub hdr: EventHeader,
     pub fd: i32,
-    /// Connects folded since the thread's previous record: each repeated that record's
-    /// fd and remote (`prev_fd`, `prev`) within `CONNECT_FOLD_NS` of it; the last at
+    /// Connects folded since the process's last record on `prev_fd` (to `prev`): each
+    /// repeated it within `CONNECT_FOLD_NS`; the first and last at `prev_first_ns` and
     /// `prev_last_ns` (ktime). Counted under `STAT_FOLDED` as well.
     pub folded: u32,
     pub peer: Peer,
     pub prev: Peer,
+    pub prev_first_ns: u64,
     pub prev_last_ns: u64,
     pub prev_fd: i32,
     /// `CONNECT_FOLDS_ONLY` or 0.
     pub flags: u32,
 }
 
-/// A connect repeating the thread's last recorded one (same fd, same remote) this soon
-/// after it is folded in the kernel: counted, and carried by the thread's next record.
+/// A connect repeating the process's last recorded connect on the same fd (same remote)
+/// this soon after it is folded in the kernel: counted, and carried by a later record.
 pub const CONNECT_FOLD_NS: u64 = 1_000_000_000;
-/// The record is no connect: the thread exec'd or exited with folded repeats not yet
+/// The record is no connect: the process exec'd or exited with folded repeats not yet
 /// carried, and carries them (`fd` and `peer` are empty).
 pub const CONNECT_FOLDS_ONLY: u32 = 1;
+
+/// Fds per process whose connect repeats fold at once (an fd's slot is `fd % CONNECT_SLOTS`).
+pub const CONNECT_SLOTS: usize = 4;
+
+/// The last recorded connect on an fd of a process, and the repeats folded since: a slot
+/// of the kernel's `CONNECT_LAST` map (tgid -> `ConnectLast`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectSlot {
+    pub fd: i32,
+    pub _pad: u32,
+    pub peer: Peer,
+    /// Folded repeats not yet carried by a record.
+    pub folded: u64,
+    /// ktime of the record (0: empty slot), of the first and last repeat folded since.
+    pub sent_ns: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectLast {
+    pub slots: [ConnectSlot; CONNECT_SLOTS],
+}
 
 // ---------------------------------------------------------------------------------------
 // write family

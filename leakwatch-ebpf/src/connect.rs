@@ -1,9 +1,11 @@
 //! `connect` for every process (not scope-filtered; the daemon's own excepted): the
-//! destination as the process asked for it, at syscall entry. A connect that repeats its
-//! thread's last recorded one (same fd, same remote, within `CONNECT_FOLD_NS`: a client
-//! reconnecting to its API, a pool's thread, a health check, a resolver's UDP socket) is
-//! folded: counted here and carried by the thread's next record, so a reconnect loop costs
-//! the ring and the daemon one record a second instead of one per call.
+//! destination as the process asked for it, at syscall entry. A connect that repeats the
+//! process's last recorded connect on the same fd (same remote, within `CONNECT_FOLD_NS`:
+//! a client reconnecting to its API, a pool's threads, a health check, a resolver's UDP
+//! socket) is folded: counted here and carried by a later record, so a reconnect loop
+//! costs the ring and the daemon one record a second instead of one per call.
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, tracepoint},
@@ -16,26 +18,13 @@ use crate::{args::arg, header, maps, scope, sockaddr};
 
 const SIZE: usize = core::mem::size_of::<ConnectEvent>();
 
-/// A thread's last recorded connect and the repeats folded since. Only its own thread
-/// reads and writes it (its connects, its exec and exit), so plain stores suffice.
-#[repr(C)]
-struct Last {
-    fd: i32,
-    _pad: u32,
-    peer: Peer,
-    /// Folded repeats not yet carried by a record.
-    folded: u64,
-    /// ktime of the record, and of the last folded repeat.
-    sent_ns: u64,
-    last_ns: u64,
-}
-
-/// Thread id -> its last recorded connect. Per thread, not per process: the threads of a
-/// pool each reconnect over their own fd, and would take turns at being "last". Dropped
-/// at the thread's exit and at exec (`forget`); an entry the LRU evicts takes its
-/// uncarried repeats with it (they stay counted in `STAT_FOLDED`).
+/// tgid -> its last recorded connect per fd slot. Per process, as the daemon names a
+/// socket (tgid, fd): a connect on an fd by any thread replaces the fd's slot, so a fold
+/// always repeats what the daemon last heard of that fd. Dropped at exec and exit
+/// (`forget`); an entry the LRU evicts takes its uncarried repeats with it (they stay
+/// counted in `STAT_FOLDED`).
 #[map]
-static CONNECT_LAST: LruHashMap<u32, Last> = LruHashMap::with_max_entries(16384, 0);
+static CONNECT_LAST: LruHashMap<u32, ConnectLast> = LruHashMap::with_max_entries(8192, 0);
 
 /// format: fd @16, uservaddr @24, addrlen @32.
 #[tracepoint]
@@ -58,14 +47,24 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let tid = pid_tgid as u32;
-    let last = CONNECT_LAST.get_ptr_mut(&tid);
+    let i = (fd as u32 as usize) & (CONNECT_SLOTS - 1);
+    let last = CONNECT_LAST.get_ptr_mut(&tgid);
     if let Some(l) = last {
-        // SAFETY: map value pointer, this thread's own.
-        let l = unsafe { &mut *l };
-        if l.fd == fd && now.wrapping_sub(l.sent_ns) < CONNECT_FOLD_NS && same(&l.peer, peer) {
-            l.folded += 1;
-            l.last_ns = now;
+        // SAFETY: map value pointer. Two threads meet in a slot only connecting fds of
+        // the same slot at the same moment: a torn slot then fails the comparison (a
+        // record too many), and the count is added atomically.
+        let s = unsafe { &mut (*l).slots[i] };
+        if s.fd == fd
+            && s.sent_ns != 0
+            && now.wrapping_sub(s.sent_ns) < CONNECT_FOLD_NS
+            && same(&s.peer, peer)
+        {
+            if s.first_ns == 0 {
+                s.first_ns = now;
+            }
+            // SAFETY: 8-byte aligned map memory.
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut s.folded, 1) };
+            s.last_ns = now;
             maps::count(PROBE_CONNECT, STAT_FOLDED);
             return 0;
         }
@@ -89,81 +88,101 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     match last {
         Some(l) => {
             // SAFETY: as above.
-            let l = unsafe { &mut *l };
-            carry(ev, l);
-            l.fd = fd;
-            copy_peer(&mut l.peer, peer);
-            l.sent_ns = now;
-            l.last_ns = now;
+            let s = unsafe { &mut (*l).slots[i] };
+            // The slot's repeats (this fd's, or another fd's it held) ride on this record.
+            carry(ev, s);
+            set(s, fd, peer, now);
         }
         None => {
             ev.folded = 0;
             ev.prev_fd = 0;
+            ev.prev_first_ns = 0;
             ev.prev_last_ns = 0;
             crate::mem::zero(&mut ev.prev as *mut Peer);
-            let mut l = core::mem::MaybeUninit::<Last>::uninit();
+            let mut l = core::mem::MaybeUninit::<ConnectLast>::uninit();
             crate::mem::zero(l.as_mut_ptr());
-            // SAFETY: all-zero is a valid `Last`; filled in place (a move out of the
+            // SAFETY: all-zero is a valid `ConnectLast`; filled in place (a move out of the
             // MaybeUninit compiles to a `memset` call).
             let l = unsafe {
                 let l = &mut *l.as_mut_ptr();
-                l.fd = fd;
-                copy_peer(&mut l.peer, peer);
-                l.sent_ns = now;
-                l.last_ns = now;
+                set(&mut l.slots[i], fd, peer, now);
                 &*l
             };
-            let _ = CONNECT_LAST.insert(&tid, l, 0);
+            let _ = CONNECT_LAST.insert(&tgid, l, 0);
         }
     }
     maps::submit(PROBE_CONNECT, p, maps::write_wakeup(now));
     0
 }
 
-/// The current thread exits or exec'd (its id may be reused; a new image's first connect
-/// is recorded): its repeats not yet carried are sent in a record of their own
-/// (`CONNECT_FOLDS_ONLY`), and its entry dropped. Out of line: every thread exit and exec
-/// runs it, and it has work only for threads that folded.
+/// The process exec'd or is gone (its tgid may be reused; a new image's first connect is
+/// recorded): the repeats its slots hold are sent in records of their own
+/// (`CONNECT_FOLDS_ONLY`), and its entry dropped. Out of line: it runs at every exec and
+/// process exit, and has work only for processes that folded.
 #[inline(never)]
-pub fn forget() {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    let Some(l) = CONNECT_LAST.get_ptr_mut(&tid) else {
+pub fn forget(tgid: u32) {
+    let Some(l) = CONNECT_LAST.get_ptr_mut(&tgid) else {
         return;
     };
-    // SAFETY: map value pointer, this thread's own.
-    let l = unsafe { &mut *l };
-    // Not counted as an event (it is no call; its repeats were counted as folded): a full
-    // ring loses their share in the action log's `count`, not in any counter.
-    if l.folded != 0 {
-        if let Some(p) = maps::reserve_event_uncounted::<SIZE>() {
-            // SAFETY: SIZE bytes of a live reservation, 8-byte aligned.
-            let ev = unsafe { &mut *(p as *mut ConnectEvent) };
-            match scope::who((pid_tgid >> 32) as u32) {
-                Some(w) => {
-                    header::fill_cached(&mut ev.hdr, EVENT_CONNECT, PROBE_CONNECT, pid_tgid, w)
-                }
-                None => header::fill(&mut ev.hdr, EVENT_CONNECT, PROBE_CONNECT),
-            }
-            ev.fd = -1;
-            ev.flags = CONNECT_FOLDS_ONLY;
-            crate::mem::zero(&mut ev.peer as *mut Peer);
-            carry(ev, l);
-            maps::submit_uncounted(p, maps::write_wakeup(ev.hdr.ktime_ns));
+    let pid_tgid = bpf_get_current_pid_tgid();
+    for i in 0..CONNECT_SLOTS {
+        // SAFETY: map value pointer; `i` < CONNECT_SLOTS.
+        let s = unsafe { &mut (*l).slots[i] };
+        if s.folded != 0 {
+            send_folds(s, pid_tgid, tgid);
         }
     }
-    let _ = CONNECT_LAST.remove(&tid);
+    let _ = CONNECT_LAST.remove(&tgid);
 }
 
-/// Moves `l`'s folded repeats onto `ev`.
+/// A record of `s`'s repeats alone. Not counted as an event (it is no call; its repeats
+/// were counted as folded): a full ring loses their share in the action log's `count`,
+/// not in any counter.
+#[inline(never)]
+fn send_folds(s: &mut ConnectSlot, pid_tgid: u64, tgid: u32) {
+    let Some(p) = maps::reserve_event_uncounted::<SIZE>() else {
+        return;
+    };
+    // SAFETY: SIZE bytes of a live reservation, 8-byte aligned.
+    let ev = unsafe { &mut *(p as *mut ConnectEvent) };
+    // The cached facts: at exec they are still the old image's.
+    match scope::who(tgid) {
+        Some(w) => header::fill_cached(&mut ev.hdr, EVENT_CONNECT, PROBE_CONNECT, pid_tgid, w),
+        None => header::fill(&mut ev.hdr, EVENT_CONNECT, PROBE_CONNECT),
+    }
+    ev.fd = -1;
+    ev.flags = CONNECT_FOLDS_ONLY;
+    crate::mem::zero(&mut ev.peer as *mut Peer);
+    carry(ev, s);
+    maps::submit_uncounted(p, maps::write_wakeup(ev.hdr.ktime_ns));
+}
+
+/// Moves `s`'s folded repeats onto `ev` (what another thread adds meanwhile stays).
 #[inline(always)]
-fn carry(ev: &mut ConnectEvent, l: &mut Last) {
-    let n = l.folded.min(u32::MAX as u64);
-    l.folded -= n;
+fn carry(ev: &mut ConnectEvent, s: &mut ConnectSlot) {
+    // SAFETY: plain read of map memory.
+    let n = unsafe { core::ptr::read_volatile(&s.folded) }.min(u32::MAX as u64);
+    if n != 0 {
+        // SAFETY: 8-byte aligned map memory.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut s.folded, n.wrapping_neg())
+        };
+    }
     ev.folded = n as u32;
-    ev.prev_fd = l.fd;
-    ev.prev_last_ns = l.last_ns;
-    copy_peer(&mut ev.prev, &l.peer);
+    ev.prev_fd = s.fd;
+    ev.prev_first_ns = s.first_ns;
+    ev.prev_last_ns = s.last_ns;
+    copy_peer(&mut ev.prev, &s.peer);
+    s.first_ns = 0;
+}
+
+#[inline(always)]
+fn set(s: &mut ConnectSlot, fd: i32, peer: &Peer, now: u64) {
+    s.fd = fd;
+    copy_peer(&mut s.peer, peer);
+    s.sent_ns = now;
+    s.first_ns = 0;
+    s.last_ns = now;
 }
 
 /// Peers compared and copied as three words, not byte by byte (see `mem`).

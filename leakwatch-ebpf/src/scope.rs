@@ -233,6 +233,8 @@ fn cgroup_listed() -> bool {
 #[inline(always)]
 fn forget_current() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // First: its records of folded connects take the (old image's) name from `Who`.
+    crate::connect::forget(tgid);
     // Looked up first: a process that never wrote has no verdict, and a delete locks the
     // bucket before it looks.
     if SCOPE_VERDICT.get_ptr(&tgid).is_some() {
@@ -252,8 +254,6 @@ fn forget_current() {
 /// is frozen, check the new image's strings (`exec_image`); then send its exec record.
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    // First: its record of folded connects takes the old name from the cached `Who`.
-    crate::connect::forget();
     forget_current();
     // Read once for both: the check and the record walk the same areas.
     let areas = crate::task::arg_env_areas();
@@ -270,12 +270,11 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 static EXIT_GROUP_DEAD: u64 = 0;
 
 /// The tgid may be reused: drop its verdict with its last thread. Every exiting thread
-/// sends its pending run of by-reference writes and its folded connects.
+/// sends its pending run of by-reference writes.
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     crate::runs::on_exit();
     crate::tls::on_exit(aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32);
-    crate::connect::forget();
     if group_dead(&ctx) {
         forget_current();
         crate::coredump::on_group_exit();

@@ -257,8 +257,8 @@ impl Metrics {
                 &r,
                 "leakwatch_kernel_folded_total",
                 "Calls the kernel counted instead of sending a record, by probe: a connect \
-                 repeating its thread's last recorded one (same fd and remote) within a second \
-                 of it. Their number rides on the thread's next record (with \
+                 repeating the process's last recorded connect on that fd (same remote) within \
+                 a second of it. Their number rides on a later record (with \
                  leakwatch_events_total, leakwatch_lost_events_total and \
                  leakwatch_pipeline_dropped_total: every call the probe saw is counted once).",
                 &["probe"],

@@ -2,8 +2,8 @@
 //! once; its repeats (an HTTP client reconnecting to its API, a health check) are summed
 //! and recorded as one row with `count` when they pause or after a minute — a process
 //! reconnecting a thousand times a second makes a row a minute per remote, not a thousand.
-//! Most repeats never reach the daemon as records: the kernel folds them and the process's
-//! next record carries their count (`folded`), summed here the same way.
+//! Most repeats never reach the daemon as records: the kernel folds them and a later
+//! record of the process carries their count (`folded`), summed here the same way.
 use std::time::{Duration, Instant};
 
 use leakwatch_common::Peer;
@@ -118,14 +118,17 @@ impl ConnectLog {
         );
     }
 
-    /// `f.count` repeats of `tgid`'s connect to `f.peer` that the kernel folded, the last
-    /// at `last`: added to that remote's pending repeats, or pending on their own when it
-    /// has none (they were recorded at a pause, or the log filled): they go into the same
-    /// kind of row, `count` and `last_ms`, when they pause.
+    /// `f.count` repeats of `tgid`'s connect to `f.peer` that the kernel folded, made
+    /// between `first` and `last`, learnt at `now`: added to that remote's pending
+    /// repeats, or pending on their own when it has none (recorded at a pause, or the log
+    /// filled) — recorded at once if they have paused already, so they never absorb the
+    /// connect whose record carried them.
+    #[allow(clippy::too_many_arguments)]
     pub fn folded(
         &mut self,
         log: &ActionLog,
-        last: Instant,
+        now: Instant,
+        (first, last): (Instant, Instant),
         tgid: u32,
         f: &Folded,
         who: impl FnOnce() -> ProcInfo,
@@ -137,29 +140,30 @@ impl ConnectLog {
         let n = u64::from(f.count);
         if let Some(r) = self.map.get_mut(&key) {
             if r.count == 0 {
-                // They began after the record they repeat.
-                r.row.ts_ms = wall_ms(r.last);
+                r.row.ts_ms = wall_ms(first);
             }
             r.count += n;
             r.last = r.last.max(last);
             return;
         }
-        if self.map.len() >= MAX {
-            self.tick(log, true);
-        }
         let mut row = Row::new("connect", &who())
             .with("remote", format_peer(&f.peer).unwrap_or_default())
             .with("fd", f.fd);
-        row.ts_ms = wall_ms(last);
-        self.map.insert(
-            key,
-            Repeats {
-                row,
-                count: n,
-                started: last,
-                last,
-            },
-        );
+        row.ts_ms = wall_ms(first);
+        let r = Repeats {
+            row,
+            count: n,
+            started: first,
+            last,
+        };
+        if now.saturating_duration_since(last) >= PAUSE {
+            record(log, r);
+            return;
+        }
+        if self.map.len() >= MAX {
+            self.tick(log, true);
+        }
+        self.map.insert(key, r);
     }
 
     /// Records the repeats that paused (or all of them, at shutdown).
@@ -275,20 +279,31 @@ mod tests {
             count,
             fd: 3,
             peer,
-            ago_ns: 0,
+            ..Default::default()
         };
+        let span = (now, now);
         c.note(&t.log, now, 7, &api, "10.0.0.1:443", 3, who);
         // The next record carries 40 repeats of the first, then is a repeat itself.
-        c.folded(&t.log, now, 7, &folded(api, 40), who);
+        c.folded(&t.log, now, span, 7, &folded(api, 40), who);
         c.note(&t.log, now, 7, &api, "10.0.0.1:443", 3, who);
         // Repeats of a remote with none pending (a first row recorded long ago), then 0.
-        c.folded(&t.log, now, 7, &folded(db, 5), who);
-        c.folded(&t.log, now, 8, &folded(db, 0), who);
+        c.folded(&t.log, now, span, 7, &folded(db, 5), who);
+        c.folded(&t.log, now, span, 8, &folded(db, 0), who);
         assert_eq!(t.rows("connect").len(), 1, "only the first connect at once");
+        // Repeats that paused 10 s ago (a burst, then quiet) are a row at once, and the
+        // connect whose record carried them is a first connect of its own.
+        let cache = v4([10, 0, 0, 3], 6379, 0);
+        let old = now.checked_sub(Duration::from_secs(10)).unwrap();
+        c.folded(&t.log, now, (old, old), 7, &folded(cache, 9), who);
+        c.note(&t.log, now, 7, &cache, "10.0.0.3:6379", 4, who);
+        let at_once = t.rows("connect");
+        assert_eq!(at_once.len(), 3, "{at_once:?}");
+        assert_eq!(at_once[1]["count"], 9, "{at_once:?}");
+        assert_eq!(at_once[2]["fd"], 4, "{at_once:?}");
         c.tick(&t.log, true);
         let all = t.rows("connect");
-        assert_eq!(all.len(), 3, "{all:?}");
-        let row = |remote: &str| all[1..].iter().find(|r| r["remote"] == remote).unwrap();
+        assert_eq!(all.len(), 5, "{all:?}");
+        let row = |remote: &str| all[3..].iter().find(|r| r["remote"] == remote).unwrap();
         assert_eq!(row("10.0.0.1:443")["count"], 41, "{all:?}");
         assert_eq!(row("10.0.0.2:5432")["count"], 5, "{all:?}");
         assert!(row("10.0.0.2:5432").get("fd").is_none(), "{all:?}");

@@ -12,22 +12,23 @@ pub struct ConnectEvent {
     pub task: Task,
     pub fd: i32,
     pub peer: Peer,
-    /// Repeats of the thread's previous connect that the kernel folded since it sent it.
+    /// Repeats of an earlier connect of the process that the kernel folded.
     pub folded: Option<Folded>,
-    /// The record carries only `folded` (the thread exec'd or exited): no connect of its
+    /// The record carries only `folded` (the process exec'd or exited): no connect of its
     /// own, `fd` and `peer` are empty.
     pub folds_only: bool,
 }
 
-/// Connects the kernel counted instead of sending: each repeated the thread's previous
-/// record (`fd` to `peer`) within `CONNECT_FOLD_NS` of it.
+/// Connects the kernel counted instead of sending: each repeated the process's last
+/// record on `fd` (to `peer`) within `CONNECT_FOLD_NS` of it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Folded {
     pub count: u32,
     pub fd: i32,
     pub peer: Peer,
-    /// How long before this record the last of them was made, in nanoseconds.
-    pub ago_ns: u64,
+    /// How long before this record the first and the last of them were made, in ns.
+    pub first_ago_ns: u64,
+    pub last_ago_ns: u64,
 }
 
 pub(super) fn decode(rec: &[u8]) -> Result<ConnectEvent> {
@@ -38,7 +39,8 @@ pub(super) fn decode(rec: &[u8]) -> Result<ConnectEvent> {
         count: c.folded,
         fd: c.prev_fd,
         peer: c.prev,
-        ago_ns: c.hdr.ktime_ns.saturating_sub(c.prev_last_ns),
+        first_ago_ns: c.hdr.ktime_ns.saturating_sub(c.prev_first_ns),
+        last_ago_ns: c.hdr.ktime_ns.saturating_sub(c.prev_last_ns),
     });
     Ok(ConnectEvent {
         task: Task::from_header(&c.hdr),

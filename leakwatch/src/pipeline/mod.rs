@@ -117,6 +117,8 @@ pub struct Pipeline {
     actions: crate::actions::ActionLog,
     write_log: crate::actions::WriteLog,
     connect_log: crate::actions::ConnectLog,
+    /// The kernel's connect slots, drained into `connect_log` at stop.
+    connect_last: Option<crate::probes::ConnectLastMap>,
     /// When the worker took the batch it is on: a clock for bookkeeping that counts in
     /// seconds (connect repeats), read once per batch instead of once per event.
     now: Instant,
@@ -156,6 +158,7 @@ impl Pipeline {
             actions: crate::actions::ActionLog::disabled(metrics.clone()),
             write_log: Default::default(),
             connect_log: Default::default(),
+            connect_last: None,
             now: Instant::now(),
             counts: Counts::new(&metrics),
             metrics,
@@ -240,10 +243,12 @@ impl Pipeline {
                 let logged = self.actions.enabled();
                 if let (Some(f), true) = (&c.folded, logged) {
                     let procs = &mut self.procs;
-                    let last = self.now.checked_sub(Duration::from_nanos(f.ago_ns));
+                    let now = self.now;
+                    let ago = |ns| now.checked_sub(Duration::from_nanos(ns)).unwrap_or(now);
                     self.connect_log.folded(
                         &self.actions,
-                        last.unwrap_or(self.now),
+                        now,
+                        (ago(f.first_ago_ns), ago(f.last_ago_ns)),
                         c.task.tgid,
                         f,
                         || procs.quick(&c.task),
@@ -289,8 +294,59 @@ impl Pipeline {
         held::finish(self);
         write::tick(self, true);
         self.write_log.tick(&self.actions, true);
+        self.drain_folds();
         self.connect_log.tick(&self.actions, true);
         names::tick(self, true);
+    }
+
+    /// Where `finish` finds the connect repeats still folded in the kernel.
+    pub fn drain_folds_at_stop(&mut self, map: crate::probes::ConnectLastMap) {
+        self.connect_last = Some(map);
+    }
+
+    /// At stop, once the probes are gone: the connect repeats still folded in the kernel
+    /// (no later record of their process came to carry them) go into the action log, and
+    /// their entries are dropped, so a pinned exec kill left running does not send them
+    /// again when the process exec's.
+    fn drain_folds(&mut self) {
+        let Some(map) = self.connect_last.as_mut() else {
+            return;
+        };
+        let entries: Vec<(u32, leakwatch_common::ConnectLast)> = map
+            .iter()
+            .filter_map(|e| e.ok())
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        let (now, now_ns) = (Instant::now(), crate::events::monotonic_ns());
+        let ago = |ns: u64| {
+            now.checked_sub(Duration::from_nanos(now_ns.saturating_sub(ns)))
+                .unwrap_or(now)
+        };
+        for (tgid, last) in entries {
+            let _ = map.remove(&tgid);
+            for s in last.slots.iter().filter(|s| s.folded != 0) {
+                let f = crate::events::Folded {
+                    count: s.folded.min(u32::MAX.into()) as u32,
+                    fd: s.fd,
+                    peer: s.peer,
+                    ..Default::default()
+                };
+                let task = crate::events::Task {
+                    pid: tgid,
+                    tgid,
+                    ..Default::default()
+                };
+                let procs = &mut self.procs;
+                self.connect_log.folded(
+                    &self.actions,
+                    now,
+                    (ago(s.first_ns), ago(s.last_ns)),
+                    tgid,
+                    &f,
+                    || procs.quick(&task),
+                );
+            }
+        }
     }
 
     /// Periodic work: flush paused streams, drop idle ones, report held exec attempts.
@@ -800,6 +856,8 @@ fn admit(
 fn refused(q: Queued, back: &mut Vec<Queued>, metrics: &Metrics) {
     let (by_ref, calls) = match &q.ev {
         Event::Write(w) => (w.by_ref(), w.calls as u64),
+        // Folded repeats alone: no call of its own (they are counted as folded).
+        Event::Connect(c) if c.folds_only => (false, 0),
         _ => (false, 1),
     };
     if by_ref {

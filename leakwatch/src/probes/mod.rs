@@ -589,6 +589,16 @@ impl Probes {
         ))
     }
 
+    /// The kernel's last recorded connect per process and fd slot, with the repeats folded
+    /// since (taken once, by the pipeline).
+    pub fn take_connect_last(&mut self) -> Result<ConnectLastMap> {
+        let map = self
+            .ebpf
+            .take_map("CONNECT_LAST")
+            .context("CONNECT_LAST map missing")?;
+        Ok(aya::maps::HashMap::try_from(map)?)
+    }
+
     /// The write ring reader's wakeup request (see `maps::write_wakeup` in the kernel crate;
     /// taken once, by the reader).
     pub fn take_reader_asleep(&mut self) -> Result<aya::maps::Array<MapData, u32>> {
@@ -736,6 +746,17 @@ unsafe impl aya::Pod for PodScope {}
 pub struct PodRun(pub RefRun);
 // SAFETY: #[repr(C)] struct of integers and integer arrays.
 unsafe impl aya::Pod for PodRun {}
+
+/// A process's connect slots (`ConnectLast`) as an aya `Pod`.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub struct PodConnectLast(pub ConnectLast);
+// SAFETY: #[repr(C)] struct of integers and integer arrays.
+unsafe impl aya::Pod for PodConnectLast {}
+
+/// tgid -> its connect slots, with the repeats folded in the kernel (`pipeline` drains it
+/// at stop).
+pub type ConnectLastMap = aya::maps::HashMap<MapData, u32, PodConnectLast>;
 
 /// Inodes of held files (see `pipeline::held`).
 pub type HeldMap = aya::maps::HashMap<MapData, u64, u8>;
