@@ -261,7 +261,8 @@ pub struct ConnectSlot {
     pub peer: Peer,
     /// Folded repeats not yet carried by a record.
     pub folded: u64,
-    /// ktime of the record (0: empty slot), of the first and last repeat folded since.
+    /// ktime of the record (0: empty slot, or being replaced), of the first repeat folded
+    /// since (0: none), and of the last one (the record's while there is none).
     pub sent_ns: u64,
     pub first_ns: u64,
     pub last_ns: u64,

@@ -4,12 +4,12 @@
 //! a client reconnecting to its API, a pool's threads, a health check, a resolver's UDP
 //! socket) is folded: counted here and carried by a later record, so a reconnect loop
 //! costs the ring and the daemon one record a second instead of one per call.
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::intrinsics::{atomic_xadd, atomic_xchg, AtomicOrdering};
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, tracepoint},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::TracePointContext,
 };
 use leakwatch_common::*;
@@ -19,12 +19,19 @@ use crate::{args::arg, header, maps, scope, sockaddr};
 const SIZE: usize = core::mem::size_of::<ConnectEvent>();
 
 /// tgid -> its last recorded connect per fd slot. Per process, as the daemon names a
-/// socket (tgid, fd): a connect on an fd by any thread replaces the fd's slot, so a fold
-/// always repeats what the daemon last heard of that fd. Dropped at exec and exit
-/// (`forget`); an entry the LRU evicts takes its uncarried repeats with it (they stay
-/// counted in `STAT_FOLDED`).
+/// socket (tgid, fd): a record on an fd by any thread replaces the fd's slot (and so does
+/// a record on another fd of the same slot). Dropped at exec and exit (`forget`); an entry
+/// the LRU evicts takes its uncarried repeats with it (they stay counted in
+/// `STAT_FOLDED`), and the daemon drains the map at stop and when it forgets its own
+/// (tgid, fd) names.
 #[map]
 static CONNECT_LAST: LruHashMap<u32, ConnectLast> = LruHashMap::with_max_entries(8192, 0);
+
+/// Slot 0 non-zero: the daemon drains `CONNECT_LAST` for good (it is stopping): `forget`
+/// sends nothing more, so a pinned exec kill left running does not send what the daemon
+/// has drained once more.
+#[map]
+static CONNECT_DRAINED: Array<u32> = Array::with_max_entries(1, 0);
 
 /// format: fd @16, uservaddr @24, addrlen @32.
 #[tracepoint]
@@ -108,7 +115,8 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
                 set(&mut l.slots[i], fd, peer, now);
                 &*l
             };
-            let _ = CONNECT_LAST.insert(&tgid, l, 0);
+            // Not over an entry another thread has just made.
+            let _ = CONNECT_LAST.insert(&tgid, l, BPF_NOEXIST);
         }
     }
     maps::submit(PROBE_CONNECT, p, maps::write_wakeup(now));
@@ -124,11 +132,12 @@ pub fn forget(tgid: u32) {
     let Some(l) = CONNECT_LAST.get_ptr_mut(&tgid) else {
         return;
     };
+    let drained = CONNECT_DRAINED.get(0).is_some_and(|d| *d != 0);
     let pid_tgid = bpf_get_current_pid_tgid();
     for i in 0..CONNECT_SLOTS {
         // SAFETY: map value pointer; `i` < CONNECT_SLOTS.
         let s = unsafe { &mut (*l).slots[i] };
-        if s.folded != 0 {
+        if s.folded != 0 && !drained {
             send_folds(s, pid_tgid, tgid);
         }
     }
@@ -145,9 +154,9 @@ fn send_folds(s: &mut ConnectSlot, pid_tgid: u64, tgid: u32) {
     };
     // SAFETY: SIZE bytes of a live reservation, 8-byte aligned.
     let ev = unsafe { &mut *(p as *mut ConnectEvent) };
-    // The cached facts: at exec they are still the old image's.
+    // The cached facts, not refreshed: at exec they are still the old image's.
     match scope::who(tgid) {
-        Some(w) => header::fill_cached(&mut ev.hdr, EVENT_CONNECT, PROBE_CONNECT, pid_tgid, w),
+        Some(w) => header::fill_as_cached(&mut ev.hdr, EVENT_CONNECT, PROBE_CONNECT, pid_tgid, w),
         None => header::fill(&mut ev.hdr, EVENT_CONNECT, PROBE_CONNECT),
     }
     ev.fd = -1;
@@ -157,33 +166,36 @@ fn send_folds(s: &mut ConnectSlot, pid_tgid: u64, tgid: u32) {
     maps::submit_uncounted(p, maps::write_wakeup(ev.hdr.ktime_ns));
 }
 
-/// Moves `s`'s folded repeats onto `ev` (what another thread adds meanwhile stays).
+/// Moves `s`'s folded repeats onto `ev`: taken in one exchange, since another thread
+/// may be carrying or adding to the same slot.
 #[inline(always)]
 fn carry(ev: &mut ConnectEvent, s: &mut ConnectSlot) {
-    // SAFETY: plain read of map memory.
-    let n = unsafe { core::ptr::read_volatile(&s.folded) }.min(u32::MAX as u64);
-    if n != 0 {
-        // SAFETY: 8-byte aligned map memory.
-        unsafe {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut s.folded, n.wrapping_neg())
-        };
-    }
-    ev.folded = n as u32;
+    // SAFETY: 8-byte aligned map memory.
+    let n = unsafe { atomic_xchg::<u64, { AtomicOrdering::Relaxed }>(&mut s.folded, 0) };
+    // More than fit would take four billion connects in a second; the rest stay counted.
+    ev.folded = n.min(u32::MAX as u64) as u32;
     ev.prev_fd = s.fd;
     ev.prev_first_ns = s.first_ns;
     ev.prev_last_ns = s.last_ns;
     copy_peer(&mut ev.prev, &s.peer);
-    s.first_ns = 0;
 }
 
+/// The slot now holds the record of `fd` to `peer` at `now`. `sent_ns` is cleared first
+/// and set last, so another thread never finds the new fd with the old remote foldable.
 #[inline(always)]
 fn set(s: &mut ConnectSlot, fd: i32, peer: &Peer, now: u64) {
+    // SAFETY: fields of a live map value.
+    unsafe { core::ptr::write_volatile(&mut s.sent_ns, 0) };
     s.fd = fd;
     copy_peer(&mut s.peer, peer);
-    s.sent_ns = now;
     s.first_ns = 0;
     s.last_ns = now;
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&mut s.sent_ns, now) };
 }
+
+/// `BPF_NOEXIST` (uapi `bpf.h`): insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 /// Peers compared and copied as three words, not byte by byte (see `mem`).
 #[inline(always)]

@@ -17,24 +17,48 @@ use crate::{
 /// at 0.
 #[inline(always)]
 pub fn fill_cached(h: &mut EventHeader, kind: u32, probe: u32, pid_tgid: u64, who: *mut Who) {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: `who` is this process's map value (see `scope::in_scope`).
+    let w = unsafe { &mut *who };
+    if w.at == 0 || now.wrapping_sub(w.at) > WHO_REFRESH_NS {
+        refresh(w, now);
+    }
+    copy(h, kind, probe, pid_tgid, now, w);
+}
+
+/// `fill_cached` without the refresh of facts already read: a record about the process
+/// as it was before its exec, sent from the exec hook.
+#[inline(always)]
+pub fn fill_as_cached(h: &mut EventHeader, kind: u32, probe: u32, pid_tgid: u64, who: *mut Who) {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: as above.
+    let w = unsafe { &mut *who };
+    if w.at == 0 {
+        refresh(w, now);
+    }
+    copy(h, kind, probe, pid_tgid, now, w);
+}
+
+#[inline(always)]
+fn refresh(w: &mut Who, now: u64) {
+    w.ppid = task::ppid();
+    comm(&mut w.comm);
+    w.uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: helper without preconditions.
+    w.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    w.at = now;
+}
+
+#[inline(always)]
+fn copy(h: &mut EventHeader, kind: u32, probe: u32, pid_tgid: u64, now: u64, w: &Who) {
     h.kind = kind;
     h.probe = probe;
     h.pid = pid_tgid as u32;
     h.tgid = (pid_tgid >> 32) as u32;
     h.flags = 0;
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     h.ktime_ns = now;
-    // SAFETY: `who` is this process's map value (see `scope::in_scope`).
-    let w = unsafe { &mut *who };
-    if w.at == 0 || now.wrapping_sub(w.at) > WHO_REFRESH_NS {
-        w.ppid = task::ppid();
-        comm(&mut w.comm);
-        w.uid_gid = bpf_get_current_uid_gid();
-        // SAFETY: helper without preconditions.
-        w.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        w.at = now;
-    }
     h.ppid = w.ppid;
     h.uid = w.uid_gid as u32;
     h.gid = (w.uid_gid >> 32) as u32;

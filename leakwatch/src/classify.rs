@@ -89,6 +89,12 @@ impl FdTable {
         FdTable::default()
     }
 
+    /// The next new connect clears the names of connects (they are never removed one by
+    /// one: a process's exit is not seen here).
+    pub fn connects_full(&self) -> bool {
+        self.connects.len() >= MAX_CONNECTS
+    }
+
     /// Remembers where `c` connected; returns that remote as alerts name it.
     pub fn on_connect(&mut self, c: &ConnectEvent) -> Option<&str> {
         if self.connects.len() >= MAX_CONNECTS {

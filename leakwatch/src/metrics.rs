@@ -243,8 +243,8 @@ impl Metrics {
                 &r,
                 "leakwatch_pipeline_dropped_total",
                 "Kernel records dropped by the full events queue, by probe (with \
-                 leakwatch_events_total and leakwatch_lost_events_total: every record the kernel \
-                 made is counted once).",
+                 leakwatch_events_total, leakwatch_kernel_folded_total and \
+                 leakwatch_lost_events_total: every call the probe saw is counted once).",
                 &["probe"],
             ),
             kernel_skipped: counter_vec(

@@ -39,7 +39,11 @@ pub(super) fn decode(rec: &[u8]) -> Result<ConnectEvent> {
         count: c.folded,
         fd: c.prev_fd,
         peer: c.prev,
-        first_ago_ns: c.hdr.ktime_ns.saturating_sub(c.prev_first_ns),
+        // 0: a repeat folded as the slot was being carried (its own time unknown).
+        first_ago_ns: c.hdr.ktime_ns.saturating_sub(match c.prev_first_ns {
+            0 => c.prev_last_ns,
+            t => t,
+        }),
         last_ago_ns: c.hdr.ktime_ns.saturating_sub(c.prev_last_ns),
     });
     Ok(ConnectEvent {
@@ -105,6 +109,34 @@ fn push_decimal(s: &mut String, mut n: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_carries_its_folded_repeats_and_a_folds_only_record_is_no_connect() {
+        let mut c = leakwatch_common::ConnectEvent {
+            fd: 5,
+            folded: 40,
+            prev_fd: 5,
+            prev_first_ns: 2_000,
+            prev_last_ns: 9_000,
+            ..Default::default()
+        };
+        c.hdr.ktime_ns = 10_000;
+        c.prev.family = AF_INET;
+        c.prev.port = 443;
+        let e = decode(&super::super::record(c, &[])).unwrap();
+        let f = e.folded.expect("folded repeats");
+        assert_eq!((f.count, f.fd, f.peer.port), (40, 5, 443));
+        assert_eq!((f.first_ago_ns, f.last_ago_ns), (8_000, 1_000));
+        assert!(!e.folds_only);
+        // A repeat folded while the slot was carried has no first time: the last stands in.
+        c.prev_first_ns = 0;
+        c.flags = CONNECT_FOLDS_ONLY;
+        let e = decode(&super::super::record(c, &[])).unwrap();
+        assert_eq!(e.folded.unwrap().first_ago_ns, 1_000);
+        assert!(e.folds_only);
+        c.folded = 0;
+        assert_eq!(decode(&super::super::record(c, &[])).unwrap().folded, None);
+    }
 
     #[test]
     fn peers_read_as_ip_port() {

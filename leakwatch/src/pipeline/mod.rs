@@ -117,8 +117,8 @@ pub struct Pipeline {
     actions: crate::actions::ActionLog,
     write_log: crate::actions::WriteLog,
     connect_log: crate::actions::ConnectLog,
-    /// The kernel's connect slots, drained into `connect_log` at stop.
-    connect_last: Option<crate::probes::ConnectLastMap>,
+    /// The kernel's connect folds, drained into `connect_log` at stop.
+    connect_folds: Option<crate::probes::ConnectFolds>,
     /// When the worker took the batch it is on: a clock for bookkeeping that counts in
     /// seconds (connect repeats), read once per batch instead of once per event.
     now: Instant,
@@ -158,7 +158,7 @@ impl Pipeline {
             actions: crate::actions::ActionLog::disabled(metrics.clone()),
             write_log: Default::default(),
             connect_log: Default::default(),
-            connect_last: None,
+            connect_folds: None,
             now: Instant::now(),
             counts: Counts::new(&metrics),
             metrics,
@@ -257,6 +257,11 @@ impl Pipeline {
                 if c.folds_only {
                     return;
                 }
+                if self.fds.connects_full() {
+                    // The kernel folds repeats of what it last recorded; once the names
+                    // are cleared, each fd's next connect must be a record again.
+                    self.drain_folds(false);
+                }
                 let remote = self.fds.on_connect(&c).filter(|_| logged);
                 if logged {
                     let procs = &mut self.procs;
@@ -294,25 +299,33 @@ impl Pipeline {
         held::finish(self);
         write::tick(self, true);
         self.write_log.tick(&self.actions, true);
-        self.drain_folds();
+        self.drain_folds(true);
         self.connect_log.tick(&self.actions, true);
         names::tick(self, true);
     }
 
     /// Where `finish` finds the connect repeats still folded in the kernel.
-    pub fn drain_folds_at_stop(&mut self, map: crate::probes::ConnectLastMap) {
-        self.connect_last = Some(map);
+    pub fn drain_folds_at_stop(&mut self, folds: crate::probes::ConnectFolds) {
+        self.connect_folds = Some(folds);
     }
 
-    /// At stop, once the probes are gone: the connect repeats still folded in the kernel
-    /// (no later record of their process came to carry them) go into the action log, and
-    /// their entries are dropped, so a pinned exec kill left running does not send them
-    /// again when the process exec's.
-    fn drain_folds(&mut self) {
-        let Some(map) = self.connect_last.as_mut() else {
+    /// The connect repeats folded in the kernel go into the action log and their entries
+    /// are dropped (each process's next connect on each fd is then a record): at stop,
+    /// once the probes are gone (no later record would carry them), and when the fd table
+    /// forgets its connects. At stop the kernel is told first to send them no more, so a
+    /// pinned exec kill left running does not send what was drained here once more. A
+    /// repeat folded between an entry's read and its removal is lost to the log (the
+    /// metric has it).
+    fn drain_folds(&mut self, stopping: bool) {
+        let Some(folds) = self.connect_folds.as_mut() else {
             return;
         };
-        let entries: Vec<(u32, leakwatch_common::ConnectLast)> = map
+        if stopping {
+            let _ = folds.drained.set(0, 1, 0);
+        }
+        // A key removed meanwhile restarts the kernel's walk: each tgid taken once.
+        let entries: crate::fastmap::FastMap<u32, leakwatch_common::ConnectLast> = folds
+            .last
             .iter()
             .filter_map(|e| e.ok())
             .map(|(k, v)| (k, v.0))
@@ -323,7 +336,7 @@ impl Pipeline {
                 .unwrap_or(now)
         };
         for (tgid, last) in entries {
-            let _ = map.remove(&tgid);
+            let _ = folds.last.remove(&tgid);
             for s in last.slots.iter().filter(|s| s.folded != 0) {
                 let f = crate::events::Folded {
                     count: s.folded.min(u32::MAX.into()) as u32,
@@ -331,19 +344,25 @@ impl Pipeline {
                     peer: s.peer,
                     ..Default::default()
                 };
-                let task = crate::events::Task {
-                    pid: tgid,
-                    tgid,
-                    ..Default::default()
+                let first = if s.first_ns == 0 {
+                    s.last_ns
+                } else {
+                    s.first_ns
                 };
                 let procs = &mut self.procs;
+                let who = || {
+                    procs.live(tgid).unwrap_or_else(|| crate::procs::ProcInfo {
+                        pid: tgid,
+                        ..Default::default()
+                    })
+                };
                 self.connect_log.folded(
                     &self.actions,
                     now,
-                    (ago(s.first_ns), ago(s.last_ns)),
+                    (ago(first), ago(s.last_ns)),
                     tgid,
                     &f,
-                    || procs.quick(&task),
+                    who,
                 );
             }
         }
@@ -954,6 +973,33 @@ mod tests {
             ev: Event::Write(w),
             bytes: 160,
         }
+    }
+
+    #[test]
+    fn a_refused_record_of_folded_connects_alone_counts_no_call() {
+        let m = Metrics::new();
+        let connect = |folds_only| Queued {
+            ev: Event::Connect(crate::events::ConnectEvent {
+                task: crate::events::Task {
+                    probe: leakwatch_common::PROBE_CONNECT,
+                    ..Default::default()
+                },
+                folds_only,
+                ..Default::default()
+            }),
+            bytes: 160,
+        };
+        let mut back = Vec::new();
+        refused(connect(true), &mut back, &m);
+        let dropped = || {
+            m.pipeline_dropped
+                .with_label_values(&["sys_enter_connect"])
+                .get()
+        };
+        assert_eq!(dropped(), 0);
+        refused(connect(false), &mut back, &m);
+        assert_eq!(dropped(), 1);
+        assert!(back.is_empty());
     }
 
     #[test]

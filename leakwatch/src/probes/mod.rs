@@ -590,13 +590,20 @@ impl Probes {
     }
 
     /// The kernel's last recorded connect per process and fd slot, with the repeats folded
-    /// since (taken once, by the pipeline).
-    pub fn take_connect_last(&mut self) -> Result<ConnectLastMap> {
+    /// since, and the flag that stops the kernel sending them (taken once, by the pipeline).
+    pub fn take_connect_last(&mut self) -> Result<ConnectFolds> {
         let map = self
             .ebpf
             .take_map("CONNECT_LAST")
             .context("CONNECT_LAST map missing")?;
-        Ok(aya::maps::HashMap::try_from(map)?)
+        let drained = self
+            .ebpf
+            .take_map("CONNECT_DRAINED")
+            .context("CONNECT_DRAINED map missing")?;
+        Ok(ConnectFolds {
+            last: aya::maps::HashMap::try_from(map)?,
+            drained: aya::maps::Array::try_from(drained)?,
+        })
     }
 
     /// The write ring reader's wakeup request (see `maps::write_wakeup` in the kernel crate;
@@ -754,9 +761,13 @@ pub struct PodConnectLast(pub ConnectLast);
 // SAFETY: #[repr(C)] struct of integers and integer arrays.
 unsafe impl aya::Pod for PodConnectLast {}
 
-/// tgid -> its connect slots, with the repeats folded in the kernel (`pipeline` drains it
-/// at stop).
-pub type ConnectLastMap = aya::maps::HashMap<MapData, u32, PodConnectLast>;
+/// The kernel's connect folds: tgid -> its connect slots, with the repeats folded in the
+/// kernel, and the flag that tells the kernel the daemon drains them for good (`pipeline`
+/// drains them at stop, and when it forgets its (tgid, fd) names).
+pub struct ConnectFolds {
+    pub last: aya::maps::HashMap<MapData, u32, PodConnectLast>,
+    pub drained: aya::maps::Array<MapData, u32>,
+}
 
 /// Inodes of held files (see `pipeline::held`).
 pub type HeldMap = aya::maps::HashMap<MapData, u64, u8>;
