@@ -128,9 +128,7 @@ pub fn reserve_event<const N: usize>(probe: u32) -> Option<*mut u8> {
 /// add up to its calls.
 #[inline(always)]
 pub fn reserve_event_uncounted<const N: usize>() -> Option<*mut u8> {
-    // SAFETY: constant size; the helper returns null when the ring is full.
-    let p = unsafe { bpf_ringbuf_reserve(&EVENTS as *const _ as *mut c_void, N as u64, 0) };
-    (!p.is_null()).then_some(p as *mut u8)
+    reserve_in::<N>(&EVENTS)
 }
 
 /// Submits a reservation from `reserve_event_uncounted`.
@@ -142,13 +140,18 @@ pub fn submit_uncounted(p: *mut u8, flags: u64) {
 
 #[inline(always)]
 fn reserve<const N: usize>(ring: &RingBuf, probe: u32) -> Option<*mut u8> {
+    let p = reserve_in::<N>(ring);
+    if p.is_none() {
+        count(probe, STAT_LOST);
+    }
+    p
+}
+
+#[inline(always)]
+fn reserve_in<const N: usize>(ring: &RingBuf) -> Option<*mut u8> {
     // SAFETY: constant size; the helper returns null when the ring is full.
     let p = unsafe { bpf_ringbuf_reserve(ring as *const _ as *mut c_void, N as u64, 0) };
-    if p.is_null() {
-        count(probe, STAT_LOST);
-        return None;
-    }
-    Some(p as *mut u8)
+    (!p.is_null()).then_some(p as *mut u8)
 }
 
 /// Submits a reservation from `reserve_write` or `reserve_event` (the helper knows its

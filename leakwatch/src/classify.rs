@@ -97,7 +97,7 @@ impl FdTable {
 
     /// Remembers where `c` connected; returns that remote as alerts name it.
     pub fn on_connect(&mut self, c: &ConnectEvent) -> Option<&str> {
-        if self.connects.len() >= MAX_CONNECTS {
+        if self.connects_full() {
             self.connects.clear();
         }
         let slot = self.connects.entry((c.task.tgid, c.fd)).or_default();

@@ -123,7 +123,7 @@ pub async fn run(o: Overrides) -> Result<()> {
     report_left(&left, &cfg.state_dir, &alerts, &metrics);
     let writes = probes.take_writes()?;
     let asleep = probes.take_reader_asleep()?;
-    let connect_last = probes.take_connect_last()?;
+    let connect_folds = probes.take_connect_folds()?;
     let held = match cfg.capture.by_reference {
         true => Some(probes.take_held()?),
         false => None,
@@ -157,7 +157,7 @@ pub async fn run(o: Overrides) -> Result<()> {
         pipeline.hold_files(held, runs);
     }
     pipeline.log_actions(actions.clone());
-    pipeline.drain_folds_at_stop(connect_last);
+    pipeline.drain_folds_at_stop(connect_folds);
     pipeline.set_destinations(dests);
     pipeline.watch_tls(crate::probes::tls::TlsWatch::start(
         probes.clone(),

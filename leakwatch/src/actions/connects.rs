@@ -118,17 +118,15 @@ impl ConnectLog {
         );
     }
 
-    /// `f.count` repeats of `tgid`'s connect to `f.peer` that the kernel folded, made
-    /// between `first` and `last`, learnt at `now`: added to that remote's pending
-    /// repeats, or pending on their own when it has none (recorded at a pause, or the log
-    /// filled) — recorded at once if they have paused already, so they never absorb the
-    /// connect whose record carried them.
-    #[allow(clippy::too_many_arguments)]
+    /// `f.count` repeats of `tgid`'s connect to `f.peer` that the kernel folded, learnt at
+    /// `now` (`f`'s times count back from it): added to that remote's pending repeats, or
+    /// pending on their own when it has none (recorded at a pause, or the log filled) —
+    /// recorded at once if they have paused already, so they never absorb the connect
+    /// whose record carried them.
     pub fn folded(
         &mut self,
         log: &ActionLog,
         now: Instant,
-        (first, last): (Instant, Instant),
         tgid: u32,
         f: &Folded,
         who: impl FnOnce() -> ProcInfo,
@@ -136,6 +134,8 @@ impl ConnectLog {
         if !log.enabled() || f.count == 0 {
             return;
         }
+        let ago = |ns| now.checked_sub(Duration::from_nanos(ns)).unwrap_or(now);
+        let (first, last) = (ago(f.first_ago_ns), ago(f.last_ago_ns));
         let key = Key::of(tgid, &f.peer);
         let n = u64::from(f.count);
         if let Some(r) = self.map.get_mut(&key) {
@@ -281,20 +281,23 @@ mod tests {
             peer,
             ..Default::default()
         };
-        let span = (now, now);
         c.note(&t.log, now, 7, &api, "10.0.0.1:443", 3, who);
         // The next record carries 40 repeats of the first, then is a repeat itself.
-        c.folded(&t.log, now, span, 7, &folded(api, 40), who);
+        c.folded(&t.log, now, 7, &folded(api, 40), who);
         c.note(&t.log, now, 7, &api, "10.0.0.1:443", 3, who);
         // Repeats of a remote with none pending (a first row recorded long ago), then 0.
-        c.folded(&t.log, now, span, 7, &folded(db, 5), who);
-        c.folded(&t.log, now, span, 8, &folded(db, 0), who);
+        c.folded(&t.log, now, 7, &folded(db, 5), who);
+        c.folded(&t.log, now, 8, &folded(db, 0), who);
         assert_eq!(t.rows("connect").len(), 1, "only the first connect at once");
         // Repeats that paused 10 s ago (a burst, then quiet) are a row at once, and the
         // connect whose record carried them is a first connect of its own.
         let cache = v4([10, 0, 0, 3], 6379, 0);
-        let old = now.checked_sub(Duration::from_secs(10)).unwrap();
-        c.folded(&t.log, now, (old, old), 7, &folded(cache, 9), who);
+        let paused = Folded {
+            first_ago_ns: 10_000_000_000,
+            last_ago_ns: 10_000_000_000,
+            ..folded(cache, 9)
+        };
+        c.folded(&t.log, now, 7, &paused, who);
         c.note(&t.log, now, 7, &cache, "10.0.0.3:6379", 4, who);
         let at_once = t.rows("connect");
         assert_eq!(at_once.len(), 3, "{at_once:?}");

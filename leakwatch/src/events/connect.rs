@@ -31,20 +31,35 @@ pub struct Folded {
     pub last_ago_ns: u64,
 }
 
+impl Folded {
+    /// `count` repeats of `fd` to `peer`, the first and last at `first_ns` and `last_ns`
+    /// (ktime), seen at `at_ns`. A first time of 0 (a repeat folded while its slot was
+    /// being carried, its own time unknown): the last stands in.
+    pub fn of(
+        count: u64,
+        fd: i32,
+        peer: Peer,
+        (first_ns, last_ns): (u64, u64),
+        at_ns: u64,
+    ) -> Folded {
+        let first_ns = if first_ns == 0 { last_ns } else { first_ns };
+        Folded {
+            count: count.min(u32::MAX.into()) as u32,
+            fd,
+            peer,
+            first_ago_ns: at_ns.saturating_sub(first_ns),
+            last_ago_ns: at_ns.saturating_sub(last_ns),
+        }
+    }
+}
+
 pub(super) fn decode(rec: &[u8]) -> Result<ConnectEvent> {
     let Some(c) = leakwatch_common::ConnectEvent::read(rec) else {
         bail!("short connect record")
     };
-    let folded = (c.folded > 0).then_some(Folded {
-        count: c.folded,
-        fd: c.prev_fd,
-        peer: c.prev,
-        // 0: a repeat folded as the slot was being carried (its own time unknown).
-        first_ago_ns: c.hdr.ktime_ns.saturating_sub(match c.prev_first_ns {
-            0 => c.prev_last_ns,
-            t => t,
-        }),
-        last_ago_ns: c.hdr.ktime_ns.saturating_sub(c.prev_last_ns),
+    let folded = (c.folded > 0).then(|| {
+        let times = (c.prev_first_ns, c.prev_last_ns);
+        Folded::of(c.folded.into(), c.prev_fd, c.prev, times, c.hdr.ktime_ns)
     });
     Ok(ConnectEvent {
         task: Task::from_header(&c.hdr),

@@ -243,16 +243,10 @@ impl Pipeline {
                 let logged = self.actions.enabled();
                 if let (Some(f), true) = (&c.folded, logged) {
                     let procs = &mut self.procs;
-                    let now = self.now;
-                    let ago = |ns| now.checked_sub(Duration::from_nanos(ns)).unwrap_or(now);
-                    self.connect_log.folded(
-                        &self.actions,
-                        now,
-                        (ago(f.first_ago_ns), ago(f.last_ago_ns)),
-                        c.task.tgid,
-                        f,
-                        || procs.quick(&c.task),
-                    );
+                    self.connect_log
+                        .folded(&self.actions, self.now, c.task.tgid, f, || {
+                            procs.quick(&c.task)
+                        });
                 }
                 if c.folds_only {
                     return;
@@ -331,24 +325,11 @@ impl Pipeline {
             .map(|(k, v)| (k, v.0))
             .collect();
         let (now, now_ns) = (Instant::now(), crate::events::monotonic_ns());
-        let ago = |ns: u64| {
-            now.checked_sub(Duration::from_nanos(now_ns.saturating_sub(ns)))
-                .unwrap_or(now)
-        };
         for (tgid, last) in entries {
             let _ = folds.last.remove(&tgid);
             for s in last.slots.iter().filter(|s| s.folded != 0) {
-                let f = crate::events::Folded {
-                    count: s.folded.min(u32::MAX.into()) as u32,
-                    fd: s.fd,
-                    peer: s.peer,
-                    ..Default::default()
-                };
-                let first = if s.first_ns == 0 {
-                    s.last_ns
-                } else {
-                    s.first_ns
-                };
+                let times = (s.first_ns, s.last_ns);
+                let f = crate::events::Folded::of(s.folded, s.fd, s.peer, times, now_ns);
                 let procs = &mut self.procs;
                 let who = || {
                     procs.live(tgid).unwrap_or_else(|| crate::procs::ProcInfo {
@@ -356,14 +337,7 @@ impl Pipeline {
                         ..Default::default()
                     })
                 };
-                self.connect_log.folded(
-                    &self.actions,
-                    now,
-                    (ago(first), ago(s.last_ns)),
-                    tgid,
-                    &f,
-                    who,
-                );
+                self.connect_log.folded(&self.actions, now, tgid, &f, who);
             }
         }
     }

@@ -591,7 +591,7 @@ impl Probes {
 
     /// The kernel's last recorded connect per process and fd slot, with the repeats folded
     /// since, and the flag that stops the kernel sending them (taken once, by the pipeline).
-    pub fn take_connect_last(&mut self) -> Result<ConnectFolds> {
+    pub fn take_connect_folds(&mut self) -> Result<ConnectFolds> {
         let map = self
             .ebpf
             .take_map("CONNECT_LAST")
