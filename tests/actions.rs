@@ -409,17 +409,8 @@ if end.startswith("exec"):
 #[test]
 fn actions_keep_the_connects_still_folded_when_the_daemon_stops() {
     let mut d = Daemon::start("a-fold-stop");
-    let script = r#"
-import socket, sys, time
-l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(64)
-port = l.getsockname()[1]
-for _ in range(int(sys.argv[1])):
-    c = socket.create_connection(("127.0.0.1", port))
-    a, _ = l.accept(); a.close(); c.close()
-print(port, flush=True)
-time.sleep(120)
-"#;
-    let (mut c, remote) = reconnecting(script, &["90".to_string()]);
+    let script = format!("{BURST}time.sleep(120)\n");
+    let (mut c, remote) = reconnecting(&script, &["90".to_string()]);
     let pid = c.id().to_string();
     // The burst's first connect is a record; wait until the daemon has logged it.
     wait_until(20, "the first connect's row", || {
@@ -432,6 +423,54 @@ time.sleep(120)
     let _ = c.wait();
     assert_eq!(connects_to(&rows, &remote), 90, "{rows:#?}");
 }
+
+/// A process that reconnected in a burst and then exec'd into an image that never connects
+/// (and keeps running): the exec itself sends the old image's folded repeats, so they are
+/// in the action log while the process lives on — not only at its exit or the daemon's
+/// stop — and under the name of the image that made them.
+#[test]
+fn actions_count_the_connects_folded_before_an_exec_while_the_process_lives() {
+    let d = Daemon::start("a-fold-exec");
+    let script = format!("{BURST}os.execv('/bin/sleep', ['sleep', '120'])\n");
+    let (mut c, remote) = reconnecting(&script, &["75".to_string()]);
+    let pid = c.id().to_string();
+    let rows = wait_until(
+        30,
+        "75 connects counted before the exec'd image exits",
+        || {
+            let rows = actions(&d, &["--pid", &pid, "--kind", "connect"]);
+            (connects_to(&rows, &remote) >= 75).then_some(rows)
+        },
+    );
+    let alive = c.try_wait().unwrap().is_none();
+    let _ = c.kill();
+    let _ = c.wait();
+    assert!(
+        alive,
+        "the exec'd image was still running when the repeats were counted"
+    );
+    assert_eq!(connects_to(&rows, &remote), 75, "{rows:#?}");
+    let sleep_rows: Vec<&Value> = rows
+        .iter()
+        .filter(|r| s(r, "remote") == remote && s(r, "comm") == "sleep")
+        .collect();
+    assert!(
+        sleep_rows.is_empty(),
+        "the repeats are the old image's, not sleep's: {sleep_rows:#?}"
+    );
+}
+
+/// Python that connects `argv[1]` times to a listener of its own, each time on the same fd
+/// number, then prints the listener's port.
+const BURST: &str = r#"
+import os, socket, sys, time
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(64)
+port = l.getsockname()[1]
+for _ in range(int(sys.argv[1])):
+    c = socket.create_connection(("127.0.0.1", port))
+    a, _ = l.accept(); a.close(); c.close()
+print(port, flush=True)
+"#;
 
 /// Starts python on `script` with `args`; returns it and the remote it reconnects to
 /// (`127.0.0.1:` and the port it prints first).
