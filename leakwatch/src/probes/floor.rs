@@ -21,6 +21,7 @@ pub struct Floor {
 /// The object with minimal maps: a floor never emits, and its maps should cost nothing.
 fn object() -> Result<Ebpf> {
     EbpfLoader::new()
+        .btf(None)
         .map_max_entries("EVENTS", 4096)
         .map_max_entries("WRITES", 4096)
         .load(OBJECT)

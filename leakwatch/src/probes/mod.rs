@@ -486,6 +486,9 @@ impl Probes {
         }
         let cpus = nr_cpus()?;
         let mut loader = EbpfLoader::new();
+        // No CO-RE relocations to make (the offsets are ours, read above): the kernel BTF
+        // aya parsed in `new` goes at once, not held through the load (13 MB here).
+        loader.btf(None);
         for (global, v) in &offsets {
             loader.override_global(global, v, true);
         }
