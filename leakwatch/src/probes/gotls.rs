@@ -9,6 +9,8 @@ use std::fs::File;
 
 use object::{read::ReadCache, Object, ObjectSection, ObjectSymbol};
 
+use super::window::{self, Table, Window};
+
 /// The method every `crypto/tls` connection's plaintext goes through.
 pub const WRITE: &str = "crypto/tls.(*Conn).Write";
 
@@ -27,7 +29,7 @@ pub enum Go {
 
 /// Executables larger than this are not read (the largest Go tool here is 122 MB).
 const FILE_MAX: u64 = 512 << 20;
-/// Sections read whole at most this big (terraform's function table: 25 MB).
+/// Sections walked at most this big (terraform's function table: 25 MB).
 const SECTION_MAX: u64 = 96 << 20;
 /// Function tables tried in one section, found by their header.
 const CANDIDATES_MAX: usize = 16;
@@ -65,7 +67,7 @@ pub fn find(file: &File) -> Go {
         .symbols()
         .find(|s| s.name() == Ok(WRITE))
         .map(|s| s.address())
-        .or_else(|| table_find(&obj));
+        .or_else(|| table_find(&obj, file));
     let Some(addr) = addr else {
         return Go::NoTls;
     };
@@ -105,18 +107,28 @@ fn prologue_bytes(b: &[u8]) -> bool {
 /// `WRITE`'s address through the function table: its own section (`.gopclntab`; in a
 /// position-independent program `.data.rel.ro.gopclntab`), the `runtime.pclntab` symbol,
 /// or, stripped and linked by the system linker (cgo), inside `.data.rel.ro`, found by its
-/// header. The code's start is the table header's `textStart`, else `runtime.text`.
-fn table_find<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Option<u64> {
+/// header. The code's start is the table header's `textStart`, else `runtime.text`. The
+/// table is read from `file` a window at a time.
+fn table_find<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, file: &File) -> Option<u64> {
     let text = obj
         .symbols()
         .find(|s| s.name() == Ok("runtime.text"))
         .map(|s| s.address());
+    // The table from `at` bytes into `sec` to its end.
+    let table = |sec: &object::Section<'d, '_, R>, at: u64| -> Option<Window<'_>> {
+        let (off, size) = sec.file_range()?;
+        if size > SECTION_MAX || at > size {
+            return None;
+        }
+        Some(Window::new(
+            file,
+            off + at,
+            usize::try_from(size - at).ok()?,
+        ))
+    };
     for name in [".gopclntab", ".data.rel.ro.gopclntab"] {
-        if let Some(tab) = obj.section_by_name(name) {
-            if tab.size() > SECTION_MAX {
-                return None;
-            }
-            return pclntab_find(tab.data().ok()?, WRITE, text);
+        if let Some(sec) = obj.section_by_name(name) {
+            return pclntab_find(table(&sec, 0)?, WRITE, text);
         }
     }
     if let Some(sym) = obj.symbols().find(|s| s.name() == Ok("runtime.pclntab")) {
@@ -124,25 +136,21 @@ fn table_find<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Option<u
         let sec = obj
             .sections()
             .find(|s| a >= s.address() && a - s.address() < s.size())?;
-        if sec.size() > SECTION_MAX {
-            return None;
-        }
-        let at = usize::try_from(a - sec.address()).ok()?;
-        return pclntab_find(sec.data().ok()?.get(at..)?, WRITE, text);
+        return pclntab_find(table(&sec, a - sec.address())?, WRITE, text);
     }
     for name in [".data.rel.ro", ".rodata"] {
-        let Some(data) = obj
-            .section_by_name(name)
-            .filter(|s| s.size() <= SECTION_MAX)
-            .and_then(|s| s.data().ok())
-        else {
+        let Some(sec) = obj.section_by_name(name) else {
+            continue;
+        };
+        let Some(mut data) = table(&sec, 0) else {
             continue;
         };
         for magic in [MAGIC_120, MAGIC_118] {
             let mut head = magic.to_le_bytes().to_vec();
             head.extend_from_slice(&[0, 0, 1, 8]);
-            for at in memchr::memmem::find_iter(data, &head).take(CANDIDATES_MAX) {
-                if let Some(a) = pclntab_find(&data[at..], WRITE, text) {
+            let whole = (0, data.len());
+            for at in window::find(&mut data, whole, &head, false, CANDIDATES_MAX)? {
+                if let Some(a) = pclntab_find(table(&sec, at as u64)?, WRITE, text) {
                     return Some(a);
                 }
             }
@@ -187,38 +195,43 @@ fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
 /// name table, cu table, file table, pc table and function data. The function table (at
 /// the function data) is nfunc pairs of u32 (entry offset from the code's start, offset
 /// of the function's record in the function data); a record starts with its entry offset
-/// and its name's offset in the name table (a C string). A header whose tables do not fit
-/// in `tab` is refused before anything is walked.
-pub fn pclntab_find(tab: &[u8], name: &str, text: Option<u64>) -> Option<u64> {
-    let magic = u32::from_le_bytes(tab.get(..4)?.try_into().ok()?);
-    if !matches!(magic, MAGIC_118 | MAGIC_120) || *tab.get(7)? != 8 {
+/// and its name's offset in the name table (C strings, up to the cu table). A header
+/// whose tables do not fit in `tab` is refused before anything is walked. The name is
+/// looked up in the name table first, then the function table walked for its offset: each
+/// part in order, as the linker lays them out, so a window of each is enough.
+pub fn pclntab_find<T: Table>(tab: T, name: &str, text: Option<u64>) -> Option<u64> {
+    let u32_at = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let mut head = tab.clone();
+    let h = head.get(0, 8 + 8 * 8)?;
+    if !matches!(u32_at(h), MAGIC_118 | MAGIC_120) || h[7] != 8 {
         return None;
     }
     let word = |i: usize| -> Option<usize> {
-        let b = tab.get(8 + 8 * i..16 + 8 * i)?;
+        let b = h.get(8 + 8 * i..16 + 8 * i)?;
         usize::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok()
     };
-    let u32_at = |off: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(
-            tab.get(off..off.checked_add(4)?)?.try_into().ok()?,
-        ))
-    };
-    let (nfunc, names, funcs) = (word(0)?, word(3)?, word(7)?);
-    if names >= tab.len() || funcs >= tab.len() || nfunc > (tab.len() - funcs) / 8 {
+    let (nfunc, names, cu, funcs) = (word(0)?, word(3)?, word(4)?, word(7)?);
+    let len = tab.len();
+    if names >= len || funcs >= len || nfunc > (len - funcs) / 8 {
         return None;
     }
     let text = match word(2)? {
         0 => text?,
         t => t as u64,
     };
-    let want = name.as_bytes();
+    let names_end = if cu > names && cu <= len { cu } else { len };
+    let mut want = name.as_bytes().to_vec();
+    want.push(0);
+    let offs = window::find(&mut tab.clone(), (names, names_end), &want, true, 4)?;
+    if offs.is_empty() {
+        return None;
+    }
+    let (mut pairs, mut recs) = (tab.clone(), tab);
     for i in 0..nfunc {
-        let rec = funcs.checked_add(u32_at(funcs + i * 8 + 4)? as usize)?;
-        let name_off = u32_at(rec.checked_add(4)?)? as usize;
-        let at = names.checked_add(name_off)?;
-        let Some(s) = tab.get(at..) else { continue };
-        if s.starts_with(want) && s.get(want.len()) == Some(&0) {
-            return text.checked_add(u64::from(u32_at(rec)?));
+        let rec = funcs.checked_add(u32_at(pairs.get(funcs + i * 8 + 4, 4)?) as usize)?;
+        let r = recs.get(rec, 8)?;
+        if offs.contains(&(u32_at(&r[4..]) as usize)) {
+            return text.checked_add(u64::from(u32_at(r)));
         }
     }
     None
@@ -273,12 +286,18 @@ mod tests {
         ];
         // The header's start of code wins; the section's is for a header left at 0.
         let t = table(&funcs, 0x40_10e0);
-        assert_eq!(pclntab_find(&t, WRITE, Some(0x40_1000)), Some(0x40_1480));
-        assert_eq!(pclntab_find(&t, "main.main", None), Some(0x40_14e0));
-        assert_eq!(pclntab_find(&t, "crypto/tls.(*Conn).Wri", None), None);
-        assert_eq!(pclntab_find(&t, "net/http.(*Client).Do", None), None);
+        assert_eq!(
+            pclntab_find(&t[..], WRITE, Some(0x40_1000)),
+            Some(0x40_1480)
+        );
+        assert_eq!(pclntab_find(&t[..], "main.main", None), Some(0x40_14e0));
+        assert_eq!(pclntab_find(&t[..], "crypto/tls.(*Conn).Wri", None), None);
+        assert_eq!(pclntab_find(&t[..], "net/http.(*Client).Do", None), None);
         let t = table(&funcs, 0);
-        assert_eq!(pclntab_find(&t, WRITE, Some(0x40_1000)), Some(0x40_13a0));
+        assert_eq!(
+            pclntab_find(&t[..], WRITE, Some(0x40_1000)),
+            Some(0x40_13a0)
+        );
     }
 
     #[test]
@@ -286,7 +305,7 @@ mod tests {
         let t = table(&[(WRITE, 0x10)], 0x40_1000);
         let mut old = t.clone();
         old[..4].copy_from_slice(&0xffff_fffau32.to_le_bytes());
-        assert_eq!(pclntab_find(&old, WRITE, None), None);
+        assert_eq!(pclntab_find(&old[..], WRITE, None), None);
         for cut in [0, 3, 20, t.len() / 2, t.len() - 1] {
             assert_eq!(
                 pclntab_find(&t[..cut], WRITE, Some(0)),
@@ -337,23 +356,55 @@ mod tests {
         let data = std::fs::read("/usr/local/bin/docker").unwrap();
         let obj = object::File::parse(&*data).unwrap();
         let sym = obj.symbols().find(|s| s.name() == Ok(WRITE)).unwrap();
-        assert_eq!(table_find(&obj), Some(sym.address()));
+        let docker = open("/usr/local/bin/docker");
+        assert_eq!(table_find(&obj, &docker), Some(sym.address()));
+    }
+
+    /// The function table of each stripped Go program here, walked a window at a time from
+    /// the file, gives what it gives read whole.
+    #[test]
+    fn a_table_read_a_window_at_a_time_gives_what_it_gives_read_whole() {
+        let mut seen = 0;
+        for exe in ["/usr/bin/kubectl", "/usr/local/bin/terraform"] {
+            let Ok(data) = std::fs::read(exe) else {
+                continue;
+            };
+            let obj = object::File::parse(&*data).unwrap();
+            let Some(sec) = obj.section_by_name(".gopclntab") else {
+                continue;
+            };
+            let whole = pclntab_find(sec.data().unwrap(), WRITE, None);
+            assert!(whole.is_some(), "{exe}");
+            let (off, size) = sec.file_range().unwrap();
+            let f = File::open(exe).unwrap();
+            let w = Window::new(&f, off, size as usize);
+            assert_eq!(pclntab_find(w, WRITE, None), whole, "{exe}");
+            assert_eq!(
+                pclntab_find(sec.data().unwrap(), "no.such.function", None),
+                None
+            );
+            seen += 1;
+        }
+        assert!(
+            seen > 0,
+            "no stripped Go program with a .gopclntab on this host"
+        );
     }
 
     #[test]
     fn a_table_claiming_more_functions_than_it_holds_is_refused_at_once() {
         let mut t = table(&[(WRITE, 0x10)], 0x40_1000);
         t[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert_eq!(pclntab_find(&t, WRITE, None), None);
+        assert_eq!(pclntab_find(&t[..], WRITE, None), None);
         let mut t = table(&[(WRITE, 0x10)], 0);
         assert_eq!(
-            pclntab_find(&t, WRITE, None),
+            pclntab_find(&t[..], WRITE, None),
             None,
             "no start of code known"
         );
         let len = t.len() as u64;
         t[8 + 7 * 8..16 + 7 * 8].copy_from_slice(&len.to_le_bytes());
-        assert_eq!(pclntab_find(&t, WRITE, Some(1)), None);
+        assert_eq!(pclntab_find(&t[..], WRITE, Some(1)), None);
     }
 
     #[test]

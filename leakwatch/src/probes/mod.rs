@@ -7,6 +7,7 @@ pub mod pins;
 pub mod ring_fill;
 pub mod tls;
 mod tpformat;
+mod window;
 
 pub use floor::{load_floor, Floor};
 
