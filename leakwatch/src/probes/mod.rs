@@ -458,6 +458,31 @@ fn exit_group_dead() -> u64 {
     off
 }
 
+/// The kernel struct offsets the programs read by (`OFFSETS`), from this kernel's BTF. The
+/// parsed table (every type's and member's name) is freed before the object is loaded,
+/// not held through the verification.
+fn kernel_offsets() -> Result<Vec<(&'static str, u64)>> {
+    let vmlinux =
+        std::fs::read("/sys/kernel/btf/vmlinux").context("reading /sys/kernel/btf/vmlinux")?;
+    let btf = btf::Btf::parse(&vmlinux).context("parsing /sys/kernel/btf/vmlinux")?;
+    let mut offsets = Vec::with_capacity(OFFSETS.len());
+    for (global, st, path, required) in OFFSETS {
+        match btf.offset(st, path) {
+            Ok(v) => offsets.push((*global, v)),
+            Err(e) if *required => {
+                return Err(e.context(format!(
+                    "this kernel's BTF lacks a struct member leakwatch reads ({st}.{path})"
+                )))
+            }
+            Err(e) => {
+                log::info!("{e:#}; that detail will be missing from records");
+                offsets.push((*global, 0));
+            }
+        }
+    }
+    Ok(offsets)
+}
+
 fn nr_cpus() -> Result<u32> {
     Ok(aya::util::nr_cpus().map_err(|(what, e)| anyhow!("reading {what}: {e}"))? as u32)
 }
@@ -467,24 +492,7 @@ impl Probes {
     /// attaches every tracepoint.
     pub fn load(o: &LoadOptions) -> Result<Probes> {
         let t0 = std::time::Instant::now();
-        let vmlinux =
-            std::fs::read("/sys/kernel/btf/vmlinux").context("reading /sys/kernel/btf/vmlinux")?;
-        let btf = btf::Btf::parse(&vmlinux).context("parsing /sys/kernel/btf/vmlinux")?;
-        let mut offsets = Vec::with_capacity(OFFSETS.len());
-        for (global, st, path, required) in OFFSETS {
-            match btf.offset(st, path) {
-                Ok(v) => offsets.push((*global, v)),
-                Err(e) if *required => {
-                    return Err(e.context(format!(
-                        "this kernel's BTF lacks a struct member leakwatch reads ({st}.{path})"
-                    )))
-                }
-                Err(e) => {
-                    log::info!("{e:#}; that detail will be missing from records");
-                    offsets.push((*global, 0));
-                }
-            }
-        }
+        let offsets = kernel_offsets()?;
         let cpus = nr_cpus()?;
         let mut loader = EbpfLoader::new();
         // No CO-RE relocations to make (the offsets are ours, read above): the kernel BTF
