@@ -122,7 +122,7 @@ fn table_find<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, file: &File
         }
         Some(Window::new(
             file,
-            off + at,
+            off.checked_add(at)?,
             usize::try_from(size - at).ok()?,
         ))
     };
@@ -149,7 +149,10 @@ fn table_find<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, file: &File
             let mut head = magic.to_le_bytes().to_vec();
             head.extend_from_slice(&[0, 0, 1, 8]);
             let whole = (0, data.len());
-            for at in window::find(&mut data, whole, &head, false, CANDIDATES_MAX)? {
+            let Some(ats) = window::find(&mut data, whole, &head, false, CANDIDATES_MAX) else {
+                continue;
+            };
+            for at in ats {
                 if let Some(a) = pclntab_find(table(&sec, at as u64)?, WRITE, text) {
                     return Some(a);
                 }
@@ -222,7 +225,7 @@ pub fn pclntab_find<T: Table>(tab: T, name: &str, text: Option<u64>) -> Option<u
     let names_end = if cu > names && cu <= len { cu } else { len };
     let mut want = name.as_bytes().to_vec();
     want.push(0);
-    let offs = window::find(&mut tab.clone(), (names, names_end), &want, true, 4)?;
+    let offs = window::find(&mut tab.clone(), (names, names_end), &want, true, 16)?;
     if offs.is_empty() {
         return None;
     }

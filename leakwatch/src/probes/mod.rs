@@ -908,3 +908,28 @@ fn explain_prog(prog: &str, e: aya::programs::ProgramError) -> anyhow::Error {
     }
     anyhow!("loading the {prog} eBPF program failed: {e}")
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object, ObjectSection};
+
+    /// The loader is given no kernel BTF (`Probes::load`): right only while the object asks
+    /// for no CO-RE relocation. A `.BTF.ext` header (magic, version, flags, header length,
+    /// then func, line and CO-RE info as offset and length) with CO-RE records means the
+    /// programs now need the kernel's BTF to be relocated.
+    #[test]
+    fn the_object_asks_for_no_core_relocation() {
+        let obj = object::File::parse(super::OBJECT).unwrap();
+        let ext = obj.section_by_name(".BTF.ext").unwrap().data().unwrap();
+        let u32_at = |at: usize| u32::from_le_bytes(ext[at..at + 4].try_into().unwrap());
+        assert_eq!(u16::from_le_bytes([ext[0], ext[1]]), 0xeb9f);
+        let header_len = u32_at(4) as usize;
+        assert!(
+            u32_at(12) > 0,
+            "func info is there: the header is read right"
+        );
+        if header_len >= 32 {
+            assert_eq!(u32_at(28), 0, "CO-RE relocations in the object");
+        }
+    }
+}

@@ -43,31 +43,70 @@ pub struct SslWrite {
     pub write_ex: u64,
 }
 
-/// Does the open 64-bit ELF file `f` define (not merely import) both write functions in
-/// its dynamic symbol table, and where? Looked up through the table's GNU hash, as the
-/// dynamic loader does, when it has one: name by name, node's 75,000 exported symbols took
-/// 16 MB and 0.1 s at every look. Reads only the headers and tables it needs.
+impl SslWrite {
+    /// The offset of `sym` (a symbol of `POINTS`).
+    fn of(&self, sym: &str) -> Option<u64> {
+        match sym {
+            "SSL_write" => Some(self.write),
+            "SSL_write_ex" => Some(self.write_ex),
+            _ => None,
+        }
+    }
+}
+
+/// Symbol, hash and version tables bigger than this are not read (node's `.dynsym`:
+/// 1.8 MB).
+const TABLE_MAX: u64 = 64 << 20;
+
+/// Does the open file `f` (64-bit x86 ELF: the probes read x86-64 argument registers)
+/// define, not merely import, both write functions in its dynamic symbol table, and
+/// where? Looked up through the table's GNU hash, as the dynamic loader does, when it has
+/// a sound one (a crafted one could divide by zero in `object`); else every symbol is
+/// walked. Name by name, node's 75,000 exported symbols took 16 MB and 0.1 s at every look.
+/// Reads only the headers and tables it needs, none over `TABLE_MAX`.
 pub fn ssl_write(f: &File) -> Option<SslWrite> {
-    use object::elf::{FileHeader64, SHT_DYNSYM};
-    use object::read::elf::{FileHeader as _, SectionHeader as _, Sym as _, VersionTable};
+    use object::elf::{FileHeader64, EM_X86_64, SHT_DYNSYM, SHT_GNU_HASH, SHT_GNU_VERSYM};
+    use object::read::elf::{FileHeader as _, SectionHeader as _, Sym as _};
     let data = &ReadCache::new(f);
     let header = FileHeader64::<object::Endianness>::parse(data).ok()?;
     let endian = header.endian().ok()?;
+    if header.e_machine(endian) != EM_X86_64 {
+        return None;
+    }
     let sections = header.sections(endian, data).ok()?;
+    let big = |t: u32| {
+        sections
+            .iter()
+            .any(|s| s.sh_type(endian) == t && s.sh_size(endian) > TABLE_MAX)
+    };
+    if big(SHT_DYNSYM) || big(SHT_GNU_HASH) || big(SHT_GNU_VERSYM) {
+        return None;
+    }
     let symbols = sections.symbols(endian, data, SHT_DYNSYM).ok()?;
-    let hash = sections.gnu_hash(endian, data).ok().flatten();
+    let sound = |h: &object::elf::GnuHashHeader<object::Endianness>| {
+        let blooms = h.bloom_count.get(endian);
+        h.bucket_count.get(endian) > 0 && blooms.is_power_of_two() && h.bloom_shift.get(endian) < 32
+    };
+    let hash = match sections.gnu_hash_header(endian, data) {
+        Ok(Some(h)) if sound(h) => sections.gnu_hash(endian, data).ok().flatten(),
+        _ => None,
+    };
+    // Hidden (non-default) versions are not what a caller of the name gets.
+    let versions = sections
+        .versions(endian, data)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let offset = |name: &str| -> Option<u64> {
         let name = name.as_bytes();
         let sym = match &hash {
             Some((h, _)) => {
-                let versions = VersionTable::default();
                 let hashed = object::elf::gnu_hash(name);
                 h.find(endian, name, hashed, None, &symbols, &versions)?.1
             }
-            None => symbols
-                .symbols()
-                .iter()
-                .find(|s| s.name(endian, symbols.strings()) == Ok(name))?,
+            None => symbols.symbols().iter().find(|s| {
+                !s.is_undefined(endian) && s.name(endian, symbols.strings()) == Ok(name)
+            })?,
         };
         if sym.is_undefined(endian) {
             return None;
@@ -106,11 +145,9 @@ impl Probes {
     /// (the open file that was parsed, by `/proc/self/fd`), known as `path`.
     pub fn attach_tls(&mut self, target: &Path, path: &Path, at: SslWrite) -> Result<()> {
         for (prog, sym) in POINTS {
-            let offset = if sym == "SSL_write" {
-                at.write
-            } else {
-                at.write_ex
-            };
+            let offset = at
+                .of(sym)
+                .with_context(|| format!("no offset found for {sym}"))?;
             self.uprobe(prog)?
                 .attach(offset, target, UProbeScope::AllProcesses)
                 .with_context(|| format!("attaching {prog} to {sym} in {}", path.display()))?;
@@ -148,6 +185,39 @@ mod tests {
         assert!(exports(Path::new("/bin/true")).is_none());
         assert!(exports(Path::new("/nonexistent")).is_none());
         assert!(exports(Path::new("/etc/hostname")).is_none());
+    }
+
+    /// A hash table that would divide by zero (no buckets) is not used: the symbols are
+    /// walked instead, and give the same offsets; a bloom filter of 3 words is refused too.
+    #[test]
+    fn an_unsound_hash_table_falls_back_to_the_walk() {
+        use object::{Object, ObjectSection};
+        let ssl = system_libssl().unwrap();
+        let data = std::fs::read(&ssl).unwrap();
+        let want = ssl_write(&File::open(&ssl).unwrap()).unwrap();
+        let obj = object::File::parse(&*data).unwrap();
+        let (at, _) = obj
+            .section_by_name(".gnu.hash")
+            .unwrap()
+            .file_range()
+            .unwrap();
+        drop(obj);
+        let dir = std::env::temp_dir().join(format!("leakwatch-gnuhash-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Header: bucket count, symbol base, bloom count, bloom shift.
+        for (field, value) in [(0usize, 0u32), (8, 3)] {
+            let mut bad = data.clone();
+            let o = at as usize + field;
+            bad[o..o + 4].copy_from_slice(&value.to_le_bytes());
+            let path = dir.join(format!("libssl-{field}.so"));
+            std::fs::write(&path, &bad).unwrap();
+            assert_eq!(
+                ssl_write(&File::open(&path).unwrap()),
+                Some(want),
+                "{field}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Through the hash table, each function is where a walk of every dynamic symbol (as

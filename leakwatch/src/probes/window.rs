@@ -1,7 +1,8 @@
 //! A table inside a file, read a window at a time. Go's function table is tens of MB
 //! (terraform's 25, anthoscli's 36) and the daemon looks into every Go program that
 //! starts: read whole, one look raised the daemon's memory by as much for a moment. Walked
-//! in the order Go's linker lays it out, a few windows of it are enough.
+//! in the order Go's linker lays it out, it is still read through, but only a few windows
+//! of it are held at once.
 use std::{fs::File, os::unix::fs::FileExt};
 
 /// Bytes one read brings in, and the most one `get` may ask for.
@@ -10,7 +11,8 @@ pub const WINDOW: usize = 256 << 10;
 /// A table's bytes by offset: held in memory, or read from a file.
 pub trait Table: Clone {
     fn len(&self) -> usize;
-    /// `n` bytes at `off` (`n` <= `WINDOW`), or `None` past the end or on a read error.
+    /// `n` bytes at `off` (`n` <= `WINDOW`), or `None` past the end, on a read error, or
+    /// (a file's) once its read budget is spent.
     fn get(&mut self, off: usize, n: usize) -> Option<&[u8]>;
 }
 
@@ -33,8 +35,9 @@ pub struct Window<'f> {
     /// What `buf` holds: the table's bytes from `start`.
     start: usize,
     buf: Vec<u8>,
-    /// Bytes read so far, and the most this window reads: a table walked out of the
-    /// linker's order would be read again and again, so the walk gives up instead.
+    /// Bytes read so far, and the most this window reads (twice the table, and four
+    /// windows): a table walked out of the linker's order would be read again and again,
+    /// so the walk gives up instead.
     read: usize,
     budget: usize,
 }
@@ -83,23 +86,36 @@ impl Table for Window<'_> {
 }
 
 /// Offsets from `from` of `needle` in `[from, to)` of `t`, read a window at a time, at most
-/// `max` of them. With `cstr`, only where it stands as a whole C string: at `from` or after
-/// a NUL (a match must end in its own NUL: put one in `needle`). `None` on a read error.
+/// `max` (> 0) of them. With `cstr`, only where it stands as a whole C string: at `from`
+/// or after a NUL (a match must end in its own NUL: put one in `needle`). A needle empty
+/// or longer than half a window is never found. `None` on a read error.
 pub fn find<T: Table>(
+    t: &mut T,
+    range: (usize, usize),
+    needle: &[u8],
+    cstr: bool,
+    max: usize,
+) -> Option<Vec<usize>> {
+    find_by(t, range, needle, cstr, max, WINDOW)
+}
+
+/// `find`, reading `step` bytes a turn (tests use small steps).
+fn find_by<T: Table>(
     t: &mut T,
     (from, to): (usize, usize),
     needle: &[u8],
     cstr: bool,
     max: usize,
+    step: usize,
 ) -> Option<Vec<usize>> {
     let finder = memchr::memmem::Finder::new(needle);
     let mut found = Vec::new();
     // Where the matches this turn looks at may start; the byte before it comes along.
     let mut pos = from;
-    while !needle.is_empty() && needle.len() <= WINDOW / 2 {
+    while !needle.is_empty() && needle.len() <= step / 2 {
         let lead = usize::from(pos > from);
         let start = pos - lead;
-        let n = WINDOW.min(to.saturating_sub(start));
+        let n = step.min(to.saturating_sub(start));
         if n < needle.len() + lead {
             break;
         }
@@ -137,15 +153,40 @@ mod tests {
         f
     }
 
-    /// Needles across every window boundary, at the region's start and end, and one
-    /// standing inside a longer string: the file's windows find what the bytes in memory
-    /// find.
+    /// Every placement of a needle in a small region, read a few bytes a turn, against a
+    /// plain search of the bytes: each match once, across every turn's edge, and the C
+    /// string check at the region's start and after a NUL.
     #[test]
-    fn matches_across_windows_are_found_once_each() {
+    fn every_match_is_found_once_whatever_turn_it_crosses() {
+        let needle = b"ab\0";
+        for step in [6, 7, 8, 13] {
+            for at in 0..40 {
+                for before in [b'x', 0] {
+                    let mut data = vec![b'x'; 40 + needle.len()];
+                    data[at..at + needle.len()].copy_from_slice(needle);
+                    if at > 0 {
+                        data[at - 1] = before;
+                    }
+                    for from in [0, 1, at.saturating_sub(1), at] {
+                        let to = data.len();
+                        let plain: Vec<usize> = memchr::memmem::find_iter(&data[from..], needle)
+                            .filter(|&i| i == 0 || data[from + i - 1] == 0)
+                            .collect();
+                        let got = find_by(&mut &data[..], (from, to), needle, true, 16, step);
+                        assert_eq!(got, Some(plain), "step {step} at {at} from {from}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The same through a file's windows, needles across window boundaries.
+    #[test]
+    fn a_file_read_a_window_at_a_time_finds_what_memory_finds() {
         let mut data = vec![b'x'; 3 * WINDOW + 1000];
         let mut at = vec![0usize];
         for w in 1..=3 {
-            at.push(w * WINDOW - 5);
+            at.push(w * WINDOW - 5 * w);
         }
         at.push(data.len() - 6);
         for &a in &at {
@@ -165,11 +206,6 @@ mod tests {
         let all = find(&mut w, whole, b"name\0", false, 16).unwrap();
         assert_eq!(all.len(), 6, "{all:?}");
         assert_eq!(find(&mut w, whole, b"name\0", false, 2).unwrap().len(), 2);
-        // From inside a match's string: a start mid-region counts as a C string's start.
-        assert_eq!(
-            find(&mut w, (WINDOW + 100, data.len()), b"name\0", true, 1),
-            Some(vec![0])
-        );
     }
 
     #[test]
@@ -180,10 +216,12 @@ mod tests {
         assert_eq!(w.get(90, 10), Some(&data[100..110]));
         assert_eq!(w.get(95, 10), None);
         assert_eq!(w.get(0, WINDOW + 1), None);
-        // Past the file's end: a read error, and nothing stale kept.
-        let mut w = Window::new(&f, (WINDOW * 2 - 4) as u64, 8);
-        assert_eq!(w.get(0, 8), None);
-        assert_eq!(w.get(0, 4), None);
+        // A read past the file's end fails part-way, over the bytes held: what was held
+        // is not given out again.
+        let mut w = Window::new(&f, 0, WINDOW * 3);
+        assert_eq!(w.get(0, 10), Some(&data[..10]));
+        assert_eq!(w.get(WINDOW * 2 - 100, 200), None);
+        assert_eq!(w.get(0, 10), Some(&data[..10]));
         // Back and forth over a big table: given up after twice its length and change.
         let mut w = Window::new(&f, 0, WINDOW * 2);
         let mut turns = 0;
