@@ -54,8 +54,10 @@ impl SslWrite {
     }
 }
 
-/// Symbol, hash and version tables bigger than this are not read (node's `.dynsym`:
-/// 1.8 MB).
+/// Files bigger than this are not looked into (node: 99 MB).
+const FILE_MAX: u64 = 512 << 20;
+/// Section headers, symbol, hash and version tables bigger than this are not read
+/// (node's `.dynsym`: 1.8 MB).
 const TABLE_MAX: u64 = 64 << 20;
 
 /// Does the open file `f` (64-bit x86 ELF: the probes read x86-64 argument registers)
@@ -63,14 +65,29 @@ const TABLE_MAX: u64 = 64 << 20;
 /// where? Looked up through the table's GNU hash, as the dynamic loader does, when it has
 /// a sound one (a crafted one could divide by zero in `object`); else every symbol is
 /// walked. Name by name, node's 75,000 exported symbols took 16 MB and 0.1 s at every look.
-/// Reads only the headers and tables it needs, none over `TABLE_MAX`.
+/// A hidden symbol version (`VERSYM_HIDDEN` in `.gnu.version`) is not what a caller of the
+/// name gets: skipped. Only the section headers, `.dynsym`, `.gnu.hash`, `.gnu.version` and
+/// the names compared are read, none over `TABLE_MAX`; object's version table is not built
+/// (a crafted `.gnu.version_r` can make that walk take hours).
 pub fn ssl_write(f: &File) -> Option<SslWrite> {
-    use object::elf::{FileHeader64, EM_X86_64, SHT_DYNSYM, SHT_GNU_HASH, SHT_GNU_VERSYM};
-    use object::read::elf::{FileHeader as _, SectionHeader as _, Sym as _};
+    use object::elf::{
+        FileHeader64, EM_X86_64, SHT_DYNSYM, SHT_GNU_HASH, SHT_GNU_VERSYM, SHT_SYMTAB_SHNDX,
+        VERSYM_HIDDEN,
+    };
+    use object::read::elf::{FileHeader as _, SectionHeader as _, Sym as _, VersionTable};
+    if f.metadata()
+        .map_or(true, |m| !m.is_file() || m.len() > FILE_MAX)
+    {
+        return None;
+    }
     let data = &ReadCache::new(f);
     let header = FileHeader64::<object::Endianness>::parse(data).ok()?;
     let endian = header.endian().ok()?;
     if header.e_machine(endian) != EM_X86_64 {
+        return None;
+    }
+    let shnum = header.shnum(endian, data).ok()? as u64;
+    if shnum.saturating_mul(u64::from(header.e_shentsize(endian))) > TABLE_MAX {
         return None;
     }
     let sections = header.sections(endian, data).ok()?;
@@ -79,7 +96,10 @@ pub fn ssl_write(f: &File) -> Option<SslWrite> {
             .iter()
             .any(|s| s.sh_type(endian) == t && s.sh_size(endian) > TABLE_MAX)
     };
-    if big(SHT_DYNSYM) || big(SHT_GNU_HASH) || big(SHT_GNU_VERSYM) {
+    if [SHT_DYNSYM, SHT_GNU_HASH, SHT_GNU_VERSYM, SHT_SYMTAB_SHNDX]
+        .into_iter()
+        .any(big)
+    {
         return None;
     }
     let symbols = sections.symbols(endian, data, SHT_DYNSYM).ok()?;
@@ -91,26 +111,35 @@ pub fn ssl_write(f: &File) -> Option<SslWrite> {
         Ok(Some(h)) if sound(h) => sections.gnu_hash(endian, data).ok().flatten(),
         _ => None,
     };
-    // Hidden (non-default) versions are not what a caller of the name gets.
-    let versions = sections
-        .versions(endian, data)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let versym = sections.gnu_versym(endian, data).ok().flatten();
+    let hidden = |i: usize| {
+        versym
+            .as_ref()
+            .and_then(|(v, _)| v.get(i))
+            .is_some_and(|v| v.0.get(endian) & VERSYM_HIDDEN != 0)
+    };
     let offset = |name: &str| -> Option<u64> {
         let name = name.as_bytes();
-        let sym = match &hash {
-            Some((h, _)) => {
-                let hashed = object::elf::gnu_hash(name);
-                h.find(endian, name, hashed, None, &symbols, &versions)?.1
-            }
-            None => symbols.symbols().iter().find(|s| {
-                !s.is_undefined(endian) && s.name(endian, symbols.strings()) == Ok(name)
-            })?,
-        };
-        if sym.is_undefined(endian) {
-            return None;
-        }
+        let hashed = hash.as_ref().and_then(|(h, _)| {
+            let (i, sym) = h.find(
+                endian,
+                name,
+                object::elf::gnu_hash(name),
+                None,
+                &symbols,
+                &VersionTable::default(),
+            )?;
+            (!sym.is_undefined(endian) && !hidden(i.0)).then_some(sym)
+        });
+        // No hash table, or its first hit was an import or a hidden version: every symbol.
+        let sym = hashed.or_else(|| {
+            symbols.symbols().iter().enumerate().find_map(|(i, s)| {
+                let hit = !s.is_undefined(endian)
+                    && !hidden(i)
+                    && s.name(endian, symbols.strings()) == Ok(name);
+                hit.then_some(s)
+            })
+        })?;
         let sec = sections
             .section(object::SectionIndex(usize::from(sym.st_shndx(endian))))
             .ok()?;
@@ -187,37 +216,63 @@ mod tests {
         assert!(exports(Path::new("/etc/hostname")).is_none());
     }
 
+    /// The system libssl's bytes, and the file offset of each section named.
+    fn libssl_with(sections: &[&str]) -> (Vec<u8>, Vec<usize>) {
+        use object::{Object, ObjectSection};
+        let data = std::fs::read(system_libssl().unwrap()).unwrap();
+        let obj = object::File::parse(&*data).unwrap();
+        let at = sections
+            .iter()
+            .map(|n| obj.section_by_name(n).unwrap().file_range().unwrap().0 as usize)
+            .collect();
+        (data, at)
+    }
+
+    /// `ssl_write` of a file holding `bytes` (a copy of libssl, altered).
+    fn ssl_write_of(bytes: &[u8], tag: &str) -> Option<SslWrite> {
+        let path =
+            std::env::temp_dir().join(format!("leakwatch-libssl-{tag}-{}.so", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        let found = ssl_write(&File::open(&path).unwrap());
+        std::fs::remove_file(&path).unwrap();
+        found
+    }
+
     /// A hash table that would divide by zero (no buckets) is not used: the symbols are
     /// walked instead, and give the same offsets; a bloom filter of 3 words is refused too.
     #[test]
     fn an_unsound_hash_table_falls_back_to_the_walk() {
-        use object::{Object, ObjectSection};
-        let ssl = system_libssl().unwrap();
-        let data = std::fs::read(&ssl).unwrap();
-        let want = ssl_write(&File::open(&ssl).unwrap()).unwrap();
-        let obj = object::File::parse(&*data).unwrap();
-        let (at, _) = obj
-            .section_by_name(".gnu.hash")
-            .unwrap()
-            .file_range()
-            .unwrap();
-        drop(obj);
-        let dir = std::env::temp_dir().join(format!("leakwatch-gnuhash-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let want = ssl_write(&File::open(system_libssl().unwrap()).unwrap()).unwrap();
+        let (data, at) = libssl_with(&[".gnu.hash"]);
         // Header: bucket count, symbol base, bloom count, bloom shift.
         for (field, value) in [(0usize, 0u32), (8, 3)] {
             let mut bad = data.clone();
-            let o = at as usize + field;
+            let o = at[0] + field;
             bad[o..o + 4].copy_from_slice(&value.to_le_bytes());
-            let path = dir.join(format!("libssl-{field}.so"));
-            std::fs::write(&path, &bad).unwrap();
-            assert_eq!(
-                ssl_write(&File::open(&path).unwrap()),
-                Some(want),
-                "{field}"
-            );
+            let tag = format!("hash{field}");
+            assert_eq!(ssl_write_of(&bad, &tag), Some(want), "{field}");
         }
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A function whose symbol version is hidden (`VERSYM_HIDDEN`) is not one a caller of
+    /// the name would get: through the hash table and through the walk alike, none found.
+    #[test]
+    fn a_hidden_symbol_version_is_not_probed() {
+        use object::{Object, ObjectSymbol};
+        let (mut bad, at) = libssl_with(&[".gnu.version", ".gnu.hash"]);
+        let obj = object::File::parse(&*bad).unwrap();
+        let index = obj
+            .dynamic_symbols()
+            .find(|s| s.name() == Ok("SSL_write") && !s.is_undefined())
+            .unwrap()
+            .index()
+            .0;
+        drop(obj);
+        bad[at[0] + 2 * index + 1] |= 0x80;
+        assert_eq!(ssl_write_of(&bad, "hidden"), None, "through the hash table");
+        // No buckets: the walk.
+        bad[at[1]..at[1] + 4].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(ssl_write_of(&bad, "hidden-walked"), None, "walked");
     }
 
     /// Through the hash table, each function is where a walk of every dynamic symbol (as

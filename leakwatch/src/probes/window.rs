@@ -180,7 +180,7 @@ mod tests {
         }
     }
 
-    /// The same through a file's windows, needles across window boundaries.
+    /// The same through a file's windows, needles near window boundaries.
     #[test]
     fn a_file_read_a_window_at_a_time_finds_what_memory_finds() {
         let mut data = vec![b'x'; 3 * WINDOW + 1000];
