@@ -7,8 +7,9 @@
 //! table and the names (the layout of Go 1.18 and later, as `debug/gosym` reads it).
 use std::fs::File;
 
-use object::{read::ReadCache, Object, ObjectSection, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSymbol};
 
+use super::capped::{self, Capped};
 use super::window::{self, Table, Window};
 
 /// The method every `crypto/tls` connection's plaintext goes through.
@@ -44,7 +45,7 @@ pub fn find(file: &File) -> Go {
     {
         return Go::NotGo;
     }
-    let cache = ReadCache::new(file);
+    let cache = Capped::new(file, capped::CAP);
     let Ok(obj) = object::File::parse(&cache) else {
         return Go::NotGo;
     };

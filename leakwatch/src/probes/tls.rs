@@ -5,9 +5,9 @@
 //! process that maps it.
 use std::{fs::File, path::Path};
 
+use super::capped::{self, Capped};
 use anyhow::{Context as _, Result};
 use aya::programs::{uprobe::UProbeScope, UProbe};
-use object::read::ReadCache;
 
 use super::Probes;
 
@@ -56,9 +56,6 @@ impl SslWrite {
 
 /// Files bigger than this are not looked into (node: 99 MB).
 const FILE_MAX: u64 = 512 << 20;
-/// Section headers, symbol, hash and version tables bigger than this are not read
-/// (node's `.dynsym`: 1.8 MB).
-const TABLE_MAX: u64 = 64 << 20;
 
 /// Does the open file `f` (64-bit x86 ELF: the probes read x86-64 argument registers)
 /// define, not merely import, both write functions in its dynamic symbol table, and
@@ -67,41 +64,23 @@ const TABLE_MAX: u64 = 64 << 20;
 /// walked. Name by name, node's 75,000 exported symbols took 16 MB and 0.1 s at every look.
 /// A hidden symbol version (`VERSYM_HIDDEN` in `.gnu.version`) is not what a caller of the
 /// name gets: skipped. Only the section headers, `.dynsym`, `.gnu.hash`, `.gnu.version` and
-/// the names compared are read, none over `TABLE_MAX`; object's version table is not built
-/// (a crafted `.gnu.version_r` can make that walk take hours).
+/// the names compared are read, at most `capped::CAP` in all; object's version table is
+/// not built (a crafted `.gnu.version_r` can make that walk take hours).
 pub fn ssl_write(f: &File) -> Option<SslWrite> {
-    use object::elf::{
-        FileHeader64, EM_X86_64, SHT_DYNSYM, SHT_GNU_HASH, SHT_GNU_VERSYM, SHT_SYMTAB_SHNDX,
-        VERSYM_HIDDEN,
-    };
+    use object::elf::{FileHeader64, EM_X86_64, SHT_DYNSYM, VERSYM_HIDDEN};
     use object::read::elf::{FileHeader as _, SectionHeader as _, Sym as _, VersionTable};
     if f.metadata()
         .map_or(true, |m| !m.is_file() || m.len() > FILE_MAX)
     {
         return None;
     }
-    let data = &ReadCache::new(f);
+    let data = &Capped::new(f, capped::CAP);
     let header = FileHeader64::<object::Endianness>::parse(data).ok()?;
     let endian = header.endian().ok()?;
     if header.e_machine(endian) != EM_X86_64 {
         return None;
     }
-    let shnum = header.shnum(endian, data).ok()? as u64;
-    if shnum.saturating_mul(u64::from(header.e_shentsize(endian))) > TABLE_MAX {
-        return None;
-    }
     let sections = header.sections(endian, data).ok()?;
-    let big = |t: u32| {
-        sections
-            .iter()
-            .any(|s| s.sh_type(endian) == t && s.sh_size(endian) > TABLE_MAX)
-    };
-    if [SHT_DYNSYM, SHT_GNU_HASH, SHT_GNU_VERSYM, SHT_SYMTAB_SHNDX]
-        .into_iter()
-        .any(big)
-    {
-        return None;
-    }
     let symbols = sections.symbols(endian, data, SHT_DYNSYM).ok()?;
     let sound = |h: &object::elf::GnuHashHeader<object::Endianness>| {
         let blooms = h.bloom_count.get(endian);
