@@ -99,26 +99,32 @@ pub fn ssl_write(f: &File) -> Option<SslWrite> {
     };
     let offset = |name: &str| -> Option<u64> {
         let name = name.as_bytes();
-        let hashed = hash.as_ref().and_then(|(h, _)| {
-            let (i, sym) = h.find(
-                endian,
-                name,
-                object::elf::gnu_hash(name),
-                None,
-                &symbols,
-                &VersionTable::default(),
-            )?;
-            (!sym.is_undefined(endian) && !hidden(i.0)).then_some(sym)
-        });
-        // No hash table, or its first hit was an import or a hidden version: every symbol.
-        let sym = hashed.or_else(|| {
+        let walk = || {
             symbols.symbols().iter().enumerate().find_map(|(i, s)| {
                 let hit = !s.is_undefined(endian)
                     && !hidden(i)
                     && s.name(endian, symbols.strings()) == Ok(name);
                 hit.then_some(s)
             })
-        })?;
+        };
+        let sym = match &hash {
+            // Every defined export is in the table: a name not there is not defined here
+            // (most files a process execs; no walk for them).
+            Some((h, _)) => match h.find(
+                endian,
+                name,
+                object::elf::gnu_hash(name),
+                None,
+                &symbols,
+                &VersionTable::default(),
+            ) {
+                None => None,
+                Some((i, s)) if !s.is_undefined(endian) && !hidden(i.0) => Some(s),
+                // A hidden version came first in the chain: the walk finds the default.
+                Some(_) => walk(),
+            },
+            None => walk(),
+        }?;
         let sec = sections
             .section(object::SectionIndex(usize::from(sym.st_shndx(endian))))
             .ok()?;
