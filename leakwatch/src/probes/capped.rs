@@ -10,6 +10,9 @@ use object::{read::ReadCache, ReadRef};
 /// What one look may read: node's dynamic symbols and hash table take ~2.5 MB, a Go
 /// program's symbol table walk ~2 MB.
 pub const CAP: u64 = 64 << 20;
+/// Files bigger than this are not looked into (the largest Go tool here is 122 MB, node
+/// 99 MB).
+const FILE_MAX: u64 = 512 << 20;
 /// Counted for each read besides its bytes: the cache's allocation and map entry.
 const OVERHEAD: u64 = 64;
 
@@ -19,6 +22,13 @@ pub struct Capped<'f> {
 }
 
 impl<'f> Capped<'f> {
+    /// A look into `file`, read with at most `CAP`: `None` unless it is a regular file of
+    /// at most `FILE_MAX` bytes.
+    pub fn look(file: &'f File) -> Option<Self> {
+        let m = file.metadata().ok()?;
+        (m.is_file() && m.len() <= FILE_MAX).then(|| Capped::new(file, CAP))
+    }
+
     pub fn new(file: &'f File, cap: u64) -> Self {
         Capped {
             cache: ReadCache::new(file),

@@ -9,7 +9,7 @@ use std::fs::File;
 
 use object::{Object, ObjectSection, ObjectSymbol};
 
-use super::capped::{self, Capped};
+use super::capped::Capped;
 use super::window::{self, Table, Window};
 
 /// The method every `crypto/tls` connection's plaintext goes through.
@@ -28,8 +28,6 @@ pub enum Go {
     Write { offset: u64, version: String },
 }
 
-/// Executables larger than this are not read (the largest Go tool here is 122 MB).
-const FILE_MAX: u64 = 512 << 20;
 /// Sections walked at most this big (terraform's function table: 25 MB).
 const SECTION_MAX: u64 = 96 << 20;
 /// Function tables tried in one section, found by their header.
@@ -39,13 +37,9 @@ const CANDIDATES_MAX: usize = 16;
 /// root: every size is checked before it is read, every table before it is walked). The
 /// caller attaches through the same open file, so what was parsed is what gets probed.
 pub fn find(file: &File) -> Go {
-    if file
-        .metadata()
-        .map_or(true, |m| !m.is_file() || m.len() > FILE_MAX)
-    {
+    let Some(cache) = Capped::look(file) else {
         return Go::NotGo;
-    }
-    let cache = Capped::new(file, capped::CAP);
+    };
     let Ok(obj) = object::File::parse(&cache) else {
         return Go::NotGo;
     };

@@ -5,7 +5,7 @@
 //! process that maps it.
 use std::{fs::File, path::Path};
 
-use super::capped::{self, Capped};
+use super::capped::Capped;
 use anyhow::{Context as _, Result};
 use aya::programs::{uprobe::UProbeScope, UProbe};
 
@@ -54,9 +54,6 @@ impl SslWrite {
     }
 }
 
-/// Files bigger than this are not looked into (node: 99 MB).
-const FILE_MAX: u64 = 512 << 20;
-
 /// Does the open file `f` (64-bit x86 ELF: the probes read x86-64 argument registers)
 /// define, not merely import, both write functions in its dynamic symbol table, and
 /// where? Looked up through the table's GNU hash, as the dynamic loader does, when it has
@@ -64,17 +61,12 @@ const FILE_MAX: u64 = 512 << 20;
 /// walked. Name by name, node's 75,000 exported symbols took 16 MB and 0.1 s at every look.
 /// A hidden symbol version (`VERSYM_HIDDEN` in `.gnu.version`) is not what a caller of the
 /// name gets: skipped. Only the section headers, `.dynsym`, `.gnu.hash`, `.gnu.version` and
-/// the names compared are read, at most `capped::CAP` in all; object's version table is
+/// the names compared are read, at most `capped::CAP` in all (`Capped::look`); object's version table is
 /// not built (a crafted `.gnu.version_r` can make that walk take hours).
 pub fn ssl_write(f: &File) -> Option<SslWrite> {
     use object::elf::{FileHeader64, EM_X86_64, SHT_DYNSYM, VERSYM_HIDDEN};
     use object::read::elf::{FileHeader as _, SectionHeader as _, Sym as _, VersionTable};
-    if f.metadata()
-        .map_or(true, |m| !m.is_file() || m.len() > FILE_MAX)
-    {
-        return None;
-    }
-    let data = &Capped::new(f, capped::CAP);
+    let data = &Capped::look(f)?;
     let header = FileHeader64::<object::Endianness>::parse(data).ok()?;
     let endian = header.endian().ok()?;
     if header.e_machine(endian) != EM_X86_64 {
