@@ -344,3 +344,27 @@ fn random_passwords_are_found_nearly_always() {
         &missed[..missed.len().min(20)]
     );
 }
+
+/// The rules compile on several threads: the engine keeps them in the set's order, and a
+/// set with two broken rules is refused naming the first, as compiled one by one.
+#[test]
+fn rules_compiled_side_by_side_keep_their_order_and_the_first_error() {
+    let set = RuleSet::builtin();
+    let engine = Engine::new(&set).unwrap();
+    let ids: Vec<&str> = engine.rules().map(|(id, _)| id).collect();
+    let want: Vec<&str> = set.rules.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, want);
+
+    let mut broken = RuleSet::builtin();
+    let n = broken.rules.len();
+    assert!(n > 100, "few rules: the threads would not overlap");
+    for at in [n - 2, 5] {
+        broken.rules[at].regex = "(unclosed".into();
+    }
+    let e = format!("{:#}", Engine::new(&broken).err().unwrap());
+    let first = &broken.rules[5].id;
+    assert!(
+        e.contains(&format!("rule `{first}`")),
+        "the error should name rule 5 ({first}): {e}"
+    );
+}
