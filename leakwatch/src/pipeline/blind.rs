@@ -108,36 +108,78 @@ fn reason(tgid: u32, exe: &str, visible: &[String]) -> Option<&'static str> {
     }
 }
 
-/// Executables read whole for a TLS library's marks at most this long (once each).
+/// Executables searched for a TLS library's marks at most this long (once each).
 const READ_MAX: u64 = 256 << 20;
+/// Bytes of an executable read and searched at a time: what the search holds, however big
+/// the file (it read them whole: 67 MB at once for one program in a soak).
+const WINDOW: usize = 1 << 20;
 
 /// A TLS library linked into `exe` without exporting OpenSSL's names: BoringSSL (Chrome,
-/// Electron, many static tools) or OpenSSL built in and hidden.
+/// Electron, many static tools) or OpenSSL built in and hidden. BoringSSL wins when both
+/// show (its version string reads "OpenSSL 1.1.1 (compatible; BoringSSL)").
 fn static_tls(exe: &str) -> Option<&'static str> {
-    let f = std::fs::File::open(exe).ok()?;
-    if f.metadata().ok()?.len() > READ_MAX {
+    use memchr::memmem::Finder;
+    use std::io::Read;
+    let mut f = std::fs::File::open(exe).ok()?;
+    let m = f.metadata().ok()?;
+    if !m.is_file() || m.len() > READ_MAX {
         return None;
     }
-    let mut data = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(f, READ_MAX), &mut data).ok()?;
-    let has = |s: &[u8]| memchr::memmem::find(&data, s).is_some();
-    if has(b"BoringSSL") {
-        Some("boringssl")
-    } else if has(b"OpenSSL 3.") || has(b"OpenSSL 1.1") || has(b"ssl3_write_bytes") {
-        Some("openssl-hidden")
-    } else {
-        None
+    let boring = Finder::new(b"BoringSSL");
+    let openssl = [
+        Finder::new(b"OpenSSL 3."),
+        Finder::new(b"OpenSSL 1.1"),
+        Finder::new(b"ssl3_write_bytes"),
+    ];
+    // A mark cut by a window's end is whole in the next one, which starts with the last
+    // `keep` bytes of this one.
+    let keep = openssl.iter().map(|f| f.needle().len()).max()? - 1;
+    let mut buf = vec![0u8; keep + WINDOW];
+    let (mut have, mut hidden, mut read) = (0, false, 0u64);
+    loop {
+        let n = match f.read(&mut buf[have..]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        };
+        read += n as u64;
+        let hay = &buf[..have + n];
+        if boring.find(hay).is_some() {
+            return Some("boringssl");
+        }
+        hidden = hidden || openssl.iter().any(|f| f.find(hay).is_some());
+        if read >= READ_MAX {
+            break;
+        }
+        let from = hay.len().saturating_sub(keep);
+        let len = hay.len() - from;
+        buf.copy_within(from..from + len, 0);
+        have = len;
     }
+    hidden.then_some("openssl-hidden")
 }
 
-/// A Go executable carries a `.go.buildinfo` section.
+/// A Go executable carries a `.go.buildinfo` section. Only the ELF and section headers
+/// are read (`object::File::parse` reads the symbol tables too: megabytes in a Go program
+/// that keeps them), through the capped reader every look into an executable uses.
 fn is_go(exe: &str) -> bool {
-    use object::{read::ReadCache, Object};
+    use object::{elf::FileHeader64, read::elf::FileHeader, Endianness};
     let Ok(f) = std::fs::File::open(exe) else {
         return false;
     };
-    let cache = ReadCache::new(f);
-    object::File::parse(&cache).is_ok_and(|o| o.section_by_name(".go.buildinfo").is_some())
+    let Some(cache) = crate::probes::capped::Capped::look(&f) else {
+        return false;
+    };
+    let Ok(header) = FileHeader64::<Endianness>::parse(&cache) else {
+        return false;
+    };
+    let Ok(endian) = header.endian() else {
+        return false;
+    };
+    header
+        .sections(endian, &cache)
+        .is_ok_and(|s| s.section_by_name(endian, b".go.buildinfo").is_some())
 }
 
 #[cfg(test)]
@@ -166,5 +208,49 @@ mod tests {
             None
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The file is searched a window at a time: a mark cut by a window's end is still
+    /// found, and BoringSSL still wins when an OpenSSL mark came windows before it.
+    #[test]
+    fn marks_across_windows_are_found() {
+        let dir = std::env::temp_dir().join(format!("lw-blind-w-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, marks: &[(usize, &[u8])]| {
+            let mut body = vec![b'.'; 3 * WINDOW + 100];
+            for (at, m) in marks {
+                body[*at..*at + m.len()].copy_from_slice(m);
+            }
+            let p = dir.join(name);
+            std::fs::write(&p, body).unwrap();
+            p.to_string_lossy().into_owned()
+        };
+        for cut in 1..b"ssl3_write_bytes".len() {
+            let at = WINDOW - cut;
+            let f = file("cut", &[(at, b"ssl3_write_bytes")]);
+            assert_eq!(static_tls(&f), Some("openssl-hidden"), "cut after {cut}");
+            let f = file("cut", &[(2 * WINDOW + 15 - cut, b"BoringSSL")]);
+            assert_eq!(static_tls(&f), Some("boringssl"), "cut after {cut}");
+        }
+        let both = file(
+            "both",
+            &[(10, b"OpenSSL 1.1.1"), (2 * WINDOW + 50, b"BoringSSL")],
+        );
+        assert_eq!(static_tls(&both), Some("boringssl"));
+        let last = file("last", &[(3 * WINDOW + 100 - 10, b"OpenSSL 3.")]);
+        assert_eq!(static_tls(&last), Some("openssl-hidden"));
+        assert_eq!(static_tls(&file("none", &[])), None);
+        assert_eq!(static_tls(dir.to_str().unwrap()), None, "a directory");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Go programs are told by their section headers alone.
+    #[test]
+    fn go_programs_on_this_host_are_told() {
+        assert!(is_go("/usr/local/bin/docker"));
+        assert!(is_go("/usr/bin/kubectl"));
+        assert!(!is_go("/bin/true"));
+        assert!(!is_go("/etc/hostname"));
+        assert!(!is_go("/nonexistent"));
     }
 }

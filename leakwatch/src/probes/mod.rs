@@ -1,7 +1,7 @@
 //! Loading and attaching the kernel programs, and access to their maps. The only module
 //! that uses aya. Failures are turned into one sentence an operator can act on.
 mod btf;
-mod capped;
+pub(crate) mod capped;
 pub mod floor;
 pub mod gotls;
 pub mod pins;
