@@ -231,6 +231,44 @@ mod tests {
         }
     }
 
+    /// With no GNU hash table at all (its section typed as plain data), the symbols are
+    /// walked and give the offsets the table gives.
+    #[test]
+    fn a_file_without_a_gnu_hash_table_is_walked() {
+        use object::{Object, ObjectSection};
+        let want = ssl_write(&File::open(system_libssl().unwrap()).unwrap()).unwrap();
+        let (mut data, _) = libssl_with(&[]);
+        let index = object::File::parse(&*data)
+            .unwrap()
+            .section_by_name(".gnu.hash")
+            .unwrap()
+            .index()
+            .0;
+        // ELF64 header: e_shoff at 0x28, e_shentsize at 0x3a; sh_type 4 bytes in.
+        let shoff = u64::from_le_bytes(data[0x28..0x30].try_into().unwrap()) as usize;
+        let entsize = u16::from_le_bytes([data[0x3a], data[0x3b]]) as usize;
+        let at = shoff + index * entsize + 4;
+        assert_eq!(
+            u32::from_le_bytes(data[at..at + 4].try_into().unwrap()),
+            0x6fff_fff6
+        );
+        data[at..at + 4].copy_from_slice(&object::elf::SHT_PROGBITS.to_le_bytes());
+        assert_eq!(ssl_write_of(&data, "nohash"), Some(want));
+    }
+
+    /// A name the hash table says is not there is not looked for by a walk (the answer for
+    /// almost every file a process execs): with a bloom filter that rules out every name,
+    /// nothing is found, though a walk would find both functions.
+    #[test]
+    fn a_name_the_hash_table_rules_out_is_not_walked_for() {
+        let (mut data, at) = libssl_with(&[".gnu.hash"]);
+        // Header: bucket count, symbol base, bloom count (64-bit words follow it).
+        let blooms = u32::from_le_bytes(data[at[0] + 8..at[0] + 12].try_into().unwrap());
+        let from = at[0] + 16;
+        data[from..from + 8 * blooms as usize].fill(0);
+        assert_eq!(ssl_write_of(&data, "bloom0"), None);
+    }
+
     /// A function whose symbol version is hidden (`VERSYM_HIDDEN`) is not one a caller of
     /// the name would get: through the hash table and through the walk alike, none found.
     #[test]
