@@ -197,6 +197,27 @@ impl FdTable {
         self.fds.len()
     }
 
+    /// Drops the entries of processes that have exited (`alive` answers per tgid; asked
+    /// once each). Exits are not seen here, and on a busy host short-lived processes (a
+    /// shell pipeline's every stage writes) filled the table to its bounds with fds that
+    /// never write again: ~20 MB held. A pid reused meanwhile keeps its entries: each is
+    /// checked against its file's identity at the next write anyway. Gives back the
+    /// tables' room once they are mostly empty. Returns how many entries went.
+    pub fn forget_exited(&mut self, alive: impl Fn(u32) -> bool) -> usize {
+        let before = self.fds.len() + self.connects.len();
+        let mut known: FastMap<u32, bool> = FastMap::default();
+        let mut live = |tgid: u32| *known.entry(tgid).or_insert_with(|| alive(tgid));
+        self.fds.retain(|(tgid, _), _| live(*tgid));
+        self.connects.retain(|(tgid, _), _| live(*tgid));
+        if self.fds.capacity() > 4 * self.fds.len().max(1024) {
+            self.fds.shrink_to_fit();
+        }
+        if self.connects.capacity() > 4 * self.connects.len().max(1024) {
+            self.connects.shrink_to_fit();
+        }
+        before - self.fds.len() - self.connects.len()
+    }
+
     /// The host a socket's first bytes named, if any.
     pub fn host(&self, tgid: u32, fd: i32) -> Option<&str> {
         self.fds.get(&(tgid, fd))?.host.as_deref()
@@ -347,6 +368,54 @@ mod tests {
         // the fd no longer names the old remote.
         assert_eq!(t.on_connect(&connect(Peer::default())), None);
         assert_eq!(t.connected((PID, 7)), None);
+    }
+
+    /// Entries of exited processes go at a sweep, each process asked about once; the
+    /// living keep theirs, names included, and the table's room is given back.
+    #[test]
+    fn a_sweep_drops_the_entries_of_exited_processes() {
+        let mut t = FdTable::new();
+        for tgid in 0..5000u32 {
+            for fd in 0..4 {
+                let key = tgid as u64 * 10 + fd as u64;
+                t.classify(&write(PID - tgid, fd, key, 0o100644, Some("/x")));
+            }
+        }
+        let connect = |tgid: u32| ConnectEvent {
+            task: Task {
+                tgid,
+                ..Default::default()
+            },
+            fd: 9,
+            peer: Peer {
+                family: AF_INET,
+                port: 443,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        t.on_connect(&connect(PID));
+        t.on_connect(&connect(PID - 1));
+        let room = t.fds.capacity();
+        let asked = std::cell::RefCell::new(Vec::new());
+        // Only the first two processes live on.
+        let gone = t.forget_exited(|tgid| {
+            asked.borrow_mut().push(tgid);
+            tgid > PID - 2
+        });
+        assert_eq!(gone, 4998 * 4);
+        assert_eq!(t.len(), 8);
+        let mut asked = asked.into_inner();
+        let n = asked.len();
+        asked.sort_unstable();
+        asked.dedup();
+        assert_eq!(asked.len(), n, "a process asked about twice");
+        assert_eq!(n, 5000);
+        assert!(t.fds.capacity() < room / 4, "room not given back");
+        assert_eq!(t.connected((PID - 1, 9)), Some("0.0.0.0:443"));
+        let (again, named) = t.classify(&write(PID - 1, 3, 13, 0o100644, None));
+        assert_eq!(again, Target::File(Some("/x".into())));
+        assert!(named);
     }
 
     #[test]

@@ -127,6 +127,24 @@ pub struct Pipeline {
     ours: HashMap<u32, bool>,
     /// Cut exec captures waiting (briefly) for a real string count.
     pending_lost: Vec<exec::Truncated>,
+    /// When `fds` last dropped the entries of exited processes.
+    fds_swept: Instant,
+}
+
+/// How often the fd table drops the entries of exited processes: a sweep asks the kernel
+/// about each process it holds (a `kill(pid, 0)`; a few ms for tens of thousands).
+const FDS_SWEEP: Duration = Duration::from_secs(10);
+
+/// Whether `tgid` still runs (or its pid has been reused, which the fd table's identity
+/// check covers).
+fn running(tgid: u32) -> bool {
+    let Ok(pid) = i32::try_from(tgid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 impl Pipeline {
@@ -167,6 +185,7 @@ impl Pipeline {
                 .map(|p| p.to_string_lossy().into_owned()),
             ours: HashMap::new(),
             pending_lost: Vec::new(),
+            fds_swept: Instant::now(),
         }
     }
 
@@ -353,6 +372,11 @@ impl Pipeline {
         moves::tick(self);
         exec::tick(self, false);
         self.dump_reports();
+        if self.fds_swept.elapsed() >= FDS_SWEEP {
+            let gone = self.fds.forget_exited(running);
+            log::debug!("fd table: {gone} entries of exited processes dropped");
+            self.fds_swept = Instant::now();
+        }
     }
 
     /// Crash dump reports queued by the control socket and the core scanner.
