@@ -9,7 +9,7 @@ use leakwatch_common::Peer;
 
 use crate::{
     events::{format_peer, ConnectEvent, FileKind, WriteEvent},
-    fastmap::FastMap,
+    fastmap::{FastMap, FastSet},
     source::Source,
 };
 
@@ -82,6 +82,8 @@ pub struct FdTable {
     fds: FastMap<(u32, i32), Entry>,
     /// (tgid, fd) -> where it connected, raw and as alerts name it.
     connects: FastMap<(u32, i32), (Peer, String)>,
+    /// Processes the last sweep found gone: their entries go at the next one.
+    gone: FastSet<u32>,
 }
 
 impl FdTable {
@@ -197,23 +199,41 @@ impl FdTable {
         self.fds.len()
     }
 
-    /// Drops the entries of processes that have exited (`alive` answers per tgid; asked
-    /// once each). Exits are not seen here, and on a busy host short-lived processes (a
-    /// shell pipeline's every stage writes) filled the table to its bounds with fds that
-    /// never write again: ~20 MB held. A pid reused meanwhile keeps its entries: each is
-    /// checked against its file's identity at the next write anyway. Gives back the
-    /// tables' room once they are mostly empty. Returns how many entries went.
+    /// Drops the entries of processes found gone at two sweeps in a row (`alive` answers
+    /// per tgid; asked once each per sweep). Exits are not seen here, and on a busy host
+    /// short-lived processes (a shell pipeline's every stage writes) filled the table to
+    /// its bounds with fds that never write again: ~20 MB held. Two sweeps, because a
+    /// process's last records may still be queued when it is found gone, and they need its
+    /// names. A reused pid keeps the entries: an fd's is checked against its file's
+    /// identity at the next write, as before; a connect's name stays until that fd
+    /// connects again, as it did before sweeps. Gives back the tables' room once they are
+    /// mostly empty. Returns how many entries went.
     pub fn forget_exited(&mut self, alive: impl Fn(u32) -> bool) -> usize {
         let before = self.fds.len() + self.connects.len();
+        let waited = std::mem::take(&mut self.gone);
+        let mut first = FastSet::default();
         let mut known: FastMap<u32, bool> = FastMap::default();
-        let mut live = |tgid: u32| *known.entry(tgid).or_insert_with(|| alive(tgid));
-        self.fds.retain(|(tgid, _), _| live(*tgid));
-        self.connects.retain(|(tgid, _), _| live(*tgid));
-        if self.fds.capacity() > 4 * self.fds.len().max(1024) {
-            self.fds.shrink_to_fit();
+        let mut keep = |tgid: u32| {
+            *known.entry(tgid).or_insert_with(|| {
+                if alive(tgid) {
+                    return true;
+                }
+                if waited.contains(&tgid) {
+                    return false;
+                }
+                first.insert(tgid);
+                true
+            })
+        };
+        self.fds.retain(|(tgid, _), _| keep(*tgid));
+        self.connects.retain(|(tgid, _), _| keep(*tgid));
+        self.gone = first;
+        let (fds, connects) = (self.fds.len(), self.connects.len());
+        if self.fds.capacity() > 4 * fds.max(1024) {
+            self.fds.shrink_to(2 * fds);
         }
-        if self.connects.capacity() > 4 * self.connects.len().max(1024) {
-            self.connects.shrink_to_fit();
+        if self.connects.capacity() > 4 * connects.max(1024) {
+            self.connects.shrink_to(2 * connects);
         }
         before - self.fds.len() - self.connects.len()
     }
@@ -370,8 +390,9 @@ mod tests {
         assert_eq!(t.connected((PID, 7)), None);
     }
 
-    /// Entries of exited processes go at a sweep, each process asked about once; the
-    /// living keep theirs, names included, and the table's room is given back.
+    /// Entries of processes found gone at two sweeps in a row go (their last records may
+    /// still be queued at the first), connects too; each process is asked about once a
+    /// sweep; the living keep theirs, names included; the table's room is given back.
     #[test]
     fn a_sweep_drops_the_entries_of_exited_processes() {
         let mut t = FdTable::new();
@@ -394,28 +415,39 @@ mod tests {
             },
             ..Default::default()
         };
-        t.on_connect(&connect(PID));
-        t.on_connect(&connect(PID - 1));
+        for tgid in [PID, PID - 1, PID - 2] {
+            t.on_connect(&connect(tgid));
+        }
         let room = t.fds.capacity();
-        let asked = std::cell::RefCell::new(Vec::new());
         // Only the first two processes live on.
-        let gone = t.forget_exited(|tgid| {
-            asked.borrow_mut().push(tgid);
-            tgid > PID - 2
-        });
-        assert_eq!(gone, 4998 * 4);
+        let sweep = |t: &mut FdTable| {
+            let asked = std::cell::RefCell::new(Vec::new());
+            let gone = t.forget_exited(|tgid| {
+                asked.borrow_mut().push(tgid);
+                tgid > PID - 2
+            });
+            let mut asked = asked.into_inner();
+            let n = asked.len();
+            asked.sort_unstable();
+            asked.dedup();
+            assert_eq!(asked.len(), n, "a process asked about twice");
+            (gone, n)
+        };
+        assert_eq!(
+            sweep(&mut t),
+            (0, 5000),
+            "found gone once: kept for its queued records"
+        );
+        assert_eq!(t.connected((PID - 2, 9)), Some("0.0.0.0:443"));
+        assert_eq!(sweep(&mut t), (4998 * 4 + 1, 5000));
         assert_eq!(t.len(), 8);
-        let mut asked = asked.into_inner();
-        let n = asked.len();
-        asked.sort_unstable();
-        asked.dedup();
-        assert_eq!(asked.len(), n, "a process asked about twice");
-        assert_eq!(n, 5000);
+        assert_eq!(t.connected((PID - 2, 9)), None);
         assert!(t.fds.capacity() < room / 4, "room not given back");
         assert_eq!(t.connected((PID - 1, 9)), Some("0.0.0.0:443"));
         let (again, named) = t.classify(&write(PID - 1, 3, 13, 0o100644, None));
         assert_eq!(again, Target::File(Some("/x".into())));
         assert!(named);
+        assert_eq!(sweep(&mut t), (0, 2));
     }
 
     #[test]

@@ -132,11 +132,12 @@ pub struct Pipeline {
 }
 
 /// How often the fd table drops the entries of exited processes: a sweep asks the kernel
-/// about each process it holds (a `kill(pid, 0)`; a few ms for tens of thousands).
+/// about each process it holds (a `kill(pid, 0)`; tens of ms at most, for 65,536).
 const FDS_SWEEP: Duration = Duration::from_secs(10);
 
-/// Whether `tgid` still runs (or its pid has been reused, which the fd table's identity
-/// check covers).
+/// Whether `tgid` may still run: only "no such process" says it does not (a security
+/// module may refuse the check with EACCES for a process that runs). A reused pid counts
+/// as running; the fd table's identity check covers it.
 fn running(tgid: u32) -> bool {
     let Ok(pid) = i32::try_from(tgid) else {
         return false;
@@ -144,7 +145,7 @@ fn running(tgid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     pid > 0
         && (unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH))
 }
 
 impl Pipeline {
