@@ -142,11 +142,17 @@ impl Engine {
             }
         }
         let (rules, keywords) = std::thread::scope(|s| {
-            let keywords = s.spawn(|| Keywords::new(&patterns));
+            // No thread to be had (a process or thread limit): built here, after the rules.
+            let keywords = std::thread::Builder::new()
+                .spawn_scoped(s, || Keywords::new(&patterns))
+                .ok();
             let rules = compile_all(&set.rules);
-            let keywords = keywords
-                .join()
-                .map_err(|_| anyhow!("the keyword prefilter's builder panicked"))?;
+            let keywords = match keywords {
+                Some(k) => k
+                    .join()
+                    .map_err(|_| anyhow!("the keyword prefilter's builder panicked"))?,
+                None => Keywords::new(&patterns),
+            };
             Ok::<_, anyhow::Error>((rules?, keywords))
         })?;
         let keywords = keywords.context("building the keyword prefilter")?;
@@ -809,7 +815,10 @@ fn compile_all(specs: &[RuleSpec]) -> Result<Vec<Rule>> {
         }
     };
     let mut all: Vec<(usize, Result<Rule>)> = std::thread::scope(|s| {
-        let others: Vec<_> = (0..helpers).map(|_| s.spawn(work)).collect();
+        // A thread refused (a process or thread limit) leaves its share to the others.
+        let others: Vec<_> = (0..helpers)
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(s, work).ok())
+            .collect();
         let mut all = work();
         for o in others {
             all.extend(o.join().unwrap_or_default());
