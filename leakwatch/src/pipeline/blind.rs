@@ -162,8 +162,8 @@ fn static_tls(exe: &str) -> Option<&'static str> {
     hidden.then_some("openssl-hidden")
 }
 
-/// A Go executable carries a `.go.buildinfo` section (64- or 32-bit: neither is probed,
-/// `gotls` reads x86-64 only). Only the ELF and section headers are read
+/// A Go executable carries a `.go.buildinfo` section, 64- or 32-bit (a 32-bit one is
+/// never probed: `gotls` reads x86-64 only). Only the ELF and section headers are read
 /// (`object::File::parse` reads the symbol tables too: megabytes in a Go program that keeps
 /// them), through the capped reader every look into an executable uses.
 fn is_go(exe: &str) -> bool {
@@ -192,16 +192,22 @@ fn is_go(exe: &str) -> bool {
     has::<FileHeader64<Endianness>>(&data) || has::<FileHeader32<Endianness>>(&data)
 }
 
-/// Opens `exe` to read without blocking at the open: the path a process exec'd may name a
-/// FIFO by now, whose open would wait for a writer, and this runs on the pipeline's worker.
-/// Callers check it is a regular file.
+/// Opens `exe` for reading only if it is a regular file. The path a process exec'd may
+/// name a FIFO or a device by now: found with O_PATH, which opens nothing (a FIFO's open
+/// would wait for a writer, on the pipeline's worker, and opening a terminal or a device
+/// as root can have side effects), and opened through it once it is a regular file, as
+/// the TLS watcher does.
 fn open(exe: &str) -> Option<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    use std::os::{fd::AsRawFd, unix::fs::OpenOptionsExt};
+    let handle = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
         .open(exe)
-        .ok()
+        .ok()?;
+    if !handle.metadata().ok()?.is_file() {
+        return None;
+    }
+    std::fs::File::open(format!("/proc/self/fd/{}", handle.as_raw_fd())).ok()
 }
 
 #[cfg(test)]
@@ -268,15 +274,27 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Go programs are told by their section headers alone; a FIFO does not block the look.
+    /// Go programs are told by their section headers alone; a FIFO is not opened.
     #[test]
     fn go_programs_on_this_host_are_told() {
         let fifo = std::env::temp_dir().join(format!("lw-blind-fifo-{}", std::process::id()));
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a valid path string.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // A writer waiting in its open: a reader's open (ours, had we opened it) lets it in.
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::OpenOptions::new().write(true).open(fifo))
+        };
+        // Time for it to be waiting: had it not begun, a passing open would go unseen.
+        std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(!is_go(fifo.to_str().unwrap()));
         assert_eq!(static_tls(fifo.to_str().unwrap()), None);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!writer.is_finished(), "the FIFO was opened");
+        let reader = std::fs::File::open(&fifo).unwrap();
+        writer.join().unwrap().unwrap();
+        drop(reader);
         std::fs::remove_file(&fifo).unwrap();
         assert!(is_go("/usr/local/bin/docker"));
         assert!(is_go("/usr/bin/kubectl"));

@@ -132,7 +132,8 @@ pub struct Pipeline {
 }
 
 /// How often the fd table drops the entries of exited processes: a sweep asks the kernel
-/// about each process it holds (a `kill(pid, 0)`; tens of ms at most, for 65,536).
+/// about each process it holds (a `kill(pid, 0)`; tens of ms at most, for the 131,072 the
+/// two tables can hold between them).
 const FDS_SWEEP: Duration = Duration::from_secs(10);
 
 /// Whether `tgid` may still run: only "no such process" says it does not (a security
