@@ -120,9 +120,8 @@ const WINDOW: usize = 1 << 20;
 fn static_tls(exe: &str) -> Option<&'static str> {
     use memchr::memmem::Finder;
     use std::io::Read;
-    let mut f = open(exe)?;
-    let m = f.metadata().ok()?;
-    if !m.is_file() || m.len() > READ_MAX {
+    let (mut f, m) = open(exe)?;
+    if m.len() > READ_MAX {
         return None;
     }
     let boring = Finder::new(b"BoringSSL");
@@ -183,7 +182,7 @@ fn is_go(exe: &str) -> bool {
             .sections(endian, data)
             .is_ok_and(|s| s.section_by_name(endian, b".go.buildinfo").is_some())
     }
-    let Some(f) = open(exe) else {
+    let Some((f, _)) = open(exe) else {
         return false;
     };
     let Some(data) = crate::probes::capped::Capped::look(&f) else {
@@ -192,22 +191,13 @@ fn is_go(exe: &str) -> bool {
     has::<FileHeader64<Endianness>>(&data) || has::<FileHeader32<Endianness>>(&data)
 }
 
-/// Opens `exe` for reading only if it is a regular file. The path a process exec'd may
-/// name a FIFO or a device by now: found with O_PATH, which opens nothing (a FIFO's open
-/// would wait for a writer, on the pipeline's worker, and opening a terminal or a device
-/// as root can have side effects), and opened through it once it is a regular file, as
-/// the TLS watcher does.
-fn open(exe: &str) -> Option<std::fs::File> {
-    use std::os::{fd::AsRawFd, unix::fs::OpenOptionsExt};
-    let handle = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-        .open(exe)
-        .ok()?;
-    if !handle.metadata().ok()?.is_file() {
-        return None;
-    }
-    std::fs::File::open(format!("/proc/self/fd/{}", handle.as_raw_fd())).ok()
+/// `exe` opened for reading, with its metadata, if it is a regular file: the path a
+/// process exec'd may name a FIFO or a device by now, and this runs on the pipeline's
+/// worker (see `open_regular`).
+fn open(exe: &str) -> Option<(std::fs::File, std::fs::Metadata)> {
+    crate::probes::capped::open_regular(std::path::Path::new(exe))
+        .ok()
+        .flatten()
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! parses every file a process execs, as root: `object` keeps every table and every name
 //! it reads until the look ends, and a crafted file can make a symbol walk read millions of
 //! distinct names. Each read is counted with its allocation's overhead, and once the cap is
-//! spent every read fails (the look finds nothing).
-use std::{cell::Cell, fs::File, ops::Range};
+//! spent every read fails (the look finds nothing). Such a file is opened by `open_regular`.
+use std::{cell::Cell, fs::File, ops::Range, path::Path};
 
 use object::{read::ReadCache, ReadRef};
 
@@ -50,6 +50,29 @@ impl<'f> Capped<'f> {
             }
         }
     }
+}
+
+/// Opens `path` for reading only if it is a regular file, with its metadata. A path a
+/// process exec'd may name a FIFO or a device by now: it is found with O_PATH, which opens
+/// nothing (a FIFO's open waits for a writer, and opening a terminal or a device as root
+/// can have side effects), and opened through that handle once it is a regular file, so
+/// what was checked is what is read. `Err`: nothing could be found at `path`; `Ok(None)`:
+/// not a regular file, or it could not be opened.
+pub fn open_regular(path: &Path) -> std::io::Result<Option<(File, std::fs::Metadata)>> {
+    use std::os::{fd::AsRawFd, unix::fs::OpenOptionsExt};
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(path)?;
+    let Ok(m) = handle.metadata() else {
+        return Ok(None);
+    };
+    if !m.is_file() {
+        return Ok(None);
+    }
+    Ok(File::open(format!("/proc/self/fd/{}", handle.as_raw_fd()))
+        .ok()
+        .map(|f| (f, m)))
 }
 
 impl<'a> ReadRef<'a> for &'a Capped<'_> {

@@ -454,31 +454,15 @@ impl Watcher {
     }
 
     fn check_file(&mut self, path: &Path) -> bool {
-        use std::os::{
-            fd::AsRawFd,
-            unix::fs::{MetadataExt, OpenOptionsExt},
-        };
+        use std::os::{fd::AsRawFd, unix::fs::MetadataExt};
         // One file for everything: what is checked is what is parsed and probed, however
         // the path changes meanwhile (an exec that ended before its check is checked by
-        // the path it was exec'd by, which its user can point elsewhere). Found with
-        // O_PATH, which opens nothing (a device or FIFO put there is never opened, as
-        // root, with the side effects that can have), and opened for reading through it
-        // only once it is a regular file.
-        let Ok(handle) = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-            .open(path)
-        else {
-            return false;
-        };
-        let Ok(m) = handle.metadata() else {
-            return true;
-        };
-        if !m.is_file() {
-            return true;
-        }
-        let Ok(file) = File::open(format!("/proc/self/fd/{}", handle.as_raw_fd())) else {
-            return true;
+        // the path it was exec'd by, which its user can point elsewhere). A device or FIFO
+        // put there is never opened (`open_regular`).
+        let (file, m) = match super::capped::open_regular(path) {
+            Err(_) => return false,
+            Ok(None) => return true,
+            Ok(Some(found)) => found,
         };
         let target = format!("/proc/self/fd/{}", file.as_raw_fd());
         // By its real name: the one `/proc/PID/exe` gives (see `pipeline::blind`).
