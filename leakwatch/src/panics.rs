@@ -10,8 +10,8 @@ use prometheus::IntCounterVec;
 
 /// The `stage` labels: the reader's decoding of kernel records, the pipeline's stages by
 /// record family, its periodic work (ticks, held files, the last pass at stop), the core
-/// scanner's files and the TLS watcher's.
-pub const STAGES: [&str; 10] = [
+/// scanner's files, the TLS watcher's and the TLS blind-spot check's executables.
+pub const STAGES: [&str; 11] = [
     "decode",
     "exec",
     "enforce",
@@ -22,6 +22,7 @@ pub const STAGES: [&str; 10] = [
     "periodic",
     "core_scan",
     "tls_watch",
+    "tls_blind",
 ];
 
 /// Panics logged one by one; past these, every `LOG_EVERY`th (a bug met by every record,

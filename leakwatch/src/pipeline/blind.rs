@@ -30,10 +30,33 @@ pub struct Blind {
 
 pub type BlindList = Arc<Mutex<BTreeMap<String, Blind>>>;
 
-/// Executables already checked: their reason, or None when their TLS is visible or they
-/// show no TLS stack.
+/// Executables checked or being checked: `None` while the check thread has it, then its
+/// reason (`Some(None)`: their TLS is visible or they show no TLS stack).
+type Verdicts = Arc<Mutex<FastMap<String, Option<Option<&'static str>>>>>;
+
+/// Executables checked at most before the verdicts are forgotten (and checked again).
+const CHECKED_MAX: usize = 65_536;
+/// Checks waiting for the thread at most; an executable met by a full queue is checked at
+/// a later connect.
+const WAITING: usize = 64;
+
+/// A check for the thread: the executable, and the connect that met it first.
+struct Job {
+    exe: String,
+    visible: Vec<String>,
+    sighting: Blind,
+}
+
+/// The check runs on its own thread (started at the first inet connect): it reads up to
+/// 256 MB of an executable (~20 ms per 100 MB here), and on the pipeline's worker that
+/// stalled detection for every other event meanwhile.
 #[derive(Default)]
-pub struct Checked(FastMap<String, Option<&'static str>>);
+pub struct Checked {
+    verdicts: Verdicts,
+    tx: Option<std::sync::mpsc::SyncSender<Job>>,
+    /// The thread could not start: no check is made.
+    broken: bool,
+}
 
 pub(super) fn on_connect(p: &mut Pipeline, c: &ConnectEvent) {
     use leakwatch_common::{AF_INET, AF_INET6};
@@ -46,20 +69,101 @@ pub(super) fn on_connect(p: &mut Pipeline, c: &ConnectEvent) {
     if exe.is_empty() {
         return;
     }
-    let reason = match p.blind_checked.0.get(&*exe) {
-        Some(r) => *r,
-        None => {
-            let r = reason(c.task.tgid, &exe, &p.tls.visible());
-            if p.blind_checked.0.len() >= 65_536 {
-                p.blind_checked.0.clear();
+    let known = p.blind_checked.verdicts.lock().ok().map(|mut v| {
+        let known = v.get(&*exe).copied();
+        if known.is_none() {
+            if v.len() >= CHECKED_MAX {
+                v.clear();
             }
-            p.blind_checked.0.insert(exe.to_string(), r);
-            r
+            // Taken before it is queued: later connects of it wait for the verdict.
+            v.insert(exe.to_string(), None);
         }
+        known
+    });
+    let sighting = || Blind {
+        reason: "",
+        pid: c.task.tgid,
+        comm: c.task.comm.to_string(),
+        remote: crate::events::format_peer(&c.peer).unwrap_or_default(),
+        last_ms: crate::actions::now_ms() as u64,
     };
-    let Some(reason) = reason else { return };
-    let exe = exe.to_string();
-    let Ok(mut list) = p.shared.tls_blind.lock() else {
+    match known {
+        Some(Some(Some(Some(reason)))) => {
+            let b = Blind {
+                reason,
+                ..sighting()
+            };
+            list(&p.shared.tls_blind, &p.metrics, exe.to_string(), b);
+        }
+        Some(None) => {
+            let job = Job {
+                exe: exe.to_string(),
+                visible: p.tls.visible(),
+                sighting: sighting(),
+            };
+            if !p.blind_checked.send(job, &p.shared.tls_blind, &p.metrics) {
+                // Not checked: a later connect of it tries again.
+                if let Ok(mut v) = p.blind_checked.verdicts.lock() {
+                    v.remove(&*exe);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Checked {
+    /// Queues a check for the thread (started on first use). False when the queue is
+    /// full or the thread cannot start.
+    fn send(
+        &mut self,
+        job: Job,
+        blind: &BlindList,
+        metrics: &Arc<crate::metrics::Metrics>,
+    ) -> bool {
+        if self.broken {
+            return false;
+        }
+        if self.tx.is_none() {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(WAITING);
+            let (verdicts, blind, metrics) =
+                (self.verdicts.clone(), blind.clone(), metrics.clone());
+            let started = std::thread::Builder::new()
+                .name("lw-blind".into())
+                .spawn(move || {
+                    for job in rx {
+                        let r = crate::panics::guard("tls_blind", &metrics.internal_errors, || {
+                            reason(job.sighting.pid, &job.exe, &job.visible)
+                        })
+                        .flatten();
+                        if let Ok(mut v) = verdicts.lock() {
+                            v.insert(job.exe.clone(), Some(r));
+                        }
+                        if let Some(reason) = r {
+                            let b = Blind {
+                                reason,
+                                ..job.sighting
+                            };
+                            list(&blind, &metrics, job.exe, b);
+                        }
+                    }
+                });
+            if let Err(e) = started {
+                log::error!(
+                    "cannot start the TLS blind-spot thread ({e}); blind spots are not listed"
+                );
+                self.broken = true;
+                return false;
+            }
+            self.tx = Some(tx);
+        }
+        self.tx.as_ref().is_some_and(|tx| tx.try_send(job).is_ok())
+    }
+}
+
+/// Lists `exe` as a blind spot, seen last at `b` (the oldest sighting goes when full).
+fn list(blind: &BlindList, metrics: &crate::metrics::Metrics, exe: String, b: Blind) {
+    let Ok(mut list) = blind.lock() else {
         return;
     };
     if list.len() >= MAX && !list.contains_key(&exe) {
@@ -71,17 +175,8 @@ pub(super) fn on_connect(p: &mut Pipeline, c: &ConnectEvent) {
             list.remove(&oldest);
         }
     }
-    list.insert(
-        exe,
-        Blind {
-            reason,
-            pid: c.task.tgid,
-            comm: c.task.comm.to_string(),
-            remote: crate::events::format_peer(&c.peer).unwrap_or_default(),
-            last_ms: crate::actions::now_ms() as u64,
-        },
-    );
-    p.metrics.tls_blind.set(list.len() as i64);
+    list.insert(exe, b);
+    metrics.tls_blind.set(list.len() as i64);
 }
 
 /// Why `exe` (running as `tgid`) does TLS the probes cannot see, if it does.
@@ -192,8 +287,7 @@ fn is_go(exe: &str) -> bool {
 }
 
 /// `exe` opened for reading, with its metadata, if it is a regular file: the path a
-/// process exec'd may name a FIFO or a device by now, and this runs on the pipeline's
-/// worker (see `open_regular`).
+/// process exec'd may name a FIFO or a device by now (see `open_regular`).
 fn open(exe: &str) -> Option<(std::fs::File, std::fs::Metadata)> {
     crate::probes::capped::open_regular(std::path::Path::new(exe))
         .ok()
@@ -225,6 +319,59 @@ mod tests {
             reason(std::process::id(), &boring, std::slice::from_ref(&boring)),
             None
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The check runs on its own thread: a queued executable is listed with the connect
+    /// that met it first, and its verdict replaces the "being checked" mark; a clean one
+    /// is remembered as clean and not listed.
+    #[test]
+    fn checks_run_on_their_own_thread_and_fill_the_verdicts() {
+        let dir = std::env::temp_dir().join(format!("lw-blind-t-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let boring = dir.join("boring");
+        std::fs::write(&boring, b"\x7fELF....BoringSSL....").unwrap();
+        let boring = boring.to_string_lossy().into_owned();
+        let (blind, metrics) = (
+            BlindList::default(),
+            Arc::new(crate::metrics::Metrics::new()),
+        );
+        let mut c = Checked::default();
+        let job = |exe: &str| {
+            c.verdicts.lock().unwrap().insert(exe.to_string(), None);
+            Job {
+                exe: exe.to_string(),
+                visible: Vec::new(),
+                sighting: Blind {
+                    reason: "",
+                    pid: std::process::id(),
+                    comm: "lw-test".into(),
+                    remote: "192.0.2.1:443".into(),
+                    last_ms: 7,
+                },
+            }
+        };
+        let (a, b) = (job(&boring), job("/bin/true"));
+        assert!(c.send(a, &blind, &metrics));
+        assert!(c.send(b, &blind, &metrics));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let done = |exe: &str| c.verdicts.lock().unwrap().get(exe).copied().flatten();
+        while (done(&boring).is_none() || done("/bin/true").is_none())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(done(&boring), Some(Some("boringssl")));
+        assert_eq!(done("/bin/true"), Some(None));
+        let list = blind.lock().unwrap();
+        let b = &list[&boring];
+        assert_eq!(
+            (b.reason, b.comm.as_str(), b.last_ms),
+            ("boringssl", "lw-test", 7)
+        );
+        assert!(!list.contains_key("/bin/true"));
+        assert_eq!(metrics.tls_blind.get(), 1);
+        drop(list);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
