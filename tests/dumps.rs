@@ -141,23 +141,7 @@ fn core_file_from_python_abort(mut d: Daemon) {
     let cores = d.scratch().join("cores");
     fs::create_dir_all(&cores).unwrap();
     let _pattern = CorePattern::set(&format!("{}/core.%e.%p.%t", cores.display()));
-    let mut c = Command::new("bash")
-        .arg("-c")
-        .arg("ulimit -c unlimited; exec python3 -c 'import os; os.abort()'")
-        .env("STRIPE_API_KEY", &text)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = c.id();
-    let st = wait_exit(&mut c, 60, "python aborting");
-    assert!(!st.success(), "python was meant to abort");
-    let core = wait_until(10, "the core file", || {
-        fs::read_dir(&cores)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.to_string_lossy().contains(&format!(".{pid}.")))
-    });
+    let (pid, core) = python_abort(&cores, ("STRIPE_API_KEY", &text));
     let a = dump_finding(&d, &fp, pid, "the key in the core file");
     assert_eq!(s(&a, "path"), core.to_str().unwrap(), "{a:#}");
     assert_eq!(s(&a, "dump"), "core", "{a:#}");
@@ -169,6 +153,81 @@ fn core_file_from_python_abort(mut d: Daemon) {
     fs::remove_file(&core).unwrap();
     d.stop();
     d.assert_no_plaintext(&[&secret]);
+}
+
+/// Python aborting with `env` set and core dumps on, under a file `core_pattern` naming
+/// `cores`: its pid and core file.
+fn python_abort(cores: &std::path::Path, env: (&str, &str)) -> (u32, std::path::PathBuf) {
+    let mut c = Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -c unlimited; exec python3 -c 'import os; os.abort()'")
+        .env(env.0, env.1)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    let st = wait_exit(&mut c, 60, "python aborting");
+    assert!(!st.success(), "python was meant to abort");
+    let core = wait_until(10, "the core file", || {
+        fs::read_dir(cores)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains(&format!(".{pid}.")))
+    });
+    (pid, core)
+}
+
+/// The core scanner's thread outlives a reload: a core noticed after SIGHUP is scanned
+/// with the rules the reload brought (it kept the rules in force when it started).
+#[test]
+fn dump_core_file_is_scanned_with_the_rules_of_a_reload() {
+    use rand::{distributions::Alphanumeric, Rng};
+    let random = |n: usize| -> String {
+        let r = rand::thread_rng().sample_iter(&Alphanumeric).take(n);
+        r.map(char::from).collect()
+    };
+    let mut d = Daemon::start_with_config("dump-core-reload", "dedupe_seconds = 0\n");
+    let cores = d.scratch().join("cores");
+    fs::create_dir_all(&cores).unwrap();
+    let _pattern = CorePattern::set(&format!("{}/core.%e.%p.%t", cores.display()));
+    // A first core starts the scanner thread under the rules of the start.
+    let scanned = |d: &Daemon| d.metric("leakwatch_core_dumps_total", &[("outcome", "scanned")]);
+    let before = scanned(&d);
+    let (_, first) = python_abort(&cores, ("LW_NOTHING", "1"));
+    wait_until(20, "the first core scanned", || {
+        (scanned(&d) > before).then_some(())
+    });
+    fs::remove_file(first).unwrap();
+    // A rule for tokens only this test makes, brought by SIGHUP.
+    let prefix = format!("lwc{}_", random(6).to_lowercase());
+    let id = "core-reload-token";
+    fs::write(
+        d.scratch().join("leakwatch.toml"),
+        format!(
+            "dedupe_seconds = 0\n[[rule]]\nid = \"{id}\"\ndescription = \"test token\"\nkeywords = [\"{prefix}\"]\nregex = '''(?P<secret>{prefix}[A-Za-z0-9]{{32}})'''\nentropy = 3.0\n"
+        ),
+    )
+    .unwrap();
+    let daemon = d.child.as_ref().expect("daemon running").id();
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(daemon as i32, libc::SIGHUP) }, 0);
+    wait_until(15, "the reload to be applied", || {
+        (d.metric("leakwatch_config_reloads_total", &[]) >= 1.0).then_some(())
+    });
+    let token = format!("{prefix}{}", random(32));
+    let (pid, core) = python_abort(&cores, ("LW_CORE_TOKEN", &token));
+    let a = dump_finding(
+        &d,
+        &fingerprint(&token),
+        pid,
+        "the new rule's finding in the core",
+    );
+    assert_eq!(s(&a, "rule"), id, "{a:#}");
+    assert_eq!(s(&a, "path"), core.to_str().unwrap(), "{a:#}");
+    fs::remove_file(&core).unwrap();
+    d.stop();
+    d.assert_no_plaintext(&[&token]);
 }
 
 /// `cp` copies with `copy_file_range`: the bytes never pass through user memory, so the

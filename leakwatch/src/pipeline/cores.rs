@@ -30,10 +30,13 @@ const WAITING: usize = 16;
 /// last (see the kernel's `scope::group_dead`).
 const JOIN: Duration = Duration::from_secs(5);
 
-/// One core file to scan, and who dumped it.
+/// One core file to scan, who dumped it, and the rules in force when it was noticed (the
+/// thread outlives a reload: it once kept the rules of its start, so a SIGHUP's new rules
+/// and allowlist never reached a core).
 pub struct Job {
     pub path: PathBuf,
     pub report: DumpReport,
+    pub engine: Arc<Engine>,
 }
 
 /// The scanner thread's input, started with the first file core.
@@ -102,8 +105,8 @@ pub(super) fn on_core(p: &mut Pipeline, c: CoreEvent) {
                     Job {
                         path,
                         report: report.clone(),
+                        engine: p.engine.clone(),
                     },
-                    &p.engine,
                     &p.shared.frozen,
                     &p.shared.dumps,
                     &p.metrics.internal_errors,
@@ -153,14 +156,13 @@ impl Scanner {
     fn send(
         &mut self,
         job: Job,
-        engine: &Arc<Engine>,
         frozen: &Arc<RwLock<FrozenSet>>,
         inbox: &Inbox,
         errors: &prometheus::IntCounterVec,
     ) -> bool {
         if self.tx.is_none() {
             let (tx, rx) = mpsc::sync_channel::<Job>(WAITING);
-            let (engine, frozen, inbox) = (engine.clone(), frozen.clone(), inbox.clone());
+            let (frozen, inbox) = (frozen.clone(), inbox.clone());
             let errors = errors.clone();
             let started = std::thread::Builder::new()
                 .name("lw-cores".into())
@@ -169,7 +171,7 @@ impl Scanner {
                         // A bug met while scanning one core still reports the crash.
                         let mut stopped = job.report.clone();
                         let r = crate::panics::guard("core_scan", &errors, || {
-                            scan(job, &engine, &frozen)
+                            scan(job, &frozen)
                         })
                         .unwrap_or_else(|| {
                             stopped.problems.push(
@@ -193,7 +195,8 @@ impl Scanner {
 }
 
 /// Reads the core once, streaming (memory bounded by the scanner's tail).
-fn scan(job: Job, engine: &Engine, frozen: &RwLock<FrozenSet>) -> DumpReport {
+fn scan(job: Job, frozen: &RwLock<FrozenSet>) -> DumpReport {
+    let engine = &*job.engine;
     let mut r = job.report;
     let mut f = match std::fs::File::open(&job.path) {
         Ok(f) => f,
