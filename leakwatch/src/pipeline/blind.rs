@@ -43,18 +43,28 @@ const WAITING: usize = 64;
 /// A check for the thread: the executable, and the connect that met it first.
 struct Job {
     exe: String,
-    visible: Vec<String>,
     sighting: Blind,
 }
 
-/// The check runs on its own thread (started at the first inet connect): it reads up to
-/// 256 MB of an executable (~20 ms per 100 MB here), and on the pipeline's worker that
-/// stalled detection for every other event meanwhile.
+/// What the check knows of an executable when one of its processes connects.
+#[derive(Debug, PartialEq)]
+enum Known {
+    Listed(&'static str),
+    Clean,
+    /// Queued for the thread, or on it.
+    Pending,
+    /// Never met: now marked as pending, for the caller to check.
+    New,
+}
+
+/// The part of the check that reads the executable runs on its own thread (started at
+/// the first inet connect that needs it): it reads up to 256 MB (~20 ms per 100 MB
+/// here), and on the pipeline's worker that stalled detection of every other record.
 #[derive(Default)]
 pub struct Checked {
     verdicts: Verdicts,
     tx: Option<std::sync::mpsc::SyncSender<Job>>,
-    /// The thread could not start: no check is made.
+    /// The thread could not start, or ended: no file is checked.
     broken: bool,
 }
 
@@ -69,58 +79,86 @@ pub(super) fn on_connect(p: &mut Pipeline, c: &ConnectEvent) {
     if exe.is_empty() {
         return;
     }
-    let known = p.blind_checked.verdicts.lock().ok().map(|mut v| {
-        let known = v.get(&*exe).copied();
-        if known.is_none() {
-            if v.len() >= CHECKED_MAX {
-                v.clear();
-            }
-            // Taken before it is queued: later connects of it wait for the verdict.
-            v.insert(exe.to_string(), None);
-        }
-        known
-    });
-    let sighting = || Blind {
-        reason: "",
+    let sighting = |reason| Blind {
+        reason,
         pid: c.task.tgid,
         comm: c.task.comm.to_string(),
         remote: crate::events::format_peer(&c.peer).unwrap_or_default(),
         last_ms: crate::actions::now_ms() as u64,
     };
-    match known {
-        Some(Some(Some(Some(reason)))) => {
-            let b = Blind {
-                reason,
-                ..sighting()
-            };
-            list(&p.shared.tls_blind, &p.metrics, exe.to_string(), b);
-        }
-        Some(None) => {
-            let job = Job {
-                exe: exe.to_string(),
-                visible: p.tls.visible(),
-                sighting: sighting(),
-            };
-            if !p.blind_checked.send(job, &p.shared.tls_blind, &p.metrics) {
-                // Not checked: a later connect of it tries again.
-                if let Ok(mut v) = p.blind_checked.verdicts.lock() {
-                    v.remove(&*exe);
+    match p.blind_checked.look(&exe) {
+        Known::Listed(reason) => list(&p.shared.tls_blind, &p.metrics, &exe, sighting(reason)),
+        // The process's maps are read here, at its connect: a short run is gone by the
+        // time a queued check would read them.
+        Known::New => match by_maps(c.task.tgid, &exe, &p.tls.visible()) {
+            Some(verdict) => {
+                if let Some(reason) = verdict {
+                    list(&p.shared.tls_blind, &p.metrics, &exe, sighting(reason));
+                }
+                p.blind_checked.settle(&exe, Some(verdict));
+            }
+            None => {
+                let job = Job {
+                    exe: exe.to_string(),
+                    sighting: sighting(""),
+                };
+                if !p.blind_checked.send(job, &p.shared.tls_blind, &p.metrics) {
+                    // Not checked: a later connect of it tries again.
+                    p.blind_checked.settle(&exe, None);
                 }
             }
-        }
-        _ => {}
+        },
+        Known::Clean | Known::Pending => {}
     }
 }
 
 impl Checked {
-    /// Queues a check for the thread (started on first use). False when the queue is
-    /// full or the thread cannot start.
+    fn verdicts(&self) -> std::sync::MutexGuard<'_, FastMap<String, Option<Option<&'static str>>>> {
+        // Nothing panics under the lock; a poisoned one still holds whole entries.
+        self.verdicts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What is known of `exe`; one never met is marked as pending.
+    fn look(&self, exe: &str) -> Known {
+        let mut v = self.verdicts();
+        match v.get(exe) {
+            Some(Some(Some(reason))) => Known::Listed(reason),
+            Some(Some(None)) => Known::Clean,
+            Some(None) => Known::Pending,
+            None => {
+                if v.len() >= CHECKED_MAX {
+                    v.clear();
+                }
+                v.insert(exe.to_string(), None);
+                Known::New
+            }
+        }
+    }
+
+    /// Records the verdict on `exe` (`None`: forgets it, to be checked at a later connect).
+    fn settle(&self, exe: &str, verdict: Option<Option<&'static str>>) {
+        let mut v = self.verdicts();
+        match verdict {
+            Some(r) => {
+                v.insert(exe.to_string(), Some(r));
+            }
+            None => {
+                v.remove(exe);
+            }
+        }
+    }
+
+    /// Queues a file check for the thread (started on first use). False when the queue is
+    /// full or the thread cannot run.
     fn send(
         &mut self,
         job: Job,
         blind: &BlindList,
         metrics: &Arc<crate::metrics::Metrics>,
     ) -> bool {
+        use std::sync::mpsc::TrySendError;
         if self.broken {
             return false;
         }
@@ -131,42 +169,55 @@ impl Checked {
             let started = std::thread::Builder::new()
                 .name("lw-blind".into())
                 .spawn(move || {
+                    let checked = Checked {
+                        verdicts,
+                        ..Default::default()
+                    };
                     for job in rx {
                         let r = crate::panics::guard("tls_blind", &metrics.internal_errors, || {
-                            reason(job.sighting.pid, &job.exe, &job.visible)
-                        })
-                        .flatten();
-                        if let Ok(mut v) = verdicts.lock() {
-                            v.insert(job.exe.clone(), Some(r));
-                        }
-                        if let Some(reason) = r {
+                            by_file(&job.exe)
+                        });
+                        // Listed before the verdict is: a connect after the verdict lists
+                        // a newer sighting, which this older one must not overwrite.
+                        if let Some(Some(reason)) = r {
                             let b = Blind {
                                 reason,
                                 ..job.sighting
                             };
-                            list(&blind, &metrics, job.exe, b);
+                            list(&blind, &metrics, &job.exe, b);
                         }
+                        // A check that panicked is forgotten (tried again at a later connect).
+                        checked.settle(&job.exe, r);
                     }
                 });
             if let Err(e) = started {
                 log::error!(
-                    "cannot start the TLS blind-spot thread ({e}); blind spots are not listed"
+                    "cannot start the TLS blind-spot thread ({e}); blind spots in executables are not listed"
                 );
                 self.broken = true;
                 return false;
             }
             self.tx = Some(tx);
         }
-        self.tx.as_ref().is_some_and(|tx| tx.try_send(job).is_ok())
+        match self.tx.as_ref().map(|tx| tx.try_send(job)) {
+            Some(Ok(())) => true,
+            Some(Err(TrySendError::Disconnected(_))) => {
+                log::error!("the TLS blind-spot thread ended; blind spots in executables are no longer listed");
+                self.broken = true;
+                self.tx = None;
+                false
+            }
+            _ => false,
+        }
     }
 }
 
 /// Lists `exe` as a blind spot, seen last at `b` (the oldest sighting goes when full).
-fn list(blind: &BlindList, metrics: &crate::metrics::Metrics, exe: String, b: Blind) {
+fn list(blind: &BlindList, metrics: &crate::metrics::Metrics, exe: &str, b: Blind) {
     let Ok(mut list) = blind.lock() else {
         return;
     };
-    if list.len() >= MAX && !list.contains_key(&exe) {
+    if list.len() >= MAX && !list.contains_key(exe) {
         if let Some(oldest) = list
             .iter()
             .min_by_key(|(_, b)| b.last_ms)
@@ -175,28 +226,36 @@ fn list(blind: &BlindList, metrics: &crate::metrics::Metrics, exe: String, b: Bl
             list.remove(&oldest);
         }
     }
-    list.insert(exe, b);
+    list.insert(exe.to_string(), b);
     metrics.tls_blind.set(list.len() as i64);
 }
 
-/// Why `exe` (running as `tgid`) does TLS the probes cannot see, if it does.
-fn reason(tgid: u32, exe: &str, visible: &[String]) -> Option<&'static str> {
+/// What the maps of `exe` (running as `tgid`) say of its TLS: a verdict (`None`: the
+/// probes see it), or nothing when only the executable itself can tell.
+fn by_maps(tgid: u32, exe: &str, visible: &[String]) -> Option<Option<&'static str>> {
     if visible.iter().any(|v| v == exe) {
-        return None;
+        return Some(None);
     }
     let maps = std::fs::read_to_string(format!("/proc/{tgid}/maps")).unwrap_or_default();
     let mapped = |name: &str| maps.lines().any(|l| l.contains(name));
     if visible.iter().any(|v| mapped(v)) {
-        return None;
+        return Some(None);
     }
     let base = exe.rsplit('/').next().unwrap_or(exe);
     if base == "java" || mapped("/libjvm.so") {
-        Some("java")
+        Some(Some("java"))
     } else if mapped("libgnutls.so") {
-        Some("gnutls")
+        Some(Some("gnutls"))
     } else if mapped("libnss3.so") {
-        Some("nss")
-    } else if is_go(exe) {
+        Some(Some("nss"))
+    } else {
+        None
+    }
+}
+
+/// What `exe` itself says of its TLS: Go's, or a TLS library linked in without its names.
+fn by_file(exe: &str) -> Option<&'static str> {
+    if is_go(exe) {
         Some("go")
     } else {
         static_tls(exe)
@@ -314,19 +373,41 @@ mod tests {
         assert_eq!(static_tls(&hidden), Some("openssl-hidden"));
         assert_eq!(static_tls(&plain), None);
         assert!(!is_go("/bin/true"));
-        // A binary the probes are on is visible, whatever it holds.
+        // A binary the probes are on is visible, whatever it holds; java is told by its
+        // name; anything else needs its file read.
+        let me = std::process::id();
         assert_eq!(
-            reason(std::process::id(), &boring, std::slice::from_ref(&boring)),
-            None
+            by_maps(me, &boring, std::slice::from_ref(&boring)),
+            Some(None)
         );
+        assert_eq!(by_maps(me, "/opt/jdk/bin/java", &[]), Some(Some("java")));
+        assert_eq!(by_maps(me, &boring, &[]), None);
+        assert_eq!(by_file(&boring), Some("boringssl"));
+        assert_eq!(by_file("/bin/true"), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// The check runs on its own thread: a queued executable is listed with the connect
-    /// that met it first, and its verdict replaces the "being checked" mark; a clean one
-    /// is remembered as clean and not listed.
+    /// An executable is checked once: the first connect marks it pending (later ones
+    /// leave it be), a verdict settles it, and one forgotten (its check could not be
+    /// queued) is new again at the next connect.
     #[test]
-    fn checks_run_on_their_own_thread_and_fill_the_verdicts() {
+    fn an_executable_is_marked_pending_until_settled() {
+        let c = Checked::default();
+        assert_eq!(c.look("/usr/bin/a"), Known::New);
+        assert_eq!(c.look("/usr/bin/a"), Known::Pending);
+        c.settle("/usr/bin/a", None);
+        assert_eq!(c.look("/usr/bin/a"), Known::New);
+        c.settle("/usr/bin/a", Some(Some("go")));
+        assert_eq!(c.look("/usr/bin/a"), Known::Listed("go"));
+        assert_eq!(c.look("/usr/bin/b"), Known::New);
+        c.settle("/usr/bin/b", Some(None));
+        assert_eq!(c.look("/usr/bin/b"), Known::Clean);
+    }
+
+    /// File checks queued for the thread settle their executables: one with a TLS stack
+    /// is listed with the connect that met it first, a clean one is not listed.
+    #[test]
+    fn file_checks_on_the_thread_settle_and_list() {
         let dir = std::env::temp_dir().join(format!("lw-blind-t-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let boring = dir.join("boring");
@@ -337,11 +418,10 @@ mod tests {
             Arc::new(crate::metrics::Metrics::new()),
         );
         let mut c = Checked::default();
-        let job = |exe: &str| {
-            c.verdicts.lock().unwrap().insert(exe.to_string(), None);
-            Job {
+        for exe in [boring.as_str(), "/bin/true"] {
+            assert_eq!(c.look(exe), Known::New);
+            let job = Job {
                 exe: exe.to_string(),
-                visible: Vec::new(),
                 sighting: Blind {
                     reason: "",
                     pid: std::process::id(),
@@ -349,20 +429,19 @@ mod tests {
                     remote: "192.0.2.1:443".into(),
                     last_ms: 7,
                 },
-            }
-        };
-        let (a, b) = (job(&boring), job("/bin/true"));
-        assert!(c.send(a, &blind, &metrics));
-        assert!(c.send(b, &blind, &metrics));
+            };
+            assert!(c.send(job, &blind, &metrics));
+        }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let done = |exe: &str| c.verdicts.lock().unwrap().get(exe).copied().flatten();
-        while (done(&boring).is_none() || done("/bin/true").is_none())
+        while [boring.as_str(), "/bin/true"]
+            .iter()
+            .any(|e| c.look(e) == Known::Pending)
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert_eq!(done(&boring), Some(Some("boringssl")));
-        assert_eq!(done("/bin/true"), Some(None));
+        assert_eq!(c.look(&boring), Known::Listed("boringssl"));
+        assert_eq!(c.look("/bin/true"), Known::Clean);
         let list = blind.lock().unwrap();
         let b = &list[&boring];
         assert_eq!(
