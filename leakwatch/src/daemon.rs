@@ -686,6 +686,7 @@ fn reload(
         "[capture] events_ring_mb": capture.events_ring_mb;
         "[capture] writes_ring_mb": capture.writes_ring_mb;
         "[actions]": actions;
+        "[fleet]": fleet;
     }
     if !fixed.is_empty() {
         log::warn!(

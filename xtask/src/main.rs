@@ -361,7 +361,7 @@ fn test(filter: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// The exec, freeze (kill + sever), held and write tests again, every daemon run under exactly the
+/// The exec, freeze (kill + sever), held, write and flood tests again, every daemon run under exactly the
 /// unit's `CapabilityBoundingSet` with `NoNewPrivileges` (setpriv): proof the unit's
 /// capability set is enough, on a machine without systemd as PID 1.
 fn unit_capabilities() -> Result<()> {
@@ -381,7 +381,9 @@ fn unit_capabilities() -> Result<()> {
         "setpriv --bounding-set=-all,{} --inh-caps=-all --nnp",
         caps.join(",")
     );
-    eprintln!("xtask: exec, freeze, held and write tests under the unit's capabilities: {wrap}");
+    eprintln!(
+        "xtask: exec, freeze, held, write and flood tests under the unit's capabilities: {wrap}"
+    );
     sh(cargo()
         .args([
             "test",
@@ -396,6 +398,8 @@ fn unit_capabilities() -> Result<()> {
             "held",
             "--test",
             "write",
+            "--test",
+            "flood",
             "--",
             "--test-threads=2",
         ])

@@ -101,6 +101,12 @@ pub struct Engine {
     keyword_rules: Vec<Vec<usize>>,
     /// Bytes of the longest keyword.
     max_keyword: usize,
+    /// The longest window any rule can have (`max_span`), computed once: every stream
+    /// feed reads it.
+    max_span: usize,
+    /// Which compile this is: never the same for two engines in one process (an address
+    /// can be, once the older engine is freed).
+    id: u64,
 }
 
 /// One credential found in a byte slice. Holds no plaintext: offsets into the scanned
@@ -156,12 +162,24 @@ impl Engine {
             Ok::<_, anyhow::Error>((rules?, keywords))
         })?;
         let keywords = keywords.context("building the keyword prefilter")?;
+        let max_span = rules.iter().map(|r| r.span + BACK).max().unwrap_or(0);
         Ok(Engine {
             rules,
             keywords,
             keyword_rules,
             max_keyword: patterns.iter().map(|p| p.len()).max().unwrap_or(0),
+            max_span,
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         })
+    }
+
+    /// This engine's compile, told apart from every other in the process (caches of
+    /// what was scanned clean are valid under one engine only).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The keyword prefilter's hits on both of its paths (SIMD and portable); they must be
@@ -184,7 +202,7 @@ impl Engine {
 
     /// Longest reach of any rule: how much context a streaming scanner must keep.
     pub fn max_span(&self) -> usize {
-        self.rules.iter().map(|r| r.span + BACK).max().unwrap_or(0)
+        self.max_span
     }
 
     /// Bytes before new data that a window reaching into it may start at, when its

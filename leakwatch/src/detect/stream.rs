@@ -61,6 +61,10 @@ impl StreamScanner {
 
     /// Scans `chunk` with the context it needs from earlier chunks.
     pub fn feed(&mut self, d: &Detector, chunk: &[u8]) -> Vec<StreamFinding> {
+        // From the engine of this feed: a stream can outlive a reload that brings longer
+        // rules (it kept the sizes of the engine it was made under).
+        self.tail = d.engine.max_span().max(4096);
+        self.before = d.engine.context_before();
         let new_start = self.buf.len();
         crate::wipe::extend(&mut self.buf, chunk);
         let out = self.scan(d, new_start, false);
@@ -198,6 +202,40 @@ mod tests {
         );
         assert_eq!(found[0].line, 3001);
         assert!(s.held() <= s.tail);
+    }
+
+    /// A stream made under one engine and fed under a reloaded one with a longer rule
+    /// keeps what the new rule needs: the sizes come from the engine of each feed.
+    #[test]
+    fn a_stream_from_before_a_reload_keeps_what_the_new_rules_need() {
+        let engine = |extra: &str| {
+            let mut set = crate::detect::rules::RuleSet { rules: Vec::new() };
+            let text = format!(
+                "[[rule]]\nid = \"short\"\nkeywords = [\"lwshort_\"]\nregex = '(?P<secret>lwshort_[a-z0-9]{{20}})'\n{extra}"
+            );
+            set.merge(crate::detect::rules::RuleSet::parse(&text, "test").unwrap())
+                .unwrap();
+            Engine::new(&set).unwrap()
+        };
+        let before = engine("");
+        let after = engine(
+            "[[rule]]\nid = \"long\"\nkeywords = [\"lwlong_\"]\nregex = '(?P<secret>lwlong_[a-z0-9]{9000})'\nspan = 10000\n",
+        );
+        assert!(before.max_span().max(4096) < 9000 && after.max_span() > 9100);
+        let mut rng = Rng::from_time();
+        let token = format!(
+            "lwlong_{}",
+            rng.string(b"abcdefghijklmnopqrstuvwxyz0123456789", 9000)
+        );
+        let mut s = StreamScanner::new(&before);
+        let d = Detector::new(&after, None);
+        let mut found = Vec::new();
+        for piece in format!("key {token}\n").as_bytes().chunks(2000) {
+            found.extend(s.feed(&d, piece));
+        }
+        found.extend(s.finish(&d));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].finding.rule, "long");
     }
 
     #[test]

@@ -25,13 +25,14 @@ pub struct Clean {
     areas: FastSet<Box<[u8]>>,
     bytes: usize,
     /// The engine and frozen-set generation the strings were found clean under.
-    under: (usize, u64),
+    under: (u64, u64),
 }
 
 impl Clean {
     /// Empties the cache unless it was filled under this engine and frozen set.
     pub fn under(&mut self, engine: &Arc<Engine>, frozen: u64) {
-        let now = (Arc::as_ptr(engine) as usize, frozen);
+        // By compile, not address: a reload's engine can be given a freed one's address.
+        let now = (engine.id(), frozen);
         if self.under != now {
             self.clear();
             self.under = now;
@@ -116,5 +117,30 @@ mod tests {
             c.insert(format!("{i:01000}").as_bytes());
         }
         assert!(c.bytes <= MAX_BYTES, "bounded: {}", c.bytes);
+    }
+
+    /// A reload's engine may be given the address of the engine it replaced, once that
+    /// is freed: the cache still empties (it is keyed by compile, not address).
+    #[test]
+    fn an_engine_at_a_freed_engines_address_still_empties_it() {
+        let mut c = Clean::default();
+        let mut reused = 0;
+        for _ in 0..20 {
+            let a = Arc::new(
+                Engine::new(&crate::detect::rules::RuleSet { rules: Vec::new() }).unwrap(),
+            );
+            let at = Arc::as_ptr(&a);
+            c.under(&a, 1);
+            c.insert(b"PATH=/usr/bin");
+            drop(a);
+            let b = Arc::new(
+                Engine::new(&crate::detect::rules::RuleSet { rules: Vec::new() }).unwrap(),
+            );
+            reused += usize::from(Arc::as_ptr(&b) == at);
+            c.under(&b, 1);
+            assert!(!c.contains(b"PATH=/usr/bin"), "new rules empty it");
+        }
+        // The case this is about happened (glibc hands a freed block of the size back).
+        assert!(reused > 0, "no engine was given a freed one's address");
     }
 }
