@@ -170,7 +170,7 @@ impl Engine {
             max_keyword: patterns.iter().map(|p| p.len()).max().unwrap_or(0),
             max_span,
             id: {
-                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             },
         })
@@ -856,6 +856,15 @@ fn compile_all(specs: &[RuleSpec]) -> Result<Vec<Rule>> {
     all.into_iter().map(|(_, r)| r).collect()
 }
 
+/// What to do when a rule written for Unicode regexes (`\p{L}`, `[äöü]`) is refused.
+fn unicode_hint(e: &regex::Error) -> &'static str {
+    if e.to_string().contains("Unicode") {
+        "; rules match bytes: wrap the part that needs Unicode in (?u:...)"
+    } else {
+        ""
+    }
+}
+
 /// Regexes match bytes, not characters (`unicode(false)`): `\w`, `\d`, `\s`, `\b` and
 /// `(?i)` are ASCII, as in the Go regexps gitleaks-style rules are written for, and `.` and a
 /// negated class match any byte. With Unicode on, a negated class could not match a byte
@@ -869,7 +878,13 @@ fn compile(spec: &RuleSpec) -> Result<Rule> {
         .unicode(false)
         .dfa_size_limit(DFA_CACHE)
         .build()
-        .map_err(|e| anyhow!("rule `{}`: regex does not compile: {e}", spec.id))?;
+        .map_err(|e| {
+            anyhow!(
+                "rule `{}`: regex does not compile: {e}{}",
+                spec.id,
+                unicode_hint(&e)
+            )
+        })?;
     let names: Vec<Option<&str>> = regex.capture_names().collect();
     let mut groups: Vec<usize> = (0..names.len())
         .filter(|&i| names[i].is_some_and(|n| n.starts_with("secret")))
@@ -918,7 +933,13 @@ fn compile(spec: &RuleSpec) -> Result<Rule> {
             regex::bytes::RegexBuilder::new(a)
                 .unicode(false)
                 .build()
-                .map_err(|e| anyhow!("rule `{}`: allow pattern does not compile: {e}", spec.id))
+                .map_err(|e| {
+                    anyhow!(
+                        "rule `{}`: allow pattern does not compile: {e}{}",
+                        spec.id,
+                        unicode_hint(&e)
+                    )
+                })
         })
         .collect::<Result<_>>()?;
     Ok(Rule {

@@ -145,6 +145,50 @@ fn a_key_beside_bytes_that_are_not_utf8_is_found() {
     );
 }
 
+/// Values that end at whitespace keep their character semantics inside the byte regexes
+/// (`(?u:…)`): a non-breaking space or a byte that is not UTF-8 ends them, a non-ASCII
+/// letter does not.
+#[test]
+fn unquoted_values_end_at_unicode_whitespace_and_hold_non_ascii_letters() {
+    let engine = Engine::builtin();
+    let mut rng = Rng::seeded(0x5eed);
+    let k = format!("{}{}", rng.string(ALNUM, 22), rng.below(90) + 10);
+    let found = |hay: &str, want: &str| {
+        let want = fingerprint(want.as_bytes());
+        engine
+            .scan(hay.as_bytes())
+            .iter()
+            .any(|f| f.fingerprint == want)
+    };
+    assert!(found(
+        &format!("INTERNAL_SERVICE_TOKEN={k}\u{a0}(rotate)\n"),
+        &k
+    ));
+    assert!(found(&format!("service_token: {k}\u{3000}\n"), &k));
+    let pw = format!("pässwörd{}Zq", rng.string(ALNUM, 10));
+    assert!(found(
+        &format!("machine db.internal login admin password {pw}\u{a0}x\n"),
+        &pw
+    ));
+    assert!(found(&format!("mysql -u root -p{pw}\u{2028}\n"), &pw));
+}
+
+/// A rule written for Unicode regexes is refused with what to do; wrapped in `(?u:…)` it
+/// compiles and matches characters.
+#[test]
+fn a_unicode_class_outside_u_is_refused_with_the_way_out() {
+    let engine = |regex: &str| {
+        let mut set = RuleSet { rules: Vec::new() };
+        let text = format!("[[rule]]\nid = \"uni\"\nkeywords = [\"lwu_\"]\nregex = '{regex}'\n");
+        set.merge(RuleSet::parse(&text, "test").unwrap()).unwrap();
+        Engine::new(&set)
+    };
+    let e = format!("{:#}", engine(r"(?P<secret>lwu_\p{L}{12})").err().unwrap());
+    assert!(e.contains("rule `uni`") && e.contains("(?u:...)"), "{e}");
+    let ok = engine(r"(?P<secret>lwu_(?u:\p{L}{12}))").unwrap();
+    assert_eq!(ok.scan("x lwu_äöüßéèàçñøåæ y".as_bytes()).len(), 1);
+}
+
 #[test]
 fn github_tokens_with_a_wrong_checksum_are_not_reported() {
     let engine = Engine::builtin();

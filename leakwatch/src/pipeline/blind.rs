@@ -91,13 +91,15 @@ pub(super) fn on_connect(p: &mut Pipeline, c: &ConnectEvent) {
         // The process's maps are read here, at its connect: a short run is gone by the
         // time a queued check would read them.
         Known::New => match by_maps(c.task.tgid, &exe, &p.tls.visible()) {
-            Some(verdict) => {
+            Maps::Verdict(verdict) => {
                 if let Some(reason) = verdict {
                     list(&p.shared.tls_blind, &p.metrics, &exe, sighting(reason));
                 }
                 p.blind_checked.settle(&exe, Some(verdict));
             }
-            None => {
+            // Gone already: a later connect of it checks it.
+            Maps::Unread => p.blind_checked.settle(&exe, None),
+            Maps::File => {
                 let job = Job {
                     exe: exe.to_string(),
                     sighting: sighting(""),
@@ -230,26 +232,40 @@ fn list(blind: &BlindList, metrics: &crate::metrics::Metrics, exe: &str, b: Blin
     metrics.tls_blind.set(list.len() as i64);
 }
 
-/// What the maps of `exe` (running as `tgid`) say of its TLS: a verdict (`None`: the
-/// probes see it), or nothing when only the executable itself can tell.
-fn by_maps(tgid: u32, exe: &str, visible: &[String]) -> Option<Option<&'static str>> {
+/// What the maps of a process say of its TLS.
+#[derive(Debug, PartialEq)]
+enum Maps {
+    /// The answer (`None`: the probes see its TLS).
+    Verdict(Option<&'static str>),
+    /// Only the executable itself can tell.
+    File,
+    /// Its maps could not be read (it is gone): nothing is known, and a file check alone
+    /// would call a GnuTLS or NSS client clean.
+    Unread,
+}
+
+/// What the maps of `exe` (running as `tgid`) say of its TLS.
+fn by_maps(tgid: u32, exe: &str, visible: &[String]) -> Maps {
     if visible.iter().any(|v| v == exe) {
-        return Some(None);
+        return Maps::Verdict(None);
     }
-    let maps = std::fs::read_to_string(format!("/proc/{tgid}/maps")).unwrap_or_default();
-    let mapped = |name: &str| maps.lines().any(|l| l.contains(name));
+    // Bytes: a mapped path need not be UTF-8.
+    let Ok(maps) = std::fs::read(format!("/proc/{tgid}/maps")) else {
+        return Maps::Unread;
+    };
+    let mapped = |name: &str| memchr::memmem::find(&maps, name.as_bytes()).is_some();
     if visible.iter().any(|v| mapped(v)) {
-        return Some(None);
+        return Maps::Verdict(None);
     }
     let base = exe.rsplit('/').next().unwrap_or(exe);
     if base == "java" || mapped("/libjvm.so") {
-        Some(Some("java"))
+        Maps::Verdict(Some("java"))
     } else if mapped("libgnutls.so") {
-        Some(Some("gnutls"))
+        Maps::Verdict(Some("gnutls"))
     } else if mapped("libnss3.so") {
-        Some(Some("nss"))
+        Maps::Verdict(Some("nss"))
     } else {
-        None
+        Maps::File
     }
 }
 
@@ -378,10 +394,15 @@ mod tests {
         let me = std::process::id();
         assert_eq!(
             by_maps(me, &boring, std::slice::from_ref(&boring)),
-            Some(None)
+            Maps::Verdict(None)
         );
-        assert_eq!(by_maps(me, "/opt/jdk/bin/java", &[]), Some(Some("java")));
-        assert_eq!(by_maps(me, &boring, &[]), None);
+        assert_eq!(
+            by_maps(me, "/opt/jdk/bin/java", &[]),
+            Maps::Verdict(Some("java"))
+        );
+        assert_eq!(by_maps(me, &boring, &[]), Maps::File);
+        // A process gone by the time its connect is handled: nothing is concluded.
+        assert_eq!(by_maps(u32::MAX - 1, &boring, &[]), Maps::Unread);
         assert_eq!(by_file(&boring), Some("boringssl"));
         assert_eq!(by_file("/bin/true"), None);
         std::fs::remove_dir_all(&dir).unwrap();
