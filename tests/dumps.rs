@@ -182,11 +182,6 @@ fn python_abort(cores: &std::path::Path, env: (&str, &str)) -> (u32, std::path::
 /// with the rules the reload brought (it kept the rules in force when it started).
 #[test]
 fn dump_core_file_is_scanned_with_the_rules_of_a_reload() {
-    use rand::{distributions::Alphanumeric, Rng};
-    let random = |n: usize| -> String {
-        let r = rand::thread_rng().sample_iter(&Alphanumeric).take(n);
-        r.map(char::from).collect()
-    };
     let mut d = Daemon::start_with_config("dump-core-reload", "dedupe_seconds = 0\n");
     let cores = d.scratch().join("cores");
     fs::create_dir_all(&cores).unwrap();
@@ -200,13 +195,11 @@ fn dump_core_file_is_scanned_with_the_rules_of_a_reload() {
     });
     fs::remove_file(first).unwrap();
     // A rule for tokens only this test makes, brought by SIGHUP.
-    let prefix = format!("lwc{}_", random(6).to_lowercase());
+    let prefix = format!("lwc{}_", random_alnum(6).to_lowercase());
     let id = "core-reload-token";
     fs::write(
         d.scratch().join("leakwatch.toml"),
-        format!(
-            "dedupe_seconds = 0\n[[rule]]\nid = \"{id}\"\ndescription = \"test token\"\nkeywords = [\"{prefix}\"]\nregex = '''(?P<secret>{prefix}[A-Za-z0-9]{{32}})'''\nentropy = 3.0\n"
-        ),
+        format!("dedupe_seconds = 0\n{}", token_rule(id, &prefix)),
     )
     .unwrap();
     let daemon = d.child.as_ref().expect("daemon running").id();
@@ -215,7 +208,7 @@ fn dump_core_file_is_scanned_with_the_rules_of_a_reload() {
     wait_until(15, "the reload to be applied", || {
         (d.metric("leakwatch_config_reloads_total", &[]) >= 1.0).then_some(())
     });
-    let token = format!("{prefix}{}", random(32));
+    let token = format!("{prefix}{}", random_alnum(32));
     let (pid, core) = python_abort(&cores, ("LW_CORE_TOKEN", &token));
     let a = dump_finding(
         &d,

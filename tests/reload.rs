@@ -12,23 +12,7 @@ use std::{
 };
 
 use leakwatch_tests::*;
-use rand::{distributions::Alphanumeric, Rng};
 use serde_json::Value;
-
-fn random(n: usize) -> String {
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(n)
-        .map(char::from)
-        .collect()
-}
-
-/// A rule for tokens `<prefix>` + 32 alphanumerics, and one such token.
-fn rule(id: &str, prefix: &str) -> String {
-    format!(
-        "[[rule]]\nid = \"{id}\"\ndescription = \"test token\"\nkeywords = [\"{prefix}\"]\nregex = '''(?P<secret>{prefix}[A-Za-z0-9]{{32}})'''\nentropy = 3.0\n"
-    )
-}
 
 fn hup(d: &Daemon) {
     let pid = d.child.as_ref().expect("daemon running").id();
@@ -67,16 +51,20 @@ fn config_path(d: &Daemon) -> std::path::PathBuf {
 
 #[test]
 fn reload_sighup_applies_a_new_rule_and_survives_a_bad_config() {
-    let prefix = format!("lwt{}_", random(6).to_lowercase());
+    let prefix = format!("lwt{}_", random_alnum(6).to_lowercase());
     let id = "reload-test-token";
     let mut d = Daemon::start_with_config("r-rule", "dedupe_seconds = 0\n");
     let cfg = config_path(&d);
-    fs::write(&cfg, format!("dedupe_seconds = 0\n{}", rule(id, &prefix))).unwrap();
+    fs::write(
+        &cfg,
+        format!("dedupe_seconds = 0\n{}", token_rule(id, &prefix)),
+    )
+    .unwrap();
     hup(&d);
     wait_until(15, "the reload to be applied", || {
         (d.metric("leakwatch_config_reloads_total", &[]) >= 1.0).then_some(())
     });
-    let tok = format!("{prefix}{}", random(32));
+    let tok = format!("{prefix}{}", random_alnum(32));
     let out = d.scratch().join("out.txt");
     let pid = write_line(&out, &tok);
     let a = wait_file_finding(&d, &fingerprint(&tok), pid, "the new rule's finding");
@@ -97,7 +85,7 @@ fn reload_sighup_applies_a_new_rule_and_survives_a_bad_config() {
         "the daemon died on a bad config"
     );
     assert_eq!(d.status()["frozen"], Value::Array(vec![]), "status answers");
-    let tok2 = format!("{prefix}{}", random(32));
+    let tok2 = format!("{prefix}{}", random_alnum(32));
     let pid2 = write_line(&out, &tok2);
     let a = wait_file_finding(&d, &fingerprint(&tok2), pid2, "the old rule still in force");
     assert_eq!(s(&a, "rule"), id, "{a:#}");
@@ -112,11 +100,11 @@ fn reload_sighup_applies_a_new_rule_and_survives_a_bad_config() {
 
 #[test]
 fn reload_sighup_reopens_the_alert_file() {
-    let prefix = format!("lwt{}_", random(6).to_lowercase());
-    let mut d = Daemon::start_with_config("r-rotate", &rule("rotate-test-token", &prefix));
+    let prefix = format!("lwt{}_", random_alnum(6).to_lowercase());
+    let mut d = Daemon::start_with_config("r-rotate", &token_rule("rotate-test-token", &prefix));
     let alerts = d.alerts_path();
     // Something in the file first, so the rename moves a real file.
-    let first = format!("{prefix}{}", random(32));
+    let first = format!("{prefix}{}", random_alnum(32));
     let out = d.scratch().join("out.txt");
     let pid = write_line(&out, &first);
     wait_file_finding(&d, &fingerprint(&first), pid, "the first finding");
@@ -126,7 +114,7 @@ fn reload_sighup_reopens_the_alert_file() {
     wait_until(15, "the reload", || {
         (d.metric("leakwatch_config_reloads_total", &[]) >= 1.0).then_some(())
     });
-    let second = format!("{prefix}{}", random(32));
+    let second = format!("{prefix}{}", random_alnum(32));
     let pid = write_line(&out, &second);
     // `findings` reads the path the daemon was given: the reopened file.
     let a = wait_file_finding(&d, &fingerprint(&second), pid, "a finding in the new file");
@@ -203,13 +191,15 @@ fn reload_notifies_systemd_ready_reloading_and_stopping() {
 
 #[test]
 fn reload_alert_file_rotates_by_size_keeping_the_newest() {
-    let prefix = format!("lwt{}_", random(6).to_lowercase());
+    let prefix = format!("lwt{}_", random_alnum(6).to_lowercase());
     let toml = format!(
         "dedupe_seconds = 0\nalerts_max_mb = 0.002\nalerts_keep = 2\n{}",
-        rule("rotate-size-token", &prefix)
+        token_rule("rotate-size-token", &prefix)
     );
     let mut d = Daemon::start_with_config("r-size", &toml);
-    let toks: Vec<String> = (0..12).map(|_| format!("{prefix}{}", random(32))).collect();
+    let toks: Vec<String> = (0..12)
+        .map(|_| format!("{prefix}{}", random_alnum(32)))
+        .collect();
     let keys = d.scratch().join("keys");
     fs::write(&keys, toks.join("\n")).unwrap();
     let out = d.scratch().join("out.txt");
@@ -286,13 +276,16 @@ time.sleep(60)
 
 #[test]
 fn stop_reports_what_was_written_before_it() {
-    let prefix = format!("lwt{}_", random(6).to_lowercase());
-    let toml = format!("dedupe_seconds = 0\n{}", rule("stop-drain-token", &prefix));
+    let prefix = format!("lwt{}_", random_alnum(6).to_lowercase());
+    let toml = format!(
+        "dedupe_seconds = 0\n{}",
+        token_rule("stop-drain-token", &prefix)
+    );
     // The key file is written before the daemon starts, so only the writer's calls carry
     // the tokens.
     let dir = TempDir::new("r-stop-files");
     let toks: Vec<String> = (0..600)
-        .map(|_| format!("{prefix}{}", random(32)))
+        .map(|_| format!("{prefix}{}", random_alnum(32)))
         .collect();
     fs::write(dir.join("keys"), toks.join("\n")).unwrap();
     let mut d = Daemon::start_with_config("r-stop", &toml);

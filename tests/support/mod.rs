@@ -990,3 +990,20 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
+
+/// `n` random ASCII letters and digits (test tokens, rule keywords).
+pub fn random_alnum(n: usize) -> String {
+    use rand::{distributions::Alphanumeric, Rng};
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(n)
+        .map(char::from)
+        .collect()
+}
+
+/// A `[[rule]]` for tokens `<prefix>` + 32 letters and digits.
+pub fn token_rule(id: &str, prefix: &str) -> String {
+    format!(
+        "[[rule]]\nid = \"{id}\"\ndescription = \"test token\"\nkeywords = [\"{prefix}\"]\nregex = '''(?P<secret>{prefix}[A-Za-z0-9]{{32}})'''\nentropy = 3.0\n"
+    )
+}

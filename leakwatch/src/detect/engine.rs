@@ -856,13 +856,23 @@ fn compile_all(specs: &[RuleSpec]) -> Result<Vec<Rule>> {
     all.into_iter().map(|(_, r)| r).collect()
 }
 
-/// What to do when a rule written for Unicode regexes (`\p{L}`, `[äöü]`) is refused.
-fn unicode_hint(e: &regex::Error) -> &'static str {
-    if e.to_string().contains("Unicode") {
-        "; rules match bytes: wrap the part that needs Unicode in (?u:...)"
-    } else {
-        ""
+/// `pattern`, one of rule `id`'s (`what`: its regex or an allow pattern), compiled as every
+/// rule pattern is: bytes (see `compile`). A pattern written for Unicode regexes (`\p{L}`,
+/// `[äöü]`) is refused saying what to do.
+fn bytes_regex(pattern: &str, id: &str, what: &str, dfa: Option<usize>) -> Result<Regex> {
+    let mut b = regex::bytes::RegexBuilder::new(pattern);
+    b.unicode(false);
+    if let Some(limit) = dfa {
+        b.dfa_size_limit(limit);
     }
+    b.build().map_err(|e| {
+        let hint = if e.to_string().contains("Unicode") {
+            "; rules match bytes: wrap the part that needs Unicode in (?u:...)"
+        } else {
+            ""
+        };
+        anyhow!("rule `{id}`: {what} does not compile: {e}{hint}")
+    })
 }
 
 /// Regexes match bytes, not characters (`unicode(false)`): `\w`, `\d`, `\s`, `\b` and
@@ -875,17 +885,7 @@ fn unicode_hint(e: &regex::Error) -> &'static str {
 /// Unicode back on within a rule: the values that end at whitespace use it, so a
 /// non-breaking space still ends them and a non-ASCII letter does not.
 fn compile(spec: &RuleSpec) -> Result<Rule> {
-    let regex = regex::bytes::RegexBuilder::new(&spec.regex)
-        .unicode(false)
-        .dfa_size_limit(DFA_CACHE)
-        .build()
-        .map_err(|e| {
-            anyhow!(
-                "rule `{}`: regex does not compile: {e}{}",
-                spec.id,
-                unicode_hint(&e)
-            )
-        })?;
+    let regex = bytes_regex(&spec.regex, &spec.id, "regex", Some(DFA_CACHE))?;
     let names: Vec<Option<&str>> = regex.capture_names().collect();
     let mut groups: Vec<usize> = (0..names.len())
         .filter(|&i| names[i].is_some_and(|n| n.starts_with("secret")))
@@ -930,18 +930,7 @@ fn compile(spec: &RuleSpec) -> Result<Rule> {
     let allow = spec
         .allow
         .iter()
-        .map(|a| {
-            regex::bytes::RegexBuilder::new(a)
-                .unicode(false)
-                .build()
-                .map_err(|e| {
-                    anyhow!(
-                        "rule `{}`: allow pattern does not compile: {e}{}",
-                        spec.id,
-                        unicode_hint(&e)
-                    )
-                })
-        })
+        .map(|a| bytes_regex(a, &spec.id, "allow pattern", None))
         .collect::<Result<_>>()?;
     Ok(Rule {
         id: spec.id.clone(),

@@ -209,13 +209,10 @@ mod tests {
     #[test]
     fn a_stream_from_before_a_reload_keeps_what_the_new_rules_need() {
         let engine = |extra: &str| {
-            let mut set = crate::detect::rules::RuleSet { rules: Vec::new() };
-            let text = format!(
+            crate::detect::tests::engine_of(&format!(
                 "[[rule]]\nid = \"short\"\nkeywords = [\"lwshort_\"]\nregex = '(?P<secret>lwshort_[a-z0-9]{{20}})'\n{extra}"
-            );
-            set.merge(crate::detect::rules::RuleSet::parse(&text, "test").unwrap())
-                .unwrap();
-            Engine::new(&set).unwrap()
+            ))
+            .unwrap()
         };
         let before = engine("");
         let after = engine(

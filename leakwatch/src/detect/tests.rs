@@ -3,6 +3,13 @@
 use super::samples::{checksummed, pem, sample, Rng, ALNUM, HEX};
 use super::*;
 
+/// An engine of the rules in `toml` (`[[rule]]` tables) alone.
+pub(super) fn engine_of(toml: &str) -> anyhow::Result<Engine> {
+    let mut set = RuleSet { rules: Vec::new() };
+    set.merge(RuleSet::parse(toml, "test").unwrap()).unwrap();
+    Engine::new(&set)
+}
+
 /// Wraps `text` in the shapes agent logs leak in.
 fn contexts(text: &str) -> Vec<String> {
     vec![
@@ -178,10 +185,9 @@ fn unquoted_values_end_at_unicode_whitespace_and_hold_non_ascii_letters() {
 #[test]
 fn a_unicode_class_outside_u_is_refused_with_the_way_out() {
     let engine = |regex: &str| {
-        let mut set = RuleSet { rules: Vec::new() };
-        let text = format!("[[rule]]\nid = \"uni\"\nkeywords = [\"lwu_\"]\nregex = '{regex}'\n");
-        set.merge(RuleSet::parse(&text, "test").unwrap()).unwrap();
-        Engine::new(&set)
+        engine_of(&format!(
+            "[[rule]]\nid = \"uni\"\nkeywords = [\"lwu_\"]\nregex = '{regex}'\n"
+        ))
     };
     let e = format!("{:#}", engine(r"(?P<secret>lwu_\p{L}{12})").err().unwrap());
     assert!(e.contains("rule `uni`") && e.contains("(?u:...)"), "{e}");
@@ -275,12 +281,10 @@ fn findings_carry_line_and_never_plaintext() {
 #[test]
 fn a_rules_after_bytes_gate_its_regex_on_the_keyword_line() {
     let rules = |after: &str| {
-        let mut set = RuleSet { rules: Vec::new() };
-        let text = format!(
+        engine_of(&format!(
             "[[rule]]\nid = \"acme\"\nkeywords = [\"acme_\"]\nregex = '(?P<secret>acme_[a-z0-9]{{20}})'\nafter = \"{after}\"\n"
-        );
-        set.merge(RuleSet::parse(&text, "test").unwrap()).unwrap();
-        Engine::new(&set).unwrap()
+        ))
+        .unwrap()
     };
     let mut rng = Rng::from_time();
     let token = format!(
@@ -444,10 +448,10 @@ fn rules_compiled_side_by_side_keep_their_order_and_the_first_error() {
     let want: Vec<&str> = set.rules.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, want);
 
-    // The first rule fails slowly (Unicode `\w`: past the 10 MiB NFA size limit, once ~10 MiB of it are
-    // built), the second at once (a syntax error): taken by two threads, the second's
-    // error comes first in time, and the first's is still the one named. (With one CPU
-    // there is one thread, and this shows only the order.)
+    // The first rule fails slowly (Unicode `\w`: past the 10 MiB NFA size limit, once
+    // ~10 MiB of it are built), the second at once (a syntax error): taken by two threads,
+    // the second's error comes first in time, and the first's is still the one named.
+    // (With one CPU there is one thread, and this shows only the order.)
     let mut broken = RuleSet::builtin();
     broken.rules[0].regex = r"(?u:\w{100}){100}".into();
     broken.rules[1].regex = "(unclosed".into();

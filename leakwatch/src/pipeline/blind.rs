@@ -30,9 +30,10 @@ pub struct Blind {
 
 pub type BlindList = Arc<Mutex<BTreeMap<String, Blind>>>;
 
-/// Executables checked or being checked: `None` while the check thread has it, then its
-/// reason (`Some(None)`: their TLS is visible or they show no TLS stack).
-type Verdicts = Arc<Mutex<FastMap<String, Option<Option<&'static str>>>>>;
+/// Executables checked or being checked (never `Known::New`), shared by the worker and the
+/// check thread.
+#[derive(Clone, Default)]
+struct Verdicts(Arc<Mutex<FastMap<String, Known>>>);
 
 /// Executables checked at most before the verdicts are forgotten (and checked again).
 const CHECKED_MAX: usize = 65_536;
@@ -47,7 +48,7 @@ struct Job {
 }
 
 /// What the check knows of an executable when one of its processes connects.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Known {
     Listed(&'static str),
     Clean,
@@ -86,7 +87,7 @@ pub(super) fn on_connect(p: &mut Pipeline, c: &ConnectEvent) {
         remote: crate::events::format_peer(&c.peer).unwrap_or_default(),
         last_ms: crate::actions::now_ms() as u64,
     };
-    match p.blind_checked.look(&exe) {
+    match p.blind_checked.verdicts.look(&exe) {
         Known::Listed(reason) => list(&p.shared.tls_blind, &p.metrics, &exe, sighting(reason)),
         // The process's maps are read here, at its connect: a short run is gone by the
         // time a queued check would read them.
@@ -95,10 +96,10 @@ pub(super) fn on_connect(p: &mut Pipeline, c: &ConnectEvent) {
                 if let Some(reason) = verdict {
                     list(&p.shared.tls_blind, &p.metrics, &exe, sighting(reason));
                 }
-                p.blind_checked.settle(&exe, Some(verdict));
+                p.blind_checked.verdicts.settle(&exe, verdict);
             }
             // Gone already: a later connect of it checks it.
-            Maps::Unread => p.blind_checked.settle(&exe, None),
+            Maps::Unread => p.blind_checked.verdicts.forget(&exe),
             Maps::File => {
                 let job = Job {
                     exe: exe.to_string(),
@@ -106,7 +107,7 @@ pub(super) fn on_connect(p: &mut Pipeline, c: &ConnectEvent) {
                 };
                 if !p.blind_checked.send(job, &p.shared.tls_blind, &p.metrics) {
                     // Not checked: a later connect of it tries again.
-                    p.blind_checked.settle(&exe, None);
+                    p.blind_checked.verdicts.forget(&exe);
                 }
             }
         },
@@ -114,44 +115,40 @@ pub(super) fn on_connect(p: &mut Pipeline, c: &ConnectEvent) {
     }
 }
 
-impl Checked {
-    fn verdicts(&self) -> std::sync::MutexGuard<'_, FastMap<String, Option<Option<&'static str>>>> {
+impl Verdicts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<String, Known>> {
         // Nothing panics under the lock; a poisoned one still holds whole entries.
-        self.verdicts
+        self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// What is known of `exe`; one never met is marked as pending.
     fn look(&self, exe: &str) -> Known {
-        let mut v = self.verdicts();
-        match v.get(exe) {
-            Some(Some(Some(reason))) => Known::Listed(reason),
-            Some(Some(None)) => Known::Clean,
-            Some(None) => Known::Pending,
-            None => {
-                if v.len() >= CHECKED_MAX {
-                    v.clear();
-                }
-                v.insert(exe.to_string(), None);
-                Known::New
-            }
+        let mut v = self.lock();
+        if let Some(k) = v.get(exe) {
+            return *k;
         }
+        if v.len() >= CHECKED_MAX {
+            v.clear();
+        }
+        v.insert(exe.to_string(), Known::Pending);
+        Known::New
     }
 
-    /// Records the verdict on `exe` (`None`: forgets it, to be checked at a later connect).
-    fn settle(&self, exe: &str, verdict: Option<Option<&'static str>>) {
-        let mut v = self.verdicts();
-        match verdict {
-            Some(r) => {
-                v.insert(exe.to_string(), Some(r));
-            }
-            None => {
-                v.remove(exe);
-            }
-        }
+    /// Records the verdict on `exe`: the reason its TLS is not seen, or `None`: clean.
+    fn settle(&self, exe: &str, reason: Option<&'static str>) {
+        let k = reason.map_or(Known::Clean, Known::Listed);
+        self.lock().insert(exe.to_string(), k);
     }
 
+    /// Forgets `exe`, to be checked at a later connect.
+    fn forget(&self, exe: &str) {
+        self.lock().remove(exe);
+    }
+}
+
+impl Checked {
     /// Queues a file check for the thread (started on first use). False when the queue is
     /// full or the thread cannot run.
     fn send(
@@ -171,10 +168,6 @@ impl Checked {
             let started = std::thread::Builder::new()
                 .name("lw-blind".into())
                 .spawn(move || {
-                    let checked = Checked {
-                        verdicts,
-                        ..Default::default()
-                    };
                     for job in rx {
                         let r = crate::panics::guard("tls_blind", &metrics.internal_errors, || {
                             by_file(&job.exe)
@@ -188,8 +181,11 @@ impl Checked {
                             };
                             list(&blind, &metrics, &job.exe, b);
                         }
-                        // A check that panicked is forgotten (tried again at a later connect).
-                        checked.settle(&job.exe, r);
+                        match r {
+                            Some(reason) => verdicts.settle(&job.exe, reason),
+                            // A check that panicked: tried again at a later connect.
+                            None => verdicts.forget(&job.exe),
+                        }
                     }
                 });
             if let Err(e) = started {
@@ -413,15 +409,15 @@ mod tests {
     /// queued) is new again at the next connect.
     #[test]
     fn an_executable_is_marked_pending_until_settled() {
-        let c = Checked::default();
+        let c = Verdicts::default();
         assert_eq!(c.look("/usr/bin/a"), Known::New);
         assert_eq!(c.look("/usr/bin/a"), Known::Pending);
-        c.settle("/usr/bin/a", None);
+        c.forget("/usr/bin/a");
         assert_eq!(c.look("/usr/bin/a"), Known::New);
-        c.settle("/usr/bin/a", Some(Some("go")));
+        c.settle("/usr/bin/a", Some("go"));
         assert_eq!(c.look("/usr/bin/a"), Known::Listed("go"));
         assert_eq!(c.look("/usr/bin/b"), Known::New);
-        c.settle("/usr/bin/b", Some(None));
+        c.settle("/usr/bin/b", None);
         assert_eq!(c.look("/usr/bin/b"), Known::Clean);
     }
 
@@ -440,7 +436,7 @@ mod tests {
         );
         let mut c = Checked::default();
         for exe in [boring.as_str(), "/bin/true"] {
-            assert_eq!(c.look(exe), Known::New);
+            assert_eq!(c.verdicts.look(exe), Known::New);
             let job = Job {
                 exe: exe.to_string(),
                 sighting: Blind {
@@ -456,13 +452,13 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while [boring.as_str(), "/bin/true"]
             .iter()
-            .any(|e| c.look(e) == Known::Pending)
+            .any(|e| c.verdicts.look(e) == Known::Pending)
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert_eq!(c.look(&boring), Known::Listed("boringssl"));
-        assert_eq!(c.look("/bin/true"), Known::Clean);
+        assert_eq!(c.verdicts.look(&boring), Known::Listed("boringssl"));
+        assert_eq!(c.verdicts.look("/bin/true"), Known::Clean);
         let list = blind.lock().unwrap();
         let b = &list[&boring];
         assert_eq!(
